@@ -1,0 +1,152 @@
+"""Domain errors, and the one table that maps them to HTTP statuses.
+
+Code anywhere in the service raises these; `install_handlers` turns them into JSON bodies of the one shape clients see:
+`{"detail": "...", "code": "...", "field": "...", "row": n}` (field and row only when known).
+"""
+
+from __future__ import annotations
+
+import logging
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import ORJSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+log = logging.getLogger(__name__)
+
+
+class EnrichError(Exception):
+    """Base of every error the service reports to a client."""
+
+    code = "error"
+
+    def __init__(self, message: str, *, field: str | None = None, row: int | None = None):
+        super().__init__(message)
+        self.message = message
+        self.field = field
+        self.row = row
+
+    def body(self) -> dict:
+        out: dict = {"detail": self.message, "code": self.code}
+        if self.field is not None:
+            out["field"] = self.field
+        if self.row is not None:
+            out["row"] = self.row
+        return out
+
+
+class InvalidInput(EnrichError):
+    """A field of the request is missing, of the wrong type or out of range."""
+
+    code = "invalid_input"
+
+
+class MalformedBody(EnrichError):
+    """The body cannot be decoded at all (bad JSON, garbage bytes, not Arrow)."""
+
+    code = "malformed_body"
+
+
+class UnknownLayer(InvalidInput):
+    code = "unknown_layer"
+
+
+class UnknownCRS(InvalidInput):
+    code = "unknown_crs"
+
+
+class NoVersionInForce(InvalidInput):
+    """`as_of` falls before the first version of a layer."""
+
+    code = "no_version_in_force"
+
+
+class PayloadTooLarge(EnrichError):
+    code = "payload_too_large"
+
+
+class UnsupportedMediaType(EnrichError):
+    code = "unsupported_media_type"
+
+
+class NotAcceptable(EnrichError):
+    code = "not_acceptable"
+
+
+class Unauthorized(EnrichError):
+    code = "unauthorized"
+
+
+class NotReady(EnrichError):
+    """Layers are not loaded yet."""
+
+    code = "not_ready"
+
+
+class LayerSourceError(EnrichError):
+    """A layer file is missing, corrupt, or does not match its manifest sha256."""
+
+    code = "layer_source_error"
+
+
+class ReloadRefused(LayerSourceError):
+    """A reload built an index that failed validation; the old index keeps serving."""
+
+    code = "reload_refused"
+
+
+STATUS: dict[type[EnrichError], int] = {
+    MalformedBody: 400,
+    Unauthorized: 401,
+    NotAcceptable: 406,
+    ReloadRefused: 409,
+    PayloadTooLarge: 413,
+    UnsupportedMediaType: 415,
+    InvalidInput: 422,
+    LayerSourceError: 500,
+    NotReady: 503,
+}
+
+
+def status_of(exc: EnrichError) -> int:
+    for cls in type(exc).__mro__:
+        if cls in STATUS:
+            return STATUS[cls]
+    return 400
+
+
+async def _enrich_error(request: Request, exc: EnrichError) -> ORJSONResponse:
+    status = status_of(exc)
+    if status >= 500:
+        log.error("request failed: %s", exc.message)
+    headers = {"WWW-Authenticate": "ApiKey"} if status == 401 else None
+    return ORJSONResponse(exc.body(), status_code=status, headers=headers)
+
+
+async def _validation_error(request: Request, exc: RequestValidationError) -> ORJSONResponse:
+    """FastAPI's own parameter validation, reshaped so the message names the field."""
+    errors = exc.errors()
+    first = errors[0] if errors else {}
+    loc = [str(p) for p in first.get("loc", ()) if p not in ("query", "body", "path", "header")]
+    field = ".".join(loc) or None
+    message = f"{field}: {first.get('msg', 'invalid')}" if field else str(first.get("msg", "invalid request"))
+    body = {"detail": message, "code": InvalidInput.code, "field": field, "errors": _plain(errors)}
+    return ORJSONResponse(body, status_code=422)
+
+
+async def _http_error(request: Request, exc: StarletteHTTPException) -> ORJSONResponse:
+    return ORJSONResponse({"detail": str(exc.detail), "code": "http_error"}, status_code=exc.status_code,
+                          headers=getattr(exc, "headers", None))
+
+
+def _plain(errors: list[dict]) -> list[dict]:
+    # Validation errors may carry exception objects or bytes in ctx/input: keep only JSON-safe parts.
+    return [{"loc": [str(p) for p in e.get("loc", ())], "msg": str(e.get("msg", "")), "type": str(e.get("type", ""))}
+            for e in errors]
+
+
+def install_handlers(app: FastAPI) -> None:
+    app.add_exception_handler(EnrichError, _enrich_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(StarletteHTTPException, _http_error)

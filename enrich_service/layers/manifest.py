@@ -1,0 +1,93 @@
+"""The layer manifest (boundaries/manifest.yaml): which layers exist, their versions and where each file comes from."""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from ..errors import LayerSourceError
+
+
+@dataclass(frozen=True)
+class FileSpec:
+    """One file the service needs: its name, where to download it, and the sha256 it must have."""
+
+    file: str
+    sha256: str
+    url: str | None = None
+
+
+@dataclass(frozen=True)
+class VersionSpec:
+    version: str
+    effective_from: dt.date
+    source: FileSpec
+    crs: str = "EPSG:4326"
+    fields: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class LayerSpec:
+    name: str
+    description: str
+    key: str
+    label: str | None
+    label_template: str | None
+    versions: tuple[VersionSpec, ...]  # sorted by effective_from
+
+    def effective_to(self, i: int) -> dt.date | None:
+        """Last day version i is in force (None: still in force)."""
+        if i + 1 < len(self.versions):
+            return self.versions[i + 1].effective_from - dt.timedelta(days=1)
+        return None
+
+
+@dataclass(frozen=True)
+class Manifest:
+    layers: dict[str, LayerSpec]
+    reference: dict[str, FileSpec] = field(default_factory=dict)
+
+
+def _file_spec(raw: dict, where: str) -> FileSpec:
+    try:
+        return FileSpec(file=str(raw["file"]), sha256=str(raw["sha256"]).lower(), url=raw.get("url"))
+    except KeyError as exc:
+        raise LayerSourceError(f"manifest: {where} lacks {exc.args[0]!r}") from None
+
+
+def load_manifest(path: Path) -> Manifest:
+    try:
+        raw = yaml.safe_load(Path(path).read_text())
+    except (OSError, yaml.YAMLError) as exc:
+        raise LayerSourceError(f"cannot read layer manifest {path}: {exc}") from None
+    layers: dict[str, LayerSpec] = {}
+    for name, spec in (raw.get("layers") or {}).items():
+        versions = []
+        for v in spec.get("versions") or []:
+            where = f"layer {name} version {v.get('version')}"
+            versions.append(
+                VersionSpec(
+                    version=str(v["version"]),
+                    effective_from=v["effective_from"] if isinstance(v["effective_from"], dt.date)
+                    else dt.date.fromisoformat(str(v["effective_from"])),
+                    source=_file_spec(v, where),
+                    crs=str(v.get("crs", "EPSG:4326")),
+                    fields=tuple(v.get("fields") or ()),
+                )
+            )
+        if not versions:
+            raise LayerSourceError(f"manifest: layer {name} has no versions")
+        versions.sort(key=lambda v: v.effective_from)
+        layers[name] = LayerSpec(
+            name=name,
+            description=str(spec.get("description", "")),
+            key=str(spec["key"]),
+            label=spec.get("label"),
+            label_template=spec.get("label_template"),
+            versions=tuple(versions),
+        )
+    reference = {k: _file_spec(v, f"geocode_reference {k}") for k, v in (raw.get("geocode_reference") or {}).items()}
+    return Manifest(layers=layers, reference=reference)

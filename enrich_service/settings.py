@@ -1,0 +1,58 @@
+"""The single source of configuration: environment variables prefixed ENRICH_ (or an env file)."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field, field_validator
+from typing import Annotated
+
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def _split_csv(value: object) -> object:
+    if isinstance(value, str):
+        return [v.strip() for v in value.split(",") if v.strip()]
+    return value
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="ENRICH_", env_file=None, extra="ignore")
+
+    # Layers
+    manifest: Path = REPO_ROOT / "boundaries" / "manifest.yaml"
+    boundary_dir: Path | None = Field(
+        default=None, description="Folder holding the layer files; unset: download from the manifest URLs"
+    )
+    cache_dir: Path = Path.home() / ".cache" / "enrich-service"
+    reference_dir: Path | None = Field(default=None, description="Folder holding the geocoder's reference CSVs")
+    default_layers: Annotated[list[str], NoDecode] = ["council_district", "neighborhood", "zip"]
+
+    # Engine
+    grid_cells: int = Field(default=2048, ge=64, le=16384, description="Fast-path grid cells per side")
+    threads: int = Field(default=0, ge=0, description="Worker threads for the batch engine (0: one per core)")
+
+    # Limits
+    max_batch: int = Field(default=10_000_000, ge=1, description="Most points in one request")
+    max_body_bytes: int = Field(default=1 << 30, ge=1024, description="Largest request body")
+    request_timeout_s: float = 120.0
+
+    # Security
+    api_keys: Annotated[list[str], NoDecode] = []
+    api_keys_file: Path | None = None
+    read_requires_key: bool = False
+    cors_origins: Annotated[list[str], NoDecode] = []
+
+    # PostGIS (CLI load-postgis and the DAGs)
+    postgis_dsn: str | None = None
+
+    # Lists come from the environment as "a,b,c".
+    _split_lists = field_validator("default_layers", "api_keys", "cors_origins", mode="before")(_split_csv)
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()

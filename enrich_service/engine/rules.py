@@ -1,0 +1,24 @@
+"""The edge and overlap rule, in one place. Every point gets exactly one answer per layer, the same every time.
+
+1. A feature *covers* a point when the point is in its interior or on its boundary (PostGIS ST_Covers).
+2. Among the features covering a point, one holding it in its interior beats one it only touches: a point on a
+   polygon's edge that lies inside an overlapping neighbour belongs to the neighbour.
+3. Remaining ties (a point on an edge shared by two districts; a point inside two overlapping planning areas) go
+   to the feature with the smaller area (the more specific polygon), then the lower key, then file order: a
+   feature's `rank` in LayerVersion. No point covered by some feature is ever left without an answer.
+4. A point no feature covers has none (null), unless the request gives `nearest_within_m`: then the nearest feature
+   within that distance answers, with the distance reported.
+
+The `<layer>_rule` column says what decided each answer (RULE_NAMES): null when one feature held the point in its
+interior, "edge" when the point lies on the boundary of the winning feature, "overlap" when two or more features
+held it in their interiors, "nearest" when it came from nearest_within_m.
+"""
+
+import numpy as np
+
+RULE_NONE = np.int8(0)
+RULE_EDGE = np.int8(1)
+RULE_OVERLAP = np.int8(2)
+RULE_NEAREST = np.int8(3)
+
+RULE_NAMES = np.array([None, "edge", "overlap", "nearest"], dtype=object)

@@ -10,7 +10,7 @@ import logging
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import ORJSONResponse
+from .responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 log = logging.getLogger(__name__)
@@ -116,15 +116,15 @@ def status_of(exc: EnrichError) -> int:
     return 400
 
 
-async def _enrich_error(request: Request, exc: EnrichError) -> ORJSONResponse:
+async def _enrich_error(request: Request, exc: EnrichError) -> JSONResponse:
     status = status_of(exc)
     if status >= 500:
         log.error("request failed: %s", exc.message)
     headers = {"WWW-Authenticate": "ApiKey"} if status == 401 else None
-    return ORJSONResponse(exc.body(), status_code=status, headers=headers)
+    return JSONResponse(exc.body(), status_code=status, headers=headers)
 
 
-async def _validation_error(request: Request, exc: RequestValidationError) -> ORJSONResponse:
+async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
     """FastAPI's own parameter validation, reshaped so the message names the field."""
     errors = exc.errors()
     first = errors[0] if errors else {}
@@ -132,11 +132,11 @@ async def _validation_error(request: Request, exc: RequestValidationError) -> OR
     field = ".".join(loc) or None
     message = f"{field}: {first.get('msg', 'invalid')}" if field else str(first.get("msg", "invalid request"))
     body = {"detail": message, "code": InvalidInput.code, "field": field, "errors": _plain(errors)}
-    return ORJSONResponse(body, status_code=422)
+    return JSONResponse(body, status_code=422)
 
 
-async def _http_error(request: Request, exc: StarletteHTTPException) -> ORJSONResponse:
-    return ORJSONResponse({"detail": str(exc.detail), "code": "http_error"}, status_code=exc.status_code,
+async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    return JSONResponse({"detail": str(exc.detail), "code": "http_error"}, status_code=exc.status_code,
                           headers=getattr(exc, "headers", None))
 
 

@@ -46,9 +46,20 @@ class LayerSpec:
 
 
 @dataclass(frozen=True)
+class SanityPoint:
+    """A place whose answer is known; an index that answers it differently is refused."""
+
+    name: str
+    lon: float
+    lat: float
+    expect: dict[str, str]
+
+
+@dataclass(frozen=True)
 class Manifest:
     layers: dict[str, LayerSpec]
     reference: dict[str, FileSpec] = field(default_factory=dict)
+    sanity_points: tuple[SanityPoint, ...] = ()
 
 
 def _file_spec(raw: dict, where: str) -> FileSpec:
@@ -90,4 +101,7 @@ def load_manifest(path: Path) -> Manifest:
             versions=tuple(versions),
         )
     reference = {k: _file_spec(v, f"geocode_reference {k}") for k, v in (raw.get("geocode_reference") or {}).items()}
-    return Manifest(layers=layers, reference=reference)
+    sanity = tuple(SanityPoint(name=str(p["name"]), lon=float(p["lon"]), lat=float(p["lat"]),
+                               expect={k: str(v) for k, v in p["expect"].items()})
+                   for p in raw.get("sanity_points") or [])
+    return Manifest(layers=layers, reference=reference, sanity_points=sanity)

@@ -128,6 +128,7 @@ class LayerStore:
 
     specs: dict[str, LayerSpec]
     versions: dict[str, list[LayerVersion]]
+    manifest: Manifest
     source_mode: str  # "dir:<path>" or "download:<cache>"
     load_seconds: float
 
@@ -140,7 +141,7 @@ class LayerStore:
             versions[name] = [build_version(spec, i, resolve(v.source, boundary_dir, cache_dir))
                               for i, v in enumerate(spec.versions)]
         mode = f"dir:{boundary_dir}" if boundary_dir is not None else f"download:{cache_dir}"
-        store = cls(specs=manifest.layers, versions=versions, source_mode=mode,
+        store = cls(specs=manifest.layers, versions=versions, manifest=manifest, source_mode=mode,
                     load_seconds=time.perf_counter() - t0)
         log.info("loaded %d layers (%d versions) from %s in %.2fs", len(versions),
                  sum(len(v) for v in versions.values()), mode, store.load_seconds)

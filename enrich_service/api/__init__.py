@@ -1,0 +1,1 @@
+"""Thin routers: parse the request, call the engine or geocoder, encode the answer."""

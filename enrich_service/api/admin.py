@@ -1,0 +1,15 @@
+"""Admin: rebuild the index from the current layer sources and swap it in (API key required)."""
+
+from fastapi import APIRouter, Depends, Request
+
+from ..reload import reload_index
+from ..security import require_admin_key
+
+router = APIRouter(prefix="/v1/admin", tags=["admin"], dependencies=[Depends(require_admin_key)])
+
+
+@router.post("/reload", summary="Rebuild the index in the background, validate it, swap it in atomically")
+async def reload(request: Request) -> dict:
+    index = await reload_index(request.app)
+    return {"status": "reloaded", "generation": index.generation, "build_seconds": round(index.build_seconds, 3),
+            "versions": index.versions()}

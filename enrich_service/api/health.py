@@ -1,0 +1,21 @@
+"""Liveness (the process answers) and readiness (layers loaded and indexed)."""
+
+from fastapi import APIRouter, Request
+from ..responses import JSONResponse
+
+router = APIRouter(tags=["health"])
+
+
+@router.get("/healthz", summary="The process is alive")
+def healthz() -> dict:
+    return {"status": "ok"}
+
+
+@router.get("/readyz", summary="Layers are loaded and indexed")
+def readyz(request: Request):
+    index = getattr(request.app.state, "index", None)
+    if index is None:
+        error = getattr(request.app.state, "load_error", None)
+        return JSONResponse({"status": "loading" if error is None else "failed", "detail": error},
+                              status_code=503)
+    return {"status": "ready", "generation": index.generation, "versions": index.versions()}

@@ -1,0 +1,19 @@
+"""GET /v1/layers: what the service answers with, where each file came from, and its sha256."""
+
+from fastapi import APIRouter, Request
+
+from ..index import current
+
+router = APIRouter(prefix="/v1", tags=["layers"])
+
+
+@router.get("/layers", summary="Layers, versions, effective dates, feature counts, bbox, source and sha256")
+def list_layers(request: Request) -> dict:
+    index = current(request.app)
+    return {
+        "source": index.store.source_mode,
+        "generation": index.generation,
+        "built_at": index.built_at.isoformat(),
+        "build_seconds": round(index.build_seconds, 3),
+        "layers": index.store.describe(),
+    }

@@ -1,0 +1,182 @@
+"""Point-in-polygon: GET for one point (GIS staff), POST for batches in JSON, Arrow, CSV or streamed NDJSON."""
+
+from __future__ import annotations
+
+from typing import Annotated, AsyncIterator
+
+import numpy as np
+import orjson
+from fastapi import APIRouter, Query, Request
+from fastapi.responses import Response, StreamingResponse
+
+from ..responses import JSONResponse
+
+from .. import codecs
+from ..codecs import ARROW, CSV, JSON, NDJSON, Columns
+from ..errors import InvalidInput
+from ..index import ServiceIndex, current
+from ..points import PointBatch, prepare
+from ..settings import Settings, get_settings
+from .common import Options, check_batch_size, offload, parse_options, read_body
+from .schemas import ERROR_RESPONSES, PipRequest, PipResponse, PointAnswer
+
+router = APIRouter(prefix="/v1", tags=["point in polygon"])
+
+NDJSON_CHUNK_ROWS = 50_000
+
+_BULK_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            JSON: {"schema": PipRequest.model_json_schema(ref_template="#/components/schemas/{model}")},
+            ARROW: {"schema": {"type": "string", "format": "binary"}},
+            CSV: {"schema": {"type": "string"}},
+            NDJSON: {"schema": {"type": "string"}},
+        },
+    }
+}
+
+
+def tag_batch(index: ServiceIndex, batch: PointBatch, opts: Options, cols: Columns):
+    prepared = prepare(batch, opts.crs, cols.lon, cols.lat)
+    result = index.engine.tag(prepared.lon, prepared.lat, prepared.valid, opts.layers, opts.as_of, batch.dates,
+                              opts.nearest_within_m)
+    return prepared, result
+
+
+@router.get("/pip", response_model=PointAnswer, responses=ERROR_RESPONSES,
+            summary="Tag one point with every requested layer")
+def get_pip(
+    request: Request,
+    lon: Annotated[float, Query(description="Longitude (or x in `crs`)", examples=[-117.1627])],
+    lat: Annotated[float, Query(description="Latitude (or y in `crs`)", examples=[32.7167])],
+    layers: Annotated[str | None, Query(description="Comma-separated layer names")] = None,
+    as_of: Annotated[str | None, Query(description="YYYY-MM-DD")] = None,
+    crs: Annotated[str | None, Query(description="e.g. EPSG:2230; default EPSG:4326")] = None,
+    nearest_within_m: Annotated[float | None, Query(ge=0, le=5000)] = None,
+):
+    settings = get_settings()
+    index = current(request.app)
+    opts = parse_options({"layers": layers, "as_of": as_of, "crs": crs, "nearest_within_m": nearest_within_m},
+                         settings)
+    batch = PointBatch(ids=[None], x=np.array([lon], dtype=float), y=np.array([lat], dtype=float))
+    prepared, result = tag_batch(index, batch, opts, Columns())
+    if not prepared.valid[0]:
+        raise InvalidInput(prepared.error[0], field=prepared.error_field[0])
+    answer: dict = {"lon": float(prepared.lon[0]), "lat": float(prepared.lat[0])}
+    labels, rules, details, distances = {}, {}, {}, {}
+    for name, tags in result.layers.items():
+        code = int(tags.codes[0])
+        answer[name] = tags.dictionary[code] if code >= 0 else None
+        labels[name] = tags.labels[code] if code >= 0 else None
+        details[name] = tags.fields[code] if code >= 0 else {}
+        rules[name] = tags.rule_names()[0]
+        if tags.distance_m is not None:
+            distances[name] = None if np.isnan(tags.distance_m[0]) else float(tags.distance_m[0])
+    answer.update(labels=labels, rules=rules, details=details,
+                  flags=prepared.flags[0].split(",") if prepared.flags[0] else [], layers=result.layers_used())
+    if opts.nearest_within_m is not None:
+        answer["distance_m"] = distances
+    return JSONResponse(answer)
+
+
+@router.post("/pip", response_model=PipResponse, responses=ERROR_RESPONSES, openapi_extra=_BULK_BODY,
+             summary="Tag a batch of points (JSON, Arrow IPC stream, CSV or NDJSON)")
+async def post_pip(
+    request: Request,
+    layers: Annotated[str | None, Query(description="Bulk bodies: comma-separated layer names")] = None,
+    as_of: Annotated[str | None, Query(description="Bulk bodies: YYYY-MM-DD")] = None,
+    crs: Annotated[str | None, Query(description="Bulk bodies: CRS of the coordinates")] = None,
+    nearest_within_m: Annotated[float | None, Query(ge=0, le=5000)] = None,
+    id_col: Annotated[str, Query(description="Bulk bodies: the id column")] = "id",
+    lon_col: Annotated[str, Query(description="Bulk bodies: the longitude / x column")] = "lon",
+    lat_col: Annotated[str, Query(description="Bulk bodies: the latitude / y column")] = "lat",
+    date_col: Annotated[str | None, Query(description="Bulk bodies: the date column (optional)")] = None,
+):
+    settings = get_settings()
+    index = current(request.app)
+    kind = codecs.media_type(request.headers.get("content-type"))
+    answer_kind = codecs.response_type(request.headers.get("accept"), kind)
+    cols = Columns(id=id_col, lon=lon_col, lat=lat_col, date=date_col)
+    query = {"layers": layers, "as_of": as_of, "crs": crs, "nearest_within_m": nearest_within_m}
+
+    if kind == NDJSON:
+        opts = parse_options(query, settings)
+        return StreamingResponse(_ndjson_answers(request, index, opts, cols, settings), media_type=NDJSON)
+
+    body = await read_body(request, settings)
+    if kind == JSON:
+        doc = codecs.loads(body)
+        if not isinstance(doc, dict):
+            raise InvalidInput("body must be a JSON object with a `points` list", field="body")
+        opts = parse_options(doc, settings)
+        cols = Columns()
+        table, batch = None, None
+        points = doc.get("points")
+        if points is None:
+            raise InvalidInput("points is missing", field="points")
+        if isinstance(points, list):
+            check_batch_size(len(points), settings)
+        batch = await offload(codecs.decode_points, points, cols)
+    else:
+        opts = parse_options(query, settings)
+        table = await offload(codecs.decode_arrow if kind == ARROW else codecs.decode_csv, body)
+        check_batch_size(table.num_rows, settings, field="body")
+        batch = await offload(codecs.batch_from_table, table, cols)
+    del body
+    prepared, result = await offload(tag_batch, index, batch, opts, cols)
+    layers_header = orjson.dumps(result.layers_used()).decode()
+
+    if answer_kind == JSON:
+        ids = batch.ids if isinstance(batch.ids, list) else (
+            batch.ids.to_pylist() if batch.ids is not None else [None] * len(batch))
+        payload = await offload(codecs.encode_json, ids, prepared, result, {})
+        return Response(payload, media_type=JSON, headers={"X-Enrich-Layers": layers_header})
+    out = await offload(codecs.answer_table, table, batch.ids, prepared, result)
+    encode = codecs.encode_arrow if answer_kind == ARROW else codecs.encode_csv
+    return Response(await offload(encode, out), media_type=answer_kind, headers={"X-Enrich-Layers": layers_header})
+
+
+async def _line_groups(request: Request, rows: int) -> AsyncIterator[list[bytes]]:
+    """The body's lines, `rows` at a time, without holding the whole body."""
+    pending = b""
+    group: list[bytes] = []
+    async for chunk in request.stream():
+        lines = (pending + chunk).split(b"\n")
+        pending = lines.pop()
+        group.extend(line for line in lines if line.strip())
+        while len(group) >= rows:
+            yield group[:rows]
+            group = group[rows:]
+    if pending.strip():
+        group.append(pending)
+    if group:
+        yield group
+
+
+def _ndjson_chunk(index: ServiceIndex, lines: list[bytes], first_row: int, opts: Options, cols: Columns) -> bytes:
+    docs, bad = [], {}
+    for i, line in enumerate(lines):
+        try:
+            doc = orjson.loads(line)
+        except orjson.JSONDecodeError as exc:
+            doc, bad[i] = None, ("body", f"line {first_row + i + 1} is not valid JSON: {exc}")
+        docs.append(doc)
+    batch = codecs.decode_points(docs, cols)
+    batch.errors.update(bad)
+    prepared, result = tag_batch(index, batch, opts, cols)
+    names, columns = zip(*([("id", batch.ids)] + codecs.result_lists(prepared, result)))
+    dumps = orjson.dumps
+    return b"".join(dumps(dict(zip(names, values))) + b"\n" for values in zip(*columns))
+
+
+async def _ndjson_answers(request: Request, index: ServiceIndex, opts: Options, cols: Columns,
+                          settings: Settings) -> AsyncIterator[bytes]:
+    seen = 0
+    async for lines in _line_groups(request, NDJSON_CHUNK_ROWS):
+        if seen + len(lines) > settings.max_batch:
+            yield orjson.dumps({"error": f"stream exceeds the batch limit of {settings.max_batch} rows; "
+                                         f"rows after {seen} were not read", "row": seen}) + b"\n"
+            return
+        yield await offload(_ndjson_chunk, index, lines, seen, opts, cols)
+        seen += len(lines)

@@ -1,0 +1,84 @@
+"""Request and response shapes for the OpenAPI document. The batch routes parse bodies themselves (a pydantic
+model per point costs more than the join); these models describe what they accept and answer."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field
+
+LAYER_EXAMPLE = ["council_district", "neighborhood", "zip"]
+
+
+class PointIn(BaseModel):
+    id: str | int | float | None = Field(default=None, description="Echoed back; any string or number")
+    lon: float = Field(description="Longitude, or x in the request CRS", examples=[-117.1627])
+    lat: float = Field(description="Latitude, or y in the request CRS", examples=[32.7167])
+    date: str | None = Field(default=None, description="YYYY-MM-DD: picks the layer versions in force that day")
+
+
+class PipRequest(BaseModel):
+    points: list[PointIn] = Field(min_length=1)
+    layers: list[str] | None = Field(default=None, examples=[LAYER_EXAMPLE],
+                                     description="Layers to tag with (default: ENRICH_DEFAULT_LAYERS)")
+    as_of: str | None = Field(default=None, description="YYYY-MM-DD: the layer versions in force that day")
+    crs: str | None = Field(default=None, description="CRS of lon/lat, e.g. EPSG:2230 (default EPSG:4326)")
+    nearest_within_m: float | None = Field(default=None, ge=0, le=5000,
+                                           description="Outside every polygon but within this many metres of "
+                                                       "one: that polygon, with the distance")
+
+
+class PipRow(BaseModel):
+    """One answer per point, in input order: for each layer `<layer>` (its key) and `<layer>_rule`."""
+
+    model_config = ConfigDict(extra="allow")
+    id: str | int | float | bool | None = None
+    flags: str | None = None
+    error: str | None = None
+
+
+class RowError(BaseModel):
+    row: int
+    id: str | int | float | bool | None = None
+    field: str | None = None
+    detail: str
+
+
+class LayerUsed(BaseModel):
+    version: str
+    sha256: str
+    versions_used: list[dict]
+
+
+class PipResponse(BaseModel):
+    results: list[PipRow]
+    count: int
+    layers: dict[str, LayerUsed]
+    errors: list[RowError]
+
+
+class PointAnswer(BaseModel):
+    """GET /v1/pip: each layer's key under the layer's name (null where none), plus labels and rules."""
+
+    model_config = ConfigDict(extra="allow")
+    lon: float
+    lat: float
+    labels: dict[str, str | None]
+    rules: dict[str, str | None]
+    details: dict[str, dict]
+    flags: list[str]
+    layers: dict[str, LayerUsed]
+
+
+class ErrorBody(BaseModel):
+    detail: str
+    code: str
+    field: str | None = None
+    row: int | None = None
+
+
+ERROR_RESPONSES = {
+    status: {"model": ErrorBody, "description": text}
+    for status, text in ((400, "Malformed body"), (406, "Accept not supported"), (413, "Body or batch too large"),
+                         (415, "Content-Type not supported"), (422, "A field is missing, of the wrong type or out "
+                                                                     "of range; the message names it"),
+                         (503, "Layers still loading"))
+}

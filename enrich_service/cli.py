@@ -1,0 +1,126 @@
+"""enrich-service serve | load-postgis | reload | enrich FILE"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+from .settings import get_settings
+
+
+def serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    uvicorn.run("enrich_service.main:create_app", factory=True, host=args.host, port=args.port,
+                workers=args.workers, log_level=args.log_level, timeout_graceful_shutdown=args.graceful_seconds)
+    return 0
+
+
+def load_postgis(args: argparse.Namespace) -> int:
+    import psycopg
+
+    from .layers.store import LayerStore
+    from .postgis import load_layers
+
+    settings = get_settings()
+    dsn = args.dsn or settings.postgis_dsn
+    if not dsn:
+        print("no PostGIS: pass --dsn or set ENRICH_POSTGIS_DSN", file=sys.stderr)
+        return 2
+    store = LayerStore.load(settings.manifest, settings.boundary_dir, settings.cache_dir)
+    with psycopg.connect(dsn) as conn:
+        tables = load_layers(conn, store)
+        if args.with_reference:
+            from .geocode.postgis import load_reference_postgis
+            from .geocode.reference import resolve_reference
+
+            load_reference_postgis(conn, resolve_reference(settings))
+    print("\n".join(tables))
+    return 0
+
+
+def reload(args: argparse.Namespace) -> int:
+    import httpx
+
+    from .security import HEADER, configured_keys
+
+    key = args.key or next(iter(configured_keys(get_settings())), "")
+    r = httpx.post(f"{args.url.rstrip('/')}/v1/admin/reload", headers={HEADER: key}, timeout=120)
+    print(r.text)
+    return 0 if r.status_code == 200 else 1
+
+
+def enrich(args: argparse.Namespace) -> int:
+    """Tag a CSV or Parquet file in process (no server): the file's columns plus the layer columns."""
+    import pyarrow.csv as pacsv
+    import pyarrow.parquet as pq
+
+    from . import codecs
+    from .api.common import parse_options
+    from .api.pip import tag_batch
+    from .index import build_index
+
+    settings = get_settings()
+    src = Path(args.file)
+    table = pq.read_table(src) if src.suffix == ".parquet" else pacsv.read_csv(src)
+    cols = codecs.Columns(id=args.id_col, lon=args.lon_col, lat=args.lat_col, date=args.date_col)
+    opts = parse_options({"layers": args.layers, "as_of": args.as_of, "crs": args.crs}, settings)
+    index = build_index(settings)
+    batch = codecs.batch_from_table(table, cols)
+    prepared, result = tag_batch(index, batch, opts, cols)
+    out = codecs.answer_table(table, batch.ids, prepared, result)
+    dest = Path(args.out) if args.out else src.with_name(f"{src.stem}_enriched{src.suffix}")
+    if dest.suffix == ".parquet":
+        pq.write_table(out, dest)
+    else:
+        dest.write_bytes(codecs.encode_csv(out))
+    print(json.dumps({"output": str(dest), "rows": out.num_rows, "layers": result.layers_used()}, indent=2))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="enrich-service", description=__doc__)
+    parser.add_argument("-v", "--verbose", action="store_true")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("serve", help="run the HTTP service")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8080)
+    p.add_argument("--workers", type=int, default=1)
+    p.add_argument("--log-level", default="info")
+    p.add_argument("--graceful-seconds", type=int, default=30, help="time in-flight requests get on shutdown")
+    p.set_defaults(func=serve)
+
+    p = sub.add_parser("load-postgis", help="load the boundary layers (and geocoder reference) into PostGIS")
+    p.add_argument("--dsn", help="PostgreSQL DSN (default: ENRICH_POSTGIS_DSN)")
+    p.add_argument("--with-reference", action="store_true", help="also load the geocoder's reference data")
+    p.set_defaults(func=load_postgis)
+
+    p = sub.add_parser("reload", help="ask a running service to reload its layers")
+    p.add_argument("--url", default="http://127.0.0.1:8080")
+    p.add_argument("--key", help="admin API key (default: the first of ENRICH_API_KEYS)")
+    p.set_defaults(func=reload)
+
+    p = sub.add_parser("enrich", help="tag a CSV or Parquet file in process")
+    p.add_argument("file")
+    p.add_argument("--out")
+    p.add_argument("--layers")
+    p.add_argument("--as-of")
+    p.add_argument("--crs")
+    p.add_argument("--id-col", default="id")
+    p.add_argument("--lon-col", default="lon")
+    p.add_argument("--lat-col", default="lat")
+    p.add_argument("--date-col")
+    p.set_defaults(func=enrich)
+
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,271 @@
+"""Decode and encode bulk bodies per media type: JSON, Arrow IPC stream, CSV, NDJSON. Shared by every bulk endpoint.
+
+Decoders turn a body into a PointBatch (columns); encoders write the input's id (JSON, NDJSON) or the whole input
+table (Arrow, CSV) followed by the result columns: for each layer `<layer>`, `<layer>_rule`, then
+`<layer>_distance_m` (with nearest_within_m) and `<layer>_version` (when points carry dates); then `flags`, `error`.
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+
+import numpy as np
+import orjson
+import pyarrow as pa
+import pyarrow.csv as pacsv
+import pyarrow.ipc as ipc
+
+from .engine.tagger import TagResult
+from .errors import InvalidInput, MalformedBody, NotAcceptable, UnsupportedMediaType
+from .points import PointBatch, Prepared, parse_dates
+
+from .responses import ARROW, CSV, JSON, MEDIA_TYPES, NDJSON
+MAX_ID_CHARS = 1_000
+
+
+def media_type(content_type: str | None) -> str:
+    base = (content_type or JSON).split(";")[0].strip().lower()
+    if base in ("", "*/*"):
+        return JSON
+    if base in ("application/vnd.apache.arrow.file", "application/x-arrow"):
+        base = ARROW
+    if base not in MEDIA_TYPES:
+        raise UnsupportedMediaType(
+            f"Content-Type {content_type!r} is not supported; use one of {', '.join(MEDIA_TYPES)}", field="Content-Type")
+    return base
+
+
+def response_type(accept: str | None, request_type: str) -> str:
+    """The first supported type in Accept; the request's own type when Accept is absent or */*."""
+    if not accept:
+        return request_type
+    for part in accept.split(","):
+        base = part.split(";")[0].strip().lower()
+        if base in ("*/*", "application/*", ""):
+            return request_type
+        if base in MEDIA_TYPES and (base == NDJSON) == (request_type == NDJSON):
+            return base
+    raise NotAcceptable(f"cannot answer {accept!r} to a {request_type} request", field="Accept")
+
+
+@dataclass(frozen=True)
+class Columns:
+    """Which input columns hold the id, coordinates and date (query parameters of bulk requests)."""
+
+    id: str = "id"
+    lon: str = "lon"
+    lat: str = "lat"
+    date: str | None = None
+
+
+# ---- JSON -------------------------------------------------------------------------------------------------------
+
+def _number(v: object) -> float:
+    # bool is an int subclass: true/false are not coordinates.
+    return float(v) if (v.__class__ is float or v.__class__ is int) else np.nan
+
+
+def decode_points(points: object, cols: Columns = Columns()) -> PointBatch:
+    """JSON `points` (a list of objects) to columns; a malformed row is recorded, the others decoded."""
+    if not isinstance(points, list):
+        raise InvalidInput("points must be a list of {id, lon, lat} objects", field="points")
+    n = len(points)
+    errors: dict[int, tuple[str, str]] = {}
+    rows = [p if isinstance(p, dict) else {} for p in points]
+    for i in (i for i, p in enumerate(points) if not isinstance(p, dict)):
+        errors[i] = ("points", "each point must be an object with id, lon and lat")
+    xs = [p.get(cols.lon) for p in rows]
+    ys = [p.get(cols.lat) for p in rows]
+    x = np.fromiter((_number(v) for v in xs), dtype=np.float64, count=n)
+    y = np.fromiter((_number(v) for v in ys), dtype=np.float64, count=n)
+    for name, raw, arr in ((cols.lon, xs, x), (cols.lat, ys, y)):
+        for i in np.flatnonzero(np.isnan(arr)):  # only the odd rows are looked at one by one
+            if i in errors:
+                continue
+            v = raw[i]
+            if v is None:
+                errors[int(i)] = (name, "missing")
+            elif not (v.__class__ is float or v.__class__ is int):
+                errors[int(i)] = (name, f"must be a number, got {type(v).__name__}")
+    ids = [p.get(cols.id) for p in rows]
+    _check_ids(ids, errors)
+    dates = None
+    date_key = cols.date or "date"
+    if any(date_key in p for p in rows):
+        dates = parse_dates([p.get(date_key) for p in rows], date_key, errors)
+    return PointBatch(ids=ids, x=x, y=y, dates=dates, errors=errors)
+
+
+def _check_ids(ids: list, errors: dict[int, tuple[str, str]]) -> None:
+    for i, v in enumerate(ids):
+        if v is None or v.__class__ in (int, float, bool):
+            continue
+        if v.__class__ is str:
+            if len(v) > MAX_ID_CHARS:
+                errors.setdefault(i, ("id", f"longer than {MAX_ID_CHARS} characters"))
+                ids[i] = v[:MAX_ID_CHARS]
+            continue
+        errors.setdefault(i, ("id", "must be a string, a number or null"))
+        ids[i] = None
+
+
+def loads(body: bytes) -> object:
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise MalformedBody(f"body is not valid JSON: {exc}", field="body") from None
+
+
+# ---- Arrow and CSV ------------------------------------------------------------------------------------------------
+
+def decode_arrow(body: bytes) -> pa.Table:
+    try:
+        return ipc.open_stream(pa.py_buffer(body)).read_all()
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise MalformedBody(f"body is not an Arrow IPC stream: {exc}", field="body") from None
+
+
+def decode_csv(body: bytes) -> pa.Table:
+    try:
+        return pacsv.read_csv(io.BytesIO(body))
+    except (pa.ArrowInvalid, OSError, UnicodeDecodeError) as exc:
+        raise MalformedBody(f"body is not a CSV with a header row: {exc}", field="body") from None
+
+
+def batch_from_table(table: pa.Table, cols: Columns) -> PointBatch:
+    errors: dict[int, tuple[str, str]] = {}
+    x = _coordinate(table, cols.lon, errors)
+    y = _coordinate(table, cols.lat, errors)
+    dates = None
+    if cols.date:
+        if cols.date not in table.column_names:
+            raise InvalidInput(f"date column {cols.date!r} not in the body (columns: {table.column_names})",
+                               field=cols.date)
+        col = table.column(cols.date)
+        if pa.types.is_date(col.type) or pa.types.is_timestamp(col.type):
+            dates = col.cast(pa.date32()).to_numpy(zero_copy_only=False).astype("datetime64[D]")
+        else:
+            dates = parse_dates(col.to_pylist(), cols.date, errors)
+    ids = table.column(cols.id) if cols.id in table.column_names else None
+    return PointBatch(ids=ids, x=x, y=y, dates=dates, errors=errors)
+
+
+def _coordinate(table: pa.Table, name: str, errors: dict[int, tuple[str, str]]) -> np.ndarray:
+    if name not in table.column_names:
+        raise InvalidInput(f"column {name!r} not in the body (columns: {table.column_names}); name the "
+                           f"coordinate columns with lon_col/lat_col", field=name)
+    col = table.column(name)
+    if pa.types.is_integer(col.type) or pa.types.is_floating(col.type) or pa.types.is_decimal(col.type):
+        arr = col.cast(pa.float64())
+    elif pa.types.is_string(col.type) or pa.types.is_large_string(col.type) or pa.types.is_null(col.type):
+        # CSV columns with a stray word in one row arrive as text: convert what converts, report the rest.
+        values = np.array([_to_float(v) for v in col.to_pylist()], dtype=np.float64)
+        for i in np.flatnonzero(np.isnan(values)):
+            raw = col[int(i)].as_py()
+            errors.setdefault(int(i), (name, "missing" if raw in (None, "") else f"{raw!r} is not a number"))
+        return values
+    else:
+        raise InvalidInput(f"column {name!r} has type {col.type}; coordinates must be numbers", field=name)
+    values = arr.to_numpy().astype(np.float64, copy=True) if arr.null_count == 0 else \
+        np.asarray(arr.fill_null(np.nan).to_numpy(), dtype=np.float64).copy()
+    if arr.null_count:
+        for i in np.flatnonzero(np.asarray(arr.is_null().to_numpy(zero_copy_only=False))):
+            errors.setdefault(int(i), (name, "missing"))
+    return values
+
+
+def _to_float(v: object) -> float:
+    try:
+        return float(v) if v not in (None, "") else np.nan
+    except (TypeError, ValueError):
+        return np.nan
+
+
+# ---- results ----------------------------------------------------------------------------------------------------
+
+def merged_errors(prepared: Prepared, result: TagResult | None) -> tuple[np.ndarray, np.ndarray]:
+    error, field = prepared.error, prepared.error_field
+    if result is not None and result.row_errors:
+        error, field = error.copy(), field.copy()
+        for row, (name, message) in result.row_errors.items():
+            if error[row] is None:
+                error[row] = f"{name}: {message}"
+                field[row] = name
+    return error, field
+
+
+def result_arrays(prepared: Prepared, result: TagResult) -> list[tuple[str, pa.Array]]:
+    """The result columns as Arrow arrays (keys dictionary-encoded: cheap to build, compact on the wire)."""
+    out: list[tuple[str, pa.Array]] = []
+    for name, tags in result.layers.items():
+        uniq, inverse = np.unique(tags.dictionary.astype(str), return_inverse=True)
+        codes = np.where(tags.codes >= 0, inverse[np.maximum(tags.codes, 0)], 0).astype(np.int32)
+        out.append((name, pa.DictionaryArray.from_arrays(pa.array(codes, mask=tags.codes < 0), pa.array(uniq))))
+        out.append((f"{name}_rule", pa.array(tags.rule_names(), type=pa.string())))
+        if tags.distance_m is not None:
+            out.append((f"{name}_distance_m", pa.array(tags.distance_m, from_pandas=True)))
+        if tags.version is not None:
+            out.append((f"{name}_version", pa.array(tags.version, type=pa.string())))
+    error, _ = merged_errors(prepared, result)
+    out.append(("flags", pa.array(prepared.flags, type=pa.string())))
+    out.append(("error", pa.array(error, type=pa.string())))
+    return out
+
+
+def result_lists(prepared: Prepared, result: TagResult) -> list[tuple[str, list]]:
+    """The result columns as Python lists, for JSON."""
+    out: list[tuple[str, list]] = []
+    for name, tags in result.layers.items():
+        out.append((name, tags.keys().tolist()))
+        out.append((f"{name}_rule", tags.rule_names().tolist()))
+        if tags.distance_m is not None:
+            out.append((f"{name}_distance_m", np.where(np.isnan(tags.distance_m), None, tags.distance_m).tolist()))
+        if tags.version is not None:
+            out.append((f"{name}_version", tags.version.tolist()))
+    error, _ = merged_errors(prepared, result)
+    out.append(("flags", prepared.flags.tolist()))
+    out.append(("error", error.tolist()))
+    return out
+
+
+def error_list(ids: object, prepared: Prepared, result: TagResult | None, limit: int = 1000) -> list[dict]:
+    error, field = merged_errors(prepared, result)
+    rows = np.flatnonzero(np.not_equal(error, None))[:limit]
+    id_at = (lambda i: ids[i]) if isinstance(ids, list) else (
+        (lambda i: ids[int(i)].as_py()) if ids is not None else (lambda i: None))
+    return [{"row": int(i), "id": id_at(int(i)), "field": field[i], "detail": error[i]} for i in rows]
+
+
+def encode_json(ids: list, prepared: Prepared, result: TagResult, extra: dict) -> bytes:
+    names, cols = zip(*([("id", ids)] + result_lists(prepared, result)))
+    rows = [dict(zip(names, values)) for values in zip(*cols)]
+    body = {"results": rows, "count": len(rows), "layers": result.layers_used(),
+            "errors": error_list(ids, prepared, result), **extra}
+    return orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY)
+
+
+def answer_table(table: pa.Table | None, ids: object, prepared: Prepared, result: TagResult) -> pa.Table:
+    """The input table (or just the ids) with the result columns appended, replacing same-named input columns."""
+    if table is None:
+        table = pa.table({"id": pa.array(ids)})
+    for name, arr in result_arrays(prepared, result):
+        if name in table.column_names:
+            table = table.drop_columns([name])
+        table = table.append_column(name, arr)
+    return table
+
+
+def encode_arrow(table: pa.Table) -> bytes:
+    sink = pa.BufferOutputStream()
+    with ipc.new_stream(sink, table.schema) as writer:
+        writer.write_table(table)
+    return sink.getvalue().to_pybytes()
+
+
+def encode_csv(table: pa.Table) -> bytes:
+    # The CSV writer does not take dictionary columns: write their values.
+    cols = [c.cast(c.type.value_type) if pa.types.is_dictionary(c.type) else c for c in table.columns]
+    sink = io.BytesIO()
+    pacsv.write_csv(pa.table(cols, names=table.column_names), sink)
+    return sink.getvalue()

@@ -1,0 +1,159 @@
+"""Engine: tags lon/lat columns with every requested layer, choosing each point's layer version by its date.
+
+Per layer version it asks the grid fast path first and sends the points the grid cannot certify to the exact path,
+so answers are the exact path's by construction (tests/test_engine.py holds both to that).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+from pyproj import Transformer
+
+from ..errors import InvalidInput
+from ..layers.reader import METRIC, WGS84
+from ..layers.store import LayerStore, LayerVersion
+from .exact import ExactIndex
+from .rules import RULE_NAMES, RULE_NEAREST
+
+log = logging.getLogger(__name__)
+
+_TO_METRIC = Transformer.from_crs(WGS84, METRIC, always_xy=True)
+MAX_NEAREST_M = 5_000.0
+
+
+@dataclass
+class LayerTags:
+    """One layer's answer for a batch. `codes` index `dictionary` (the keys of every version used, concatenated),
+    -1 where no feature answers; Arrow sends them as a dictionary array, JSON looks them up."""
+
+    layer: str
+    codes: np.ndarray  # int32
+    dictionary: np.ndarray  # object: keys
+    labels: np.ndarray  # object: a label per dictionary entry
+    fields: list[dict]  # extra properties per dictionary entry
+    rule: np.ndarray  # int8, rules.RULE_*
+    version: np.ndarray | None  # object per point (only when points carry dates)
+    distance_m: np.ndarray | None  # float64 (only with nearest_within_m)
+    used: list[dict] = field(default_factory=list)  # [{"version", "sha256", "points"}]
+
+    def keys(self) -> np.ndarray:
+        return np.append(self.dictionary, None).astype(object)[self.codes]
+
+    def rule_names(self) -> np.ndarray:
+        return RULE_NAMES[self.rule]
+
+
+@dataclass
+class TagResult:
+    layers: dict[str, LayerTags]
+    row_errors: dict[int, tuple[str, str]]  # rows whose date has no version in force
+    default_versions: dict[str, LayerVersion]  # the version for the request's as_of, per layer
+
+    def layers_used(self) -> dict[str, dict]:
+        return {
+            name: {"version": self.default_versions[name].version, "sha256": self.default_versions[name].source.sha256,
+                   "versions_used": tags.used}
+            for name, tags in self.layers.items()
+        }
+
+
+class Engine:
+    """The indexes of every version of every layer in a LayerStore. Immutable: a reload builds a new Engine."""
+
+    def __init__(self, store: LayerStore, grid_cells: int = 2048, use_grid: bool = True):
+        t0 = time.perf_counter()
+        self.store = store
+        self.exact: dict[tuple[str, int], ExactIndex] = {}
+        self.grid: dict = {}
+        if use_grid:
+            from .grid import GridIndex  # numba: loaded only when the fast path is on
+        for name, versions in store.versions.items():
+            for i, version in enumerate(versions):
+                self.exact[name, i] = ExactIndex(version)
+                if use_grid:
+                    self.grid[name, i] = GridIndex.build(version, cells=grid_cells)
+        self.build_seconds = time.perf_counter() - t0
+        log.info("indexes built in %.2fs (grid: %s)", self.build_seconds, use_grid)
+
+    def tag_version(self, layer: str, i: int, lon: np.ndarray, lat: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        grid = self.grid.get((layer, i))
+        if grid is None:
+            return self.exact[layer, i].tag(lon, lat)
+        feature, rule, undecided = grid.lookup(lon, lat)
+        if undecided.any():
+            idx = np.flatnonzero(undecided)
+            feature[idx], rule[idx] = self.exact[layer, i].tag(lon[idx], lat[idx])
+        return feature, rule
+
+    def tag(
+        self,
+        lon: np.ndarray,
+        lat: np.ndarray,
+        valid: np.ndarray,
+        layers: list[str],
+        as_of: dt.date | None = None,
+        dates: np.ndarray | None = None,
+        nearest_within_m: float | None = None,
+    ) -> TagResult:
+        self.store.check_layers(layers)
+        if nearest_within_m is not None and not (0 <= nearest_within_m <= MAX_NEAREST_M):
+            raise InvalidInput(f"nearest_within_m must be between 0 and {MAX_NEAREST_M:g} metres",
+                               field="nearest_within_m")
+        n = len(lon)
+        default_versions = {name: self.store.version_on(name, as_of) for name in layers}
+        row_errors: dict[int, tuple[str, str]] = {}
+        metric: tuple[np.ndarray, np.ndarray] | None = None
+        out: dict[str, LayerTags] = {}
+
+        for name in layers:
+            versions = self.store.versions[name]
+            if dates is None:
+                vidx = np.full(n, versions.index(default_versions[name]), dtype=np.int32)
+            else:
+                days = dates.copy()
+                if as_of is not None:
+                    days[np.isnat(days)] = np.datetime64(as_of, "D")
+                vidx = self.store.version_index(name, days)
+                for row in np.flatnonzero((vidx < 0) & valid):
+                    row_errors.setdefault(int(row), (
+                        "date", f"{dates[row]} is before the first version of {name} "
+                                f"(in force from {versions[0].effective_from.isoformat()})"))
+            offsets = np.cumsum([0] + [v.n_features for v in versions])
+            codes = np.full(n, -1, dtype=np.int32)
+            rule = np.zeros(n, dtype=np.int8)
+            distance = np.full(n, np.nan) if nearest_within_m is not None else None
+            used = []
+            for i in np.unique(vidx[valid & (vidx >= 0)]):
+                rows = np.flatnonzero(valid & (vidx == i))
+                feature, r = self.tag_version(name, int(i), lon[rows], lat[rows])
+                if nearest_within_m is not None and (feature < 0).any():
+                    if metric is None:
+                        metric = tuple(np.asarray(a) for a in _TO_METRIC.transform(lon, lat))
+                    miss = np.flatnonzero(feature < 0)
+                    mrows = rows[miss]
+                    nf, nd = self.exact[name, int(i)].nearest(lon[mrows], lat[mrows], metric[0][mrows],
+                                                             metric[1][mrows], nearest_within_m)
+                    hit = nf >= 0
+                    feature[miss[hit]] = nf[hit]
+                    r[miss[hit]] = RULE_NEAREST
+                    distance[mrows[hit]] = np.round(nd[hit], 2)
+                    distance[rows[r != RULE_NEAREST]] = 0.0  # inside a polygon: 0 m away
+                codes[rows] = np.where(feature >= 0, feature + offsets[i], -1)
+                rule[rows] = r
+                v = versions[int(i)]
+                used.append({"version": v.version, "sha256": v.source.sha256, "points": int(len(rows))})
+            version_col = None
+            if dates is not None:
+                names = np.array([v.version for v in versions] + [None], dtype=object)
+                version_col = names[np.where(valid & (vidx >= 0), vidx, -1)]
+            out[name] = LayerTags(
+                layer=name, codes=codes, dictionary=np.concatenate([v.keys for v in versions]),
+                labels=np.concatenate([v.labels for v in versions]), fields=[f for v in versions for f in v.fields],
+                rule=rule,
+                version=version_col, distance_m=distance, used=used)
+        return TagResult(layers=out, row_errors=row_errors, default_versions=default_versions)

@@ -1,0 +1,65 @@
+"""The application: routers, the lifespan that builds the index, error handlers. Nothing else."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+
+from fastapi import Depends, FastAPI
+from fastapi.middleware.cors import CORSMiddleware
+from .responses import JSONResponse
+
+from . import __version__
+from .api import admin, health, layers, pip
+from .errors import EnrichError, install_handlers
+from .reload import reload_index
+from .security import require_read_key
+from .settings import get_settings
+
+log = logging.getLogger(__name__)
+
+
+@contextlib.asynccontextmanager
+async def lifespan(app: FastAPI):
+    # Build in the background: /healthz answers at once, /readyz once the layers are indexed.
+    task = asyncio.create_task(_initial_load(app))
+    loop = asyncio.get_running_loop()
+    with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+        loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(_reload_quietly(app)))
+    yield
+    task.cancel()
+
+
+async def _initial_load(app: FastAPI) -> None:
+    with contextlib.suppress(EnrichError):  # logged by reload_index; /readyz reports it
+        await reload_index(app)
+
+
+async def _reload_quietly(app: FastAPI) -> None:
+    log.info("SIGHUP: reloading layers")
+    with contextlib.suppress(EnrichError):
+        await reload_index(app)
+
+
+def create_app() -> FastAPI:
+    settings = get_settings()
+    app = FastAPI(
+        title="City enrichment service",
+        version=__version__,
+        description="Tags city records with council district, neighborhood and zip: batch point-in-polygon, "
+                    "single-point lookups and geocode-join.",
+        default_response_class=JSONResponse,
+        lifespan=lifespan,
+    )
+    read = [Depends(require_read_key)]
+    app.include_router(health.router)
+    app.include_router(layers.router, dependencies=read)
+    app.include_router(pip.router, dependencies=read)
+    app.include_router(admin.router)
+    if settings.cors_origins:
+        app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["GET", "POST"],
+                           allow_headers=["*"], expose_headers=["X-Enrich-Layers", "X-Request-ID"])
+    install_handlers(app)
+    return app

@@ -1,0 +1,154 @@
+"""A batch of points as columns, and its validation: the input CRS to lon/lat, per-row errors and flags.
+
+Every decoder (JSON, Arrow, CSV, NDJSON) produces a PointBatch; `prepare` turns it into lon/lat arrays plus a
+per-row error column, so one bad row never costs the rest of the batch.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass, field
+from functools import lru_cache
+
+import numpy as np
+from pyproj import CRS, Transformer
+from pyproj.exceptions import CRSError
+
+from .errors import InvalidInput, UnknownCRS
+
+WGS84 = CRS.from_epsg(4326)
+# Where careless geocoders put "San Diego": the generic city centroid.
+CITY_CENTROID = (-117.1610838, 32.715738)
+
+
+@dataclass
+class PointBatch:
+    """Decoded request columns. `x`/`y` are in the request CRS (lon/lat for EPSG:4326); NaN marks a missing value,
+    whose cause (missing, wrong type) is already in `errors`."""
+
+    ids: object  # list, numpy or Arrow array: passed through to the encoder untouched
+    x: np.ndarray
+    y: np.ndarray
+    dates: np.ndarray | None = None  # datetime64[D], NaT where absent
+    errors: dict[int, tuple[str, str]] = field(default_factory=dict)  # row -> (field, message)
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+
+@dataclass
+class Prepared:
+    lon: np.ndarray
+    lat: np.ndarray
+    valid: np.ndarray  # bool: rows to tag
+    error: np.ndarray  # object: None or "field: message"
+    error_field: np.ndarray  # object: None or the field name
+    flags: np.ndarray  # object: None or comma-joined flags
+
+
+@lru_cache(maxsize=64)
+def parse_crs(value: str | int | None) -> CRS:
+    if value is None or value == "":
+        return WGS84
+    text = str(value).strip()
+    if text.isdigit():
+        text = f"EPSG:{text}"
+    try:
+        crs = CRS.from_user_input(text)
+    except CRSError:
+        raise UnknownCRS(f"crs {value!r} is not a CRS pyproj knows (use e.g. EPSG:4326 or EPSG:2230)",
+                         field="crs") from None
+    if crs.is_geocentric or crs.is_vertical:
+        raise UnknownCRS(f"crs {value!r} is not a horizontal CRS", field="crs")
+    return crs
+
+
+@lru_cache(maxsize=64)
+def _to_wgs84(crs: CRS) -> Transformer:
+    return Transformer.from_crs(crs, WGS84, always_xy=True)
+
+
+def parse_date(value: object, field_name: str) -> dt.date | None:
+    if value is None or value == "":
+        return None
+    try:
+        return dt.date.fromisoformat(str(value)[:10])
+    except ValueError:
+        raise InvalidInput(f"{field_name} {value!r} is not a date (YYYY-MM-DD)", field=field_name) from None
+
+
+def parse_dates(values: list | np.ndarray, field_name: str, errors: dict[int, tuple[str, str]]) -> np.ndarray:
+    """Vectorized ISO dates to datetime64[D]; unparsable ones become NaT with a row error."""
+    arr = np.asarray(values, dtype=object)
+    present = np.array([v is not None and v == v and v != "" for v in arr], dtype=bool)
+    out = np.full(len(arr), np.datetime64("NaT"), dtype="datetime64[D]")
+    if not present.any():
+        return out
+    text = np.array([str(v)[:10] for v in arr[present]])
+    try:
+        out[present] = text.astype("datetime64[D]")
+    except ValueError:  # find the bad ones; the good ones still count
+        for i in np.flatnonzero(present):
+            try:
+                out[i] = np.datetime64(str(arr[i])[:10], "D")
+            except ValueError:
+                errors[int(i)] = (field_name, f"{arr[i]!r} is not a date (YYYY-MM-DD)")
+    return out
+
+
+def prepare(batch: PointBatch, crs: CRS, x_name: str = "lon", y_name: str = "lat") -> Prepared:
+    n = len(batch)
+    error = np.full(n, None, dtype=object)
+    error_field = np.full(n, None, dtype=object)
+    flags = np.full(n, None, dtype=object)
+    x, y = batch.x, batch.y
+
+    finite = np.isfinite(x) & np.isfinite(y)
+    for name, col in ((x_name, x), (y_name, y)):
+        bad = ~np.isfinite(col) & ~np.isnan(col)
+        _set(error, error_field, bad, name, "not a finite number")
+        _set(error, error_field, np.isnan(col), name, "missing or not a number")
+
+    if crs.equals(WGS84, ignore_axis_order=True):
+        lon, lat = x.astype(np.float64, copy=True), y.astype(np.float64, copy=True)
+        lon_bad = finite & (np.abs(lon) > 180)
+        lat_bad = finite & (np.abs(lat) > 90)
+        swapped = finite & (np.abs(lat) > 90) & (np.abs(lon) <= 90)
+        _set(error, error_field, lat_bad & swapped, y_name,
+             "out of range [-90, 90]; lon and lat look swapped")
+        _set(error, error_field, lat_bad & ~swapped, y_name, "out of range [-90, 90]")
+        _set(error, error_field, lon_bad, x_name, "out of range [-180, 180]")
+        _add_flag(flags, swapped, "swapped_lonlat")
+    else:
+        lon, lat = _to_wgs84(crs).transform(np.where(finite, x, 0.0), np.where(finite, y, 0.0))
+        lon, lat = np.asarray(lon, dtype=np.float64), np.asarray(lat, dtype=np.float64)
+        lost = finite & ~(np.isfinite(lon) & np.isfinite(lat) & (np.abs(lon) <= 180) & (np.abs(lat) <= 90))
+        _set(error, error_field, lost, x_name, f"outside the area where {crs.to_string()} is defined")
+
+    for row, (name, message) in batch.errors.items():  # decoder errors win: they name the real cause
+        error[row] = f"{name}: {message}"
+        error_field[row] = name
+
+    _add_flag(flags, finite & (x == 0) & (y == 0), "zero_coordinates")
+    _add_flag(flags, (np.abs(lon - CITY_CENTROID[0]) < 1e-6) & (np.abs(lat - CITY_CENTROID[1]) < 1e-6),
+              "city_centroid")
+    valid = np.array([e is None for e in error], dtype=bool) if batch.errors else _no_error(error)
+    lon[~valid] = np.nan
+    lat[~valid] = np.nan
+    return Prepared(lon=lon, lat=lat, valid=valid, error=error, error_field=error_field, flags=flags)
+
+
+def _no_error(error: np.ndarray) -> np.ndarray:
+    return np.equal(error, None)
+
+
+def _set(error: np.ndarray, error_field: np.ndarray, mask: np.ndarray, name: str, message: str) -> None:
+    mask = mask & np.equal(error, None)  # the first problem found for a row is the one reported
+    if mask.any():
+        error[mask] = f"{name}: {message}"
+        error_field[mask] = name
+
+
+def _add_flag(flags: np.ndarray, mask: np.ndarray, flag: str) -> None:
+    for i in np.flatnonzero(mask):  # flagged rows are rare; the loop touches only them
+        flags[i] = flag if flags[i] is None else f"{flags[i]},{flag}"

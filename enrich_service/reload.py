@@ -1,0 +1,45 @@
+"""Building the index off the event loop and swapping it in: at start-up, on POST /v1/admin/reload, on SIGHUP.
+
+One build at a time; a build that fails validation is refused and the old index keeps serving.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from starlette.concurrency import run_in_threadpool
+
+from .errors import EnrichError, ReloadRefused
+from .index import ServiceIndex, build_index
+from .settings import get_settings
+
+log = logging.getLogger(__name__)
+
+
+def _lock(app) -> asyncio.Lock:
+    if not hasattr(app.state, "reload_lock"):
+        app.state.reload_lock = asyncio.Lock()
+    return app.state.reload_lock
+
+
+async def reload_index(app) -> ServiceIndex:
+    async with _lock(app):
+        old = getattr(app.state, "index", None)
+        generation = (old.generation + 1) if old is not None else 0
+        try:
+            index = await run_in_threadpool(build_index, get_settings(), generation)
+        except EnrichError as exc:
+            log.error("index generation %d refused: %s", generation, exc.message)
+            if old is None:
+                app.state.load_error = exc.message
+            raise ReloadRefused(f"reload refused, still serving generation "
+                                f"{old.generation if old else 'none'}: {exc.message}") from None
+        except Exception as exc:  # a reader bug must not take the serving index down with it
+            log.exception("index generation %d failed", generation)
+            if old is None:
+                app.state.load_error = str(exc)
+            raise ReloadRefused(f"reload failed: {exc}") from None
+        app.state.index = index  # the swap: one reference assignment, atomic for every reader
+        app.state.load_error = None
+        return index

@@ -31,3 +31,23 @@ class CSVResponse(Response):
 
 class NDJSONResponse(Response):
     media_type = NDJSON
+
+
+class NDJSONStreamResponse(Response):
+    """Streams answer lines while the request body is still being read, in one coroutine.
+
+    Starlette's StreamingResponse listens for disconnects by calling receive() concurrently, which swallows the
+    request body chunks a streaming route still needs; here the content iterator is the only reader.
+    """
+
+    media_type = NDJSON
+
+    def __init__(self, content, status_code: int = 200, headers: dict | None = None):
+        super().__init__(None, status_code=status_code, headers=headers, media_type=NDJSON)
+        self.body_iterator = content
+
+    async def __call__(self, scope, receive, send) -> None:
+        await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
+        async for chunk in self.body_iterator:
+            await send({"type": "http.response.body", "body": chunk, "more_body": True})
+        await send({"type": "http.response.body", "body": b"", "more_body": False})

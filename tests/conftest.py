@@ -32,3 +32,74 @@ def pg_dsn() -> str:
     with psycopg.connect(PG_DSN, autocommit=True) as conn:
         conn.execute("CREATE EXTENSION IF NOT EXISTS postgis")
     return PG_DSN
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_service(env: dict | None = None, port: int | None = None):
+    """A real `enrich-service serve` on loopback with the real layers; returns (process, base_url) once ready."""
+    import subprocess
+    import sys
+    import time
+
+    import httpx
+
+    port = port or _free_port()
+    full_env = {**os.environ, "ENRICH_BOUNDARY_DIR": str(BOUNDARIES), "ENRICH_REFERENCE_DIR": str(ADDRESS),
+                "ENRICH_API_KEYS": "test-admin-key", **(env or {})}
+    proc = subprocess.Popen([sys.executable, "-m", "enrich_service.cli", "serve", "--host", "127.0.0.1",
+                             "--port", str(port), "--log-level", "warning"], env=full_env)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"enrich-service exited with {proc.returncode}")
+        try:
+            if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
+                return proc, url
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    proc.kill()
+    raise RuntimeError("enrich-service did not become ready in 60 s")
+
+
+@pytest.fixture(scope="session")
+def live_service():
+    """Base URL of a live service (admin key: test-admin-key)."""
+    proc, url = start_service()
+    yield url
+    proc.terminate()
+    proc.wait(timeout=30)
+
+
+@pytest.fixture(scope="session")
+def engine(store):
+    from enrich_service.engine.tagger import Engine
+    from enrich_service.settings import Settings
+
+    return Engine(store, use_grid=Settings().use_grid)
+
+
+def real_points():
+    """Every usable point of ../shared/data/points: transit stops and parking meters (lon, lat arrays, labels)."""
+    import json
+
+    import numpy as np
+    import pyarrow.csv as pacsv
+
+    stops = json.loads((POINTS / "transit_stops_datasd.geojson").read_text())["features"]
+    sx = np.array([f["geometry"]["coordinates"][0] for f in stops if f.get("geometry")], dtype=float)
+    sy = np.array([f["geometry"]["coordinates"][1] for f in stops if f.get("geometry")], dtype=float)
+    meters = pacsv.read_csv(POINTS / "treas_parking_meters_loc_datasd.csv")
+    mx = meters.column("lng").to_numpy(zero_copy_only=False).astype(float)
+    my = meters.column("lat").to_numpy(zero_copy_only=False).astype(float)
+    x, y = np.concatenate([sx, mx]), np.concatenate([sy, my])
+    ok = np.isfinite(x) & np.isfinite(y) & (np.abs(x) > 1) & (np.abs(y) > 1)
+    return x[ok], y[ok]

@@ -7,9 +7,9 @@ from typing import Annotated, AsyncIterator
 import numpy as np
 import orjson
 from fastapi import APIRouter, Query, Request
-from fastapi.responses import Response, StreamingResponse
+from fastapi.responses import Response
 
-from ..responses import JSONResponse
+from ..responses import JSONResponse, NDJSONStreamResponse
 
 from .. import codecs
 from ..codecs import ARROW, CSV, JSON, NDJSON, Columns
@@ -102,7 +102,7 @@ async def post_pip(
 
     if kind == NDJSON:
         opts = parse_options(query, settings)
-        return StreamingResponse(_ndjson_answers(request, index, opts, cols, settings), media_type=NDJSON)
+        return NDJSONStreamResponse(_ndjson_answers(request, index, opts, cols, settings))
 
     body = await read_body(request, settings)
     if kind == JSON:

@@ -1,0 +1,260 @@
+"""The HTTP API on the real layers: known places, versions by date, CRSs, transports, and every bad input."""
+
+from __future__ import annotations
+
+import io
+import os
+import time
+
+import numpy as np
+import orjson
+import pyarrow as pa
+import pyarrow.csv as pacsv
+import pyarrow.ipc as ipc
+import pytest
+import shapely
+from fastapi.testclient import TestClient
+from pyproj import Transformer
+
+from .conftest import ADDRESS, BOUNDARIES
+
+CITY_HALL = (-117.1627, 32.7167)
+ARROW = "application/vnd.apache.arrow.stream"
+
+
+@pytest.fixture(scope="module")
+def client():
+    from enrich_service.main import create_app
+    from enrich_service.settings import get_settings
+
+    env = {"ENRICH_BOUNDARY_DIR": str(BOUNDARIES), "ENRICH_REFERENCE_DIR": str(ADDRESS), "ENRICH_MAX_BATCH": "1000",
+           "ENRICH_MAX_BODY_BYTES": str(2_000_000), "ENRICH_API_KEYS": "test-admin-key"}
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    get_settings.cache_clear()
+    try:
+        with TestClient(create_app()) as c:
+            deadline = time.monotonic() + 60
+            while c.get("/readyz").status_code != 200:
+                assert time.monotonic() < deadline, c.get("/readyz").json()
+                time.sleep(0.1)
+            yield c
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+        get_settings.cache_clear()
+
+
+def pip(client, points, **options):
+    return client.post("/v1/pip", content=orjson.dumps({"points": points, **options}),
+                       headers={"content-type": "application/json"})
+
+
+def test_city_hall_single_point(client):
+    r = client.get("/v1/pip", params={"lon": CITY_HALL[0], "lat": CITY_HALL[1]})
+    assert r.status_code == 200
+    body = r.json()
+    assert (body["council_district"], body["neighborhood"], body["zip"]) == ("3", "Downtown", "92101")
+    assert body["labels"]["council_district"] == "Council District 3"
+    assert body["layers"]["council_district"]["version"] == "2021"
+
+
+def test_city_hall_in_state_plane_feet(client):
+    x, y = Transformer.from_crs(4326, 2230, always_xy=True).transform(*CITY_HALL)
+    r = client.get("/v1/pip", params={"lon": x, "lat": y, "crs": "EPSG:2230", "layers": "council_district,zip"})
+    assert r.status_code == 200, r.text
+    assert (r.json()["council_district"], r.json()["zip"]) == ("3", "92101")
+    assert abs(r.json()["lon"] - CITY_HALL[0]) < 1e-6
+
+
+def test_layers_describe_versions_and_sources(client):
+    body = client.get("/v1/layers").json()
+    assert body["source"].startswith("dir:")
+    cd = body["layers"]["council_district"]["versions"]
+    assert [v["version"] for v in cd] == ["2011", "2021"]
+    assert cd[0]["effective_to"] == "2022-12-09" and cd[1]["effective_from"] == "2022-12-10"
+    assert cd[1]["features"] == 9 and len(cd[1]["bbox"]) == 4
+    assert cd[1]["sha256"] == "5ab5537e93463677ee685f25d7fec664f0d1b5e4ded7cede6d6444a8c769fcf6"
+    assert cd[1]["source"]["sha256_matches_manifest"] is True
+
+
+@pytest.fixture(scope="module")
+def moved_point(store):
+    """A point whose district changed between the 2011 and 2021 lines."""
+    old, new = store.versions["council_district"]
+    i6 = np.flatnonzero(old.keys == "6")[0]
+    j6 = np.flatnonzero(new.keys == "6")[0]
+    p = shapely.point_on_surface(shapely.difference(old.geoms[i6], new.geoms[j6]))
+    return p.x, p.y
+
+
+def test_as_of_switches_district_versions(client, moved_point):
+    lon, lat = moved_point
+    before = client.get("/v1/pip", params={"lon": lon, "lat": lat, "as_of": "2016-05-01"}).json()
+    after = client.get("/v1/pip", params={"lon": lon, "lat": lat, "as_of": "2023-01-01"}).json()
+    assert before["council_district"] == "6"
+    assert after["council_district"] not in ("6", None)
+    assert before["layers"]["council_district"]["version"] == "2011"
+    assert after["layers"]["council_district"]["version"] == "2021"
+
+
+def test_a_points_date_overrides_the_requests_as_of(client, moved_point):
+    lon, lat = moved_point
+    r = pip(client, [{"id": "old", "lon": lon, "lat": lat, "date": "2016-05-01"},
+                     {"id": "default", "lon": lon, "lat": lat}], as_of="2023-01-01", layers=["council_district"])
+    rows = r.json()["results"]
+    assert rows[0]["council_district"] == "6" and rows[0]["council_district_version"] == "2011"
+    assert rows[1]["council_district"] != "6" and rows[1]["council_district_version"] == "2021"
+
+
+def test_batch_answers_in_input_order_and_reports_bad_rows_only(client):
+    points = [
+        {"id": 1, "lon": CITY_HALL[0], "lat": CITY_HALL[1]},
+        {"id": 2, "lon": "west", "lat": 32.7},
+        {"id": 3, "lat": 32.7},
+        {"id": 4, "lon": -117.16, "lat": 132.0},
+        {"id": 5, "lon": CITY_HALL[1], "lat": CITY_HALL[0]},
+        {"id": 6, "lon": 0, "lat": 0},
+        {"id": 7, "lon": -117.1610838, "lat": 32.715738},
+        {"id": {"nested": True}, "lon": CITY_HALL[0], "lat": CITY_HALL[1]},
+        {"id": 9, "lon": -200, "lat": 32.7},
+        {"id": 10, "lon": CITY_HALL[0], "lat": CITY_HALL[1], "date": "yesterday"},
+    ]
+    r = pip(client, points)
+    assert r.status_code == 200
+    body = r.json()
+    rows = body["results"]
+    assert [row["id"] for row in rows] == [1, 2, 3, 4, 5, 6, 7, None, 9, 10]
+    assert rows[0]["council_district"] == "3" and rows[0]["error"] is None
+    assert rows[1]["error"] == "lon: must be a number, got str"
+    assert rows[2]["error"] == "lon: missing"
+    assert rows[3]["error"].startswith("lat: out of range")
+    assert "swapped" in rows[4]["error"] and rows[4]["flags"] == "swapped_lonlat"
+    assert rows[5]["error"] is None and rows[5]["flags"] == "zero_coordinates" and rows[5]["zip"] is None
+    assert rows[6]["flags"] == "city_centroid" and rows[6]["council_district"] == "3"
+    assert rows[7]["error"].startswith("id:")
+    assert rows[8]["error"].startswith("lon: out of range")
+    assert rows[9]["error"].startswith("date:")
+    assert {e["row"]: e["field"] for e in body["errors"]} == {1: "lon", 2: "lon", 3: "lat", 4: "lat", 7: "id",
+                                                               8: "lon", 9: "date"}
+    for bad in (1, 2, 3, 4, 8):
+        assert rows[bad]["council_district"] is None
+
+
+@pytest.mark.parametrize("params,field", [
+    ({"lon": "nan", "lat": 32.7}, "lon"),
+    ({"lon": "inf", "lat": 32.7}, "lon"),
+    ({"lon": -117.1, "lat": "-inf"}, "lat"),
+    ({"lon": -117.1, "lat": 95}, "lat"),
+    ({"lon": -190, "lat": 32.7}, "lon"),
+    ({"lat": 32.7}, "lon"),
+    ({"lon": "abc", "lat": 32.7}, "lon"),
+    ({"lon": -117.1, "lat": 32.7, "layers": "council_district,wards"}, "layers"),
+    ({"lon": -117.1, "lat": 32.7, "crs": "EPSG:999999"}, "crs"),
+    ({"lon": -117.1, "lat": 32.7, "crs": "not a crs"}, "crs"),
+    ({"lon": -117.1, "lat": 32.7, "as_of": "2000-01-01"}, "as_of"),
+    ({"lon": -117.1, "lat": 32.7, "as_of": "someday"}, "as_of"),
+    ({"lon": -117.1, "lat": 32.7, "nearest_within_m": -5}, "nearest_within_m"),
+])
+def test_single_point_bad_input_names_the_field(client, params, field):
+    r = client.get("/v1/pip", params=params)
+    assert r.status_code == 422, r.text
+    assert r.json()["field"] == field
+    assert field in r.json()["detail"] or field == "layers" and "wards" in r.json()["detail"]
+
+
+@pytest.mark.parametrize("body,status,field", [
+    (b'{"points": [', 400, "body"),
+    (b'{"points": [{"id": 1, "lon": NaN, "lat": 32.7}]}', 400, "body"),
+    (b'[1, 2]', 422, "body"),
+    (b'{"layers": ["zip"]}', 422, "points"),
+    (b'{"points": []}', 422, "points"),
+    (b'{"points": "many"}', 422, "points"),
+    (b'{"points": [{"lon": -117.1, "lat": 32.7}], "layers": ["wards"]}', 422, "layers"),
+    (b'{"points": [{"lon": -117.1, "lat": 32.7}], "layers": []}', 422, "layers"),
+    (b'{"points": [{"lon": -117.1, "lat": 32.7}], "crs": "EPSG:0"}', 422, "crs"),
+    (b'{"points": [{"lon": -117.1, "lat": 32.7}], "as_of": "1999-12-31", "layers": ["council_district"]}', 422,
+     "as_of"),
+    (orjson.dumps({"points": [{"lon": -117.1, "lat": 32.7}] * 1001}), 413, "points"),
+    (b'{"points": [{"lon": -117.1, "lat": 32.7, "id": "' + b"x" * 2_000_001 + b'"}]}', 413, "body"),
+])
+def test_batch_bad_input_gets_a_4xx_naming_the_field(client, body, status, field):
+    r = client.post("/v1/pip", content=body, headers={"content-type": "application/json"})
+    assert r.status_code == status, r.text
+    assert r.json()["field"] == field
+
+
+def test_wrong_media_type_is_415_and_unacceptable_accept_is_406(client):
+    r = client.post("/v1/pip", content=b"<points/>", headers={"content-type": "application/xml"})
+    assert r.status_code == 415 and r.json()["field"] == "Content-Type"
+    r = client.post("/v1/pip", content=orjson.dumps({"points": [{"lon": -117.1, "lat": 32.7}]}),
+                    headers={"content-type": "application/json", "accept": "image/png"})
+    assert r.status_code == 406 and r.json()["field"] == "Accept"
+
+
+def _arrow(table: pa.Table) -> bytes:
+    sink = pa.BufferOutputStream()
+    with ipc.new_stream(sink, table.schema) as w:
+        w.write_table(table)
+    return sink.getvalue().to_pybytes()
+
+
+def test_arrow_in_arrow_out_keeps_the_input_columns(client):
+    table = pa.table({"id": ["a", "b", "c"], "lon": [CITY_HALL[0], None, -117.25],
+                      "lat": [CITY_HALL[1], 32.7, 32.85], "permit": [10, 11, 12]})
+    r = client.post("/v1/pip?layers=council_district,zip", content=_arrow(table), headers={"content-type": ARROW})
+    assert r.status_code == 200, r.text
+    out = ipc.open_stream(r.content).read_all()
+    assert out.column_names[:4] == ["id", "lon", "lat", "permit"]
+    assert out.column("council_district").to_pylist() == ["3", None, "1"]
+    assert out.column("error").to_pylist()[1] == "lon: missing"
+    assert orjson.loads(r.headers["x-enrich-layers"])["zip"]["version"] == "2010"
+
+
+def test_arrow_bad_bodies(client):
+    r = client.post("/v1/pip", content=b"\x00garbage\xff", headers={"content-type": ARROW})
+    assert r.status_code == 400 and r.json()["field"] == "body"
+    r = client.post("/v1/pip", content=_arrow(pa.table({"id": [1], "x": [1.0], "lat": [32.7]})),
+                    headers={"content-type": ARROW})
+    assert r.status_code == 422 and r.json()["field"] == "lon"
+    r = client.post("/v1/pip", content=_arrow(pa.table({"lon": [[1.0]], "lat": [32.7]})),
+                    headers={"content-type": ARROW})
+    assert r.status_code == 422 and r.json()["field"] == "lon"
+
+
+def test_csv_answer_is_the_input_with_columns_appended(client):
+    body = b"permit,X,Y\nP1,-117.1627,32.7167\nP2,oops,32.7\nP3,-117.25,32.85\n"
+    r = client.post("/v1/pip?lon_col=X&lat_col=Y&layers=council_district", content=body,
+                    headers={"content-type": "text/csv"})
+    assert r.status_code == 200, r.text
+    out = pacsv.read_csv(io.BytesIO(r.content))
+    assert out.column_names[:3] == ["permit", "X", "Y"]
+    assert out.column("council_district").to_pylist() == [3, None, 1]
+    assert "oops" in out.column("error").to_pylist()[1]
+
+
+def test_ndjson_streams_one_line_per_point(client):
+    lines = [orjson.dumps({"id": i, "lon": CITY_HALL[0], "lat": CITY_HALL[1]}) for i in range(5)]
+    lines.insert(2, b"{not json")
+    r = client.post("/v1/pip?layers=zip", content=b"\n".join(lines) + b"\n",
+                    headers={"content-type": "application/x-ndjson"})
+    assert r.status_code == 200
+    rows = [orjson.loads(line) for line in r.content.splitlines()]
+    assert len(rows) == 6
+    assert [row["zip"] for row in rows] == ["92101", "92101", None, "92101", "92101", "92101"]
+    assert "not valid JSON" in rows[2]["error"]
+
+
+def test_health_and_readiness(client):
+    assert client.get("/healthz").json() == {"status": "ok"}
+    ready = client.get("/readyz").json()
+    assert ready["status"] == "ready" and "council_district" in ready["versions"]
+
+
+def test_openapi_documents_the_routes(client):
+    spec = client.get("/openapi.json").json()
+    assert {"/v1/pip", "/v1/layers", "/healthz", "/readyz", "/v1/admin/reload"} <= set(spec["paths"])
+    assert ARROW in spec["paths"]["/v1/pip"]["post"]["requestBody"]["content"]

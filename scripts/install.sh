@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Installs everything this project needs on a fresh Debian machine; safe to run again (does only what is missing).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+APT_PACKAGES=(postgresql-15-postgis-3 nginx age)
+missing=()
+for p in "${APT_PACKAGES[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "installing ${missing[*]}"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+
+# PostgreSQL is started before each session; start it if it has stopped.
+if command -v pg_lsclusters >/dev/null && ! pg_lsclusters -h | grep -q online; then
+  pg_ctlcluster --skip-systemctl-redirect "$(ls /etc/postgresql | head -1)" main start
+fi
+
+PY=${PYTHON:-python3.11}
+command -v "$PY" >/dev/null || PY=python3
+[ -x .venv/bin/python ] || "$PY" -m venv .venv
+.venv/bin/pip install -q --upgrade pip
+# The same pins as both Dockerfiles (constraints.txt).
+.venv/bin/pip install -q -c constraints.txt -e '.[airflow,dev]'

@@ -8,14 +8,17 @@ import logging
 import sys
 from pathlib import Path
 
+from .observability import configure_logging
 from .settings import get_settings
 
 
 def serve(args: argparse.Namespace) -> int:
     import uvicorn
 
+    # Our JSON logging for every process (uvicorn workers too); uvicorn's access log is replaced by ours.
     uvicorn.run("enrich_service.main:create_app", factory=True, host=args.host, port=args.port,
-                workers=args.workers, log_level=args.log_level, timeout_graceful_shutdown=args.graceful_seconds)
+                workers=args.workers, log_config=None, access_log=False,
+                timeout_graceful_shutdown=args.graceful_seconds)
     return 0
 
 
@@ -90,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8080)
     p.add_argument("--workers", type=int, default=1)
-    p.add_argument("--log-level", default="info")
+    p.add_argument("--log-level", help="default: ENRICH_LOG_LEVEL")
     p.add_argument("--graceful-seconds", type=int, default=30, help="time in-flight requests get on shutdown")
     p.set_defaults(func=serve)
 
@@ -117,8 +120,9 @@ def main(argv: list[str] | None = None) -> int:
     p.set_defaults(func=enrich)
 
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    settings = get_settings()
+    level = "DEBUG" if args.verbose else (getattr(args, "log_level", None) or settings.log_level)
+    configure_logging(level, json_logs=settings.json_logs and args.command == "serve")
     return args.func(args)
 
 

@@ -14,6 +14,7 @@ from .responses import JSONResponse
 from . import __version__
 from .api import admin, health, layers, pip
 from .errors import EnrichError, install_handlers
+from .observability import ObservabilityMiddleware, configure_logging
 from .reload import reload_index
 from .security import require_read_key
 from .settings import get_settings
@@ -45,6 +46,8 @@ async def _reload_quietly(app: FastAPI) -> None:
 
 def create_app() -> FastAPI:
     settings = get_settings()
+    if not logging.getLogger().handlers:  # started by uvicorn directly rather than `enrich-service serve`
+        configure_logging(settings.log_level, settings.json_logs)
     app = FastAPI(
         title="City enrichment service",
         version=__version__,
@@ -61,5 +64,6 @@ def create_app() -> FastAPI:
     if settings.cors_origins:
         app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["GET", "POST"],
                            allow_headers=["*"], expose_headers=["X-Enrich-Layers", "X-Request-ID"])
+    app.add_middleware(ObservabilityMiddleware, timeout_s=settings.request_timeout_s)
     install_handlers(app)
     return app

@@ -38,12 +38,16 @@ class PointBatch:
 
 @dataclass
 class Prepared:
+    """Lon/lat ready to tag. Errors and flags are rare, so they are kept sparse: row -> value."""
+
     lon: np.ndarray
     lat: np.ndarray
     valid: np.ndarray  # bool: rows to tag
-    error: np.ndarray  # object: None or "field: message"
-    error_field: np.ndarray  # object: None or the field name
-    flags: np.ndarray  # object: None or comma-joined flags
+    errors: dict[int, tuple[str, str]]  # row -> (field, message)
+    flags: dict[int, str]  # row -> comma-joined flags
+
+    def __len__(self) -> int:
+        return len(self.lon)
 
 
 @lru_cache(maxsize=64)
@@ -97,58 +101,49 @@ def parse_dates(values: list | np.ndarray, field_name: str, errors: dict[int, tu
 
 
 def prepare(batch: PointBatch, crs: CRS, x_name: str = "lon", y_name: str = "lat") -> Prepared:
-    n = len(batch)
-    error = np.full(n, None, dtype=object)
-    error_field = np.full(n, None, dtype=object)
-    flags = np.full(n, None, dtype=object)
+    errors: dict[int, tuple[str, str]] = {}
+    flags: dict[int, str] = {}
     x, y = batch.x, batch.y
-
     finite = np.isfinite(x) & np.isfinite(y)
-    for name, col in ((x_name, x), (y_name, y)):
-        bad = ~np.isfinite(col) & ~np.isnan(col)
-        _set(error, error_field, bad, name, "not a finite number")
-        _set(error, error_field, np.isnan(col), name, "missing or not a number")
+
+    if not finite.all():
+        for name, col in ((x_name, x), (y_name, y)):
+            _set(errors, ~np.isfinite(col) & ~np.isnan(col), name, "not a finite number")
+            _set(errors, np.isnan(col), name, "missing or not a number")
 
     if crs.equals(WGS84, ignore_axis_order=True):
         lon, lat = x.astype(np.float64, copy=True), y.astype(np.float64, copy=True)
-        lon_bad = finite & (np.abs(lon) > 180)
         lat_bad = finite & (np.abs(lat) > 90)
-        swapped = finite & (np.abs(lat) > 90) & (np.abs(lon) <= 90)
-        _set(error, error_field, lat_bad & swapped, y_name,
-             "out of range [-90, 90]; lon and lat look swapped")
-        _set(error, error_field, lat_bad & ~swapped, y_name, "out of range [-90, 90]")
-        _set(error, error_field, lon_bad, x_name, "out of range [-180, 180]")
-        _add_flag(flags, swapped, "swapped_lonlat")
+        lon_bad = finite & (np.abs(lon) > 180)
+        if lat_bad.any() or lon_bad.any():
+            swapped = lat_bad & (np.abs(lon) <= 90)
+            _set(errors, swapped, y_name, "out of range [-90, 90]; lon and lat look swapped")
+            _set(errors, lat_bad, y_name, "out of range [-90, 90]")
+            _set(errors, lon_bad, x_name, "out of range [-180, 180]")
+            _flag(flags, swapped, "swapped_lonlat")
     else:
         lon, lat = _to_wgs84(crs).transform(np.where(finite, x, 0.0), np.where(finite, y, 0.0))
         lon, lat = np.asarray(lon, dtype=np.float64), np.asarray(lat, dtype=np.float64)
         lost = finite & ~(np.isfinite(lon) & np.isfinite(lat) & (np.abs(lon) <= 180) & (np.abs(lat) <= 90))
-        _set(error, error_field, lost, x_name, f"outside the area where {crs.to_string()} is defined")
+        _set(errors, lost, x_name, f"outside the area where {crs.to_string()} is defined")
 
-    for row, (name, message) in batch.errors.items():  # decoder errors win: they name the real cause
-        error[row] = f"{name}: {message}"
-        error_field[row] = name
-
-    _add_flag(flags, finite & (x == 0) & (y == 0), "zero_coordinates")
-    _add_flag(flags, (np.abs(lon - CITY_CENTROID[0]) < 1e-6) & (np.abs(lat - CITY_CENTROID[1]) < 1e-6),
-              "city_centroid")
-    valid = np.array([e is None for e in error], dtype=bool) if batch.errors else _no_error(error)
-    lon[~valid] = np.nan
-    lat[~valid] = np.nan
-    return Prepared(lon=lon, lat=lat, valid=valid, error=error, error_field=error_field, flags=flags)
-
-
-def _no_error(error: np.ndarray) -> np.ndarray:
-    return np.equal(error, None)
+    errors.update(batch.errors)  # decoder errors win: they name the real cause
+    _flag(flags, finite & (x == 0) & (y == 0), "zero_coordinates")
+    _flag(flags, (np.abs(lon - CITY_CENTROID[0]) < 1e-6) & (np.abs(lat - CITY_CENTROID[1]) < 1e-6),
+          "city_centroid")
+    valid = finite.copy()
+    if errors:
+        valid[np.fromiter(errors, dtype=np.int64, count=len(errors))] = False
+        lon[~valid] = np.nan
+        lat[~valid] = np.nan
+    return Prepared(lon=lon, lat=lat, valid=valid, errors=errors, flags=flags)
 
 
-def _set(error: np.ndarray, error_field: np.ndarray, mask: np.ndarray, name: str, message: str) -> None:
-    mask = mask & np.equal(error, None)  # the first problem found for a row is the one reported
-    if mask.any():
-        error[mask] = f"{name}: {message}"
-        error_field[mask] = name
+def _set(errors: dict[int, tuple[str, str]], mask: np.ndarray, name: str, message: str) -> None:
+    for i in np.flatnonzero(mask):  # bad rows are rare; the first problem found for a row is the one reported
+        errors.setdefault(int(i), (name, message))
 
 
-def _add_flag(flags: np.ndarray, mask: np.ndarray, flag: str) -> None:
-    for i in np.flatnonzero(mask):  # flagged rows are rare; the loop touches only them
-        flags[i] = flag if flags[i] is None else f"{flags[i]},{flag}"
+def _flag(flags: dict[int, str], mask: np.ndarray, flag: str) -> None:
+    for i in np.flatnonzero(mask):
+        flags[int(i)] = f"{flags[int(i)]},{flag}" if int(i) in flags else flag

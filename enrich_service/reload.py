@@ -12,6 +12,7 @@ from starlette.concurrency import run_in_threadpool
 
 from .errors import EnrichError, ReloadRefused
 from .index import ServiceIndex, build_index
+from .observability import RELOADS, record_index
 from .settings import get_settings
 
 log = logging.getLogger(__name__)
@@ -30,16 +31,20 @@ async def reload_index(app) -> ServiceIndex:
         try:
             index = await run_in_threadpool(build_index, get_settings(), generation)
         except EnrichError as exc:
+            RELOADS.labels("refused").inc()
             log.error("index generation %d refused: %s", generation, exc.message)
             if old is None:
                 app.state.load_error = exc.message
             raise ReloadRefused(f"reload refused, still serving generation "
                                 f"{old.generation if old else 'none'}: {exc.message}") from None
         except Exception as exc:  # a reader bug must not take the serving index down with it
+            RELOADS.labels("failed").inc()
             log.exception("index generation %d failed", generation)
             if old is None:
                 app.state.load_error = str(exc)
             raise ReloadRefused(f"reload failed: {exc}") from None
         app.state.index = index  # the swap: one reference assignment, atomic for every reader
         app.state.load_error = None
+        RELOADS.labels("swapped").inc()
+        record_index(index)
         return index

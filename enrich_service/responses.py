@@ -44,6 +44,8 @@ class NDJSONStreamResponse(Response):
 
     def __init__(self, content, status_code: int = 200, headers: dict | None = None):
         super().__init__(None, status_code=status_code, headers=headers, media_type=NDJSON)
+        # Streamed: no Content-Length (the empty body of __init__ would set one to 0).
+        self.raw_headers = [(k, v) for k, v in self.raw_headers if k != b"content-length"]
         self.body_iterator = content
 
     async def __call__(self, scope, receive, send) -> None:

@@ -47,6 +47,10 @@ class Settings(BaseSettings):
     read_requires_key: bool = False
     cors_origins: Annotated[list[str], NoDecode] = []
 
+    # Logs
+    log_level: str = "INFO"
+    json_logs: bool = True
+
     # PostGIS (CLI load-postgis and the DAGs)
     postgis_dsn: str | None = None
 

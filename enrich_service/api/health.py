@@ -1,6 +1,9 @@
 """Liveness (the process answers) and readiness (layers loaded and indexed)."""
 
 from fastapi import APIRouter, Request
+from fastapi.responses import Response
+
+from ..observability import metrics_body
 from ..responses import JSONResponse
 
 router = APIRouter(tags=["health"])
@@ -19,3 +22,9 @@ def readyz(request: Request):
         return JSONResponse({"status": "loading" if error is None else "failed", "detail": error},
                               status_code=503)
     return {"status": "ready", "generation": index.generation, "versions": index.versions()}
+
+
+@router.get("/metrics", summary="Prometheus metrics", response_class=Response)
+def metrics() -> Response:
+    body, content_type = metrics_body()
+    return Response(body, media_type=content_type)

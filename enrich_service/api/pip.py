@@ -15,6 +15,7 @@ from .. import codecs
 from ..codecs import ARROW, CSV, JSON, NDJSON, Columns
 from ..errors import InvalidInput
 from ..index import ServiceIndex, current
+from ..observability import POINTS
 from ..points import PointBatch, prepare
 from ..settings import Settings, get_settings
 from .common import Options, check_batch_size, offload, parse_options, read_body
@@ -41,6 +42,9 @@ def tag_batch(index: ServiceIndex, batch: PointBatch, opts: Options, cols: Colum
     prepared = prepare(batch, opts.crs, cols.lon, cols.lat)
     result = index.engine.tag(prepared.lon, prepared.lat, prepared.valid, opts.layers, opts.as_of, batch.dates,
                               opts.nearest_within_m)
+    tagged = int(prepared.valid.sum())
+    for layer in opts.layers:
+        POINTS.labels(layer).inc(tagged)
     return prepared, result
 
 
@@ -62,7 +66,8 @@ def get_pip(
     batch = PointBatch(ids=[None], x=np.array([lon], dtype=float), y=np.array([lat], dtype=float))
     prepared, result = tag_batch(index, batch, opts, Columns())
     if not prepared.valid[0]:
-        raise InvalidInput(prepared.error[0], field=prepared.error_field[0])
+        name, message = prepared.errors.get(0, ("lon", "not a finite number"))
+        raise InvalidInput(f"{name}: {message}", field=name)
     answer: dict = {"lon": float(prepared.lon[0]), "lat": float(prepared.lat[0])}
     labels, rules, details, distances = {}, {}, {}, {}
     for name, tags in result.layers.items():
@@ -74,7 +79,7 @@ def get_pip(
         if tags.distance_m is not None:
             distances[name] = None if np.isnan(tags.distance_m[0]) else float(tags.distance_m[0])
     answer.update(labels=labels, rules=rules, details=details,
-                  flags=prepared.flags[0].split(",") if prepared.flags[0] else [], layers=result.layers_used())
+                  flags=prepared.flags[0].split(",") if 0 in prepared.flags else [], layers=result.layers_used())
     if opts.nearest_within_m is not None:
         answer["distance_m"] = distances
     return JSONResponse(answer)

@@ -1,0 +1,236 @@
+"""Point-in-polygon throughput, side by side, in ONE run on the real layers (run by hand):
+
+    .venv/bin/python bench/pip.py [--points 1000000] [--postgis-points 200000] [--big 10000000]
+
+Prints, per layer, geopandas.sjoin, PostGIS (plain GiST join and ST_Subdivide(geom, 256)), and the engine in
+process; then the service over HTTP on loopback (client encode + request + decode included) per transport for all
+three layers; start-up time and the service's RSS. Every figure as points/s and as a ratio to geopandas.sjoin.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import geopandas as gpd
+import httpx
+import numpy as np
+import orjson
+import pandas as pd
+import psycopg
+import pyarrow as pa
+import pyarrow.csv as pacsv
+import pyarrow.ipc as ipc
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+DATA = Path(os.environ.get("ENRICH_SHARED_DATA", REPO.parent / "shared" / "data"))
+BOUNDARIES = DATA / "boundaries"
+LAYERS = [("council_district", 1, "council_districts_2021_datasd.geojson"),
+          ("neighborhood", 0, "cmty_plan_datasd.geojson"),
+          ("zip", 0, "sd_county_zcta2010.geojson")]
+PG_DSN = os.environ.get("ENRICH_TEST_POSTGIS_DSN", "postgresql://postgres@127.0.0.1:5432/test")
+
+
+def timed(fn, *args, repeat: int = 1):
+    best = float("inf")
+    out = None
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        out = fn(*args)
+        best = min(best, time.perf_counter() - t0)
+    return best, out
+
+
+def uniform(bbox, n, seed):
+    rng = np.random.default_rng(seed)
+    return rng.uniform(bbox[0], bbox[2], n), rng.uniform(bbox[1], bbox[3], n)
+
+
+def sjoin(polys: gpd.GeoDataFrame, pts: gpd.GeoDataFrame):
+    # geopandas at its fastest: points built beforehand, predicate "within" (the polygon side is prepared;
+    # "intersects" would test each point against unprepared polygons, 45x slower).
+    return gpd.sjoin(pts, polys, predicate="within")
+
+
+def postgis(conn, table: str, x, y, subdivide: bool) -> float:
+    conn.execute("DROP TABLE IF EXISTS bench_pts")
+    conn.execute("CREATE TEMP TABLE bench_pts (i int, geom geometry(Point, 4326))")
+    with conn.cursor().copy("COPY bench_pts (i, geom) FROM STDIN") as copy:
+        for i, (px, py) in enumerate(zip(x.tolist(), y.tolist())):
+            copy.write_row((i, f"SRID=4326;POINT({px!r} {py!r})"))
+    conn.execute("ANALYZE bench_pts")
+    poly = table
+    if subdivide:
+        conn.execute("DROP TABLE IF EXISTS bench_sub")
+        conn.execute(f"CREATE TEMP TABLE bench_sub AS SELECT fid, ST_Subdivide(geom, 256) geom FROM {table}")
+        conn.execute("CREATE INDEX ON bench_sub USING gist (geom); ANALYZE bench_sub")
+        poly = "bench_sub"
+    t0 = time.perf_counter()
+    conn.execute(f"CREATE TEMP TABLE bench_out AS SELECT p.i, b.fid FROM bench_pts p LEFT JOIN {poly} b "
+                 f"ON ST_Contains(b.geom, p.geom)")
+    elapsed = time.perf_counter() - t0
+    conn.execute("DROP TABLE bench_out")
+    return elapsed
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def start_service(port: int, env: dict) -> tuple[subprocess.Popen, float]:
+    t0 = time.perf_counter()
+    proc = subprocess.Popen([sys.executable, "-m", "enrich_service.cli", "serve", "--port", str(port),
+                             "--log-level", "warning"], env={**os.environ, **env})
+    while True:
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=1).status_code == 200:
+                return proc, time.perf_counter() - t0
+        except httpx.HTTPError:
+            pass
+        if proc.poll() is not None:
+            raise SystemExit("service failed to start")
+        time.sleep(0.05)
+
+
+def arrow_bytes(table: pa.Table) -> bytes:
+    sink = pa.BufferOutputStream()
+    with ipc.new_stream(sink, table.schema) as w:
+        w.write_table(table)
+    return sink.getvalue().to_pybytes()
+
+
+def http_arrow(client, url, x, y):
+    body = arrow_bytes(pa.table({"id": np.arange(len(x)), "lon": x, "lat": y}))
+    r = client.post(f"{url}/v1/pip?layers=council_district,neighborhood,zip", content=body,
+                    headers={"content-type": "application/vnd.apache.arrow.stream"})
+    r.raise_for_status()
+    return ipc.open_stream(r.content).read_all()
+
+
+def http_json(client, url, x, y):
+    points = [{"id": i, "lon": a, "lat": b} for i, (a, b) in enumerate(zip(x.tolist(), y.tolist()))]
+    r = client.post(f"{url}/v1/pip", content=orjson.dumps({"points": points}),
+                    headers={"content-type": "application/json"})
+    r.raise_for_status()
+    return orjson.loads(r.content)["results"]
+
+
+def http_csv(client, url, x, y):
+    sink = io.BytesIO()
+    pacsv.write_csv(pa.table({"id": np.arange(len(x)), "lon": x, "lat": y}), sink)
+    r = client.post(f"{url}/v1/pip?layers=council_district,neighborhood,zip", content=sink.getvalue(),
+                    headers={"content-type": "text/csv"})
+    r.raise_for_status()
+    return pacsv.read_csv(io.BytesIO(r.content))
+
+
+def ndjson_lines(x, y, chunk=100_000):
+    for s in range(0, len(x), chunk):
+        yield b"".join(orjson.dumps({"id": s + i, "lon": a, "lat": b}) + b"\n"
+                       for i, (a, b) in enumerate(zip(x[s:s + chunk].tolist(), y[s:s + chunk].tolist())))
+
+
+def http_ndjson(client, url, x, y):
+    rows = 0
+    with client.stream("POST", f"{url}/v1/pip?layers=council_district,neighborhood,zip",
+                       content=ndjson_lines(x, y), headers={"content-type": "application/x-ndjson"}) as r:
+        r.raise_for_status()
+        for line in r.iter_lines():
+            if line:
+                orjson.loads(line)
+                rows += 1
+    return rows
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--points", type=int, default=1_000_000)
+    ap.add_argument("--postgis-points", type=int, default=200_000,
+                    help="points for the PostGIS joins (the plain join manages a few 10k points/s)")
+    ap.add_argument("--big", type=int, default=0, help="also stream this many points as NDJSON, watching RSS")
+    ap.add_argument("--port", type=int, default=8765)
+    args = ap.parse_args()
+    n = args.points
+
+    from enrich_service.engine.tagger import Engine
+    from enrich_service.layers.store import LayerStore
+    from enrich_service.postgis import load_layers, table_name
+    from enrich_service.settings import Settings
+
+    settings = Settings(boundary_dir=BOUNDARIES)
+    store = LayerStore.load(settings.manifest, BOUNDARIES, settings.cache_dir)
+    t_build, engine = timed(Engine, store, settings.grid_cells, settings.use_grid)
+    print(f"machine: {os.cpu_count()} cores; engine grid={'on' if settings.use_grid else 'off'}, "
+          f"index build {t_build:.2f}s for all layers and versions\n")
+
+    conn = psycopg.connect(PG_DSN, autocommit=True)
+    conn.execute("CREATE SCHEMA IF NOT EXISTS bench")
+    load_layers(conn, store, schema="bench")
+
+    rows = []
+    sjoin_rate = {}
+    for layer, vi, filename in LAYERS:
+        version = store.versions[layer][vi]
+        x, y = uniform(version.bbox, n, seed=7)
+        polys = gpd.read_file(BOUNDARIES / filename)
+        pts = gpd.GeoDataFrame(geometry=gpd.points_from_xy(x, y), crs=4326)
+        t_sj, _ = timed(sjoin, polys, pts)
+        sjoin_rate[layer] = n / t_sj
+        engine.tag_version(layer, vi, x[:1000], y[:1000])  # warm (JIT, caches)
+        t_en, _ = timed(engine.tag_version, layer, vi, x, y, repeat=3)
+        m = min(args.postgis_points, n)
+        table = f"bench.{table_name(layer, version.version)}"
+        t_pg = postgis(conn, table, x[:m], y[:m], subdivide=False)
+        t_pgs = postgis(conn, table, x[:m], y[:m], subdivide=True)
+        for name, rate in ((f"geopandas.sjoin {layer}", n / t_sj), (f"PostGIS ST_Contains {layer}", m / t_pg),
+                           (f"PostGIS subdivided(256) {layer}", m / t_pgs), (f"engine in process {layer}", n / t_en)):
+            rows.append((name, rate, rate / sjoin_rate[layer]))
+
+    # The service over HTTP: all three layers per request, compared with sjoin of the same three layers in turn.
+    three_layer_sjoin = 1.0 / sum(1.0 / r for r in sjoin_rate.values())
+    rows.append(("geopandas.sjoin, 3 layers in turn", three_layer_sjoin, 1.0))
+    env = {"ENRICH_BOUNDARY_DIR": str(BOUNDARIES), "ENRICH_LOG_LEVEL": "WARNING"}
+    proc, startup = start_service(args.port, env)
+    url = f"http://127.0.0.1:{args.port}"
+    time.sleep(1)
+    idle_rss = rss_mb(proc.pid)
+    x, y = uniform(store.versions["council_district"][1].bbox, n, seed=11)
+    try:
+        with httpx.Client(timeout=600) as client:
+            http_arrow(client, url, x[:1000], y[:1000])
+            for name, fn in (("HTTP arrow", http_arrow), ("HTTP json (orjson)", http_json),
+                             ("HTTP csv", http_csv), ("HTTP ndjson stream", http_ndjson)):
+                t, _ = timed(fn, client, url, x, y)
+                rows.append((f"{name}, 3 layers", n / t, (n / t) / three_layer_sjoin))
+            peak = rss_mb(proc.pid)
+            big_line = ""
+            if args.big:
+                bx, by = uniform(store.versions["council_district"][1].bbox, args.big, seed=13)
+                t0 = time.perf_counter()
+                http_ndjson(client, url, bx, by)
+                big_line = (f"{args.big:,} points as NDJSON in {time.perf_counter() - t0:.1f}s, "
+                            f"service RSS after {rss_mb(proc.pid):.0f} MB")
+    finally:
+        proc.terminate()
+        proc.wait()
+
+    print(f"{'':44} {'points/s':>14} {'x sjoin':>9}")
+    for name, rate, ratio in rows:
+        print(f"{name:44} {rate:14,.0f} {ratio:9.2f}")
+    print(f"\nservice start-up to ready: {startup:.2f}s; RSS idle {idle_rss:.0f} MB, after the 1M-point requests "
+          f"{peak:.0f} MB")
+    if big_line:
+        print(big_line)
+
+
+if __name__ == "__main__":
+    main()

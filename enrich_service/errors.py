@@ -136,8 +136,13 @@ async def _validation_error(request: Request, exc: RequestValidationError) -> JS
 
 
 async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    headers = dict(getattr(exc, "headers", None) or {})
+    if exc.status_code == 405:  # Starlette lists only the first matching route's methods; list them all
+        methods = {m for r in request.app.routes if getattr(r, "path", None) == request.url.path
+                   for m in (getattr(r, "methods", None) or ())}
+        headers["Allow"] = ", ".join(sorted(methods))
     return JSONResponse({"detail": str(exc.detail), "code": "http_error"}, status_code=exc.status_code,
-                          headers=getattr(exc, "headers", None))
+                        headers=headers or None)
 
 
 def _plain(errors: list[dict]) -> list[dict]:

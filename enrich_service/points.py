@@ -81,22 +81,30 @@ def parse_date(value: object, field_name: str) -> dt.date | None:
         raise InvalidInput(f"{field_name} {value!r} is not a date (YYYY-MM-DD)", field=field_name) from None
 
 
-def parse_dates(values: list | np.ndarray, field_name: str, errors: dict[int, tuple[str, str]]) -> np.ndarray:
-    """Vectorized ISO dates to datetime64[D]; unparsable ones become NaT with a row error."""
-    arr = np.asarray(values, dtype=object)
-    present = np.array([v is not None and v == v and v != "" for v in arr], dtype=bool)
-    out = np.full(len(arr), np.datetime64("NaT"), dtype="datetime64[D]")
-    if not present.any():
+def parse_dates(values: list, field_name: str, errors: dict[int, tuple[str, str]]) -> np.ndarray:
+    """ISO date strings (or dates) to datetime64[D]; anything else becomes NaT with that row's error."""
+    out = np.full(len(values), np.datetime64("NaT"), dtype="datetime64[D]")
+    rows, texts = [], []
+    for i, v in enumerate(values):
+        if v is None or v == "":
+            continue
+        if isinstance(v, str):
+            rows.append(i)
+            texts.append(v[:10])
+        elif isinstance(v, dt.date):
+            out[i] = np.datetime64(v.isoformat()[:10], "D")
+        else:
+            errors.setdefault(i, (field_name, f"must be a date string YYYY-MM-DD, got {type(v).__name__}"))
+    if not rows:
         return out
-    text = np.array([str(v)[:10] for v in arr[present]])
     try:
-        out[present] = text.astype("datetime64[D]")
+        out[rows] = np.array(texts, dtype="datetime64[D]")
     except ValueError:  # find the bad ones; the good ones still count
-        for i in np.flatnonzero(present):
+        for i, text in zip(rows, texts):
             try:
-                out[i] = np.datetime64(str(arr[i])[:10], "D")
+                out[i] = np.datetime64(text, "D")
             except ValueError:
-                errors[int(i)] = (field_name, f"{arr[i]!r} is not a date (YYYY-MM-DD)")
+                errors.setdefault(i, (field_name, f"{values[i]!r} is not a date (YYYY-MM-DD)"))
     return out
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import orjson
+from starlette.responses import JSONResponse as _StarletteJSON
 from starlette.responses import Response
 
 JSON = "application/json"
@@ -12,7 +13,7 @@ NDJSON = "application/x-ndjson"
 MEDIA_TYPES = (JSON, ARROW, CSV, NDJSON)
 
 
-class JSONResponse(Response):
+class JSONResponse(_StarletteJSON):
     """orjson: numpy scalars and arrays serialize as they are, and faster than the standard library."""
 
     media_type = JSON

@@ -4,11 +4,15 @@ from fastapi import APIRouter, Depends, Request
 
 from ..reload import reload_index
 from ..security import require_admin_key
+from .schemas import ErrorBody
 
 router = APIRouter(prefix="/v1/admin", tags=["admin"], dependencies=[Depends(require_admin_key)])
 
 
-@router.post("/reload", summary="Rebuild the index in the background, validate it, swap it in atomically")
+@router.post("/reload", responses={401: {"model": ErrorBody, "description": "Missing or wrong X-API-Key"},
+                                   409: {"model": ErrorBody, "description": "The new index was refused; the old one "
+                                                                            "keeps serving"}},
+             summary="Rebuild the index in the background, validate it, swap it in atomically")
 async def reload(request: Request) -> dict:
     index = await reload_index(request.app)
     return {"status": "reloaded", "generation": index.generation, "build_seconds": round(index.build_seconds, 3),

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from fastapi import Request
 from starlette.concurrency import run_in_threadpool
 
+from ..engine.tagger import MAX_NEAREST_M
 from ..errors import InvalidInput, PayloadTooLarge
 from ..points import parse_crs, parse_date
 from ..settings import Settings, get_settings
@@ -33,17 +34,20 @@ def parse_options(raw: dict, settings: Settings) -> Options:
     if not layers:
         raise InvalidInput("layers is empty; name at least one layer", field="layers")
     nearest = raw.get("nearest_within_m")
+    if isinstance(nearest, bool):
+        raise InvalidInput("nearest_within_m must be a number of metres, not true/false", field="nearest_within_m")
     if nearest is not None and nearest != "":
         try:
             nearest = float(nearest)
         except (TypeError, ValueError):
             raise InvalidInput(f"nearest_within_m {nearest!r} is not a number", field="nearest_within_m") from None
-        if nearest != nearest:
-            raise InvalidInput("nearest_within_m is not a number", field="nearest_within_m")
+        if not 0 <= nearest <= MAX_NEAREST_M:  # also refuses NaN
+            raise InvalidInput(f"nearest_within_m must be between 0 and {MAX_NEAREST_M:g} metres",
+                               field="nearest_within_m")
     else:
         nearest = None
     crs = raw.get("crs")
-    if crs is not None and not isinstance(crs, (str, int)):
+    if crs is not None and (isinstance(crs, bool) or not isinstance(crs, (str, int))):
         raise InvalidInput("crs must be a string such as 'EPSG:2230' or an EPSG number", field="crs")
     return Options(layers=list(dict.fromkeys(layers)), as_of=parse_date(raw.get("as_of"), "as_of"),
                    crs=parse_crs(crs), nearest_within_m=nearest)

@@ -19,7 +19,7 @@ from ..observability import POINTS
 from ..points import PointBatch, prepare
 from ..settings import Settings, get_settings
 from .common import Options, check_batch_size, offload, parse_options, read_body
-from .schemas import ERROR_RESPONSES, PipRequest, PipResponse, PointAnswer
+from .schemas import ERROR_RESPONSES, PipRequest, PipResponse, PointAnswer, inline_schema
 
 router = APIRouter(prefix="/v1", tags=["point in polygon"])
 
@@ -29,7 +29,7 @@ _BULK_BODY = {
     "requestBody": {
         "required": True,
         "content": {
-            JSON: {"schema": PipRequest.model_json_schema(ref_template="#/components/schemas/{model}")},
+            JSON: {"schema": inline_schema(PipRequest)},
             ARROW: {"schema": {"type": "string", "format": "binary"}},
             CSV: {"schema": {"type": "string"}},
             NDJSON: {"schema": {"type": "string"}},

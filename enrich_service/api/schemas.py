@@ -17,10 +17,12 @@ class PointIn(BaseModel):
 
 class PipRequest(BaseModel):
     points: list[PointIn] = Field(min_length=1)
-    layers: list[str] | None = Field(default=None, examples=[LAYER_EXAMPLE],
-                                     description="Layers to tag with (default: ENRICH_DEFAULT_LAYERS)")
+    layers: list[str] | str | None = Field(default=None, examples=[LAYER_EXAMPLE],
+                                           description="Layers to tag with, a list or a comma-separated string "
+                                                       "(default: ENRICH_DEFAULT_LAYERS)")
     as_of: str | None = Field(default=None, description="YYYY-MM-DD: the layer versions in force that day")
-    crs: str | None = Field(default=None, description="CRS of lon/lat, e.g. EPSG:2230 (default EPSG:4326)")
+    crs: str | int | None = Field(default=None, description="CRS of lon/lat, e.g. EPSG:2230 or 2230 "
+                                                            "(default EPSG:4326)")
     nearest_within_m: float | None = Field(default=None, ge=0, le=5000,
                                            description="Outside every polygon but within this many metres of "
                                                        "one: that polygon, with the distance")
@@ -82,3 +84,22 @@ ERROR_RESPONSES = {
                                                                      "of range; the message names it"),
                          (503, "Layers still loading"))
 }
+
+
+def inline_schema(model: type[BaseModel]) -> dict:
+    """The model's JSON schema with its $defs inlined: a request body documented through openapi_extra cannot
+    point into components, and local $defs do not resolve from inside an OpenAPI document."""
+    schema = model.model_json_schema()
+    defs = schema.pop("$defs", {})
+
+    def resolve(node):
+        if isinstance(node, dict):
+            ref = node.get("$ref", "")
+            if ref.startswith("#/$defs/"):
+                return resolve(defs[ref.rsplit("/", 1)[1]])
+            return {k: resolve(v) for k, v in node.items()}
+        if isinstance(node, list):
+            return [resolve(v) for v in node]
+        return node
+
+    return resolve(schema)

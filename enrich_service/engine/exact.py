@@ -6,6 +6,8 @@ pairs, one lexsort to apply the rule. Single-point lookups take the same path wi
 
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 import rtree
 import shapely
@@ -41,10 +43,16 @@ def _tile_boxes(parts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 class ExactIndex:
-    """R-tree candidates + exact shapely tests for one layer version."""
+    """R-tree candidates + exact shapely tests for one layer version.
+
+    Not safe to share between threads as it stands: libspatialindex queries and GEOS prepared geometries (which
+    build their point locator lazily) crash when used concurrently. Requests run in a threadpool, so every call
+    holds this index's lock; the grid fast path answers nearly all points without coming here.
+    """
 
     def __init__(self, version: LayerVersion):
         self.version = version
+        self._lock = threading.Lock()
         owners, boxes = _tile_boxes(version.parts)
         self._tile_part = owners
         props = rtree.index.Property()
@@ -67,6 +75,10 @@ class ExactIndex:
 
     def tag(self, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """For each point: the winning feature (-1: none) and the rule that decided it."""
+        with self._lock:
+            return self._tag(x, y)
+
+    def _tag(self, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         n = len(x)
         feature = np.full(n, -1, dtype=np.int32)
         rule = np.zeros(n, dtype=np.int8)
@@ -95,6 +107,11 @@ class ExactIndex:
                 within_m: float) -> tuple[np.ndarray, np.ndarray]:
         """For points no feature covers: the nearest feature within `within_m` metres (-1: none) and its distance.
         x, y are lon/lat (for candidates); xm, ym the same points in the metric CRS (for distances)."""
+        with self._lock:
+            return self._nearest(x, y, xm, ym, within_m)
+
+    def _nearest(self, x: np.ndarray, y: np.ndarray, xm: np.ndarray, ym: np.ndarray,
+                 within_m: float) -> tuple[np.ndarray, np.ndarray]:
         n = len(x)
         feature = np.full(n, -1, dtype=np.int32)
         distance = np.full(n, np.nan)

@@ -32,7 +32,7 @@ class Settings(BaseSettings):
     default_layers: Annotated[list[str], NoDecode] = ["council_district", "neighborhood", "zip"]
 
     # Engine
-    use_grid: bool = Field(default=False, description="Answer through the grid fast path (off: exact path only)")
+    use_grid: bool = Field(default=True, description="Answer through the grid fast path (off: exact path only)")
     grid_cells: int = Field(default=2048, ge=64, le=16384, description="Fast-path grid cells per side")
     threads: int = Field(default=0, ge=0, description="Worker threads for the batch engine (0: one per core)")
 

@@ -1,0 +1,213 @@
+"""The Python client for the enrichment service: DataFrame in, DataFrame out.
+
+    from enrich_service.client import EnrichClient
+    client = EnrichClient("http://127.0.0.1:8080")
+    tagged = client.tag(df, lon="lng", lat="lat", layers=["council_district", "zip"])
+    tagged.attrs["enrich_layers"]   # {"council_district": {"version": "2021", "sha256": ...}, ...}
+
+The answer is the input frame (same index, same order) plus, per layer, `<layer>` and `<layer>_rule` (and
+`<layer>_version` when a date column is given), then `flags` and `error`. A row the service could not tag (missing
+or out-of-range coordinates...) has `error` set and null layers; the other rows are still answered.
+
+Retrying is the caller's job (Airflow task retries, a notebook re-run): the client makes one attempt and raises
+`ServiceUnavailable` for what a retry can fix (connection refused, timeout, 5xx, 503 while layers load) and
+`RequestRejected` for what it cannot (4xx: unknown layer, bad CRS...), both with the service's message.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Iterable, Literal
+
+import httpx
+
+if TYPE_CHECKING:  # pandas and pyarrow are imported when used: `import enrich_service.client` stays cheap.
+    import pandas as pd
+    import pyarrow as pa
+
+ARROW = "application/vnd.apache.arrow.stream"
+API_KEY_HEADER = "X-API-Key"
+
+
+class EnrichError(Exception):
+    """Base class: anything the client raises about the service."""
+
+    def __init__(self, message: str, status: int | None = None, detail: dict | None = None):
+        super().__init__(message)
+        self.status = status
+        self.detail = detail or {}
+
+
+class ServiceUnavailable(EnrichError):
+    """The service could not be reached or failed (connection error, timeout, 5xx): retrying may help."""
+
+
+class RequestRejected(EnrichError):
+    """The service refused the request (4xx): retrying the same request will not help."""
+
+
+class EnrichClient:
+    def __init__(self, base_url: str, api_key: str | None = None, timeout: float = 300.0,
+                 transport: httpx.BaseTransport | None = None):
+        self.base_url = base_url.rstrip("/")
+        headers = {API_KEY_HEADER: api_key} if api_key else {}
+        self._http = httpx.Client(base_url=self.base_url, headers=headers, transport=transport,
+                                  timeout=httpx.Timeout(timeout, connect=min(timeout, 10.0)))
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> "EnrichClient":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"EnrichClient({self.base_url!r})"
+
+    # ---- routes ---------------------------------------------------------------------------------------------
+
+    def layers(self) -> dict:
+        """GET /v1/layers: layers, versions, effective dates, sources and sha256."""
+        return self._request("GET", "/v1/layers").json()
+
+    def ready(self) -> bool:
+        """True when /readyz answers 200 (layers loaded); False when it answers 503 or cannot be reached."""
+        try:
+            return self._http.get("/readyz").status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    def reload(self) -> dict:
+        """POST /v1/admin/reload (needs the admin API key): rebuild the index from the layer files and swap it in."""
+        return self._request("POST", "/v1/admin/reload").json()
+
+    def tag(self, df: "pd.DataFrame", *, lon: str = "lon", lat: str = "lat", id: str | None = None,
+            date: str | None = None, layers: Iterable[str] | str | None = None, as_of: str | None = None,
+            crs: str | None = None, nearest_within_m: float | None = None,
+            transport: Literal["arrow", "json"] = "arrow") -> "pd.DataFrame":
+        """Tag every row of `df`; returns a copy of `df` with the result columns appended (replacing any of the
+        same name). `id` names a column echoed back as `id` by the service (default: the row position, which is
+        what the answer is aligned on either way). Results come back in input order."""
+        import pandas as pd
+
+        if transport not in ("arrow", "json"):
+            raise ValueError(f"transport must be 'arrow' or 'json', not {transport!r}")
+        for name in (lon, lat, id, date):
+            if name is not None and name not in df.columns:
+                raise KeyError(f"column {name!r} not in the frame (columns: {list(df.columns)})")
+        if transport == "arrow":
+            import pyarrow as pa
+
+            table = pa.table({
+                "id": pa.array(df[id].to_numpy(), from_pandas=True) if id else pa.array(range(len(df)), pa.int64()),
+                "lon": pa.array(pd.to_numeric(df[lon], errors="coerce").to_numpy(dtype=float), from_pandas=True),
+                "lat": pa.array(pd.to_numeric(df[lat], errors="coerce").to_numpy(dtype=float), from_pandas=True),
+                **({"date": pa.array(_iso_dates(df[date]), pa.string())} if date else {}),
+            })
+            answer, used = self.tag_table(table, layers=layers, as_of=as_of, crs=crs,
+                                          nearest_within_m=nearest_within_m, date_col="date" if date else None)
+            results = plain_columns(answer.drop_columns(["id", "lon", "lat"] + (["date"] if date else [])))
+            results = results.to_pandas()
+        else:
+            results, used = self._tag_json(df, lon, lat, id, date, layers, as_of, crs, nearest_within_m)
+        if len(results) != len(df):
+            raise EnrichError(f"the service answered {len(results)} rows for {len(df)}")
+        results.index = df.index
+        out = df.drop(columns=[c for c in results.columns if c in df.columns])
+        out = pd.concat([out, results], axis=1)
+        out.attrs["enrich_layers"] = used
+        return out
+
+    def tag_table(self, table: "pa.Table", *, layers: Iterable[str] | str | None = None, as_of: str | None = None,
+                  crs: str | None = None, nearest_within_m: float | None = None, id_col: str = "id",
+                  lon_col: str = "lon", lat_col: str = "lat",
+                  date_col: str | None = None) -> tuple["pa.Table", dict]:
+        """The Arrow path without pandas: POST the table as an Arrow IPC stream; returns (the table the service
+        answers: the input columns plus the result columns, layer keys dictionary-encoded; layers used)."""
+        import json
+
+        import pyarrow as pa
+        import pyarrow.ipc as ipc
+
+        mock = pa.MockOutputStream()
+        with ipc.new_stream(mock, table.schema) as w:
+            w.write_table(table)
+        buf = pa.allocate_buffer(mock.size())
+        with ipc.new_stream(pa.FixedSizeBufferWriter(buf), table.schema) as w:
+            w.write_table(table)
+        params = _params(layers=_layer_list(layers), as_of=as_of, crs=crs, nearest_within_m=nearest_within_m,
+                         id_col=id_col, lon_col=lon_col, lat_col=lat_col, date_col=date_col)
+        r = self._request("POST", "/v1/pip", params=params, content=buf.to_pybytes(),
+                          headers={"content-type": ARROW, "accept": ARROW})
+        try:
+            answer = ipc.open_stream(pa.py_buffer(r.content)).read_all()
+        except (pa.ArrowInvalid, OSError) as exc:
+            raise EnrichError(f"the service's answer is not an Arrow stream: {exc}", r.status_code) from None
+        return answer, json.loads(r.headers.get("x-enrich-layers", "{}"))
+
+    # ---- internals ------------------------------------------------------------------------------------------
+
+    def _tag_json(self, df, lon, lat, id, date, layers, as_of, crs, nearest_within_m):
+        import pandas as pd
+
+        ids = df[id].tolist() if id else list(range(len(df)))
+        xs = pd.to_numeric(df[lon], errors="coerce").astype(float)
+        ys = pd.to_numeric(df[lat], errors="coerce").astype(float)
+        # NaN is not JSON: send null and let the service report the row as missing.
+        points = [{"id": i, "lon": None if x != x else x, "lat": None if y != y else y}
+                  for i, x, y in zip(ids, xs.tolist(), ys.tolist())]
+        if date:
+            for p, d in zip(points, _iso_dates(df[date])):
+                p["date"] = d
+        body = {"points": points, **_params(layers=_layer_list(layers), as_of=as_of, crs=crs,
+                                            nearest_within_m=nearest_within_m)}
+        doc = self._request("POST", "/v1/pip", json=body).json()
+        results = pd.DataFrame(doc["results"])
+        return results.drop(columns=["id"], errors="ignore"), doc.get("layers", {})
+
+    def _request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        try:
+            r = self._http.request(method, path, **kwargs)
+        except httpx.TimeoutException as exc:
+            raise ServiceUnavailable(f"{method} {self.base_url}{path}: timed out ({exc})") from exc
+        except httpx.TransportError as exc:
+            raise ServiceUnavailable(f"{method} {self.base_url}{path}: cannot reach the service ({exc})") from exc
+        if r.status_code < 400:
+            return r
+        try:
+            detail = r.json()
+        except ValueError:
+            detail = {"detail": r.text[:500]}
+        message = f"{method} {self.base_url}{path}: {r.status_code} {detail.get('detail', '')}".rstrip()
+        if detail.get("field"):
+            message += f" (field: {detail['field']})"
+        if r.status_code >= 500 or r.status_code in (408, 429):
+            raise ServiceUnavailable(message, r.status_code, detail)
+        raise RequestRejected(message, r.status_code, detail)
+
+
+def plain_columns(table: "pa.Table") -> "pa.Table":
+    """Dictionary-encoded columns (layer keys, rules) as plain strings: concatenable across batches, CSV-writable."""
+    import pyarrow as pa
+
+    cols = [c.cast(c.type.value_type) if pa.types.is_dictionary(c.type) else c for c in table.columns]
+    return pa.table(cols, names=table.column_names)
+
+
+def _layer_list(layers: Iterable[str] | str | None) -> str | None:
+    if layers is None:
+        return None
+    return layers if isinstance(layers, str) else ",".join(layers)
+
+
+def _params(**kwargs: Any) -> dict:
+    return {k: v for k, v in kwargs.items() if v is not None}
+
+
+def _iso_dates(series: "pd.Series") -> list:
+    """Dates as YYYY-MM-DD strings (None where missing), whatever the column holds: dates, timestamps, text."""
+    import pandas as pd
+
+    parsed = pd.to_datetime(series, errors="coerce")
+    return [None if pd.isna(v) else v.strftime("%Y-%m-%d") for v in parsed]

@@ -1,0 +1,78 @@
+"""Enrich: tag one batch (a row group of the extract) through the service and write its result file atomically.
+
+A batch sends only source_row (as the id), the coordinates and the optional date, and keeps only the result
+columns; a retried batch rewrites the same file, so a batch is either absent or complete, never half-applied.
+Placeholder coordinates named in the spec (e.g. 32.0,-117.0) are sent as missing: the service reports the row.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .extract import ROW
+from .spec import DatasetSpec
+from .workdir import write_parquet
+
+
+def plan_batches(extract_path: Path) -> list[dict]:
+    import pyarrow.parquet as pq
+
+    meta = pq.ParquetFile(extract_path).metadata
+    return [{"batch": i, "rows": meta.row_group(i).num_rows} for i in range(meta.num_row_groups)]
+
+
+def batch_path(work: Path, batch: int) -> Path:
+    return work / "batches" / f"batch-{batch:05d}.parquet"
+
+
+def request_table(spec: DatasetSpec, extract_path: Path, batch: int):
+    """The columns the service needs for one batch: id (= source_row), lon, lat, date."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    c = spec.coordinates
+    if c is None:
+        raise NotImplementedError(f"{spec.name}: address-only specs need POST /v1/geocode-join (not available yet)")
+    names = [ROW, c.lon, c.lat] + ([spec.as_of_column] if spec.as_of_column else [])
+    part = pq.ParquetFile(extract_path).read_row_group(batch, columns=names)
+    lon, lat = part.column(c.lon), part.column(c.lat)
+    if c.placeholders and _numeric(lon) and _numeric(lat):
+        x = lon.cast(pa.float64()).to_numpy(zero_copy_only=False)
+        y = lat.cast(pa.float64()).to_numpy(zero_copy_only=False)
+        fake = np.zeros(len(x), dtype=bool)
+        for px, py in c.placeholders:
+            fake |= np.isclose(x, px, rtol=0, atol=1e-9) & np.isclose(y, py, rtol=0, atol=1e-9)
+        lon = pc.if_else(pa.array(fake), pa.scalar(None, pa.float64()), lon.cast(pa.float64()))
+        lat = pc.if_else(pa.array(fake), pa.scalar(None, pa.float64()), lat.cast(pa.float64()))
+    cols = {"id": part.column(ROW), "lon": lon, "lat": lat}
+    if spec.as_of_column:
+        cols["date"] = part.column(spec.as_of_column)
+    return pa.table(cols)
+
+
+def enrich_batch(spec: DatasetSpec, extract_path: Path, work: Path, batch: int, client) -> dict:
+    """Tag batch `batch`; writes batches/batch-NNNNN.parquet (source_row + result columns). Returns a summary
+    with the layers used (version, sha256)."""
+    from enrich_service.client import plain_columns
+
+    req = request_table(spec, extract_path, batch)
+    answer, used = client.tag_table(req, layers=spec.request_layers, as_of=spec.as_of,
+                                    crs=spec.coordinates.crs, date_col="date" if spec.as_of_column else None)
+    if answer.num_rows != req.num_rows:
+        raise RuntimeError(f"batch {batch}: the service answered {answer.num_rows} rows for {req.num_rows}")
+    if not answer.column("id").equals(req.column("id")):
+        raise RuntimeError(f"batch {batch}: the service's answer is not in input order")
+    result = plain_columns(answer.drop_columns([n for n in req.column_names if n != "id"]))
+    result = result.rename_columns([ROW if n == "id" else n for n in result.column_names])
+    write_parquet(result, batch_path(work, batch))
+    return {"batch": batch, "rows": req.num_rows,
+            "layers": {name: {"version": u.get("version"), "sha256": u.get("sha256"),
+                              "versions_used": u.get("versions_used", [])} for name, u in used.items()}}
+
+
+def _numeric(col) -> bool:
+    import pyarrow as pa
+
+    return pa.types.is_integer(col.type) or pa.types.is_floating(col.type) or pa.types.is_decimal(col.type)

@@ -1,0 +1,250 @@
+"""DAG factories: one dataset DAG and one report DAG per spec, and the boundary-refresh DAG.
+
+A dataset DAG:  extract → plan_batches → enrich_batch (mapped, one task per batch) → assemble → quality_gate
+                → publish_postgis, publish_files → record_publication (emits Asset enrich://published/<name>)
+A report DAG (scheduled on that asset): aggregate → render → email.
+Runs of a dataset DAG start on the spec's schedule and whenever the boundaries change (Asset enrich://boundaries,
+emitted by the boundary-refresh DAG).
+
+Nothing here does work at parse time: tasks read their spec from the closure and resolve paths when they run.
+"""
+
+from __future__ import annotations
+
+import os
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+from airflow.sdk import Asset, AssetOrTimeSchedule, CronTriggerTimetable, dag, get_current_context, task
+
+from .spec import DatasetSpec
+
+BOUNDARIES = Asset("enrich://boundaries")
+START = datetime(2025, 1, 1, tzinfo=timezone.utc)
+TZ = "America/Los_Angeles"
+GPKG_FALLBACK_ENV = "ENRICH_POSTGIS_FALLBACK"  # "geopackage": without the Postgres connection, write a .gpkg
+
+
+def _retry_args() -> dict:
+    """Task retries: exponential backoff from ENRICH_RETRY_DELAY_SECONDS (default 30 s), at most 10 minutes."""
+    return {
+        "retries": int(os.environ.get("ENRICH_TASK_RETRIES", 4)),
+        "retry_delay": timedelta(seconds=float(os.environ.get("ENRICH_RETRY_DELAY_SECONDS", 30))),
+        "retry_exponential_backoff": 2.0,
+        "max_retry_delay": timedelta(minutes=10),
+    }
+
+
+def _schedule(spec: DatasetSpec):
+    if spec.schedule and spec.reenrich_on_boundary_change:
+        return AssetOrTimeSchedule(timetable=CronTriggerTimetable(spec.schedule, timezone=TZ), assets=BOUNDARIES)
+    if spec.schedule:
+        return CronTriggerTimetable(spec.schedule, timezone=TZ)
+    return [BOUNDARIES] if spec.reenrich_on_boundary_change else None
+
+
+def _work() -> Path:
+    from .workdir import run_dir
+
+    ctx = get_current_context()
+    return run_dir(ctx["dag"].dag_id, ctx["run_id"])
+
+
+def build_dataset_dag(spec: DatasetSpec):
+    @dag(dag_id=spec.dag_id, description=spec.description or None, schedule=_schedule(spec), start_date=START,
+         catchup=False, max_active_runs=1, default_args=_retry_args(), tags=["enrich", *spec.tags],
+         doc_md=f"Enrich `{spec.name}` (spec `{spec.path.name}`) through the enrichment service and publish it.")
+    def dataset_dag():
+        @task
+        def extract() -> dict:
+            """Read the source into extract.parquet in the run's work folder (a row group per batch)."""
+            from .extract import extract as run
+
+            return run(spec, _work() / "extract.parquet")
+
+        @task
+        def plan_batches(extracted: dict) -> list[dict]:
+            from .enrich import plan_batches as plan
+
+            return plan(Path(extracted["path"]))
+
+        @task(map_index_template="{{ task.op_kwargs['batch']['batch'] }}")
+        def enrich_batch(batch: dict, extracted: dict) -> dict:
+            """Tag one batch through the service; the result file appears whole or not at all."""
+            from airflow.sdk.exceptions import AirflowFailException
+
+            from enrich_service.client import RequestRejected
+
+            from .enrich import enrich_batch as run
+            from .service import client_for
+
+            with client_for(spec.service_conn_id) as client:
+                try:
+                    return run(spec, Path(extracted["path"]), _work(), batch["batch"], client)
+                except RequestRejected as exc:  # the request is wrong: a retry would be refused again
+                    raise AirflowFailException(str(exc)) from exc
+
+        @task
+        def assemble(extracted: dict, batches: list[dict]) -> dict:
+            from .assemble import assemble as run
+
+            return run(spec, Path(extracted["path"]), _work(), list(batches), _work() / "enriched.parquet")
+
+        @task(retries=0)
+        def quality_gate(assembled: dict) -> dict:
+            """Fail (without retries) before publishing when too many in-city rows have no district."""
+            from airflow.sdk.exceptions import AirflowFailException
+
+            from .quality import QualityGateFailed, check, measure
+
+            stats = measure(spec, Path(assembled["path"]))
+            try:
+                check(spec, stats)
+            except QualityGateFailed as exc:
+                raise AirflowFailException(str(exc)) from exc
+            return stats
+
+        @task
+        def publish_postgis(assembled: dict, stats: dict) -> dict | None:
+            from .publish import postgis_hook_connection, publish_postgis as run, write_spatial
+            from .spec import resolve
+
+            if spec.postgis is None:
+                return None
+            ctx = get_current_context()
+            if not _has_connection(spec.postgis.conn_id) and os.environ.get(GPKG_FALLBACK_ENV) == "geopackage":
+                folder = Path(resolve(spec.portal.folder)) if spec.portal else _work()
+                name = spec.portal.basename if spec.portal else spec.name
+                dest = write_spatial(Path(assembled["path"]), folder / f"{name}.gpkg", "GPKG",
+                                     layer=spec.postgis.table.rpartition(".")[2])
+                return {"geopackage": str(dest), "rows": assembled["rows"]}
+            with postgis_hook_connection(spec.postgis.conn_id) as conn:
+                return run(conn, spec.postgis.table, Path(assembled["path"]),
+                           comment=f"{spec.name}: enriched by {ctx['dag'].dag_id} run {ctx['run_id']}")
+
+        @task
+        def publish_files(assembled: dict, stats: dict) -> dict | None:
+            from .publish import sha256, write_csv, write_spatial
+            from .spec import resolve
+
+            if spec.portal is None:
+                return None
+            folder = Path(resolve(spec.portal.folder))
+            base = spec.portal.basename
+            files = [write_csv(Path(assembled["path"]), folder / f"{base}.csv"),
+                     write_spatial(Path(assembled["path"]), folder / f"{base}.geojson", "GeoJSON")]
+            return {"folder": str(folder),
+                    "files": {p.name: {"bytes": p.stat().st_size, "sha256": sha256(p)} for p in files}}
+
+        @task(outlets=[Asset(spec.asset_uri)])
+        def record_publication(assembled: dict, stats: dict, postgis: dict | None, files: dict | None) -> dict:
+            """Write the metadata JSON beside the portal files (last, once they are in) and announce the asset."""
+            from .publish import unmatched, write_metadata
+            from .spec import resolve
+
+            ctx = get_current_context()
+            doc = {
+                "dataset": spec.name, "description": spec.description, "dag_id": ctx["dag"].dag_id,
+                "run_id": ctx["run_id"], "rows": assembled["rows"], "layers": assembled["layers"],
+                "unmatched": unmatched(spec, Path(assembled["path"])),
+                "quality": {k: v for k, v in stats.items() if not k.endswith("_ids")},
+                "postgis": postgis, "files": (files or {}).get("files"),
+            }
+            if spec.portal is not None:
+                write_metadata(Path(resolve(spec.portal.folder)) / f"{spec.portal.basename}.metadata.json", doc)
+            return doc
+
+        extracted = extract()
+        batches = enrich_batch.partial(extracted=extracted).expand(batch=plan_batches(extracted))
+        assembled = assemble(extracted, batches)
+        stats = quality_gate(assembled)
+        record_publication(assembled, stats, publish_postgis(assembled, stats), publish_files(assembled, stats))
+
+    return dataset_dag()
+
+
+def _has_connection(conn_id: str) -> bool:
+    from airflow.sdk import BaseHook
+
+    try:
+        BaseHook.get_connection(conn_id)
+        return True
+    except Exception:
+        return False
+
+
+def build_report_dag(spec: DatasetSpec):
+    @dag(dag_id=spec.report_dag_id, description=f"District report for {spec.name}",
+         schedule=[Asset(spec.asset_uri)], start_date=START, catchup=False, max_active_runs=1,
+         default_args=_retry_args(), tags=["enrich", "report", *spec.tags],
+         doc_md=f"Counts of `{spec.name}` per {', '.join(spec.report.by)}, a chart, emailed to the recipients.")
+    def report_dag():
+        @task
+        def aggregate() -> dict:
+            from .report import aggregate as run
+
+            return run(spec)
+
+        @task
+        def render(counts: dict) -> dict:
+            from .report import render_chart, render_html
+
+            ctx = get_current_context()
+            png = render_chart(spec, counts, _work() / f"{spec.name}_by_{spec.report.by[0]}.png")
+            total = sum(r["count"] for r in counts[spec.report.by[0]])
+            note = f"{total:,} rows, report run {ctx['run_id']}"
+            return {"png": str(png), "html": render_html(spec, counts, note)}
+
+        @task
+        def email(rendered: dict) -> list[str]:
+            from .report import send
+
+            subject = spec.report.subject or f"{spec.description or spec.name}: rows per council district"
+            send(spec, subject, rendered["html"], [Path(rendered["png"])])
+            return list(spec.report.recipients)
+
+        email(render(aggregate()))
+
+    return report_dag()
+
+
+def build_boundary_refresh_dag(service_conn_id: str = "enrich_service", postgis_conn_id: str = "enrich_postgis"):
+    @dag(dag_id="enrich_boundary_refresh", description="Reload boundary layers into PostGIS and the service",
+         schedule="@weekly", start_date=START, catchup=False, max_active_runs=1, default_args=_retry_args(),
+         tags=["enrich", "boundaries"],
+         doc_md="Load the manifest's layer files (ENRICH_BOUNDARY_DIR, or downloaded and checked by sha256), "
+                "load them into PostGIS, have the service reload them, and announce `enrich://boundaries` so the "
+                "dataset DAGs re-enrich.")
+    def boundary_refresh():
+        @task
+        def load_postgis() -> dict:
+            """Read and validate every layer version (sha256 checked), then swap them into PostGIS."""
+            from enrich_service.layers.store import LayerStore
+            from enrich_service.postgis import load_layers
+            from enrich_service.settings import Settings
+
+            from .publish import postgis_hook_connection
+
+            settings = Settings()
+            store = LayerStore.load(settings.manifest, settings.boundary_dir, settings.cache_dir)
+            with postgis_hook_connection(postgis_conn_id) as conn:
+                tables = load_layers(conn, store)
+            return {"tables": tables,
+                    "sha256": {name: [v.source.sha256 for v in vs] for name, vs in store.versions.items()}}
+
+        @task(outlets=[BOUNDARIES])
+        def reload_service(loaded: dict) -> dict:
+            """POST /v1/admin/reload (API key: the connection's password); check it serves what PostGIS holds."""
+            from .service import client_for
+
+            with client_for(service_conn_id) as client:
+                answer = client.reload()
+            serving = {name: [v["sha256"] for v in vs] for name, vs in answer.get("versions", {}).items()}
+            differ = {n for n in loaded["sha256"] if sorted(serving.get(n, [])) != sorted(loaded["sha256"][n])}
+            if differ:
+                raise RuntimeError(f"the service serves other files than PostGIS now holds for {sorted(differ)}")
+            return answer
+
+        reload_service(load_postgis())
+
+    return boundary_refresh()

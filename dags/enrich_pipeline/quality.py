@@ -1,0 +1,76 @@
+"""The quality gate: of the rows that should have a district (those inside the city limits), how many have none.
+
+Above the spec's `max_unmatched_share` the run fails before anything is published, and the message lists the
+first ids. Rows outside the city (half the transit stops) are not failures. `max_unlocated_share`, when set, also
+bounds the share of rows with no usable location at all (missing, placeholder or out-of-range coordinates).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .assemble import ERROR, internal
+from .extract import ROW
+from .spec import DatasetSpec
+
+
+class QualityGateFailed(Exception):
+    pass
+
+
+def measure(spec: DatasetSpec, enriched_path: Path) -> dict:
+    import numpy as np
+    import pyarrow.parquet as pq
+
+    q = spec.quality
+    table = pq.read_table(enriched_path)
+    n = table.num_rows
+
+    def col(layer):
+        name = spec.layers[layer] if layer in spec.layers else internal(layer)
+        return table.column(name)
+
+    has = col(q.layer).is_valid().to_numpy(zero_copy_only=False)
+    inside = (col(q.within).is_valid().to_numpy(zero_copy_only=False) if q.within
+              else np.ones(n, dtype=bool))
+    failing = inside & ~has
+    unlocated = table.column(ERROR).is_valid().to_numpy(zero_copy_only=False)
+    should = int(inside.sum())
+    stats = {
+        "rows": n,
+        "should_match": should,
+        "unmatched": int(failing.sum()),
+        "unmatched_share": float(failing.sum() / should) if should else 0.0,
+        "unlocated": int(unlocated.sum()),
+        "unlocated_share": float(unlocated.sum() / n) if n else 0.0,
+        "max_unmatched_share": q.max_unmatched_share,
+        "max_unlocated_share": q.max_unlocated_share,
+    }
+    rows = np.flatnonzero(failing)[: q.show]
+    stats["unmatched_ids"] = _ids(spec, table, rows)
+    stats["unlocated_ids"] = _ids(spec, table, np.flatnonzero(unlocated)[: q.show])
+    return stats
+
+
+def check(spec: DatasetSpec, stats: dict) -> None:
+    q = spec.quality
+    problems = []
+    if stats["unmatched_share"] > q.max_unmatched_share:
+        within = f"inside {q.within}" if q.within else "in the dataset"
+        problems.append(
+            f"{stats['unmatched']} of {stats['should_match']} rows {within} have no {q.layer} "
+            f"({stats['unmatched_share']:.4%} > {q.max_unmatched_share:.4%}); first ids: {stats['unmatched_ids']}")
+    if q.max_unlocated_share is not None and stats["unlocated_share"] > q.max_unlocated_share:
+        problems.append(
+            f"{stats['unlocated']} of {stats['rows']} rows have no usable location "
+            f"({stats['unlocated_share']:.4%} > {q.max_unlocated_share:.4%}); first ids: {stats['unlocated_ids']}")
+    if problems:
+        raise QualityGateFailed(f"{spec.name}: quality gate failed, nothing published: " + "; ".join(problems))
+
+
+def _ids(spec: DatasetSpec, table, rows) -> list:
+    cols = list(spec.id) or [ROW]
+    picked = {c: table.column(c).take(rows).to_pylist() for c in cols}
+    if len(cols) == 1:
+        return picked[cols[0]]
+    return ["|".join(str(picked[c][i]) for c in cols) for i in range(len(rows))]

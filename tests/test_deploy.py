@@ -206,6 +206,27 @@ def test_the_airflow_components_and_their_order(services):
     assert "@airflow-db:" in secrets["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"]
 
 
+def test_the_dags_find_their_connections_and_folders(services):
+    """The connection ids and ${ENRICH_*} folders the DAGs use (dags/) are provided by the env files, and the work
+    folder a run's mapped tasks share is one volume mounted on every Celery worker."""
+    code = "\n".join(p.read_text() for p in (ROOT / "dags").rglob("*.py"))
+    conn_ids = set(re.findall(r'conn_id(?:: str)?\s*=\s*"(\w+)"', code)) | set(
+        re.findall(r'"conn_id",\s*"(\w+)"', code))
+    assert {"enrich_service", "enrich_postgis", "smtp_default"} <= conn_ids, conn_ids
+    secrets = env_keys(ROOT / "env" / "secrets.env.example")
+    for conn_id in conn_ids:
+        assert f"AIRFLOW_CONN_{conn_id.upper()}" in secrets, f"no AIRFLOW_CONN_{conn_id.upper()} for the DAGs"
+    specs = "\n".join(p.read_text() for p in (ROOT / "dags").rglob("*.yaml"))
+    folders = set(re.findall(r"\$\{(ENRICH_[A-Z_]+)", specs + code)) - {"ENRICH_SPECS_DIRS"}
+    for env in ENVS:
+        settings = env_keys(ROOT / "env" / f"{env}.env")
+        for var in folders & {"ENRICH_WORK_DIR", "ENRICH_PUBLISH_DIR", "ENRICH_DATA_DIR"} | {"ENRICH_WORK_DIR"}:
+            assert var in settings, f"env/{env}.env: the DAGs read {var}"
+        work = settings["ENRICH_WORK_DIR"]
+        mounts = {str(v).split(":")[1]: str(v).split(":")[0] for v in services["airflow-worker"]["volumes"]}
+        assert work in mounts and not mounts[work].startswith((".", "/")), "ENRICH_WORK_DIR is not a shared volume"
+
+
 def test_no_secret_values_inline(services):
     text = COMPOSE.read_text()
     assert not CREDENTIAL_IN_URL.search(text), "a URL with user:password@ in docker-compose.yml"

@@ -8,7 +8,10 @@ command; shellcheck (apt) is optional and its test skips, saying so, when it is 
 
 from __future__ import annotations
 
+import copy
 import http.server
+import importlib.metadata
+import inspect
 import os
 import re
 import shutil
@@ -35,7 +38,11 @@ ENVS = ("dev", "stage", "prod")
 OK_CONDITIONS = {"service_healthy", "service_completed_successfully"}
 SECRET_NAME = re.compile(r"PASSWORD|PASSWD|SECRET|TOKEN|API_?KEY|FERNET|PRIVATE|CREDENTIAL|_DSN$|_CONN_|SQL_ALCHEMY_CONN"
                          r"|BROKER_URL|RESULT_BACKEND", re.I)
-CREDENTIAL_IN_URL = re.compile(r"://[^/\s:@]+:[^@\s/]+@")
+# user:password@ in a URL; the user may be empty (redis://:password@redis:6379/0)
+CREDENTIAL_IN_URL = re.compile(r"://[^/\s:@]*:[^@\s/]+@")
+# a password-ish flag or variable given a literal in a command: --requirepass hunter2, PGPASSWORD=hunter2
+SECRET_ARGUMENT = re.compile(r"(?<![\w${-])[\w-]*(?:pass(?:word|wd)?|secret|token|auth)[\w-]*(?:=|\s+)[\"']?([^\s\"';]+)",
+                             re.I)
 VAR_DEFAULT = re.compile(r"(?<!\$)\$\{([A-Z0-9_]+):-([^}]*)\}")  # compose's own ${X:-d}; $${X} is the container's
 
 
@@ -106,8 +113,13 @@ def instructions(dockerfile: Path) -> list[tuple[str, str]]:
 
 
 @pytest.fixture(scope="module")
-def compose() -> dict:
-    return yaml.safe_load(COMPOSE.read_text())
+def compose_text() -> str:
+    return COMPOSE.read_text()
+
+
+@pytest.fixture(scope="module")
+def compose(compose_text) -> dict:
+    return yaml.safe_load(compose_text)
 
 
 @pytest.fixture(scope="module")
@@ -227,8 +239,8 @@ def test_the_dags_find_their_connections_and_folders(services):
         assert work in mounts and not mounts[work].startswith((".", "/")), "ENRICH_WORK_DIR is not a shared volume"
 
 
-def test_no_secret_values_inline(services):
-    text = COMPOSE.read_text()
+def test_no_secret_values_inline(services, compose_text):
+    text = compose_text
     assert not CREDENTIAL_IN_URL.search(text), "a URL with user:password@ in docker-compose.yml"
     for name, svc in services.items():
         env = svc.get("environment") or {}
@@ -239,6 +251,14 @@ def test_no_secret_values_inline(services):
             assert not CREDENTIAL_IN_URL.search(str(value)), f"{name}: credentials in {key}"
         for arg in (svc.get("build") or {}).get("args", {}) if isinstance(svc.get("build"), dict) else {}:
             assert not secret_name(arg), f"{name}: secret-looking build arg {arg}"
+        # commands read their secrets from the container's environment ($$VAR), never a literal
+        hc = svc.get("healthcheck") or {}
+        for part in ("command", "entrypoint"):
+            argv = svc.get(part) or []
+            line = " ".join(argv) if isinstance(argv, list) else str(argv)
+            line += " " + " ".join(hc.get("test") or []) if part == "command" else ""
+            for m in SECRET_ARGUMENT.finditer(line):
+                assert m.group(1).startswith("$"), f"{name}: a literal secret in its {part}: {m.group(0)}"
 
 
 def test_settings_only_from_env_files(services):
@@ -255,17 +275,18 @@ def test_settings_only_from_env_files(services):
         assert "env_file" in services[name], f"{name} needs its settings from the env files"
 
 
-def test_images_are_pinned(services, project_version):
+def test_images_are_pinned(services, project_version, compose_text):
     for name, svc in services.items():
         image = svc.get("image")
         assert image, f"{name}: no image name"
         repo, _, tag = image.rpartition(":")
         assert repo and "/" not in tag, f"{name}: {image} has no tag"
         assert tag != "latest" and "latest" not in tag, f"{name}: {image} floats"
-        assert re.search(r"\d", tag), f"{name}: {image} is not pinned to a version"
+        # major.minor at least: redis:7 or postgres:16 would move under a running system on the next pull
+        assert re.search(r"\d+\.\d+", tag), f"{name}: {image} is not pinned to a version"
         if "build" in svc:
             assert tag == project_version, f"{name}: a built image is tagged with the project version"
-    assert "latest" not in COMPOSE.read_text().replace("x-", "")
+    assert "latest" not in compose_text.replace("x-", "")
 
 
 def test_profiles_dev_and_prod(services):
@@ -323,8 +344,8 @@ def test_named_volumes_for_data(compose, services):
         assert any(str(v).split(":")[1] == path for v in services[name]["volumes"]), f"{name}: {path} not kept"
 
 
-def test_env_files_per_environment(services):
-    text = COMPOSE.read_text()
+def test_env_files_per_environment(services, compose_text):
+    text = compose_text
     compose_vars = dict(VAR_DEFAULT.findall(text))
     example = env_keys(ROOT / "env" / "secrets.env.example")
     for env in ENVS:
@@ -345,6 +366,92 @@ def test_env_files_per_environment(services):
     for var in set(re.findall(r"\$\$\{?([A-Z][A-Z0-9_]*)", text)) - {"HOSTNAME"}:
         assert any(var in env_keys(ROOT / "env" / f"{e}.env") for e in ENVS) or var in example, (
             f"$${var} is set by no env file")
+
+
+def _drop_volume(svc: dict, target: str) -> None:
+    svc["volumes"] = [v for v in svc["volumes"] if str(v).split(":")[1] != target]
+
+
+# How docker-compose.yml could go wrong, and the check above that must then fail. Each check is run on a copy of the
+# real file broken in one way: a check that passes on every file would show up here.
+BREAKAGES = {
+    "redis loses its healthcheck": (
+        lambda s: s["redis"].pop("healthcheck"), test_every_long_running_service_has_a_healthcheck),
+    "the scheduler's healthcheck is disabled": (
+        lambda s: s["airflow-scheduler"].update(healthcheck={"disable": True}),
+        test_every_long_running_service_has_a_healthcheck),
+    "a healthcheck without retries": (
+        lambda s: s["redis"]["healthcheck"].pop("retries"), test_every_long_running_service_has_a_healthcheck),
+    "a worker waits only for redis to start": (
+        lambda s: s["airflow-worker"]["depends_on"]["redis"].update(condition="service_started"),
+        test_depends_on_always_waits_for_health_or_completion),
+    "depends_on as a list": (
+        lambda s: s["enrich-lb"].update(depends_on=["enrich-service"]),
+        test_depends_on_always_waits_for_health_or_completion),
+    "a prod service waits for a dev-only one": (
+        lambda s: s["airflow-worker"]["depends_on"].update(mailpit={"condition": "service_healthy"}),
+        test_depends_on_always_waits_for_health_or_completion),
+    "a one-shot job that restarts": (
+        lambda s: s["postgis-load"].update(restart="on-failure"), test_one_shot_jobs_load_postgis_and_migrate_airflow),
+    "a password inline": (
+        lambda s: s["redis"].update(environment={"REDIS_PASSWORD": "hunter2"}), test_no_secret_values_inline),
+    "a broker URL with its password inline": (
+        lambda s: s["airflow-worker"].update(environment={"X_BROKER": "redis://:hunter2@redis:6379/0"}),
+        test_no_secret_values_inline),
+    "a literal password in a command": (
+        lambda s: s["redis"].update(command=["redis-server", "--requirepass", "hunter2"]),
+        test_no_secret_values_inline),
+    "a setting inline": (
+        lambda s: s["enrich-service"].update(environment={"ENRICH_LOG_LEVEL": "DEBUG"}),
+        test_settings_only_from_env_files),
+    "one env file instead of settings + secrets": (
+        lambda s: s["redis"].update(env_file=["env/dev.env"]), test_settings_only_from_env_files),
+    "an image on latest": (lambda s: s["redis"].update(image="redis:latest"), test_images_are_pinned),
+    "an image on a major version only": (lambda s: s["redis"].update(image="redis:7"), test_images_are_pinned),
+    "an untagged image": (lambda s: s["mailpit"].update(image="axllent/mailpit"), test_images_are_pinned),
+    "a service in no profile": (lambda s: s["redis"].pop("profiles"), test_profiles_dev_and_prod),
+    "the SMTP sink in prod": (lambda s: s["mailpit"].update(profiles=["dev", "prod"]), test_profiles_dev_and_prod),
+    "one service replica": (
+        lambda s: s["enrich-service"]["deploy"].update(replicas=1), test_service_replicas_sit_behind_nginx),
+    "replicas publishing a host port": (
+        lambda s: s["enrich-service"].update(ports=["8080:8080"]), test_service_replicas_sit_behind_nginx),
+    "the load balancer starts before a replica is ready": (
+        lambda s: s["enrich-lb"]["depends_on"]["enrich-service"].update(condition="service_started"),
+        test_service_replicas_sit_behind_nginx),
+    "workers run the old executor command": (
+        lambda s: s["airflow-worker"].update(command=["worker"]), test_the_airflow_components_and_their_order),
+    "workers start before the boundary tables are loaded": (
+        lambda s: s["airflow-worker"]["depends_on"].pop("postgis-load"), test_the_airflow_components_and_their_order),
+    "the work folder is not a shared volume": (
+        lambda s: _drop_volume(s["airflow-worker"], "/opt/airflow/work"),
+        test_the_dags_find_their_connections_and_folders),
+    "PostGIS data not kept": (
+        lambda s: _drop_volume(s["postgis"], "/var/lib/postgresql/data"), test_named_volumes_for_data),
+    "a writable bind mount": (
+        lambda s: s["enrich-lb"].update(volumes=["./deploy/nginx.conf:/etc/nginx/nginx.conf"]),
+        test_named_volumes_for_data),
+    "an undeclared volume": (lambda s: s["redis"].update(volumes=["redis-other:/data"]), test_named_volumes_for_data),
+    "a size with no env file value": (
+        lambda s: s["airflow-worker"]["deploy"].update(replicas="${AIRFLOW_WORKERS:-1}"),
+        test_env_files_per_environment),
+    "a service missing": (lambda s: s.pop("airflow-dag-processor"), test_compose_has_the_whole_system),
+}
+
+
+def _run_check(check, doc: dict, project_version: str) -> None:
+    given = {"compose": doc, "services": doc["services"], "compose_text": yaml.safe_dump(doc, sort_keys=False),
+             "project_version": project_version}
+    check(**{name: given[name] for name in inspect.signature(check).parameters})
+
+
+@pytest.mark.parametrize("breakage", list(BREAKAGES))
+def test_the_compose_checks_catch_a_broken_file(breakage, compose, project_version):
+    mutate, check = BREAKAGES[breakage]
+    _run_check(check, copy.deepcopy(compose), project_version)  # the real file, re-serialized, passes
+    broken = copy.deepcopy(compose)
+    mutate(broken["services"])
+    with pytest.raises(AssertionError):
+        _run_check(check, broken, project_version)
 
 
 def test_gitignore_keeps_clear_text_secrets_out():
@@ -382,6 +489,55 @@ def test_dockerfile_installs_with_the_ci_constraints(name):
         assert re.search(r"-c \S*constraints\.txt", run), f"{name}: pip without -c constraints.txt: {run}"
     # CI installs the same file: scripts/install.sh
     assert "-c constraints.txt" in (ROOT / "scripts" / "install.sh").read_text()
+
+
+def _norm(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name.lower())
+
+
+def _requirement_closure(root: str, extras: set[str]) -> dict[str, str]:
+    """{package: installed version} for everything `pip install 'root[extras]'` pulls in, transitively."""
+    from packaging.requirements import Requirement
+
+    seen: dict[str, str] = {}
+    done: set[tuple[str, frozenset]] = set()  # a package again with other extras (celery, then celery[redis])
+    todo = [(root, frozenset(extras))]
+    while todo:
+        name, wanted = todo.pop()
+        if (_norm(name), wanted) in done:
+            continue
+        done.add((_norm(name), wanted))
+        dist = importlib.metadata.distribution(name)
+        seen[_norm(name)] = dist.version
+        for line in dist.requires or []:
+            req = Requirement(line)
+            if req.marker and not any(req.marker.evaluate({"extra": e}) for e in (wanted or {""})):
+                continue
+            todo.append((req.name, frozenset(req.extras)))
+    return seen
+
+
+def test_constraints_pin_everything_ci_installs():
+    """constraints.txt pins every package CI's install pulls in (scripts/install.sh: '.[airflow,dev]'), transitive
+    ones included, at the version CI runs: so an image built with -c constraints.txt gets what CI tested."""
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["name"]
+    installed = _requirement_closure(project, {"airflow", "dev"})
+    installed.pop(_norm(project))
+    ci = pins(ROOT / "constraints.txt")
+    unpinned = sorted(n for n in installed if n not in ci)
+    assert not unpinned, f"CI installs these without a pin in constraints.txt: {unpinned}"
+    moved = {n: (ci[n], v) for n, v in installed.items() if ci[n] != v}
+    assert not moved, f"constraints.txt pin != the version CI runs (pin, installed): {moved}"
+    stale = sorted(set(ci) - set(installed))
+    assert not stale, f"pinned, but no requirement of the project pulls them in: {stale}"
+
+
+def test_images_run_the_python_ci_runs():
+    minor = f"{sys.version_info.major}.{sys.version_info.minor}"
+    service = next(a for w, a in instructions(ROOT / "Dockerfile.service") if w == "ARG" and a.startswith("PYTHON_IMAGE"))
+    assert f"python:{minor}." in service, f"Dockerfile.service: {service}, CI runs Python {minor}"
+    airflow = next(a for w, a in instructions(ROOT / "Dockerfile.airflow") if w == "FROM")
+    assert f"-python{minor} " in airflow, f"Dockerfile.airflow: {airflow}, CI runs Python {minor}"
 
 
 def test_service_dockerfile_shape():

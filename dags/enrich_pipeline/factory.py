@@ -212,39 +212,45 @@ def build_boundary_refresh_dag(service_conn_id: str = "enrich_service", postgis_
     @dag(dag_id="enrich_boundary_refresh", description="Reload boundary layers into PostGIS and the service",
          schedule="@weekly", start_date=START, catchup=False, max_active_runs=1, default_args=_retry_args(),
          tags=["enrich", "boundaries"],
-         doc_md="Load the manifest's layer files (ENRICH_BOUNDARY_DIR, or downloaded and checked by sha256), "
+         doc_md="Read the manifest's layer files (ENRICH_BOUNDARY_DIR, or downloaded and checked by sha256), "
                 "load them into PostGIS, have the service reload them, and announce `enrich://boundaries` so the "
                 "dataset DAGs re-enrich.")
     def boundary_refresh():
         @task
-        def load_postgis() -> dict:
-            """Read and validate every layer version (sha256 checked), then swap them into PostGIS."""
-            from enrich_service.layers.store import LayerStore
-            from enrich_service.postgis import load_layers
-            from enrich_service.settings import Settings
+        def fetch_layers() -> dict:
+            """Read and validate every layer version; downloads land in ENRICH_CACHE_DIR only if their sha256
+            matches the manifest. Returns what was found, per layer version."""
+            from .boundaries import fetch
 
+            return fetch()
+
+        @task
+        def load_postgis(fetched: dict) -> dict:
+            """Swap every layer version into PostGIS (one transaction per table), from the files just checked."""
+            from .boundaries import load_into_postgis
             from .publish import postgis_hook_connection
 
-            settings = Settings()
-            store = LayerStore.load(settings.manifest, settings.boundary_dir, settings.cache_dir)
             with postgis_hook_connection(postgis_conn_id) as conn:
-                tables = load_layers(conn, store)
-            return {"tables": tables,
-                    "sha256": {name: [v.source.sha256 for v in vs] for name, vs in store.versions.items()}}
+                return load_into_postgis(conn, fetched)
 
         @task(outlets=[BOUNDARIES])
         def reload_service(loaded: dict) -> dict:
             """POST /v1/admin/reload (API key: the connection's password); check it serves what PostGIS holds."""
+            from airflow.sdk.exceptions import AirflowFailException
+
+            from enrich_service.client import RequestRejected
+
+            from .boundaries import check_serving
             from .service import client_for
 
             with client_for(service_conn_id) as client:
-                answer = client.reload()
-            serving = {name: [v["sha256"] for v in vs] for name, vs in answer.get("versions", {}).items()}
-            differ = {n for n in loaded["sha256"] if sorted(serving.get(n, [])) != sorted(loaded["sha256"][n])}
-            if differ:
-                raise RuntimeError(f"the service serves other files than PostGIS now holds for {sorted(differ)}")
-            return answer
+                try:
+                    answer = client.reload()
+                except RequestRejected as exc:  # a wrong or missing key: retrying will not fix it
+                    raise AirflowFailException(str(exc)) from exc
+            check_serving(loaded, answer)
+            return {k: answer[k] for k in ("status", "generation", "build_seconds") if k in answer}
 
-        reload_service(load_postgis())
+        reload_service(load_postgis(fetch_layers()))
 
     return boundary_refresh()

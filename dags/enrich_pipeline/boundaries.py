@@ -1,0 +1,45 @@
+"""Boundary refresh: read and check the layer files, load them into PostGIS, confirm the service serves the same.
+
+The files come from the service's own settings (ENRICH_BOUNDARY_DIR, or downloads into ENRICH_CACHE_DIR checked
+against the manifest's sha256), so PostGIS and the service are fed from one source and the check can compare
+sha256 per layer version.
+"""
+
+from __future__ import annotations
+
+
+def _store():
+    from enrich_service.layers.store import LayerStore
+    from enrich_service.settings import Settings
+
+    settings = Settings()
+    return LayerStore.load(settings.manifest, settings.boundary_dir, settings.cache_dir)
+
+
+def _sha256(store) -> dict[str, dict[str, str]]:
+    return {name: {v.version: v.source.sha256 for v in vs} for name, vs in store.versions.items()}
+
+
+def fetch() -> dict:
+    store = _store()
+    return {"source": store.source_mode, "sha256": _sha256(store),
+            "files": {name: [{"version": v.version, "features": v.n_features, **v.source.describe()} for v in vs]
+                      for name, vs in store.versions.items()}}
+
+
+def load_into_postgis(conn, fetched: dict) -> dict:
+    from enrich_service.postgis import load_layers
+
+    store = _store()
+    if _sha256(store) != fetched["sha256"]:
+        raise RuntimeError("the layer files changed since fetch_layers checked them; clear the run to start over")
+    return {"tables": load_layers(conn, store), "sha256": fetched["sha256"]}
+
+
+def check_serving(loaded: dict, answer: dict) -> None:
+    """The service's reload answer lists per layer its versions and sha256: they must be the files PostGIS got."""
+    serving = {name: {v["version"]: v["sha256"] for v in vs} for name, vs in answer.get("versions", {}).items()}
+    differ = sorted(n for n, versions in loaded["sha256"].items() if serving.get(n) != versions)
+    if differ:
+        raise RuntimeError(f"the service serves other layer files than PostGIS now holds for {differ}: "
+                           f"point both at the same ENRICH_BOUNDARY_DIR (or cache)")

@@ -187,6 +187,73 @@ class EnrichClient:
         raise RequestRejected(message, r.status_code, detail)
 
 
+class LocalService:
+    """A service of one's own on loopback, for scripts, benchmarks and notebooks: `enrich-service serve` in a child
+    process on a free port, stopped on exit (SIGTERM, then SIGKILL after `stop_timeout`).
+
+        with LocalService({"ENRICH_BOUNDARY_DIR": "../shared/data/boundaries"}) as svc:
+            EnrichClient(svc.url).tag(df, lon="lng", lat="lat")
+
+    `env` is added to this process's environment; `log` (a path) receives the service's output."""
+
+    def __init__(self, env: dict[str, str] | None = None, *, port: int | None = None, log: str | None = None,
+                 ready_timeout: float = 120.0, stop_timeout: float = 30.0):
+        self.env, self.port, self.log = dict(env or {}), port, log
+        self.ready_timeout, self.stop_timeout = ready_timeout, stop_timeout
+        self.proc = None
+        self.url = ""
+
+    def start(self) -> "LocalService":
+        import os
+        import socket
+        import subprocess
+        import sys
+        import time
+
+        if self.port is None:
+            with socket.socket() as s:
+                s.bind(("127.0.0.1", 0))
+                self.port = s.getsockname()[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        out = open(self.log, "ab") if self.log else None
+        try:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "enrich_service.cli", "serve", "--host", "127.0.0.1", "--port", str(self.port),
+                 "--log-level", "warning"], env={**os.environ, **self.env}, stdout=out, stderr=out)
+        finally:
+            if out:
+                out.close()
+        deadline = time.monotonic() + self.ready_timeout
+        with EnrichClient(self.url, timeout=2) as probe:
+            while not probe.ready():
+                if self.proc.poll() is not None:
+                    where = f" (see {self.log})" if self.log else ""
+                    raise ServiceUnavailable(f"enrich-service exited with {self.proc.returncode} while starting{where}")
+                if time.monotonic() > deadline:
+                    self.stop()
+                    raise ServiceUnavailable(f"enrich-service was not ready within {self.ready_timeout:.0f} s")
+                time.sleep(0.2)
+        return self
+
+    def stop(self) -> None:
+        import subprocess
+
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=self.stop_timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+    def __enter__(self) -> "LocalService":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
 def plain_columns(table: "pa.Table") -> "pa.Table":
     """Dictionary-encoded columns (layer keys, rules) as plain strings: concatenable across batches, CSV-writable."""
     import pyarrow as pa

@@ -88,7 +88,9 @@ def build_dataset_dag(spec: DatasetSpec):
         def assemble(extracted: dict, batches: list[dict]) -> dict:
             from .assemble import assemble as run
 
-            return run(spec, Path(extracted["path"]), _work(), list(batches), _work() / "enriched.parquet")
+            # By index: iterating the lazy XCom sequence probes one past the end (a logged 404).
+            results = [batches[i] for i in range(len(batches))]
+            return run(spec, Path(extracted["path"]), _work(), results, _work() / "enriched.parquet")
 
         @task(retries=0)
         def quality_gate(assembled: dict) -> dict:
@@ -112,7 +114,15 @@ def build_dataset_dag(spec: DatasetSpec):
             if spec.postgis is None:
                 return None
             ctx = get_current_context()
-            if not _has_connection(spec.postgis.conn_id) and os.environ.get(GPKG_FALLBACK_ENV) == "geopackage":
+            if not _has_connection(spec.postgis.conn_id):
+                if os.environ.get(GPKG_FALLBACK_ENV) != "geopackage":
+                    from airflow.sdk.exceptions import AirflowFailException
+
+                    raise AirflowFailException(
+                        f"no Airflow connection {spec.postgis.conn_id!r} for {spec.postgis.table}: define it "
+                        f"(AIRFLOW_CONN_{spec.postgis.conn_id.upper()}) or set {GPKG_FALLBACK_ENV}=geopackage")
+                # No database here (a laptop, the main job without ENRICH_POSTGIS_DSN): the same rows and
+                # geometry as a GeoPackage beside the portal files.
                 folder = Path(resolve(spec.portal.folder)) if spec.portal else _work()
                 name = spec.portal.basename if spec.portal else spec.name
                 dest = write_spatial(Path(assembled["path"]), folder / f"{name}.gpkg", "GPKG",

@@ -129,6 +129,7 @@ def publish_postgis(conn, table_name: str, enriched_path: Path, comment: str) ->
         [sql.SQL("{} {}").format(sql.Identifier(c), sql.SQL(_pg_type(f.type))) for c, f in zip(cols, public.schema)]
         + [sql.SQL("{} geometry(Point, 4326)").format(sql.Identifier(GEOM))])
     with conn.transaction():
+        conn.execute("CREATE EXTENSION IF NOT EXISTS postgis")  # a fresh database (a no-op where it is)
         conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(schema)))
         conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(ident(staging)))
         conn.execute(sql.SQL("CREATE TABLE {} ({})").format(ident(staging), defs))

@@ -42,8 +42,8 @@ def counts_from_csv(path: Path, column: str) -> list[tuple]:
     import pyarrow as pa
     import pyarrow.csv as pacsv
 
-    table = pacsv.read_csv(path, convert_options=pacsv.ConvertOptions(
-        include_columns=[column], column_types={column: pa.string()}))
+    table = pacsv.read_csv(path, convert_options=pacsv.ConvertOptions(  # an empty cell is "no district"
+        include_columns=[column], column_types={column: pa.string()}, strings_can_be_null=True))
     grouped = table.group_by(column).aggregate([([], "count_all")])
     return list(zip(grouped.column(column).to_pylist(), grouped.column("count_all").to_pylist()))
 

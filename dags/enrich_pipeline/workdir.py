@@ -40,7 +40,8 @@ def atomic_path(dest: Path) -> Iterator[Path]:
     """Yields a temporary path beside `dest`; renames it to `dest` when the block succeeds, removes it otherwise."""
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest.with_name(f".{dest.name}.{uuid.uuid4().hex[:8]}.tmp")
+    # Hidden, unique, and with the destination's suffix (GDAL picks formats by it).
+    tmp = dest.with_name(f".{dest.stem}.{uuid.uuid4().hex[:8]}.tmp{dest.suffix}")
     try:
         yield tmp
         if tmp.exists():

@@ -1,0 +1,454 @@
+"""The Airflow DAGs end to end with dag.test(): the real service, the real PostGIS, a real (local) SMTP server.
+
+Airflow runs with a SQLite metadata DB in a temporary AIRFLOW_HOME made for this session (`airflow db migrate`,
+about 4 s); connections come from AIRFLOW_CONN_* variables. Every DAG run reads the real files in ../shared/data
+through the specs' ${ENRICH_DATA_DIR} and publishes into a temporary folder and the `test` database.
+"""
+
+from __future__ import annotations
+
+import email
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pandas as pd
+import psycopg
+import pytest
+
+from .conftest import DATA, PG_DSN, POINTS, REPO, _free_port, start_service
+
+DAGS = REPO / "dags"
+if str(DAGS) not in sys.path:  # enrich_pipeline lives beside the DAG files (Airflow puts that folder on sys.path)
+    sys.path.append(str(DAGS))
+ADMIN_KEY = "test-admin-key"
+METERS_CSV = POINTS / "treas_parking_meters_loc_datasd.csv"
+STOPS_GEOJSON = POINTS / "transit_stops_datasd.geojson"
+# A spec like transit_stops but whose quality gate counts every row (no city-limits filter): half the stops lie
+# outside the city, so the gate must stop it before anything is published.
+UNFILTERED_SPEC = f"""
+name: transit_stops_unfiltered
+description: Transit stops, gate without the city-limits filter
+source: {{kind: geojson, path: "${{ENRICH_DATA_DIR}}/points/transit_stops_datasd.geojson"}}
+id: objectid
+coordinates: {{lon: geometry_lon, lat: geometry_lat}}
+layers: {{council_district: council_district}}
+quality: {{layer: council_district, within: null, max_unmatched_share: 0.01, show: 5}}
+batch_rows: 4000
+outputs:
+  postgis: {{table: public.transit_stops_unfiltered}}
+  portal: {{folder: "${{ENRICH_PUBLISH_DIR}}/transit_stops_unfiltered", basename: transit_stops_unfiltered}}
+"""
+
+
+# ---- the Airflow session ---------------------------------------------------------------------------------------
+
+def _conn_uri(url: str, key: str = ADMIN_KEY) -> str:
+    return url.replace("http://", f"http://:{key}@")
+
+
+@pytest.fixture(scope="module")
+def airflow(tmp_path_factory, live_service, pg_dsn):
+    """A throwaway Airflow (SQLite, temp AIRFLOW_HOME) whose connections point at the live service and PostGIS.
+    Returns a namespace with the DAG modules and the folders. Module-scoped: the environment it sets (AIRFLOW_*,
+    ENRICH_BOUNDARY_DIR...) is restored before the other test files run."""
+    if "airflow" in sys.modules and not os.environ.get("AIRFLOW_HOME", "").startswith(str(tmp_path_factory.getbasetemp())):
+        pytest.fail("airflow was imported before this session's AIRFLOW_HOME was set: run tests/test_dags.py in its own process")
+    root = tmp_path_factory.mktemp("airflow")
+    specs = root / "specs"
+    specs.mkdir()
+    (specs / "transit_stops_unfiltered.yaml").write_text(UNFILTERED_SPEC)
+    env = {
+        "AIRFLOW_HOME": str(root / "home"),
+        "AIRFLOW__CORE__DAGS_FOLDER": str(DAGS),
+        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        "AIRFLOW__LOGGING__LOGGING_LEVEL": "WARNING",
+        "AIRFLOW_CONN_ENRICH_SERVICE": _conn_uri(live_service),
+        "AIRFLOW_CONN_ENRICH_POSTGIS": pg_dsn,
+        "ENRICH_DATA_DIR": str(DATA),
+        "ENRICH_BOUNDARY_DIR": str(DATA / "boundaries"),  # the boundary refresh reads the files the service reads
+        "ENRICH_PUBLISH_DIR": str(root / "publish"),
+        "ENRICH_WORK_DIR": str(root / "work"),
+        "ENRICH_SPECS_DIRS": str(specs),
+        "ENRICH_RETRY_DELAY_SECONDS": "1",  # short retries: the outage test waits for them
+        "ENRICH_TASK_RETRIES": "6",
+    }
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    Path(env["AIRFLOW_HOME"]).mkdir()
+    subprocess.run([str(REPO / ".venv" / "bin" / "airflow"), "db", "migrate"], check=True, env=os.environ.copy(),
+                   stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    import enrich_boundary_refresh  # noqa: E402  (after the environment: Airflow reads it on import)
+    import enrich_datasets  # noqa: E402
+
+    class NS:
+        datasets = enrich_datasets
+        boundaries = enrich_boundary_refresh
+        publish = Path(env["ENRICH_PUBLISH_DIR"])
+        work = Path(env["ENRICH_WORK_DIR"])
+        service = live_service
+
+    yield NS
+    for k, v in saved.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+
+
+def run_dag(dag, when: datetime | None = None):
+    """dag.test() for one run; the same `when` gives the same run id (a re-run of that run)."""
+    when = when or datetime.now(timezone.utc)
+    return dag.test(logical_date=when, run_after=when)
+
+
+def task_states(dr) -> dict[str, list[tuple[str, int]]]:
+    """task_id -> [(state, try_number)] per map index."""
+    from airflow.models.taskinstance import TaskInstance
+    from airflow.utils.session import create_session
+    from sqlalchemy import select
+
+    with create_session() as session:
+        tis = session.scalars(select(TaskInstance).where(TaskInstance.dag_id == dr.dag_id,
+                                                         TaskInstance.run_id == dr.run_id)).all()
+        out: dict[str, list] = {}
+        for ti in sorted(tis, key=lambda t: (t.task_id, t.map_index)):
+            out.setdefault(ti.task_id, []).append((str(ti.state), ti.try_number))
+    return out
+
+
+@pytest.fixture(scope="session")
+def boundary_tables(store, pg_dsn):
+    """The layers in PostGIS (boundary_council_district_2021, ...), for checking the DAGs' answers with ST_Covers."""
+    from enrich_service.postgis import load_layers
+
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        load_layers(conn, store)
+    return pg_dsn
+
+
+def pg(sql: str, *args):
+    with psycopg.connect(PG_DSN, autocommit=True) as conn:
+        cur = conn.execute(sql, args)
+        return cur.fetchall() if cur.description else []
+
+
+def table_exists(name: str) -> bool:
+    return pg("SELECT to_regclass(%s) IS NOT NULL", name)[0][0]
+
+
+# ---- parse time -----------------------------------------------------------------------------------------------
+
+def test_dag_files_parse_fast_without_touching_data(tmp_path):
+    """Importing the DAG files takes well under a second, reads no data file and needs no network or connection:
+    the data folder does not even exist here."""
+    code = f"""
+import sys, time, json
+sys.path.insert(0, {str(DAGS)!r})
+import airflow.sdk  # the DAG processor has it loaded already
+t0 = time.perf_counter()
+import enrich_datasets, enrich_boundary_refresh
+took = time.perf_counter() - t0
+dags = sorted(k for k, v in {{**vars(enrich_datasets), **vars(enrich_boundary_refresh)}}.items()
+              if type(v).__name__ == "DAG")
+print(json.dumps({{"took": took, "dags": dags, "heavy": [m for m in ("pandas", "pyarrow", "matplotlib", "shapely")
+                                                            if m in sys.modules]}}))
+"""
+    env = {**os.environ, "ENRICH_DATA_DIR": str(tmp_path / "missing"), "AIRFLOW_HOME": str(tmp_path)}
+    env.pop("ENRICH_SPECS_DIRS", None)
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    doc = json.loads(out.stdout.strip().splitlines()[-1])
+    assert doc["took"] < 0.5, doc
+    assert doc["heavy"] == [], f"parse-time imports of {doc['heavy']}"
+    assert doc["dags"] == ["boundary_refresh", "enrich_parking_meters", "enrich_transit_stops",
+                           "report_parking_meters", "report_transit_stops"]
+
+
+def test_dag_bag_has_no_import_errors(airflow):
+    from airflow.dag_processing.dagbag import BundleDagBag
+
+    bag = BundleDagBag(dag_folder=str(DAGS), bundle_path=DAGS, bundle_name="dags-folder")
+    assert bag.import_errors == {}
+    assert {"enrich_parking_meters", "enrich_transit_stops", "enrich_transit_stops_unfiltered",
+            "report_parking_meters", "enrich_boundary_refresh"} <= set(bag.dag_ids)
+    meters = bag.dags["enrich_parking_meters"]
+    assert [t.task_id for t in meters.topological_sort()][:3] == ["extract", "plan_batches", "enrich_batch"]
+
+
+# ---- the dataset DAGs ------------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def meters_run(airflow, boundary_tables):
+    when = datetime(2026, 1, 5, 5, 0, tzinfo=timezone.utc)
+    t0 = time.perf_counter()
+    dr = run_dag(airflow.datasets.enrich_parking_meters, when)
+    return dr, when, time.perf_counter() - t0
+
+
+@pytest.fixture(scope="module")
+def stops_run(airflow, boundary_tables):
+    return run_dag(airflow.datasets.enrich_transit_stops)
+
+
+def check_against_postgis(table: str, district_col: str = "council_district") -> None:
+    """Every published row's district is the 2021 district whose polygon covers its point (PostGIS ST_Covers), and
+    a row is left without one only when no district covers it (or it has no point)."""
+    wrong = pg(f"""SELECT source_row, {district_col} FROM {table} t WHERE {district_col} IS NOT NULL AND NOT EXISTS
+                   (SELECT 1 FROM boundary_council_district_2021 b WHERE b.key = t.{district_col}
+                    AND ST_Covers(b.geom, t.geom)) LIMIT 10""")
+    assert wrong == []
+    missed = pg(f"""SELECT source_row FROM {table} t WHERE {district_col} IS NULL AND geom IS NOT NULL AND EXISTS
+                    (SELECT 1 FROM boundary_council_district_2021 b WHERE ST_Covers(b.geom, t.geom)) LIMIT 10""")
+    assert missed == []
+    assert pg(f"SELECT count(*) FROM {table} WHERE geom IS NULL AND {district_col} IS NOT NULL")[0][0] == 0
+
+
+def test_parking_meters_publishes_every_row_with_the_right_district(airflow, meters_run):
+    dr, _, _ = meters_run
+    assert str(dr.state) == "success", task_states(dr)
+    source = pd.read_csv(METERS_CSV, dtype=str, keep_default_na=False)
+    n = len(source)
+    assert task_states(dr)["enrich_batch"] == [("success", 1)] * 3  # 10,861 rows in batches of 4,000
+
+    # PostGIS: every row once, a point for every located row, districts as ST_Covers says.
+    assert pg("SELECT count(*), count(DISTINCT source_row), count(geom) FROM public.parking_meters_enriched")[0] == \
+        (n, n, n - 13)  # 13 meters carry the placeholder 32.0,-117.0
+    check_against_postgis("public.parking_meters_enriched")
+    placeholders = pg("SELECT count(*) FROM public.parking_meters_enriched WHERE lat = 32 AND lng = -117 "
+                      "AND geom IS NULL AND council_district IS NULL AND enrich_error LIKE '%%missing%%'")
+    assert placeholders[0][0] == 13
+    by_district = dict(pg("SELECT council_district, count(*) FROM public.parking_meters_enriched GROUP BY 1"))
+    assert by_district["3"] > 10_000  # downtown
+
+    # The portal CSV: the source's columns as they were, then the new ones, in source order.
+    folder = airflow.publish / "parking_meters"
+    csv = pd.read_csv(folder / "parking_meters_enriched.csv", dtype=str, keep_default_na=False)
+    assert len(csv) == n
+    assert list(csv.columns[: len(source.columns)]) == list(source.columns)
+    for col in source.columns:
+        if col in ("lat", "lng"):
+            np.testing.assert_allclose(csv[col].astype(float), source[col].astype(float))
+        else:
+            assert (csv[col] == source[col]).all(), col
+    assert {"council_district", "community_plan_area", "zip_code", "enrich_flags", "enrich_error"} <= set(csv.columns)
+    db = dict(pg("SELECT source_row, coalesce(council_district, '') FROM public.parking_meters_enriched"))
+    assert [db[int(r)] for r in csv.source_row] == csv.council_district.tolist()
+    assert (csv.zip_code[csv.council_district == "3"] != "").all()
+
+    # GeoJSON: one feature per row, the point where the CSV says.
+    gj = json.loads((folder / "parking_meters_enriched.geojson").read_text())
+    assert len(gj["features"]) == n
+    located = [f for f in gj["features"] if f["geometry"]]
+    assert len(located) == n - 13
+    f = located[0]
+    assert f["geometry"]["coordinates"] == pytest.approx([f["properties"]["lng"], f["properties"]["lat"]])
+    assert [x["properties"]["council_district"] or "" for x in gj["features"]] == csv.council_district.tolist()
+
+    # Metadata: counts, unmatched shares, the layers (as the service reports them) and the run.
+    meta = json.loads((folder / "parking_meters_enriched.metadata.json").read_text())
+    served = httpx.get(f"{airflow.service}/v1/layers").json()["layers"]
+    current = {name: info["versions"][-1]["sha256"] for name, info in served.items()}
+    assert meta["rows"] == n and meta["run_id"] == dr.run_id
+    for layer in ("council_district", "neighborhood", "zip", "city_limits"):
+        assert meta["layers"][layer]["sha256"] == current[layer]
+    assert meta["unmatched"]["council_district"]["unmatched"] == n - sum(v for k, v in by_district.items() if k)
+    assert meta["quality"]["unlocated"] == 13 and meta["quality"]["unmatched"] == 0
+    assert set(meta["files"]) == {"parking_meters_enriched.csv", "parking_meters_enriched.geojson"}
+    assert not [p for p in folder.iterdir() if p.name.startswith(".")], "temporary files left behind"
+
+
+def test_rerunning_the_same_run_changes_nothing(airflow, meters_run):
+    dr, when, _ = meters_run
+    folder = airflow.publish / "parking_meters"
+    files = {p.name: p.read_bytes() for p in folder.iterdir()}
+    rows = pg("SELECT md5(string_agg(t::text, '|' ORDER BY source_row)), count(*) FROM public.parking_meters_enriched t")
+    again = run_dag(airflow.datasets.enrich_parking_meters, when)
+    assert again.run_id == dr.run_id and str(again.state) == "success"
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == files
+    assert pg("SELECT md5(string_agg(t::text, '|' ORDER BY source_row)), count(*) "
+              "FROM public.parking_meters_enriched t") == rows
+    # One table, no leftovers of the swap.
+    assert not table_exists("public.parking_meters_enriched__staging")
+
+
+def test_transit_stops_outside_the_city_are_not_failures(airflow, stops_run):
+    dr = stops_run
+    assert str(dr.state) == "success", task_states(dr)
+    n = len(json.loads(STOPS_GEOJSON.read_text())["features"])
+    assert pg("SELECT count(*), count(DISTINCT objectid), count(geom) FROM public.transit_stops_enriched")[0] == \
+        (n, n, n)
+    check_against_postgis("public.transit_stops_enriched")
+    inside, outside, inside_without = pg("""SELECT count(*) FILTER (WHERE in_city_limits IS NOT NULL),
+        count(*) FILTER (WHERE in_city_limits IS NULL),
+        count(*) FILTER (WHERE in_city_limits IS NOT NULL AND council_district IS NULL)
+        FROM public.transit_stops_enriched""")[0]
+    assert outside > 0.4 * n and inside > 0.4 * n and inside_without == 0
+    meta = json.loads((airflow.publish / "transit_stops" / "transit_stops_enriched.metadata.json").read_text())
+    assert meta["quality"]["should_match"] == inside and meta["quality"]["unmatched"] == 0
+    assert meta["unmatched"]["council_district"]["unmatched_share"] > 0.4
+
+
+def test_a_quality_failure_publishes_nothing_and_names_the_rows(airflow, boundary_tables):
+    from enrich_pipeline.quality import QualityGateFailed, check, measure
+    from enrich_pipeline.spec import find_spec
+
+    pg("DROP TABLE IF EXISTS public.transit_stops_unfiltered")
+    dr = run_dag(airflow.datasets.enrich_transit_stops_unfiltered)
+    states = task_states(dr)
+    assert str(dr.state) == "failed"
+    assert states["quality_gate"] == [("failed", 1)]  # no retries for a quality failure
+    for t in ("publish_postgis", "publish_files", "record_publication"):
+        assert states[t][0][0] == "upstream_failed", states
+    assert not table_exists("public.transit_stops_unfiltered")
+    assert not (airflow.publish / "transit_stops_unfiltered").exists()
+    # What the failed task said: the share and the first ids.
+    spec = find_spec("transit_stops_unfiltered")
+    from enrich_pipeline.workdir import safe_name
+
+    enriched = airflow.work / spec.dag_id / safe_name(dr.run_id) / "enriched.parquet"
+    with pytest.raises(QualityGateFailed, match=r"rows in the dataset have no council_district .* first ids: \[\d+"):
+        check(spec, measure(spec, enriched))
+
+
+def test_report_emails_the_district_table_and_chart(airflow, meters_run, tmp_path):
+    from aiosmtpd.controller import Controller
+
+    received = []
+
+    class Handler:
+        async def handle_DATA(self, server, session, envelope):
+            received.append(envelope)
+            return "250 OK"
+
+    port = _free_port()
+    smtp = Controller(Handler(), hostname="127.0.0.1", port=port)
+    smtp.start()
+    os.environ["AIRFLOW_CONN_SMTP_DEFAULT"] = (f"smtp://127.0.0.1:{port}?disable_tls=true&disable_ssl=true"
+                                               f"&from_email=enrich%40sandiego.gov&timeout=10")
+    try:
+        dr = run_dag(airflow.datasets.report_parking_meters)
+    finally:
+        smtp.stop()
+        os.environ.pop("AIRFLOW_CONN_SMTP_DEFAULT")
+    assert str(dr.state) == "success", task_states(dr)
+    assert len(received) == 1
+    envelope = received[0]
+    assert envelope.rcpt_tos == ["open-data@sandiego.gov"]
+    msg = email.message_from_bytes(envelope.content)
+    assert msg["Subject"] == "Parking meters per council district"
+    parts = {p.get_filename() or p.get_content_type(): p for p in msg.walk()}
+    png = parts["parking_meters_by_council_district.png"].get_payload(decode=True)
+    assert png.startswith(b"\x89PNG\r\n\x1a\n") and len(png) > 5_000
+    html = parts["text/html"].get_payload(decode=True).decode()
+    counts = dict(pg("SELECT coalesce(council_district, '(none)'), count(*) FROM public.parking_meters_enriched "
+                     "GROUP BY 1"))
+    assert f"<td>3</td><td align='right'>{counts['3']:,}</td>" in html
+    assert "Rows per neighborhood" in html and "Downtown" in html
+
+
+def test_enrich_tasks_retry_through_a_service_outage(airflow, monkeypatch):
+    """The service is down when the run starts and comes up a few seconds later: the enrich batches fail, retry
+    with backoff, and the run succeeds."""
+    port = _free_port()
+    monkeypatch.setenv("AIRFLOW_CONN_ENRICH_SERVICE", _conn_uri(f"http://127.0.0.1:{port}"))
+    started: list = []
+
+    def start_later():
+        time.sleep(3)
+        started.append(start_service(port=port)[0])
+
+    starter = threading.Thread(target=start_later, daemon=True)
+    starter.start()
+    try:
+        dr = run_dag(airflow.datasets.enrich_transit_stops)
+    finally:
+        starter.join(timeout=90)
+        for proc in started:
+            proc.terminate()
+            proc.wait(timeout=30)
+    states = task_states(dr)
+    assert str(dr.state) == "success", states
+    tries = [t for _, t in states["enrich_batch"]]
+    assert all(s == "success" for s, _ in states["enrich_batch"]) and max(tries) > 1, states["enrich_batch"]
+    assert states["extract"] == [("success", 1)]
+    check_against_postgis("public.transit_stops_enriched")
+
+
+def test_boundary_refresh_loads_postgis_reloads_the_service_and_announces_the_asset(airflow):
+    from airflow.models.asset import AssetEvent, AssetModel
+    from airflow.utils.session import create_session
+    from sqlalchemy import select
+
+    before = httpx.get(f"{airflow.service}/v1/layers").json()["generation"]
+    started = pg("SELECT now()")[0][0]
+    dr = airflow.boundaries.boundary_refresh.test()
+    assert str(dr.state) == "success", task_states(dr)
+    assert httpx.get(f"{airflow.service}/v1/layers").json()["generation"] > before
+    catalog = {t: (sha, loaded) for t, sha, loaded in pg("SELECT table_name, sha256, loaded_at FROM boundary_layers")}
+    assert catalog["boundary_council_district_2021"][0] == \
+        "5ab5537e93463677ee685f25d7fec664f0d1b5e4ded7cede6d6444a8c769fcf6"
+    served = httpx.get(f"{airflow.service}/v1/layers").json()["layers"]
+    for name, info in served.items():  # every served version was (re)loaded into PostGIS by this run
+        for v in info["versions"]:
+            sha, loaded = catalog[f"boundary_{name}_{v['version']}".lower()]
+            assert sha == v["sha256"] and loaded >= started, (name, v["version"])
+    with create_session() as session:
+        events = session.scalars(select(AssetEvent).join(AssetModel, AssetEvent.asset_id == AssetModel.id)
+                                 .where(AssetModel.name == "enrich://boundaries")).all()
+        assert any(e.source_run_id == dr.run_id for e in events)
+    # The dataset DAGs are scheduled on that asset (as well as on their cron): a refresh re-enriches them.
+    for dag_id in ("enrich_parking_meters", "enrich_transit_stops"):
+        assert getattr(airflow.datasets, dag_id).timetable.asset_condition.name == "enrich://boundaries"
+
+
+def test_boundary_refresh_with_a_wrong_key_fails_at_once_and_announces_nothing(airflow, monkeypatch):
+    monkeypatch.setenv("AIRFLOW_CONN_ENRICH_SERVICE", _conn_uri(airflow.service, key="not-the-key"))
+    dr = airflow.boundaries.boundary_refresh.test()
+    states = task_states(dr)
+    assert str(dr.state) == "failed"
+    assert states["reload_service"] == [("failed", 1)], states  # a 401 is not retried
+
+
+# ---- the client --------------------------------------------------------------------------------------------------
+
+def test_client_arrow_and_json_agree_and_errors_are_typed(live_service):
+    from enrich_service.client import EnrichClient, RequestRejected, ServiceUnavailable
+
+    df = pd.read_csv(METERS_CSV).iloc[::50].reset_index(drop=True)
+    df.index = df.index + 1000  # the answer keeps the caller's index
+    with EnrichClient(live_service) as client:
+        a = client.tag(df, lon="lng", lat="lat", layers=["council_district", "zip"])
+        j = client.tag(df, lon="lng", lat="lat", layers=["council_district", "zip"], transport="json")
+        assert list(a.index) == list(df.index)
+        assert a["council_district"].fillna("").tolist() == j["council_district"].fillna("").tolist()
+        assert a["zip"].fillna("").tolist() == j["zip"].fillna("").tolist()
+        assert a.attrs["enrich_layers"]["council_district"]["version"] == "2021"
+        assert (a.loc[a.lat == 32.0, "council_district"].isna()).all()
+        with pytest.raises(RequestRejected, match="layer"):
+            client.tag(df, lon="lng", lat="lat", layers=["wards"])
+        assert client.layers()["layers"]["council_district"]["key"] == "district"
+    with pytest.raises(ServiceUnavailable, match="cannot reach"):
+        EnrichClient(f"http://127.0.0.1:{_free_port()}", timeout=2).layers()
+
+
+def test_spec_errors_name_the_file_and_the_field(tmp_path):
+    from enrich_pipeline.spec import SpecError, load_spec, resolve
+
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: x\nsource: {path: a.csv}\ncoordinates: {lon: x, lat: y}\nlayers: [wards]\n"
+                   "outputs: {portal: {folder: /tmp}}\n")
+    with pytest.raises(SpecError, match="bad.yaml: layers: unknown layer 'wards'"):
+        load_spec(bad)
+    bad.write_text("name: x\nsource: {path: a.csv}\nlayers: [zip]\noutputs: {portal: {folder: /tmp}}\n")
+    with pytest.raises(SpecError, match="coordinates"):
+        load_spec(bad)
+    assert resolve("${NOT_SET_ANYWHERE_123:-/data}/a.csv", lookup=lambda name: None) == "/data/a.csv"
+    with pytest.raises(SpecError, match="NOT_SET_ANYWHERE_123"):
+        resolve("${NOT_SET_ANYWHERE_123}/a.csv", lookup=lambda name: None)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import http.server
 import importlib.metadata
+import importlib.util
 import inspect
 import os
 import re
@@ -532,6 +533,17 @@ def test_constraints_pin_everything_ci_installs():
     assert not stale, f"pinned, but no requirement of the project pulls them in: {stale}"
 
 
+def test_the_celery_executor_imports_with_the_pins(tmp_path):
+    """The workers' code path loads with constraints.txt (celery 5.7 dropped a name the Celery provider imports,
+    and only `airflow celery worker` would have shown it)."""
+    env = {**os.environ, "AIRFLOW_HOME": str(tmp_path), "AIRFLOW__CORE__EXECUTOR": "CeleryExecutor",
+           "AIRFLOW__CORE__LOAD_EXAMPLES": "False"}
+    code = ("from airflow.providers.celery.executors.celery_executor import app; "
+            "from airflow.providers.celery.cli.celery_command import worker; print(app.main)")
+    r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr[-3000:]
+
+
 def test_images_run_the_python_ci_runs():
     minor = f"{sys.version_info.major}.{sys.version_info.minor}"
     service = next(a for w, a in instructions(ROOT / "Dockerfile.service") if w == "ARG" and a.startswith("PYTHON_IMAGE"))
@@ -647,14 +659,17 @@ def nginx_dir():
 
 
 def _nginx_copy(tmp_path: Path, upstreams: list[str], listen: int) -> Path:
-    conf = NGINX_CONF.read_text()
-    servers = "\n".join(f"        server {u} max_fails=3 fail_timeout=15s;" for u in upstreams)
-    conf = re.sub(r"^\s*server enrich-service:8080[^;]*;", servers, conf, flags=re.M)
-    conf = conf.replace("listen 8080 default_server;", f"listen 127.0.0.1:{listen} default_server;")
-    conf = conf.replace("/tmp/", f"{tmp_path}/")
+    """deploy/nginx.conf pointed at loopback replicas, as scripts/scaleout.py runs it."""
     out = tmp_path / "nginx.conf"
-    out.write_text(conf)
+    out.write_text(_scaleout().render_nginx_conf(upstreams, f"127.0.0.1:{listen}", tmp_path))
     return out
+
+
+def _scaleout():
+    spec = importlib.util.spec_from_file_location("scaleout", ROOT / "scripts" / "scaleout.py")
+    module = sys.modules.setdefault("scaleout", importlib.util.module_from_spec(spec))
+    spec.loader.exec_module(module)
+    return module
 
 
 def test_nginx_conf_passes_nginx_t(nginx_dir):

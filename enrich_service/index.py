@@ -15,6 +15,7 @@ import numpy as np
 
 from .engine.tagger import Engine
 from .errors import NotReady, ReloadRefused
+from .geocode import build_geocoder
 from .layers.store import LayerStore
 from .settings import Settings
 
@@ -31,19 +32,26 @@ class ServiceIndex:
     extras: dict = field(default_factory=dict)  # e.g. the geocoder, built beside the layers
 
     def versions(self) -> dict[str, list[dict]]:
-        return {name: [{"version": v.version, "sha256": v.source.sha256} for v in vs]
-                for name, vs in self.store.versions.items()}
+        out = {name: [{"version": v.version, "sha256": v.source.sha256} for v in vs]
+               for name, vs in self.store.versions.items()}
+        geocoder = self.extras.get("geocoder")
+        if geocoder is not None:  # the geocoder's reference, reported like a layer (version: its sha256 prefix)
+            out["geocode_reference"] = [{"version": geocoder.sha256[:12], "sha256": geocoder.sha256}]
+        return out
 
 
 def build_index(settings: Settings, generation: int = 0) -> ServiceIndex:
     t0 = time.perf_counter()
     store = LayerStore.load(settings.manifest, settings.boundary_dir, settings.cache_dir)
     engine = Engine(store, grid_cells=settings.grid_cells, use_grid=settings.use_grid)
+    geocoder = build_geocoder(settings, store)  # beside the layers: a reload swaps both at once
     index = ServiceIndex(store=store, engine=engine, built_at=dt.datetime.now(dt.timezone.utc),
-                         build_seconds=time.perf_counter() - t0, generation=generation)
+                         build_seconds=time.perf_counter() - t0, generation=generation,
+                         extras={"geocoder": geocoder})
     validate(index)
-    log.info("index generation %d ready in %.2fs (layers %.2fs, indexes %.2fs)", generation, index.build_seconds,
-             store.load_seconds, engine.build_seconds)
+    log.info("index generation %d ready in %.2fs (layers %.2fs, indexes %.2fs, geocoder %.2fs)", generation,
+             index.build_seconds, store.load_seconds, engine.build_seconds,
+             geocoder.ref.load_seconds if geocoder is not None else 0.0)
     return index
 
 
@@ -53,6 +61,9 @@ def validate(index: ServiceIndex) -> None:
         for v in versions:
             if v.n_features == 0 or len(v.parts) == 0:
                 raise ReloadRefused(f"layer {name} version {v.version} has no polygons")
+    geocoder = index.extras.get("geocoder")
+    if geocoder is not None and (len(geocoder.ref.pt_lon) == 0 or len(geocoder.ref.seg_geom) == 0):
+        raise ReloadRefused("the geocoder reference has no address points or no street segments")
     for point in index.store.manifest.sanity_points:
         layers = [layer for layer in point.expect if layer in index.store.versions]
         result = index.engine.tag(np.array([point.lon]), np.array([point.lat]), np.array([True]), layers)

@@ -12,7 +12,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from .responses import JSONResponse
 
 from . import __version__
-from .api import admin, health, layers, pip
+from .api import admin, geocode, health, layers, pip
 from .errors import EnrichError, install_handlers
 from .observability import ObservabilityMiddleware, configure_logging
 from .reload import reload_index
@@ -60,6 +60,7 @@ def create_app() -> FastAPI:
     app.include_router(health.router)
     app.include_router(layers.router, dependencies=read)
     app.include_router(pip.router, dependencies=read)
+    app.include_router(geocode.router, dependencies=read)
     app.include_router(admin.router)
     if settings.cors_origins:
         app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["GET", "POST"],

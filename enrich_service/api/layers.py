@@ -16,4 +16,5 @@ def list_layers(request: Request) -> dict:
         "built_at": index.built_at.isoformat(),
         "build_seconds": round(index.build_seconds, 3),
         "layers": index.store.describe(),
+        "geocode_reference": geocoder.describe() if (geocoder := index.extras.get("geocoder")) else None,
     }

@@ -1,0 +1,214 @@
+"""Geocode-join: addresses to places, tagged with the boundary layers in the same call.
+
+POST /v1/geocode-join takes JSON records, an Arrow IPC stream or CSV (columns named by query parameters), or
+streamed NDJSON lines; GET /v1/geocode answers one address for GIS staff.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, AsyncIterator
+
+import orjson
+from fastapi import APIRouter, Query, Request
+from fastapi.responses import Response
+from pydantic import BaseModel, ConfigDict, Field
+
+from .. import codecs
+from ..codecs import ARROW, CSV, JSON, NDJSON
+from ..errors import InvalidInput
+from ..geocode import join
+from ..geocode.join import AddressColumns, Records
+from ..geocode.matcher import LEVELS
+from ..index import ServiceIndex, current
+from ..responses import JSONResponse, NDJSONStreamResponse
+from ..settings import Settings, get_settings
+from .common import Options, check_batch_size, offload, parse_options, read_body
+from .pip import NDJSON_CHUNK_ROWS, _line_groups
+from .schemas import ERROR_RESPONSES, LAYER_EXAMPLE, LayerUsed, RowError, inline_schema
+
+router = APIRouter(prefix="/v1", tags=["geocode"])
+
+REFERENCE_HEADER = "X-Enrich-Geocode-Reference"
+
+
+class AddressRecord(BaseModel):
+    id: str | int | float | None = Field(default=None, description="Echoed back; any string or number")
+    address: str = Field(description="Street address or intersection", examples=["4608 Gardena Avenue"])
+    city: str | None = Field(default=None, description="Optional; a city other than San Diego is flagged")
+    zip: str | int | None = Field(default=None, description="Optional 5-digit ZIP: disambiguates same-named "
+                                                            "streets and is the fallback location")
+    lon: float | None = Field(default=None, description="Optional coordinates from an earlier geocode, checked "
+                                                        "for the known bad cases (city centroid, 0/0, swapped)")
+    lat: float | None = None
+
+
+class GeocodeJoinRequest(BaseModel):
+    records: list[AddressRecord] = Field(min_length=1)
+    layers: list[str] | str | None = Field(default=None, examples=[LAYER_EXAMPLE],
+                                           description="Layers to tag with (default: ENRICH_DEFAULT_LAYERS)")
+    as_of: str | None = Field(default=None, description="YYYY-MM-DD: the layer versions in force that day")
+    nearest_within_m: float | None = Field(default=None, ge=0, le=5000)
+
+
+class GeocodeRow(BaseModel):
+    """One answer per record, in input order; then `<layer>` and `<layer>_rule` for each layer."""
+
+    model_config = ConfigDict(extra="allow")
+    id: str | int | float | bool | None = None
+    lon: float | None
+    lat: float | None
+    match: str = Field(description=f"One of {', '.join(LEVELS)}")
+    score: float = Field(ge=0, le=1)
+    matched_address: str | None = Field(description="The reference address, block, intersection or street matched")
+    reason: str | None = Field(description="Why the match is not more precise (or none)")
+    flags: str | None = None
+    error: str | None = None
+
+
+class GeocodeJoinResponse(BaseModel):
+    results: list[GeocodeRow]
+    count: int
+    layers: dict[str, LayerUsed]
+    geocode_reference: str = Field(description="sha256 of the reference the geocodes come from")
+    errors: list[RowError]
+
+
+_BULK_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            JSON: {"schema": inline_schema(GeocodeJoinRequest)},
+            ARROW: {"schema": {"type": "string", "format": "binary"}},
+            CSV: {"schema": {"type": "string"}},
+            NDJSON: {"schema": {"type": "string"}},
+        },
+    }
+}
+
+
+def _join(index: ServiceIndex, records: Records, opts: Options) -> join.Joined:
+    return join.geocode_join(index, records, opts.layers, opts.as_of, opts.nearest_within_m)
+
+
+def _headers(index: ServiceIndex, joined: join.Joined) -> dict[str, str]:
+    return {"X-Enrich-Layers": orjson.dumps(joined.result.layers_used()).decode(),
+            REFERENCE_HEADER: join.reference_header(index)}
+
+
+@router.get("/geocode", response_model=GeocodeRow, responses=ERROR_RESPONSES,
+            summary="Geocode one address and tag it with every requested layer")
+def get_geocode(
+    request: Request,
+    address: Annotated[str, Query(description="Street address or intersection",
+                                  examples=["4608 Gardena Avenue, San Diego, CA 92110"])],
+    city: Annotated[str | None, Query()] = None,
+    zip: Annotated[str | None, Query(description="5-digit ZIP")] = None,
+    layers: Annotated[str | None, Query(description="Comma-separated layer names")] = None,
+    as_of: Annotated[str | None, Query(description="YYYY-MM-DD")] = None,
+    nearest_within_m: Annotated[float | None, Query(ge=0, le=5000)] = None,
+):
+    index = current(request.app)
+    opts = parse_options({"layers": layers, "as_of": as_of, "nearest_within_m": nearest_within_m}, get_settings())
+    records = Records(ids=[None], addresses=[address], cities=[city] if city else None, zips=[zip] if zip else None)
+    joined = _join(index, records, opts)
+    row = join.rows(None, joined)[0]
+    del row["id"], row["error"]
+    return JSONResponse(row, headers=_headers(index, joined))
+
+
+@router.post("/geocode-join", response_model=GeocodeJoinResponse, responses=ERROR_RESPONSES,
+             openapi_extra=_BULK_BODY,
+             summary="Geocode a batch of address records and tag them (JSON, Arrow IPC stream, CSV or NDJSON)")
+async def post_geocode_join(
+    request: Request,
+    layers: Annotated[str | None, Query(description="Bulk bodies: comma-separated layer names")] = None,
+    as_of: Annotated[str | None, Query(description="Bulk bodies: YYYY-MM-DD")] = None,
+    nearest_within_m: Annotated[float | None, Query(ge=0, le=5000)] = None,
+    id_col: Annotated[str, Query(description="Bulk bodies: the id column")] = "id",
+    address_col: Annotated[str, Query(description="Bulk bodies: the address column")] = "address",
+    city_col: Annotated[str, Query(description="Bulk bodies: the city column (optional)")] = "city",
+    zip_col: Annotated[str, Query(description="Bulk bodies: the ZIP column (optional)")] = "zip",
+    lon_col: Annotated[str, Query(description="Bulk bodies: earlier longitude to check (optional)")] = "lon",
+    lat_col: Annotated[str, Query(description="Bulk bodies: earlier latitude to check (optional)")] = "lat",
+):
+    settings = get_settings()
+    index = current(request.app)
+    join.geocoder_of(index)  # 503 before reading a large body when there is no reference
+    kind = codecs.media_type(request.headers.get("content-type"))
+    answer_kind = codecs.response_type(request.headers.get("accept"), kind)
+    cols = AddressColumns(id=id_col, address=address_col, city=city_col, zip=zip_col, lon=lon_col, lat=lat_col)
+    query = {"layers": layers, "as_of": as_of, "nearest_within_m": nearest_within_m}
+
+    if kind == NDJSON:
+        opts = parse_options(query, settings)
+        index.store.check_layers(opts.layers)
+        return NDJSONStreamResponse(_ndjson_answers(request, index, opts, cols, settings),
+                                    headers={REFERENCE_HEADER: join.reference_header(index)})
+
+    body = await read_body(request, settings)
+    table = None
+    if kind == JSON:
+        doc = codecs.loads(body)
+        if not isinstance(doc, dict):
+            raise InvalidInput("body must be a JSON object with a `records` list", field="body")
+        opts = parse_options(doc, settings)
+        records = doc.get("records")
+        if records is None:
+            raise InvalidInput("records is missing", field="records")
+        if isinstance(records, list):
+            check_batch_size(len(records), settings, field="records")
+        records = await offload(join.records_from_json, records)
+    else:
+        opts = parse_options(query, settings)
+        table = await offload(codecs.decode_arrow if kind == ARROW else codecs.decode_csv, body)
+        check_batch_size(table.num_rows, settings, field="body")
+        records = await offload(join.records_from_table, table, cols)
+    del body
+    joined = await offload(_join, index, records, opts)
+    headers = _headers(index, joined)
+
+    if answer_kind == JSON:
+        payload = await offload(_encode_json, index, records, joined)
+        return Response(payload, media_type=JSON, headers=headers)
+    out = await offload(join.answer_table, table, records.ids, joined)
+    encode = codecs.encode_arrow if answer_kind == ARROW else codecs.encode_csv
+    return Response(await offload(encode, out), media_type=answer_kind, headers=headers)
+
+
+def _encode_json(index: ServiceIndex, records: Records, joined: join.Joined) -> bytes:
+    rows = join.rows(records.ids, joined)
+    body = {"results": rows, "count": len(rows), "layers": joined.result.layers_used(),
+            "geocode_reference": join.reference_header(index),
+            "errors": codecs.error_list(records.ids, joined.prepared, joined.result)}
+    return orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY)
+
+
+def _ndjson_chunk(index: ServiceIndex, lines: list[bytes], first_row: int, opts: Options,
+                  cols: AddressColumns) -> bytes:
+    docs, bad = [], {}
+    for i, line in enumerate(lines):
+        try:
+            doc = orjson.loads(line)
+        except orjson.JSONDecodeError as exc:
+            doc, bad[i] = None, ("body", f"line {first_row + i + 1} is not valid JSON: {exc}")
+        docs.append(doc)
+    records = join.records_from_json(docs, cols)
+    records.errors.update(bad)
+    joined = _join(index, records, opts)
+    dumps = orjson.dumps
+    return b"".join(dumps(row, option=orjson.OPT_SERIALIZE_NUMPY) + b"\n" for row in join.rows(records.ids, joined))
+
+
+async def _ndjson_answers(request: Request, index: ServiceIndex, opts: Options, cols: AddressColumns,
+                          settings: Settings) -> AsyncIterator[bytes]:
+    seen = 0
+    async for lines in _line_groups(request, NDJSON_CHUNK_ROWS):
+        if seen + len(lines) > settings.max_batch:
+            yield orjson.dumps({"error": f"stream exceeds the batch limit of {settings.max_batch} rows; "
+                                         f"rows after {seen} were not read", "row": seen}) + b"\n"
+            return
+        yield await offload(_ndjson_chunk, index, lines, seen, opts, cols)
+        seen += len(lines)
+
+
+

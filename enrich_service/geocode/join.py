@@ -1,0 +1,212 @@
+"""Geocode a batch of address records, then tag the places found with the boundary layers: one call.
+
+Records arrive as columns (from JSON records, an Arrow/CSV table or NDJSON lines); the answer is the geocode
+columns (lon, lat, match, score, matched_address, reason) followed by the same layer columns, flags and error
+column as /v1/pip, built by the shared codecs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import pyarrow as pa
+
+from .. import codecs
+from ..engine.tagger import TagResult
+from ..errors import InvalidInput, NotReady
+from ..index import ServiceIndex
+from ..observability import GEOCODES
+from ..points import WGS84, PointBatch, Prepared, prepare
+from .matcher import Geocoded, Geocoder
+
+CITY_LIMITS = "city_limits"
+# Cities whose addresses the reference covers; other city names are flagged, not refused.
+CITY_NAMES = frozenset({"SAN DIEGO", "SD", "LA JOLLA", "CITY OF SAN DIEGO"})
+
+
+@dataclass(frozen=True)
+class AddressColumns:
+    """Which input columns hold the id, the address and the optional parts (query parameters of bulk requests)."""
+
+    id: str = "id"
+    address: str = "address"
+    city: str = "city"
+    zip: str = "zip"
+    lon: str = "lon"  # an earlier geocode the record carries, checked for the known bad cases
+    lat: str = "lat"
+
+
+@dataclass
+class Records:
+    ids: object  # list or Arrow array: passed through to the encoder
+    addresses: list
+    cities: list | None = None
+    zips: list | None = None
+    x: np.ndarray | None = None
+    y: np.ndarray | None = None
+    errors: dict[int, tuple[str, str]] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.addresses)
+
+
+@dataclass
+class Joined:
+    geocoded: Geocoded
+    prepared: Prepared  # the geocoded lon/lat as the codecs expect them, with every flag
+    result: TagResult
+
+
+def geocoder_of(index: ServiceIndex) -> Geocoder:
+    geocoder = index.extras.get("geocoder")
+    if geocoder is None:
+        raise NotReady("the geocoder has no reference loaded (set ENRICH_REFERENCE_DIR to the folder of the "
+                       "address reference CSVs and reload)")
+    return geocoder
+
+
+def records_from_json(records: object, cols: AddressColumns = AddressColumns()) -> Records:
+    if not isinstance(records, list):
+        raise InvalidInput("records must be a list of {id, address, city?, zip?} objects", field="records")
+    errors: dict[int, tuple[str, str]] = {}
+    rows = []
+    for i, r in enumerate(records):
+        if isinstance(r, dict):
+            rows.append(r)
+        else:
+            rows.append({})
+            errors[i] = ("records", "each record must be an object with id and address")
+    ids = [r.get(cols.id) for r in rows]
+    codecs._check_ids(ids, errors)
+    has = lambda key: any(key in r for r in rows)  # noqa: E731
+    x = y = None
+    if has(cols.lon) or has(cols.lat):
+        x = np.array([codecs._number(r.get(cols.lon)) for r in rows], dtype=np.float64)
+        y = np.array([codecs._number(r.get(cols.lat)) for r in rows], dtype=np.float64)
+    return Records(ids=ids, addresses=[r.get(cols.address) for r in rows],
+                   cities=[r.get(cols.city) for r in rows] if has(cols.city) else None,
+                   zips=[r.get(cols.zip) for r in rows] if has(cols.zip) else None, x=x, y=y, errors=errors)
+
+
+def records_from_table(table: pa.Table, cols: AddressColumns) -> Records:
+    names = table.column_names
+    if cols.address not in names:
+        raise InvalidInput(f"column {cols.address!r} not in the body (columns: {names}); name the address column "
+                           f"with address_col", field=cols.address)
+
+    def text(name: str) -> list | None:
+        if name not in names:
+            return None
+        col = table.column(name)
+        if not (pa.types.is_string(col.type) or pa.types.is_large_string(col.type) or pa.types.is_null(col.type)):
+            col = col.cast(pa.string())  # a CSV zip column arrives as integers
+        return col.to_pylist()
+
+    x = y = None
+    if cols.lon in names and cols.lat in names:
+        errors: dict[int, tuple[str, str]] = {}
+        x, y = codecs._coordinate(table, cols.lon, errors), codecs._coordinate(table, cols.lat, errors)
+    addresses = table.column(cols.address).to_pylist()
+    return Records(ids=table.column(cols.id) if cols.id in names else None, addresses=addresses,
+                   cities=text(cols.city), zips=text(cols.zip), x=x, y=y)
+
+
+def geocode_join(index: ServiceIndex, records: Records, layers: list[str], as_of=None,
+                 nearest_within_m: float | None = None, use_cache: bool = True) -> Joined:
+    geocoder = geocoder_of(index)
+    index.store.check_layers(layers)
+    geocoded = geocoder.geocode(records.addresses, records.zips, use_cache=use_cache)
+    n = len(geocoded)
+    valid = geocoded.match != "none"
+    lon = np.where(valid, geocoded.lon, np.nan)
+    lat = np.where(valid, geocoded.lat, np.nan)
+    extra = [CITY_LIMITS] if CITY_LIMITS in index.store.versions and CITY_LIMITS not in layers else []
+    result = index.engine.tag(lon, lat, valid, layers + extra, as_of, None, nearest_within_m)
+    flags = dict(geocoded.flags)
+    if CITY_LIMITS in result.layers:
+        outside = valid & (result.layers[CITY_LIMITS].codes < 0)
+        _add_flag(flags, outside, "outside_city_limits")
+    if extra:
+        result = TagResult(layers={k: v for k, v in result.layers.items() if k != CITY_LIMITS},
+                           row_errors=result.row_errors,
+                           default_versions={k: v for k, v in result.default_versions.items() if k != CITY_LIMITS})
+    if records.x is not None:
+        given = prepare(PointBatch(ids=None, x=records.x, y=records.y), WGS84)
+        for row, flag in given.flags.items():  # the record's own coordinates: city centroid, 0/0, swapped
+            flags[row] = f"{flags[row]},input_{flag.replace(',', ',input_')}" if row in flags else \
+                f"input_{flag.replace(',', ',input_')}"
+    if records.cities is not None:
+        _flag_cities(flags, records.cities)
+    prepared = Prepared(lon=lon, lat=lat, valid=valid, errors=dict(records.errors), flags=flags)
+    levels, counts = np.unique(geocoded.match.astype(str), return_counts=True)
+    for level, count in zip(levels.tolist(), counts.tolist()):
+        GEOCODES.labels(level).inc(count)
+    return Joined(geocoded, prepared, result)
+
+
+def _add_flag(flags: dict[int, str], mask: np.ndarray, flag: str) -> None:
+    for i in np.flatnonzero(mask).tolist():
+        flags[i] = f"{flags[i]},{flag}" if i in flags else flag
+
+
+def _flag_cities(flags: dict[int, str], cities: list) -> None:
+    verdict: dict = {}
+    for i, city in enumerate(cities):
+        if city is None or city == "":
+            continue
+        other = verdict.get(city)
+        if other is None:
+            other = verdict[city] = not (isinstance(city, str) and " ".join(city.upper().split()) in CITY_NAMES)
+        if other:
+            flags[i] = f"{flags[i]},other_city" if i in flags else "other_city"
+
+
+# ---- answers ----------------------------------------------------------------------------------------------------
+
+def _none_for_nan(values: np.ndarray) -> list:
+    return np.where(np.isnan(values), None, values).tolist()
+
+
+def geocode_lists(joined: Joined) -> list[tuple[str, list]]:
+    g = joined.geocoded
+    n = len(g)
+    return [("lon", _none_for_nan(joined.prepared.lon)), ("lat", _none_for_nan(joined.prepared.lat)),
+            ("match", g.match.tolist()), ("score", g.score.tolist()), ("matched_address", g.matched),
+            ("reason", codecs._sparse_list(n, g.reason))]
+
+
+def geocode_arrays(joined: Joined) -> list[tuple[str, pa.Array]]:
+    g = joined.geocoded
+    n = len(g)
+    return [("lon", pa.array(joined.prepared.lon, from_pandas=True)),
+            ("lat", pa.array(joined.prepared.lat, from_pandas=True)),
+            ("match", pa.array(g.match, type=pa.string()).dictionary_encode()), ("score", pa.array(g.score)),
+            ("matched_address", pa.array(g.matched, type=pa.string())),
+            ("reason", codecs._sparse_arrow(n, g.reason))]
+
+
+def rows(ids: object, joined: Joined) -> list[dict]:
+    """One dict per record, in input order: id, the geocode, the layer tags, flags, error."""
+    if ids is None:
+        ids = [None] * len(joined.geocoded)
+    elif not isinstance(ids, list):
+        ids = ids.to_pylist()
+    columns = [("id", ids)] + geocode_lists(joined) + codecs.result_lists(joined.prepared, joined.result)
+    names = [name for name, _ in columns]
+    return [dict(zip(names, values)) for values in zip(*(values for _, values in columns))]
+
+
+def answer_table(table: pa.Table | None, ids: object, joined: Joined) -> pa.Table:
+    """The input table with the geocode columns, then the layer columns, appended (same-named inputs replaced)."""
+    if table is None:
+        table = pa.table({"id": pa.array(ids if ids is not None else [None] * len(joined.geocoded))})
+    for name, arr in geocode_arrays(joined):
+        if name in table.column_names:
+            table = table.drop_columns([name])
+        table = table.append_column(name, arr)
+    return codecs.answer_table(table, ids, joined.prepared, joined.result)
+
+
+def reference_header(index: ServiceIndex) -> str:
+    return geocoder_of(index).sha256

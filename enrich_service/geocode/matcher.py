@@ -1,0 +1,431 @@
+"""Match normalized addresses against the reference, most precise level first.
+
+Levels and their base scores: exact (an address point), interpolated (along the segment whose range holds the
+number, or between two nearby address points of the same street side), intersection, hundred_block (the middle
+of the block "1000 FIRST AVE" names), street (the street is known, the number is not covered), zip, none.
+A street name found only by dropping its type/direction, or only by fuzzy matching, scores lower.
+
+A batch is deduplicated twice (same text, then same normalized address) and each distinct address is matched once
+in Python with dict lookups; the positions along segments are computed for the whole batch in one shapely call.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import shapely
+from rapidfuzz import fuzz, process
+
+from .cache import ResultCache
+from .normalize import Parsed, clean_zip, parse
+from .reference import Reference
+
+LEVELS = ("exact", "interpolated", "intersection", "hundred_block", "street", "zip", "none")
+SCORES = {"exact": 1.0, "interpolated": 0.9, "intersection": 0.85, "hundred_block": 0.8, "street": 0.5,
+          "zip": 0.3, "none": 0.0}
+# Address points sit a median ~24 m from their street's centerline (measured: docs/geocode.md).
+SETBACK_M = 24.0
+# Between two address points of the same side at most this many numbers (and metres) apart: interpolate on them.
+NEIGHBOR_MAX_GAP = 20
+NEIGHBOR_MAX_M = 150.0
+FUZZY_CUTOFF = 88.0
+TYPE_DIFFERS = 0.95  # the street was found by its name alone (its type or direction left out)
+OTHER_STREET = 0.8  # only a street of the same name with another type or direction: never matched by number
+M_PER_DEG_LAT = 110_574.0
+M_PER_DEG_LON = 111_320.0 * np.cos(np.radians(32.8))  # San Diego's latitude
+
+
+@dataclass
+class Geocoded:
+    """Columns, one row per input record, in input order. Flags and reasons are sparse: row -> text."""
+
+    lon: np.ndarray
+    lat: np.ndarray
+    match: np.ndarray  # object: level name
+    score: np.ndarray
+    matched: list  # the reference address matched, or None
+    reason: dict[int, str]
+    flags: dict[int, str]
+
+    def __len__(self) -> int:
+        return len(self.lon)
+
+
+class _Pending:
+    """A match whose position is along a segment: filled in by the batch's one shapely call."""
+
+    __slots__ = ("seg", "t", "side", "setback")
+
+    def __init__(self, seg: int, t: float, side: int, setback: float):
+        self.seg, self.t, self.side, self.setback = seg, t, side, setback
+
+
+# One result: (lon or _Pending, lat, level, score, matched, reason, flags, parser)
+Result = tuple
+
+
+class Geocoder:
+    def __init__(self, ref: Reference, cache: ResultCache | None = None):
+        self.ref = ref
+        self.cache = cache
+        self._fuzzy: dict[str, tuple[int, float] | None] = {}
+        self._names = list(ref.street_id)
+        self._ids = list(ref.street_id.values())
+
+    @property
+    def sha256(self) -> str:
+        return self.ref.sha256
+
+    def describe(self) -> dict:
+        out = self.ref.describe()
+        if self.cache is not None:
+            out["cache"] = self.cache.describe()
+        return out
+
+    # ---- batch -----------------------------------------------------------------------------------------------
+
+    def geocode(self, addresses: list, zips: list | None = None, use_cache: bool = True) -> Geocoded:
+        n = len(addresses)
+        zips = zips if zips is not None else [None] * n
+        cache = self.cache if use_cache else None
+        results: list[Result | None] = [None] * n
+        todo: dict[tuple, list[int]] = {}
+        for i, (address, zip_code) in enumerate(zip(addresses, zips)):
+            # Not text: one result per type ("address must be text, got int"); lists and dicts are not hashable.
+            key = (address if address.__class__ is str else ("not text", type(address).__name__),
+                   zip_code if zip_code is None or zip_code.__class__ is str else str(zip_code)[:20])
+            hit = cache.get(key) if cache is not None else None
+            if hit is not None:
+                results[i] = hit
+            else:
+                rows = todo.get(key)
+                if rows is None:
+                    todo[key] = [i]
+                else:
+                    rows.append(i)
+        by_parsed: dict[tuple, Result] = {}
+        fresh: dict[tuple, Result] = {}
+        for key, rows in todo.items():
+            first = rows[0]
+            parsed = parse(addresses[first], None, zips[first])
+            pkey = parsed.key()
+            result = by_parsed.get(pkey)
+            if result is None:
+                result = by_parsed[pkey] = self.match(parsed)
+            fresh[key] = result
+        self._place(list(by_parsed.values()))
+        for key, rows in todo.items():
+            result = fresh[key] = _resolved(fresh[key])
+            for i in rows:
+                results[i] = result
+        if cache is not None:
+            cache.put_many(fresh)
+            cache.count(n - sum(len(r) for r in todo.values()), len(todo))
+        return _columns(results)
+
+    def _place(self, results: list) -> None:
+        """Positions along segments for every pending result at once: interpolate, then set back from the line."""
+        pending = [r[0] for r in results if isinstance(r[0], _Pending)]
+        if not pending:
+            return
+        seg = np.fromiter((p.seg for p in pending), dtype=np.int64, count=len(pending))
+        t = np.fromiter((p.t for p in pending), dtype=np.float64, count=len(pending))
+        side = np.fromiter((p.side * p.setback for p in pending), dtype=np.float64, count=len(pending))
+        lines = self.ref.seg_geom[seg]
+        length = shapely.length(lines)
+        at = t * length
+        eps = np.minimum(1e-5, length / 4)
+        pts = shapely.get_coordinates(shapely.line_interpolate_point(lines, at))
+        a = shapely.get_coordinates(shapely.line_interpolate_point(lines, np.maximum(at - eps, 0)))
+        b = shapely.get_coordinates(shapely.line_interpolate_point(lines, np.minimum(at + eps, length)))
+        dx = (b[:, 0] - a[:, 0]) * M_PER_DEG_LON
+        dy = (b[:, 1] - a[:, 1]) * M_PER_DEG_LAT
+        norm = np.hypot(dx, dy)
+        norm[norm == 0] = 1.0
+        # Left of the direction of travel is (-dy, dx); side is +setback for left, -setback for right.
+        lon = pts[:, 0] + (-dy / norm) * side / M_PER_DEG_LON
+        lat = pts[:, 1] + (dx / norm) * side / M_PER_DEG_LAT
+        for p, x, y in zip(pending, lon.tolist(), lat.tolist()):
+            p.t, p.side = x, y  # reuse the slots: the resolved lon/lat
+
+    # ---- one distinct address ----------------------------------------------------------------------------------
+
+    def match(self, p: Parsed) -> Result:
+        if p.kind == "address":
+            return self._address(p)
+        if p.kind == "intersection":
+            return self._intersection(p)
+        if p.kind == "street":
+            return self._street_only(p)
+        return self._zip_or_none(p, p.reason or "no street in the address")
+
+    def _address(self, p: Parsed) -> Result:
+        cands, factor, flag = self.resolve_street(p.street, p.base, p.zip)
+        if not cands:
+            return self._zip_or_none(p, f"street {p.street!r} is not in the reference")
+        ref = self.ref
+        number = p.number
+        for sid in cands if flag != "street_differs" else ():
+            got = self._exact(sid, number, p.zip)
+            if got is None and number % 100 == 0 and number > 0:
+                got = self._hundred_block(sid, number, p.zip)
+            if got is None:
+                got = self._interpolate(sid, number, p.zip)
+            if got is not None:
+                return _finish(got, factor, flag, p)
+        got = self._street_fallback(cands[0], number, p.zip)
+        reason = f"house number {number} is not in the reference for {ref.streets[cands[0]]}; placed on the street"
+        return _finish(got, factor, flag, p, reason)
+
+    def _exact(self, sid: int, number: int, zip5: str):
+        rows = self.ref.exact.get((sid, number))
+        if not rows:
+            return None
+        ref = self.ref
+        zips = ref.pt_zip_list
+        row = rows[0]
+        flags = ""
+        if len(rows) > 1:
+            row = next((r for r in rows if zips[r] == zip5), row) if zip5 else row
+            flags = "ambiguous" if not zip5 and len({zips[r] for r in rows}) > 1 else ""
+        z = zips[row]
+        return (ref.pt_lon_list[row], ref.pt_lat_list[row], "exact", 1.0,
+                f"{ref.pt_label[row]}, {z}" if z else ref.pt_label[row], "", flags, z)
+
+    def _hundred_block(self, sid: int, number: int, zip5: str):
+        """The middle of the block: on the centerline where number + 50 would be."""
+        ref = self.ref
+        middle = number + 50
+        entries = [e for e in ref.ranges_of.get(sid, ()) if e[0] <= number + 99 and e[1] >= number]
+        if entries:
+            entries = _prefer_zip(entries, zip5)
+            e = next((e for e in entries if e[0] <= middle <= e[1]), entries[0])
+            lo, hi, _, _, seg, z = e
+            t = min(max((middle - lo) / (hi - lo), 0.0), 1.0) if hi > lo else 0.5
+            return (_Pending(seg, t, 0, 0.0), None, "hundred_block", SCORES["hundred_block"],
+                    f"{number} block of {ref.seg_label[seg]}, {z}".rstrip(", "), "", "", z)
+        rows = ref.points_of.get(sid)
+        if rows is not None:
+            nums = ref.pt_number[rows]
+            inside = rows[(nums >= number) & (nums <= number + 99)]
+            if len(inside):
+                z = ref.pt_zip[inside[0]]
+                return (float(np.mean(ref.pt_lon[inside])), float(np.mean(ref.pt_lat[inside])), "hundred_block",
+                        SCORES["hundred_block"], f"{number} block of {ref.streets[sid]}, {z}".rstrip(", "),
+                        "", "", z)
+        return None
+
+    def _interpolate(self, sid: int, number: int, zip5: str):
+        ref = self.ref
+        near = self._between_points(sid, number, NEIGHBOR_MAX_GAP)
+        if near is not None:
+            return near
+        entries = [e for e in ref.ranges_of.get(sid, ()) if e[0] <= number <= e[1]]
+        if entries:
+            parity = number % 2
+            same_side = [e for e in entries if e[2] == parity or e[2] < 0]
+            score = SCORES["interpolated"]
+            if not same_side:
+                score -= 0.05
+            entries = _prefer_zip(same_side or entries, zip5)
+            lo, hi, _, side, seg, z = entries[0]
+            t = (number - lo) / (hi - lo) if hi > lo else 0.5
+            return (_Pending(seg, t, side, SETBACK_M), None, "interpolated", score,
+                    f"{number} {ref.seg_label[seg]} (range {lo}-{hi}), {z}".rstrip(", "), "", "", z)
+        return self._between_points(sid, number, 100)
+
+    def _between_points(self, sid: int, number: int, max_gap: int):
+        """Between the nearest lower and higher address points of the same side, when close in number and space."""
+        ref = self.ref
+        rows = ref.points_of.get(sid)
+        if rows is None or len(rows) < 2:
+            return None
+        nums = ref.pt_number[rows]
+        same = rows[(nums % 2) == (number % 2)]
+        if len(same) < 2:
+            return None
+        nums = ref.pt_number[same]
+        k = int(np.searchsorted(nums, number))
+        if k == 0 or k >= len(same):
+            return None
+        lo_row, hi_row = same[k - 1], same[k]
+        lo, hi = int(nums[k - 1]), int(nums[k])
+        if hi - lo > max_gap or hi == lo:
+            return None
+        dx = (ref.pt_lon[hi_row] - ref.pt_lon[lo_row]) * M_PER_DEG_LON
+        dy = (ref.pt_lat[hi_row] - ref.pt_lat[lo_row]) * M_PER_DEG_LAT
+        if np.hypot(dx, dy) > NEIGHBOR_MAX_M:
+            return None
+        f = (number - lo) / (hi - lo)
+        lon = float(ref.pt_lon[lo_row] + f * (ref.pt_lon[hi_row] - ref.pt_lon[lo_row]))
+        lat = float(ref.pt_lat[lo_row] + f * (ref.pt_lat[hi_row] - ref.pt_lat[lo_row]))
+        z = ref.pt_zip[lo_row]
+        return (lon, lat, "interpolated", SCORES["interpolated"],
+                f"{number} {ref.streets[sid]} (between {ref.pt_label[lo_row]} and {ref.pt_label[hi_row]}), {z}"
+                .rstrip(", "), "", "", z)
+
+    def _street_fallback(self, sid: int, number: int, zip5: str):
+        """The street's nearest known number: the end of the closest range, or the closest address point."""
+        ref = self.ref
+        entries = _prefer_zip(ref.ranges_of.get(sid, []), zip5) if ref.ranges_of.get(sid) else []
+        best = None
+        if entries:
+            gap, e = min(((max(e[0] - number, number - e[1], 0), e) for e in entries), key=lambda g: g[0])
+            lo, hi, _, _, seg, z = e
+            best = (gap, (_Pending(seg, 0.0 if number < lo else 1.0, 0, 0.0), None, "street", _street_score(gap),
+                          f"{ref.seg_label[seg]} (nearest range {lo}-{hi}), {z}".rstrip(", "), "", "", z))
+        rows = ref.points_of.get(sid)
+        if rows is not None:
+            nums = ref.pt_number[rows]
+            k = int(np.argmin(np.abs(nums - number)))
+            gap = abs(int(nums[k]) - number)
+            if best is None or gap < best[0]:
+                row = rows[k]
+                z = ref.pt_zip[row]
+                best = (gap, (float(ref.pt_lon[row]), float(ref.pt_lat[row]), "street", _street_score(gap),
+                              f"{ref.streets[sid]} (nearest number {ref.pt_label[row]}), {z}".rstrip(", "), "", "",
+                              z))
+        return best[1] if best is not None else self._street_point(sid, "")
+
+    def _street_point(self, sid: int, zip5: str):
+        """A point in the middle of the street: the segment (or address point) nearest the street's median."""
+        ref = self.ref
+        segs = ref.segments_of.get(sid)
+        if segs is not None and len(segs):
+            if zip5 and (ref.seg_zip[segs] == zip5).any():
+                segs = segs[ref.seg_zip[segs] == zip5]
+            mids = ref.seg_mid[segs]
+            k = int(np.argmin(np.abs(mids - np.median(mids, axis=0)).sum(axis=1)))
+            seg = segs[k]
+            return (float(mids[k, 0]), float(mids[k, 1]), "street", SCORES["street"],
+                    f"{ref.seg_label[seg]}, {ref.seg_zip[seg]}".rstrip(", "), "", "", ref.seg_zip[seg])
+        rows = ref.points_of.get(sid)
+        if rows is None:  # known only as a cross street: the middle of its crossings
+            where = ref.crossings_of[sid]
+            xy = np.array([(w[0], w[1]) for w in where])
+            k = int(np.argmin(np.abs(xy - np.median(xy, axis=0)).sum(axis=1)))
+            return (float(xy[k, 0]), float(xy[k, 1]), "street", SCORES["street"],
+                    f"{ref.streets[sid]} (cross street), {where[k][2]}".rstrip(", "), "", "", where[k][2])
+        if zip5 and (ref.pt_zip[rows] == zip5).any():
+            rows = rows[ref.pt_zip[rows] == zip5]
+        xy = np.column_stack([ref.pt_lon[rows], ref.pt_lat[rows]])
+        k = int(np.argmin(np.abs(xy - np.median(xy, axis=0)).sum(axis=1)))
+        return (float(xy[k, 0]), float(xy[k, 1]), "street", SCORES["street"],
+                f"{ref.streets[sid]}, {ref.pt_zip[rows[k]]}".rstrip(", "), "", "", ref.pt_zip[rows[k]])
+
+    def _street_only(self, p: Parsed) -> Result:
+        cands, factor, flag = self.resolve_street(p.street, p.base, p.zip)
+        if not cands:
+            return self._zip_or_none(p, f"street {p.street!r} is not in the reference")
+        return _finish(self._street_point(cands[0], p.zip), factor, flag, p, "no house number")
+
+    def _intersection(self, p: Parsed) -> Result:
+        a, fa, flag_a = self.resolve_street(p.street, p.base, p.zip)
+        b, fb, flag_b = self.resolve_street(p.street2, p.base2, p.zip)
+        if not a or not b:
+            missing = p.street if not a else p.street2
+            return self._zip_or_none(p, f"street {missing!r} is not in the reference")
+        for sa in a:
+            for sb in b:
+                where = self.ref.intersections.get((sa, sb))
+                if where:
+                    matches = [w for w in where if w[2] == p.zip] or where
+                    lon, lat, z = matches[0]
+                    flags = "ambiguous" if len(matches) > 1 and _spread_m(matches) > 100 else ""
+                    label = f"{self.ref.streets[sa]} & {self.ref.streets[sb]}, {z}".rstrip(", ")
+                    got = (lon, lat, "intersection", SCORES["intersection"], label, "", flags, z)
+                    return _finish(got, fa * fb, ",".join(f for f in (flag_a, flag_b) if f), p)
+        got = self._street_point(a[0], p.zip)
+        return _finish(got, fa, flag_a, p, f"{self.ref.streets[a[0]]} and {self.ref.streets[b[0]]} do not meet "
+                                           f"in the reference; placed on the first street")
+
+    def _zip_or_none(self, p: Parsed, reason: str) -> Result:
+        where = self.ref.zips.get(p.zip) if p.zip else None
+        flags = "parser_fallback" if p.parser == "usaddress" else ""
+        if where is not None:
+            return (where[0], where[1], "zip", SCORES["zip"], f"ZIP {p.zip}", reason, flags, p.zip)
+        if p.zip:
+            reason = f"{reason}; ZIP {p.zip} is not in the reference"
+        return (float("nan"), float("nan"), "none", 0.0, None, reason, flags, "", )
+
+    # ---- street names ------------------------------------------------------------------------------------------
+
+    def resolve_street(self, street: str, base: str, zip5: str = "") -> tuple[list[int], float, str]:
+        """Street ids for a canonical name: exact, else by its name alone, else fuzzy; with a score factor.
+        A South Bay street of the same name comes first when the ZIP says the address is there."""
+        ref = self.ref
+        if zip5 and street in ref.by_zip_only:
+            local = [s for s in ref.by_zip_only[street] if zip5 in ref.street_zips.get(s, ())]
+            if local:
+                return local, 1.0, ""
+        sid = ref.street_id.get(street)
+        if sid is not None:
+            return [sid], 1.0, ""
+        cands = ref.by_base.get(base)
+        if cands:
+            # The name alone: fine when the address left the type or direction out ("Gardena" for "GARDENA AVE");
+            # a different one ("WALNUT ST" for "W WALNUT AVE") names another street: only the street level.
+            given = set(street.split()) - set(base.split())
+            fits = [s for s in cands if given <= set(ref.streets[s].split())]
+            if fits:
+                return fits, TYPE_DIFFERS, "street_type_differs"
+            return list(cands), OTHER_STREET, "street_differs"
+        if street not in self._fuzzy:
+            got = process.extractOne(street, self._names, scorer=fuzz.ratio, score_cutoff=FUZZY_CUTOFF)
+            self._fuzzy[street] = (self._ids[got[2]], got[1]) if got else None
+        got = self._fuzzy[street]
+        if got is None:
+            return [], 0.0, ""
+        return [got[0]], 0.9 * got[1] / 100.0, "fuzzy_street"
+
+
+def _finish(got: tuple, factor: float, flag: str, p: Parsed, reason: str = "") -> Result:
+    lon, lat, level, score, matched, _, flags, ref_zip = got
+    score *= factor
+    extra = [flags] if flags else []
+    if flag:
+        extra.append(flag)
+    if p.zip and ref_zip and ref_zip != p.zip:
+        extra.append("zip_mismatch")
+        score *= 0.9
+    if p.parser == "usaddress":
+        extra.append("parser_fallback")
+        score *= 0.95
+    return (lon, lat, level, round(score, 3), matched, reason, ",".join(extra), ref_zip)
+
+
+def _street_score(gap: int) -> float:
+    """Placed at the street's nearest known number: the farther that number, the less the street level says."""
+    return SCORES["street"] if gap <= 1000 else SCORES["street"] - 0.1
+
+
+def _resolved(result: Result) -> Result:
+    if isinstance(result[0], _Pending):
+        p = result[0]
+        return (p.t, p.side) + result[2:]
+    return result
+
+
+def _prefer_zip(entries: list[tuple], zip5: str) -> list[tuple]:
+    if not zip5:
+        return entries
+    same = [e for e in entries if e[5] == zip5]
+    return same + [e for e in entries if e[5] != zip5] if same else entries
+
+
+def _spread_m(matches: list[tuple]) -> float:
+    xy = np.array([(m[0], m[1]) for m in matches])
+    return float(np.hypot(np.ptp(xy[:, 0]) * M_PER_DEG_LON, np.ptp(xy[:, 1]) * M_PER_DEG_LAT))
+
+
+def _columns(results: list[Result]) -> Geocoded:
+    n = len(results)
+    lon = np.fromiter((r[0] for r in results), dtype=np.float64, count=n)
+    lat = np.fromiter((r[1] for r in results), dtype=np.float64, count=n)
+    match = np.array([r[2] for r in results], dtype=object)
+    score = np.fromiter((r[3] for r in results), dtype=np.float64, count=n)
+    matched = [r[4] for r in results]
+    reason = {i: r[5] for i, r in enumerate(results) if r[5]}
+    flags = {i: r[6] for i, r in enumerate(results) if r[6]}
+    return Geocoded(lon=lon, lat=lat, match=match, score=score, matched=matched, reason=reason, flags=flags)

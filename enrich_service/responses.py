@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import orjson
 from starlette.responses import JSONResponse as _StarletteJSON
-from starlette.responses import Response
+from starlette.responses import Response, StreamingResponse
 
 JSON = "application/json"
 ARROW = "application/vnd.apache.arrow.stream"
@@ -30,7 +30,10 @@ class CSVResponse(Response):
     media_type = CSV
 
 
-class NDJSONResponse(Response):
+class NDJSONResponse(StreamingResponse):
+    """Answer lines streamed as they are computed, for a request whose body has been read (spooled) already:
+    Starlette then stops the stream when the client goes away instead of computing the rest for nobody."""
+
     media_type = NDJSON
 
 

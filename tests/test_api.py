@@ -7,6 +7,7 @@ import os
 import time
 
 import numpy as np
+import httpx
 import orjson
 import pyarrow as pa
 import pyarrow.csv as pacsv
@@ -246,6 +247,23 @@ def test_ndjson_streams_one_line_per_point(client):
     assert len(rows) == 6
     assert [row["zip"] for row in rows] == ["92101", "92101", None, "92101", "92101", "92101"]
     assert "not valid JSON" in rows[2]["error"]
+
+
+def test_large_ndjson_stream_answers_a_client_that_sends_everything_first(live_service):
+    # httpx (like curl and requests) sends the whole body before reading the answer: a server that answers while
+    # still reading deadlocks once the socket buffers fill (a few MB). 200k rows make ~40 MB of answer.
+    rng = np.random.default_rng(5)
+    x, y = rng.uniform(-117.25, -117.0, 200_000), rng.uniform(32.7, 32.95, 200_000)
+    body = b"".join(orjson.dumps({"id": i, "lon": a, "lat": b}) + b"\n"
+                    for i, (a, b) in enumerate(zip(x.tolist(), y.tolist())))
+    with httpx.Client(timeout=120) as http:
+        r = http.post(f"{live_service}/v1/pip?layers=council_district", content=body,
+                      headers={"content-type": "application/x-ndjson"})
+    assert r.status_code == 200 and "content-length" not in r.headers
+    rows = r.content.splitlines()
+    assert len(rows) == 200_000
+    assert orjson.loads(rows[-1])["id"] == 199_999
+    assert sum(orjson.loads(row)["council_district"] is not None for row in rows[:1000]) > 500
 
 
 def test_health_and_readiness(client):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import tempfile
 from dataclasses import dataclass
 
 from fastapi import Request
@@ -66,6 +67,34 @@ async def read_body(request: Request, settings: Settings | None = None) -> bytes
             raise PayloadTooLarge(f"body exceeds the limit of {limit} bytes", field="body")
         chunks.append(chunk)
     return b"".join(chunks)
+
+
+SPOOL_IN_MEMORY_BYTES = 16 * 1024 * 1024
+
+
+async def spool_body(request: Request, settings: Settings | None = None) -> tempfile.SpooledTemporaryFile:
+    """The whole body in a spool (memory up to 16 MB, then a temp file), read before any answer is sent.
+
+    Streamed answers are read back from the spool in chunks: most HTTP clients (curl, httpx, requests) send the
+    whole body before they read a byte of the answer, so answering while still reading deadlocks once the socket
+    buffers fill; and holding a 10M-row body in memory is what streaming is meant to avoid."""
+    limit = (settings or get_settings()).max_body_bytes
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > limit:
+        raise PayloadTooLarge(f"body of {int(declared)} bytes exceeds the limit of {limit} bytes", field="body")
+    spool = tempfile.SpooledTemporaryFile(max_size=SPOOL_IN_MEMORY_BYTES, prefix="enrich-body-")
+    size = 0
+    try:
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise PayloadTooLarge(f"body exceeds the limit of {limit} bytes", field="body")
+            spool.write(chunk)
+    except BaseException:
+        spool.close()
+        raise
+    spool.seek(0)
+    return spool
 
 
 def check_batch_size(n: int, settings: Settings, field: str = "points") -> None:

@@ -177,15 +177,17 @@ class Cluster:
                 out.append(json.loads(line))
         return out
 
-    def pip_requests_by_replica(self) -> collections.Counter:
-        """Bulk tagging requests per replica that answered them (nginx's upstream_addr: the last address tried;
-        'a, b' when a failed and b answered)."""
+    def pip_requests(self) -> Iterator[tuple[dict, str]]:
+        """(access log record, replica that answered) for each bulk tagging request. nginx's upstream field lists
+        every replica tried, 'a, b' when a failed and b answered: the last one answered."""
         names = {addr: name for name, addr in self.replicas.items()}
-        count: collections.Counter = collections.Counter()
         for r in self.lb_requests():
             if PIP_REQUEST.match(r.get("uri", "")) and r.get("method") == "POST":
-                count[names.get(r["upstream"].split(",")[-1].strip(), r["upstream"])] += 1
-        return count
+                last = r["upstream"].split(",")[-1].strip()
+                yield r, names.get(last, last)
+
+    def pip_requests_by_replica(self) -> collections.Counter:
+        return collections.Counter(replica for _, replica in self.pip_requests())
 
 
 def _wait(what: str, ok, timeout: float, cluster: Cluster | None = None, every: float = 0.5):
@@ -208,6 +210,13 @@ def _http_ok(url: str) -> bool:
             return r.status == 200
     except OSError:
         return False
+
+
+def _empty_queue() -> None:
+    """Drop the Celery queue: messages left by an interrupted run belong to a metadata database that is gone."""
+    import redis
+
+    redis.Redis.from_url(REDIS).delete(QUEUE)
 
 
 def _recreate_databases() -> None:
@@ -299,6 +308,7 @@ def cluster(batch_rows: int = 500, workers: int = 2, replicas: int = 2, keep: bo
     log(f"temp folder {tmp}")
     try:
         _recreate_databases()
+        _empty_queue()
         _dag_folder(tmp / "dags", batch_rows)
 
         # the service replicas: each loads and indexes the real layers
@@ -411,21 +421,21 @@ def run_with_a_replica_killed(c: Cluster, victim: str = "replica-1", kill_after:
             "task_instances": task_instances(c, run_id)}
 
 
-def source_rows() -> "object":
+def source_frame() -> tuple["pandas.DataFrame", list[str]]:  # noqa: F821
+    """The parking meters CSV as the spec reads it, and the spec's id columns."""
+    import pyarrow as pa
     import pyarrow.csv as pacsv
 
     spec = yaml.safe_load((ROOT / "dags" / "datasets" / SPEC).read_text())
     path = Path(spec["source"]["path"].replace("${ENRICH_DATA_DIR}", str(DATA)))
-    types = spec["source"].get("column_types") or {}
-    import pyarrow as pa
-
-    return pacsv.read_csv(path, convert_options=pacsv.ConvertOptions(
-        column_types={k: pa.type_for_alias(v) for k, v in types.items()})), spec["id"]
+    types = {k: pa.type_for_alias(v) for k, v in (spec["source"].get("column_types") or {}).items()}
+    table = pacsv.read_csv(path, convert_options=pacsv.ConvertOptions(column_types=types))
+    return table.to_pandas(), list(spec["id"])
 
 
 def published(c: Cluster) -> dict:
     """The published table against the source: row count, each source_row once, the ids as in the source."""
-    source, id_cols = source_rows()
+    source, id_cols = source_frame()
     ids = ", ".join(id_cols)
     with c.gis() as conn:
         rows, distinct_rows, lo, hi = conn.execute(
@@ -433,28 +443,20 @@ def published(c: Cluster) -> dict:
         dup_ids = conn.execute(
             f"SELECT count(*) FROM (SELECT {ids} FROM {TABLE} GROUP BY {ids} HAVING count(*) > 1) d").fetchone()[0]
         districts = conn.execute(f"SELECT count(council_district) FROM {TABLE}").fetchone()[0]
-    src_dups = source.to_pandas().duplicated(id_cols, keep=False)
-    return {"source_rows": source.num_rows, "published_rows": rows, "distinct_source_row": distinct_rows,
+    repeated = source[source.duplicated(id_cols, keep=False)]
+    return {"source_rows": len(source), "published_rows": rows, "distinct_source_row": distinct_rows,
             "source_row_range": [lo, hi], "duplicate_ids_published": dup_ids,
-            "duplicate_ids_in_source": int(source.to_pandas()[src_dups].groupby(id_cols).ngroups),
-            "rows_with_district": districts}
+            "duplicate_ids_in_source": int(repeated.groupby(id_cols).ngroups), "rows_with_district": districts}
 
 
 def summarize(c: Cluster, run: dict) -> dict:
     enrich = [t for t in run["task_instances"] if t["task_id"] == "enrich_batch"]
     by_worker = collections.Counter(t["hostname"].split("@")[0] for t in enrich if t["state"] == "success")
     all_by_worker = collections.Counter(t["hostname"].split("@")[0] for t in run["task_instances"] if t["hostname"])
-    killed_at = run["killed_at"] or 0
-    after_kill = collections.Counter()
-    names = {addr: name for name, addr in c.replicas.items()}
-    retried = 0
-    for r in c.lb_requests():
-        if not (PIP_REQUEST.match(r.get("uri", "")) and r.get("method") == "POST"):
-            continue
-        if "," in r["upstream"]:
-            retried += 1
-        if float(r["msec"]) > killed_at:
-            after_kill[names.get(r["upstream"].split(",")[-1].strip(), r["upstream"])] += 1
+    killed_at = run["killed_at"]
+    after_kill = collections.Counter(replica for r, replica in c.pip_requests()
+                                     if killed_at is not None and float(r["msec"]) > killed_at)
+    retried = sum("," in r["upstream"] for r, _ in c.pip_requests())
     return {
         "batches": len(enrich),
         "enrich_batches_by_worker": dict(sorted(by_worker.items())),

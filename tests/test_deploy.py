@@ -829,5 +829,6 @@ def test_deploy_doc_covers_laptop_server_scaling_and_secrets():
     doc = (ROOT / "docs" / "deploy.md").read_text()
     for needle in ("docker compose --profile dev up", "--profile prod", "--env-file env/prod.env",
                    "scripts/secrets.sh", "ENRICH_REPLICAS", "AIRFLOW_WORKER_REPLICAS", "ENRICH_WORKERS",
-                   "AIRFLOW__CELERY__WORKER_CONCURRENCY", "rekey", "nginx -s reload"):
+                   "AIRFLOW__CELERY__WORKER_CONCURRENCY", "rekey", "nginx -s reload", "scripts/scaleout.py",
+                   "scripts/test-slow.sh"):
         assert needle in doc, f"docs/deploy.md does not mention {needle}"

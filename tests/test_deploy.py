@@ -814,11 +814,12 @@ def test_secrets_refuse_the_wrong_key_and_unfinished_files(secrets_env, tmp_path
     assert r.returncode != 0 and "missing REDIS_PASSWORD" in r.stderr
 
 
-def test_secrets_script_passes_shellcheck():
+@pytest.mark.parametrize("script", ["scripts/secrets.sh", "scripts/test-slow.sh"])
+def test_deploy_scripts_pass_shellcheck(script):
     shellcheck = shutil.which("shellcheck")
     if not shellcheck:
         pytest.skip("shellcheck not installed (optional: apt-get install shellcheck)")
-    r = subprocess.run([shellcheck, str(SECRETS_SH)], capture_output=True, text=True, timeout=60)
+    r = subprocess.run([shellcheck, str(ROOT / script)], capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stdout
 
 

@@ -47,6 +47,26 @@ outputs:
   portal: {{folder: "${{ENRICH_PUBLISH_DIR}}/transit_stops_unfiltered", basename: transit_stops_unfiltered}}
 """
 
+# A SQL source in State Plane feet with an as-of date column: meters dated before 2022-12-10 take the 2011 lines.
+SQL_SPEC = """
+name: meters_sql_2230
+description: Parking meters from SQL, in EPSG:2230, tagged as of their inventory date
+source:
+  kind: sql
+  conn_id: enrich_postgis
+  sql: >
+    SELECT src_row, pole, config_id, date_inventory, ST_X(g) AS x_ft, ST_Y(g) AS y_ft
+    FROM (SELECT *, ST_Transform(ST_SetSRID(ST_MakePoint(lng, lat), 4326), 2230) AS g FROM dags_test_meters_src) s
+id: src_row
+coordinates: {lon: x_ft, lat: y_ft, crs: EPSG:2230}
+as_of_column: date_inventory
+layers: {council_district: council_district}
+quality: {layer: council_district, within: city_limits, max_unmatched_share: 0.001}
+batch_rows: 6000
+outputs:
+  postgis: {table: public.meters_sql_2230}
+"""
+
 
 # ---- the Airflow session ---------------------------------------------------------------------------------------
 
@@ -65,6 +85,7 @@ def airflow(tmp_path_factory, live_service, pg_dsn):
     specs = root / "specs"
     specs.mkdir()
     (specs / "transit_stops_unfiltered.yaml").write_text(UNFILTERED_SPEC)
+    (specs / "meters_sql_2230.yaml").write_text(SQL_SPEC)
     env = {
         "AIRFLOW_HOME": str(root / "home"),
         "AIRFLOW__CORE__DAGS_FOLDER": str(DAGS),
@@ -293,6 +314,42 @@ def test_transit_stops_outside_the_city_are_not_failures(airflow, stops_run):
     meta = json.loads((airflow.publish / "transit_stops" / "transit_stops_enriched.metadata.json").read_text())
     assert meta["quality"]["should_match"] == inside and meta["quality"]["unmatched"] == 0
     assert meta["unmatched"]["council_district"]["unmatched_share"] > 0.4
+
+
+def test_a_sql_source_in_state_plane_feet_is_tagged_with_the_lines_in_force_on_each_rows_date(airflow, boundary_tables):
+    source = pd.read_csv(METERS_CSV, usecols=["pole", "config_id", "date_inventory", "lat", "lng"], dtype={"pole": str})
+    source.insert(0, "src_row", range(len(source)))
+    with psycopg.connect(PG_DSN, autocommit=True) as conn:
+        conn.execute("DROP TABLE IF EXISTS dags_test_meters_src")
+        conn.execute("CREATE TABLE dags_test_meters_src (src_row int, pole text, config_id bigint, "
+                     "date_inventory date, lat double precision, lng double precision)")
+        with conn.cursor().copy("COPY dags_test_meters_src FROM STDIN") as copy:
+            for row in source.itertuples(index=False):
+                copy.write_row(row)
+    try:
+        dr = run_dag(airflow.datasets.enrich_meters_sql_2230)
+    finally:
+        pg("DROP TABLE dags_test_meters_src")
+    assert str(dr.state) == "success", task_states(dr)
+    t = "public.meters_sql_2230"
+    assert pg(f"SELECT count(*), count(DISTINCT src_row) FROM {t}")[0] == (len(source), len(source))
+    versions = dict(pg(f"SELECT council_district_version, count(*) FROM {t} GROUP BY 1"))
+    assert versions == {"2011": int((source.date_inventory < "2022-12-10").sum()),
+                        "2021": int((source.date_inventory >= "2022-12-10").sum())}
+    # The geometry is back in EPSG:4326 where the meter is, and each row's district is the one of its version
+    # covering it (PostGIS ST_Covers), never a district where a covering one exists.
+    points = ",".join(f"({r.src_row}, {r.lng}, {r.lat})" for r in source.itertuples())
+    far = pg(f"""SELECT count(*), count(m.geom) FROM {t} m JOIN (VALUES {points}) s(src_row, lng, lat) USING (src_row)
+                 WHERE m.geom IS NULL OR ST_Distance(m.geom::geography,
+                 ST_SetSRID(ST_MakePoint(s.lng, s.lat), 4326)::geography) > 0.01""")
+    assert far[0] == (0, 0)  # every point (the 32.0,-117.0 placeholders too: no placeholders in this spec)
+    for version in ("2011", "2021"):
+        wrong = pg(f"""SELECT pole FROM {t} m WHERE council_district_version = %s AND (
+            (council_district IS NOT NULL AND NOT EXISTS (SELECT 1 FROM boundary_council_district_{version} b
+                WHERE b.key = m.council_district AND ST_Covers(b.geom, m.geom)))
+            OR (council_district IS NULL AND EXISTS (SELECT 1 FROM boundary_council_district_{version} b
+                WHERE ST_Covers(b.geom, m.geom))))""", version)
+        assert wrong == [], version
 
 
 def test_a_quality_failure_publishes_nothing_and_names_the_rows(airflow, boundary_tables):

@@ -107,12 +107,12 @@ def build_dataset_dag(spec: DatasetSpec):
             return stats
 
         @task
-        def publish_postgis(assembled: dict, stats: dict) -> dict | None:
+        def publish_postgis(assembled: dict, stats: dict) -> dict:
             from .publish import postgis_hook_connection, publish_postgis as run, write_spatial
             from .spec import resolve
 
             if spec.postgis is None:
-                return None
+                return {}  # (not None: Airflow stores no XCom for None, and the next task would log its absence)
             ctx = get_current_context()
             if not _has_connection(spec.postgis.conn_id):
                 if os.environ.get(GPKG_FALLBACK_ENV) != "geopackage":
@@ -133,12 +133,12 @@ def build_dataset_dag(spec: DatasetSpec):
                            comment=f"{spec.name}: enriched by {ctx['dag'].dag_id} run {ctx['run_id']}")
 
         @task
-        def publish_files(assembled: dict, stats: dict) -> dict | None:
+        def publish_files(assembled: dict, stats: dict) -> dict:
             from .publish import sha256, write_csv, write_spatial
             from .spec import resolve
 
             if spec.portal is None:
-                return None
+                return {}
             folder = Path(resolve(spec.portal.folder))
             base = spec.portal.basename
             files = [write_csv(Path(assembled["path"]), folder / f"{base}.csv"),
@@ -147,7 +147,7 @@ def build_dataset_dag(spec: DatasetSpec):
                     "files": {p.name: {"bytes": p.stat().st_size, "sha256": sha256(p)} for p in files}}
 
         @task(outlets=[Asset(spec.asset_uri)])
-        def record_publication(assembled: dict, stats: dict, postgis: dict | None, files: dict | None) -> dict:
+        def record_publication(assembled: dict, stats: dict, postgis: dict, files: dict) -> dict:
             """Write the metadata JSON beside the portal files (last, once they are in) and announce the asset."""
             from .publish import unmatched, write_metadata
             from .spec import resolve
@@ -158,7 +158,7 @@ def build_dataset_dag(spec: DatasetSpec):
                 "run_id": ctx["run_id"], "rows": assembled["rows"], "layers": assembled["layers"],
                 "unmatched": unmatched(spec, Path(assembled["path"])),
                 "quality": {k: v for k, v in stats.items() if not k.endswith("_ids")},
-                "postgis": postgis, "files": (files or {}).get("files"),
+                "postgis": postgis or None, "files": files.get("files"),
             }
             if spec.portal is not None:
                 write_metadata(Path(resolve(spec.portal.folder)) / f"{spec.portal.basename}.metadata.json", doc)

@@ -179,8 +179,10 @@ def _lookup(x, y, gx0, gy0, cw, ch, cells, start, index, seg, seg_feature, rank,
         for p in range(c * m // chunks, (c + 1) * m // chunks):
             fi = (x[p] - gx0) / cw
             fj = (y[p] - gy0) / ch
+            undecided[p] = False
             if not (0.0 <= fi < n and 0.0 <= fj < n):  # outside the padded bbox: no feature
                 feature[p] = NONE
+                rule[p] = 0
                 continue
             i, j = int(fi), int(fj)
             v = cells[j, i]
@@ -189,6 +191,7 @@ def _lookup(x, y, gx0, gy0, cw, ch, cells, start, index, seg, seg_feature, rank,
                 rule[p] = OVERLAP_CODE if (v & 1) == 1 else 0
             elif v == NONE:
                 feature[p] = NONE
+                rule[p] = 0
             else:
                 f, o, u = _band_test(x[p], y[p], j, start, index, seg, seg_feature, rank, parity, touched)
                 feature[p] = f
@@ -225,9 +228,10 @@ class GridIndex:
 
     def lookup(self, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         m = len(x)
+        # Every output is written by the kernel for every point: no zero-filling pass over 1M-row columns.
         feature = np.empty(m, dtype=np.int32)
-        rule = np.zeros(m, dtype=np.int8)
-        undecided = np.zeros(m, dtype=np.bool_)
+        rule = np.empty(m, dtype=np.int8)
+        undecided = np.empty(m, dtype=np.bool_)
         _lookup(np.ascontiguousarray(x, dtype=np.float64), np.ascontiguousarray(y, dtype=np.float64), self.x0,
                 self.y0, self.cw, self.ch, self.cells, self.band_start, self.band_index, self.seg, self.seg_feature,
                 self.rank, self.n_features, feature, rule, undecided)

@@ -112,8 +112,9 @@ class Engine:
 
         for name in layers:
             versions = self.store.versions[name]
+            default_i = versions.index(default_versions[name])
             if dates is None:
-                vidx = np.full(n, versions.index(default_versions[name]), dtype=np.int32)
+                vidx = np.full(n, default_i, dtype=np.int32)
             else:
                 days = dates.copy()
                 if as_of is not None:
@@ -124,11 +125,26 @@ class Engine:
                         "date", f"{dates[row]} is before the first version of {name} "
                                 f"(in force from {versions[0].effective_from.isoformat()})"))
             offsets = np.cumsum([0] + [v.n_features for v in versions])
-            codes = np.full(n, -1, dtype=np.int32)
-            rule = np.zeros(n, dtype=np.int8)
             distance = np.full(n, np.nan) if nearest_within_m is not None else None
             used = []
-            for i in np.unique(vidx[valid & (vidx >= 0)]):
+            if dates is None and nearest_within_m is None and ((name, default_i) in self.grid or valid.all()):
+                # The common case, one version for every row: no gather/scatter of 1M-row columns. Invalid rows
+                # carry NaN coordinates, which the grid answers with "no feature"; they are masked anyway.
+                i = default_i
+                codes, rule = self.tag_version(name, i, lon, lat)
+                if offsets[i]:
+                    np.add(codes, np.int32(offsets[i]), out=codes, where=codes >= 0)
+                if not valid.all():
+                    codes[~valid] = -1
+                    rule[~valid] = 0
+                v = versions[i]
+                used.append({"version": v.version, "sha256": v.source.sha256, "points": int(valid.sum())})
+                groups = []
+            else:
+                codes = np.full(n, -1, dtype=np.int32)
+                rule = np.zeros(n, dtype=np.int8)
+                groups = np.unique(vidx[valid & (vidx >= 0)])
+            for i in groups:
                 rows = np.flatnonzero(valid & (vidx == i))
                 feature, r = self.tag_version(name, int(i), lon[rows], lat[rows])
                 if nearest_within_m is not None and (feature < 0).any():

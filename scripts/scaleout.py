@@ -153,7 +153,8 @@ class Cluster:
         r = subprocess.run([str(VENV_BIN / "airflow"), *args], env=self.env, capture_output=True, text=True,
                            timeout=timeout, cwd=self.tmp)
         if r.returncode != 0:
-            raise RuntimeError(f"airflow {' '.join(args)} failed ({r.returncode}):\n{r.stdout[-3000:]}{r.stderr[-3000:]}")
+            raise RuntimeError(f"airflow {' '.join(args)} failed ({r.returncode}):\n"
+                               f"{r.stdout[-3000:]}{r.stderr[-3000:]}")
         return r.stdout
 
     def metadata(self) -> psycopg.Connection:
@@ -212,11 +213,12 @@ def _http_ok(url: str) -> bool:
         return False
 
 
-def _empty_queue() -> None:
-    """Drop the Celery queue: messages left by an interrupted run belong to a metadata database that is gone."""
+def _drop_queue() -> None:
+    """The Celery queue and its exchange bindings in Redis (at the start: messages an interrupted run left belong to
+    a metadata database that is gone)."""
     import redis
 
-    redis.Redis.from_url(REDIS).delete(QUEUE)
+    redis.Redis.from_url(REDIS).delete(QUEUE, f"_kombu.binding.{QUEUE}", f"_kombu.binding_permanent.{QUEUE}")
 
 
 def _recreate_databases() -> None:
@@ -308,7 +310,7 @@ def cluster(batch_rows: int = 500, workers: int = 2, replicas: int = 2, keep: bo
     log(f"temp folder {tmp}")
     try:
         _recreate_databases()
-        _empty_queue()
+        _drop_queue()
         _dag_folder(tmp / "dags", batch_rows)
 
         # the service replicas: each loads and indexes the real layers
@@ -358,6 +360,8 @@ def cluster(batch_rows: int = 500, workers: int = 2, replicas: int = 2, keep: bo
         else:
             with contextlib.suppress(psycopg.Error):
                 _drop_databases()
+            with contextlib.suppress(Exception):
+                _drop_queue()
             shutil.rmtree(tmp, ignore_errors=True)
 
 

@@ -42,8 +42,8 @@ SECRET_NAME = re.compile(r"PASSWORD|PASSWD|SECRET|TOKEN|API_?KEY|FERNET|PRIVATE|
 # user:password@ in a URL; the user may be empty (redis://:password@redis:6379/0)
 CREDENTIAL_IN_URL = re.compile(r"://[^/\s:@]*:[^@\s/]+@")
 # a password-ish flag or variable given a literal in a command: --requirepass hunter2, PGPASSWORD=hunter2
-SECRET_ARGUMENT = re.compile(r"(?<![\w${-])[\w-]*(?:pass(?:word|wd)?|secret|token|auth)[\w-]*(?:=|\s+)[\"']?([^\s\"';]+)",
-                             re.I)
+SECRET_ARGUMENT = re.compile(
+    r"(?<![\w${-])[\w-]*(?:pass(?:word|wd)?|secret|token|auth)[\w-]*(?:=|\s+)[\"']?([^\s\"';]+)", re.I)
 VAR_DEFAULT = re.compile(r"(?<!\$)\$\{([A-Z0-9_]+):-([^}]*)\}")  # compose's own ${X:-d}; $${X} is the container's
 
 
@@ -546,7 +546,8 @@ def test_the_celery_executor_imports_with_the_pins(tmp_path):
 
 def test_images_run_the_python_ci_runs():
     minor = f"{sys.version_info.major}.{sys.version_info.minor}"
-    service = next(a for w, a in instructions(ROOT / "Dockerfile.service") if w == "ARG" and a.startswith("PYTHON_IMAGE"))
+    service = next(a for w, a in instructions(ROOT / "Dockerfile.service")
+                   if w == "ARG" and a.startswith("PYTHON_IMAGE"))
     assert f"python:{minor}." in service, f"Dockerfile.service: {service}, CI runs Python {minor}"
     airflow = next(a for w, a in instructions(ROOT / "Dockerfile.airflow") if w == "FROM")
     assert f"-python{minor} " in airflow, f"Dockerfile.airflow: {airflow}, CI runs Python {minor}"

@@ -18,6 +18,7 @@ import psycopg
 import pyarrow as pa
 import pyarrow.csv as pacsv
 import pytest
+import redis
 
 from tests.conftest import POINTS, REPO
 
@@ -44,8 +45,10 @@ def outcome() -> dict:
         procs, tmp = list(c.procs.values()), c.tmp
     with psycopg.connect(f"{scaleout.PG}/postgres") as conn:
         dbs = {r[0] for r in conn.execute("SELECT datname FROM pg_database")}
+    redis_keys = [k.decode() for k in redis.Redis.from_url(scaleout.REDIS).keys(f"*{scaleout.QUEUE}*")]
     return {"run": run, "summary": summary, "published": published, "lb": lb, "victim_alive": victim_alive,
-            "procs": procs, "tmp": tmp, "databases": dbs, "replicas": dict(c.replicas), "killed": dict(c.killed)}
+            "procs": procs, "tmp": tmp, "databases": dbs, "redis_keys": redis_keys, "replicas": dict(c.replicas),
+            "killed": dict(c.killed)}
 
 
 def _source():
@@ -106,3 +109,4 @@ def test_nothing_is_left_behind(outcome):
             pass
     assert not Path(outcome["tmp"]).exists()
     assert not {scaleout.METADATA_DB, scaleout.GIS_DB} & outcome["databases"]
+    assert not outcome["redis_keys"], "the Celery queue is left in Redis"

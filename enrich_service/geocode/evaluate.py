@@ -122,3 +122,37 @@ def parking_meters(geocoder: Geocoder, meters_csv: Path) -> Evaluation:
     result = geocoder.geocode(addresses, use_cache=False)
     err = distance_m(result.lon, result.lat, m["lng"].to_numpy(), m["lat"].to_numpy())
     return Evaluation("parking meters (hundred blocks)", addresses, result, err, covered(geocoder, addresses))
+
+
+def read_stops(path: Path) -> pd.DataFrame:
+    """Transit stops named for an intersection ("Garnet Av & Cass St"), except mid-block stops (intersec "M-...")."""
+    import json
+
+    rows = []
+    for f in json.loads(Path(path).read_text())["features"]:
+        p = f.get("properties") or {}
+        geom = f.get("geometry") or {}
+        name, where = p.get("stop_name") or "", p.get("intersec") or ""
+        if "&" in name and not where.startswith("M") and geom.get("coordinates"):
+            rows.append({"name": name, "lon": geom["coordinates"][0], "lat": geom["coordinates"][1]})
+    return pd.DataFrame(rows)
+
+
+def transit_intersections(geocoder: Geocoder, stops_geojson: Path) -> Evaluation:
+    stops = read_stops(stops_geojson)
+    addresses = stops["name"].tolist()
+    result = geocoder.geocode(addresses, use_cache=False)
+    err = distance_m(result.lon, result.lat, stops["lon"].to_numpy(float), stops["lat"].to_numpy(float))
+    return Evaluation("transit stops (intersections)", addresses, result, err, covered(geocoder, addresses))
+
+
+def reference_points(geocoder: Geocoder, files: ReferenceFiles) -> Evaluation:
+    """The reference's own address points, asked for without their ZIP: exact matches, where a number and street
+    found in two ZIPs (and picked without one) shows as distance."""
+    points = read_points(files.points.path)
+    points = points[points["housenumber"].str.fullmatch(r"\d+")]
+    addresses = [f"{h} {s}" for h, s in zip(points["housenumber"], points["street"])]
+    result = geocoder.geocode(addresses, use_cache=False)
+    err = distance_m(result.lon, result.lat, points["lon"].astype(float).to_numpy(),
+                     points["lat"].astype(float).to_numpy())
+    return Evaluation("reference address points, no ZIP given", addresses, result, err, covered(geocoder, addresses))

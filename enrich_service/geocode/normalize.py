@@ -25,6 +25,9 @@ _TOKENS = re.compile(r"\d+/\d+|[A-Z0-9]+|[&@#/]")
 _PARENS = re.compile(r"\([^)]*\)")
 _ZIP = re.compile(r"^\d{5}(?:\d{4})?$")
 _NUMBER = re.compile(r"^(\d+)([A-Z]?)$")
+# A house number, a space, then a word: the common case, read by the shortcut in parse().
+_NUMBER_FIRST = re.compile(r"\s*(\d{1,6})[A-Za-z]?\s+([A-Za-z].*)", re.S)
+_PUNCTUATION = str.maketrans({"'": None, ".": " ", "-": " "})
 
 
 class Parsed(NamedTuple):
@@ -53,17 +56,34 @@ def clean_zip(value: object) -> str:
     return digits[:5] if _ZIP.match(digits) else ""
 
 
-def parse(address: object, city: object = None, zip_code: object = None) -> Parsed:
+def parse(address: object, city: object = None, zip_code: object = None, memo: dict | None = None) -> Parsed:
+    """`memo`: a dict the caller keeps for one batch; street spellings met again are normalized once."""
     if address is None:
         return Parsed("none", reason="address is missing")
     if not isinstance(address, str):
         return Parsed("none", reason=f"address must be text, got {type(address).__name__}")
     if len(address) > MAX_ADDRESS_CHARS:
         return Parsed("none", reason=f"address is longer than {MAX_ADDRESS_CHARS} characters")
-    zip5 = clean_zip(zip_code)
-    text = _PARENS.sub(" ", address.upper().replace("'", "").replace(".", " "))
-    parts = [_TOKENS.findall(part) for part in text.replace("-", " ").split(",")]
-    parts = [p for p in parts if p]
+    zip5 = clean_zip(zip_code) if zip_code is not None else ""
+    if memo is not None:
+        # "4608 Gardena Avenue, San Diego": addresses on one street differ only in the number; what follows the
+        # number is read once per batch (as "1 <rest>") and reused with each number.
+        m = _NUMBER_FIRST.match(address)
+        if m is not None:
+            key = ("rest", m.group(2), zip5)
+            shape = memo.get(key)
+            if shape is None:
+                shape = memo[key] = _parse_text("1 " + m.group(2), zip5, memo)
+            if shape.kind == "address" and shape.number == 1 and shape.parser == "fast":
+                return shape._replace(number=int(m.group(1)))
+    return _parse_text(address, zip5, memo)
+
+
+def _parse_text(address: str, zip5: str, memo: dict | None) -> Parsed:
+    text = address.upper().translate(_PUNCTUATION)
+    if "(" in text:
+        text = _PARENS.sub(" ", text)
+    parts = [p for p in map(_TOKENS.findall, text.split(",")) if p]
     if not parts:
         if zip5:
             return Parsed("zip", zip=zip5, reason="address is empty")
@@ -85,7 +105,7 @@ def parse(address: object, city: object = None, zip_code: object = None) -> Pars
             Parsed("none", reason="no street in the address")
     if tokens[:2] == ["PO", "BOX"] or tokens[:3] == ["P", "O", "BOX"] or tokens[0] == "POBOX":
         return Parsed("none", zip=zip5, reason="a PO box has no street location")
-    return _parse_line(tokens, zip5, address)
+    return _parse_line(tokens, zip5, address, memo)
 
 
 def _strip_tail(tokens: list[str]) -> tuple[list[str], str]:
@@ -107,12 +127,13 @@ def _strip_tail(tokens: list[str]) -> tuple[list[str], str]:
     return tokens[:end], zip5
 
 
-def _parse_line(tokens: list[str], zip5: str, original: str) -> Parsed:
-    connector = next((i for i, t in enumerate(tokens) if t in CONNECTORS), -1)
+def _parse_line(tokens: list[str], zip5: str, original: str, memo: dict | None) -> Parsed:
+    street_of = _street if memo is None else (lambda toks: _memo_street(toks, memo))
+    connector = -1 if CONNECTORS.isdisjoint(tokens) else next(i for i, t in enumerate(tokens) if t in CONNECTORS)
     number_match = _NUMBER.match(tokens[0])
     if connector > 0 and connector < len(tokens) - 1 and not number_match:
-        first = _street(tokens[:connector])
-        second = _street(tokens[connector + 1:])
+        first = street_of(tokens[:connector])
+        second = street_of(tokens[connector + 1:])
         if first[0] and second[0]:
             return Parsed("intersection", street=first[0], base=first[1], street2=second[0], base2=second[1],
                           zip=zip5)
@@ -127,13 +148,13 @@ def _parse_line(tokens: list[str], zip5: str, original: str) -> Parsed:
         # "1451 1/2 Main St", "10511 10513 Main St" (a range written with a hyphen): keep the first number.
         while body and ("/" in body[0] or (body[0].isdigit() and len(body) > 1 and not _is_name_number(body))):
             body = body[1:]
-        street, base, unit = _street(body)
+        street, base, unit = street_of(body)
         if street:
             return Parsed("address", number=number, street=street, base=base, zip=zip5, unit=unit)
         return _fallback(original, zip5, "no street name after the house number")
     if any(t.isdigit() for t in tokens):  # words before the number: "Suite 5 1200 Third Ave"
         return _fallback(original, zip5, "house number not at the start")
-    street, base, unit = _street(tokens)
+    street, base, unit = street_of(tokens)
     if street:
         return Parsed("street", street=street, base=base, zip=zip5, unit=unit, reason="no house number")
     return _fallback(original, zip5, "no street name")
@@ -142,6 +163,14 @@ def _parse_line(tokens: list[str], zip5: str, original: str) -> Parsed:
 def _is_name_number(body: list[str]) -> bool:
     """'100 5 Ave': a bare number followed only by a street type is the street's name, not a second number."""
     return len(body) == 2 and body[1] in STREET_TYPES
+
+
+def _memo_street(tokens: list[str], memo: dict) -> tuple[str, str, str]:
+    key = tuple(tokens)
+    got = memo.get(key)
+    if got is None:
+        got = memo[key] = _street(tokens)
+    return got
 
 
 def _street(tokens: list[str]) -> tuple[str, str, str]:
@@ -184,7 +213,8 @@ def _street(tokens: list[str]) -> tuple[str, str, str]:
     if len(name) > 1 and name[0] in DIRECTIONS:
         predir = DIRECTIONS[name[0]]
         name = name[1:]
-    name = [_name_word(t) for t in name]
+    # A bare number is an ordinal only as the whole name ("5 Ave" = "5TH AVE"), not in "HWY 78" or "CAM 5".
+    name = [_name_word(t) for t in name] if len(name) > 1 else [NUMBER_ORDINALS.get(name[0]) or _name_word(name[0])]
     base = " ".join(name)
     if not base or not any(c.isalpha() or c.isdigit() for c in base):
         return "", "", unit
@@ -208,7 +238,7 @@ def _join_words(tokens: list[str]) -> list[str]:
 def _name_word(tok: str) -> str:
     if tok[0] == "0" and len(tok) > 1:  # the centerlines write "07TH AV"
         tok = tok.lstrip("0") or "0"
-    return ORDINALS.get(tok) or NUMBER_ORDINALS.get(tok) or NAME_WORDS.get(tok) or tok
+    return ORDINALS.get(tok) or NAME_WORDS.get(tok) or tok
 
 
 # usaddress labels -> the line the fast path reads.

@@ -36,6 +36,7 @@ log = logging.getLogger(__name__)
 
 POINTS_FILE = "address_points"
 SEGMENTS_FILE = "street_segments"
+_MAX_BLOCKS = 200  # a range spanning more hundreds than this is indexed on its first 200 only
 _NODE_DIGITS = 6  # segment ends closer than ~0.1 m are one node
 _PARENS = re.compile(r"\([^)]*\)")
 # "15TH (SB) ST": a South Bay street that shares its name with one in the central city. It is a street of its own,
@@ -102,6 +103,7 @@ class Reference:
     pt_label: list[str]
     exact: dict[tuple[int, int], list[int]]  # (street id, number) -> point rows
     points_of: dict[int, np.ndarray]  # street id -> point rows sorted by number
+    points_by_side: dict[tuple[int, int], tuple[list[int], list[int]]]  # (street, parity) -> (numbers, rows)
     # Street segments
     seg_geom: np.ndarray  # shapely LineStrings (lon/lat)
     seg_street: np.ndarray
@@ -109,6 +111,7 @@ class Reference:
     seg_label: np.ndarray
     seg_mid: np.ndarray  # (n, 2) lon/lat of each segment's midpoint
     ranges_of: dict[int, list[tuple]]  # street id -> [(low, high, parity, side, segment, zip)]
+    ranges_by_block: dict[tuple[int, int], list[tuple]]
     segments_of: dict[int, np.ndarray]
     intersections: dict[tuple[int, int], list[tuple[float, float, str]]]
     # Streets known only as a cross-street name: where they meet the others.
@@ -251,6 +254,12 @@ def _build(files: ReferenceFiles, keep_points: np.ndarray | None) -> Reference:
     order = np.lexsort((pt_number, pt_street))
     bounds = np.flatnonzero(np.diff(pt_street[order])) + 1
     points_of = {int(pt_street[g[0]]): g for g in np.split(order, bounds) if len(g)}
+    points_by_side: dict[tuple[int, int], tuple[list[int], list[int]]] = {}
+    for s, rows in points_of.items():
+        for parity in (0, 1):
+            same = rows[pt_number[rows] % 2 == parity]
+            if len(same) >= 2:
+                points_by_side[s, parity] = (pt_number[same].tolist(), same.tolist())
 
     # Segments
     geoms = shapely.from_wkt(segments["wkt_wgs84"].to_numpy(), on_invalid="ignore")
@@ -275,6 +284,12 @@ def _build(files: ReferenceFiles, keep_points: np.ndarray | None) -> Reference:
                 parity = lo % 2 if lo % 2 == hi % 2 else -1
                 ranges_of[s].append((int(lo), int(hi), parity, side, row, z))
     segments_of = {s: np.flatnonzero(seg_street == s) for s in np.unique(seg_street[seg_street >= 0]).tolist()}
+    # (street, hundred block) -> the ranges overlapping that block: a number's candidates in one lookup.
+    ranges_by_block: dict[tuple[int, int], list[tuple]] = defaultdict(list)
+    for s, entries in ranges_of.items():
+        for e in entries:
+            for block in range(e[0] // 100, min(e[1] // 100, e[0] // 100 + _MAX_BLOCKS) + 1):
+                ranges_by_block[s, block].append(e)
 
     intersections = _intersections(geoms, seg_street, seg_zip, segments, sid)
     zips_of: dict[int, set] = defaultdict(set)
@@ -284,8 +299,9 @@ def _build(files: ReferenceFiles, keep_points: np.ndarray | None) -> Reference:
                     by_zip_only=dict(by_zip_only), street_zips={s: frozenset(z) for s, z in zips_of.items()},
                     pt_lon=lon,
                     pt_lat=lat, pt_number=pt_number, pt_street=pt_street, pt_zip=pt_zip, pt_label=pt_label,
-                    exact=dict(exact), points_of=points_of, seg_geom=geoms, seg_street=seg_street, seg_zip=seg_zip,
-                    seg_label=seg_label, seg_mid=seg_mid, ranges_of=dict(ranges_of), segments_of=segments_of,
+                    exact=dict(exact), points_of=points_of, points_by_side=points_by_side, seg_geom=geoms, seg_street=seg_street, seg_zip=seg_zip,
+                    seg_label=seg_label, seg_mid=seg_mid, ranges_of=dict(ranges_of),
+                    ranges_by_block=dict(ranges_by_block), segments_of=segments_of,
                     intersections=intersections)
     crossings: dict[int, list] = defaultdict(list)
     for (a, _), where in intersections.items():

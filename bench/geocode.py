@@ -1,0 +1,198 @@
+"""Geocoder accuracy and speed on the real reference (run by hand):
+
+    .venv/bin/python bench/geocode.py [--records 200000] [--http-batch 10000] [--no-http]
+
+Accuracy: three ground truths, each as a table by match level (count, share, median and 95th-percentile error in
+metres, share within 100 m), plus the issue's floors on what the reference covers:
+  - held-back address points (one in ten left out of the reference, then geocoded from "number street" + ZIP);
+  - parking meters: their hundred-block addresses (`sub_area`) against the meters' own coordinates;
+  - transit stops named for an intersection ("Garnet Av & Cass St") against the stop's coordinates.
+Speed: a mixed batch of real addresses (address points in three spellings, numbers inside segment ranges,
+hundred blocks, intersections, junk), in process with the result cache off (warm: imports and first calls done
+on another batch and another Geocoder), then over HTTP on loopback in batches (JSON and Arrow).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+import orjson
+import pandas as pd
+import pyarrow as pa
+import pyarrow.ipc as ipc
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+DATA = Path(os.environ.get("ENRICH_SHARED_DATA", REPO.parent / "shared" / "data"))
+ADDRESS = DATA / "address"
+BOUNDARIES = DATA / "boundaries"
+METERS = DATA / "points" / "treas_parking_meters_loc_datasd.csv"
+STOPS = DATA / "points" / "transit_stops_datasd.geojson"
+LAYERS = "council_district,neighborhood,zip"
+
+
+def mixed_addresses(files, n: int, seed: int = 11) -> list[str]:
+    """Real addresses as city data writes them, several spellings each; then sampled to n with repeats."""
+    from enrich_service.geocode.evaluate import read_meters, read_stops
+    from enrich_service.geocode.reference import read_points, read_segments
+
+    rng = np.random.default_rng(seed)
+    pts = read_points(files.points.path)
+    out = [f"{h} {s}" for h, s in zip(pts["housenumber"], pts["street"])]
+    out += [f"{h} {s.upper()}, SAN DIEGO CA {z}" for h, s, z in zip(pts["housenumber"], pts["street"], pts["postcode"])]
+    out += [f"{h} {s}, Apt {rng.integers(1, 40)}, San Diego, CA" for h, s in zip(pts["housenumber"], pts["street"])]
+    seg = read_segments(files.segments.path)
+    seg = seg[(seg["lhighaddr"] > seg["llowaddr"]) & (seg["llowaddr"] > 0)]
+    lo, hi = seg["llowaddr"].to_numpy(), seg["lhighaddr"].to_numpy()
+    numbers = lo + 2 * rng.integers(0, np.maximum((hi - lo) // 2, 1))
+    out += [f"{n} {name}" for n, name in zip(numbers.tolist(), seg["rd20full"])]
+    out += read_meters(METERS)["sub_area"].drop_duplicates().tolist()
+    out += read_stops(STOPS)["name"].drop_duplicates().tolist()
+    out += ["", "n/a", "UNKNOWN", "PO BOX 1234", "see attached", "x" * 400]
+    distinct = list(dict.fromkeys(out))
+    return [distinct[i] for i in rng.integers(0, len(distinct), n)], distinct
+
+
+def accuracy(files, zip_points) -> None:
+    from enrich_service.geocode import evaluate
+    from enrich_service.geocode.matcher import Geocoder
+    from enrich_service.geocode.reference import load_reference
+
+    geocoder = Geocoder(load_reference(files, zip_points))
+    evals = [evaluate.held_back_points(files, zip_points), evaluate.reference_points(geocoder, files),
+             evaluate.parking_meters(geocoder, METERS), evaluate.transit_intersections(geocoder, STOPS)]
+    pd.set_option("display.width", 200)
+    for e in evals:
+        table = pd.DataFrame(e.table()).drop(columns="set").set_index("level")
+        print(f"\n{e.name}: {len(e.addresses):,} addresses, match rate {e.match_rate:.1%}")
+        print(table.to_string())
+        print(f"  covered by the reference: {e.covered.sum():,}; within {evaluate.WITHIN_M:g} m: "
+              f"{e.covered_within:.1%} (floor 95%); farthest exact match: {e.exact_max_m:.0f} m (ceiling "
+              f"{evaluate.EXACT_MAX_M:g} m)")
+
+
+def in_process(files, zip_points, index, records: list[str], distinct: list[str]) -> None:
+    from enrich_service.geocode.cache import ResultCache
+    from enrich_service.geocode.join import Records, geocode_join
+    from enrich_service.geocode.matcher import Geocoder
+    from enrich_service.geocode.reference import load_reference
+
+    reference = load_reference(files, zip_points)
+    Geocoder(reference).geocode(distinct[: len(distinct) // 10], use_cache=False)  # warm: first calls, imports
+    print(f"\nin process, result cache off ({len(distinct):,} distinct addresses in the mix)")
+    # Wall clock, and per CPU-second of this process: on a machine shared with other work the second is the
+    # figure a dedicated core would give.
+    print(f"{'':52} {'records/s':>12} {'per CPU-s':>12}")
+
+    def run(name: str, n: int, fn, *args) -> None:
+        w0, c0 = time.perf_counter(), time.process_time()
+        fn(*args)
+        wall, cpu = time.perf_counter() - w0, time.process_time() - c0
+        print(f"{name:52} {n / wall:12,.0f} {n / cpu:12,.0f}", flush=True)
+
+    for name, batch in ((f"{len(records):,} records (repeats deduplicated)", records),
+                        (f"{len(distinct):,} distinct addresses", distinct)):
+        geocoder = Geocoder(reference)  # fresh: no fuzzy-name memo from the warm-up
+        run(f"geocode {name}", len(batch), geocoder.geocode, batch, None, False)
+    index.extras["geocoder"] = Geocoder(reference)
+    run(f"geocode + tag 3 layers, {len(records):,} records", len(records), geocode_join, index,
+        Records(ids=None, addresses=records), LAYERS.split(","), None, None, False)
+    cached = Geocoder(reference, ResultCache("bench"))
+    cached.geocode(records)
+    run("geocode again with the result cache (a DAG re-run)", len(records), cached.geocode, records)
+
+
+def start_service(port: int) -> subprocess.Popen:
+    env = {**os.environ, "ENRICH_BOUNDARY_DIR": str(BOUNDARIES), "ENRICH_REFERENCE_DIR": str(ADDRESS)}
+    proc = subprocess.Popen([sys.executable, "-m", "enrich_service.cli", "serve", "--port", str(port),
+                             "--log-level", "warning"], env=env)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=1).status_code == 200:
+                return proc
+        except httpx.HTTPError:
+            pass
+        if proc.poll() is not None:
+            raise SystemExit("service failed to start")
+        time.sleep(0.1)
+    proc.kill()
+    raise SystemExit("service not ready in 120 s")
+
+
+def over_http(records: list[str], batch: int, port: int) -> None:
+    proc = start_service(port)
+    url = f"http://127.0.0.1:{port}/v1/geocode-join"
+    try:
+        with httpx.Client(timeout=300) as client:
+            print(f"\nover HTTP on loopback, batches of {batch:,} (client encode + request + decode included)")
+            # Each pass sends every record once; the second pass of each transport meets the warm result cache.
+            for transport in ("json", "arrow"):
+                for attempt in ("cold cache", "warm cache"):
+                    t0 = time.perf_counter()
+                    for s in range(0, len(records), batch):
+                        chunk = records[s:s + batch]
+                        if transport == "json":
+                            body = orjson.dumps({"records": [{"id": s + i, "address": a} for i, a in enumerate(chunk)],
+                                                 "layers": LAYERS.split(",")})
+                            r = client.post(url, content=body, headers={"content-type": "application/json"})
+                            r.raise_for_status()
+                            assert len(orjson.loads(r.content)["results"]) == len(chunk)
+                        else:
+                            table = pa.table({"id": np.arange(s, s + len(chunk)), "address": chunk})
+                            sink = pa.BufferOutputStream()
+                            with ipc.new_stream(sink, table.schema) as w:
+                                w.write_table(table)
+                            r = client.post(f"{url}?layers={LAYERS}", content=sink.getvalue().to_pybytes(),
+                                            headers={"content-type": "application/vnd.apache.arrow.stream"})
+                            r.raise_for_status()
+                            assert ipc.open_stream(r.content).read_all().num_rows == len(chunk)
+                    rate = len(records) / (time.perf_counter() - t0)
+                    print(f"{transport:6} {attempt:12} {rate:12,.0f} records/s")
+                    if transport == "json" and attempt == "warm cache":
+                        break
+                # a new set of records for the next transport's cold pass
+                records = [f"{a} " for a in records]
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--records", type=int, default=200_000)
+    ap.add_argument("--http-batch", type=int, default=10_000)
+    ap.add_argument("--http-records", type=int, default=100_000)
+    ap.add_argument("--no-http", action="store_true")
+    ap.add_argument("--port", type=int, default=8766)
+    args = ap.parse_args()
+
+    from enrich_service.geocode import zip_points
+    from enrich_service.geocode.reference import load_reference, resolve_reference
+    from enrich_service.index import build_index
+    from enrich_service.settings import Settings
+
+    settings = Settings(boundary_dir=BOUNDARIES, reference_dir=ADDRESS)
+    files = resolve_reference(settings)
+    index = build_index(settings)
+    zips = zip_points(index.store)
+    t0 = time.perf_counter()
+    load_reference(files, zips)
+    print(f"machine: {os.cpu_count()} cores; reference build {time.perf_counter() - t0:.2f}s "
+          f"(from the disk cache at start-up: {index.extras['geocoder'].ref.load_seconds:.2f}s)")
+    accuracy(files, zips)
+    records, distinct = mixed_addresses(files, args.records)
+    in_process(files, zips, index, records, distinct)
+    if not args.no_http:
+        over_http(records[: args.http_records], args.http_batch, args.port)
+
+
+if __name__ == "__main__":
+    main()

@@ -299,6 +299,40 @@ def test_rerunning_the_same_run_changes_nothing(airflow, meters_run):
     assert not table_exists("public.parking_meters_enriched__staging")
 
 
+def test_readers_see_the_whole_old_table_or_the_whole_new_one_while_publishing(airflow, meters_run):
+    """Readers polling the published table while it is re-published (COPY into staging, swap) always count every
+    row: never an empty, partial or missing table."""
+    from enrich_pipeline.publish import publish_postgis
+    from enrich_pipeline.workdir import safe_name
+
+    dr, _, _ = meters_run
+    enriched = airflow.work / dr.dag_id / safe_name(dr.run_id) / "enriched.parquet"
+    n = pg("SELECT count(*) FROM public.parking_meters_enriched")[0][0]
+    seen: list = []
+    done = threading.Event()
+
+    def read():
+        with psycopg.connect(PG_DSN, autocommit=True) as conn:
+            while not done.is_set():
+                try:
+                    seen.append(conn.execute("SELECT count(*) FROM public.parking_meters_enriched").fetchone()[0])
+                except psycopg.Error as exc:
+                    seen.append(repr(exc))
+
+    readers = [threading.Thread(target=read) for _ in range(2)]
+    for r in readers:
+        r.start()
+    try:
+        with psycopg.connect(PG_DSN, autocommit=True) as conn:
+            for _ in range(3):
+                publish_postgis(conn, "public.parking_meters_enriched", enriched, comment="swap under readers")
+    finally:
+        done.set()
+        for r in readers:
+            r.join(timeout=30)
+    assert len(seen) > 10 and set(seen) == {n}, {v for v in seen if v != n}
+
+
 def test_transit_stops_outside_the_city_are_not_failures(airflow, stops_run):
     dr = stops_run
     assert str(dr.state) == "success", task_states(dr)

@@ -145,6 +145,35 @@ def test_compose_has_the_whole_system(services):
     assert expected <= set(services), f"missing: {sorted(expected - set(services))}"
 
 
+# The Compose Specification's service attributes: a misspelt one (`depend_on:`) is not an error to every tool, and
+# the checks below would pass over it without a word.
+SERVICE_KEYS = frozenset("""
+    annotations attach blkio_config build cap_add cap_drop cgroup cgroup_parent command configs container_name
+    cpu_count cpu_percent cpu_period cpu_quota cpu_rt_period cpu_rt_runtime cpu_shares cpus cpuset credential_spec
+    depends_on deploy develop device_cgroup_rules devices dns dns_opt dns_search domainname entrypoint env_file
+    environment expose extends external_links extra_hosts gpus group_add healthcheck hostname image init ipc
+    isolation label_file labels links logging mac_address mem_limit mem_reservation mem_swappiness memswap_limit
+    models network_mode networks oom_kill_disable oom_score_adj pid pids_limit platform ports post_start pre_stop
+    privileged profiles provider pull_policy pull_refresh_after read_only restart runtime scale secrets security_opt
+    shm_size stdin_open stop_grace_period stop_signal storage_opt sysctls tmpfs tty ulimits use_api_socket user
+    userns_mode uts volumes volumes_from working_dir""".split())
+HEALTHCHECK_KEYS = frozenset({"test", "interval", "timeout", "retries", "start_period", "start_interval", "disable"})
+DEPENDS_ON_KEYS = frozenset({"condition", "restart", "required"})
+
+
+def test_compose_uses_only_compose_keys(compose, services):
+    assert set(compose) <= {"name", "services", "volumes", "networks", "secrets", "configs", "include", "models"} | {
+        k for k in compose if k.startswith("x-")}
+    for name, svc in services.items():
+        unknown = {k for k in svc if k not in SERVICE_KEYS and not k.startswith("x-")}
+        assert not unknown, f"{name}: not Compose service attributes: {sorted(unknown)}"
+        assert set(svc.get("healthcheck") or {}) <= HEALTHCHECK_KEYS, f"{name}: healthcheck {svc['healthcheck']}"
+        for dep, spec in (svc.get("depends_on") or {}).items() if isinstance(svc.get("depends_on"), dict) else ():
+            assert set(spec or {}) <= DEPENDS_ON_KEYS, f"{name} -> {dep}: {spec}"
+        restart = str(svc.get("restart", "no"))
+        assert restart in {"no", "always", "unless-stopped"} or re.fullmatch(r"on-failure(:\d+)?", restart), restart
+
+
 def test_every_long_running_service_has_a_healthcheck(services):
     missing = []
     for name, svc in services.items():
@@ -436,6 +465,14 @@ BREAKAGES = {
         lambda s: s["airflow-worker"]["deploy"].update(replicas="${AIRFLOW_WORKERS:-1}"),
         test_env_files_per_environment),
     "a service missing": (lambda s: s.pop("airflow-dag-processor"), test_compose_has_the_whole_system),
+    "a misspelt depends_on": (
+        lambda s: s["airflow-worker"].update(depend_on=s["airflow-worker"].pop("depends_on")),
+        test_compose_uses_only_compose_keys),
+    "a misspelt healthcheck field": (
+        lambda s: s["redis"]["healthcheck"].update(intervall=s["redis"]["healthcheck"].pop("interval")),
+        test_compose_uses_only_compose_keys),
+    "a misspelt restart policy": (
+        lambda s: s["redis"].update(restart="unless_stopped"), test_compose_uses_only_compose_keys),
 }
 
 

@@ -704,10 +704,12 @@ def _nginx_copy(tmp_path: Path, upstreams: list[str], listen: int) -> Path:
 
 
 def _scaleout():
-    spec = importlib.util.spec_from_file_location("scaleout", ROOT / "scripts" / "scaleout.py")
-    module = sys.modules.setdefault("scaleout", importlib.util.module_from_spec(spec))
-    spec.loader.exec_module(module)
-    return module
+    """scripts/scaleout.py as a module (loaded once; tests/test_scaleout.py loads the same)."""
+    if "scaleout" not in sys.modules:
+        spec = importlib.util.spec_from_file_location("scaleout", ROOT / "scripts" / "scaleout.py")
+        sys.modules["scaleout"] = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(sys.modules["scaleout"])
+    return sys.modules["scaleout"]
 
 
 def test_nginx_conf_passes_nginx_t(nginx_dir):

@@ -24,9 +24,11 @@ from tests.conftest import POINTS, REPO
 
 pytestmark = pytest.mark.slow
 
-_spec = importlib.util.spec_from_file_location("scaleout", REPO / "scripts" / "scaleout.py")
-scaleout = sys.modules.setdefault("scaleout", importlib.util.module_from_spec(_spec))
-_spec.loader.exec_module(scaleout)
+if "scaleout" not in sys.modules:  # scripts/scaleout.py, loaded once (tests/test_deploy.py uses it too)
+    _spec = importlib.util.spec_from_file_location("scaleout", REPO / "scripts" / "scaleout.py")
+    sys.modules["scaleout"] = importlib.util.module_from_spec(_spec)
+    _spec.loader.exec_module(sys.modules["scaleout"])
+scaleout = sys.modules["scaleout"]
 
 VICTIM = "replica-1"
 

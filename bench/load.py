@@ -1,0 +1,595 @@
+"""Load on loopback against a real `enrich-service serve` this script starts (run by hand; bounded in time):
+
+    .venv/bin/python bench/load.py                         # 10 min at 1,000 req/s of mixed lookups and batches
+    .venv/bin/python bench/load.py --duration 60 --reloads 20   # the same while the index is reloaded 20 times
+    .venv/bin/python bench/load.py --mode throughput --duration 30 --workers 2   # most single lookups/s (wrk)
+
+rate mode: an open-loop generator (asyncio + aiohttp, one process) sends requests on a fixed schedule, whatever the
+service's latency: single GET /v1/pip lookups on the real points of ../shared/data/points and, a share of them,
+1,000-point POST /v1/pip JSON batches. Latency counts from the scheduled send time (no coordinated omission). Every
+answer is checked against the service's own answer for that point taken before the run: a non-200, a transport
+error or a wrong answer is an error, and there must be none. With --reloads N the boundary folder is a temporary
+copy whose 2021 council districts are rewritten before each of N reloads (one of them corrupt, which must be refused
+with 409 while the old index keeps serving); every answer's council_district sha256 says which index answered it,
+and no request may see an index older than one a completed request or a completed reload has already shown.
+
+throughput mode: wrk (apt package `wrk`) with a Lua script cycling through the real points, closed loop.
+
+Both print the service's RSS at start and end, CPU per request of the service and of the load generator (they share
+the machine), and the load average; --json writes the figures to a file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import resource
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import orjson
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from tests.conftest import ADDRESS, BOUNDARIES, _free_port, real_points  # noqa: E402  (the data's one reader)
+from tests.test_operations import DISTRICTS_2021, rewrite, variant  # noqa: E402  (how a reload test edits a layer)
+
+KEY = "bench-admin-key"
+LAYERS = ("council_district", "neighborhood", "zip")
+SINGLE, BATCH = 0, 1
+KINDS = {SINGLE: "single GET", BATCH: "batch POST"}
+
+
+# ---------------------------------------------------------------------------------------------------- the service
+
+def launch(workers: int, env: dict, log_path: Path, log_level: str) -> tuple[subprocess.Popen, str]:
+    """`enrich-service serve` on a free loopback port, as tests/conftest.py starts it, once /readyz says ready."""
+    import httpx
+
+    port = _free_port()
+    log = open(log_path, "wb")
+    proc = subprocess.Popen([sys.executable, "-m", "enrich_service.cli", "serve", "--host", "127.0.0.1",
+                             "--port", str(port), "--workers", str(workers), "--log-level", log_level],
+                            env={**os.environ, **env}, stdout=log, stderr=subprocess.STDOUT, cwd=REPO)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit(f"enrich-service exited with {proc.returncode}; see {log_path}")
+        with contextlib.suppress(httpx.HTTPError):
+            if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
+                if workers > 1:  # each worker builds its own index: wait until every one answers
+                    _wait_all_workers(proc.pid, workers, deadline)
+                return proc, url
+        time.sleep(0.2)
+    proc.kill()
+    raise SystemExit("enrich-service did not become ready in 120 s")
+
+
+def _wait_all_workers(pid: int, workers: int, deadline: float) -> None:
+    # A worker is ready once its RSS stops growing (index built); /readyz may land on any one of them.
+    last = None
+    while time.monotonic() < deadline:
+        spawned = [p for p in process_tree(pid)[1:] if b"spawn_main" in _cmdline(p)]  # not the resource tracker
+        now = [rss_mb([p]) for p in spawned]
+        if len(now) == workers and last is not None and all(abs(a - b) < 1 for a, b in zip(now, last)):
+            return
+        last = now if len(now) == workers else None
+        time.sleep(1)
+    raise SystemExit(f"not all {workers} workers finished building their index in time")
+
+
+def _cmdline(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return b""
+
+
+def process_tree(pid: int) -> list[int]:
+    """The service and its worker processes (uvicorn --workers N forks N children)."""
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        with contextlib.suppress(OSError):
+            for task in os.listdir(f"/proc/{p}/task"):
+                todo += [int(c) for c in Path(f"/proc/{p}/task/{task}/children").read_text().split()]
+    return out
+
+
+def rss_mb(pids: list[int]) -> float:
+    total = 0
+    for p in pids:
+        with contextlib.suppress(OSError):
+            for line in Path(f"/proc/{p}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    total += int(line.split()[1])
+    return total / 1024
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for p in pids:
+        with contextlib.suppress(OSError):
+            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])  # utime, stime
+    return total / tick
+
+
+def stop(proc: subprocess.Popen) -> None:
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
+# ---------------------------------------------------------------------------------------------------- the points
+
+@dataclass
+class Workload:
+    lon: np.ndarray
+    lat: np.ndarray
+    expected: dict[str, np.ndarray]  # per layer, the service's answer for each point (None: outside)
+    single_paths: list[str]
+    batch_bodies: list[tuple[bytes, np.ndarray]]  # (JSON body, indices of its points)
+
+
+def workload(url: str, batch_size: int, seed: int = 7) -> Workload:
+    """The real points shuffled, their expected answers (one big batch before the run), requests ready to send."""
+    import httpx
+
+    lon, lat = real_points()
+    order = np.random.default_rng(seed).permutation(len(lon))
+    lon, lat = lon[order].tolist(), lat[order].tolist()  # Python floats: orjson and URLs take them as they are
+    body = orjson.dumps({"points": [{"id": i, "lon": x, "lat": y} for i, (x, y) in enumerate(zip(lon, lat))],
+                         "layers": list(LAYERS)})
+    r = httpx.post(f"{url}/v1/pip", content=body, headers={"content-type": "application/json"}, timeout=120)
+    r.raise_for_status()
+    rows = r.json()["results"]
+    expected = {layer: np.array([row[layer] for row in rows], dtype=object) for layer in LAYERS}
+    paths = [f"/v1/pip?lon={x!r}&lat={y!r}" for x, y in zip(lon, lat)]
+    bodies = []
+    for start in range(0, len(lon) - batch_size + 1, batch_size):
+        idx = np.arange(start, start + batch_size)
+        bodies.append((orjson.dumps({"points": [{"id": int(i), "lon": lon[i], "lat": lat[i]} for i in idx],
+                                     "layers": list(LAYERS)}), idx))
+    return Workload(np.array(lon), np.array(lat), expected, paths, bodies)
+
+
+# ---------------------------------------------------------------------------------------------------- rate mode
+
+@dataclass
+class Log:
+    """One row per request, preallocated: the generator must not allocate its way into the latency figures."""
+
+    n: int
+    kind: np.ndarray = None
+    scheduled: np.ndarray = None
+    sent: np.ndarray = None
+    done: np.ndarray = None
+    status: np.ndarray = None
+    generation: np.ndarray = None
+    errors: dict = field(default_factory=dict)  # first few messages per error class
+
+    def __post_init__(self):
+        self.kind = np.zeros(self.n, np.int8)
+        self.scheduled, self.sent, self.done = (np.full(self.n, np.nan) for _ in range(3))
+        self.status = np.zeros(self.n, np.int16)  # 0: never answered (transport error)
+        self.generation = np.full(self.n, -1, np.int32)
+
+    def error(self, i: int, what: str, detail: str) -> None:
+        self.status[i] = self.status[i] if self.status[i] not in (0, 200) else -1
+        seen = self.errors.setdefault(what, [0, []])
+        seen[0] += 1
+        if len(seen[1]) < 3:
+            seen[1].append(f"request {i}: {detail[:300]}")
+
+
+class Versions:
+    """sha256 of the council_district file -> index generation, as reloads swap them in."""
+
+    def __init__(self, initial_sha: str):
+        self.by_sha = {initial_sha: 0}
+        self.swaps: list[tuple[float, float, int, int]] = []  # (sent, answered, status, generation now serving)
+
+    def of(self, sha: str | None) -> int:
+        return self.by_sha.get(sha, -1)
+
+
+async def run_rate(url: str, work: Workload, rate: float, duration: float, batch_share: float,
+                   versions: Versions, reloads: "Reloader | None") -> Log:
+    import aiohttp
+
+    n = int(rate * duration)
+    log = Log(n)
+    kinds = np.random.default_rng(11).random(n) < batch_share
+    log.kind[:] = np.where(kinds, BATCH, SINGLE)
+    connector = aiohttp.TCPConnector(limit=512, force_close=False)
+    timeout = aiohttp.ClientTimeout(total=30)
+    headers = {"content-type": "application/json"}
+    n_single, n_batch = len(work.single_paths), len(work.batch_bodies)
+
+    async with aiohttp.ClientSession(url, connector=connector, timeout=timeout) as session:
+        async def single(i: int, p: int):
+            try:
+                async with session.get(work.single_paths[p]) as r:
+                    body = await r.read()
+                    log.done[i] = time.perf_counter()
+                    log.status[i] = r.status
+            except Exception as exc:  # noqa: BLE001 - every failure is counted, whatever it is
+                log.done[i] = time.perf_counter()
+                return log.error(i, f"transport {type(exc).__name__}", repr(exc))
+            if r.status != 200:
+                return log.error(i, f"HTTP {r.status}", body.decode(errors="replace"))
+            doc = orjson.loads(body)
+            log.generation[i] = versions.of(doc["layers"]["council_district"]["sha256"])
+            wrong = [layer for layer in LAYERS if doc[layer] != work.expected[layer][p]]
+            if wrong:
+                log.error(i, "wrong answer", f"point {p} {wrong}: {[doc[w] for w in wrong]}")
+
+        async def batch(i: int, b: int):
+            body_bytes, idx = work.batch_bodies[b]
+            try:
+                async with session.post("/v1/pip", data=body_bytes, headers=headers) as r:
+                    body = await r.read()
+                    log.done[i] = time.perf_counter()
+                    log.status[i] = r.status
+                    layers_header = r.headers.get("x-enrich-layers")
+            except Exception as exc:  # noqa: BLE001
+                log.done[i] = time.perf_counter()
+                return log.error(i, f"transport {type(exc).__name__}", repr(exc))
+            if r.status != 200:
+                return log.error(i, f"HTTP {r.status}", body.decode(errors="replace"))
+            log.generation[i] = versions.of(orjson.loads(layers_header)["council_district"]["sha256"])
+            rows = orjson.loads(body)["results"]
+            for layer in LAYERS:
+                got = np.array([row[layer] for row in rows], dtype=object)
+                bad = np.flatnonzero(got != work.expected[layer][idx])
+                if len(bad):
+                    log.error(i, "wrong answer", f"batch {b}: {layer} differs on {len(bad)} of {len(idx)} rows")
+                    break
+
+        tasks = set()
+        reload_task = asyncio.create_task(reloads.run(session, duration)) if reloads else None
+        t0 = time.perf_counter()
+        next_single = next_batch = 0
+        for i in range(n):
+            due = t0 + i / rate
+            log.scheduled[i] = due
+            delay = due - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            log.sent[i] = time.perf_counter()
+            if log.kind[i] == BATCH:
+                coro = batch(i, next_batch % n_batch)
+                next_batch += 1
+            else:
+                coro = single(i, next_single % n_single)
+                next_single += 1
+            task = asyncio.create_task(coro)
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)
+        if tasks:
+            await asyncio.wait(tasks)
+        if reload_task:
+            await reload_task
+    return log
+
+
+class Reloader:
+    """Rewrites the 2021 council districts in a temporary copy of the boundary folder, then asks for a reload."""
+
+    def __init__(self, url: str, folder: Path, count: int, corrupt_at: int, versions: Versions):
+        self.url, self.path, self.count, self.corrupt_at, self.versions = url, folder / DISTRICTS_2021, count, \
+            corrupt_at, versions
+        self.original = self.path.read_bytes()
+        self.problems: list[str] = []
+
+    async def run(self, session, duration: float) -> None:
+        t0 = time.perf_counter()
+        generation = 0
+        for k in range(self.count):
+            await asyncio.sleep(max(0.0, t0 + duration * (k + 0.5) / self.count - time.perf_counter()))
+            corrupt = k == self.corrupt_at
+            content = self.original[: len(self.original) // 2] if corrupt else variant(self.original, k)
+            sha = await asyncio.to_thread(rewrite, self.path, content)
+            sent = time.perf_counter()
+            async with session.post("/v1/admin/reload", headers={"X-API-Key": KEY},
+                                    timeout=_no_total_timeout()) as r:
+                text = await r.text()
+                answered = time.perf_counter()
+            if corrupt:
+                if r.status != 409:
+                    self.problems.append(f"reload {k} (corrupt file): HTTP {r.status}, expected 409: {text[:200]}")
+            elif r.status != 200:
+                self.problems.append(f"reload {k}: HTTP {r.status}: {text[:300]}")
+            else:
+                generation = orjson.loads(text)["generation"]
+                self.versions.by_sha[sha] = generation
+            self.versions.swaps.append((sent, answered, r.status, generation))
+        # Put the file back as it was, for whoever reads the temporary folder next (nothing is reloaded).
+        await asyncio.to_thread(rewrite, self.path, self.original)
+
+
+def _no_total_timeout():
+    import aiohttp
+
+    return aiohttp.ClientTimeout(total=300)
+
+
+def check_ordering(log: Log, versions: Versions) -> list[str]:
+    """Answers switch version exactly when a swap completes: no request sees an index older than one that a
+    request completed before it started had seen, or that a reload answered before it started had swapped in;
+    nor an index whose reload had not been sent when the request finished."""
+    problems = []
+    ok = log.status == 200
+    start, end, gen = log.sent[ok], log.done[ok], log.generation[ok]
+    if (gen < 0).any():
+        problems.append(f"{int((gen < 0).sum())} answers named a council_district sha256 no reload produced")
+    by_end = np.argsort(end)
+    newest_seen = np.maximum.accumulate(gen[by_end])
+    k = np.searchsorted(end[by_end], start, side="left")  # requests completed strictly before this one started
+    floor = np.where(k > 0, newest_seen[np.maximum(k - 1, 0)], 0)
+    stale = np.flatnonzero(gen < floor)
+    if len(stale):
+        problems.append(f"{len(stale)} answers came from an older index than one already observed, e.g. "
+                        f"generation {gen[stale[0]]} after {floor[stale[0]]}")
+    swapped = [(s, a, g) for s, a, status, g in versions.swaps if status == 200]
+    for sent, answered, g in swapped:
+        early = np.flatnonzero((gen >= g) & (end < sent))
+        late = np.flatnonzero((gen < g) & (start > answered))
+        if len(early):
+            problems.append(f"{len(early)} answers from generation {g} finished before its reload was sent")
+        if len(late):
+            problems.append(f"{len(late)} answers older than generation {g} started after its reload answered")
+    return problems
+
+
+def latency_split(log: Log, swaps: list) -> dict:
+    """Latency of the requests scheduled while a reload was building, and of the others."""
+    answered = np.isfinite(log.done)
+    during = np.zeros(log.n, bool)
+    for sent, answered_at, _, _ in swaps:
+        during |= (log.scheduled >= sent) & (log.scheduled <= answered_at)
+    out = {}
+    for kind, name in KINDS.items():
+        mine = (log.kind == kind) & answered
+        for label, mask in (("during", mine & during), ("outside", mine & ~during)):
+            out[f"{name}, {label}"] = percentiles((log.done[mask] - log.scheduled[mask]) * 1000)
+    return out
+
+
+def percentiles(ms: np.ndarray) -> dict:
+    if not len(ms):
+        return {}
+    p = np.percentile(ms, [50, 90, 99, 99.9])
+    return {"p50_ms": round(p[0], 2), "p90_ms": round(p[1], 2), "p99_ms": round(p[2], 2),
+            "p99_9_ms": round(p[3], 2), "max_ms": round(float(ms.max()), 2)}
+
+
+def summarize_rate(log: Log, duration: float, wall: float) -> dict:
+    answered = np.isfinite(log.done)
+    out = {"requests": log.n, "achieved_rate_per_s": round(log.n / wall, 1),
+           "errors": int((log.status != 200).sum()), "error_classes": log.errors,
+           "generator_lag_ms": percentiles((log.sent - log.scheduled) * 1000), "per_kind": {}}
+    for kind, name in KINDS.items():
+        mine = (log.kind == kind) & answered
+        out["per_kind"][name] = {"requests": int((log.kind == kind).sum()),
+                                 "errors": int(((log.kind == kind) & (log.status != 200)).sum()),
+                                 **percentiles((log.done[mine] - log.scheduled[mine]) * 1000)}
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------- wrk mode
+
+WRK_LUA = """
+local paths = {%s}
+local i = 0
+init = function(args) i = math.random(#paths) end
+request = function()
+  i = i %% #paths + 1
+  return wrk.format("GET", paths[i])
+end
+done = function(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format('WRKJSON {"requests": %%d, "duration_us": %%d, "connect": %%d, "read": %%d, "write": %%d, ' ..
+    '"status": %%d, "timeout": %%d, "p50_us": %%d, "p90_us": %%d, "p99_us": %%d, "max_us": %%d}\\n',
+    summary.requests, summary.duration, e.connect, e.read, e.write, e.status, e.timeout,
+    latency:percentile(50), latency:percentile(90), latency:percentile(99), latency.max))
+end
+"""
+
+
+def run_wrk(url: str, paths: list[str], duration: float, connections: int, threads: int, tmp: Path) -> dict:
+    if shutil.which("wrk") is None:
+        raise SystemExit("wrk is not installed: apt-get install -y wrk")
+    script = tmp / "points.lua"
+    script.write_text(WRK_LUA % ",".join(json.dumps(p) for p in paths[:5000]))
+    proc = subprocess.Popen(["wrk", "-t", str(threads), "-c", str(connections), "-d", f"{int(duration)}s",
+                             "--timeout", "10s", "-s", str(script), url], stdout=subprocess.PIPE, text=True)
+    out = proc.stdout.read()
+    _, status, usage = os.wait4(proc.pid, 0)
+    line = next((ln for ln in out.splitlines() if ln.startswith("WRKJSON ")), None)
+    if line is None:
+        raise SystemExit(f"wrk failed:\n{out}")
+    w = json.loads(line[len("WRKJSON "):])
+    errors = w["connect"] + w["read"] + w["write"] + w["status"] + w["timeout"]
+    return {"requests": w["requests"], "achieved_rate_per_s": round(w["requests"] / (w["duration_us"] / 1e6), 1),
+            "errors": errors, "error_classes": {k: w[k] for k in ("connect", "read", "write", "status", "timeout")},
+            "p50_ms": w["p50_us"] / 1000, "p90_ms": w["p90_us"] / 1000, "p99_ms": w["p99_us"] / 1000,
+            "max_ms": w["max_us"] / 1000, "connections": connections, "wrk_threads": threads,
+            "generator_cpu_s": round(usage.ru_utime + usage.ru_stime, 2)}
+
+
+# ---------------------------------------------------------------------------------------------------- main
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--mode", choices=["rate", "throughput"], default="rate")
+    parser.add_argument("--duration", type=float, default=600, help="seconds of load (default 600)")
+    parser.add_argument("--rate", type=float, default=1000, help="rate mode: requests per second")
+    parser.add_argument("--batch-share", type=float, default=0.05,
+                        help="rate mode: share of the requests that are batches (default 0.05)")
+    parser.add_argument("--batch-size", type=int, default=1000)
+    parser.add_argument("--reloads", type=int, default=0, help="rate mode: reload the index this many times")
+    parser.add_argument("--workers", type=int, default=1, help="uvicorn worker processes (default 1)")
+    parser.add_argument("--connections", type=int, default=32, help="throughput mode: wrk connections")
+    parser.add_argument("--wrk-threads", type=int, default=1)
+    parser.add_argument("--log-level", default="info", help="the service's log level (default: info, as deployed)")
+    parser.add_argument("--json", type=Path, help="also write the figures to this file")
+    args = parser.parse_args()
+    if args.reloads and args.workers != 1:
+        parser.error("--reloads needs --workers 1: POST /v1/admin/reload reaches one worker process only")
+
+    tmp = Path(tempfile.mkdtemp(prefix="enrich-load-"))
+    boundary_dir = BOUNDARIES
+    versions = None
+    if args.reloads:
+        boundary_dir = tmp / "boundaries"
+        shutil.copytree(BOUNDARIES, boundary_dir)
+    env = {"ENRICH_BOUNDARY_DIR": str(boundary_dir), "ENRICH_REFERENCE_DIR": str(ADDRESS), "ENRICH_API_KEYS": KEY}
+    loadavg0 = os.getloadavg()
+    t_start = time.perf_counter()
+    proc, url = launch(args.workers, env, tmp / "service.log", args.log_level)
+    startup_s = time.perf_counter() - t_start
+    report: dict = {"mode": args.mode, "workers": args.workers, "duration_s": args.duration,
+                    "cores": os.cpu_count(), "startup_s": round(startup_s, 1)}
+    try:
+        work = workload(url, args.batch_size)
+        pids = process_tree(proc.pid)
+        # Warm-up (numba dispatch, connection set-up, allocator) so "start" RSS is the steady state's start.
+        if args.mode == "rate":
+            from enrich_service.layers.sources import sha256_of
+
+            versions = Versions(sha256_of(boundary_dir / DISTRICTS_2021))
+            asyncio.run(run_rate(url, work, min(args.rate, 500), 4, args.batch_share, versions, None))
+        else:
+            run_wrk(url, work.single_paths, 3, args.connections, args.wrk_threads, tmp)
+        rss_start, cpu0 = rss_mb(pids), cpu_seconds(pids)
+        gen0 = resource.getrusage(resource.RUSAGE_SELF)
+        samples = []
+        sampler_stop = False
+
+        async def sample_rss():
+            while not sampler_stop:
+                samples.append((round(time.perf_counter() - t0, 1), round(rss_mb(pids), 1)))
+                await asyncio.sleep(max(1.0, args.duration / 60))
+
+        t0 = time.perf_counter()
+        if args.mode == "rate":
+            reloader = Reloader(url, boundary_dir, args.reloads, args.reloads // 2, versions) \
+                if args.reloads else None
+
+            async def rate_with_sampling():
+                nonlocal sampler_stop
+                sampler = asyncio.create_task(sample_rss())
+                log = await run_rate(url, work, args.rate, args.duration, args.batch_share, versions, reloader)
+                sampler_stop = True
+                await sampler
+                return log
+
+            try:
+                import uvloop
+
+                log = uvloop.run(rate_with_sampling())
+            except ImportError:
+                log = asyncio.run(rate_with_sampling())
+            wall = time.perf_counter() - t0
+            report.update(summarize_rate(log, args.duration, wall))
+            gen1 = resource.getrusage(resource.RUSAGE_SELF)
+            report["generator_cpu_s"] = round(gen1.ru_utime + gen1.ru_stime - gen0.ru_utime - gen0.ru_stime, 2)
+            if reloader:
+                ordering = check_ordering(log, versions)
+                report["reloads"] = {
+                    "count": args.reloads, "corrupt_at": reloader.corrupt_at,
+                    "swapped": sum(1 for s in versions.swaps if s[2] == 200),
+                    "refused_409": sum(1 for s in versions.swaps if s[2] == 409),
+                    "reload_seconds": percentiles(np.array([(a - s) * 1000 for s, a, _, _ in versions.swaps])),
+                    "answers_per_generation": {int(g): int(c) for g, c in
+                                               zip(*np.unique(log.generation[log.status == 200],
+                                                              return_counts=True))},
+                    "latency_during_reloads": latency_split(log, versions.swaps),
+                    "problems": reloader.problems + ordering}
+                report["reloads"]["reload_seconds"] = {k.replace("_ms", "_s"): round(v / 1000, 2)
+                                                       for k, v in report["reloads"]["reload_seconds"].items()}
+        else:
+            wrk = run_wrk(url, work.single_paths, args.duration, args.connections, args.wrk_threads, tmp)
+            wall = time.perf_counter() - t0
+            samples.append((round(wall, 1), round(rss_mb(pids), 1)))
+            report.update(wrk)
+        served = report["requests"]
+        cpu = cpu_seconds(pids) - cpu0
+        report.update({
+            "service_cpu_s": round(cpu, 1), "service_cpu_us_per_request": round(cpu / served * 1e6, 1),
+            "generator_cpu_us_per_request": round(report["generator_cpu_s"] / served * 1e6, 1),
+            "rss_mb_start": round(rss_start, 1), "rss_mb_end": round(rss_mb(pids), 1),
+            "rss_mb_max": max([rss_start] + [s[1] for s in samples]), "rss_samples": samples,
+            "loadavg_before": [round(x, 2) for x in loadavg0], "loadavg_after": [round(x, 2) for x in os.getloadavg()],
+        })
+    finally:
+        stop(proc)
+        service_log = tmp / "service.log"
+        report["service_log_bytes"] = service_log.stat().st_size if service_log.exists() else 0
+        shutil.rmtree(tmp, ignore_errors=True)
+
+    print_report(report, args)
+    if args.json:
+        args.json.write_text(json.dumps(report, indent=2, default=str))
+    failed = report["errors"] or (report.get("reloads") or {}).get("problems")
+    return 1 if failed else 0
+
+
+def print_report(r: dict, args) -> None:
+    print(f"\n== enrich-service load, mode {r['mode']}, {r['workers']} worker(s), {r['duration_s']:g} s, "
+          f"{r['cores']} cores, load average before {r['loadavg_before']} after {r['loadavg_after']}")
+    print(f"service ready in {r['startup_s']} s; RSS start {r['rss_mb_start']} MB, end {r['rss_mb_end']} MB, "
+          f"max {r['rss_mb_max']} MB")
+    print(f"requests {r['requests']}, achieved {r['achieved_rate_per_s']}/s, errors {r['errors']}"
+          + (f" {r['error_classes']}" if r["errors"] else ""))
+    if r["mode"] == "rate":
+        for name, k in r["per_kind"].items():
+            print(f"  {name:11s} {k['requests']:8d} req, {k['errors']} errors, latency from schedule: "
+                  f"p50 {k.get('p50_ms')} ms, p90 {k.get('p90_ms')} ms, p99 {k.get('p99_ms')} ms, "
+                  f"p99.9 {k.get('p99_9_ms')} ms, max {k.get('max_ms')} ms")
+        print(f"  generator lag behind schedule: p99 {r['generator_lag_ms'].get('p99_ms')} ms, "
+              f"max {r['generator_lag_ms'].get('max_ms')} ms")
+    else:
+        print(f"  single GET latency (closed loop, {r['connections']} connections): p50 {r['p50_ms']} ms, "
+              f"p90 {r['p90_ms']} ms, p99 {r['p99_ms']} ms, max {r['max_ms']} ms")
+    print(f"CPU per request: service {r['service_cpu_us_per_request']} us, load generator "
+          f"{r['generator_cpu_us_per_request']} us (generator total {r['generator_cpu_s']} s of "
+          f"{r['duration_s']:g} s; the two share the machine)")
+    if "reloads" in r:
+        rl = r["reloads"]
+        print(f"reloads: {rl['count']} asked, {rl['swapped']} swapped, {rl['refused_409']} refused with 409 "
+              f"(the corrupt file, reload #{rl['corrupt_at']}); reload took p50 {rl['reload_seconds'].get('p50_s')} s,"
+              f" max {rl['reload_seconds'].get('max_s')} s")
+        print(f"  answers per generation: {rl['answers_per_generation']}")
+        for what, p in rl["latency_during_reloads"].items():
+            if p:
+                print(f"  {what + ' a reload build:':34s} p50 {p['p50_ms']} ms, p99 {p['p99_ms']} ms, "
+                      f"max {p['max_ms']} ms")
+        print("  ordering: " + ("every answer came from the index serving at the time (exact switch)"
+                                if not rl["problems"] else "PROBLEMS:\n    " + "\n    ".join(rl["problems"])))
+    if r["errors"]:
+        print("errors:")
+        for what, (count, examples) in (r["error_classes"].items() if r["mode"] == "rate" else []):
+            print(f"  {what}: {count}; " + " | ".join(examples))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

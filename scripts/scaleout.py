@@ -496,6 +496,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--keep", action="store_true", help="keep the temp folder and databases for a look")
     p.add_argument("--json", type=Path, help="write the report here too")
     args = p.parse_args(argv)
+    # a SIGTERM (a CI timeout, kill PID) cleans up like Ctrl-C does: the finally of cluster() stops everything
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
 
     wall = time.monotonic()
     with cluster(args.batch_rows, args.workers, args.replicas, args.keep) as c:

@@ -51,7 +51,10 @@ def start_service(env: dict | None = None, port: int | None = None):
     import httpx
 
     port = port or _free_port()
-    full_env = {**os.environ, "ENRICH_BOUNDARY_DIR": str(BOUNDARIES), "ENRICH_REFERENCE_DIR": str(ADDRESS),
+    # Only the settings given here: a module fixture's ENRICH_* (e.g. small limits) must not leak into a
+    # session-wide service that happens to start while it is active.
+    inherited = {k: v for k, v in os.environ.items() if not k.startswith("ENRICH_")}
+    full_env = {**inherited, "ENRICH_BOUNDARY_DIR": str(BOUNDARIES), "ENRICH_REFERENCE_DIR": str(ADDRESS),
                 "ENRICH_API_KEYS": "test-admin-key", **(env or {})}
     proc = subprocess.Popen([sys.executable, "-m", "enrich_service.cli", "serve", "--host", "127.0.0.1",
                              "--port", str(port), "--log-level", "warning"], env=full_env)

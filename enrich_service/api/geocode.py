@@ -20,10 +20,10 @@ from ..geocode import join
 from ..geocode.join import AddressColumns, Records
 from ..geocode.matcher import LEVELS
 from ..index import ServiceIndex, current
-from ..responses import JSONResponse, NDJSONStreamResponse
+from ..responses import JSONResponse, NDJSONResponse
 from ..settings import Settings, get_settings
-from .common import Options, check_batch_size, offload, parse_options, read_body
-from .pip import NDJSON_CHUNK_ROWS, _line_groups
+from .common import Options, check_batch_size, offload, parse_options, read_body, spool_body
+from .pip import NDJSON_CHUNK_ROWS, _line_groups, _parse_lines
 from .schemas import ERROR_RESPONSES, LAYER_EXAMPLE, LayerUsed, RowError, inline_schema
 
 router = APIRouter(prefix="/v1", tags=["geocode"])
@@ -142,8 +142,9 @@ async def post_geocode_join(
     if kind == NDJSON:
         opts = parse_options(query, settings)
         index.store.check_layers(opts.layers)
-        return NDJSONStreamResponse(_ndjson_answers(request, index, opts, cols, settings),
-                                    headers={REFERENCE_HEADER: join.reference_header(index)})
+        spool = await spool_body(request, settings)
+        return NDJSONResponse(_ndjson_answers(spool, index, opts, cols, settings),
+                              headers={REFERENCE_HEADER: join.reference_header(index)})
 
     body = await read_body(request, settings)
     table = None
@@ -185,13 +186,7 @@ def _encode_json(index: ServiceIndex, records: Records, joined: join.Joined) -> 
 
 def _ndjson_chunk(index: ServiceIndex, lines: list[bytes], first_row: int, opts: Options,
                   cols: AddressColumns) -> bytes:
-    docs, bad = [], {}
-    for i, line in enumerate(lines):
-        try:
-            doc = orjson.loads(line)
-        except orjson.JSONDecodeError as exc:
-            doc, bad[i] = None, ("body", f"line {first_row + i + 1} is not valid JSON: {exc}")
-        docs.append(doc)
+    docs, bad = _parse_lines(lines, first_row)
     records = join.records_from_json(docs, cols)
     records.errors.update(bad)
     joined = _join(index, records, opts)
@@ -199,16 +194,18 @@ def _ndjson_chunk(index: ServiceIndex, lines: list[bytes], first_row: int, opts:
     return b"".join(dumps(row, option=orjson.OPT_SERIALIZE_NUMPY) + b"\n" for row in join.rows(records.ids, joined))
 
 
-async def _ndjson_answers(request: Request, index: ServiceIndex, opts: Options, cols: AddressColumns,
+async def _ndjson_answers(spool, index: ServiceIndex, opts: Options, cols: AddressColumns,
                           settings: Settings) -> AsyncIterator[bytes]:
+    """As /v1/pip's NDJSON: the spooled body read a chunk of lines at a time, each chunk answered as it is done."""
     seen = 0
-    async for lines in _line_groups(request, NDJSON_CHUNK_ROWS):
-        if seen + len(lines) > settings.max_batch:
-            yield orjson.dumps({"error": f"stream exceeds the batch limit of {settings.max_batch} rows; "
-                                         f"rows after {seen} were not read", "row": seen}) + b"\n"
-            return
-        yield await offload(_ndjson_chunk, index, lines, seen, opts, cols)
-        seen += len(lines)
-
-
-
+    groups = _line_groups(spool, NDJSON_CHUNK_ROWS)
+    try:
+        while (lines := await offload(next, groups, None)) is not None:
+            if seen + len(lines) > settings.max_batch:
+                yield orjson.dumps({"error": f"stream exceeds the batch limit of {settings.max_batch} rows; "
+                                             f"rows after {seen} were not answered", "row": seen}) + b"\n"
+                return
+            yield await offload(_ndjson_chunk, index, lines, seen, opts, cols)
+            seen += len(lines)
+    finally:
+        spool.close()

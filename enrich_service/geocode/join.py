@@ -84,9 +84,21 @@ def records_from_json(records: object, cols: AddressColumns = AddressColumns()) 
     if has(cols.lon) or has(cols.lat):
         x = np.array([codecs._number(r.get(cols.lon)) for r in rows], dtype=np.float64)
         y = np.array([codecs._number(r.get(cols.lat)) for r in rows], dtype=np.float64)
-    return Records(ids=ids, addresses=[r.get(cols.address) for r in rows],
-                   cities=[r.get(cols.city) for r in rows] if has(cols.city) else None,
-                   zips=[r.get(cols.zip) for r in rows] if has(cols.zip) else None, x=x, y=y, errors=errors)
+    cities = _checked([r.get(cols.city) for r in rows], (str,), cols.city, "text", errors) \
+        if has(cols.city) else None
+    zips = _checked([r.get(cols.zip) for r in rows], (str, int), cols.zip, "text or a number", errors) \
+        if has(cols.zip) else None
+    return Records(ids=ids, addresses=[r.get(cols.address) for r in rows], cities=cities, zips=zips, x=x, y=y,
+                   errors=errors)
+
+
+def _checked(values: list, types: tuple, name: str, what: str, errors: dict[int, tuple[str, str]]) -> list:
+    """Optional record fields of the wrong type: reported on that row and left out; the address still geocodes."""
+    for i, v in enumerate(values):
+        if v is not None and (v.__class__ not in types):
+            errors.setdefault(i, (name, f"must be {what}, got {type(v).__name__}"))
+            values[i] = None
+    return values
 
 
 def records_from_table(table: pa.Table, cols: AddressColumns) -> Records:

@@ -13,8 +13,8 @@ from typing import NamedTuple
 
 import usaddress
 
-from .words import (DIRECTIONS, NAME_WORDS, NUMBER_ORDINALS, ORDINALS, STATES, STREET_TYPES, TENS_WORDS,
-                    UNIT_DESIGNATORS)
+from .words import (DIRECTIONS, NAME_WORDS, NUMBER_ORDINALS, ORDINALS, PLACEHOLDERS, STATES, STREET_TYPES,
+                    TENS_WORDS, UNIT_DESIGNATORS)
 
 MAX_ADDRESS_CHARS = 300
 CONNECTORS = frozenset({"&", "@", "AND", "AT", "/"})
@@ -89,6 +89,8 @@ def _parse_text(address: str, zip5: str, memo: dict | None) -> Parsed:
             return Parsed("zip", zip=zip5, reason="address is empty")
         return Parsed("none", reason="address is empty" if not address.strip() else "address has no words")
     # Street line: the first part with a word in it (a leading part that is just a number belongs to it).
+    if len(parts) == 1 and len(parts[0]) <= 3 and " ".join(t for t in parts[0] if t != "/") in PLACEHOLDERS:
+        return Parsed("none", zip=zip5, reason=f"not an address: {address.strip()!r}")
     street_tokens = parts[0]
     rest = parts[1:]
     if len(street_tokens) == 1 and street_tokens[0].isdigit() and rest:
@@ -112,6 +114,8 @@ def _strip_tail(tokens: list[str]) -> tuple[list[str], str]:
     """Drop a trailing zip, state and city from a line written without commas."""
     zip5 = ""
     end = len(tokens)
+    if end > 2 and len(tokens[end - 1]) == 4 and tokens[end - 1].isdigit() and _ZIP.match(tokens[end - 2]):
+        end -= 1  # ZIP+4, its hyphen gone: "92110 1234"
     if end and _ZIP.match(tokens[end - 1]):
         zip5 = tokens[end - 1][:5]
         end -= 1

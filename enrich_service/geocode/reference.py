@@ -129,8 +129,9 @@ class Reference:
         return self.files.sha256
 
     def describe(self) -> dict:
-        return {**self.files.describe(), "address_points": len(self.pt_lon), "street_segments": len(self.seg_geom),
-                "streets": len(self.street_id), "intersections": len(self.intersections) // 2,
+        return {**self.files.describe(),
+                "counts": {"address_points": len(self.pt_lon), "street_segments": len(self.seg_geom),
+                           "streets": len(self.street_id), "intersections": len(self.intersections) // 2},
                 "load_seconds": round(self.load_seconds, 3)}
 
 

@@ -75,3 +75,7 @@ NAME_WORDS = {
 
 # Words that end the street part: the state, and the city names of the reference.
 STATES = frozenset({"CA", "CALIF", "CALIFORNIA"})
+
+# What city records put where an address should be: answered "not an address", never guessed at.
+PLACEHOLDERS = frozenset({"NA", "N A", "NONE", "NULL", "UNKNOWN", "TBD", "NOT AVAILABLE", "SEE ATTACHED", "VARIOUS",
+                          "CITYWIDE", "CITY WIDE", "NO ADDRESS", "ADDRESS", "X", "XX", "XXX"})

@@ -132,3 +132,22 @@ def test_nearest_within_reports_the_distance(store, engine):
     assert tags.keys()[0] is not None
     assert 150 < tags.distance_m[0] <= 200
     assert tags.rule_names()[0] == "nearest"
+
+
+def test_parsed_layers_come_back_from_the_disk_cache_identical(store, tmp_path):
+    from enrich_service.layers.store import LayerStore
+    from enrich_service.settings import Settings
+
+    from .conftest import BOUNDARIES
+
+    manifest = Settings().manifest
+    first = LayerStore.load(manifest, BOUNDARIES, tmp_path)
+    files = sorted((tmp_path / "layers").glob("*.pickle"))
+    assert len(files) == 5  # one per layer version
+    files[0].write_bytes(b"not a pickle")  # a damaged cache file is rebuilt, never fatal
+    for again in (LayerStore.load(manifest, BOUNDARIES, tmp_path), LayerStore.load(manifest, BOUNDARIES, tmp_path)):
+        for name, versions in first.versions.items():
+            for a, b in zip(versions, again.versions[name]):
+                assert (a.keys == b.keys).all() and a.repairs == b.repairs
+                assert shapely.equals_exact(a.geoms, b.geoms, 0).all()
+    assert files[0].read_bytes() != b"not a pickle"

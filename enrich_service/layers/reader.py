@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -11,6 +12,7 @@ import orjson
 import shapely
 from pyproj import CRS, Transformer
 
+from ..disk_cache import cached, code_digest
 from ..errors import LayerSourceError
 
 log = logging.getLogger(__name__)
@@ -18,6 +20,7 @@ log = logging.getLogger(__name__)
 WGS84 = CRS.from_epsg(4326)
 # Metric CRS for areas and nearest distances: UTM zone 11N covers San Diego with < 0.1% scale error.
 METRIC = CRS.from_epsg(32611)
+_CODE = code_digest(Path(__file__))
 
 
 @dataclass(frozen=True)
@@ -26,6 +29,28 @@ class RawLayer:
     properties: dict[str, np.ndarray]
     source_crs: str
     repairs: tuple[str, ...]
+
+
+def read_polygons_cached(path: Path, sha256: str, declared_crs: str, where: str, cache_dir: Path) -> RawLayer:
+    """read_polygons through the disk cache, keyed by the file's sha256, the declared CRS and this module's code:
+    parsing and repairing the city's GeoJSON is most of start-up; reading it back as WKB takes a few ms."""
+    key = hashlib.sha256(f"{sha256}|{declared_crs}|{_CODE}".encode()).hexdigest()[:32]
+    packed, hit = cached(Path(cache_dir) / "layers" / f"{key}.pickle",
+                         lambda: _pack(read_polygons(path, declared_crs, where)))
+    raw = _unpack(packed)
+    for repair in raw.repairs if hit else ():
+        log.info("%s: %s (repair cached for sha256 %s)", where, repair, sha256[:12])
+    return raw
+
+
+def _pack(raw: RawLayer) -> dict:
+    return {"wkb": shapely.to_wkb(raw.geoms), "properties": raw.properties, "source_crs": raw.source_crs,
+            "repairs": raw.repairs}
+
+
+def _unpack(packed: dict) -> RawLayer:
+    return RawLayer(geoms=shapely.from_wkb(packed["wkb"]), properties=packed["properties"],
+                    source_crs=packed["source_crs"], repairs=tuple(packed["repairs"]))
 
 
 def read_polygons(path: Path, declared_crs: str, where: str) -> RawLayer:

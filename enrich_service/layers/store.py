@@ -14,7 +14,7 @@ from pyproj import Transformer
 
 from ..errors import LayerSourceError, NoVersionInForce, UnknownLayer
 from .manifest import LayerSpec, Manifest, VersionSpec, load_manifest
-from .reader import METRIC, WGS84, read_polygons
+from .reader import METRIC, WGS84, read_polygons_cached
 from .sources import ResolvedFile, resolve
 
 log = logging.getLogger(__name__)
@@ -79,10 +79,10 @@ def _as_key(value: object) -> str | None:
     return text or None
 
 
-def build_version(spec: LayerSpec, i: int, resolved: ResolvedFile) -> LayerVersion:
+def build_version(spec: LayerSpec, i: int, resolved: ResolvedFile, cache_dir: Path) -> LayerVersion:
     vspec: VersionSpec = spec.versions[i]
     where = f"layer {spec.name} version {vspec.version}"
-    raw = read_polygons(resolved.path, vspec.crs, where)
+    raw = read_polygons_cached(resolved.path, resolved.sha256, vspec.crs, where, cache_dir)
     if spec.key not in raw.properties:
         raise LayerSourceError(f"{where}: key field {spec.key!r} not in {resolved.path.name} "
                                f"(fields: {sorted(raw.properties)})")
@@ -138,7 +138,7 @@ class LayerStore:
         manifest: Manifest = load_manifest(manifest_path)
         versions: dict[str, list[LayerVersion]] = {}
         for name, spec in manifest.layers.items():
-            versions[name] = [build_version(spec, i, resolve(v.source, boundary_dir, cache_dir))
+            versions[name] = [build_version(spec, i, resolve(v.source, boundary_dir, cache_dir), cache_dir)
                               for i, v in enumerate(spec.versions)]
         mode = f"dir:{boundary_dir}" if boundary_dir is not None else f"download:{cache_dir}"
         store = cls(specs=manifest.layers, versions=versions, manifest=manifest, source_mode=mode,

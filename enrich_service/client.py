@@ -124,7 +124,30 @@ class EnrichClient:
                   lon_col: str = "lon", lat_col: str = "lat",
                   date_col: str | None = None) -> tuple["pa.Table", dict]:
         """The Arrow path without pandas: POST the table as an Arrow IPC stream; returns (the table the service
-        answers: the input columns plus the result columns, layer keys dictionary-encoded; layers used)."""
+        answers: the input columns plus the result columns, layer keys dictionary-encoded; layers used).
+        A table over the service's ENRICH_MAX_BATCH or ENRICH_MAX_BODY_BYTES (413) is sent in halves."""
+        import pyarrow as pa
+
+        params = _params(layers=_layer_list(layers), as_of=as_of, crs=crs, nearest_within_m=nearest_within_m,
+                         id_col=id_col, lon_col=lon_col, lat_col=lat_col, date_col=date_col)
+        parts = [table]
+        answers: list = []
+        used: dict = {}
+        while parts:
+            part = parts.pop(0)
+            try:
+                answer, part_used = self._post_arrow(part, params)
+            except RequestRejected as exc:
+                if exc.status != 413 or part.num_rows < 2:
+                    raise
+                half = part.num_rows // 2
+                parts[:0] = [part.slice(0, half), part.slice(half)]
+                continue
+            answers.append(answer)
+            used = merge_layers_used(used, part_used)
+        return (answers[0] if len(answers) == 1 else pa.concat_tables(answers)), used
+
+    def _post_arrow(self, table: "pa.Table", params: dict) -> tuple["pa.Table", dict]:
         import json
 
         import pyarrow as pa
@@ -136,8 +159,6 @@ class EnrichClient:
         buf = pa.allocate_buffer(mock.size())
         with ipc.new_stream(pa.FixedSizeBufferWriter(buf), table.schema) as w:
             w.write_table(table)
-        params = _params(layers=_layer_list(layers), as_of=as_of, crs=crs, nearest_within_m=nearest_within_m,
-                         id_col=id_col, lon_col=lon_col, lat_col=lat_col, date_col=date_col)
         r = self._request("POST", "/v1/pip", params=params, content=buf.to_pybytes(),
                           headers={"content-type": ARROW, "accept": ARROW})
         try:
@@ -252,6 +273,28 @@ class LocalService:
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+def merge_layers_used(a: dict, b: dict) -> dict:
+    """Two answers' X-Enrich-Layers as one: the same version and sha256 per layer (else the service reloaded in
+    between: EnrichError), points per version added up."""
+    out = {name: {**u, "versions_used": [dict(v) for v in u.get("versions_used", [])]} for name, u in a.items()}
+    for name, u in b.items():
+        if name not in out:
+            out[name] = {**u, "versions_used": [dict(v) for v in u.get("versions_used", [])]}
+            continue
+        mine = out[name]
+        if (mine.get("version"), mine.get("sha256")) != (u.get("version"), u.get("sha256")):
+            raise EnrichError(f"{name}: answers tagged with different layers ({mine.get('version')} "
+                              f"{str(mine.get('sha256'))[:12]} and {u.get('version')} {str(u.get('sha256'))[:12]}): "
+                              "the service reloaded in between; send the batch again")
+        known = {v["version"]: v for v in mine["versions_used"]}
+        for v in u.get("versions_used", []):
+            if v["version"] in known:
+                known[v["version"]]["points"] = known[v["version"]].get("points", 0) + v.get("points", 0)
+            else:
+                mine["versions_used"].append(dict(v))
+    return out
 
 
 def plain_columns(table: "pa.Table") -> "pa.Table":

@@ -472,6 +472,28 @@ def test_enrich_tasks_retry_through_a_service_outage(airflow, monkeypatch):
     check_against_postgis("public.transit_stops_enriched")
 
 
+def test_without_a_postgis_connection_a_geopackage_holds_the_rows_or_the_run_says_what_is_missing(airflow, monkeypatch):
+    import pyogrio
+
+    monkeypatch.delenv("AIRFLOW_CONN_ENRICH_POSTGIS")
+    dr = run_dag(airflow.datasets.enrich_transit_stops)
+    states = task_states(dr)
+    assert str(dr.state) == "failed" and states["publish_postgis"] == [("failed", 1)], states  # no retries
+
+    monkeypatch.setenv("ENRICH_POSTGIS_FALLBACK", "geopackage")
+    dr = run_dag(airflow.datasets.enrich_transit_stops)
+    assert str(dr.state) == "success", task_states(dr)
+    folder = airflow.publish / "transit_stops"
+    gpkg = pyogrio.read_dataframe(folder / "transit_stops_enriched.gpkg", layer="transit_stops_enriched")
+    csv = pd.read_csv(folder / "transit_stops_enriched.csv", dtype=str, keep_default_na=False)
+    assert len(gpkg) == len(csv) == len(json.loads(STOPS_GEOJSON.read_text())["features"])
+    assert gpkg.crs.to_epsg() == 4326
+    assert gpkg.council_district.fillna("").tolist() == csv.council_district.tolist()
+    np.testing.assert_allclose(gpkg.geometry.x, csv.geometry_lon.astype(float))
+    meta = json.loads((folder / "transit_stops_enriched.metadata.json").read_text())
+    assert meta["run_id"] == dr.run_id and meta["postgis"]["geopackage"].endswith("transit_stops_enriched.gpkg")
+
+
 def test_boundary_refresh_loads_postgis_reloads_the_service_and_announces_the_asset(airflow):
     from airflow.models.asset import AssetEvent, AssetModel
     from airflow.utils.session import create_session
@@ -527,6 +549,28 @@ def test_client_arrow_and_json_agree_and_errors_are_typed(live_service):
         assert client.layers()["layers"]["council_district"]["key"] == "district"
     with pytest.raises(ServiceUnavailable, match="cannot reach"):
         EnrichClient(f"http://127.0.0.1:{_free_port()}", timeout=2).layers()
+
+
+def test_client_sends_a_table_over_the_services_batch_limit_in_parts():
+    from enrich_service.client import EnrichClient
+
+    import pyarrow as pa
+
+    df = pd.read_csv(METERS_CSV).iloc[:2500]
+    table = pa.table({"id": pa.array(range(len(df))), "lon": df.lng.to_numpy(), "lat": df.lat.to_numpy(),
+                      "date": df.date_inventory.to_numpy()})
+    proc, url = start_service({"ENRICH_MAX_BATCH": "1000"})
+    try:
+        with EnrichClient(url) as client:
+            answer, used = client.tag_table(table, layers=["council_district"], date_col="date")
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+    assert answer.column("id").to_pylist() == list(range(len(df)))  # 4 parts (625 rows), in order
+    districts = answer.column("council_district").cast(pa.string()).to_pylist()
+    assert districts.count("3") > 2000 and None not in districts[:5]
+    # Points per version add up over the parts.
+    assert sum(v["points"] for v in used["council_district"]["versions_used"]) == len(df)
 
 
 def test_spec_errors_name_the_file_and_the_field(tmp_path):

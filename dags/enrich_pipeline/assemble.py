@@ -28,22 +28,15 @@ def is_internal(name: str) -> bool:
 
 def layers_used(batches: list[dict]) -> dict:
     """The layer versions and sha256 used, identical across batches (else the layers changed mid-run)."""
+    from enrich_service.client import EnrichError, merge_layers_used
+
     used: dict = {}
     for b in batches:
-        for name, u in b["layers"].items():
-            key = (u["version"], u["sha256"])
-            if name in used and (used[name]["version"], used[name]["sha256"]) != key:
-                raise RuntimeError(
-                    f"batches were tagged with different {name} layers ({used[name]['version']} "
-                    f"{used[name]['sha256'][:12]} and {key[0]} {key[1][:12]}): the service reloaded during the run; "
-                    f"clear the run's enrich tasks to tag every batch with the same layers")
-            used.setdefault(name, {"version": u["version"], "sha256": u["sha256"], "versions_used": []})
-            for v in u.get("versions_used", []):
-                known = {x["version"]: x for x in used[name]["versions_used"]}
-                if v["version"] in known:
-                    known[v["version"]]["points"] = known[v["version"]].get("points", 0) + v.get("points", 0)
-                else:
-                    used[name]["versions_used"].append(dict(v))
+        try:
+            used = merge_layers_used(used, b["layers"])
+        except EnrichError as exc:
+            raise RuntimeError(f"batch {b['batch']}: {exc}. Clear the run's enrich tasks to tag every batch with "
+                               f"the same layers") from None
     return used
 
 

@@ -108,13 +108,13 @@ def build_dataset_dag(spec: DatasetSpec):
 
         @task
         def publish_postgis(assembled: dict, stats: dict) -> dict:
-            from .publish import postgis_hook_connection, publish_postgis as run, write_spatial
+            from .publish import has_connection, postgis_hook_connection, publish_postgis as run, write_spatial
             from .spec import resolve
 
             if spec.postgis is None:
                 return {}  # (not None: Airflow stores no XCom for None, and the next task would log its absence)
             ctx = get_current_context()
-            if not _has_connection(spec.postgis.conn_id):
+            if not has_connection(spec.postgis.conn_id):
                 if os.environ.get(GPKG_FALLBACK_ENV) != "geopackage":
                     from airflow.sdk.exceptions import AirflowFailException
 
@@ -171,16 +171,6 @@ def build_dataset_dag(spec: DatasetSpec):
         record_publication(assembled, stats, publish_postgis(assembled, stats), publish_files(assembled, stats))
 
     return dataset_dag()
-
-
-def _has_connection(conn_id: str) -> bool:
-    from airflow.sdk import BaseHook
-
-    try:
-        BaseHook.get_connection(conn_id)
-        return True
-    except Exception:
-        return False
 
 
 def build_report_dag(spec: DatasetSpec):

@@ -150,6 +150,17 @@ def publish_postgis(conn, table_name: str, enriched_path: Path, comment: str) ->
     return {"table": f"{schema}.{table}", "rows": public.num_rows, "with_geometry": int(ok.sum())}
 
 
+def has_connection(conn_id: str) -> bool:
+    """Whether Airflow knows the connection (metadata DB, AIRFLOW_CONN_* or a secrets backend)."""
+    from airflow.sdk import BaseHook
+
+    try:
+        BaseHook.get_connection(conn_id)
+        return True
+    except Exception:  # AirflowNotFoundException, or no Airflow context at all
+        return False
+
+
 def postgis_hook_connection(conn_id: str):
     """A psycopg 3 connection from the Airflow Postgres connection `conn_id`."""
     from airflow.providers.postgres.hooks.postgres import PostgresHook

@@ -1,7 +1,8 @@
 """The district report: a published dataset counted per council district (and per neighborhood), a PNG bar chart
 and an HTML table, emailed through Airflow's SMTP connection to the spec's recipients.
 
-Counts come from PostGIS (GROUP BY on the published table) when the spec publishes there, else from the portal CSV.
+Counts come from PostGIS (GROUP BY on the published table) when the spec publishes there and the connection exists,
+else from the portal CSV (the same rows).
 """
 
 from __future__ import annotations
@@ -50,10 +51,11 @@ def counts_from_csv(path: Path, column: str) -> list[tuple]:
 
 def aggregate(spec: DatasetSpec) -> dict:
     """{layer: [{"value", "count", "share"}]} for each layer in report.by."""
-    out = {}
-    if spec.postgis:
-        from .publish import postgis_hook_connection
+    from .publish import has_connection, postgis_hook_connection
 
+    out = {}
+    # Without the database (published as a GeoPackage instead), the portal CSV holds the same rows.
+    if spec.postgis and (has_connection(spec.postgis.conn_id) or not spec.portal):
         with postgis_hook_connection(spec.postgis.conn_id) as conn:
             for layer in spec.report.by:
                 out[layer] = aggregate_rows(counts_from_postgis(conn, spec.postgis.table, spec.layers[layer]))

@@ -324,6 +324,7 @@ def test_flags_for_the_known_bad_cases(client):
     assert [row["flags"] for row in rows] == ["input_city_centroid", "input_zero_coordinates",
                                               "input_swapped_lonlat", "outside_city_limits", "other_city"]
     assert rows[3]["match"] == "zip" and rows[3]["zip"] == "91932"
+    assert rows[4]["match"] == "exact" and rows[4]["score"] == 0.5  # a San Diego street for a Chula Vista address
 
 
 def test_request_errors_name_the_field(client):

@@ -23,6 +23,7 @@ from .matcher import Geocoded, Geocoder
 CITY_LIMITS = "city_limits"
 # Cities whose addresses the reference covers; other city names are flagged, not refused.
 CITY_NAMES = frozenset({"SAN DIEGO", "SD", "LA JOLLA", "CITY OF SAN DIEGO"})
+OTHER_CITY_FACTOR = 0.5
 
 
 @dataclass(frozen=True)
@@ -149,7 +150,10 @@ def geocode_join(index: ServiceIndex, records: Records, layers: list[str], as_of
             flags[row] = f"{flags[row]},input_{flag.replace(',', ',input_')}" if row in flags else \
                 f"input_{flag.replace(',', ',input_')}"
     if records.cities is not None:
-        _flag_cities(flags, records.cities)
+        other = _flag_cities(flags, records.cities)
+        if other:  # the reference is San Diego's: a same-named street here is a guess for another city's address
+            rows = np.array(other)
+            geocoded.score[rows] = np.round(geocoded.score[rows] * OTHER_CITY_FACTOR, 3)
     prepared = Prepared(lon=lon, lat=lat, valid=valid, errors=dict(records.errors), flags=flags)
     levels, counts = np.unique(geocoded.match.astype(str), return_counts=True)
     for level, count in zip(levels.tolist(), counts.tolist()):
@@ -162,8 +166,10 @@ def _add_flag(flags: dict[int, str], mask: np.ndarray, flag: str) -> None:
         flags[i] = f"{flags[i]},{flag}" if i in flags else flag
 
 
-def _flag_cities(flags: dict[int, str], cities: list) -> None:
+def _flag_cities(flags: dict[int, str], cities: list) -> list[int]:
+    """Flag (and return) the rows whose city is given and is not San Diego."""
     verdict: dict = {}
+    rows = []
     for i, city in enumerate(cities):
         if city is None or city == "":
             continue
@@ -172,6 +178,8 @@ def _flag_cities(flags: dict[int, str], cities: list) -> None:
             other = verdict[city] = not (isinstance(city, str) and " ".join(city.upper().split()) in CITY_NAMES)
         if other:
             flags[i] = f"{flags[i]},other_city" if i in flags else "other_city"
+            rows.append(i)
+    return rows
 
 
 # ---- answers ----------------------------------------------------------------------------------------------------

@@ -20,7 +20,7 @@ import shapely
 from rapidfuzz import fuzz, process
 
 from .cache import ResultCache
-from .normalize import Parsed, clean_zip, parse
+from .normalize import Parsed, parse
 from .reference import Reference
 
 LEVELS = ("exact", "interpolated", "intersection", "hundred_block", "street", "zip", "none")
@@ -205,7 +205,8 @@ class Geocoder:
         """The middle of the block: on the centerline where number + 50 would be."""
         ref = self.ref
         middle = number + 50
-        entries = [e for e in ref.ranges_by_block.get((sid, number // 100), ()) if e[0] <= number + 99 and e[1] >= number]
+        block = ref.ranges_by_block.get((sid, number // 100), ())
+        entries = [e for e in block if e[0] <= number + 99 and e[1] >= number]
         if entries:
             entries = _prefer_zip(entries, zip5)
             e = next((e for e in entries if e[0] <= middle <= e[1]), entries[0])

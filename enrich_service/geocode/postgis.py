@@ -58,7 +58,8 @@ def load_reference_postgis(conn: psycopg.Connection, files: ReferenceFiles, sche
          clean_zip(r["zip"]) or None, r.get("cpname") or None, f"SRID=4326;{r['wkt_wgs84']}")
         for r in segments.to_dict("records") if r["wkt_wgs84"]]
     tables = [
-        _load(conn, schema, POINTS_TABLE, _POINTS_COLUMNS, point_rows, ("street_key", "number"), POINTS_FILE, files.points),
+        _load(conn, schema, POINTS_TABLE, _POINTS_COLUMNS, point_rows, ("street_key", "number"), POINTS_FILE,
+              files.points),
         _load(conn, schema, SEGMENTS_TABLE, _SEGMENTS_COLUMNS, segment_rows, ("street_key",), SEGMENTS_FILE,
               files.segments),
     ]

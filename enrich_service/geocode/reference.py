@@ -298,11 +298,10 @@ def _build(files: ReferenceFiles, keep_points: np.ndarray | None) -> Reference:
         zips_of[s].add(z)
     ref = Reference(files=files, streets=streets, street_id=street_id, by_base=dict(by_base),
                     by_zip_only=dict(by_zip_only), street_zips={s: frozenset(z) for s, z in zips_of.items()},
-                    pt_lon=lon,
-                    pt_lat=lat, pt_number=pt_number, pt_street=pt_street, pt_zip=pt_zip, pt_label=pt_label,
-                    exact=dict(exact), points_of=points_of, points_by_side=points_by_side, seg_geom=geoms, seg_street=seg_street, seg_zip=seg_zip,
-                    seg_label=seg_label, seg_mid=seg_mid, ranges_of=dict(ranges_of),
-                    ranges_by_block=dict(ranges_by_block), segments_of=segments_of,
+                    pt_lon=lon, pt_lat=lat, pt_number=pt_number, pt_street=pt_street, pt_zip=pt_zip,
+                    pt_label=pt_label, exact=dict(exact), points_of=points_of, points_by_side=points_by_side,
+                    seg_geom=geoms, seg_street=seg_street, seg_zip=seg_zip, seg_label=seg_label, seg_mid=seg_mid,
+                    ranges_of=dict(ranges_of), ranges_by_block=dict(ranges_by_block), segments_of=segments_of,
                     intersections=intersections)
     crossings: dict[int, list] = defaultdict(list)
     for (a, _), where in intersections.items():

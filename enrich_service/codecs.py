@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 import orjson
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.ipc as ipc
 
@@ -255,11 +256,72 @@ def error_list(ids: object, prepared: Prepared, result: TagResult | None, limit:
 
 
 def encode_json(ids: list, prepared: Prepared, result: TagResult, extra: dict) -> bytes:
-    names, cols = zip(*([("id", ids)] + result_lists(prepared, result)))
-    rows = [dict(zip(names, values)) for values in zip(*cols)]
-    body = {"results": rows, "count": len(rows), "layers": result.layers_used(),
-            "errors": error_list(ids, prepared, result), **extra}
-    return orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY)
+    rows = json_rows([("id", ids)] + result_arrays(prepared, result), b",")
+    head = orjson.dumps({"count": len(prepared), "layers": result.layers_used(),
+                         "errors": error_list(ids, prepared, result), **extra}, option=orjson.OPT_SERIALIZE_NUMPY)
+    return b"".join((b'{"results":[', rows[:-1], b"],", head[1:]))  # one copy of the rows
+
+
+# ---- JSON rows, built column-wise ----------------------------------------------------------------------------------
+# A 1M-row answer as a dict per row costs ~1.4 s in Python before orjson sees it. Here each column becomes its JSON
+# text in Arrow (dictionary columns encode their few distinct values once), and Arrow joins the texts row-wise:
+# the same JSON, ~10x faster. Only columns Arrow cannot type (mixed ids, booleans) are encoded value by value.
+
+_TEXT = pa.large_string()
+_NEEDS_ESCAPE = r'["\\\x00-\x1f]'
+
+
+def _dictionary_json(arr: pa.DictionaryArray) -> pa.Array:
+    texts = [orjson.dumps(v).decode() for v in arr.dictionary.to_pylist()] + ["null"]
+    indices = arr.indices.fill_null(len(texts) - 1)
+    return pc.take(pa.array(texts, _TEXT), indices)
+
+
+def _json_texts(values: object) -> pa.Array:
+    """The JSON text of every value of a column ("null" for nulls)."""
+    if isinstance(values, pa.ChunkedArray):
+        values = values.combine_chunks()
+    if not isinstance(values, pa.Array):
+        try:
+            values = pa.array(values)
+        except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError):
+            return pa.array([orjson.dumps(v).decode() for v in values], _TEXT)
+    kind = values.type
+    if pa.types.is_dictionary(kind) and (pa.types.is_string(kind.value_type) or
+                                         pa.types.is_large_string(kind.value_type)):
+        return _dictionary_json(values)
+    if pa.types.is_null(kind):
+        return pc.take(pa.array(["null"], _TEXT), pa.array(np.zeros(len(values), dtype=np.int32)))
+    if pa.types.is_integer(kind) or pa.types.is_floating(kind):
+        if pa.types.is_floating(kind):
+            bad = pc.invert(pc.is_finite(values)).fill_null(False)
+            if pc.any(bad).as_py():  # NaN and inf are not JSON: null, as orjson writes them
+                values = pc.if_else(bad, pa.scalar(None, kind), values)
+        return pc.cast(values, _TEXT).fill_null("null")
+    if pa.types.is_string(kind) or pa.types.is_large_string(kind):
+        if values.null_count > len(values) // 2:  # sparse (flags, errors): encode the distinct texts once
+            return _dictionary_json(pc.dictionary_encode(values))
+        if not pc.any(pc.match_substring_regex(values, _NEEDS_ESCAPE)).as_py():
+            quote, nothing = pa.scalar('"', _TEXT), pa.scalar("", _TEXT)
+            quoted = pc.binary_join_element_wise(quote, pc.cast(values, _TEXT), quote, nothing)
+            return quoted.fill_null("null")
+    return pa.array([orjson.dumps(v).decode() for v in values.to_pylist()], _TEXT)
+
+
+def json_rows(columns: list[tuple[str, object]], end: bytes) -> memoryview:
+    """Every row as a JSON object (keys in column order), each followed by `end`: a view of Arrow's buffer."""
+    n = len(columns[0][1])
+    if n == 0:
+        return memoryview(b"")
+    pieces: list = []
+    for k, (name, values) in enumerate(columns):
+        pieces.append(("{" if k == 0 else ",") + orjson.dumps(name).decode() + ":")
+        pieces.append(_json_texts(values))
+    pieces.append("}" + end.decode())
+    joined = pc.binary_join_element_wise(*[p if isinstance(p, pa.Array) else pa.scalar(p, _TEXT) for p in pieces],
+                                         pa.scalar("", _TEXT))
+    offsets = np.frombuffer(joined.buffers()[1], dtype=np.int64)[joined.offset: joined.offset + n + 1]
+    return memoryview(joined.buffers()[2])[int(offsets[0]):int(offsets[-1])]
 
 
 def answer_table(table: pa.Table | None, ids: object, prepared: Prepared, result: TagResult) -> pa.Table:

@@ -189,9 +189,7 @@ def _ndjson_chunk(index: ServiceIndex, lines: list[bytes], first_row: int, opts:
     batch = codecs.decode_points(docs, cols)
     batch.errors.update(bad)
     prepared, result = tag_batch(index, batch, opts, cols)
-    names, columns = zip(*([("id", batch.ids)] + codecs.result_lists(prepared, result)))
-    dumps = orjson.dumps
-    return b"".join(dumps(dict(zip(names, values))) + b"\n" for values in zip(*columns))
+    return codecs.json_rows([("id", batch.ids)] + codecs.result_arrays(prepared, result), b"\n")
 
 
 async def _ndjson_answers(spool, index: ServiceIndex, opts: Options, cols: Columns,

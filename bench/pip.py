@@ -151,6 +151,15 @@ def http_ndjson(client, url, x, y):
     return rows
 
 
+class Rows(list):
+    """The table, printed row by row as it is measured (a long run shows its figures as it goes)."""
+
+    def append(self, row) -> None:
+        name, rate, ratio = row
+        print(f"{name:44} {rate:14,.0f} {ratio:9.2f}", flush=True)
+        super().append(row)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--points", type=int, default=1_000_000)
@@ -176,7 +185,8 @@ def main() -> None:
     conn.execute("CREATE SCHEMA IF NOT EXISTS bench")
     load_layers(conn, store, schema="bench")
 
-    rows = []
+    print(f"{'':44} {'points/s':>14} {'x sjoin':>9}", flush=True)
+    rows = Rows()
     sjoin_rate = {}
     for layer, vi, filename in LAYERS:
         version = store.versions[layer][vi]
@@ -223,9 +233,6 @@ def main() -> None:
         proc.terminate()
         proc.wait()
 
-    print(f"{'':44} {'points/s':>14} {'x sjoin':>9}")
-    for name, rate, ratio in rows:
-        print(f"{name:44} {rate:14,.0f} {ratio:9.2f}")
     print(f"\nservice start-up to ready: {startup:.2f}s; RSS idle {idle_rss:.0f} MB, after the 1M-point requests "
           f"{peak:.0f} MB")
     if big_line:

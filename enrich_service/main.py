@@ -64,7 +64,7 @@ def create_app() -> FastAPI:
     app.include_router(admin.router)
     if settings.cors_origins:
         app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["GET", "POST"],
-                           allow_headers=["*"], expose_headers=["X-Enrich-Layers", "X-Request-ID"])
+                           allow_headers=["*"], expose_headers=["X-Enrich-Layers", "X-Request-ID", geocode.REFERENCE_HEADER])
     app.add_middleware(ObservabilityMiddleware, timeout_s=settings.request_timeout_s)
     install_handlers(app)
     return app

@@ -129,6 +129,8 @@ def test_street_and_zip_levels_say_why(geocoder):
     zip_only = one(geocoder, "1 Nowhere Rd", "92110")
     assert zip_only["match"] == "zip" and zip_only["score"] == 0.3 and "NOWHERE RD" in zip_only["reason"]
     assert one(geocoder, "1 Nowhere Rd")["match"] == "none"
+    apart = one(geocoder, "Clairemont Dr and Balboa Ave")  # both known, their crossing is not in the centerlines
+    assert apart["match"] == "street" and apart["score"] == 0.4 and "do not meet" in apart["reason"]
 
 
 def test_fuzzy_and_partial_names_match_but_score_lower(geocoder):

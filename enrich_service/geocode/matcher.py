@@ -340,8 +340,9 @@ class Geocoder:
                     got = (lon, lat, "intersection", SCORES["intersection"], label, "", flags, z)
                     return _finish(got, fa * fb, ",".join(f for f in (flag_a, flag_b) if f), p)
         got = self._street_point(a[0], p.zip)
-        return _finish(got, fa, flag_a, p, f"{self.ref.streets[a[0]]} and {self.ref.streets[b[0]]} do not meet "
-                                           f"in the reference; placed on the first street")
+        # Somewhere along the first street, and nothing says where: below a street-only answer.
+        return _finish(got, fa * 0.8, flag_a, p, f"{self.ref.streets[a[0]]} and {self.ref.streets[b[0]]} do not "
+                                                 f"meet in the reference; placed on the first street")
 
     def _zip_or_none(self, p: Parsed, reason: str) -> Result:
         where = self.ref.zips.get(p.zip) if p.zip else None

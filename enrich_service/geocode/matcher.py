@@ -1,8 +1,9 @@
 """Match normalized addresses against the reference, most precise level first.
 
-Levels and their base scores: exact (an address point), interpolated (along the segment whose range holds the
-number, or between two nearby address points of the same street side), intersection, hundred_block (the middle
-of the block "1000 FIRST AVE" names), street (the street is known, the number is not covered), zip, none.
+Levels: exact (an address point), interpolated (along the segment whose range holds the number, or between two
+nearby address points of the same street side), intersection, hundred_block (the middle of the block "1000 FIRST
+AVE" names; tried before interpolation for numbers ending in 00), street (the street is known, the number is not
+covered), zip, none. Base scores in SCORES; docs/geocode.md has the table.
 A street name found only by dropping its type/direction, or only by fuzzy matching, scores lower.
 
 A batch is deduplicated twice (same text, then same normalized address) and each distinct address is matched once
@@ -57,13 +58,14 @@ class Geocoded:
 class _Pending:
     """A match whose position is along a segment: filled in by the batch's one shapely call."""
 
-    __slots__ = ("seg", "t", "side", "setback")
+    __slots__ = ("seg", "t", "side", "setback", "lon", "lat")
 
     def __init__(self, seg: int, t: float, side: int, setback: float):
-        self.seg, self.t, self.side, self.setback = seg, t, side, setback
+        self.seg, self.t, self.side, self.setback = seg, t, side, setback  # side: +1 left, -1 right, 0 centerline
+        self.lon = self.lat = float("nan")
 
 
-# One result: (lon or _Pending, lat, level, score, matched, reason, flags, parser)
+# One result: (lon or _Pending, lat, level, score, matched_address, reason, flags, the matched reference ZIP)
 Result = tuple
 
 
@@ -155,7 +157,7 @@ class Geocoder:
         lon = pts[:, 0] + (-dy / norm) * side / M_PER_DEG_LON
         lat = pts[:, 1] + (dx / norm) * side / M_PER_DEG_LAT
         for p, x, y in zip(pending, lon.tolist(), lat.tolist()):
-            p.t, p.side = x, y  # reuse the slots: the resolved lon/lat
+            p.lon, p.lat = x, y
 
     # ---- one distinct address ----------------------------------------------------------------------------------
 
@@ -176,6 +178,10 @@ class Geocoder:
         number = p.number
         for sid in cands if flag != "street_differs" else ():
             got = self._exact(sid, number, p.zip)
+            if got is not None and p.zip and got[7] != p.zip:
+                # The point is in another ZIP: a range in the address's own ZIP is the better answer, if any.
+                local = self._interpolate(sid, number, p.zip)
+                got = local if local is not None and local[7] == p.zip else got
             if got is None and number % 100 == 0 and number > 0:
                 got = self._hundred_block(sid, number, p.zip)
             if got is None:
@@ -289,7 +295,7 @@ class Geocoder:
                 best = (gap, (float(ref.pt_lon[row]), float(ref.pt_lat[row]), "street", _street_score(gap),
                               f"{ref.streets[sid]} (nearest number {ref.pt_label[row]}), {z}".rstrip(", "), "", "",
                               z))
-        return best[1] if best is not None else self._street_point(sid, "")
+        return best[1] if best is not None else self._street_point(sid, zip5)
 
     def _street_point(self, sid: int, zip5: str):
         """A point in the middle of the street: the segment (or address point) nearest the street's median."""
@@ -351,7 +357,7 @@ class Geocoder:
             return (where[0], where[1], "zip", SCORES["zip"], f"ZIP {p.zip}", reason, flags, p.zip)
         if p.zip:
             reason = f"{reason}; ZIP {p.zip} is not in the reference"
-        return (float("nan"), float("nan"), "none", 0.0, None, reason, flags, "", )
+        return (float("nan"), float("nan"), "none", 0.0, None, reason, flags, "")
 
     # ---- street names ------------------------------------------------------------------------------------------
 
@@ -408,7 +414,7 @@ def _street_score(gap: int) -> float:
 def _resolved(result: Result) -> Result:
     if isinstance(result[0], _Pending):
         p = result[0]
-        return (p.t, p.side) + result[2:]
+        return (p.lon, p.lat) + result[2:]
     return result
 
 

@@ -1,6 +1,6 @@
 """The Airflow DAGs end to end with dag.test(): the real service, the real PostGIS, a real (local) SMTP server.
 
-Airflow runs with a SQLite metadata DB in a temporary AIRFLOW_HOME made for this session (`airflow db migrate`,
+Airflow runs with a SQLite metadata DB in a temporary AIRFLOW_HOME made for this module (`airflow db migrate`,
 about 4 s); connections come from AIRFLOW_CONN_* variables. Every DAG run reads the real files in ../shared/data
 through the specs' ${ENRICH_DATA_DIR} and publishes into a temporary folder and the `test` database.
 """
@@ -495,10 +495,6 @@ def test_without_a_postgis_connection_a_geopackage_holds_the_rows_or_the_run_say
 
 
 def test_boundary_refresh_loads_postgis_reloads_the_service_and_announces_the_asset(airflow):
-    from airflow.models.asset import AssetEvent, AssetModel
-    from airflow.utils.session import create_session
-    from sqlalchemy import select
-
     before = httpx.get(f"{airflow.service}/v1/layers").json()["generation"]
     started = pg("SELECT now()")[0][0]
     dr = airflow.boundaries.boundary_refresh.test()
@@ -512,10 +508,7 @@ def test_boundary_refresh_loads_postgis_reloads_the_service_and_announces_the_as
         for v in info["versions"]:
             sha, loaded = catalog[f"boundary_{name}_{v['version']}".lower()]
             assert sha == v["sha256"] and loaded >= started, (name, v["version"])
-    with create_session() as session:
-        events = session.scalars(select(AssetEvent).join(AssetModel, AssetEvent.asset_id == AssetModel.id)
-                                 .where(AssetModel.name == "enrich://boundaries")).all()
-        assert any(e.source_run_id == dr.run_id for e in events)
+    assert len(boundary_events(dr.run_id)) == 1
     # The dataset DAGs are scheduled on that asset (as well as on their cron): a refresh re-enriches them.
     for dag_id in ("enrich_parking_meters", "enrich_transit_stops"):
         assert getattr(airflow.datasets, dag_id).timetable.asset_condition.name == "enrich://boundaries"
@@ -527,6 +520,19 @@ def test_boundary_refresh_with_a_wrong_key_fails_at_once_and_announces_nothing(a
     states = task_states(dr)
     assert str(dr.state) == "failed"
     assert states["reload_service"] == [("failed", 1)], states  # a 401 is not retried
+    assert boundary_events(dr.run_id) == []
+
+
+def boundary_events(run_id: str) -> list:
+    """The enrich://boundaries asset events the run `run_id` emitted."""
+    from airflow.models.asset import AssetEvent, AssetModel
+    from airflow.utils.session import create_session
+    from sqlalchemy import select
+
+    with create_session() as session:
+        return session.scalars(select(AssetEvent.id).join(AssetModel, AssetEvent.asset_id == AssetModel.id)
+                               .where(AssetModel.name == "enrich://boundaries",
+                                      AssetEvent.source_run_id == run_id)).all()
 
 
 # ---- the client --------------------------------------------------------------------------------------------------

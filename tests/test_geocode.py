@@ -380,3 +380,55 @@ def test_geocodes_are_counted_by_level(client):
     metrics = client.get("/metrics").text
     assert 'enrich_geocode_matches_total{level="exact"}' in metrics
     assert 'enrich_geocode_matches_total{level="none"}' in metrics
+
+
+def test_a_changed_reference_reloads_with_the_layers_and_empties_the_cache(tmp_path):
+    """Reload swaps layers and reference together; a new reference sha256 means a new cache; a broken reference
+    file is refused and the old reference keeps answering."""
+    import shutil
+
+    from enrich_service.main import create_app
+    from enrich_service.settings import get_settings
+
+    for name in ("sd_osm_sangis_address_points_sample.csv", "sd_city_street_segments_addr_ranges.csv"):
+        shutil.copy(ADDRESS / name, tmp_path / name)
+    points = tmp_path / "sd_osm_sangis_address_points_sample.csv"
+    env = {"ENRICH_BOUNDARY_DIR": str(BOUNDARIES), "ENRICH_REFERENCE_DIR": str(tmp_path),
+           "ENRICH_API_KEYS": "test-admin-key", "ENRICH_CACHE_DIR": str(tmp_path / "cache")}
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    get_settings.cache_clear()
+    admin = {"X-API-Key": "test-admin-key"}
+    try:
+        with TestClient(create_app()) as c:
+            deadline = time.monotonic() + 90
+            while c.get("/readyz").status_code != 200:
+                assert time.monotonic() < deadline, c.get("/readyz").json()
+                time.sleep(0.1)
+            ask = lambda: c.get("/v1/geocode", params={"address": "4608 Gardena Avenue"})  # noqa: E731
+            assert (ask().json()["lon"], ask().json()["lat"]) == GARDENA
+            before = c.get("/v1/layers").json()["geocode_reference"]
+            assert before["cache"]["hits"] >= 1 and before["address_points"]["sha256_matches_manifest"]
+
+            # The city moves the point (a corrected address point): new file, new sha256.
+            points.write_text(points.read_text().replace("32.7786184,-117.2013488", "32.7790000,-117.2013488"))
+            r = c.post("/v1/admin/reload", headers=admin)
+            assert r.status_code == 200, r.text
+            assert r.json()["versions"]["geocode_reference"][0]["sha256"] != before["sha256"]
+            assert ask().json()["lat"] == 32.779  # not the cached answer of the old reference
+            after = c.get("/v1/layers").json()["geocode_reference"]
+            assert after["cache"]["misses"] == 1 and after["cache"]["hits"] == 0
+            assert not after["address_points"]["sha256_matches_manifest"]  # reported, as for a local layer file
+
+            points.write_text("housenumber,street\n1,Main Street\n")  # lacks postcode, lat, lon
+            r = c.post("/v1/admin/reload", headers=admin)
+            assert r.status_code == 409 and "address points need columns" in r.json()["detail"]
+            assert c.get("/v1/layers").json()["geocode_reference"]["sha256"] == after["sha256"]
+            assert ask().json()["lat"] == 32.779
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+        get_settings.cache_clear()

@@ -110,6 +110,18 @@ def test_intersection_lands_where_the_transit_stop_is(geocoder):
     assert metres((got["lon"], got["lat"]), (-117.242984, 32.749740)) < 50  # the stop's coordinates
 
 
+def test_a_street_between_two_cross_streets_is_the_middle_of_that_block(geocoder):
+    block = one(geocoder, "Voltaire St btw Ebers St and Froude St")
+    assert block["match"] == "hundred_block" and block["matched"].startswith("VOLTAIRE ST between EBERS ST and")
+    corners = [one(geocoder, f"Voltaire St & {cross} St") for cross in ("Ebers", "Froude")]
+    halves = [metres((block["lon"], block["lat"]), (c["lon"], c["lat"])) for c in corners]
+    assert abs(halves[0] - halves[1]) < 1 and 20 < halves[0] < 150
+    one_end = one(geocoder, "Voltaire St between Ebers St and Nowhere St")
+    assert one_end["match"] == "intersection" and "does not meet NOWHERE ST" in one_end["reason"]
+    # The parking meters' own form; downtown's 4th Avenue is not in the reference.
+    assert one(geocoder, "4th Ave btw University and Robinson")["reason"] == "street '4TH AVE' is not in the reference"
+
+
 def test_hundred_block_is_the_middle_of_the_block_of_meters(geocoder):
     from enrich_service.geocode.evaluate import distance_m, read_meters
 

@@ -166,6 +166,8 @@ class Geocoder:
             return self._address(p)
         if p.kind == "intersection":
             return self._intersection(p)
+        if p.kind == "between":
+            return self._between(p)
         if p.kind == "street":
             return self._street_only(p)
         return self._zip_or_none(p, p.reason or "no street in the address")
@@ -349,6 +351,41 @@ class Geocoder:
         # Somewhere along the first street, and nothing says where: below a street-only answer.
         return _finish(got, fa * 0.8, flag_a, p, f"{self.ref.streets[a[0]]} and {self.ref.streets[b[0]]} do not "
                                                  f"meet in the reference; placed on the first street")
+
+    def _crossing(self, a: list[int], b: list[int], zip5: str):
+        """Where streets a and b meet (the ZIP's crossing first), as (lon, lat, zip, street a, street b, all)."""
+        for sa in a:
+            for sb in b:
+                where = self.ref.intersections.get((sa, sb))
+                if where:
+                    matches = [w for w in where if w[2] == zip5] or where
+                    return (*matches[0], sa, sb, matches)
+        return None
+
+    def _between(self, p: Parsed) -> Result:
+        """The middle of the block between two crossings; one crossing known: that corner; none: the street."""
+        s, fs, flag = self.resolve_street(p.street, p.base, p.zip)
+        if not s:
+            return self._zip_or_none(p, f"street {p.street!r} is not in the reference")
+        a, fa, _ = self.resolve_street(p.street2, p.base2, p.zip)
+        b, fb, _ = self.resolve_street(p.street3, p.base3, p.zip)
+        one, two = self._crossing(s, a, p.zip) if a else None, self._crossing(s, b, p.zip) if b else None
+        name = self.ref.streets
+        if one and two:
+            z = one[2] or two[2]
+            got = ((one[0] + two[0]) / 2, (one[1] + two[1]) / 2, "hundred_block", SCORES["hundred_block"],
+                   f"{name[one[3]]} between {name[one[4]]} and {name[two[4]]}, {z}".rstrip(", "), "", "", z)
+            return _finish(got, fs * fa * fb, flag, p)
+        if one or two:
+            lon, lat, z, sa, sb, _ = one or two
+            missing = p.street3 if one else p.street2
+            got = (lon, lat, "intersection", SCORES["intersection"], f"{name[sa]} & {name[sb]}, {z}".rstrip(", "),
+                   "", "", z)
+            return _finish(got, fs * 0.9, flag, p, f"{p.street} does not meet {missing} in the reference; "
+                                                   f"placed at the known end of the block")
+        got = self._street_point(s[0], p.zip)
+        return _finish(got, fs * 0.8, flag, p, f"{p.street} meets neither {p.street2} nor {p.street3} in the "
+                                               f"reference; placed on the street")
 
     def _zip_or_none(self, p: Parsed, reason: str) -> Result:
         where = self.ref.zips.get(p.zip) if p.zip else None

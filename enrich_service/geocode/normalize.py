@@ -18,6 +18,7 @@ from .words import (DIRECTIONS, NAME_WORDS, NUMBER_ORDINALS, ORDINALS, PLACEHOLD
 
 MAX_ADDRESS_CHARS = 300
 CONNECTORS = frozenset({"&", "@", "AND", "AT", "/"})
+BETWEEN = frozenset({"BETWEEN", "BTW", "BTWN", "BETW"})
 # Cities whose name may end an address written without commas ("4608 Gardena Ave San Diego CA 92110").
 KNOWN_CITIES = (("SAN", "DIEGO"), ("LA", "JOLLA"), ("SD",))
 
@@ -31,12 +32,15 @@ _PUNCTUATION = str.maketrans({"'": None, ".": " ", "-": " "})
 
 
 class Parsed(NamedTuple):
-    kind: str  # "address" (number + street), "intersection", "street" (no number), "zip" (only a zip), "none"
+    kind: str  # "address" (number + street), "intersection", "between" (a street between two cross streets),
+    #            "street" (no number), "zip" (only a zip), "none"
     number: int = -1
     street: str = ""  # canonical full street: "S SAN JACINTO DR"
     base: str = ""  # the name without directionals and type: "SAN JACINTO"
-    street2: str = ""  # the second street of an intersection
+    street2: str = ""  # the second street of an intersection, the first cross street of "between"
     base2: str = ""
+    street3: str = ""  # the second cross street of "between"
+    base3: str = ""
     zip: str = ""
     unit: str = ""
     parser: str = "fast"
@@ -44,7 +48,7 @@ class Parsed(NamedTuple):
 
     def key(self) -> tuple:
         """What the result depends on: equal keys get equal results (the cache and batch dedupe key)."""
-        return (self.kind, self.number, self.street, self.street2, self.zip, self.parser, self.reason)
+        return (self.kind, self.number, self.street, self.street2, self.street3, self.zip, self.parser, self.reason)
 
 
 def clean_zip(value: object) -> str:
@@ -133,6 +137,10 @@ def _strip_tail(tokens: list[str]) -> tuple[list[str], str]:
 
 def _parse_line(tokens: list[str], zip5: str, original: str, memo: dict | None) -> Parsed:
     street_of = _street if memo is None else (lambda toks: _memo_street(toks, memo))
+    if not BETWEEN.isdisjoint(tokens):
+        between = _between(tokens, street_of, zip5)
+        if between is not None:
+            return between
     connector = -1 if CONNECTORS.isdisjoint(tokens) else next(i for i, t in enumerate(tokens) if t in CONNECTORS)
     number_match = _NUMBER.match(tokens[0])
     if connector > 0 and connector < len(tokens) - 1 and not number_match:
@@ -162,6 +170,20 @@ def _parse_line(tokens: list[str], zip5: str, original: str, memo: dict | None) 
     if street:
         return Parsed("street", street=street, base=base, zip=zip5, unit=unit, reason="no house number")
     return _fallback(original, zip5, "no street name")
+
+
+def _between(tokens: list[str], street_of, zip5: str) -> Parsed | None:
+    """'4th Ave btw University and Robinson': the block of a street between two cross streets."""
+    at = next(i for i, t in enumerate(tokens) if t in BETWEEN)
+    rest = tokens[at + 1:]
+    joint = next((i for i, t in enumerate(rest) if t in CONNECTORS), -1)
+    if at == 0 or joint <= 0 or joint == len(rest) - 1:
+        return None
+    street, a, b = street_of(tokens[:at]), street_of(rest[:joint]), street_of(rest[joint + 1:])
+    if not (street[0] and a[0] and b[0]):
+        return None
+    return Parsed("between", street=street[0], base=street[1], street2=a[0], base2=a[1], street3=b[0], base3=b[1],
+                  zip=zip5)
 
 
 def _is_name_number(body: list[str]) -> bool:

@@ -444,3 +444,27 @@ def test_a_changed_reference_reloads_with_the_layers_and_empties_the_cache(tmp_p
             else:
                 os.environ[k] = v
         get_settings.cache_clear()
+
+
+def test_no_text_crashes_the_parser_or_the_matcher(geocoder):
+    """Arbitrary text, and text built from address words and separators, always comes back as an answer."""
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    from enrich_service.geocode.normalize import parse
+
+    words = st.sampled_from(["4608", "1/2", "Gardena", "Ave", "N", "St", "&", "and", "btw", "between", "#", "Apt",
+                             ",", "92110", "San", "Diego", "CA", "PO", "Box", "Fifth", "Twenty", "-", "(SB)", "MT",
+                             "@", "/", "1000", "at", "Voltaire", "Ebers", "0", "", " "])
+    texts = st.one_of(st.text(max_size=80), st.lists(words, max_size=12).map(" ".join))
+
+    @settings(max_examples=400, deadline=None, database=None)
+    @given(texts, st.one_of(st.none(), st.text(max_size=12), st.integers()))
+    def check(text, zip_code):
+        p = parse(text, None, zip_code)
+        assert p.kind in ("address", "intersection", "between", "street", "zip", "none")
+        r = geocoder.geocode([text], [zip_code], use_cache=False)
+        assert r.match[0] in ("exact", "interpolated", "intersection", "hundred_block", "street", "zip", "none")
+        assert 0.0 <= r.score[0] <= 1.0 and (r.match[0] == "none") == np.isnan(r.lon[0])
+
+    check()

@@ -136,13 +136,14 @@ def test_hundred_block_is_the_middle_of_the_block_of_meters(geocoder):
 def test_street_and_zip_levels_say_why(geocoder):
     street = one(geocoder, "Gardena Ave")
     assert street["match"] == "street" and street["reason"] == "no house number" and street["score"] == 0.5
+    assert one(geocoder, "Clairemont Dr")["score"] == 0.4  # kilometres long: its middle says less
     far = one(geocoder, "99999 Gardena Ave", "92110")
     assert far["match"] == "street" and "not in the reference" in far["reason"] and far["score"] < 0.5
     zip_only = one(geocoder, "1 Nowhere Rd", "92110")
     assert zip_only["match"] == "zip" and zip_only["score"] == 0.3 and "NOWHERE RD" in zip_only["reason"]
     assert one(geocoder, "1 Nowhere Rd")["match"] == "none"
     apart = one(geocoder, "Clairemont Dr and Balboa Ave")  # both known, their crossing is not in the centerlines
-    assert apart["match"] == "street" and apart["score"] == 0.4 and "do not meet" in apart["reason"]
+    assert apart["match"] == "street" and apart["score"] == 0.32 and "do not meet" in apart["reason"]  # 0.4 x 0.8
 
 
 def test_fuzzy_and_partial_names_match_but_score_lower(geocoder):

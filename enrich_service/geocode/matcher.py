@@ -309,20 +309,20 @@ class Geocoder:
             mids = ref.seg_mid[segs]
             k = int(np.argmin(np.abs(mids - np.median(mids, axis=0)).sum(axis=1)))
             seg = segs[k]
-            return (float(mids[k, 0]), float(mids[k, 1]), "street", SCORES["street"],
+            return (float(mids[k, 0]), float(mids[k, 1]), "street", _extent_score(mids),
                     f"{ref.seg_label[seg]}, {ref.seg_zip[seg]}".rstrip(", "), "", "", ref.seg_zip[seg])
         rows = ref.points_of.get(sid)
         if rows is None:  # known only as a cross street: the middle of its crossings
             where = ref.crossings_of[sid]
             xy = np.array([(w[0], w[1]) for w in where])
             k = int(np.argmin(np.abs(xy - np.median(xy, axis=0)).sum(axis=1)))
-            return (float(xy[k, 0]), float(xy[k, 1]), "street", SCORES["street"],
+            return (float(xy[k, 0]), float(xy[k, 1]), "street", _extent_score(xy),
                     f"{ref.streets[sid]} (cross street), {where[k][2]}".rstrip(", "), "", "", where[k][2])
         if zip5 and (ref.pt_zip[rows] == zip5).any():
             rows = rows[ref.pt_zip[rows] == zip5]
         xy = np.column_stack([ref.pt_lon[rows], ref.pt_lat[rows]])
         k = int(np.argmin(np.abs(xy - np.median(xy, axis=0)).sum(axis=1)))
-        return (float(xy[k, 0]), float(xy[k, 1]), "street", SCORES["street"],
+        return (float(xy[k, 0]), float(xy[k, 1]), "street", _extent_score(xy),
                 f"{ref.streets[sid]}, {ref.pt_zip[rows[k]]}".rstrip(", "), "", "", ref.pt_zip[rows[k]])
 
     def _street_only(self, p: Parsed) -> Result:
@@ -446,6 +446,12 @@ def _finish(got: tuple, factor: float, flag: str, p: Parsed, reason: str = "") -
 def _street_score(gap: int) -> float:
     """Placed at the street's nearest known number: the farther that number, the less the street level says."""
     return SCORES["street"] if gap <= 1000 else SCORES["street"] - 0.1
+
+
+def _extent_score(xy: np.ndarray) -> float:
+    """The middle of a street stands for all of it: the longer the street, the less the point says."""
+    extent = math.hypot(np.ptp(xy[:, 0]) * M_PER_DEG_LON, np.ptp(xy[:, 1]) * M_PER_DEG_LAT)
+    return SCORES["street"] if extent <= 1000 else SCORES["street"] - (0.1 if extent <= 5000 else 0.2)
 
 
 def _resolved(result: Result) -> Result:

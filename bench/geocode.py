@@ -2,9 +2,10 @@
 
     .venv/bin/python bench/geocode.py [--records 200000] [--http-batch 10000] [--no-http]
 
-Accuracy: three ground truths, each as a table by match level (count, share, median and 95th-percentile error in
+Accuracy: four ground truths, each as a table by match level (count, share, median and 95th-percentile error in
 metres, share within 100 m), plus the issue's floors on what the reference covers:
   - held-back address points (one in ten left out of the reference, then geocoded from "number street" + ZIP);
+  - the reference's own address points asked for without a ZIP (exact matches; the farthest must stay < 250 m);
   - parking meters: their hundred-block addresses (`sub_area`) against the meters' own coordinates;
   - transit stops named for an intersection ("Garnet Av & Cass St") against the stop's coordinates.
 Speed: a mixed batch of real addresses (address points in three spellings, numbers inside segment ranges,

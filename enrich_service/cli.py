@@ -40,7 +40,7 @@ def load_postgis(args: argparse.Namespace) -> int:
             from .geocode.postgis import load_reference_postgis
             from .geocode.reference import resolve_reference
 
-            load_reference_postgis(conn, resolve_reference(settings))
+            tables += load_reference_postgis(conn, resolve_reference(settings))
     print("\n".join(tables))
     return 0
 

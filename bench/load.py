@@ -61,7 +61,8 @@ def launch(workers: int, env: dict, log_path: Path, log_level: str) -> tuple[sub
     log = open(log_path, "wb")
     proc = subprocess.Popen([sys.executable, "-m", "enrich_service.cli", "serve", "--host", "127.0.0.1",
                              "--port", str(port), "--workers", str(workers), "--log-level", log_level],
-                            env={**os.environ, **env}, stdout=log, stderr=subprocess.STDOUT, cwd=REPO)
+                            env={**os.environ, **env}, stdout=log, stderr=subprocess.STDOUT,
+                            cwd=log_path.parent)  # not the repo: PYTHONPATH may point at another checkout
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:

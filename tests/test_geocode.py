@@ -342,6 +342,25 @@ def test_flags_for_the_known_bad_cases(client):
     assert rows[4]["match"] == "exact" and rows[4]["score"] == 0.5  # a San Diego street for a Chula Vista address
 
 
+def test_records_with_a_date_get_the_layer_versions_in_force_that_day(client):
+    # 4712 Mt St Helens Dr moved from council district 6 (2011 lines) to 2 (2021 lines).
+    records = [{"id": d, "address": "4712 Mt St Helens Dr", "date": d} for d in ("2015-06-01", "2023-01-01")]
+    records += [{"id": "early", "address": "4712 Mt St Helens Dr", "date": "1990-01-01"},
+                {"id": "junk", "address": "4712 Mt St Helens Dr", "date": "someday"}]
+    rows = join(client, records, layers=["council_district"]).json()["results"]
+    assert [(r["council_district"], r["council_district_version"]) for r in rows] == \
+        [("6", "2011"), ("2", "2021"), (None, None), (None, None)]
+    assert all(r["match"] == "interpolated" for r in rows)  # still geocoded
+    assert rows[2]["error"].startswith("date: 1990-01-01 is before the first version of council_district")
+    assert rows[3]["error"] == "date: 'someday' is not a date (YYYY-MM-DD)"
+    csv = b"id,address,permit_date\n1,4712 Mt St Helens Dr,2015-06-01\n"
+    r = client.post("/v1/geocode-join?layers=council_district&date_col=permit_date", content=csv,
+                    headers={"content-type": "text/csv"})
+    out = pacsv.read_csv(io.BytesIO(r.content))
+    assert out.column("council_district").to_pylist() == [6] and out.column("council_district_version").to_pylist() \
+        == [2011]
+
+
 def test_request_errors_name_the_field(client):
     assert join(client, []).json()["field"] == "records"
     r = client.post("/v1/geocode-join", content=b'{"layers": ["zip"]}', headers={"content-type": "application/json"})

@@ -40,6 +40,7 @@ class AddressRecord(BaseModel):
     lon: float | None = Field(default=None, description="Optional coordinates from an earlier geocode, checked "
                                                         "for the known bad cases (city centroid, 0/0, swapped)")
     lat: float | None = None
+    date: str | None = Field(default=None, description="YYYY-MM-DD: tag with the layer versions in force that day")
 
 
 class GeocodeJoinRequest(BaseModel):
@@ -130,13 +131,15 @@ async def post_geocode_join(
     zip_col: Annotated[str, Query(description="Bulk bodies: the ZIP column (optional)")] = "zip",
     lon_col: Annotated[str, Query(description="Bulk bodies: earlier longitude to check (optional)")] = "lon",
     lat_col: Annotated[str, Query(description="Bulk bodies: earlier latitude to check (optional)")] = "lat",
+    date_col: Annotated[str | None, Query(description="Bulk bodies: the date column (optional)")] = None,
 ):
     settings = get_settings()
     index = current(request.app)
     join.geocoder_of(index)  # 503 before reading a large body when there is no reference
     kind = codecs.media_type(request.headers.get("content-type"))
     answer_kind = codecs.response_type(request.headers.get("accept"), kind)
-    cols = AddressColumns(id=id_col, address=address_col, city=city_col, zip=zip_col, lon=lon_col, lat=lat_col)
+    cols = AddressColumns(id=id_col, address=address_col, city=city_col, zip=zip_col, lon=lon_col, lat=lat_col,
+                          date=date_col)
     query = {"layers": layers, "as_of": as_of, "nearest_within_m": nearest_within_m}
 
     if kind == NDJSON:

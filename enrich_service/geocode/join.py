@@ -17,7 +17,7 @@ from ..engine.tagger import TagResult
 from ..errors import InvalidInput, NotReady
 from ..index import ServiceIndex
 from ..observability import GEOCODES
-from ..points import WGS84, PointBatch, Prepared, prepare
+from ..points import WGS84, PointBatch, Prepared, parse_dates, prepare
 from .matcher import Geocoded, Geocoder
 
 CITY_LIMITS = "city_limits"
@@ -36,6 +36,7 @@ class AddressColumns:
     zip: str = "zip"
     lon: str = "lon"  # an earlier geocode the record carries, checked for the known bad cases
     lat: str = "lat"
+    date: str | None = None  # tables: the record's date column (JSON records: their "date" key)
 
 
 @dataclass
@@ -46,7 +47,9 @@ class Records:
     zips: list | None = None
     x: np.ndarray | None = None
     y: np.ndarray | None = None
+    dates: np.ndarray | None = None  # datetime64[D]: each record tagged with the layer versions in force that day
     errors: dict[int, tuple[str, str]] = field(default_factory=dict)
+    untagged: set[int] = field(default_factory=set)  # rows whose date is unreadable: geocoded, never tagged
 
     def __len__(self) -> int:
         return len(self.addresses)
@@ -89,8 +92,10 @@ def records_from_json(records: object, cols: AddressColumns = AddressColumns()) 
         if has(cols.city) else None
     zips = _checked([r.get(cols.zip) for r in rows], (str, int), cols.zip, "text or a number", errors) \
         if has(cols.zip) else None
+    date_key = cols.date or "date"
+    dates = parse_dates([r.get(date_key) for r in rows], date_key, errors) if has(date_key) else None
     return Records(ids=ids, addresses=[r.get(cols.address) for r in rows], cities=cities, zips=zips, x=x, y=y,
-                   errors=errors)
+                   dates=dates, errors=errors, untagged=_field_rows(errors, date_key))
 
 
 def _checked(values: list, types: tuple, name: str, what: str, errors: dict[int, tuple[str, str]]) -> list:
@@ -116,13 +121,27 @@ def records_from_table(table: pa.Table, cols: AddressColumns) -> Records:
             col = col.cast(pa.string())  # a CSV zip column arrives as integers
         return col.to_pylist()
 
+    errors: dict[int, tuple[str, str]] = {}
     x = y = None
-    if cols.lon in names and cols.lat in names:
-        errors: dict[int, tuple[str, str]] = {}
-        x, y = codecs._coordinate(table, cols.lon, errors), codecs._coordinate(table, cols.lat, errors)
+    if cols.lon in names and cols.lat in names:  # only checked for flags: their own problems are not errors
+        x, y = codecs._coordinate(table, cols.lon, {}), codecs._coordinate(table, cols.lat, {})
+    dates = None
+    if cols.date:
+        if cols.date not in names:
+            raise InvalidInput(f"date column {cols.date!r} not in the body (columns: {names})", field=cols.date)
+        col = table.column(cols.date)
+        if pa.types.is_date(col.type) or pa.types.is_timestamp(col.type):
+            dates = col.cast(pa.date32()).to_numpy(zero_copy_only=False).astype("datetime64[D]")
+        else:
+            dates = parse_dates(col.to_pylist(), cols.date, errors)
     addresses = table.column(cols.address).to_pylist()
     return Records(ids=table.column(cols.id) if cols.id in names else None, addresses=addresses,
-                   cities=text(cols.city), zips=text(cols.zip), x=x, y=y)
+                   cities=text(cols.city), zips=text(cols.zip), x=x, y=y, dates=dates, errors=errors,
+                   untagged=_field_rows(errors, cols.date))
+
+
+def _field_rows(errors: dict[int, tuple[str, str]], name: str | None) -> set[int]:
+    return {row for row, (field_name, _) in errors.items() if field_name == name} if name else set()
 
 
 def geocode_join(index: ServiceIndex, records: Records, layers: list[str], as_of=None,
@@ -135,7 +154,11 @@ def geocode_join(index: ServiceIndex, records: Records, layers: list[str], as_of
     lon = np.where(valid, geocoded.lon, np.nan)
     lat = np.where(valid, geocoded.lat, np.nan)
     extra = [CITY_LIMITS] if CITY_LIMITS in index.store.versions and CITY_LIMITS not in layers else []
-    result = index.engine.tag(lon, lat, valid, layers + extra, as_of, None, nearest_within_m)
+    tag = valid
+    if records.untagged:  # which version to tag with is unknown: no tags rather than the newest version's
+        tag = valid.copy()
+        tag[np.fromiter(records.untagged, dtype=np.int64)] = False
+    result = index.engine.tag(lon, lat, tag, layers + extra, as_of, records.dates, nearest_within_m)
     flags = dict(geocoded.flags)
     if CITY_LIMITS in result.layers:
         outside = valid & (result.layers[CITY_LIMITS].codes < 0)

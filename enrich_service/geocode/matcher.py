@@ -7,7 +7,7 @@ covered), zip, none. Base scores in SCORES; docs/geocode.md has the table.
 A street name found only by dropping its type/direction, or only by fuzzy matching, scores lower.
 
 A batch is deduplicated twice (same text, then same normalized address) and each distinct address is matched once
-in Python with dict lookups; the positions along segments are computed for the whole batch in one shapely call.
+in Python with dict lookups; the positions along segments are computed for the whole batch at once in numpy.
 """
 
 from __future__ import annotations
@@ -17,12 +17,11 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
-import shapely
 from rapidfuzz import fuzz, process
 
 from .cache import ResultCache
 from .normalize import Parsed, parse
-from .reference import Reference
+from .reference import M_PER_DEG_LAT, M_PER_DEG_LON, Reference
 
 LEVELS = ("exact", "interpolated", "intersection", "hundred_block", "street", "zip", "none")
 SCORES = {"exact": 1.0, "interpolated": 0.9, "intersection": 0.85, "hundred_block": 0.8, "street": 0.5,
@@ -35,8 +34,6 @@ NEIGHBOR_MAX_M = 150.0
 FUZZY_CUTOFF = 88.0
 TYPE_DIFFERS = 0.95  # the street was found by its name alone (its type or direction left out)
 OTHER_STREET = 0.8  # only a street of the same name with another type or direction: never matched by number
-M_PER_DEG_LAT = 110_574.0
-M_PER_DEG_LON = 111_320.0 * math.cos(math.radians(32.8))  # San Diego's latitude
 
 
 @dataclass
@@ -56,7 +53,7 @@ class Geocoded:
 
 
 class _Pending:
-    """A match whose position is along a segment: filled in by the batch's one shapely call."""
+    """A match whose position is along a segment: filled in for the whole batch at once (Vertices.along)."""
 
     __slots__ = ("seg", "t", "side", "setback", "lon", "lat")
 
@@ -142,20 +139,10 @@ class Geocoder:
         seg = np.fromiter((p.seg for p in pending), dtype=np.int64, count=len(pending))
         t = np.fromiter((p.t for p in pending), dtype=np.float64, count=len(pending))
         side = np.fromiter((p.side * p.setback for p in pending), dtype=np.float64, count=len(pending))
-        lines = self.ref.seg_geom[seg]
-        length = shapely.length(lines)
-        at = t * length
-        eps = np.minimum(1e-5, length / 4)
-        pts = shapely.get_coordinates(shapely.line_interpolate_point(lines, at))
-        a = shapely.get_coordinates(shapely.line_interpolate_point(lines, np.maximum(at - eps, 0)))
-        b = shapely.get_coordinates(shapely.line_interpolate_point(lines, np.minimum(at + eps, length)))
-        dx = (b[:, 0] - a[:, 0]) * M_PER_DEG_LON
-        dy = (b[:, 1] - a[:, 1]) * M_PER_DEG_LAT
-        norm = np.hypot(dx, dy)
-        norm[norm == 0] = 1.0
+        point, direction = self.ref.vertices.along(seg, t)
         # Left of the direction of travel is (-dy, dx); side is +setback for left, -setback for right.
-        lon = pts[:, 0] + (-dy / norm) * side / M_PER_DEG_LON
-        lat = pts[:, 1] + (dx / norm) * side / M_PER_DEG_LAT
+        lon = point[:, 0] - direction[:, 1] * side / M_PER_DEG_LON
+        lat = point[:, 1] + direction[:, 0] * side / M_PER_DEG_LAT
         for p, x, y in zip(pending, lon.tolist(), lat.tolist()):
             p.lon, p.lat = x, y
 

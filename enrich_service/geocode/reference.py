@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
 import os
 import pickle
 import re
@@ -84,6 +85,48 @@ def normalize_street(name: object) -> tuple[str, str]:
     return street, base
 
 
+# Metres per degree at San Diego's latitude: distances along segments a few hundred metres long.
+M_PER_DEG_LAT = 110_574.0
+M_PER_DEG_LON = 111_320.0 * math.cos(math.radians(32.8))
+_SEGMENT_KEY = 1e7  # metres: longer than any segment, so (segment, distance) sorts as one number
+
+
+@dataclass
+class Vertices:
+    """Every segment's vertices in one array, with the distance along the segment, for positions along many
+    segments at once in numpy (a point at a distance, and the direction of travel there)."""
+
+    xy: np.ndarray  # (n, 2) lon/lat
+    key: np.ndarray  # segment * _SEGMENT_KEY + metres from the segment's first vertex: ascending
+    first: np.ndarray  # per segment: the row of its first vertex
+    last: np.ndarray  # per segment: the row of its last vertex
+    length_m: np.ndarray  # per segment
+
+    @classmethod
+    def of(cls, lines: np.ndarray) -> "Vertices":
+        xy, seg = shapely.get_coordinates(lines, return_index=True)
+        step = np.hypot(np.diff(xy[:, 0]) * M_PER_DEG_LON, np.diff(xy[:, 1]) * M_PER_DEG_LAT)
+        step = np.concatenate([[0.0], np.where(np.diff(seg) == 0, step, 0.0)])
+        total = np.cumsum(step)
+        first = np.searchsorted(seg, np.arange(len(lines)))
+        along = total - total[first][seg]
+        last = np.append(first[1:], len(seg)) - 1
+        return cls(xy=xy, key=seg * _SEGMENT_KEY + along, first=first, last=last, length_m=along[last])
+
+    def along(self, seg: np.ndarray, t: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The point at fraction t of each segment's length, and the unit direction of travel there (metres)."""
+        target = seg * _SEGMENT_KEY + t * self.length_m[seg]
+        k = np.clip(np.searchsorted(self.key, target, side="right"), self.first[seg] + 1, self.last[seg])
+        p0, p1 = self.xy[k - 1], self.xy[k]
+        span = self.key[k] - self.key[k - 1]
+        f = np.divide(target - self.key[k - 1], span, out=np.zeros_like(span), where=span > 0)
+        point = p0 + np.clip(f, 0.0, 1.0)[:, None] * (p1 - p0)
+        dx, dy = (p1[:, 0] - p0[:, 0]) * M_PER_DEG_LON, (p1[:, 1] - p0[:, 1]) * M_PER_DEG_LAT
+        norm = np.hypot(dx, dy)
+        norm[norm == 0] = 1.0
+        return point, np.column_stack([dx / norm, dy / norm])
+
+
 @dataclass
 class Reference:
     """Everything the matcher looks up, as arrays and dicts keyed by street id."""
@@ -110,6 +153,7 @@ class Reference:
     seg_zip: np.ndarray
     seg_label: np.ndarray
     seg_mid: np.ndarray  # (n, 2) lon/lat of each segment's midpoint
+    vertices: "Vertices"
     ranges_of: dict[int, list[tuple]]  # street id -> [(low, high, parity, side, segment, zip)]
     ranges_by_block: dict[tuple[int, int], list[tuple]]
     segments_of: dict[int, np.ndarray]
@@ -274,6 +318,7 @@ def _build(files: ReferenceFiles, keep_points: np.ndarray | None) -> Reference:
     seg_label = segments["rd20full"].to_numpy(dtype=object)
     mid = shapely.line_interpolate_point(geoms, 0.5, normalized=True)
     seg_mid = np.column_stack([shapely.get_x(mid), shapely.get_y(mid)])
+    vertices = Vertices.of(geoms)
     ranges_of: dict[int, list[tuple]] = defaultdict(list)
     cols = [segments[c].to_numpy() for c in ("llowaddr", "lhighaddr", "rlowaddr", "rhighaddr")]
     for row, (s, llo, lhi, rlo, rhi, z) in enumerate(zip(seg_street.tolist(), *(c.tolist() for c in cols),
@@ -301,6 +346,7 @@ def _build(files: ReferenceFiles, keep_points: np.ndarray | None) -> Reference:
                     pt_lon=lon, pt_lat=lat, pt_number=pt_number, pt_street=pt_street, pt_zip=pt_zip,
                     pt_label=pt_label, exact=dict(exact), points_of=points_of, points_by_side=points_by_side,
                     seg_geom=geoms, seg_street=seg_street, seg_zip=seg_zip, seg_label=seg_label, seg_mid=seg_mid,
+                    vertices=vertices,
                     ranges_of=dict(ranges_of), ranges_by_block=dict(ranges_by_block), segments_of=segments_of,
                     intersections=intersections)
     crossings: dict[int, list] = defaultdict(list)

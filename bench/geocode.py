@@ -39,28 +39,6 @@ STOPS = DATA / "points" / "transit_stops_datasd.geojson"
 LAYERS = "council_district,neighborhood,zip"
 
 
-def mixed_addresses(files, n: int, seed: int = 11) -> list[str]:
-    """Real addresses as city data writes them, several spellings each; then sampled to n with repeats."""
-    from enrich_service.geocode.evaluate import read_meters, read_stops
-    from enrich_service.geocode.reference import read_points, read_segments
-
-    rng = np.random.default_rng(seed)
-    pts = read_points(files.points.path)
-    out = [f"{h} {s}" for h, s in zip(pts["housenumber"], pts["street"])]
-    out += [f"{h} {s.upper()}, SAN DIEGO CA {z}" for h, s, z in zip(pts["housenumber"], pts["street"], pts["postcode"])]
-    out += [f"{h} {s}, Apt {rng.integers(1, 40)}, San Diego, CA" for h, s in zip(pts["housenumber"], pts["street"])]
-    seg = read_segments(files.segments.path)
-    seg = seg[(seg["lhighaddr"] > seg["llowaddr"]) & (seg["llowaddr"] > 0)]
-    lo, hi = seg["llowaddr"].to_numpy(), seg["lhighaddr"].to_numpy()
-    numbers = lo + 2 * rng.integers(0, np.maximum((hi - lo) // 2, 1))
-    out += [f"{n} {name}" for n, name in zip(numbers.tolist(), seg["rd20full"])]
-    out += read_meters(METERS)["sub_area"].drop_duplicates().tolist()
-    out += read_stops(STOPS)["name"].drop_duplicates().tolist()
-    out += ["", "n/a", "UNKNOWN", "PO BOX 1234", "see attached", "x" * 400]
-    distinct = list(dict.fromkeys(out))
-    return [distinct[i] for i in rng.integers(0, len(distinct), n)], distinct
-
-
 def accuracy(files, zip_points) -> None:
     from enrich_service.geocode import evaluate
     from enrich_service.geocode.matcher import Geocoder
@@ -184,6 +162,7 @@ def main() -> None:
     args = ap.parse_args()
 
     from enrich_service.geocode import zip_points
+    from enrich_service.geocode.evaluate import mixed_addresses
     from enrich_service.geocode.reference import load_reference, resolve_reference
     from enrich_service.index import build_index
     from enrich_service.settings import Settings
@@ -197,7 +176,7 @@ def main() -> None:
     print(f"machine: {os.cpu_count()} cores; reference build {time.perf_counter() - t0:.2f}s "
           f"(from the disk cache at start-up: {index.extras['geocoder'].ref.load_seconds:.2f}s)")
     accuracy(files, zips)
-    records, distinct = mixed_addresses(files, args.records)
+    records, distinct = mixed_addresses(files, METERS, STOPS, args.records)
     in_process(files, zips, index, records, distinct)
     if not args.no_http:
         over_http(records[: args.http_records], args.http_batch, args.port)

@@ -79,6 +79,15 @@ def test_intersections_are_recognized(text):
     assert p.kind == "intersection" and p.street == "5TH AVE" and p.street2.startswith("MARKET"), p
 
 
+def test_the_batch_shortcut_reads_real_addresses_as_the_full_parser_does(files):
+    from enrich_service.geocode.evaluate import mixed_addresses
+    from enrich_service.geocode.normalize import parse
+
+    _, distinct = mixed_addresses(files, METERS, STOPS, 10)  # the bench's mix
+    memo: dict = {}
+    assert [parse(a, None, None, memo).key() for a in distinct] == [parse(a).key() for a in distinct]
+
+
 def test_what_the_fast_path_cannot_label_goes_to_usaddress_and_says_so():
     from enrich_service.geocode.normalize import parse
 
@@ -478,11 +487,14 @@ def test_no_text_crashes_the_parser_or_the_matcher(geocoder):
                              "@", "/", "1000", "at", "Voltaire", "Ebers", "0", "", " "])
     texts = st.one_of(st.text(max_size=80), st.lists(words, max_size=12).map(" ".join))
 
+    memo: dict = {}  # shared across examples, as across a batch
+
     @settings(max_examples=400, deadline=None, database=None)
     @given(texts, st.one_of(st.none(), st.text(max_size=12), st.integers()))
     def check(text, zip_code):
         p = parse(text, None, zip_code)
         assert p.kind in ("address", "intersection", "between", "street", "zip", "none")
+        assert parse(text, None, zip_code, memo).key() == p.key()  # the batch shortcut reads it the same
         r = geocoder.geocode([text], [zip_code], use_cache=False)
         assert r.match[0] in ("exact", "interpolated", "intersection", "hundred_block", "street", "zip", "none")
         assert 0.0 <= r.score[0] <= 1.0 and (r.match[0] == "none") == np.isnan(r.lon[0])

@@ -18,7 +18,7 @@ import pandas as pd
 
 from .matcher import LEVELS, M_PER_DEG_LAT, M_PER_DEG_LON, Geocoded, Geocoder
 from .normalize import parse
-from .reference import ReferenceFiles, load_reference, read_points
+from .reference import ReferenceFiles, load_reference, read_points, read_segments
 
 HOLDOUT_EVERY = 10  # one address point in ten is held back from the reference and geocoded
 WITHIN_M = 100.0
@@ -156,3 +156,24 @@ def reference_points(geocoder: Geocoder, files: ReferenceFiles) -> Evaluation:
     err = distance_m(result.lon, result.lat, points["lon"].astype(float).to_numpy(),
                      points["lat"].astype(float).to_numpy())
     return Evaluation("reference address points, no ZIP given", addresses, result, err, covered(geocoder, addresses))
+
+
+def mixed_addresses(files: ReferenceFiles, meters_csv: Path, stops_geojson: Path, n: int,
+                    seed: int = 11) -> tuple[list[str], list[str]]:
+    """Real addresses as city data writes them (the address points in three spellings, numbers inside segment
+    ranges, the meters' blocks, the stops' intersections, junk): n of them drawn with repeats, and the distinct."""
+    rng = np.random.default_rng(seed)
+    pts = read_points(files.points.path)
+    out = [f"{h} {s}" for h, s in zip(pts["housenumber"], pts["street"])]
+    out += [f"{h} {s.upper()}, SAN DIEGO CA {z}" for h, s, z in zip(pts["housenumber"], pts["street"], pts["postcode"])]
+    out += [f"{h} {s}, Apt {rng.integers(1, 40)}, San Diego, CA" for h, s in zip(pts["housenumber"], pts["street"])]
+    seg = read_segments(files.segments.path)
+    seg = seg[(seg["lhighaddr"] > seg["llowaddr"]) & (seg["llowaddr"] > 0)]
+    lo, hi = seg["llowaddr"].to_numpy(), seg["lhighaddr"].to_numpy()
+    numbers = lo + 2 * rng.integers(0, np.maximum((hi - lo) // 2, 1))
+    out += [f"{n} {name}" for n, name in zip(numbers.tolist(), seg["rd20full"])]
+    out += read_meters(meters_csv)["sub_area"].drop_duplicates().tolist()
+    out += read_stops(stops_geojson)["name"].drop_duplicates().tolist()
+    out += ["", "n/a", "UNKNOWN", "PO BOX 1234", "see attached", "x" * 400]
+    distinct = list(dict.fromkeys(out))
+    return [distinct[i] for i in rng.integers(0, len(distinct), n)], distinct

@@ -28,6 +28,7 @@ _ZIP = re.compile(r"^\d{5}(?:\d{4})?$")
 _NUMBER = re.compile(r"^(\d+)([A-Z]?)$")
 # A house number, a space, then a word: the common case, read by the shortcut in parse().
 _NUMBER_FIRST = re.compile(r"\s*(\d{1,6})[A-Za-z]?\s+([A-Za-z].*)", re.S)
+_ZIP_IN_TAIL = re.compile(r"(?<![0-9])([0-9]{5})(?:[0-9]{4})?(?![0-9])")
 _PUNCTUATION = str.maketrans({"'": None, ".": " ", "-": " "})
 
 
@@ -74,10 +75,15 @@ def parse(address: object, city: object = None, zip_code: object = None, memo: d
         # number is read once per batch (as "1 <rest>") and reused with each number.
         m = _NUMBER_FIRST.match(address)
         if m is not None:
-            key = ("rest", m.group(2), zip5)
+            # After the first comma only a ZIP matters ("..., Apt 23, San Diego, CA 92110"): keep it out of the key.
+            line, comma, tail = m.group(2).partition(",")
+            if comma and not zip5:
+                found = _ZIP_IN_TAIL.search(tail)
+                zip5 = found.group(1) if found else ""
+            key = ("rest", line, zip5)
             shape = memo.get(key)
             if shape is None:
-                shape = memo[key] = _parse_text("1 " + m.group(2), zip5, memo)
+                shape = memo[key] = _parse_text("1 " + line, zip5, memo)
             if shape.kind == "address" and shape.number == 1 and shape.parser == "fast":
                 return shape._replace(number=int(m.group(1)))
     return _parse_text(address, zip5, memo)

@@ -85,7 +85,7 @@ def parse(address: object, city: object = None, zip_code: object = None, memo: d
             if shape is None:
                 shape = memo[key] = _parse_text("1 " + line, zip5, memo)
             if shape.kind == "address" and shape.number == 1 and shape.parser == "fast":
-                return shape._replace(number=int(m.group(1)))
+                return tuple.__new__(Parsed, ("address", int(m.group(1))) + shape[2:])  # _replace, 5x faster
     return _parse_text(address, zip5, memo)
 
 

@@ -14,24 +14,25 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
-import os
-import pickle
 import re
-import tempfile
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import pandas as pd
 import shapely
 
+from ..disk_cache import cached, code_digest
 from ..errors import LayerSourceError
 from ..layers.manifest import load_manifest
 from ..layers.sources import ResolvedFile, resolve
 from ..settings import Settings
 from .normalize import _TOKENS, _street, clean_zip
+
+if TYPE_CHECKING:  # pandas reads the CSVs only when the cache misses: the service does not pay for it at idle
+    import pandas as pd
 
 log = logging.getLogger(__name__)
 
@@ -180,6 +181,8 @@ class Reference:
 
 
 def read_points(path: Path) -> pd.DataFrame:
+    import pandas as pd
+
     df = pd.read_csv(path, dtype=object, keep_default_na=False)  # plain str objects: fast to loop over
     need = {"housenumber", "street", "postcode", "lat", "lon"}
     if not need <= set(df.columns):
@@ -188,6 +191,8 @@ def read_points(path: Path) -> pd.DataFrame:
 
 
 def read_segments(path: Path) -> pd.DataFrame:
+    import pandas as pd
+
     text = {c: object for c in ("rd20full", "xstrt1", "xstrt2", "zip", "wkt_wgs84")}
     df = pd.read_csv(path, dtype=text, keep_default_na=False)
     need = {"rd20full", "xstrt1", "xstrt2", "llowaddr", "lhighaddr", "rlowaddr", "rhighaddr", "zip", "wkt_wgs84"}
@@ -209,49 +214,28 @@ def load_reference(files: ReferenceFiles, zip_points: dict[str, tuple[float, flo
     return ref
 
 
-def _code_digest() -> str:
-    """The normalization code's own digest: a cached index built by other rules is not reused."""
-    h = hashlib.sha256()
-    for name in ("words.py", "normalize.py", "reference.py"):
-        h.update((Path(__file__).parent / name).read_bytes())
-    return h.hexdigest()[:16]
-
-
 def load_reference_cached(files: ReferenceFiles, cache_dir: Path,
                           zip_points: dict[str, tuple[float, float]] | None = None) -> Reference:
-    """load_reference through a pickle in the cache folder, keyed by the reference's sha256 and the code's digest:
-    a start or reload with an unchanged reference reads the built index (~0.2 s) instead of building it (~0.7 s).
-    The folder is the service's own (ENRICH_CACHE_DIR); a file that cannot be read is rebuilt and replaced."""
+    """load_reference through the service's disk cache, keyed by the reference's sha256 and the digest of the
+    normalization code: a start or reload with an unchanged reference reads the built index (~0.2 s) instead of
+    building it (~0.7 s)."""
     t0 = time.perf_counter()
-    path = Path(cache_dir) / "geocoder" / f"{files.sha256[:32]}-{_code_digest()}.pickle"
-    ref, origin = None, "cached"
-    if path.is_file():
-        try:
-            with open(path, "rb") as f:
-                ref = pickle.load(f)
-            ref.files = files  # where the files are now (the digest says they are the same)
-        except Exception as exc:  # noqa: BLE001 - a damaged cache file is rebuilt, never fatal
-            log.warning("geocoder cache %s unreadable (%s); rebuilding", path, exc)
-            ref = None
-    if ref is None:
-        ref, origin = _build(files, None), "built"
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".part-")
-            with os.fdopen(fd, "wb") as f:
-                pickle.dump(ref, f, protocol=pickle.HIGHEST_PROTOCOL)
-            os.replace(tmp, path)
-        except OSError as exc:
-            log.warning("cannot write the geocoder cache %s: %s", path, exc)
+    here = Path(__file__).parent
+    digest = code_digest(*(here / name for name in ("words.py", "normalize.py", "reference.py")))
+    path = Path(cache_dir) / "geocoder" / f"{files.sha256[:32]}-{digest}.pickle"
+    ref, hit = cached(path, lambda: _build(files, None))
+    ref.files = files  # where the files are now (the digest says they are the same)
     ref.zips = _zip_points(ref, zip_points or {})
     ref.load_seconds = time.perf_counter() - t0
     log.info("geocoder reference (%s): %d points, %d segments, %d streets in %.2fs",
-             origin, len(ref.pt_lon), len(ref.seg_geom), len(ref.street_id),
+             "cached" if hit else "built", len(ref.pt_lon), len(ref.seg_geom), len(ref.street_id),
              ref.load_seconds)
     return ref
 
 
 def _build(files: ReferenceFiles, keep_points: np.ndarray | None) -> Reference:
+    import pandas as pd
+
     points = read_points(files.points.path)
     if keep_points is not None:
         points = points[keep_points]
@@ -400,6 +384,8 @@ def _intersections(geoms, seg_street, seg_zip, segments, sid) -> dict[tuple[int,
 
 def _zip_medians(ref: Reference) -> dict[str, tuple[float, float]]:
     """The median of the reference's points and segment midpoints in each ZIP."""
+    import pandas as pd
+
     df = pd.DataFrame({"zip": np.concatenate([ref.pt_zip, ref.seg_zip]),
                        "lon": np.concatenate([ref.pt_lon, ref.seg_mid[:, 0]]),
                        "lat": np.concatenate([ref.pt_lat, ref.seg_mid[:, 1]])})

@@ -144,10 +144,9 @@ def _band_test(px, py, j, start, index, seg, seg_feature, rank, parity, touched)
 
 
 @njit(cache=True)
-def _classify_runs(edge, gx0, gy0, cw, ch, start, index, seg, seg_feature, rank, n_features):
-    """Fill unmarked cells: one band test per run of unmarked cells along a row."""
+def _classify_runs(edge, gx0, gy0, cw, ch, start, index, seg, seg_feature, rank, n_features, cells):
+    """Fill `cells`: one band test per run of unmarked cells along a row."""
     n = edge.shape[0]
-    cells = np.empty((n, n), dtype=np.int16)
     parity = np.zeros(n_features, dtype=np.uint8)
     touched = np.empty(n_features, dtype=np.int32)
     for j in range(n):
@@ -214,8 +213,10 @@ class GridIndex:
         edge = np.zeros((cells, cells), dtype=np.bool_)
         _mark_edges(self.seg, self.x0, self.y0, self.cw, self.ch, cells, edge)
         self.band_start, self.band_index = _bands(self.seg, self.y0, self.ch, cells)
-        self.cells = _classify_runs(edge, self.x0, self.y0, self.cw, self.ch, self.band_start, self.band_index,
-                                    self.seg, self.seg_feature, self.rank, self.n_features)
+        # A cell holds feature * 2 + overlap: int8 while that fits (halves the grid of most layers), else int16.
+        self.cells = np.empty((cells, cells), dtype=np.int8 if self.n_features * 2 <= 127 else np.int16)
+        _classify_runs(edge, self.x0, self.y0, self.cw, self.ch, self.band_start, self.band_index,
+                       self.seg, self.seg_feature, self.rank, self.n_features, self.cells)
         self.edge_share = float(edge.mean())
 
     @classmethod

@@ -6,7 +6,8 @@ streamed NDJSON lines; GET /v1/geocode answers one address for GIS staff.
 
 from __future__ import annotations
 
-from typing import Annotated, AsyncIterator
+import functools
+from typing import Annotated
 
 import orjson
 from fastapi import APIRouter, Query, Request
@@ -21,9 +22,9 @@ from ..geocode.join import AddressColumns, Records
 from ..geocode.matcher import LEVELS
 from ..index import ServiceIndex, current
 from ..responses import JSONResponse, NDJSONResponse
-from ..settings import Settings, get_settings
+from ..settings import get_settings
 from .common import Options, check_batch_size, offload, parse_options, read_body, spool_body
-from .pip import NDJSON_CHUNK_ROWS, _line_groups, _parse_lines
+from .ndjson import answer_stream, parse_lines
 from .schemas import ERROR_RESPONSES, LAYER_EXAMPLE, LayerUsed, RowError, inline_schema
 
 router = APIRouter(prefix="/v1", tags=["geocode"])
@@ -146,7 +147,7 @@ async def post_geocode_join(
         opts = parse_options(query, settings)
         index.store.check_layers(opts.layers)
         spool = await spool_body(request, settings)
-        return NDJSONResponse(_ndjson_answers(spool, index, opts, cols, settings),
+        return NDJSONResponse(answer_stream(spool, functools.partial(_ndjson_chunk, index, opts=opts, cols=cols), settings),
                               headers={REFERENCE_HEADER: join.reference_header(index)})
 
     body = await read_body(request, settings)
@@ -189,26 +190,9 @@ def _encode_json(index: ServiceIndex, records: Records, joined: join.Joined) -> 
 
 def _ndjson_chunk(index: ServiceIndex, lines: list[bytes], first_row: int, opts: Options,
                   cols: AddressColumns) -> bytes:
-    docs, bad = _parse_lines(lines, first_row)
+    docs, bad = parse_lines(lines, first_row)
     records = join.records_from_json(docs, cols)
     records.errors.update(bad)
     joined = _join(index, records, opts)
     dumps = orjson.dumps
     return b"".join(dumps(row, option=orjson.OPT_SERIALIZE_NUMPY) + b"\n" for row in join.rows(records.ids, joined))
-
-
-async def _ndjson_answers(spool, index: ServiceIndex, opts: Options, cols: AddressColumns,
-                          settings: Settings) -> AsyncIterator[bytes]:
-    """As /v1/pip's NDJSON: the spooled body read a chunk of lines at a time, each chunk answered as it is done."""
-    seen = 0
-    groups = _line_groups(spool, NDJSON_CHUNK_ROWS)
-    try:
-        while (lines := await offload(next, groups, None)) is not None:
-            if seen + len(lines) > settings.max_batch:
-                yield orjson.dumps({"error": f"stream exceeds the batch limit of {settings.max_batch} rows; "
-                                             f"rows after {seen} were not answered", "row": seen}) + b"\n"
-                return
-            yield await offload(_ndjson_chunk, index, lines, seen, opts, cols)
-            seen += len(lines)
-    finally:
-        spool.close()

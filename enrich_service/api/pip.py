@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Annotated, AsyncIterator, Iterator
+import functools
+from typing import Annotated
 
 import numpy as np
 import orjson
@@ -17,14 +18,12 @@ from ..errors import InvalidInput
 from ..index import ServiceIndex, current
 from ..observability import POINTS
 from ..points import PointBatch, prepare
-from ..settings import Settings, get_settings
+from ..settings import get_settings
 from .common import Options, check_batch_size, offload, parse_options, read_body, spool_body
+from .ndjson import answer_stream, parse_lines
 from .schemas import ERROR_RESPONSES, PipRequest, PipResponse, PointAnswer, inline_schema
 
 router = APIRouter(prefix="/v1", tags=["point in polygon"])
-
-NDJSON_CHUNK_ROWS = 50_000
-SPOOL_READ_BYTES = 4 * 1024 * 1024
 
 _BULK_BODY = {
     "requestBody": {
@@ -114,7 +113,7 @@ async def post_pip(
     if kind == NDJSON:
         opts = parse_options(query, settings)
         spool = await spool_body(request, settings)
-        return NDJSONResponse(_ndjson_answers(spool, index, opts, cols, settings))
+        return NDJSONResponse(answer_stream(spool, functools.partial(_ndjson_chunk, index, opts=opts, cols=cols), settings))
 
     body = await read_body(request, settings)
     if kind == JSON:
@@ -149,60 +148,9 @@ async def post_pip(
     return Response(await offload(encode, out), media_type=answer_kind, headers={"X-Enrich-Layers": layers_header})
 
 
-def _line_groups(spool, rows: int) -> Iterator[list[bytes]]:
-    """The spooled body's non-blank lines, `rows` at a time, reading a few MB at a time."""
-    pending = b""
-    group: list[bytes] = []
-    while chunk := spool.read(SPOOL_READ_BYTES):
-        lines = (pending + chunk).split(b"\n")
-        pending = lines.pop()
-        group.extend(line for line in lines if line.strip())
-        while len(group) >= rows:
-            yield group[:rows]
-            group = group[rows:]
-    if pending.strip():
-        group.append(pending)
-    if group:
-        yield group
-
-
-def _parse_lines(lines: list[bytes], first_row: int) -> tuple[list, dict]:
-    # One orjson call for the whole chunk; only when a line is broken are they parsed one by one to say which.
-    try:
-        docs = orjson.loads(b"[" + b",".join(lines) + b"]")
-        if len(docs) == len(lines):
-            return docs, {}
-    except orjson.JSONDecodeError:
-        pass
-    docs, bad = [], {}
-    for i, line in enumerate(lines):
-        try:
-            doc = orjson.loads(line)
-        except orjson.JSONDecodeError as exc:
-            doc, bad[i] = None, ("body", f"line {first_row + i + 1} is not valid JSON: {exc}")
-        docs.append(doc)
-    return docs, bad
-
-
 def _ndjson_chunk(index: ServiceIndex, lines: list[bytes], first_row: int, opts: Options, cols: Columns) -> bytes:
-    docs, bad = _parse_lines(lines, first_row)
+    docs, bad = parse_lines(lines, first_row)
     batch = codecs.decode_points(docs, cols)
     batch.errors.update(bad)
     prepared, result = tag_batch(index, batch, opts, cols)
     return codecs.json_rows([("id", batch.ids)] + codecs.result_arrays(prepared, result), b"\n")
-
-
-async def _ndjson_answers(spool, index: ServiceIndex, opts: Options, cols: Columns,
-                          settings: Settings) -> AsyncIterator[bytes]:
-    seen = 0
-    groups = _line_groups(spool, NDJSON_CHUNK_ROWS)
-    try:
-        while (lines := await offload(next, groups, None)) is not None:
-            if seen + len(lines) > settings.max_batch:
-                yield orjson.dumps({"error": f"stream exceeds the batch limit of {settings.max_batch} rows; "
-                                             f"rows after {seen} were not answered", "row": seen}) + b"\n"
-                return
-            yield await offload(_ndjson_chunk, index, lines, seen, opts, cols)
-            seen += len(lines)
-    finally:
-        spool.close()

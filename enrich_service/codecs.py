@@ -22,7 +22,7 @@ from .engine.tagger import TagResult
 from .errors import InvalidInput, MalformedBody, NotAcceptable, UnsupportedMediaType
 from .points import PointBatch, Prepared, parse_dates
 
-from .responses import ARROW, CSV, JSON, MEDIA_TYPES, NDJSON
+from .responses import ARROW, CSV, JSON, MEDIA_TYPES, NDJSON  # noqa: F401 - CSV re-exported for the routers
 MAX_ID_CHARS = 1_000
 
 
@@ -217,7 +217,9 @@ def result_arrays(prepared: Prepared, result: TagResult) -> list[tuple[str, pa.A
     out: list[tuple[str, pa.Array]] = []
     for name, tags in result.layers.items():
         uniq, inverse = np.unique(tags.dictionary.astype(str), return_inverse=True)
-        codes = inverse.astype(np.int32)[np.maximum(tags.codes, 0)]
+        # The narrowest index type that holds the dictionary: a 1M-row answer is 3 MB per layer lighter in int8.
+        index_type = np.int8 if len(uniq) <= 127 else np.int16 if len(uniq) <= 32767 else np.int32
+        codes = inverse.astype(index_type)[np.maximum(tags.codes, 0)]
         out.append((name, pa.DictionaryArray.from_arrays(pa.array(codes, mask=tags.codes < 0), pa.array(uniq))))
         rule = tags.rule.astype(np.int8) - 1
         out.append((f"{name}_rule", pa.DictionaryArray.from_arrays(pa.array(rule, mask=tags.rule == 0), _RULES)))

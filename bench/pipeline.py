@@ -145,8 +145,8 @@ def main() -> int:
             check(spec, stats)
             return stats
 
-        stats = stage("quality gate", gate, lambda s: f"{s['unmatched']} of {s['should_match']:,} in-city rows "
-                                                      f"unmatched, {s['unlocated']:,} unlocated")
+        stage("quality gate", gate, lambda s: f"{s['unmatched']} of {s['should_match']:,} in-city rows "
+                                                f"unmatched, {s['unlocated']:,} unlocated")
         postgis = None
         if not args.no_postgis:
             def to_postgis():

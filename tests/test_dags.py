@@ -33,18 +33,18 @@ METERS_CSV = POINTS / "treas_parking_meters_loc_datasd.csv"
 STOPS_GEOJSON = POINTS / "transit_stops_datasd.geojson"
 # A spec like transit_stops but whose quality gate counts every row (no city-limits filter): half the stops lie
 # outside the city, so the gate must stop it before anything is published.
-UNFILTERED_SPEC = f"""
+UNFILTERED_SPEC = """
 name: transit_stops_unfiltered
 description: Transit stops, gate without the city-limits filter
-source: {{kind: geojson, path: "${{ENRICH_DATA_DIR}}/points/transit_stops_datasd.geojson"}}
+source: {kind: geojson, path: "${ENRICH_DATA_DIR}/points/transit_stops_datasd.geojson"}
 id: objectid
-coordinates: {{lon: geometry_lon, lat: geometry_lat}}
-layers: {{council_district: council_district}}
-quality: {{layer: council_district, within: null, max_unmatched_share: 0.01, show: 5}}
+coordinates: {lon: geometry_lon, lat: geometry_lat}
+layers: {council_district: council_district}
+quality: {layer: council_district, within: null, max_unmatched_share: 0.01, show: 5}
 batch_rows: 4000
 outputs:
-  postgis: {{table: public.transit_stops_unfiltered}}
-  portal: {{folder: "${{ENRICH_PUBLISH_DIR}}/transit_stops_unfiltered", basename: transit_stops_unfiltered}}
+  postgis: {table: public.transit_stops_unfiltered}
+  portal: {folder: "${ENRICH_PUBLISH_DIR}/transit_stops_unfiltered", basename: transit_stops_unfiltered}
 """
 
 # A SQL source in State Plane feet with an as-of date column: meters dated before 2022-12-10 take the 2011 lines.

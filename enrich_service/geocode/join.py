@@ -149,7 +149,6 @@ def geocode_join(index: ServiceIndex, records: Records, layers: list[str], as_of
     geocoder = geocoder_of(index)
     index.store.check_layers(layers)
     geocoded = geocoder.geocode(records.addresses, records.zips, use_cache=use_cache)
-    n = len(geocoded)
     valid = geocoded.match != "none"
     lon = np.where(valid, geocoded.lon, np.nan)
     lat = np.where(valid, geocoded.lat, np.nan)

@@ -166,36 +166,55 @@ def _classify_runs(edge, gx0, gy0, cw, ch, start, index, seg, seg_feature, rank,
     return cells
 
 
-@njit(parallel=True, cache=True)
-def _lookup(x, y, gx0, gy0, cw, ch, cells, start, index, seg, seg_feature, rank, n_features, feature, rule,
-            undecided):
+@njit(cache=True)
+def _lookup_range(lo, hi, x, y, gx0, gy0, cw, ch, cells, start, index, seg, seg_feature, rank, n_features, feature,
+                  rule, undecided):
     n = cells.shape[0]
+    parity = np.zeros(n_features, dtype=np.uint8)
+    touched = np.empty(n_features, dtype=np.int32)
+    for p in range(lo, hi):
+        fi = (x[p] - gx0) / cw
+        fj = (y[p] - gy0) / ch
+        undecided[p] = False
+        if not (0.0 <= fi < n and 0.0 <= fj < n):  # outside the padded bbox: no feature
+            feature[p] = NONE
+            rule[p] = 0
+            continue
+        i, j = int(fi), int(fj)
+        v = cells[j, i]
+        if v >= 0:
+            feature[p] = v >> 1
+            rule[p] = OVERLAP_CODE if (v & 1) == 1 else 0
+        elif v == NONE:
+            feature[p] = NONE
+            rule[p] = 0
+        else:
+            f, o, u = _band_test(x[p], y[p], j, start, index, seg, seg_feature, rank, parity, touched)
+            feature[p] = f
+            rule[p] = OVERLAP_CODE if o else 0
+            undecided[p] = u
+
+
+@njit(parallel=True, cache=True)
+def _lookup_parallel(x, y, gx0, gy0, cw, ch, cells, start, index, seg, seg_feature, rank, n_features, feature, rule,
+                     undecided):
     m = x.shape[0]
     chunks = 64
     for c in prange(chunks):
-        parity = np.zeros(n_features, dtype=np.uint8)
-        touched = np.empty(n_features, dtype=np.int32)
-        for p in range(c * m // chunks, (c + 1) * m // chunks):
-            fi = (x[p] - gx0) / cw
-            fj = (y[p] - gy0) / ch
-            undecided[p] = False
-            if not (0.0 <= fi < n and 0.0 <= fj < n):  # outside the padded bbox: no feature
-                feature[p] = NONE
-                rule[p] = 0
-                continue
-            i, j = int(fi), int(fj)
-            v = cells[j, i]
-            if v >= 0:
-                feature[p] = v >> 1
-                rule[p] = OVERLAP_CODE if (v & 1) == 1 else 0
-            elif v == NONE:
-                feature[p] = NONE
-                rule[p] = 0
-            else:
-                f, o, u = _band_test(x[p], y[p], j, start, index, seg, seg_feature, rank, parity, touched)
-                feature[p] = f
-                rule[p] = OVERLAP_CODE if o else 0
-                undecided[p] = u
+        _lookup_range(c * m // chunks, (c + 1) * m // chunks, x, y, gx0, gy0, cw, ch, cells, start, index, seg,
+                      seg_feature, rank, n_features, feature, rule, undecided)
+
+
+@njit(cache=True)
+def _lookup_serial(x, y, gx0, gy0, cw, ch, cells, start, index, seg, seg_feature, rank, n_features, feature, rule,
+                   undecided):
+    _lookup_range(0, x.shape[0], x, y, gx0, gy0, cw, ch, cells, start, index, seg, seg_feature, rank, n_features,
+                  feature, rule, undecided)
+
+
+# Below this many points one thread is faster: waking the parallel workers costs more than a small batch's lookups
+# (a single GET spent ~15% of its CPU there).
+SERIAL_BELOW = 20_000
 
 
 class GridIndex:
@@ -233,7 +252,8 @@ class GridIndex:
         feature = np.empty(m, dtype=np.int32)
         rule = np.empty(m, dtype=np.int8)
         undecided = np.empty(m, dtype=np.bool_)
-        _lookup(np.ascontiguousarray(x, dtype=np.float64), np.ascontiguousarray(y, dtype=np.float64), self.x0,
+        kernel = _lookup_serial if m < SERIAL_BELOW else _lookup_parallel
+        kernel(np.ascontiguousarray(x, dtype=np.float64), np.ascontiguousarray(y, dtype=np.float64), self.x0,
                 self.y0, self.cw, self.ch, self.cells, self.band_start, self.band_index, self.seg, self.seg_feature,
                 self.rank, self.n_features, feature, rule, undecided)
         return feature, rule, undecided

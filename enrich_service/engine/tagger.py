@@ -62,6 +62,14 @@ class TagResult:
         }
 
 
+@dataclass(frozen=True)
+class _Catalog:
+    offsets: np.ndarray
+    dictionary: np.ndarray
+    labels: np.ndarray
+    fields: list
+
+
 class Engine:
     """The indexes of every version of every layer in a LayerStore. Immutable: a reload builds a new Engine."""
 
@@ -77,6 +85,13 @@ class Engine:
                 self.exact[name, i] = ExactIndex(version)
                 if use_grid:
                     self.grid[name, i] = GridIndex.build(version, cells=grid_cells)
+        # Per layer, all versions' features end to end (codes index into these): built once, not per request.
+        self._catalog = {
+            name: _Catalog(offsets=np.cumsum([0] + [v.n_features for v in versions]),
+                           dictionary=np.concatenate([v.keys for v in versions]),
+                           labels=np.concatenate([v.labels for v in versions]),
+                           fields=[f for v in versions for f in v.fields])
+            for name, versions in store.versions.items()}
         self.build_seconds = time.perf_counter() - t0
         log.info("indexes built in %.2fs (grid: %s)", self.build_seconds, use_grid)
 
@@ -112,9 +127,10 @@ class Engine:
 
         for name in layers:
             versions = self.store.versions[name]
+            catalog = self._catalog[name]
             default_i = versions.index(default_versions[name])
             if dates is None:
-                vidx = np.full(n, default_i, dtype=np.int32)
+                vidx = None  # every row on the default version
             else:
                 days = dates.copy()
                 if as_of is not None:
@@ -124,7 +140,7 @@ class Engine:
                     row_errors.setdefault(int(row), (
                         "date", f"{dates[row]} is before the first version of {name} "
                                 f"(in force from {versions[0].effective_from.isoformat()})"))
-            offsets = np.cumsum([0] + [v.n_features for v in versions])
+            offsets = catalog.offsets
             distance = np.full(n, np.nan) if nearest_within_m is not None else None
             used = []
             if dates is None and nearest_within_m is None and ((name, default_i) in self.grid or valid.all()):
@@ -143,6 +159,8 @@ class Engine:
             else:
                 codes = np.full(n, -1, dtype=np.int32)
                 rule = np.zeros(n, dtype=np.int8)
+                if vidx is None:
+                    vidx = np.full(n, default_i, dtype=np.int32)
                 groups = np.unique(vidx[valid & (vidx >= 0)])
             for i in groups:
                 rows = np.flatnonzero(valid & (vidx == i))
@@ -168,8 +186,7 @@ class Engine:
                 names = np.array([v.version for v in versions] + [None], dtype=object)
                 version_col = names[np.where(valid & (vidx >= 0), vidx, -1)]
             out[name] = LayerTags(
-                layer=name, codes=codes, dictionary=np.concatenate([v.keys for v in versions]),
-                labels=np.concatenate([v.labels for v in versions]), fields=[f for v in versions for f in v.fields],
+                layer=name, codes=codes, dictionary=catalog.dictionary, labels=catalog.labels, fields=catalog.fields,
                 rule=rule,
                 version=version_col, distance_m=distance, used=used)
         return TagResult(layers=out, row_errors=row_errors, default_versions=default_versions)

@@ -33,6 +33,11 @@ def release_freed_memory() -> None:
         trim(0)
 
 
+def _release_in_background(app) -> None:
+    # Not awaited: the reload answers as soon as the swap is done (answers from the new index are already going out).
+    app.state.release_task = asyncio.ensure_future(run_in_threadpool(release_freed_memory))
+
+
 def _lock(app) -> asyncio.Lock:
     if not hasattr(app.state, "reload_lock"):
         app.state.reload_lock = asyncio.Lock()
@@ -50,7 +55,7 @@ async def reload_index(app) -> ServiceIndex:
             log.error("index generation %d refused: %s", generation, exc.message)
             if old is None:
                 app.state.load_error = exc.message
-            await run_in_threadpool(release_freed_memory)  # what the refused build allocated
+            _release_in_background(app)  # what the refused build allocated
             raise ReloadRefused(f"reload refused, still serving generation "
                                 f"{old.generation if old else 'none'}: {exc.message}") from None
         except Exception as exc:  # a reader bug must not take the serving index down with it
@@ -64,5 +69,5 @@ async def reload_index(app) -> ServiceIndex:
         RELOADS.labels("swapped").inc()
         record_index(index)
         old = None  # noqa: F841 - requests still on the old index keep it alive; this frame no longer does
-        await run_in_threadpool(release_freed_memory)
+        _release_in_background(app)
         return index

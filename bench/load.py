@@ -191,6 +191,9 @@ class Log:
         self.scheduled, self.sent, self.done = (np.full(self.n, np.nan) for _ in range(3))
         self.status = np.zeros(self.n, np.int16)  # 0: never answered (transport error)
         self.generation = np.full(self.n, -1, np.int32)
+        # The sha256 each answer named; mapped to generations after the run, because a request can be answered by
+        # the new index before the client has read the reload's own answer that names its sha256.
+        self.sha: list = [None] * self.n
 
     def error(self, i: int, what: str, detail: str) -> None:
         self.status[i] = self.status[i] if self.status[i] not in (0, 200) else -1
@@ -237,7 +240,7 @@ async def run_rate(url: str, work: Workload, rate: float, duration: float, batch
             if r.status != 200:
                 return log.error(i, f"HTTP {r.status}", body.decode(errors="replace"))
             doc = orjson.loads(body)
-            log.generation[i] = versions.of(doc["layers"]["council_district"]["sha256"])
+            log.sha[i] = doc["layers"]["council_district"]["sha256"]
             wrong = [layer for layer in LAYERS if doc[layer] != work.expected[layer][p]]
             if wrong:
                 log.error(i, "wrong answer", f"point {p} {wrong}: {[doc[w] for w in wrong]}")
@@ -255,7 +258,7 @@ async def run_rate(url: str, work: Workload, rate: float, duration: float, batch
                 return log.error(i, f"transport {type(exc).__name__}", repr(exc))
             if r.status != 200:
                 return log.error(i, f"HTTP {r.status}", body.decode(errors="replace"))
-            log.generation[i] = versions.of(orjson.loads(layers_header)["council_district"]["sha256"])
+            log.sha[i] = orjson.loads(layers_header)["council_district"]["sha256"]
             rows = orjson.loads(body)["results"]
             for layer in LAYERS:
                 got = np.array([row[layer] for row in rows], dtype=object)
@@ -337,6 +340,7 @@ def check_ordering(log: Log, versions: Versions) -> list[str]:
     request completed before it started had seen, or that a reload answered before it started had swapped in;
     nor an index whose reload had not been sent when the request finished."""
     problems = []
+    log.generation[:] = [versions.of(sha) for sha in log.sha]
     ok = log.status == 200
     start, end, gen = log.sent[ok], log.done[ok], log.generation[ok]
     if (gen < 0).any():

@@ -25,8 +25,9 @@ def timeline(rows: list[tuple[float, float, int]], swaps: list[tuple[float, floa
     """A request log of (sent, done, generation), all answered 200, and the reloads' (sent, answered, status, gen)."""
     log = load.Log(len(rows))
     for i, (sent, done, gen) in enumerate(rows):
-        log.sent[i], log.done[i], log.scheduled[i], log.status[i], log.generation[i] = sent, done, sent, 200, gen
+        log.sent[i], log.done[i], log.scheduled[i], log.status[i], log.sha[i] = sent, done, sent, 200, f"sha-{gen}"
     versions = load.Versions("sha-0")
+    versions.by_sha.update({f"sha-{gen}": gen for _, _, _, gen in swaps})
     versions.swaps = swaps
     return log, versions
 

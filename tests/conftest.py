@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import time
 from pathlib import Path
 
 import psycopg
@@ -17,6 +19,40 @@ PG_DSN = os.environ.get("ENRICH_TEST_POSTGIS_DSN", "postgresql://postgres@127.0.
 
 if not BOUNDARIES.is_dir():
     raise RuntimeError(f"the real data is expected at {DATA} (set ENRICH_SHARED_DATA)")
+
+
+@contextlib.contextmanager
+def settings_env(env: dict):
+    """The service's settings read from these environment variables, restored afterwards."""
+    from enrich_service.settings import get_settings
+
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    get_settings.cache_clear()
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+        get_settings.cache_clear()
+
+
+@contextlib.contextmanager
+def ready_app(env: dict, timeout_s: float = 90):
+    """An in-process TestClient on a new app with these settings, once /readyz says the index is in."""
+    from fastapi.testclient import TestClient
+
+    from enrich_service.main import create_app
+
+    with settings_env(env), TestClient(create_app()) as c:
+        deadline = time.monotonic() + timeout_s
+        while c.get("/readyz").status_code != 200:
+            assert time.monotonic() < deadline, c.get("/readyz").json()
+            time.sleep(0.1)
+        yield c
 
 
 @pytest.fixture(scope="session")

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import io
-import os
-import time
 
 import numpy as np
 import httpx
@@ -14,10 +12,9 @@ import pyarrow.csv as pacsv
 import pyarrow.ipc as ipc
 import pytest
 import shapely
-from fastapi.testclient import TestClient
 from pyproj import Transformer
 
-from .conftest import ADDRESS, BOUNDARIES
+from .conftest import ADDRESS, BOUNDARIES, ready_app
 
 CITY_HALL = (-117.1627, 32.7167)
 ARROW = "application/vnd.apache.arrow.stream"
@@ -25,28 +22,10 @@ ARROW = "application/vnd.apache.arrow.stream"
 
 @pytest.fixture(scope="module")
 def client():
-    from enrich_service.main import create_app
-    from enrich_service.settings import get_settings
-
     env = {"ENRICH_BOUNDARY_DIR": str(BOUNDARIES), "ENRICH_REFERENCE_DIR": str(ADDRESS), "ENRICH_MAX_BATCH": "1000",
            "ENRICH_MAX_BODY_BYTES": str(2_000_000), "ENRICH_API_KEYS": "test-admin-key"}
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    get_settings.cache_clear()
-    try:
-        with TestClient(create_app()) as c:
-            deadline = time.monotonic() + 60
-            while c.get("/readyz").status_code != 200:
-                assert time.monotonic() < deadline, c.get("/readyz").json()
-                time.sleep(0.1)
-            yield c
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-        get_settings.cache_clear()
+    with ready_app(env) as c:
+        yield c
 
 
 def pip(client, points, **options):

@@ -4,8 +4,6 @@ the issue on four ground truths, the bad-input catalogue over HTTP, the cache, t
 from __future__ import annotations
 
 import io
-import os
-import time
 
 import numpy as np
 import orjson
@@ -14,9 +12,8 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.ipc as ipc
 import pytest
-from fastapi.testclient import TestClient
 
-from .conftest import ADDRESS, BOUNDARIES, POINTS
+from .conftest import ADDRESS, BOUNDARIES, POINTS, ready_app
 
 METERS = POINTS / "treas_parking_meters_loc_datasd.csv"
 STOPS = POINTS / "transit_stops_datasd.geojson"
@@ -274,28 +271,10 @@ def test_reference_loads_into_postgis_with_the_same_street_keys(pg_dsn, files):
 
 @pytest.fixture(scope="module")
 def client():
-    from enrich_service.main import create_app
-    from enrich_service.settings import get_settings
-
     env = {"ENRICH_BOUNDARY_DIR": str(BOUNDARIES), "ENRICH_REFERENCE_DIR": str(ADDRESS), "ENRICH_MAX_BATCH": "1000",
            "ENRICH_API_KEYS": "test-admin-key"}
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    get_settings.cache_clear()
-    try:
-        with TestClient(create_app()) as c:
-            deadline = time.monotonic() + 90
-            while c.get("/readyz").status_code != 200:
-                assert time.monotonic() < deadline, c.get("/readyz").json()
-                time.sleep(0.1)
-            yield c
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-        get_settings.cache_clear()
+    with ready_app(env) as c:
+        yield c
 
 
 def join(client, records, **options):
@@ -428,51 +407,33 @@ def test_a_changed_reference_reloads_with_the_layers_and_empties_the_cache(tmp_p
     file is refused and the old reference keeps answering."""
     import shutil
 
-    from enrich_service.main import create_app
-    from enrich_service.settings import get_settings
-
     for name in ("sd_osm_sangis_address_points_sample.csv", "sd_city_street_segments_addr_ranges.csv"):
         shutil.copy(ADDRESS / name, tmp_path / name)
     points = tmp_path / "sd_osm_sangis_address_points_sample.csv"
     env = {"ENRICH_BOUNDARY_DIR": str(BOUNDARIES), "ENRICH_REFERENCE_DIR": str(tmp_path),
            "ENRICH_API_KEYS": "test-admin-key", "ENRICH_CACHE_DIR": str(tmp_path / "cache")}
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    get_settings.cache_clear()
     admin = {"X-API-Key": "test-admin-key"}
-    try:
-        with TestClient(create_app()) as c:
-            deadline = time.monotonic() + 90
-            while c.get("/readyz").status_code != 200:
-                assert time.monotonic() < deadline, c.get("/readyz").json()
-                time.sleep(0.1)
-            ask = lambda: c.get("/v1/geocode", params={"address": "4608 Gardena Avenue"})  # noqa: E731
-            assert (ask().json()["lon"], ask().json()["lat"]) == GARDENA
-            before = c.get("/v1/layers").json()["geocode_reference"]
-            assert before["cache"]["hits"] >= 1 and before["address_points"]["sha256_matches_manifest"]
+    with ready_app(env) as c:
+        ask = lambda: c.get("/v1/geocode", params={"address": "4608 Gardena Avenue"})  # noqa: E731
+        assert (ask().json()["lon"], ask().json()["lat"]) == GARDENA
+        before = c.get("/v1/layers").json()["geocode_reference"]
+        assert before["cache"]["hits"] >= 1 and before["address_points"]["sha256_matches_manifest"]
 
-            # The city moves the point (a corrected address point): new file, new sha256.
-            points.write_text(points.read_text().replace("32.7786184,-117.2013488", "32.7790000,-117.2013488"))
-            r = c.post("/v1/admin/reload", headers=admin)
-            assert r.status_code == 200, r.text
-            assert r.json()["versions"]["geocode_reference"][0]["sha256"] != before["sha256"]
-            assert ask().json()["lat"] == 32.779  # not the cached answer of the old reference
-            after = c.get("/v1/layers").json()["geocode_reference"]
-            assert after["cache"]["misses"] == 1 and after["cache"]["hits"] == 0
-            assert not after["address_points"]["sha256_matches_manifest"]  # reported, as for a local layer file
+        # The city moves the point (a corrected address point): new file, new sha256.
+        points.write_text(points.read_text().replace("32.7786184,-117.2013488", "32.7790000,-117.2013488"))
+        r = c.post("/v1/admin/reload", headers=admin)
+        assert r.status_code == 200, r.text
+        assert r.json()["versions"]["geocode_reference"][0]["sha256"] != before["sha256"]
+        assert ask().json()["lat"] == 32.779  # not the cached answer of the old reference
+        after = c.get("/v1/layers").json()["geocode_reference"]
+        assert after["cache"]["misses"] == 1 and after["cache"]["hits"] == 0
+        assert not after["address_points"]["sha256_matches_manifest"]  # reported, as for a local layer file
 
-            points.write_text("housenumber,street\n1,Main Street\n")  # lacks postcode, lat, lon
-            r = c.post("/v1/admin/reload", headers=admin)
-            assert r.status_code == 409 and "address points need columns" in r.json()["detail"]
-            assert c.get("/v1/layers").json()["geocode_reference"]["sha256"] == after["sha256"]
-            assert ask().json()["lat"] == 32.779
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-        get_settings.cache_clear()
+        points.write_text("housenumber,street\n1,Main Street\n")  # lacks postcode, lat, lon
+        r = c.post("/v1/admin/reload", headers=admin)
+        assert r.status_code == 409 and "address points need columns" in r.json()["detail"]
+        assert c.get("/v1/layers").json()["geocode_reference"]["sha256"] == after["sha256"]
+        assert ask().json()["lat"] == 32.779
 
 
 def test_no_text_crashes_the_parser_or_the_matcher(geocoder):

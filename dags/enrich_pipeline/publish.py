@@ -11,7 +11,6 @@ temporary name in the folder and renamed into place; the metadata goes last, onc
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 from pathlib import Path
@@ -205,11 +204,9 @@ def write_spatial(enriched_path: Path, dest: Path, driver: str, layer: str | Non
 
 
 def sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+    from enrich_service.layers.sources import sha256_of  # the service's own, as the boundary files are checked
+
+    return sha256_of(path)
 
 
 def unmatched(spec: DatasetSpec, enriched_path: Path) -> dict:

@@ -22,7 +22,7 @@ from .engine.tagger import TagResult
 from .errors import InvalidInput, MalformedBody, NotAcceptable, UnsupportedMediaType
 from .points import PointBatch, Prepared, parse_dates
 
-from .responses import ARROW, CSV, JSON, MEDIA_TYPES, NDJSON  # noqa: F401 - CSV re-exported for the routers
+from .responses import ARROW, JSON, MEDIA_TYPES, NDJSON
 MAX_ID_CHARS = 1_000
 
 

@@ -68,6 +68,5 @@ async def reload_index(app) -> ServiceIndex:
         app.state.load_error = None
         RELOADS.labels("swapped").inc()
         record_index(index)
-        old = None  # noqa: F841 - requests still on the old index keep it alive; this frame no longer does
         _release_in_background(app)
         return index

@@ -134,7 +134,9 @@ def build_dataset_dag(spec: DatasetSpec):
 
         @task
         def publish_files(assembled: dict, stats: dict) -> dict:
-            from .publish import sha256, write_csv, write_spatial
+            from enrich_service.layers.sources import sha256_of
+
+            from .publish import write_csv, write_spatial
             from .spec import resolve
 
             if spec.portal is None:
@@ -144,7 +146,7 @@ def build_dataset_dag(spec: DatasetSpec):
             files = [write_csv(Path(assembled["path"]), folder / f"{base}.csv"),
                      write_spatial(Path(assembled["path"]), folder / f"{base}.geojson", "GeoJSON")]
             return {"folder": str(folder),
-                    "files": {p.name: {"bytes": p.stat().st_size, "sha256": sha256(p)} for p in files}}
+                    "files": {p.name: {"bytes": p.stat().st_size, "sha256": sha256_of(p)} for p in files}}
 
         @task(outlets=[Asset(spec.asset_uri)])
         def record_publication(assembled: dict, stats: dict, postgis: dict, files: dict) -> dict:

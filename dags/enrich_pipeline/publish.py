@@ -203,12 +203,6 @@ def write_spatial(enriched_path: Path, dest: Path, driver: str, layer: str | Non
     return dest
 
 
-def sha256(path: Path) -> str:
-    from enrich_service.layers.sources import sha256_of  # the service's own, as the boundary files are checked
-
-    return sha256_of(path)
-
-
 def unmatched(spec: DatasetSpec, enriched_path: Path) -> dict:
     import pyarrow.parquet as pq
 

@@ -15,13 +15,12 @@ from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from .. import codecs
-from ..codecs import ARROW, CSV, JSON, NDJSON
 from ..errors import InvalidInput
 from ..geocode import join
 from ..geocode.join import AddressColumns, Records
 from ..geocode.matcher import LEVELS
 from ..index import ServiceIndex, current
-from ..responses import JSONResponse, NDJSONResponse
+from ..responses import ARROW, CSV, JSON, NDJSON, JSONResponse, NDJSONResponse
 from ..settings import get_settings
 from .common import Options, check_batch_size, offload, parse_options, read_body, spool_body
 from .ndjson import answer_stream, parse_lines
@@ -147,7 +146,8 @@ async def post_geocode_join(
         opts = parse_options(query, settings)
         index.store.check_layers(opts.layers)
         spool = await spool_body(request, settings)
-        return NDJSONResponse(answer_stream(spool, functools.partial(_ndjson_chunk, index, opts=opts, cols=cols), settings),
+        chunk = functools.partial(_ndjson_chunk, index, opts=opts, cols=cols)
+        return NDJSONResponse(answer_stream(spool, chunk, settings),
                               headers={REFERENCE_HEADER: join.reference_header(index)})
 
     body = await read_body(request, settings)

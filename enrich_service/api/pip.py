@@ -10,10 +10,10 @@ import orjson
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import Response
 
-from ..responses import JSONResponse, NDJSONResponse
+from ..responses import ARROW, CSV, JSON, NDJSON, JSONResponse, NDJSONResponse
 
 from .. import codecs
-from ..codecs import ARROW, CSV, JSON, NDJSON, Columns
+from ..codecs import Columns
 from ..errors import InvalidInput
 from ..index import ServiceIndex, current
 from ..observability import POINTS
@@ -57,7 +57,7 @@ def _query_param(name: str, schema: dict, description: str, required: bool = Fal
 
 # The single lookup reads its query itself, like the bulk bodies: FastAPI's per-parameter validation cost more CPU
 # than the lookup (about 200 us of ~700 us per request), and single lookups are what GIS tools call in bursts.
-# The parameters are declared here for OpenAPI; parse_options and _number check them and name the field.
+# The parameters are declared here for OpenAPI; parse_options and _required_number check them and name the field.
 _SINGLE_PARAMS = {"parameters": [
     _query_param("lon", {"type": "number"}, "Longitude (or x in `crs`)", True, -117.1627),
     _query_param("lat", {"type": "number"}, "Latitude (or y in `crs`)", True, 32.7167),
@@ -69,7 +69,7 @@ _SINGLE_PARAMS = {"parameters": [
 ]}
 
 
-def _number(query, name: str) -> float:
+def _required_number(query, name: str) -> float:
     text = query.get(name)
     if text is None or text == "":
         raise InvalidInput(f"{name} is required", field=name)
@@ -83,7 +83,7 @@ def _number(query, name: str) -> float:
             summary="Tag one point with every requested layer")
 async def get_pip(request: Request):
     query = request.query_params
-    lon, lat = _number(query, "lon"), _number(query, "lat")
+    lon, lat = _required_number(query, "lon"), _required_number(query, "lat")
     settings = get_settings()
     index = current(request.app)
     opts = parse_options({name: query.get(name) for name in ("layers", "as_of", "crs", "nearest_within_m")},
@@ -138,7 +138,8 @@ async def post_pip(
     if kind == NDJSON:
         opts = parse_options(query, settings)
         spool = await spool_body(request, settings)
-        return NDJSONResponse(answer_stream(spool, functools.partial(_ndjson_chunk, index, opts=opts, cols=cols), settings))
+        chunk = functools.partial(_ndjson_chunk, index, opts=opts, cols=cols)
+        return NDJSONResponse(answer_stream(spool, chunk, settings))
 
     body = await read_body(request, settings)
     if kind == JSON:

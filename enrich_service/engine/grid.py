@@ -163,7 +163,6 @@ def _classify_runs(edge, gx0, gy0, cw, ch, start, index, seg, seg_feature, rank,
                 if undecided:  # cannot happen for an unmarked cell's centre; be safe all the same
                     value = EDGE
             cells[j, i] = value
-    return cells
 
 
 @njit(cache=True)

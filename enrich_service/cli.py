@@ -15,9 +15,15 @@ def serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     # Our JSON logging for every process (uvicorn workers too); uvicorn's access log is replaced by ours.
-    uvicorn.run("enrich_service.main:create_app", factory=True, host=args.host, port=args.port,
-                workers=args.workers, log_config=None, access_log=False,
-                timeout_graceful_shutdown=args.graceful_seconds)
+    config = uvicorn.Config("enrich_service.main:create_app", factory=True, host=args.host, port=args.port,
+                            workers=args.workers, log_config=None, access_log=False,
+                            timeout_graceful_shutdown=args.graceful_seconds)
+    if config.workers > 1:
+        from . import workers
+
+        workers.run(config)
+    else:
+        uvicorn.Server(config).run()
     return 0
 
 

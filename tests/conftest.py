@@ -78,7 +78,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_service(env: dict | None = None, port: int | None = None):
+def start_service(env: dict | None = None, port: int | None = None, workers: int = 1):
     """A real `enrich-service serve` on loopback with the real layers; returns (process, base_url) once ready."""
     import subprocess
     import sys
@@ -93,7 +93,7 @@ def start_service(env: dict | None = None, port: int | None = None):
     full_env = {**inherited, "ENRICH_BOUNDARY_DIR": str(BOUNDARIES), "ENRICH_REFERENCE_DIR": str(ADDRESS),
                 "ENRICH_API_KEYS": "test-admin-key", **(env or {})}
     proc = subprocess.Popen([sys.executable, "-m", "enrich_service.cli", "serve", "--host", "127.0.0.1",
-                             "--port", str(port), "--log-level", "warning"], env=full_env)
+                             "--port", str(port), "--workers", str(workers), "--log-level", "warning"], env=full_env)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:

@@ -166,3 +166,38 @@ def test_reload_under_load_fails_no_request_and_switches_exactly_at_the_swap(ser
         done = [s[2] for s in swaps if s[1] <= start]
         in_flight = {s[2] for s in swaps if s[0] <= end and s[1] >= start}
         assert sha in {done[-1] if done else initial} | in_flight
+
+
+def test_workers_share_the_connections_and_sighup_reloads_every_worker():
+    """--workers 2: connections opened together spread over both workers (each listens on its own socket), and
+    SIGHUP to the supervisor reloads each worker's index in place rather than restarting the workers."""
+    import signal
+
+    proc, url = start_service({"ENRICH_LOG_LEVEL": "WARNING"}, workers=2)
+    clients = [httpx.Client(base_url=url, limits=httpx.Limits(max_connections=1), timeout=30) for _ in range(16)]
+    try:
+        with ThreadPoolExecutor(16) as pool:  # 16 keep-alive connections at once, as a proxy's pool opens them
+            list(pool.map(lambda c: c.get("/healthz"), clients))
+        deadline = time.monotonic() + 60  # the other worker may still be indexing (503)
+        while any(c.get("/readyz").status_code != 200 for c in clients) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        ready = [c.get("/readyz").json() for c in clients]
+        pids = {r["worker_pid"] for r in ready}
+        assert len(pids) == 2, f"every connection went to one worker: {pids}"
+        assert {r["generation"] for r in ready} == {0}
+
+        proc.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            seen = [c.get("/readyz").json() for c in clients]
+            if all(s.get("generation") == 1 for s in seen):
+                break
+            time.sleep(0.2)
+        assert [s.get("generation") for s in seen] == [1] * 16
+        assert {s["worker_pid"] for s in seen} == pids, "SIGHUP restarted the workers instead of reloading them"
+        assert proc.poll() is None
+    finally:
+        for c in clients:
+            c.close()
+        proc.terminate()
+        proc.wait(timeout=30)

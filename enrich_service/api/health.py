@@ -1,5 +1,7 @@
 """Liveness (the process answers) and readiness (layers loaded and indexed)."""
 
+import os
+
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
@@ -21,7 +23,9 @@ def readyz(request: Request):
         error = getattr(request.app.state, "load_error", None)
         return JSONResponse({"status": "loading" if error is None else "failed", "detail": error},
                               status_code=503)
-    return {"status": "ready", "generation": index.generation, "versions": index.versions()}
+    # worker_pid: with --workers N, which worker (and so which index generation) answered
+    return {"status": "ready", "generation": index.generation, "worker_pid": os.getpid(),
+            "versions": index.versions()}
 
 
 @router.get("/metrics", summary="Prometheus metrics", response_class=Response)

@@ -7,6 +7,7 @@ table (Arrow, CSV) followed by the result columns: for each layer `<layer>`, `<l
 
 from __future__ import annotations
 
+import functools
 import io
 from dataclasses import dataclass
 
@@ -208,7 +209,11 @@ def _sparse_list(n: int, values: dict[int, str]) -> list:
     return out
 
 
-_RULES = pa.array(RULE_NAMES.tolist()[1:], type=pa.string())  # "edge", "overlap", "nearest" (0 is null)
+@functools.cache
+def _rules() -> pa.Array:
+    # Built on first use, not at import: pyarrow imports pandas on its first array (0.2 s, 40 MB), which a service
+    # answering only single lookups never needs.
+    return pa.array(RULE_NAMES.tolist()[1:], type=pa.string())  # "edge", "overlap", "nearest" (0 is null)
 
 
 def result_arrays(prepared: Prepared, result: TagResult) -> list[tuple[str, pa.Array]]:
@@ -222,7 +227,7 @@ def result_arrays(prepared: Prepared, result: TagResult) -> list[tuple[str, pa.A
         codes = inverse.astype(index_type)[np.maximum(tags.codes, 0)]
         out.append((name, pa.DictionaryArray.from_arrays(pa.array(codes, mask=tags.codes < 0), pa.array(uniq))))
         rule = tags.rule.astype(np.int8) - 1
-        out.append((f"{name}_rule", pa.DictionaryArray.from_arrays(pa.array(rule, mask=tags.rule == 0), _RULES)))
+        out.append((f"{name}_rule", pa.DictionaryArray.from_arrays(pa.array(rule, mask=tags.rule == 0), _rules())))
         if tags.distance_m is not None:
             out.append((f"{name}_distance_m", pa.array(tags.distance_m, from_pandas=True)))
         if tags.version is not None:

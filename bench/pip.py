@@ -28,6 +28,7 @@ import pyarrow.ipc as ipc
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+from enrich_service.arrow_stream import stream_buffer  # noqa: E402
 DATA = Path(os.environ.get("ENRICH_SHARED_DATA", REPO.parent / "shared" / "data"))
 BOUNDARIES = DATA / "boundaries"
 LAYERS = [("council_district", 1, "council_districts_2021_datasd.geojson"),
@@ -101,10 +102,7 @@ def start_service(port: int, env: dict) -> tuple[subprocess.Popen, float]:
 
 
 def arrow_bytes(table: pa.Table) -> bytes:
-    sink = pa.BufferOutputStream()
-    with ipc.new_stream(sink, table.schema) as w:
-        w.write_table(table)
-    return sink.getvalue().to_pybytes()
+    return stream_buffer(table).to_pybytes()  # as enrich_service.client sends it
 
 
 def http_arrow(client, url, x, y):

@@ -153,13 +153,9 @@ class EnrichClient:
         import pyarrow as pa
         import pyarrow.ipc as ipc
 
-        mock = pa.MockOutputStream()
-        with ipc.new_stream(mock, table.schema) as w:
-            w.write_table(table)
-        buf = pa.allocate_buffer(mock.size())
-        with ipc.new_stream(pa.FixedSizeBufferWriter(buf), table.schema) as w:
-            w.write_table(table)
-        r = self._request("POST", "/v1/pip", params=params, content=buf.to_pybytes(),
+        from .arrow_stream import stream_buffer
+
+        r = self._request("POST", "/v1/pip", params=params, content=stream_buffer(table).to_pybytes(),
                           headers={"content-type": ARROW, "accept": ARROW})
         try:
             answer = ipc.open_stream(pa.py_buffer(r.content)).read_all()

@@ -18,6 +18,7 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.ipc as ipc
 
+from .arrow_stream import stream_buffer
 from .engine.rules import RULE_NAMES
 from .engine.tagger import TagResult
 from .errors import InvalidInput, MalformedBody, NotAcceptable, UnsupportedMediaType
@@ -194,12 +195,31 @@ def row_errors(prepared: Prepared, result: TagResult | None) -> dict[int, str]:
     return {row: f"{name}: {message}" for row, (name, message) in merged.items()}
 
 
+def _index_type(size: int) -> type:
+    # The narrowest index type that holds the dictionary: a 1M-row answer is 3 MB per column lighter in int8.
+    return np.int8 if size <= 127 else np.int16 if size <= 32767 else np.int32
+
+
+def _dictionary_column(indices: np.ndarray, valid: np.ndarray, dictionary: pa.Array) -> pa.DictionaryArray:
+    # Straight from the buffers: pa.array(..., mask=...) and the checked from_arrays each pass over a 1M-row column
+    # again (8.8 ms per layer, now 1 ms). Every index is in range by construction, so the check is skipped.
+    bitmap = pa.py_buffer(np.packbits(valid, bitorder="little"))
+    arr = pa.Array.from_buffers(pa.from_numpy_dtype(indices.dtype), len(indices), [bitmap, pa.py_buffer(indices)])
+    return pa.DictionaryArray.from_arrays(arr, dictionary, safe=False)
+
+
 def _sparse_arrow(n: int, values: dict[int, str]) -> pa.Array:
-    if not values:
-        return pa.nulls(n, pa.string())
-    arr = np.full(n, None, dtype=object)
-    arr[np.fromiter(values, dtype=np.int64, count=len(values))] = list(values.values())
-    return pa.array(arr, type=pa.string())
+    """Rare per-row texts (flags, errors) as a dictionary column: a null costs a bit, not a 4-byte string offset
+    (the two columns of a 1M-row answer: 1 MB each instead of 4)."""
+    distinct = sorted(set(values.values()))
+    indices = np.zeros(n, dtype=_index_type(len(distinct)))
+    valid = np.zeros(n, dtype=bool)
+    if values:
+        rows = np.fromiter(values, dtype=np.int64, count=len(values))
+        position = {text: i for i, text in enumerate(distinct)}
+        indices[rows] = [position[text] for text in values.values()]
+        valid[rows] = True
+    return _dictionary_column(indices, valid, pa.array(distinct, type=pa.string()))
 
 
 def _sparse_list(n: int, values: dict[int, str]) -> list:
@@ -222,12 +242,11 @@ def result_arrays(prepared: Prepared, result: TagResult) -> list[tuple[str, pa.A
     out: list[tuple[str, pa.Array]] = []
     for name, tags in result.layers.items():
         uniq, inverse = np.unique(tags.dictionary.astype(str), return_inverse=True)
-        # The narrowest index type that holds the dictionary: a 1M-row answer is 3 MB per layer lighter in int8.
-        index_type = np.int8 if len(uniq) <= 127 else np.int16 if len(uniq) <= 32767 else np.int32
-        codes = inverse.astype(index_type)[np.maximum(tags.codes, 0)]
-        out.append((name, pa.DictionaryArray.from_arrays(pa.array(codes, mask=tags.codes < 0), pa.array(uniq))))
-        rule = tags.rule.astype(np.int8) - 1
-        out.append((f"{name}_rule", pa.DictionaryArray.from_arrays(pa.array(rule, mask=tags.rule == 0), _rules())))
+        index_type = _index_type(len(uniq))
+        lookup = np.append(inverse.astype(index_type), index_type(0))  # code -1 (no feature) takes the last slot
+        out.append((name, _dictionary_column(lookup.take(tags.codes), tags.codes >= 0, pa.array(uniq))))
+        rule_index = np.maximum(tags.rule - np.int8(1), np.int8(0))  # index into _rules(); rule 0 is null
+        out.append((f"{name}_rule", _dictionary_column(rule_index, tags.rule != 0, _rules())))
         if tags.distance_m is not None:
             out.append((f"{name}_distance_m", pa.array(tags.distance_m, from_pandas=True)))
         if tags.version is not None:
@@ -343,15 +362,7 @@ def answer_table(table: pa.Table | None, ids: object, prepared: Prepared, result
 
 
 def encode_arrow(table: pa.Table) -> memoryview:
-    # Measure, then write into one buffer of the right size: a growing BufferOutputStream reallocates and copies
-    # (10-30x slower for a 1M-row answer). The response sends that buffer itself, with no copy into bytes.
-    mock = pa.MockOutputStream()
-    with ipc.new_stream(mock, table.schema) as writer:
-        writer.write_table(table)
-    buf = pa.allocate_buffer(mock.size())
-    with ipc.new_stream(pa.FixedSizeBufferWriter(buf), table.schema) as writer:
-        writer.write_table(table)
-    return memoryview(buf)
+    return memoryview(stream_buffer(table))  # the response sends the buffer itself, with no copy into bytes
 
 
 def encode_csv(table: pa.Table) -> bytes:

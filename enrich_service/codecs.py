@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import io
+from itertools import repeat
 from dataclasses import dataclass
 
 import numpy as np
@@ -20,6 +21,7 @@ import pyarrow.ipc as ipc
 
 from .arrow_stream import stream_buffer
 from .engine.rules import RULE_NAMES
+from .gc_pause import paused_gc
 from .engine.tagger import TagResult
 from .errors import InvalidInput, MalformedBody, NotAcceptable, UnsupportedMediaType
 from .points import PointBatch, Prepared, parse_dates
@@ -70,19 +72,32 @@ def _number(v: object) -> float:
     return float(v) if (v.__class__ is float or v.__class__ is int) else np.nan
 
 
+def _numbers(values: list) -> np.ndarray:
+    """Floats and ints as float64, anything else NaN (its row's error is named by the caller)."""
+    if set(map(type, values)) <= {float, int}:  # the usual body: numpy converts the list in one call
+        return np.array(values, dtype=np.float64)
+    return np.fromiter((_number(v) for v in values), dtype=np.float64, count=len(values))
+
+
 def decode_points(points: object, cols: Columns = Columns()) -> PointBatch:
     """JSON `points` (a list of objects) to columns; a malformed row is recorded, the others decoded."""
     if not isinstance(points, list):
         raise InvalidInput("points must be a list of {id, lon, lat} objects", field="points")
-    n = len(points)
+    with paused_gc():
+        return _decode_points(points, cols)
+
+
+def _decode_points(points: list, cols: Columns) -> PointBatch:
+    # map() over C-level methods rather than comprehensions: a 1M-point body decodes in about half the time.
     errors: dict[int, tuple[str, str]] = {}
-    rows = [p if isinstance(p, dict) else {} for p in points]
-    for i in (i for i, p in enumerate(points) if not isinstance(p, dict)):
-        errors[i] = ("points", "each point must be an object with id, lon and lat")
-    xs = [p.get(cols.lon) for p in rows]
-    ys = [p.get(cols.lat) for p in rows]
-    x = np.fromiter((_number(v) for v in xs), dtype=np.float64, count=n)
-    y = np.fromiter((_number(v) for v in ys), dtype=np.float64, count=n)
+    rows = points
+    if not set(map(type, points)) <= {dict}:
+        rows = [p if p.__class__ is dict else {} for p in points]
+        for i in (i for i, p in enumerate(points) if p.__class__ is not dict):
+            errors[i] = ("points", "each point must be an object with id, lon and lat")
+    xs = list(map(dict.get, rows, repeat(cols.lon)))
+    ys = list(map(dict.get, rows, repeat(cols.lat)))
+    x, y = _numbers(xs), _numbers(ys)
     for name, raw, arr in ((cols.lon, xs, x), (cols.lat, ys, y)):
         for i in np.flatnonzero(np.isnan(arr)):  # only the odd rows are looked at one by one
             if i in errors:
@@ -92,16 +107,23 @@ def decode_points(points: object, cols: Columns = Columns()) -> PointBatch:
                 errors[int(i)] = (name, "missing")
             elif not (v.__class__ is float or v.__class__ is int):
                 errors[int(i)] = (name, f"must be a number, got {type(v).__name__}")
-    ids = [p.get(cols.id) for p in rows]
+    ids = list(map(dict.get, rows, repeat(cols.id)))
     _check_ids(ids, errors)
     dates = None
     date_key = cols.date or "date"
-    if any(date_key in p for p in rows):
-        dates = parse_dates([p.get(date_key) for p in rows], date_key, errors)
+    if any(map(dict.__contains__, rows, repeat(date_key))):
+        dates = parse_dates(list(map(dict.get, rows, repeat(date_key))), date_key, errors)
     return PointBatch(ids=ids, x=x, y=y, dates=dates, errors=errors)
 
 
+_PLAIN_IDS = {int, float, bool, type(None)}
+
+
 def _check_ids(ids: list, errors: dict[int, tuple[str, str]]) -> None:
+    kinds = set(map(type, ids))
+    if kinds <= _PLAIN_IDS or (kinds <= _PLAIN_IDS | {str} and
+                               max((len(v) for v in ids if v.__class__ is str), default=0) <= MAX_ID_CHARS):
+        return  # the usual body: nothing to report or cut
     for i, v in enumerate(ids):
         if v is None or v.__class__ in (int, float, bool):
             continue
@@ -116,7 +138,8 @@ def _check_ids(ids: list, errors: dict[int, tuple[str, str]]) -> None:
 
 def loads(body: bytes) -> object:
     try:
-        return orjson.loads(body)
+        with paused_gc():
+            return orjson.loads(body)
     except orjson.JSONDecodeError as exc:
         raise MalformedBody(f"body is not valid JSON: {exc}", field="body") from None
 
@@ -282,6 +305,11 @@ def error_list(ids: object, prepared: Prepared, result: TagResult | None, limit:
 
 
 def encode_json(ids: list, prepared: Prepared, result: TagResult, extra: dict) -> bytes:
+    with paused_gc():
+        return _encode_json(ids, prepared, result, extra)
+
+
+def _encode_json(ids: list, prepared: Prepared, result: TagResult, extra: dict) -> bytes:
     rows = json_rows([("id", ids)] + result_arrays(prepared, result), b",")
     head = orjson.dumps({"count": len(prepared), "layers": result.layers_used(),
                          "errors": error_list(ids, prepared, result), **extra}, option=orjson.OPT_SERIALIZE_NUMPY)

@@ -6,8 +6,6 @@ read is rebuilt and replaced; a folder that cannot be written only costs the reb
 
 from __future__ import annotations
 
-import contextlib
-import gc
 import hashlib
 import logging
 import os
@@ -15,6 +13,8 @@ import pickle
 import tempfile
 from pathlib import Path
 from typing import Callable, TypeVar
+
+from .gc_pause import paused_gc
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -27,24 +27,11 @@ def code_digest(*files: Path) -> str:
     return h.hexdigest()[:16]
 
 
-@contextlib.contextmanager
-def _no_gc():
-    """Unpickling ~100k tuples and dicts set off a full collection again and again: the geocoder's reference loaded
-    in 0.75 s with the collector on, 0.11 s with it off (nothing unpickled is garbage)."""
-    was_enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if was_enabled:
-            gc.enable()
-
-
 def cached(path: Path, build: Callable[[], T]) -> tuple[T, bool]:
     """(value, True) when read from `path`, else (build(), False) after writing it there atomically."""
     if path.is_file():
         try:
-            with open(path, "rb") as f, _no_gc():
+            with open(path, "rb") as f, paused_gc():
                 return pickle.load(f), True
         except Exception as exc:  # noqa: BLE001 - a damaged cache file is rebuilt, never fatal
             log.warning("cache file %s unreadable (%s); rebuilding", path, exc)

@@ -37,3 +37,32 @@ def test_json_rows_parse_to_the_per_row_dicts(ids):
 def test_non_finite_floats_become_null_as_orjson_writes_them():
     body = bytes(json_rows([("x", pa.array([np.nan, np.inf, -np.inf, 1.5], from_pandas=False))], b","))
     assert orjson.loads(b"[" + body[:-1] + b"]") == [{"x": None}, {"x": None}, {"x": None}, {"x": 1.5}]
+
+
+def test_decode_points_takes_plain_bodies_whole_and_still_names_each_odd_row():
+    from enrich_service.codecs import MAX_ID_CHARS, decode_points
+
+    rng = np.random.default_rng(3)
+    lon, lat = rng.uniform(-117.3, -116.9, 1000), rng.uniform(32.5, 33.1, 1000)
+    plain = [{"id": i, "lon": a, "lat": b} for i, (a, b) in enumerate(zip(lon.tolist(), lat.tolist()))]
+    batch = decode_points(plain)
+    assert batch.errors == {} and batch.ids == list(range(1000)) and batch.dates is None
+    assert np.array_equal(batch.x, lon) and np.array_equal(batch.y, lat)
+
+    odd = [dict(p) for p in plain]
+    odd[5]["lon"] = True  # bool is an int to Python, not a coordinate
+    odd[6]["lat"] = "32.7"
+    odd[7]["id"] = "x" * (MAX_ID_CHARS + 1)
+    odd[8] = 7
+    odd[9]["lon"] = -117  # an int is a number
+    odd[10]["date"] = "2020-02-30"
+    batch = decode_points(odd)
+    assert batch.errors == {5: ("lon", "must be a number, got bool"), 6: ("lat", "must be a number, got str"),
+                            7: ("id", f"longer than {MAX_ID_CHARS} characters"),
+                            8: ("points", "each point must be an object with id, lon and lat"),
+                            10: ("date", "'2020-02-30' is not a date (YYYY-MM-DD)")}
+    assert batch.x[9] == -117.0 and np.isnan(batch.x[5]) and np.isnan(batch.y[6]) and batch.ids[8] is None
+    assert len(batch.ids[7]) == MAX_ID_CHARS
+    same = np.ones(1000, dtype=bool)
+    same[[5, 8, 9]] = False
+    assert np.array_equal(batch.x[same], lon[same])

@@ -87,36 +87,50 @@ def _mark_edges(seg, gx0, gy0, cw, ch, n, edge):
 
 @njit(cache=True)
 def _bands(seg, gy0, ch, n):
-    """CSR of edge indices per row band (edges within EPS of the band)."""
+    """CSR of edge indices per row band (edges within EPS of the band), in two orders: index[0] by decreasing max x
+    (a ray to +x stops at the first edge ending left of the point), index[1] by increasing min x (a ray to -x stops
+    at the first edge starting right of it); split[j], the median x of band j's edges, picks the shorter ray."""
     counts = np.zeros(n + 1, dtype=np.int64)
     for k in range(seg.shape[0]):
         j0, j1 = _cell_range(min(seg[k, 1], seg[k, 3]), max(seg[k, 1], seg[k, 3]), gy0, ch, n)
         for j in range(j0, j1 + 1):
             counts[j + 1] += 1
     start = np.cumsum(counts)
-    fill = start[:-1].copy()
-    index = np.empty(start[-1], dtype=np.int32)
-    # Filled in order of decreasing max x, so a ray to +x stops at the first edge ending left of the point.
+    index = np.empty((2, start[-1]), dtype=np.int32)
     maxx = np.maximum(seg[:, 0], seg[:, 2])
-    for k in np.argsort(-maxx):
-        j0, j1 = _cell_range(min(seg[k, 1], seg[k, 3]), max(seg[k, 1], seg[k, 3]), gy0, ch, n)
-        for j in range(j0, j1 + 1):
-            index[fill[j]] = k
-            fill[j] += 1
-    return start, index
+    minx = np.minimum(seg[:, 0], seg[:, 2])
+    for side, order in ((0, np.argsort(-maxx)), (1, np.argsort(minx))):
+        fill = start[:-1].copy()
+        for k in order:
+            j0, j1 = _cell_range(min(seg[k, 1], seg[k, 3]), max(seg[k, 1], seg[k, 3]), gy0, ch, n)
+            for j in range(j0, j1 + 1):
+                index[side, fill[j]] = k
+                fill[j] += 1
+    split = np.zeros(n, dtype=np.float64)
+    for j in range(n):
+        if start[j + 1] > start[j]:
+            band = index[0, start[j]:start[j + 1]]
+            split[j] = np.median((minx[band] + maxx[band]) * 0.5)
+    return start, index, split
 
 
 @njit(cache=True)
-def _band_test(px, py, j, start, index, seg, seg_feature, rank, parity, touched):
+def _band_test(px, py, j, start, index, split, seg, seg_feature, rank, parity, touched):
     """(feature or NONE, overlap flag, undecided flag) for a point in row band j. parity/touched are scratch.
-    Only edges reaching right of the point can cross its ray or lie within EPS of it; the band's edges come in
-    order of decreasing max x, so the loop stops at the first that ends left of the point."""
+    The horizontal line through the point crosses every ring an even number of times (half-open rule), so the
+    crossings on either side of the point have the same parity per feature: count on the side with fewer edges.
+    An edge that does not reach the point's side cannot cross that ray or lie within EPS of the point."""
     n_touched = 0
     undecided = False
+    rightward = px >= split[j]
+    order = index[0] if rightward else index[1]
     for e in range(start[j], start[j + 1]):
-        k = index[e]
+        k = order[e]
         ax, ay, bx, by = seg[k, 0], seg[k, 1], seg[k, 2], seg[k, 3]
-        if max(ax, bx) < px - EPS:  # this and every later edge of the band end left of the point
+        if rightward:
+            if max(ax, bx) < px - EPS:  # this and every later edge of the band end left of the point
+                break
+        elif min(ax, bx) > px + EPS:  # this and every later edge start right of the point
             break
         # Near the edge (within EPS of the segment): leave it to the exact path.
         if min(ax, bx) - EPS <= px <= max(ax, bx) + EPS and min(ay, by) - EPS <= py <= max(ay, by) + EPS:
@@ -127,7 +141,7 @@ def _band_test(px, py, j, start, index, seg, seg_feature, rank, parity, touched)
                 break
         if (ay > py) != (by > py):
             xint = ax + (py - ay) * (bx - ax) / (by - ay)
-            if xint > px:
+            if (xint > px) if rightward else (xint < px):
                 f = seg_feature[k]
                 if parity[f] == 0:
                     touched[n_touched] = f
@@ -145,7 +159,7 @@ def _band_test(px, py, j, start, index, seg, seg_feature, rank, parity, touched)
 
 
 @njit(cache=True)
-def _classify_runs(edge, gx0, gy0, cw, ch, start, index, seg, seg_feature, rank, n_features, cells):
+def _classify_runs(edge, gx0, gy0, cw, ch, start, index, split, seg, seg_feature, rank, n_features, cells):
     """Fill `cells`: one band test per run of unmarked cells along a row."""
     n = edge.shape[0]
     parity = np.zeros(n_features, dtype=np.uint8)
@@ -159,7 +173,7 @@ def _classify_runs(edge, gx0, gy0, cw, ch, start, index, seg, seg_feature, rank,
                 continue
             if value == EDGE:  # a new run: classify its first cell's centre
                 f, overlap, undecided = _band_test(gx0 + (i + 0.5) * cw, gy0 + (j + 0.5) * ch, j, start, index,
-                                                   seg, seg_feature, rank, parity, touched)
+                                                   split, seg, seg_feature, rank, parity, touched)
                 # A run where features overlap is left to the band test, which names the winner and the overlap:
                 # rare in real layers, and a cell then holds just a feature (int8 up to 127 features).
                 value = NONE if f == NONE else (EDGE if overlap else f)
@@ -169,8 +183,8 @@ def _classify_runs(edge, gx0, gy0, cw, ch, start, index, seg, seg_feature, rank,
 
 
 @njit(cache=True)
-def _lookup_range(lo, hi, x, y, gx0, gy0, cw, ch, cells, start, index, seg, seg_feature, rank, n_features, feature,
-                  rule, undecided):
+def _lookup_range(lo, hi, x, y, gx0, gy0, cw, ch, cells, start, index, split, seg, seg_feature, rank, n_features,
+                  feature, rule, undecided):
     n = cells.shape[0]
     parity = np.zeros(n_features, dtype=np.uint8)
     touched = np.empty(n_features, dtype=np.int32)
@@ -191,27 +205,27 @@ def _lookup_range(lo, hi, x, y, gx0, gy0, cw, ch, cells, start, index, seg, seg_
             feature[p] = NONE
             rule[p] = 0
         else:
-            f, o, u = _band_test(x[p], y[p], j, start, index, seg, seg_feature, rank, parity, touched)
+            f, o, u = _band_test(x[p], y[p], j, start, index, split, seg, seg_feature, rank, parity, touched)
             feature[p] = f
             rule[p] = OVERLAP_CODE if o else 0
             undecided[p] = u
 
 
 @njit(parallel=True, cache=True)
-def _lookup_parallel(x, y, gx0, gy0, cw, ch, cells, start, index, seg, seg_feature, rank, n_features, feature, rule,
-                     undecided):
+def _lookup_parallel(x, y, gx0, gy0, cw, ch, cells, start, index, split, seg, seg_feature, rank, n_features, feature,
+                     rule, undecided):
     m = x.shape[0]
     chunks = 64
     for c in prange(chunks):
-        _lookup_range(c * m // chunks, (c + 1) * m // chunks, x, y, gx0, gy0, cw, ch, cells, start, index, seg,
-                      seg_feature, rank, n_features, feature, rule, undecided)
+        _lookup_range(c * m // chunks, (c + 1) * m // chunks, x, y, gx0, gy0, cw, ch, cells, start, index, split,
+                      seg, seg_feature, rank, n_features, feature, rule, undecided)
 
 
 @njit(cache=True)
-def _lookup_serial(x, y, gx0, gy0, cw, ch, cells, start, index, seg, seg_feature, rank, n_features, feature, rule,
-                   undecided):
-    _lookup_range(0, x.shape[0], x, y, gx0, gy0, cw, ch, cells, start, index, seg, seg_feature, rank, n_features,
-                  feature, rule, undecided)
+def _lookup_serial(x, y, gx0, gy0, cw, ch, cells, start, index, split, seg, seg_feature, rank, n_features, feature,
+                   rule, undecided):
+    _lookup_range(0, x.shape[0], x, y, gx0, gy0, cw, ch, cells, start, index, split, seg, seg_feature, rank,
+                  n_features, feature, rule, undecided)
 
 
 # Below this many points one thread is faster: waking the parallel workers costs more than a small batch's lookups
@@ -233,10 +247,10 @@ class GridIndex:
         self.n_features = version.n_features
         edge = np.zeros((cells, cells), dtype=np.bool_)
         _mark_edges(self.seg, self.x0, self.y0, self.cw, self.ch, cells, edge)
-        self.band_start, self.band_index = _bands(self.seg, self.y0, self.ch, cells)
+        self.band_start, self.band_index, self.band_split = _bands(self.seg, self.y0, self.ch, cells)
         # A cell holds a feature, NONE or EDGE: int8 up to 127 features (a quarter of int32's cache footprint).
         self.cells = np.empty((cells, cells), dtype=np.int8 if self.n_features <= 127 else np.int16)
-        _classify_runs(edge, self.x0, self.y0, self.cw, self.ch, self.band_start, self.band_index,
+        _classify_runs(edge, self.x0, self.y0, self.cw, self.ch, self.band_start, self.band_index, self.band_split,
                        self.seg, self.seg_feature, self.rank, self.n_features, self.cells)
         self.edge_share = float(edge.mean())
 
@@ -246,7 +260,8 @@ class GridIndex:
 
     @property
     def nbytes(self) -> int:
-        return self.cells.nbytes + self.seg.nbytes + self.band_index.nbytes + self.band_start.nbytes
+        return (self.cells.nbytes + self.seg.nbytes + self.band_index.nbytes + self.band_start.nbytes
+                + self.band_split.nbytes)
 
     def lookup(self, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         m = len(x)
@@ -256,6 +271,6 @@ class GridIndex:
         undecided = np.empty(m, dtype=np.bool_)
         kernel = _lookup_serial if m < SERIAL_BELOW else _lookup_parallel
         kernel(np.ascontiguousarray(x, dtype=np.float64), np.ascontiguousarray(y, dtype=np.float64), self.x0,
-                self.y0, self.cw, self.ch, self.cells, self.band_start, self.band_index, self.seg, self.seg_feature,
-                self.rank, self.n_features, feature, rule, undecided)
+                self.y0, self.cw, self.ch, self.cells, self.band_start, self.band_index, self.band_split, self.seg,
+                self.seg_feature, self.rank, self.n_features, feature, rule, undecided)
         return feature, rule, undecided

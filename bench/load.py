@@ -74,7 +74,9 @@ def launch(workers: int, env: dict, log_path: Path, log_level: str) -> tuple[sub
                     _wait_all_workers(proc.pid, workers, deadline)
                 return proc, url
         time.sleep(0.2)
-    proc.kill()
+    for pid in reversed(process_tree(proc.pid)):  # the workers too: killing only the supervisor orphans them
+        with contextlib.suppress(OSError):
+            os.kill(pid, signal.SIGKILL)
     raise SystemExit("enrich-service did not become ready in 120 s")
 
 

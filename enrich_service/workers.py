@@ -8,6 +8,8 @@ connections over them. The supervisor keeps a bound, never listening, socket so 
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import logging
 import os
 import signal
@@ -29,8 +31,18 @@ def _reuse_port_socket(host: str, port: int) -> socket.socket:
     return sock
 
 
+def _exit_with_the_supervisor() -> None:
+    # A supervisor killed outright (SIGKILL, the OOM killer) would leave its workers serving on the port: the kernel
+    # sends them SIGTERM instead (Linux; elsewhere nothing changes).
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # 1: PR_SET_PDEATHSIG
+    if os.getppid() == 1:  # it died before we asked
+        sys.exit(0)
+
+
 class _OwnSocketWorker(multiprocess.Process):
     def target(self, sockets=None) -> None:  # runs in the worker process
+        _exit_with_the_supervisor()
         own = [_reuse_port_socket(*s.getsockname()[:2]) for s in sockets or ()]
         for inherited in sockets or ():
             inherited.close()

@@ -196,6 +196,12 @@ def test_workers_share_the_connections_and_sighup_reloads_every_worker():
         assert [s.get("generation") for s in seen] == [1] * 16
         assert {s["worker_pid"] for s in seen} == pids, "SIGHUP restarted the workers instead of reloading them"
         assert proc.poll() is None
+
+        proc.kill()  # the supervisor killed outright: its workers must not serve on, orphaned
+        deadline = time.monotonic() + 30
+        while any(Path(f"/proc/{pid}").exists() for pid in pids) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not any(Path(f"/proc/{pid}").exists() for pid in pids)
     finally:
         for c in clients:
             c.close()

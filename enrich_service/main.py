@@ -15,7 +15,7 @@ from . import __version__
 from .api import admin, geocode, health, layers, pip
 from .errors import EnrichError, install_handlers
 from .observability import ObservabilityMiddleware, configure_logging
-from .reload import reload_index
+from .reload import reload_index, reload_on_sighup
 from .security import require_read_key
 from .settings import get_settings
 
@@ -28,19 +28,13 @@ async def lifespan(app: FastAPI):
     task = asyncio.create_task(_initial_load(app))
     loop = asyncio.get_running_loop()
     with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
-        loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(_reload_quietly(app)))
+        loop.add_signal_handler(signal.SIGHUP, reload_on_sighup, app)
     yield
     task.cancel()
 
 
 async def _initial_load(app: FastAPI) -> None:
     with contextlib.suppress(EnrichError):  # logged by reload_index; /readyz reports it
-        await reload_index(app)
-
-
-async def _reload_quietly(app: FastAPI) -> None:
-    log.info("SIGHUP: reloading layers")
-    with contextlib.suppress(EnrichError):
         await reload_index(app)
 
 

@@ -1,6 +1,8 @@
 """Building the index off the event loop and swapping it in: at start-up, on POST /v1/admin/reload, on SIGHUP.
 
-One build at a time; a build that fails validation is refused and the old index keeps serving.
+One build at a time; a build that fails validation is refused and the old index keeps serving. Under
+`serve --workers N` each worker holds its own index: POST /v1/admin/reload asks the supervisor, which passes
+SIGHUP on to every worker, and answers with this worker's outcome once its own reload is done.
 """
 
 from __future__ import annotations
@@ -10,6 +12,8 @@ import ctypes
 import ctypes.util
 import gc
 import logging
+import os
+import signal
 
 from starlette.concurrency import run_in_threadpool
 
@@ -17,6 +21,7 @@ from .errors import EnrichError, ReloadRefused
 from .index import ServiceIndex, build_index
 from .observability import RELOADS, record_index
 from .settings import get_settings
+from .workers import SUPERVISOR_ENV
 
 log = logging.getLogger(__name__)
 
@@ -70,3 +75,36 @@ async def reload_index(app) -> ServiceIndex:
         record_index(index)
         _release_in_background(app)
         return index
+
+
+async def _reload_on_signal(app) -> ServiceIndex | EnrichError:
+    log.info("SIGHUP: reloading layers")
+    try:
+        return await reload_index(app)
+    except EnrichError as exc:  # logged by reload_index; the old index keeps serving
+        return exc
+
+
+def reload_on_sighup(app) -> None:
+    """The SIGHUP handler: a reload in the background, kept where reload_every_worker can wait for it."""
+    app.state.signal_reload = asyncio.ensure_future(_reload_on_signal(app))
+
+
+async def reload_every_worker(app) -> ServiceIndex:
+    """reload_index in every worker of the supervisor (or in this process when it has none)."""
+    supervisor = os.environ.get(SUPERVISOR_ENV, "")
+    if not supervisor.isdigit() or int(supervisor) != os.getppid():
+        return await reload_index(app)
+    before = getattr(app.state, "signal_reload", None)
+    os.kill(int(supervisor), signal.SIGHUP)  # passed on to every worker, this one included
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 10  # the supervisor looks at its signals every 0.5 s
+    while getattr(app.state, "signal_reload", None) is before:
+        if loop.time() > deadline:
+            log.warning("the supervisor did not pass the reload on; reloading this worker only")
+            return await reload_index(app)
+        await asyncio.sleep(0.05)
+    outcome = await asyncio.shield(app.state.signal_reload)
+    if isinstance(outcome, EnrichError):
+        raise outcome
+    return outcome

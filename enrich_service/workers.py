@@ -22,6 +22,10 @@ from uvicorn.supervisors import multiprocess
 
 log = logging.getLogger(__name__)
 
+# The supervisor's pid, in its workers' environment: reload.reload_every_worker signals it. Nothing else is
+# imported here, so the supervisor stays a small process.
+SUPERVISOR_ENV = "ENRICH_SUPERVISOR_PID"
+
 
 def _reuse_port_socket(host: str, port: int) -> socket.socket:
     sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
@@ -68,6 +72,7 @@ def run(config: Config) -> None:
     log.info("listening on %s:%d with %d workers, one socket each", config.host, sock.getsockname()[1],
              config.workers)
     multiprocess.Process = _OwnSocketWorker  # the supervisor makes its workers by this module-level name
+    os.environ[SUPERVISOR_ENV] = str(os.getpid())  # the workers' POST /v1/admin/reload asks us to pass SIGHUP on
     try:
         _Supervisor(config, sockets=[sock]).run()
     finally:

@@ -197,6 +197,17 @@ def test_workers_share_the_connections_and_sighup_reloads_every_worker():
         assert {s["worker_pid"] for s in seen} == pids, "SIGHUP restarted the workers instead of reloading them"
         assert proc.poll() is None
 
+        # The admin route lands on one worker, which has the supervisor reload them all before it answers.
+        r = clients[0].post("/v1/admin/reload", headers=KEY)
+        assert r.status_code == 200 and r.json()["generation"] == 2, r.text
+        deadline = time.monotonic() + 30  # the other worker builds alongside; it may finish a moment later
+        while time.monotonic() < deadline:
+            generations = [c.get("/readyz").json()["generation"] for c in clients]
+            if generations == [2] * 16:
+                break
+            time.sleep(0.2)
+        assert generations == [2] * 16
+
         proc.kill()  # the supervisor killed outright: its workers must not serve on, orphaned
         deadline = time.monotonic() + 30
         while any(Path(f"/proc/{pid}").exists() for pid in pids) and time.monotonic() < deadline:

@@ -2,7 +2,7 @@
 
 from fastapi import APIRouter, Depends, Request
 
-from ..reload import reload_index
+from ..reload import reload_every_worker
 from ..security import require_admin_key
 from .schemas import ErrorBody
 
@@ -12,8 +12,8 @@ router = APIRouter(prefix="/v1/admin", tags=["admin"], dependencies=[Depends(req
 @router.post("/reload", responses={401: {"model": ErrorBody, "description": "Missing or wrong X-API-Key"},
                                    409: {"model": ErrorBody, "description": "The new index was refused; the old one "
                                                                             "keeps serving"}},
-             summary="Rebuild the index in the background, validate it, swap it in atomically")
+             summary="Rebuild the index in the background, validate it, swap it in atomically (in every worker)")
 async def reload(request: Request) -> dict:
-    index = await reload_index(request.app)
+    index = await reload_every_worker(request.app)
     return {"status": "reloaded", "generation": index.generation, "build_seconds": round(index.build_seconds, 3),
             "versions": index.versions()}

@@ -14,6 +14,7 @@ from .responses import JSONResponse
 from . import __version__
 from .api import admin, geocode, health, layers, pip
 from .errors import EnrichError, install_handlers
+from .memory import keep_freed_memory
 from .observability import ObservabilityMiddleware, configure_logging
 from .reload import reload_index, reload_on_sighup
 from .security import require_read_key
@@ -40,6 +41,7 @@ async def _initial_load(app: FastAPI) -> None:
 
 def create_app() -> FastAPI:
     settings = get_settings()
+    keep_freed_memory(settings.keep_freed_mb)  # every worker process builds its app here
     if not logging.getLogger().handlers:  # started by uvicorn directly rather than `enrich-service serve`
         configure_logging(settings.log_level, settings.json_logs)
     app = FastAPI(
@@ -58,7 +60,8 @@ def create_app() -> FastAPI:
     app.include_router(admin.router)
     if settings.cors_origins:
         app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["GET", "POST"],
-                           allow_headers=["*"], expose_headers=["X-Enrich-Layers", "X-Request-ID", geocode.REFERENCE_HEADER])
+                           allow_headers=["*"],
+                           expose_headers=["X-Enrich-Layers", "X-Request-ID", geocode.REFERENCE_HEADER])
     app.add_middleware(ObservabilityMiddleware, timeout_s=settings.request_timeout_s)
     install_handlers(app)
     return app

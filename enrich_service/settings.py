@@ -40,6 +40,8 @@ class Settings(BaseSettings):
     max_batch: int = Field(default=10_000_000, ge=1, description="Most points in one request")
     max_body_bytes: int = Field(default=1 << 30, ge=1024, description="Largest request body")
     request_timeout_s: float = 120.0
+    keep_freed_mb: int = Field(default=256, ge=0, description="Freed heap kept for the next bulk request (glibc); "
+                                                              "0: glibc's defaults. See memory.py")
 
     # Security
     api_keys: Annotated[list[str], NoDecode] = []

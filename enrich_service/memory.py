@@ -26,10 +26,17 @@ def keep_freed_memory(keep_mb: int) -> None:
 
 
 def release_freed_memory() -> None:
-    """Give the freed pages of the index just replaced back to the OS. A build allocates ~100 MB of small
-    objects and arrays; once freed, glibc keeps them in fragmented heaps and RSS climbs with each reload
-    (measured: +150 MB over 12 reloads, flat with this)."""
+    """After an index is swapped in: collect the replaced one, freeze the serving one out of the collector's sight,
+    and give the freed pages back to the OS.
+
+    The index is ~280k tracked objects (the geocoder's dicts above all) that live until the next reload; every full
+    collection walked them all, an 82 ms pause of the event loop, now ~0. Frozen objects are still freed by
+    reference counting; the unfreeze first lets this collection reach cycles in the replaced index. A build
+    allocates ~100 MB of small objects and arrays; once freed, glibc keeps them in fragmented heaps and RSS climbs
+    with each reload (measured: +150 MB over 12 reloads, flat with the trim)."""
+    gc.unfreeze()
     gc.collect()
+    gc.freeze()
     trim = getattr(_libc, "malloc_trim", None)
     if trim is not None:
         trim(0)

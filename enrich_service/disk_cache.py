@@ -14,7 +14,7 @@ import tempfile
 from pathlib import Path
 from typing import Callable, TypeVar
 
-from .gc_pause import paused_gc
+from .memory import paused_gc
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

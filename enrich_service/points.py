@@ -113,16 +113,12 @@ def prepare(batch: PointBatch, crs: CRS, x_name: str = "lon", y_name: str = "lat
     flags: dict[int, str] = {}
     x, y = batch.x, batch.y
     wgs84 = crs.equals(WGS84, ignore_axis_order=True)
-    plausible = None
+    all_plausible = False
     if wgs84:  # the common case answers with one pass when every row is fine (a 1M-row batch: 14 ms, now ~4)
         lon, lat = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)  # no copy; see `errors` below
         plausible = (np.abs(lon) <= 180) & (np.abs(lat) <= 90)  # False for NaN and inf too
-        if plausible.all():
-            finite = plausible
-        else:
-            finite = np.isfinite(x) & np.isfinite(y)
-    else:
-        finite = np.isfinite(x) & np.isfinite(y)
+        all_plausible = bool(plausible.all())
+    finite = plausible if all_plausible else np.isfinite(x) & np.isfinite(y)
 
     if not finite.all():
         for name, col in ((x_name, x), (y_name, y)):
@@ -130,7 +126,7 @@ def prepare(batch: PointBatch, crs: CRS, x_name: str = "lon", y_name: str = "lat
             _set(errors, np.isnan(col), name, "missing or not a number")
 
     if wgs84:
-        if finite is not plausible:
+        if not all_plausible:
             lat_bad = finite & (np.abs(lat) > 90)
             lon_bad = finite & (np.abs(lon) > 180)
             swapped = lat_bad & (np.abs(lon) <= 90)

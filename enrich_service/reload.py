@@ -23,6 +23,7 @@ from .workers import SUPERVISOR_ENV
 
 log = logging.getLogger(__name__)
 
+
 def _release_in_background(app) -> None:
     # Not awaited: the reload answers as soon as the swap is done (answers from the new index are already going out).
     app.state.release_task = asyncio.ensure_future(run_in_threadpool(release_freed_memory))

@@ -47,15 +47,16 @@ def _exit_with_the_supervisor() -> None:
 class _OwnSocketWorker(multiprocess.Process):
     def target(self, sockets=None) -> None:  # runs in the worker process
         _exit_with_the_supervisor()
-        own = [_reuse_port_socket(*s.getsockname()[:2]) for s in sockets or ()]
-        for inherited in sockets or ():
-            inherited.close()
+        inherited = sockets or []
+        own = [_reuse_port_socket(*s.getsockname()[:2]) for s in inherited]
+        for s in inherited:
+            s.close()
         super().target(own)
 
 
 class _Supervisor(multiprocess.Multiprocess):
     def handle_hup(self) -> None:
-        # Every worker reloads its layers and swaps its index in place (main.lifespan), instead of uvicorn's
+        # Every worker reloads its layers and swaps its index in place (reload.reload_on_sighup), instead of uvicorn's
         # restart of the workers, whose replacements would answer 503 while they index.
         log.info("SIGHUP: reloading the layers in %d workers", len(self.processes))
         for process in self.processes:

@@ -10,14 +10,13 @@ import orjson
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import Response
 
-from ..responses import ARROW, CSV, JSON, NDJSON, JSONResponse, NDJSONResponse
-
 from .. import codecs
 from ..codecs import Columns
 from ..errors import InvalidInput
 from ..index import ServiceIndex, current
 from ..observability import POINTS
 from ..points import PointBatch, prepare
+from ..responses import ARROW, CSV, JSON, NDJSON, JSONResponse, NDJSONResponse
 from ..settings import get_settings
 from .common import Options, check_batch_size, offload, parse_options, read_body, spool_body
 from .ndjson import answer_stream, parse_lines

@@ -5,13 +5,15 @@ from __future__ import annotations
 import numpy as np
 import orjson
 import pyarrow as pa
+import pyarrow.compute as pc
 import pytest
 
-from enrich_service.codecs import json_rows
+from enrich_service.json_rows import json_rows
 
 NASTY = ['plain', 'quo"te', 'back\\slash', 'new\nline', 'tab\t', '\x01ctl', 'Café Ñ 東京', '', None]
 
 
+@pytest.mark.parametrize("dictionary", [False, True])
 @pytest.mark.parametrize("ids", [
     list(range(9)),
     [f"P-{i}" for i in range(9)],
@@ -19,14 +21,16 @@ NASTY = ['plain', 'quo"te', 'back\\slash', 'new\nline', 'tab\t', '\x01ctl', 'Caf
     [1, "two", 3.5, None, True, False, 2**64 - 1, -0.0, "x"],  # mixed: encoded value by value
     [None] * 9,
 ])
-def test_json_rows_parse_to_the_per_row_dicts(ids):
+def test_json_rows_parse_to_the_per_row_dicts(ids, dictionary):
     dist = pa.array([1.25, None, 0.0, 1e20, 3.0, None, 7.5, 0.1 + 0.2, 2.0])
     key = pa.DictionaryArray.from_arrays(pa.array([0, 1, None, 2, 0, 1, 2, None, 0], pa.int32()),
                                          pa.array(["3", 'Mission "Valley"', "Café"]))
     flags = pa.array([None, None, "city_centroid", None, None, None, None, None, "zero_coordinates"])
     errors = pa.array(NASTY)
+    if dictionary:  # as the service sends flags and errors
+        flags, errors = pc.dictionary_encode(flags), pc.dictionary_encode(errors)
     columns = [("id", ids), ("council_district", key), ("d_m", dist), ("flags", flags), ("error", errors)]
-    body = bytes(json_rows(columns, b"\n"))
+    body = bytes(json_rows(columns, b"\n", tail=b"\n"))
     rows = [orjson.loads(line) for line in body.split(b"\n")[:-1]]
     want = [{"id": ids[i], "council_district": key[i].as_py(), "d_m": dist[i].as_py(), "flags": flags[i].as_py(),
              "error": errors[i].as_py()} for i in range(9)]
@@ -34,9 +38,33 @@ def test_json_rows_parse_to_the_per_row_dicts(ids):
     assert list(rows[0]) == ["id", "council_district", "d_m", "flags", "error"]  # key order kept
 
 
+def test_dictionary_columns_side_by_side_write_what_orjson_writes_for_each_row():
+    # The service's answers: runs of dictionary columns (keys, rules, flags, errors), joined per distinct
+    # combination. Enough rows and distinct values that the combinations are numbered both ways (table and sort).
+    rng = np.random.default_rng(5)
+    n = 20_000
+    names = ["plain", 'quo"te', "new\nline", "Café Ñ 東京", ""] + [f"v{i}" for i in range(3000)]
+    columns: list = [("id", list(range(n)))]
+    for k, card in enumerate([4, 3000, 2000, 2, 7]):
+        codes = rng.integers(0, card, n)
+        valid = rng.random(n) > 0.2
+        arr = pa.DictionaryArray.from_arrays(pa.array(codes, mask=~valid), pa.array(names[:card]))
+        columns.append((f"c{k}", arr))
+        if k == 2:
+            columns.append(("d_m", pa.array(rng.random(n))))  # a value per row splits the run
+    body = bytes(json_rows(columns, b",", head=b"[", tail=b"]"))
+    rows = [{name: (values[i] if isinstance(values, list) else values[i].as_py()) for name, values in columns}
+            for i in range(n)]
+    assert orjson.loads(body) == rows
+    no_floats = [c for c in columns if c[0] != "d_m"]
+    assert bytes(json_rows(no_floats, b"\n", tail=b"\n")) == b"".join(
+        orjson.dumps({k: v for k, v in row.items() if k != "d_m"}) + b"\n" for row in rows)
+
+
 def test_non_finite_floats_become_null_as_orjson_writes_them():
-    body = bytes(json_rows([("x", pa.array([np.nan, np.inf, -np.inf, 1.5], from_pandas=False))], b","))
-    assert orjson.loads(b"[" + body[:-1] + b"]") == [{"x": None}, {"x": None}, {"x": None}, {"x": 1.5}]
+    body = bytes(json_rows([("x", pa.array([np.nan, np.inf, -np.inf, 1.5], from_pandas=False))], b",",
+                           head=b"[", tail=b"]"))
+    assert orjson.loads(body) == [{"x": None}, {"x": None}, {"x": None}, {"x": 1.5}]
 
 
 def test_decode_points_takes_plain_bodies_whole_and_still_names_each_odd_row():
@@ -66,3 +94,56 @@ def test_decode_points_takes_plain_bodies_whole_and_still_names_each_odd_row():
     same = np.ones(1000, dtype=bool)
     same[[5, 8, 9]] = False
     assert np.array_equal(batch.x[same], lon[same])
+
+
+def _lenient(body: bytes):
+    from enrich_service.codecs import decode_points
+
+    doc = orjson.loads(body)
+    return {k: doc.get(k) for k in ("layers", "as_of", "crs", "nearest_within_m")}, decode_points(doc["points"])
+
+
+@pytest.mark.parametrize("typed, body", [
+    (True, {"points": [{"id": 1, "lon": -117.1, "lat": 32.7}, {"id": "P-2", "lon": -117, "lat": 33}]}),
+    (True, {"points": [{"lon": -117.1, "lat": 32.7, "extra": [1]}, {"id": None, "lon": 1.5, "lat": 2.5, "id2": 3}],
+            "layers": ["zip"], "as_of": "2020-01-01", "crs": 2230, "nearest_within_m": 10}),
+    (True, {"points": [{"id": 2.5, "lon": 1, "lat": 2, "date": "2019-03-04"}, {"id": -0.0, "lon": 1, "lat": 2},
+                       {"id": "x" * 1001, "lon": 1, "lat": 2, "date": None}, {"lon": 1, "lat": 2, "date": "2019-02-30"}],
+            "layers": "zip,council_district"}),
+    (True, {"points": [{"lon": 1, "lat": 2, "date": None}]}),  # a date key, null: the versions are still reported
+    (False, {"points": [{"id": True, "lon": 1, "lat": 2}]}),
+    (False, {"points": [{"id": 2**63, "lon": 1, "lat": 2}, {"id": -2**63, "lon": 1, "lat": 2}]}),
+    (False, {"points": [{"lon": "1", "lat": 2}, {"lat": 2}, 7, {"lon": None, "lat": False}]}),
+    (False, {"points": [{"lon": 1, "lat": 2, "date": 20190304}]}),
+])
+def test_typed_json_bodies_decode_as_the_lenient_way_does(typed, body):
+    from enrich_service.codecs import _TYPED_BODY, decode_json
+
+    raw = orjson.dumps(body)
+    try:
+        _TYPED_BODY.decode(raw)
+        took_typed = True
+    except Exception:
+        took_typed = False
+    assert took_typed == typed
+    options, batch = decode_json(raw)
+    want_options, want = _lenient(raw)
+    assert options == want_options
+    assert batch.ids == want.ids and [type(i) for i in batch.ids] == [type(i) for i in want.ids]
+    assert batch.errors == want.errors
+    np.testing.assert_array_equal(batch.x, want.x)
+    np.testing.assert_array_equal(batch.y, want.y)
+    assert (batch.dates is None) == (want.dates is None)
+    if want.dates is not None:
+        np.testing.assert_array_equal(batch.dates, want.dates)
+
+
+@pytest.mark.parametrize("body, field", [(b"[1, 2]", "body"), (b'{"layers": "zip"}', "points"),
+                                         (b'{"points": 3}', "points"), (b"{nope", "body")])
+def test_json_bodies_without_a_points_list_are_refused_naming_the_field(body, field):
+    from enrich_service.codecs import decode_json
+    from enrich_service.errors import EnrichError
+
+    with pytest.raises(EnrichError) as info:
+        decode_json(body)
+    assert info.value.field == field

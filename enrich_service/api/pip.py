@@ -142,18 +142,10 @@ async def post_pip(
 
     body = await read_body(request, settings)
     if kind == JSON:
-        doc = codecs.loads(body)
-        if not isinstance(doc, dict):
-            raise InvalidInput("body must be a JSON object with a `points` list", field="body")
-        opts = parse_options(doc, settings)
-        cols = Columns()
-        table, batch = None, None
-        points = doc.get("points")
-        if points is None:
-            raise InvalidInput("points is missing", field="points")
-        if isinstance(points, list):
-            check_batch_size(len(points), settings)
-        batch = await offload(codecs.decode_points, points, cols)
+        raw, batch = await offload(codecs.decode_json, body)
+        opts = parse_options(raw, settings)
+        check_batch_size(len(batch), settings)
+        cols, table = Columns(), None
     else:
         opts = parse_options(query, settings)
         table = await offload(codecs.decode_arrow if kind == ARROW else codecs.decode_csv, body)
@@ -178,4 +170,5 @@ def _ndjson_chunk(index: ServiceIndex, lines: list[bytes], first_row: int, opts:
     batch = codecs.decode_points(docs, cols)
     batch.errors.update(bad)
     prepared, result = tag_batch(index, batch, opts, cols)
-    return codecs.json_rows([("id", batch.ids)] + codecs.result_arrays(prepared, result), b"\n")
+    return codecs.json_rows([("id", batch.ids)] + codecs.result_arrays(prepared, result), b"\n",
+                            tail=b"\n")

@@ -1,0 +1,177 @@
+"""JSON rows built column-wise: a 1M-row answer as one buffer, without a Python object per row.
+
+Every row is a few texts laid end to end: `{"id":`, the row's id, then one text holding all the dictionary columns
+(layer keys, rules, flags, error) with their keys and separators. Those columns have few distinct values, so their
+combinations are few (hundreds on real data): each combination's text is built once, and a compiled kernel copies
+each row's texts into place, both cores at once. A column with a value per row (ids, distances) is a text per row,
+made by Arrow. As dicts per row a 1M-row answer took ~1.4 s before orjson saw it; joined in Arrow, ~0.5 s; here
+~0.1 s. The result parses to exactly what orjson would write for the per-row dicts (tests/test_codecs.py).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import orjson
+import pyarrow as pa
+import pyarrow.compute as pc
+from numba import njit, prange
+
+_TEXT = pa.large_string()
+_NEEDS_ESCAPE = r'["\\\x00-\x1f]'
+_ROWS_PER_TASK = 16_384
+
+
+def json_rows(columns: list[tuple[str, object]], sep: bytes, *, head: bytes = b"", tail: bytes = b"") -> memoryview:
+    """`head`, every row as a JSON object (keys in column order) with `sep` between rows, then `tail`."""
+    n = len(columns[0][1])
+    if n == 0:
+        return memoryview(head + tail)
+    table = _TextTable()
+    pieces: list[np.ndarray] = []
+    run: list[tuple[str, np.ndarray, pa.Array]] = []  # consecutive dictionary columns, joined into one text
+    for k, (name, values) in enumerate(columns):
+        label = ("{" if k == 0 else ",") + orjson.dumps(name).decode() + ":"
+        coded = _codes(values)
+        if coded is not None:
+            run.append((label, *coded))
+            continue
+        run.append((label, None, None))  # the label alone ends the run; the values follow, one text per row
+        pieces.append(_run_texts(run, n, table))
+        run = []
+        pieces.append(table.add(_json_texts(values)))
+    run.append(("}" + sep.decode(), None, None))
+    pieces.append(_run_texts(run, n, table))
+
+    offsets, data = table.arrays()
+    index = np.vstack(pieces)
+    lengths = np.diff(offsets)[index].sum(axis=0)
+    starts = np.empty(n, dtype=np.int64)
+    starts[0] = len(head)
+    np.cumsum(lengths[:-1], out=starts[1:])
+    starts[1:] += len(head)
+    end = int(starts[-1] + lengths[-1]) - len(sep)  # the last row's separator gives way to the tail
+    out = np.empty(max(end + len(tail), end + len(sep)), dtype=np.uint8)
+    out[:len(head)] = np.frombuffer(head, dtype=np.uint8)
+    _copy_rows(index, offsets, data, starts, out)
+    out[end:end + len(tail)] = np.frombuffer(tail, dtype=np.uint8)
+    return memoryview(out)[:end + len(tail)]
+
+
+class _TextTable:
+    """Every distinct text the rows are made of, in one buffer; add() returns each row's text number."""
+
+    def __init__(self) -> None:
+        self._offsets: list[np.ndarray] = [np.zeros(1, dtype=np.int64)]
+        self._data: list[np.ndarray] = []
+        self._count = 0
+        self._size = 0
+
+    def add(self, texts: pa.Array, rows: np.ndarray | None = None) -> np.ndarray:
+        """Append `texts`; each row gets texts[rows[i]] (texts[i] when rows is None)."""
+        texts = texts.cast(_TEXT) if texts.type != _TEXT else texts
+        offsets = np.frombuffer(texts.buffers()[1], dtype=np.int64)[texts.offset: texts.offset + len(texts) + 1]
+        data = np.frombuffer(texts.buffers()[2], dtype=np.uint8)[offsets[0]:offsets[-1]] if offsets[-1] > offsets[0] \
+            else np.zeros(0, dtype=np.uint8)
+        self._offsets.append(offsets[1:] - offsets[0] + self._size)
+        self._data.append(data)
+        first = self._count
+        self._count += len(texts)
+        self._size += len(data)
+        return (first + (np.arange(len(texts), dtype=np.int64) if rows is None else rows)).astype(np.int64)
+
+    def arrays(self) -> tuple[np.ndarray, np.ndarray]:
+        data = np.concatenate(self._data) if self._data else np.zeros(0, dtype=np.uint8)
+        return np.concatenate(self._offsets), data
+
+
+def _codes(values: object) -> tuple[np.ndarray, pa.Array] | None:
+    """A dictionary column as (each row's code, the JSON text of each code; the last is null), else None."""
+    if not isinstance(values, pa.DictionaryArray):
+        return None
+    texts = _dictionary_texts(values.dictionary)
+    codes = values.indices.cast(pa.int32()).fill_null(len(texts) - 1).to_numpy()
+    return codes, texts
+
+
+def _run_texts(run: list[tuple[str, np.ndarray | None, pa.Array | None]], n: int, table: _TextTable) -> np.ndarray:
+    """One text per distinct combination of the run's columns, each preceded by its label; each row's text number."""
+    if all(codes is None for _, codes, _ in run):
+        return table.add(pa.array(["".join(label for label, _, _ in run)], _TEXT), np.zeros(n, dtype=np.int64))
+    combo = np.zeros(n, dtype=np.int64)
+    count = 1
+    for _, codes, texts in run:
+        if codes is not None:
+            combo, count = _combine(combo, count, codes, len(texts))
+    first = np.empty(count, dtype=np.int64)
+    first[combo] = np.arange(n, dtype=np.int64)  # one row standing for each combination
+    parts = []
+    for label, codes, texts in run:
+        parts.append(pa.scalar(label, _TEXT))
+        if codes is not None:
+            parts.append(texts.take(pa.array(codes[first])))
+    joined = pc.binary_join_element_wise(*parts, pa.scalar("", _TEXT))
+    return table.add(joined, combo)
+
+
+def _combine(combo: np.ndarray, count: int, codes: np.ndarray, card: int) -> tuple[np.ndarray, int]:
+    """Number the distinct (combo, code) pairs 0..m-1 in one pass; np.unique (a sort) when the pairs could be many."""
+    key = combo * card + codes
+    if count * card > 1 << 22:
+        uniq, number = np.unique(key, return_inverse=True)
+        return number.astype(np.int64), len(uniq)
+    seen = np.zeros(count * card, dtype=np.bool_)
+    seen[key] = True
+    number = np.cumsum(seen, dtype=np.int64) - 1
+    return number[key], int(number[-1]) + 1
+
+
+@njit(parallel=True, cache=True)
+def _copy_rows(index, offsets, data, starts, out):
+    n = index.shape[1]
+    tasks = (n + _ROWS_PER_TASK - 1) // _ROWS_PER_TASK
+    for t in prange(tasks):
+        for i in range(t * _ROWS_PER_TASK, min(n, (t + 1) * _ROWS_PER_TASK)):
+            pos = starts[i]
+            for k in range(index.shape[0]):
+                text = index[k, i]
+                a = offsets[text]
+                size = offsets[text + 1] - a
+                out[pos:pos + size] = data[a:a + size]
+                pos += size
+
+
+# ---- the JSON text of every value of a column ------------------------------------------------------------------
+
+def _dictionary_texts(dictionary: pa.Array) -> pa.Array:
+    return pa.array([orjson.dumps(v).decode() for v in dictionary.to_pylist()] + ["null"], _TEXT)
+
+
+def _json_texts(values: object) -> pa.Array:
+    """The JSON text of every value of a column ("null" for nulls)."""
+    if isinstance(values, pa.ChunkedArray):
+        values = values.combine_chunks()
+    if not isinstance(values, pa.Array):
+        try:
+            values = pa.array(values)
+        except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError):
+            return pa.array([orjson.dumps(v).decode() for v in values], _TEXT)
+    kind = values.type
+    if pa.types.is_dictionary(kind):
+        codes = values.indices.cast(pa.int32()).fill_null(len(values.dictionary))
+        return pc.take(_dictionary_texts(values.dictionary), codes)
+    if pa.types.is_null(kind):
+        return pc.take(pa.array(["null"], _TEXT), pa.array(np.zeros(len(values), dtype=np.int32)))
+    if pa.types.is_integer(kind) or pa.types.is_floating(kind):
+        if pa.types.is_floating(kind):
+            bad = pc.invert(pc.is_finite(values)).fill_null(False)
+            if pc.any(bad).as_py():  # NaN and inf are not JSON: null, as orjson writes them
+                values = pc.if_else(bad, pa.scalar(None, kind), values)
+        return pc.cast(values, _TEXT).fill_null("null")
+    if pa.types.is_string(kind) or pa.types.is_large_string(kind):
+        if values.null_count > len(values) // 2:  # sparse: encode the distinct texts once
+            return _json_texts(pc.dictionary_encode(values))
+        if not pc.any(pc.match_substring_regex(values, _NEEDS_ESCAPE)).as_py():
+            quote, nothing = pa.scalar('"', _TEXT), pa.scalar("", _TEXT)
+            quoted = pc.binary_join_element_wise(quote, pc.cast(values, _TEXT), quote, nothing)
+            return quoted.fill_null("null")
+    return pa.array([orjson.dumps(v).decode() for v in values.to_pylist()], _TEXT)

@@ -19,6 +19,9 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, Iterable, Literal
 
 import httpx
+import orjson
+
+from .memory import paused_gc
 
 if TYPE_CHECKING:  # pandas and pyarrow are imported when used: `import enrich_service.client` stays cheap.
     import pandas as pd
@@ -179,7 +182,9 @@ class EnrichClient:
                 p["date"] = d
         body = {"points": points, **_params(layers=_layer_list(layers), as_of=as_of, crs=crs,
                                             nearest_within_m=nearest_within_m)}
-        doc = self._request("POST", "/v1/pip", json=body).json()
+        r = self._request("POST", "/v1/pip", content=orjson.dumps(body), headers={"content-type": "application/json"})
+        with paused_gc():  # a 1M-row answer is millions of objects that all stay alive: nothing to collect
+            doc = orjson.loads(r.content)
         results = pd.DataFrame(doc["results"])
         return results.drop(columns=["id"], errors="ignore"), doc.get("layers", {})
 

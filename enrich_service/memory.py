@@ -10,7 +10,10 @@ import ctypes.util
 import gc
 from collections.abc import Iterator
 
-_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+try:
+    _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+except OSError:  # no C library by that name (Windows, where the client may run): nothing to tune
+    _libc = None
 _M_TRIM_THRESHOLD, _M_TOP_PAD, _M_MMAP_THRESHOLD = -1, -2, -3
 
 

@@ -16,6 +16,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from numba import njit, prange
 
+from .parallel import run_parallel
+
 _TEXT = pa.large_string()
 _NEEDS_ESCAPE = r'["\\\x00-\x1f]'
 _ROWS_PER_TASK = 16_384
@@ -52,7 +54,7 @@ def json_rows(columns: list[tuple[str, object]], sep: bytes, *, head: bytes = b"
     end = int(starts[-1] + lengths[-1]) - len(sep)  # the last row's separator gives way to the tail
     out = np.empty(max(end + len(tail), end + len(sep)), dtype=np.uint8)
     out[:len(head)] = np.frombuffer(head, dtype=np.uint8)
-    _copy_rows(index, offsets, data, starts, out)
+    run_parallel(_copy_rows, index, offsets, data, starts, out)
     out[end:end + len(tail)] = np.frombuffer(tail, dtype=np.uint8)
     return memoryview(out)[:end + len(tail)]
 

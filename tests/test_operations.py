@@ -218,3 +218,34 @@ def test_workers_share_the_connections_and_sighup_reloads_every_worker():
             c.close()
         proc.terminate()
         proc.wait(timeout=30)
+
+
+def test_concurrent_bulk_requests_on_numbas_workqueue_layer_are_all_answered():
+    # Without libgomp or tbb (a slim image), numba runs parallel kernels on its workqueue layer, which terminates
+    # the process when two threads call them at once: two bulk requests did exactly that (the grid lookup, the
+    # JSON row copy). The calls now take turns there; every answer must come back, right, and the service live.
+    proc, url = start_service({"NUMBA_THREADING_LAYER": "workqueue", "ENRICH_LOG_LEVEL": "WARNING"})
+    try:
+        rng = np.random.default_rng(7)
+        n = 60_000  # above the grid's serial threshold: the parallel kernels run
+        x, y = rng.uniform(-117.28, -116.95, n), rng.uniform(32.53, 33.12, n)
+        body = orjson.dumps({"points": [{"id": i, "lon": a, "lat": b}
+                                        for i, (a, b) in enumerate(zip(x.tolist(), y.tolist()))],
+                             "layers": ["council_district", "zip"]})
+
+        def post(_):
+            r = httpx.post(f"{url}/v1/pip", content=body, headers={"content-type": "application/json"},
+                           timeout=120)
+            r.raise_for_status()
+            return [(row["council_district"], row["zip"]) for row in r.json()["results"]]
+
+        with ThreadPoolExecutor(6) as pool:
+            answers = list(pool.map(post, range(12)))
+        assert proc.poll() is None, "the service died"
+        assert len(answers[0]) == n and all(a == answers[0] for a in answers)
+        assert sum(cd is not None for cd, _ in answers[0]) > n // 4  # real tags, not an answer of nulls
+        one = httpx.get(f"{url}/v1/pip", params={**CITY_HALL, "layers": "council_district"}, timeout=10).json()
+        assert one["council_district"] == "3"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)

@@ -20,6 +20,7 @@ import shapely
 from numba import njit, prange
 
 from ..layers.store import LayerVersion
+from ..parallel import run_parallel
 from .rules import RULE_OVERLAP
 
 # Far above float64 error at these coordinates (~1e-14 deg), far below any real feature (1e-9 deg is 0.1 mm).
@@ -269,8 +270,11 @@ class GridIndex:
         feature = np.empty(m, dtype=np.int32)
         rule = np.empty(m, dtype=np.int8)
         undecided = np.empty(m, dtype=np.bool_)
-        kernel = _lookup_serial if m < SERIAL_BELOW else _lookup_parallel
-        kernel(np.ascontiguousarray(x, dtype=np.float64), np.ascontiguousarray(y, dtype=np.float64), self.x0,
+        args = (np.ascontiguousarray(x, dtype=np.float64), np.ascontiguousarray(y, dtype=np.float64), self.x0,
                 self.y0, self.cw, self.ch, self.cells, self.band_start, self.band_index, self.band_split, self.seg,
                 self.seg_feature, self.rank, self.n_features, feature, rule, undecided)
+        if m < SERIAL_BELOW:
+            _lookup_serial(*args)
+        else:
+            run_parallel(_lookup_parallel, *args)
         return feature, rule, undecided

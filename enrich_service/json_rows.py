@@ -21,6 +21,7 @@ from .parallel import run_parallel
 _TEXT = pa.large_string()
 _NEEDS_ESCAPE = r'["\\\x00-\x1f]'
 _ROWS_PER_TASK = 16_384
+SERIAL_BELOW = 50_000
 
 
 def json_rows(columns: list[tuple[str, object]], sep: bytes, *, head: bytes = b"", tail: bytes = b"") -> memoryview:
@@ -54,7 +55,10 @@ def json_rows(columns: list[tuple[str, object]], sep: bytes, *, head: bytes = b"
     end = int(starts[-1] + lengths[-1]) - len(sep)  # the last row's separator gives way to the tail
     out = np.empty(max(end + len(tail), end + len(sep)), dtype=np.uint8)
     out[:len(head)] = np.frombuffer(head, dtype=np.uint8)
-    run_parallel(_copy_rows, index, offsets, data, starts, out)
+    if n < SERIAL_BELOW:  # waking the other cores' threads costs more than copying a small answer
+        _copy_serial(index, offsets, data, starts, out)
+    else:
+        run_parallel(_copy_parallel, index, offsets, data, starts, out)
     out[end:end + len(tail)] = np.frombuffer(tail, dtype=np.uint8)
     return memoryview(out)[:end + len(tail)]
 
@@ -127,19 +131,29 @@ def _combine(combo: np.ndarray, count: int, codes: np.ndarray, card: int) -> tup
     return number[key], int(number[-1]) + 1
 
 
+@njit(cache=True)
+def _copy_range(lo, hi, index, offsets, data, starts, out):
+    for i in range(lo, hi):
+        pos = starts[i]
+        for k in range(index.shape[0]):
+            text = index[k, i]
+            a = offsets[text]
+            size = offsets[text + 1] - a
+            out[pos:pos + size] = data[a:a + size]
+            pos += size
+
+
 @njit(parallel=True, cache=True)
-def _copy_rows(index, offsets, data, starts, out):
+def _copy_parallel(index, offsets, data, starts, out):
     n = index.shape[1]
     tasks = (n + _ROWS_PER_TASK - 1) // _ROWS_PER_TASK
     for t in prange(tasks):
-        for i in range(t * _ROWS_PER_TASK, min(n, (t + 1) * _ROWS_PER_TASK)):
-            pos = starts[i]
-            for k in range(index.shape[0]):
-                text = index[k, i]
-                a = offsets[text]
-                size = offsets[text + 1] - a
-                out[pos:pos + size] = data[a:a + size]
-                pos += size
+        _copy_range(t * _ROWS_PER_TASK, min(n, (t + 1) * _ROWS_PER_TASK), index, offsets, data, starts, out)
+
+
+@njit(cache=True)
+def _copy_serial(index, offsets, data, starts, out):
+    _copy_range(0, index.shape[1], index, offsets, data, starts, out)
 
 
 # ---- the JSON text of every value of a column ------------------------------------------------------------------

@@ -38,9 +38,13 @@ def test_json_rows_parse_to_the_per_row_dicts(ids, dictionary):
     assert list(rows[0]) == ["id", "council_district", "d_m", "flags", "error"]  # key order kept
 
 
-def test_dictionary_columns_side_by_side_write_what_orjson_writes_for_each_row():
+@pytest.mark.parametrize("parallel", [False, True])
+def test_dictionary_columns_side_by_side_write_what_orjson_writes_for_each_row(parallel, monkeypatch):
     # The service's answers: runs of dictionary columns (keys, rules, flags, errors), joined per distinct
-    # combination. Enough rows and distinct values that the combinations are numbered both ways (table and sort).
+    # combination. Enough rows and distinct values that the combinations are numbered both ways (table and sort);
+    # the rows copied by the serial kernel and by the parallel one.
+    if parallel:
+        monkeypatch.setattr("enrich_service.json_rows.SERIAL_BELOW", 0)
     rng = np.random.default_rng(5)
     n = 20_000
     names = ["plain", 'quo"te', "new\nline", "Café Ñ 東京", ""] + [f"v{i}" for i in range(3000)]

@@ -3,9 +3,10 @@
 Every row is a few texts laid end to end: `{"id":`, the row's id, then one text holding all the dictionary columns
 (layer keys, rules, flags, error) with their keys and separators. Those columns have few distinct values, so their
 combinations are few (hundreds on real data): each combination's text is built once, and a compiled kernel copies
-each row's texts into place, both cores at once. A column with a value per row (ids, distances) is a text per row,
-made by Arrow. As dicts per row a 1M-row answer took ~1.4 s before orjson saw it; joined in Arrow, ~0.5 s; here
-~0.1 s. The result parses to exactly what orjson would write for the per-row dicts (tests/test_codecs.py).
+each row's texts into place (on every core from 50,000 rows). A column with a value per row (ids, distances) is a
+text per row, made by Arrow. As dicts per row a 1M-row answer took ~1.4 s before orjson saw it; joined in Arrow,
+~0.5 s; here ~0.2 s. Where no value needs a float's formatting, the bytes are exactly what orjson writes for the
+per-row dicts; with floats, the same JSON values (tests/test_codecs.py).
 """
 
 from __future__ import annotations
@@ -31,7 +32,8 @@ def json_rows(columns: list[tuple[str, object]], sep: bytes, *, head: bytes = b"
         return memoryview(head + tail)
     table = _TextTable()
     pieces: list[np.ndarray] = []
-    run: list[tuple[str, np.ndarray, pa.Array]] = []  # consecutive dictionary columns, joined into one text
+    # Consecutive dictionary columns, joined into one text per combination: (label, codes, texts).
+    run: list[tuple[str, np.ndarray | None, pa.Array | None]] = []
     for k, (name, values) in enumerate(columns):
         label = ("{" if k == 0 else ",") + orjson.dumps(name).decode() + ":"
         coded = _codes(values)

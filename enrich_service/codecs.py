@@ -41,7 +41,8 @@ def media_type(content_type: str | None) -> str:
         base = ARROW
     if base not in MEDIA_TYPES:
         raise UnsupportedMediaType(
-            f"Content-Type {content_type!r} is not supported; use one of {', '.join(MEDIA_TYPES)}", field="Content-Type")
+            f"Content-Type {content_type!r} is not supported; use one of {', '.join(MEDIA_TYPES)}",
+            field="Content-Type")
     return base
 
 
@@ -107,12 +108,19 @@ def decode_points(points: object, cols: Columns = Columns()) -> PointBatch:
             elif not (v.__class__ is float or v.__class__ is int):
                 errors[int(i)] = (name, f"must be a number, got {type(v).__name__}")
     ids = list(map(dict.get, rows, repeat(cols.id)))
-    _check_ids(ids, errors)
-    dates = None
     date_key = cols.date or "date"
+    dates = None
     if any(map(dict.__contains__, rows, repeat(date_key))):
-        dates = parse_dates(list(map(dict.get, rows, repeat(date_key))), date_key, errors)
-    return PointBatch(ids=ids, x=x, y=y, dates=dates, errors=errors)
+        dates = list(map(dict.get, rows, repeat(date_key)))
+    return _point_batch(ids, x, y, dates, date_key, errors)
+
+
+def _point_batch(ids: list, x: np.ndarray, y: np.ndarray, dates: list | None, date_key: str,
+                 errors: dict[int, tuple[str, str]]) -> PointBatch:
+    """Both JSON decoders end here: ids checked, dates parsed (None: no row has a date key, even a null one)."""
+    _check_ids(ids, errors)
+    parsed = parse_dates(dates, date_key, errors) if dates is not None else None
+    return PointBatch(ids=ids, x=x, y=y, dates=parsed, errors=errors)
 
 
 _PLAIN_IDS = {int, float, bool, type(None)}
@@ -157,7 +165,8 @@ class _Body(msgspec.Struct, gc=False):
 
 
 _TYPED_BODY = msgspec.json.Decoder(_Body)
-OPTIONS = ("layers", "as_of", "crs", "nearest_within_m")
+# The request options, in a JSON body or (single lookups, bulk bodies) in the query string.
+OPTIONS = tuple(name for name in _Body.__struct_fields__ if name != "points")
 
 
 @paused_gc()
@@ -174,17 +183,15 @@ def decode_json(body: bytes) -> tuple[dict, PointBatch]:
             raise InvalidInput("points is missing", field="points") from None
         return {name: doc.get(name) for name in OPTIONS}, decode_points(doc["points"])
     rows = typed.points
-    errors: dict[int, tuple[str, str]] = {}
-    ids = list(map(attrgetter("id"), rows))
-    _check_ids(ids, errors)
     x = np.fromiter(map(attrgetter("lon"), rows), dtype=np.float64, count=len(rows))
     y = np.fromiter(map(attrgetter("lat"), rows), dtype=np.float64, count=len(rows))
-    dates = None
-    raw_dates = list(map(attrgetter("date"), rows))
-    if raw_dates.count(msgspec.UNSET) < len(raw_dates):  # a date key on some row, even null: versions reported
-        dates = parse_dates([None if d is msgspec.UNSET else d for d in raw_dates], "date", errors)
-    return {name: getattr(typed, name) for name in OPTIONS}, PointBatch(ids=ids, x=x, y=y, dates=dates,
-                                                                         errors=errors)
+    dates = list(map(attrgetter("date"), rows))
+    if dates.count(msgspec.UNSET) == len(dates):
+        dates = None
+    else:  # a date key on some row: the versions are reported, as by decode_points
+        dates = [None if d is msgspec.UNSET else d for d in dates]
+    batch = _point_batch(list(map(attrgetter("id"), rows)), x, y, dates, "date", {})
+    return {name: getattr(typed, name) for name in OPTIONS}, batch
 
 
 def loads(body: bytes) -> object:

@@ -93,7 +93,12 @@ class _TextTable:
 
 
 def _codes(values: object) -> tuple[np.ndarray, pa.Array] | None:
-    """A dictionary column as (each row's code, the JSON text of each code; the last is null), else None."""
+    """A column of few distinct values as (each row's code, the JSON text of each code; the last is null): a
+    dictionary column, or a string column mostly null (flags, errors as plain strings). Else None."""
+    if isinstance(values, pa.ChunkedArray):
+        values = values.combine_chunks()
+    if isinstance(values, pa.Array) and _is_text(values.type) and values.null_count > len(values) // 2:
+        values = pc.dictionary_encode(values)
     if not isinstance(values, pa.DictionaryArray):
         return None
     texts = _dictionary_texts(values.dictionary)
@@ -160,6 +165,10 @@ def _copy_serial(index, offsets, data, starts, out):
 
 # ---- the JSON text of every value of a column ------------------------------------------------------------------
 
+def _is_text(kind: pa.DataType) -> bool:
+    return pa.types.is_string(kind) or pa.types.is_large_string(kind)
+
+
 def _dictionary_texts(dictionary: pa.Array) -> pa.Array:
     return pa.array([orjson.dumps(v).decode() for v in dictionary.to_pylist()] + ["null"], _TEXT)
 
@@ -174,9 +183,6 @@ def _json_texts(values: object) -> pa.Array:
         except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError):
             return pa.array([orjson.dumps(v).decode() for v in values], _TEXT)
     kind = values.type
-    if pa.types.is_dictionary(kind):
-        codes = values.indices.cast(pa.int32()).fill_null(len(values.dictionary))
-        return pc.take(_dictionary_texts(values.dictionary), codes)
     if pa.types.is_null(kind):
         return pc.take(pa.array(["null"], _TEXT), pa.array(np.zeros(len(values), dtype=np.int32)))
     if pa.types.is_integer(kind) or pa.types.is_floating(kind):
@@ -185,11 +191,8 @@ def _json_texts(values: object) -> pa.Array:
             if pc.any(bad).as_py():  # NaN and inf are not JSON: null, as orjson writes them
                 values = pc.if_else(bad, pa.scalar(None, kind), values)
         return pc.cast(values, _TEXT).fill_null("null")
-    if pa.types.is_string(kind) or pa.types.is_large_string(kind):
-        if values.null_count > len(values) // 2:  # sparse: encode the distinct texts once
-            return _json_texts(pc.dictionary_encode(values))
-        if not pc.any(pc.match_substring_regex(values, _NEEDS_ESCAPE)).as_py():
-            quote, nothing = pa.scalar('"', _TEXT), pa.scalar("", _TEXT)
-            quoted = pc.binary_join_element_wise(quote, pc.cast(values, _TEXT), quote, nothing)
-            return quoted.fill_null("null")
+    if _is_text(kind) and not pc.any(pc.match_substring_regex(values, _NEEDS_ESCAPE)).as_py():
+        quote, nothing = pa.scalar('"', _TEXT), pa.scalar("", _TEXT)
+        quoted = pc.binary_join_element_wise(quote, pc.cast(values, _TEXT), quote, nothing)
+        return quoted.fill_null("null")
     return pa.array([orjson.dumps(v).decode() for v in values.to_pylist()], _TEXT)

@@ -36,8 +36,9 @@ def paused_gc() -> Iterator[None]:
     """The collector paused while a bulk step builds millions of acyclic objects (also a decorator).
 
     Parsing or building a 1M-row JSON body allocates millions of dicts and lists that all stay alive until the step
-    ends; the collector runs again and again over a heap that only grows, finding nothing. Paused, orjson parses a
-    1M-row answer in 0.8 s instead of 2.6 s, and the geocoder's cache file unpickles in 0.11 s instead of 0.75 s.
+    ends; the collector runs again and again over a heap that only grows, finding nothing. In a process holding many
+    objects (bench/pip.py: ~1.2M) orjson parsed a 1M-row answer in 0.9 s paused and in up to 3.4 s not; the
+    geocoder's cache file unpickles in 0.11 s instead of 0.75 s.
     Reference counting still frees everything as usual; only cycles wait for the next collection."""
     # Threads may overlap here: whoever found the collector on turns it back on, so it always ends up on.
     was_enabled = gc.isenabled()

@@ -85,8 +85,7 @@ async def get_pip(request: Request):
     lon, lat = _required_number(query, "lon"), _required_number(query, "lat")
     settings = get_settings()
     index = current(request.app)
-    opts = parse_options({name: query.get(name) for name in ("layers", "as_of", "crs", "nearest_within_m")},
-                         settings)
+    opts = parse_options({name: query.get(name) for name in codecs.OPTIONS}, settings)
     batch = PointBatch(ids=[None], x=np.array([lon], dtype=float), y=np.array([lat], dtype=float))
     if opts.nearest_within_m is None:
         # One point through the grid takes microseconds: answered on the event loop, since a hop to the threadpool

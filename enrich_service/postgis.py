@@ -1,19 +1,33 @@
-"""Load the boundary layers into PostGIS so SQL users and the DAGs can join in the database too.
+"""PostGIS publishing helpers: connections that cannot hang, and loads that keep readers, grants and views.
 
-One table per layer version (`boundary_<layer>_<version>`: key, label, fields, geom MultiPolygon 4326, GiST index),
-a view `boundary_<layer>` on the newest version, and a catalog `boundary_layers` with dates and sha256. Each table
-is loaded with COPY into a staging table and renamed into place in one transaction: readers never see it half-made.
+Used by the boundary load (`load_layers`, the CLI and the boundary-refresh DAG) and by the dataset DAGs
+(`dags/enrich_pipeline/publish.py`).
+
+- `connect` opens a connection with TCP keepalives, `tcp_user_timeout`, `statement_timeout`, `lock_timeout` and
+  `idle_in_transaction_session_timeout`, so neither a dead peer nor a reader's lock holds a publish for hours.
+- `deadline` bounds a blocking step on the client side too: through a half-open connection (something still
+  acknowledges the packets, nothing answers) a COPY would block forever, since neither keepalives nor the
+  server's statement_timeout reach a client that waits to send.
+- `load_layers` loads every boundary layer version in ONE transaction. A table that exists is refilled in place
+  (DELETE + INSERT from a staged temporary table), never dropped, so users' views and grants on it stay; a
+  failure leaves every table as it was. Nothing here uses CASCADE.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import re
+import socket
+import threading
+from typing import Iterator
 
 import numpy as np
 import orjson
 import psycopg
 import shapely
+from psycopg import errors as pgerrors
 from psycopg import sql
 
 from .layers.store import LayerStore, LayerVersion
@@ -21,56 +35,126 @@ from .layers.store import LayerStore, LayerVersion
 log = logging.getLogger(__name__)
 
 CATALOG = "boundary_layers"
+# libpq TCP settings for every publishing connection: a silent peer is noticed in ~1 minute, not ~2 hours.
+KEEPALIVES = {"keepalives": 1, "keepalives_idle": 30, "keepalives_interval": 10, "keepalives_count": 3,
+              "tcp_user_timeout": 60_000}
 
+
+class PublishTimeout(RuntimeError):
+    """A step of a publish got no answer in time (a dead or half-open connection, a held lock)."""
+
+
+def connect(conninfo: str = "", *, statement_timeout_s: float = 900, lock_timeout_s: float = 10,
+            connect_timeout_s: float = 10, application_name: str = "enrich-publish", **kwargs) -> psycopg.Connection:
+    """An autocommit psycopg connection with keepalives and server-side time limits (transactions are explicit)."""
+    options = (f"-c statement_timeout={int(statement_timeout_s * 1000)} -c lock_timeout={int(lock_timeout_s * 1000)}"
+               f" -c idle_in_transaction_session_timeout={int(max(statement_timeout_s, 60) * 1000)}")
+    params = {**KEEPALIVES, "connect_timeout": max(1, int(connect_timeout_s)), "application_name": application_name,
+              "options": options, **kwargs}
+    return psycopg.connect(conninfo, autocommit=True, **params)
+
+
+@contextlib.contextmanager
+def deadline(conn: psycopg.Connection, seconds: float, what: str) -> Iterator[None]:
+    """Raise PublishTimeout if the block has not finished after `seconds`: the connection's socket is shut down
+    (the blocked call returns at once with an error) and the connection is unusable afterwards. The server rolls
+    the transaction back on its own (its statement_timeout, or the closed socket)."""
+    fired = threading.Event()
+
+    def fire():
+        fired.set()
+        try:
+            fd = conn.pgconn.socket
+            with socket.socket(fileno=os.dup(fd)) as s:
+                s.shutdown(socket.SHUT_RDWR)
+        except Exception:  # already closed
+            pass
+
+    timer = threading.Timer(seconds, fire)
+    timer.daemon = True
+    timer.start()
+    try:
+        yield
+    except Exception as exc:
+        if fired.is_set():
+            raise PublishTimeout(f"{what}: no answer from PostGIS within {seconds:g} s (a dead or half-open "
+                                 f"connection); nothing was published by this step") from exc
+        raise
+    finally:
+        timer.cancel()
+    if fired.is_set():
+        raise PublishTimeout(f"{what}: no answer from PostGIS within {seconds:g} s; nothing was published by this step")
+
+
+def explain(exc: BaseException, what: str) -> str | None:
+    """A message naming the cause for the errors a publish meets in production (None for anything else)."""
+    if isinstance(exc, pgerrors.LockNotAvailable):
+        return (f"{what}: waited lock_timeout for a lock that another session holds (a long reader transaction or "
+                f"a running DDL); the previous publication is unchanged. Postgres said: {exc}")
+    if isinstance(exc, pgerrors.QueryCanceled):
+        return f"{what}: cancelled by statement_timeout; the previous publication is unchanged. Postgres said: {exc}"
+    if isinstance(exc, pgerrors.DependentObjectsStillExist):
+        return f"{what}: other objects depend on it (views); nothing was dropped. Postgres said: {exc}"
+    return None
+
+
+# ---- boundary layers ---------------------------------------------------------------------------------------------
 
 def table_name(layer: str, version: str) -> str:
     return re.sub(r"[^a-z0-9_]", "_", f"boundary_{layer}_{version}".lower())
 
 
-def load_layers(conn: psycopg.Connection, store: LayerStore, schema: str = "public") -> list[str]:
-    """Load every version of every layer; returns the table names. Idempotent: re-running replaces the tables."""
+def load_layers(conn: psycopg.Connection, store: LayerStore, schema: str = "public",
+                lock_timeout_s: float = 10) -> list[str]:
+    """Load every version of every layer in one transaction; returns the table names. Idempotent: a re-run
+    refills the same tables."""
+    tables = []
     with conn.transaction():
+        conn.execute(sql.SQL("SET LOCAL lock_timeout = {}").format(sql.Literal(f"{int(lock_timeout_s * 1000)}ms")))
         conn.execute("CREATE EXTENSION IF NOT EXISTS postgis")
         conn.execute(sql.SQL("""CREATE TABLE IF NOT EXISTS {}.{} (
             layer text, version text, effective_from date, effective_to date, sha256 text, table_name text,
             features int, loaded_at timestamptz DEFAULT now(), PRIMARY KEY (layer, version))""").format(
             sql.Identifier(schema), sql.Identifier(CATALOG)))
-    tables = []
-    for name, versions in store.versions.items():
-        for v in versions:
-            view = f"boundary_{name}" if v is versions[-1] else None
-            tables.append(_load_version(conn, v, schema, view))
+        for name, versions in store.versions.items():
+            for v in versions:
+                view = f"boundary_{name}" if v is versions[-1] else None
+                tables.append(_load_version(conn, v, schema, view))
+    for t in tables:
+        conn.execute(sql.SQL("ANALYZE {}").format(sql.Identifier(schema, t)))
+    log.info("loaded %d boundary tables in one transaction", len(tables))
     return tables
 
 
 def _load_version(conn: psycopg.Connection, v: LayerVersion, schema: str, view: str | None) -> str:
+    """Within the caller's transaction: COPY into a temporary table, then create the table or refill it in place."""
     table = table_name(v.layer, v.version)
-    staging = f"{table}__staging"
-    ident = lambda t: sql.Identifier(schema, t)  # noqa: E731
+    staging = f"{table}__load"
+    target = sql.Identifier(schema, table)
+    cols = sql.SQL("fid, key, label, fields, geom")
     geoms = shapely.to_wkb(np.array([_multi(g) for g in v.geoms], dtype=object), hex=True)
-    with conn.transaction():
-        conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(ident(staging)))
-        conn.execute(sql.SQL("""CREATE TABLE {} (fid int PRIMARY KEY, key text NOT NULL, label text,
-            fields jsonb, geom geometry(MultiPolygon, 4326) NOT NULL)""").format(ident(staging)))
-        with conn.cursor().copy(sql.SQL("COPY {} (fid, key, label, fields, geom) FROM STDIN").format(
-                ident(staging))) as copy:
-            for i in range(v.n_features):
-                copy.write_row((i, v.keys[i], v.labels[i], orjson.dumps(v.fields[i]).decode(),
-                                f"SRID=4326;{geoms[i]}"))
-        conn.execute(sql.SQL("CREATE INDEX ON {} USING gist (geom)").format(ident(staging)))
-        conn.execute(sql.SQL("CREATE INDEX ON {} (key)").format(ident(staging)))
-        # The swap, with the layer's view recreated in the same transaction.
-        conn.execute(sql.SQL("DROP TABLE IF EXISTS {} CASCADE").format(ident(table)))
-        conn.execute(sql.SQL("ALTER TABLE {} RENAME TO {}").format(ident(staging), sql.Identifier(table)))
-        if view:
-            conn.execute(sql.SQL("CREATE OR REPLACE VIEW {} AS SELECT * FROM {}").format(ident(view), ident(table)))
-        conn.execute(sql.SQL("ANALYZE {}").format(ident(table)))
-        conn.execute(sql.SQL("""INSERT INTO {} (layer, version, effective_from, effective_to, sha256, table_name,
-            features) VALUES (%s, %s, %s, %s, %s, %s, %s)
-            ON CONFLICT (layer, version) DO UPDATE SET effective_from = EXCLUDED.effective_from,
-              effective_to = EXCLUDED.effective_to, sha256 = EXCLUDED.sha256, table_name = EXCLUDED.table_name,
-              features = EXCLUDED.features, loaded_at = now()""").format(ident(CATALOG)),
-                     (v.layer, v.version, v.effective_from, v.effective_to, v.source.sha256, table, v.n_features))
+    conn.execute(sql.SQL("""CREATE TEMP TABLE {} (fid int, key text, label text, fields jsonb,
+        geom geometry(MultiPolygon, 4326)) ON COMMIT DROP""").format(sql.Identifier(staging)))
+    with conn.cursor().copy(sql.SQL("COPY {} ({}) FROM STDIN").format(sql.Identifier(staging), cols)) as copy:
+        for i in range(v.n_features):
+            copy.write_row((i, v.keys[i], v.labels[i], orjson.dumps(v.fields[i]).decode(), f"SRID=4326;{geoms[i]}"))
+    conn.execute(sql.SQL("""CREATE TABLE IF NOT EXISTS {} (fid int PRIMARY KEY, key text NOT NULL, label text,
+        fields jsonb, geom geometry(MultiPolygon, 4326) NOT NULL)""").format(target))
+    conn.execute(sql.SQL("CREATE INDEX IF NOT EXISTS {} ON {} USING gist (geom)").format(
+        sql.Identifier(f"{table}_geom_idx"), target))
+    conn.execute(sql.SQL("CREATE INDEX IF NOT EXISTS {} ON {} (key)").format(sql.Identifier(f"{table}_key_idx"), target))
+    # Refilled in place (same table, same grants, same dependent views): readers see the old rows until commit.
+    conn.execute(sql.SQL("DELETE FROM {}").format(target))
+    conn.execute(sql.SQL("INSERT INTO {} ({}) SELECT {} FROM {}").format(target, cols, cols, sql.Identifier(staging)))
+    if view:
+        conn.execute(sql.SQL("CREATE OR REPLACE VIEW {} AS SELECT * FROM {}").format(sql.Identifier(schema, view),
+                                                                                     target))
+    conn.execute(sql.SQL("""INSERT INTO {} (layer, version, effective_from, effective_to, sha256, table_name,
+        features) VALUES (%s, %s, %s, %s, %s, %s, %s)
+        ON CONFLICT (layer, version) DO UPDATE SET effective_from = EXCLUDED.effective_from,
+          effective_to = EXCLUDED.effective_to, sha256 = EXCLUDED.sha256, table_name = EXCLUDED.table_name,
+          features = EXCLUDED.features, loaded_at = now()""").format(sql.Identifier(schema, CATALOG)),
+                 (v.layer, v.version, v.effective_from, v.effective_to, v.source.sha256, table, v.n_features))
     log.info("loaded %s (%d features)", table, v.n_features)
     return table
 

@@ -240,11 +240,14 @@ def test_parking_meters_publishes_every_row_with_the_right_district(airflow, met
 
     # PostGIS: every row once, a point for every located row, districts as ST_Covers says.
     assert pg("SELECT count(*), count(DISTINCT source_row), count(geom) FROM public.parking_meters_enriched")[0] == \
-        (n, n, n - 13)  # 13 meters carry the placeholder 32.0,-117.0
+        (n, n, n - 23)  # 13 meters carry the placeholder 32.0,-117.0; 10 lie far outside the city (180/90...)
     check_against_postgis("public.parking_meters_enriched")
     placeholders = pg("SELECT count(*) FROM public.parking_meters_enriched WHERE lat = 32 AND lng = -117 "
                       "AND geom IS NULL AND council_district IS NULL AND enrich_error LIKE '%%missing%%'")
     assert placeholders[0][0] == 13
+    implausible = pg("SELECT count(*) FROM public.parking_meters_enriched WHERE geom IS NULL AND council_district IS "
+                     "NULL AND enrich_error LIKE '%%outside the plausible area%%' AND (lng > 0 OR lat < 32.2)")
+    assert implausible[0][0] == 10  # (180, 90) twice, 117.926 east three times, 32.1 north five times
     by_district = dict(pg("SELECT council_district, count(*) FROM public.parking_meters_enriched GROUP BY 1"))
     assert by_district["3"] > 10_000  # downtown
 
@@ -267,7 +270,7 @@ def test_parking_meters_publishes_every_row_with_the_right_district(airflow, met
     gj = json.loads((folder / "parking_meters_enriched.geojson").read_text())
     assert len(gj["features"]) == n
     located = [f for f in gj["features"] if f["geometry"]]
-    assert len(located) == n - 13
+    assert len(located) == n - 23
     f = located[0]
     assert f["geometry"]["coordinates"] == pytest.approx([f["properties"]["lng"], f["properties"]["lat"]])
     assert [x["properties"]["council_district"] or "" for x in gj["features"]] == csv.council_district.tolist()
@@ -280,7 +283,7 @@ def test_parking_meters_publishes_every_row_with_the_right_district(airflow, met
     for layer in ("council_district", "neighborhood", "zip", "city_limits"):
         assert meta["layers"][layer]["sha256"] == current[layer]
     assert meta["unmatched"]["council_district"]["unmatched"] == n - sum(v for k, v in by_district.items() if k)
-    assert meta["quality"]["unlocated"] == 13 and meta["quality"]["unmatched"] == 0
+    assert meta["quality"]["unlocated"] == 23 and meta["quality"]["unmatched"] == 0
     assert set(meta["files"]) == {"parking_meters_enriched.csv", "parking_meters_enriched.geojson"}
     assert not [p for p in folder.iterdir() if p.name.startswith(".")], "temporary files left behind"
 

@@ -2,6 +2,12 @@
 
 The extract keeps every source row and column as read, and adds `source_row` (0..n-1), the key every later step
 joins on. It is written in row groups of `batch_rows`: batch i of the enrich step is row group i.
+
+Column types are pinned by the spec: `source.column_types` (CSV) fixes a column's type, and the coordinate columns
+are always float64. A coordinate that is not a number (`32.71590O`) becomes null and the row carries the reason in
+the internal column `__coordinate_error` (published as its `enrich_error`): one bad value is a row error, never a
+text column that would switch the placeholder check off. A source that cannot be parsed raises SourceUnreadable
+(retrying cannot fix it).
 """
 
 from __future__ import annotations
@@ -12,6 +18,11 @@ from .spec import DatasetSpec, resolve
 from .workdir import atomic_path, write_parquet
 
 ROW = "source_row"
+COORD_ERROR = "__coordinate_error"
+
+
+class SourceUnreadable(ValueError):
+    """The source is there but is not what the spec says (a corrupt file, a value of the wrong type)."""
 GEOMETRY_LON, GEOMETRY_LAT = "geometry_lon", "geometry_lat"  # a GeoJSON source's point coordinates
 
 
@@ -22,6 +33,8 @@ def extract(spec: DatasetSpec, dest: Path) -> dict:
     import pyarrow as pa
 
     table = table.append_column(ROW, pa.array(range(table.num_rows), pa.int64()))
+    if spec.coordinates is not None:
+        table = numeric_coordinates(table, spec.coordinates.lon, spec.coordinates.lat)
     write_parquet(table, dest, row_group_size=max(1, spec.batch_rows))
     return {"path": str(dest), "rows": table.num_rows, "columns": table.column_names}
 
@@ -34,13 +47,47 @@ def read_source(spec: DatasetSpec, scratch: Path):
     path = _fetch(location, scratch) if location.startswith(("http://", "https://")) else Path(location)
     if not path.exists():
         raise FileNotFoundError(f"{spec.name}: source {location} does not exist")
-    if src.kind == "csv":
-        return _read_csv(path, src.column_types)
-    if src.kind == "parquet":
-        import pyarrow.parquet as pq
+    try:
+        if src.kind == "csv":
+            text = [c for c in (spec.coordinates.lon, spec.coordinates.lat)] if spec.coordinates else []
+            return _read_csv(path, {**src.column_types, **{c: "string" for c in text}})
+        if src.kind == "parquet":
+            import pyarrow.parquet as pq
 
-        return pq.read_table(path)
-    return _read_geojson(path)
+            return pq.read_table(path)
+        return _read_geojson(path)
+    except (OSError, ValueError, RuntimeError) as exc:
+        if isinstance(exc, (FileNotFoundError, PermissionError)):
+            raise
+        raise SourceUnreadable(f"{spec.name}: cannot read {location} as {src.kind}: {exc}") from exc
+
+
+def numeric_coordinates(table, lon: str, lat: str):
+    """lon and lat as float64; a value that is not a number is null, with the reason in COORD_ERROR."""
+    import numpy as np
+    import pandas as pd
+    import pyarrow as pa
+
+    errors = np.full(table.num_rows, None, dtype=object)
+    for name in (lon, lat):
+        if name not in table.column_names:
+            raise SourceUnreadable(f"the source has no coordinate column {name!r} (columns: {table.column_names})")
+        col = table.column(name)
+        if pa.types.is_floating(col.type):
+            continue
+        if pa.types.is_integer(col.type) or pa.types.is_decimal(col.type) or pa.types.is_null(col.type):
+            values = col.cast(pa.float64())
+        else:
+            raw = col.cast(pa.string()).to_pandas()
+            text = raw.str.strip()
+            parsed = pd.to_numeric(text, errors="coerce")
+            bad = (text.notna() & (text != "") & parsed.isna()).to_numpy()
+            for i in np.flatnonzero(bad):
+                message = f"{name} {raw.iloc[i]!r} is not a number"
+                errors[i] = message if errors[i] is None else f"{errors[i]}; {message}"
+            values = pa.array(parsed.to_numpy(dtype=float), pa.float64(), from_pandas=True)
+        table = table.set_column(table.column_names.index(name), name, values)
+    return table.append_column(COORD_ERROR, pa.array(errors, pa.string()))
 
 
 def _fetch(url: str, scratch: Path) -> Path:

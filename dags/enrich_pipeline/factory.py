@@ -1,7 +1,7 @@
 """DAG factories: one dataset DAG and one report DAG per spec, and the boundary-refresh DAG.
 
 A dataset DAG:  extract → plan_batches → enrich_batch (mapped, one task per batch) → assemble → quality_gate
-                → publish_postgis, publish_files → record_publication (emits Asset enrich://published/<name>)
+                → publish_postgis → publish_files → record_publication (emits Asset enrich://published/<name>)
 A report DAG (scheduled on that asset): aggregate → render → email.
 Runs of a dataset DAG start on the spec's schedule and whenever the boundaries change (Asset enrich://boundaries,
 emitted by the boundary-refresh DAG).
@@ -22,6 +22,8 @@ from .spec import DatasetSpec
 BOUNDARIES = Asset("enrich://boundaries")
 START = datetime(2025, 1, 1, tzinfo=timezone.utc)
 TZ = "America/Los_Angeles"
+# Bounds the enrich calls in flight to the service across every dataset DAG: `airflow pools set enrich_service 4`.
+SERVICE_POOL = os.environ.get("ENRICH_SERVICE_POOL", "enrich_service")
 GPKG_FALLBACK_ENV = "ENRICH_POSTGIS_FALLBACK"  # "geopackage": without the Postgres connection, write a .gpkg
 
 
@@ -50,17 +52,34 @@ def _work() -> Path:
     return run_dir(ctx["dag"].dag_id, ctx["run_id"])
 
 
+def _run() -> dict:
+    """This run as the publish guards see it (ordered by logical date; a manual run by its run_after)."""
+    from .publish import run_info
+
+    ctx = get_current_context()
+    dr = ctx["dag_run"]
+    return run_info(ctx["dag"].dag_id, ctx["run_id"], ctx.get("logical_date") or dr.run_after,
+                    allow_row_change=bool((dr.conf or {}).get("allow_row_change")))
+
+
 def build_dataset_dag(spec: DatasetSpec):
+    limits = {"execution_timeout": timedelta(minutes=spec.publish.task_timeout_minutes)}
     @dag(dag_id=spec.dag_id, description=spec.description or None, schedule=_schedule(spec), start_date=START,
-         catchup=False, max_active_runs=1, default_args=_retry_args(), tags=["enrich", *spec.tags],
+         catchup=False, max_active_runs=1, default_args={**_retry_args(), **limits},
+         dagrun_timeout=timedelta(minutes=spec.publish.run_timeout_minutes), tags=["enrich", *spec.tags],
          doc_md=f"Enrich `{spec.name}` (spec `{spec.path.name}`) through the enrichment service and publish it.")
     def dataset_dag():
         @task
         def extract() -> dict:
             """Read the source into extract.parquet in the run's work folder (a row group per batch)."""
-            from .extract import extract as run
+            from airflow.sdk.exceptions import AirflowFailException
 
-            return run(spec, _work() / "extract.parquet")
+            from .extract import SourceUnreadable, extract as run
+
+            try:
+                return run(spec, _work() / "extract.parquet")
+            except SourceUnreadable as exc:  # a corrupt file stays corrupt: no retries
+                raise AirflowFailException(str(exc)) from exc
 
         @task
         def plan_batches(extracted: dict) -> list[dict]:
@@ -68,7 +87,7 @@ def build_dataset_dag(spec: DatasetSpec):
 
             return plan(Path(extracted["path"]))
 
-        @task(map_index_template="{{ task.op_kwargs['batch']['batch'] }}")
+        @task(map_index_template="{{ task.op_kwargs['batch']['batch'] }}", pool=SERVICE_POOL)
         def enrich_batch(batch: dict, extracted: dict) -> dict:
             """Tag one batch through the service; the result file appears whole or not at all."""
             from airflow.sdk.exceptions import AirflowFailException
@@ -108,69 +127,68 @@ def build_dataset_dag(spec: DatasetSpec):
 
         @task
         def publish_postgis(assembled: dict, stats: dict) -> dict:
-            from .publish import has_connection, postgis_hook_connection, publish_postgis as run, write_spatial
+            """Guards against the last publication, then the rows into a new version table nobody reads yet."""
+            from airflow.sdk.exceptions import AirflowFailException
+
+            from .publish import PublishRefused, connect, has_connection, prepare_postgis, stage_geopackage
             from .spec import resolve
 
             if spec.postgis is None:
                 return {}  # (not None: Airflow stores no XCom for None, and the next task would log its absence)
-            ctx = get_current_context()
             if not has_connection(spec.postgis.conn_id):
                 if os.environ.get(GPKG_FALLBACK_ENV) != "geopackage":
-                    from airflow.sdk.exceptions import AirflowFailException
-
                     raise AirflowFailException(
                         f"no Airflow connection {spec.postgis.conn_id!r} for {spec.postgis.table}: define it "
                         f"(AIRFLOW_CONN_{spec.postgis.conn_id.upper()}) or set {GPKG_FALLBACK_ENV}=geopackage")
                 # No database here (a laptop, the main job without ENRICH_POSTGIS_DSN): the same rows and
-                # geometry as a GeoPackage beside the portal files.
+                # geometry as a GeoPackage beside the portal files, staged and renamed in with them.
                 folder = Path(resolve(spec.portal.folder)) if spec.portal else _work()
-                name = spec.portal.basename if spec.portal else spec.name
-                dest = write_spatial(Path(assembled["path"]), folder / f"{name}.gpkg", "GPKG",
-                                     layer=spec.postgis.table.rpartition(".")[2])
-                return {"geopackage": str(dest), "rows": assembled["rows"]}
-            with postgis_hook_connection(spec.postgis.conn_id) as conn:
-                return run(conn, spec.postgis.table, Path(assembled["path"]),
-                           comment=f"{spec.name}: enriched by {ctx['dag'].dag_id} run {ctx['run_id']}")
+                return {**stage_geopackage(spec, Path(assembled["path"]), _run(), folder), "rows": assembled["rows"]}
+            try:
+                with connect(spec, f"enrich-load {spec.name}") as conn:
+                    return prepare_postgis(conn, spec, Path(assembled["path"]), _run())
+            except PublishRefused as exc:
+                raise AirflowFailException(str(exc)) from exc
 
         @task
         def publish_files(assembled: dict, stats: dict) -> dict:
-            from enrich_service.layers.sources import sha256_of
-
-            from .publish import write_csv, write_spatial
-            from .spec import resolve
+            """The portal files under hidden staged names (the published files are not touched yet)."""
+            from .publish import stage_files
 
             if spec.portal is None:
                 return {}
-            folder = Path(resolve(spec.portal.folder))
-            base = spec.portal.basename
-            files = [write_csv(Path(assembled["path"]), folder / f"{base}.csv"),
-                     write_spatial(Path(assembled["path"]), folder / f"{base}.geojson", "GeoJSON")]
-            return {"folder": str(folder),
-                    "files": {p.name: {"bytes": p.stat().st_size, "sha256": sha256_of(p)} for p in files}}
+            return stage_files(spec, Path(assembled["path"]), _run())
 
         @task(outlets=[Asset(spec.asset_uri)])
         def record_publication(assembled: dict, stats: dict, postgis: dict, files: dict) -> dict:
-            """Write the metadata JSON beside the portal files (last, once they are in) and announce the asset."""
-            from .publish import unmatched, write_metadata
-            from .spec import resolve
+            """Switch PostGIS to the new version and rename the files and their metadata into place, all or
+            nothing; then announce the asset."""
+            from airflow.sdk.exceptions import AirflowFailException
 
-            ctx = get_current_context()
+            from .publish import PublishRefused, column_types, commit, unmatched
+
+            run = _run()
             doc = {
-                "dataset": spec.name, "description": spec.description, "dag_id": ctx["dag"].dag_id,
-                "run_id": ctx["run_id"], "rows": assembled["rows"], "layers": assembled["layers"],
+                "dataset": spec.name, "description": spec.description, "dag_id": run["dag_id"],
+                "run_id": run["run_id"], "rows": assembled["rows"], "layers": assembled["layers"],
                 "unmatched": unmatched(spec, Path(assembled["path"])),
                 "quality": {k: v for k, v in stats.items() if not k.endswith("_ids")},
-                "postgis": postgis or None, "files": files.get("files"),
+                "columns": column_types(Path(assembled["path"])),
             }
-            if spec.portal is not None:
-                write_metadata(Path(resolve(spec.portal.folder)) / f"{spec.portal.basename}.metadata.json", doc)
-            return doc
+            try:
+                return commit(spec, run, postgis, files, doc)
+            except PublishRefused as exc:
+                raise AirflowFailException(str(exc)) from exc
 
         extracted = extract()
         batches = enrich_batch.partial(extracted=extracted).expand(batch=plan_batches(extracted))
         assembled = assemble(extracted, batches)
         stats = quality_gate(assembled)
-        record_publication(assembled, stats, publish_postgis(assembled, stats), publish_files(assembled, stats))
+        # One unit, in this order: PostGIS loaded, files staged, then both switched together with the metadata.
+        loaded = publish_postgis(assembled, stats)
+        staged = publish_files(assembled, stats)
+        loaded >> staged
+        record_publication(assembled, stats, loaded, staged)
 
     return dataset_dag()
 

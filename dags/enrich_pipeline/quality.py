@@ -2,7 +2,9 @@
 
 Above the spec's `max_unmatched_share` the run fails before anything is published, and the message lists the
 first ids. Rows outside the city (half the transit stops) are not failures. `max_unlocated_share`, when set, also
-bounds the share of rows with no usable location at all (missing, placeholder or out-of-range coordinates).
+bounds the share of rows with no usable location at all: missing, placeholder, non-numeric or out-of-range
+coordinates, and points outside the plausible area (see assemble.py); `outside_area` counts the last kind.
+Every failure message names the threshold (the spec setting) and the measured value.
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ def measure(spec: DatasetSpec, enriched_path: Path) -> dict:
         "unmatched_share": float(failing.sum() / should) if should else 0.0,
         "unlocated": int(unlocated.sum()),
         "unlocated_share": float(unlocated.sum() / n) if n else 0.0,
+        "outside_area": int(pc_count(table.column(ERROR), "outside the plausible area")),
         "max_unmatched_share": q.max_unmatched_share,
         "max_unlocated_share": q.max_unlocated_share,
     }
@@ -59,13 +62,23 @@ def check(spec: DatasetSpec, stats: dict) -> None:
         within = f"inside {q.within}" if q.within else "in the dataset"
         problems.append(
             f"{stats['unmatched']} of {stats['should_match']} rows {within} have no {q.layer} "
-            f"({stats['unmatched_share']:.4%} > {q.max_unmatched_share:.4%}); first ids: {stats['unmatched_ids']}")
+            f"({stats['unmatched_share']:.4%} > quality.max_unmatched_share {q.max_unmatched_share:.4%}); "
+            f"first ids: {stats['unmatched_ids']}")
     if q.max_unlocated_share is not None and stats["unlocated_share"] > q.max_unlocated_share:
         problems.append(
-            f"{stats['unlocated']} of {stats['rows']} rows have no usable location "
-            f"({stats['unlocated_share']:.4%} > {q.max_unlocated_share:.4%}); first ids: {stats['unlocated_ids']}")
+            f"{stats['unlocated']} of {stats['rows']} rows have no usable location, {stats['outside_area']} of "
+            f"them outside the plausible area ({stats['unlocated_share']:.4%} > quality.max_unlocated_share "
+            f"{q.max_unlocated_share:.4%}); first ids: {stats['unlocated_ids']}")
     if problems:
         raise QualityGateFailed(f"{spec.name}: quality gate failed, nothing published: " + "; ".join(problems))
+
+
+def pc_count(column, text: str) -> int:
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    col = column.cast(pa.string())
+    return int(pc.sum(pc.match_substring(col, text)).as_py() or 0)
 
 
 def _ids(spec: DatasetSpec, table, rows) -> list:

@@ -57,7 +57,22 @@ class Quality:
     within: str | None = "city_limits"  # rows that should have it: those this layer tags (None: every row)
     max_unmatched_share: float = 0.0
     max_unlocated_share: float | None = None  # rows with no usable coordinates (None: not checked)
+    # lon/lat bbox of plausible locations (EPSG:4326); a point outside is a row error, counted as unlocated.
+    # None: the extent of the `within` layer (or city_limits) with `area_margin_km` around it.
+    plausible_area: tuple[float, float, float, float] | None = None
+    area_margin_km: float = 20.0
     show: int = 20  # ids listed in the failure message
+
+
+@dataclass(frozen=True)
+class Publish:
+    """Guards and time limits of publishing (spec section `publish`)."""
+
+    max_row_change_share: float | None = 0.2  # rows may change by this share against the last publication
+    lock_timeout_seconds: float = 10  # the swap waits this long for a reader's lock, then fails
+    statement_timeout_seconds: float = 900  # any one statement of the publishing connection
+    task_timeout_minutes: float = 60  # execution_timeout of every task
+    run_timeout_minutes: float = 360  # dagrun_timeout
 
 
 @dataclass(frozen=True)
@@ -102,6 +117,7 @@ class DatasetSpec:
     batch_rows: int = 50_000
     service_conn_id: str = "enrich_service"
     tags: tuple[str, ...] = ()
+    publish: Publish = field(default_factory=Publish)
 
     @property
     def dag_id(self) -> str:
@@ -254,7 +270,14 @@ def _build(path: Path, doc: dict) -> DatasetSpec:
                       max_unmatched_share=float(q.get("max_unmatched_share", 0.0)),
                       max_unlocated_share=(None if q.get("max_unlocated_share") is None
                                            else float(q["max_unlocated_share"])),
-                      show=int(q.get("show", 20)))
+                      show=int(q.get("show", 20)),
+                      plausible_area=(None if q.get("plausible_area") is None
+                                      else tuple(float(v) for v in q["plausible_area"])),
+                      area_margin_km=float(q.get("area_margin_km", 20.0)))
+    if quality.plausible_area is not None and (len(quality.plausible_area) != 4
+                                               or quality.plausible_area[0] >= quality.plausible_area[2]
+                                               or quality.plausible_area[1] >= quality.plausible_area[3]):
+        raise SpecError(f"{where}quality.plausible_area must be [min_lon, min_lat, max_lon, max_lat]")
     for layer in (quality.layer, quality.within):
         if layer is not None and layer not in KNOWN_LAYERS:
             raise SpecError(f"{where}quality: unknown layer {layer!r}")
@@ -292,4 +315,17 @@ def _build(path: Path, doc: dict) -> DatasetSpec:
         portal=portal_out, report=report, schedule=doc.get("schedule"),
         reenrich_on_boundary_change=bool(doc.get("reenrich_on_boundary_change", True)),
         batch_rows=int(doc.get("batch_rows", 50_000)),
-        service_conn_id=doc.get("service_conn_id", "enrich_service"), tags=tuple(doc.get("tags") or ()))
+        service_conn_id=doc.get("service_conn_id", "enrich_service"), tags=tuple(doc.get("tags") or ()),
+        publish=_publish(doc.get("publish") or {}, where))
+
+
+def _publish(p: dict, where: str) -> Publish:
+    known = set(Publish.__dataclass_fields__)
+    unknown = sorted(set(p) - known)
+    if unknown:
+        raise SpecError(f"{where}publish: unknown setting(s) {unknown} (known: {sorted(known)})")
+    out = Publish(**{k: (None if v is None else float(v)) for k, v in p.items()})
+    for k in known - {"max_row_change_share"}:
+        if getattr(out, k) is None or getattr(out, k) <= 0:
+            raise SpecError(f"{where}publish.{k} must be a positive number")
+    return out

@@ -47,8 +47,10 @@ class PublishTimeout(RuntimeError):
 def connect(conninfo: str = "", *, statement_timeout_s: float = 900, lock_timeout_s: float = 10,
             connect_timeout_s: float = 10, application_name: str = "enrich-publish", **kwargs) -> psycopg.Connection:
     """An autocommit psycopg connection with keepalives and server-side time limits (transactions are explicit)."""
+    # The server's side of the keepalives too: its backend notices a vanished client in ~1 minute.
     options = (f"-c statement_timeout={int(statement_timeout_s * 1000)} -c lock_timeout={int(lock_timeout_s * 1000)}"
-               f" -c idle_in_transaction_session_timeout={int(max(statement_timeout_s, 60) * 1000)}")
+               f" -c idle_in_transaction_session_timeout={int(max(statement_timeout_s, 60) * 1000)}"
+               f" -c tcp_keepalives_idle=30 -c tcp_keepalives_interval=10 -c tcp_keepalives_count=3")
     params = {**KEEPALIVES, "connect_timeout": max(1, int(connect_timeout_s)), "application_name": application_name,
               "options": options, **kwargs}
     return psycopg.connect(conninfo, autocommit=True, **params)
@@ -57,9 +59,13 @@ def connect(conninfo: str = "", *, statement_timeout_s: float = 900, lock_timeou
 @contextlib.contextmanager
 def deadline(conn: psycopg.Connection, seconds: float, what: str) -> Iterator[None]:
     """Raise PublishTimeout if the block has not finished after `seconds`: the connection's socket is shut down
-    (the blocked call returns at once with an error) and the connection is unusable afterwards. The server rolls
-    the transaction back on its own (its statement_timeout, or the closed socket)."""
+    (the blocked call returns at once with an error) and the connection is unusable afterwards. Its backend is
+    then terminated through a new connection: a backend waiting for COPY data ignores statement_timeout and would
+    keep its transaction (and locks) until the server's keepalives give up."""
     fired = threading.Event()
+    info = conn.info
+    target = {"host": info.host, "port": info.port, "user": info.user, "password": info.password,
+              "dbname": info.dbname, "pid": info.backend_pid}
 
     def fire():
         fired.set()
@@ -77,13 +83,33 @@ def deadline(conn: psycopg.Connection, seconds: float, what: str) -> Iterator[No
         yield
     except Exception as exc:
         if fired.is_set():
+            _terminate(target)
             raise PublishTimeout(f"{what}: no answer from PostGIS within {seconds:g} s (a dead or half-open "
                                  f"connection); nothing was published by this step") from exc
         raise
     finally:
         timer.cancel()
     if fired.is_set():
+        _terminate(target)
         raise PublishTimeout(f"{what}: no answer from PostGIS within {seconds:g} s; nothing was published by this step")
+
+
+def _terminate(target: dict, wait_s: float = 5) -> None:
+    """Best effort, bounded: pg_terminate_backend(pid) from a new connection (the same role may end its own)."""
+    pid = target.pop("pid")
+
+    def run():
+        try:
+            with psycopg.connect(**{k: v for k, v in target.items() if v is not None}, autocommit=True,
+                                 connect_timeout=3, options="-c statement_timeout=3000") as c:
+                c.execute("SELECT pg_terminate_backend(%s)", (pid,))
+                log.warning("terminated PostGIS backend %s after a client-side timeout", pid)
+        except Exception as exc:  # unreachable too: the server's keepalives end it
+            log.warning("could not terminate PostGIS backend %s: %s", pid, exc)
+
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    t.join(wait_s)
 
 
 def explain(exc: BaseException, what: str) -> str | None:

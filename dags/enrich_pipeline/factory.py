@@ -75,10 +75,12 @@ def build_dataset_dag(spec: DatasetSpec):
             from airflow.sdk.exceptions import AirflowFailException
 
             from .extract import SourceUnreadable, extract as run
+            from .publish import PublishRefused, refuse_stale_early
 
             try:
+                refuse_stale_early(spec, _run())  # a cleared old run stops here, before any work
                 return run(spec, _work() / "extract.parquet")
-            except SourceUnreadable as exc:  # a corrupt file stays corrupt: no retries
+            except (SourceUnreadable, PublishRefused) as exc:  # a corrupt file stays corrupt: no retries
                 raise AirflowFailException(str(exc)) from exc
 
         @task

@@ -155,11 +155,15 @@ def check_guards(spec: DatasetSpec, last: dict | None, run: dict, rows: int, col
     if not last or not last.get("run_id"):
         return
     where = f"{spec.name}: nothing published, the last publication (run {last['run_id']}) is unchanged"
-    if last["run_id"] != run["run_id"] and _when(run["logical_date"]) < _when(last["logical_date"]):
-        raise PublishRefused(
-            f"{where}: stale run: this run is for {run['logical_date']}, older than the last publication's "
-            f"{_when(last['logical_date']).isoformat()}. A newer publication cannot be overwritten by an older run; "
-            f"trigger a new run to republish")
+    _check_stale(spec, last, run, where)
+    now = {name: t for name, t in columns}
+    for name, t in last.get("columns") or []:
+        if name not in now:
+            raise PublishRefused(f"{where}: column {name!r} ({t}) of the last publication is missing from this run")
+        if now[name] != t and now[name] != "null":
+            raise PublishRefused(
+                f"{where}: column {name!r} was {t} in the last publication and is {now[name]} in this run (a value "
+                f"that is not a {t}?). Pin the column's type in the spec's source.column_types, or fix the source")
     share = spec.publish.max_row_change_share
     before = last.get("rows")
     if share is not None and before is not None and not run.get("allow_row_change"):
@@ -169,14 +173,36 @@ def check_guards(spec: DatasetSpec, last: dict | None, run: dict, rows: int, col
                 f"{where}: row count changed from {before:,} (last publication) to {rows:,} (this run), "
                 f"{change:.1%} > publish.max_row_change_share {share:.1%}. A truncated source? If the change is "
                 f"real, trigger the run with conf {{\"allow_row_change\": true}}")
-    now = {name: t for name, t in columns}
-    for name, t in last.get("columns") or []:
-        if name not in now:
-            raise PublishRefused(f"{where}: column {name!r} ({t}) of the last publication is missing from this run")
-        if now[name] != t and now[name] != "null":
-            raise PublishRefused(
-                f"{where}: column {name!r} was {t} in the last publication and is {now[name]} in this run (a value "
-                f"that is not a {t}?). Pin the column's type in the spec's source.column_types, or fix the source")
+
+
+def _check_stale(spec: DatasetSpec, last: dict, run: dict, where: str) -> None:
+    if last["run_id"] != run["run_id"] and _when(run["logical_date"]) < _when(last["logical_date"]):
+        raise PublishRefused(
+            f"{where}: stale run: this run is for {run['logical_date']}, older than the last publication's "
+            f"{_when(last['logical_date']).isoformat()} (run {last['run_id']}). A newer publication cannot be "
+            f"overwritten by an older run; trigger a new run to republish")
+
+
+def refuse_stale_early(spec: DatasetSpec, run: dict) -> None:
+    """Before any work: a run older than the last publication is refused at once (commit checks it again, under
+    a lock). Says nothing when the last publication cannot be read now."""
+    from psycopg import Error as PgError
+
+    from enrich_service.postgis import PublishTimeout, deadline
+
+    last = None
+    if spec.postgis is not None and has_connection(spec.postgis.conn_id):
+        try:
+            with connect(spec, f"enrich-check {spec.name}") as conn, deadline(conn, 10, "reading the catalog"):
+                if conn.execute("SELECT to_regclass(%s)", (f"{split_table_name(spec.postgis.table)[0]}.{CATALOG}",
+                                                          )).fetchone()[0]:
+                    last = last_from_postgis(conn, spec.postgis.table)
+        except (PgError, PublishTimeout, OSError) as exc:
+            log.warning("%s: last publication not checked before the run: %s", spec.name, exc)
+    elif spec.portal is not None:
+        last = last_from_metadata(spec)
+    if last and last.get("run_id"):
+        _check_stale(spec, last, run, f"{spec.name}: refused before any work, the last publication is unchanged")
 
 
 def last_from_metadata(spec: DatasetSpec) -> dict | None:
@@ -241,6 +267,20 @@ def _version_prefix(table: str) -> str:
 
 def prepare_postgis(conn, spec: DatasetSpec, enriched_path: Path, run: dict) -> dict:
     """Guards, then the rows into a new version table (one transaction, bounded on both sides). Returns its name."""
+    from psycopg import OperationalError
+
+    from enrich_service.postgis import explain
+
+    try:
+        return _prepare(conn, spec, enriched_path, run)
+    except OperationalError as exc:
+        message = explain(exc, f"{spec.name}: loading {spec.postgis.table}") or (
+            f"{spec.name}: lost the connection to PostGIS while loading {spec.postgis.table} "
+            f"({type(exc).__name__}: {str(exc).strip()}); nothing was published, the last publication is unchanged")
+        raise RuntimeError(message) from exc
+
+
+def _prepare(conn, spec: DatasetSpec, enriched_path: Path, run: dict) -> dict:
     import io
 
     import pyarrow as pa

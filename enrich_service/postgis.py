@@ -63,9 +63,7 @@ def deadline(conn: psycopg.Connection, seconds: float, what: str) -> Iterator[No
     then terminated through a new connection: a backend waiting for COPY data ignores statement_timeout and would
     keep its transaction (and locks) until the server's keepalives give up."""
     fired = threading.Event()
-    info = conn.info
-    target = {"host": info.host, "port": info.port, "user": info.user, "password": info.password,
-              "dbname": info.dbname, "pid": info.backend_pid}
+    target = backend_of(conn)
 
     def fire():
         fired.set()
@@ -83,19 +81,28 @@ def deadline(conn: psycopg.Connection, seconds: float, what: str) -> Iterator[No
         yield
     except Exception as exc:
         if fired.is_set():
-            _terminate(target)
+            terminate(target)
             raise PublishTimeout(f"{what}: no answer from PostGIS within {seconds:g} s (a dead or half-open "
                                  f"connection); nothing was published by this step") from exc
         raise
     finally:
         timer.cancel()
     if fired.is_set():
-        _terminate(target)
+        terminate(target)
         raise PublishTimeout(f"{what}: no answer from PostGIS within {seconds:g} s; nothing was published by this step")
 
 
-def _terminate(target: dict, wait_s: float = 5) -> None:
-    """Best effort, bounded: pg_terminate_backend(pid) from a new connection (the same role may end its own)."""
+def backend_of(conn: psycopg.Connection) -> dict:
+    """How to reach `conn`'s backend from a new connection (read while `conn` works: its info goes with it)."""
+    info = conn.info
+    return {"host": info.host, "port": info.port, "user": info.user, "password": info.password,
+            "dbname": info.dbname, "pid": info.backend_pid}
+
+
+def terminate(target: dict, wait_s: float = 5) -> None:
+    """Best effort, bounded: pg_terminate_backend(pid) from a new connection (the same role may end its own), so
+    the transaction of a connection this side gave up on releases its locks now, not when keepalives notice."""
+    target = dict(target)
     pid = target.pop("pid")
 
     def run():

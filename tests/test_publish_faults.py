@@ -64,7 +64,9 @@ publish:
 class Proxy:
     """Forwards 127.0.0.1:<port> to PostGIS. mode "pass"; "reset": after `after` bytes from the client on one
     connection, both sides are closed (PostGIS unreachable mid-COPY); "stall": after `after` bytes it stops
-    forwarding in both directions and keeps the sockets open (a half-open connection)."""
+    forwarding in both directions and keeps the sockets open (a half-open connection); "reset-commit": on the
+    connections whose start-up names the application `enrich-commit`, both sides are closed when the client
+    sends COMMIT (PostGIS lost between the file renames and the commit)."""
 
     def __init__(self, upstream: tuple[str, int]):
         self.upstream = upstream
@@ -101,7 +103,13 @@ class Proxy:
                 return
             if from_client:
                 state["sent"] += len(data)
-            if state["mode"] != "pass" and state["sent"] > state["after"]:
+                if state["sent"] < 1000:  # the start-up (after libpq's SSL request)
+                    state["commit_conn"] = state.get("commit_conn") or b"enrich-commit" in data
+            if state["mode"] == "reset-commit":
+                if from_client and state.get("commit_conn") and b"COMMIT" in data:
+                    _close(src, dst)
+                    return
+            elif state["mode"] != "pass" and state["sent"] > state["after"]:
                 if state["mode"] == "reset":
                     _close(src, dst)
                     return
@@ -121,6 +129,10 @@ class Proxy:
 
 def _close(*socks):
     for s in socks:
+        try:
+            s.shutdown(socket.SHUT_RDWR)  # (close alone sends no FIN while another thread is in recv)
+        except OSError:
+            pass
         try:
             s.close()
         except OSError:
@@ -253,6 +265,12 @@ def unchanged(faults, published):
     before = snapshot(faults)
     yield before
     assert snapshot(faults) == before
+    # No publishing backend is left working or holding a transaction open (a stuck one would hold locks).
+    deadline = time.monotonic() + 5
+    while (left := pg("SELECT pid, application_name, state FROM pg_stat_activity WHERE application_name LIKE "
+                      "'enrich-%%' AND state <> 'idle'")) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert left == []
     assert not [p.name for p in faults.folder.iterdir() if p.name.endswith((".previous", ".incoming"))]
 
 
@@ -348,6 +366,17 @@ def test_a_long_reader_transaction_makes_the_switch_fail_after_lock_timeout(faul
     refused_with(dr, capfd, "record_publication", "waited lock_timeout", "long reader transaction")
     assert took < 60, took
     assert [p for p in faults.folder.iterdir() if ".staged-" in p.name], "the staged files wait for a retry"
+
+
+def test_postgis_lost_between_the_file_renames_and_the_commit_puts_the_files_back(faults, unchanged, capfd):
+    _subset(faults)
+    faults.pg_proxy.mode = "reset-commit"
+    try:
+        dr, took = run(faults, T0 + timedelta(days=1), ALLOW)
+    finally:
+        faults.pg_proxy.mode = "pass"
+    refused_with(dr, capfd, "record_publication", "lost the connection to PostGIS while switching public.meters_faults",
+                 "the files were put back")
 
 
 def test_a_readers_view_and_grant_survive_a_publication(faults, published):

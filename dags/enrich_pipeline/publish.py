@@ -628,10 +628,13 @@ def commit(spec: DatasetSpec, run: dict, postgis: dict, files: dict, doc: dict, 
             raise
 
     if spec.postgis is not None and postgis and postgis.get("version_table"):
-        from enrich_service.postgis import deadline, explain
+        from psycopg import OperationalError
+
+        from enrich_service.postgis import backend_of, deadline, explain, terminate
 
         p = spec.publish
         with connect(spec, f"enrich-commit {spec.name}") as conn:
+            backend = backend_of(conn)
             try:
                 with deadline(conn, p.statement_timeout_seconds + min(5.0, p.statement_timeout_seconds),
                               f"{spec.name}: switching {spec.postgis.table}"):
@@ -644,9 +647,17 @@ def commit(spec: DatasetSpec, run: dict, postgis: dict, files: dict, doc: dict, 
             except PublishRefused:
                 raise
             except BaseException as exc:
-                if swap.moved and not _committed(spec, run, postgis):
+                if conn.broken:  # its transaction may still hold the view's lock: end it before looking
+                    terminate(backend)
+                put_back = bool(swap.moved) and not _committed(spec, run, postgis)
+                if put_back:
                     swap.undo()
                 message = explain(exc, f"{spec.name}: switching {spec.postgis.table}")
+                if message is None and isinstance(exc, OperationalError):
+                    message = (f"{spec.name}: lost the connection to PostGIS while switching {spec.postgis.table} "
+                               f"({str(exc).strip()}); the switch was rolled back"
+                               + (" and the files were put back" if put_back else "")
+                               + ": the last publication is unchanged")
                 if message:
                     raise RuntimeError(message) from exc
                 raise

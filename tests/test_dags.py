@@ -61,7 +61,8 @@ id: src_row
 coordinates: {lon: x_ft, lat: y_ft, crs: EPSG:2230}
 as_of_column: date_inventory
 layers: {council_district: council_district}
-quality: {layer: council_district, within: city_limits, max_unmatched_share: 0.001}
+quality: {layer: council_district, within: city_limits, max_unmatched_share: 0.001,
+          plausible_area: [-180, -90, 180, 90]}   # every point is tagged, the 32.0,-117.0 placeholders too
 batch_rows: 6000
 outputs:
   postgis: {table: public.meters_sql_2230}

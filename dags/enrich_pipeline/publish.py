@@ -407,7 +407,10 @@ def publish_postgis(conn, table_name: str, enriched_path: Path, comment: str, sp
 
     spec = spec or _adhoc_spec(table_name)
     spec = replace(spec, postgis=PostgisOutput(table=table_name))
-    run = run or run_info("adhoc", comment, datetime.now().astimezone())
+    if run is None:  # not a DAG run: it takes the last publication's place in time (never makes a DAG run stale)
+        _ensure_catalog(conn, split_table_name(table_name)[0])
+        last = last_from_postgis(conn, table_name)
+        run = run_info("adhoc", comment, last["logical_date"] if last else datetime.now().astimezone())
     prepared = prepare_postgis(conn, spec, enriched_path, run)
     with conn.transaction():
         _timeouts(conn, spec)
@@ -520,15 +523,19 @@ def metadata_path(spec: DatasetSpec) -> Path | None:
     return folder / f"{spec.portal.basename}.metadata.json" if folder else None
 
 
+def _run_tag(run: dict) -> str:
+    return re.sub(r"[^A-Za-z0-9]", "", run["run_id"])[-24:]
+
+
 def staged_name(dest: Path, run: dict) -> Path:
-    tag = re.sub(r"[^A-Za-z0-9]", "", run["run_id"])[-24:]
-    return dest.with_name(f".{dest.stem}{STAGED}{tag}{dest.suffix}")
+    return dest.with_name(f".{dest.stem}{STAGED}{_run_tag(run)}{dest.suffix}")
 
 
-def _clear_staged(folder: Path, keep: set[Path] = frozenset()) -> None:
+def _clear_staged(folder: Path, run: dict) -> None:
     """Staged files of other (failed) runs: never published, removed."""
+    mine = f"{STAGED}{_run_tag(run)}."
     for p in folder.glob(f".*{STAGED}*"):
-        if p not in keep:
+        if mine not in p.name:
             p.unlink(missing_ok=True)
 
 
@@ -541,7 +548,7 @@ def stage_files(spec: DatasetSpec, enriched_path: Path, run: dict) -> dict:
     folder.mkdir(parents=True, exist_ok=True)
     wanted = {folder / f"{base}.csv": lambda p: write_csv(enriched_path, p),
               folder / f"{base}.geojson": lambda p: write_spatial(enriched_path, p, "GeoJSON", layer=base)}
-    _clear_staged(folder, keep={staged_name(d, run) for d in wanted})
+    _clear_staged(folder, run)
     files = {}
     for dest, write in wanted.items():
         staged = write(staged_name(dest, run))
@@ -615,7 +622,7 @@ def commit(spec: DatasetSpec, run: dict, postgis: dict, files: dict, doc: dict, 
         meta_staged = staged_name(meta_dest, run)
         write_metadata(meta_staged, doc)
         pairs.append((meta_staged, meta_dest))  # last: it describes the others
-    swap = _FileSwap(re.sub(r"[^A-Za-z0-9]", "", run["run_id"])[-24:])
+    swap = _FileSwap(_run_tag(run))
 
     def put_files():
         try:

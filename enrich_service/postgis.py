@@ -175,7 +175,8 @@ def _load_version(conn: psycopg.Connection, v: LayerVersion, schema: str, view: 
         fields jsonb, geom geometry(MultiPolygon, 4326) NOT NULL)""").format(target))
     conn.execute(sql.SQL("CREATE INDEX IF NOT EXISTS {} ON {} USING gist (geom)").format(
         sql.Identifier(f"{table}_geom_idx"), target))
-    conn.execute(sql.SQL("CREATE INDEX IF NOT EXISTS {} ON {} (key)").format(sql.Identifier(f"{table}_key_idx"), target))
+    conn.execute(sql.SQL("CREATE INDEX IF NOT EXISTS {} ON {} (key)").format(
+        sql.Identifier(f"{table}_key_idx"), target))
     # Refilled in place (same table, same grants, same dependent views): readers see the old rows until commit.
     conn.execute(sql.SQL("DELETE FROM {}").format(target))
     conn.execute(sql.SQL("INSERT INTO {} ({}) SELECT {} FROM {}").format(target, cols, cols, sql.Identifier(staging)))

@@ -417,3 +417,26 @@ def test_the_boundary_load_keeps_users_views_and_grants(faults, store, pg_dsn):
         assert conn.execute("SELECT has_table_privilege('faults_reader', 'boundary_council_district_2021', "
                             "'SELECT')").fetchone()[0]
         conn.execute("DROP VIEW faults_user_districts")
+
+
+def test_a_corrupt_source_fails_at_once_without_retries(faults, unchanged, capfd):
+    rows = meters_rows()[:50]
+    rows[20] = rows[20][:3]  # a row cut short: the file is not the CSV the spec describes
+    write_source(faults, "meters_corrupt.csv", rows)
+    dr, _ = run(faults, T0 + timedelta(days=3))
+    refused_with(dr, capfd, "extract", "cannot read", "meters_corrupt.csv")
+    from airflow.models.taskinstance import TaskInstance
+    from airflow.utils.session import create_session
+    from sqlalchemy import select
+
+    with create_session() as session:
+        ti = session.scalars(select(TaskInstance).where(TaskInstance.dag_id == dr.dag_id, TaskInstance.run_id ==
+                                                        dr.run_id, TaskInstance.task_id == "extract")).one()
+        assert ti.try_number == 1  # AirflowFailException: no retry for what a retry cannot fix
+
+
+def test_every_task_has_a_time_limit_and_the_service_calls_share_a_pool(faults):
+    dag = faults.dag
+    assert dag.dagrun_timeout == timedelta(minutes=5)
+    assert {t.task_id: t.execution_timeout for t in dag.tasks} == {t.task_id: timedelta(minutes=2) for t in dag.tasks}
+    assert dag.get_task("enrich_batch").pool == "enrich_service"

@@ -600,10 +600,9 @@ class _FileSwap:
                 backup.unlink(missing_ok=True)
 
 
-def commit(spec: DatasetSpec, run: dict, postgis: dict, files: dict, doc: dict, fault=None) -> dict:
+def commit(spec: DatasetSpec, run: dict, postgis: dict, files: dict, doc: dict) -> dict:
     """Make the prepared publication the published one, everywhere or nowhere. `doc` is the metadata without
-    the PostGIS and file parts, which are filled in here from what was loaded and staged. `fault` (tests) is
-    called between the file renames and the PostGIS COMMIT."""
+    the PostGIS and file parts, which are filled in here from what was loaded and staged."""
     doc = {**doc, "logical_date": run["logical_date"],
            # (the version table's name is internal: a re-run of the same run publishes identical metadata)
            "postgis": {k: v for k, v in (postgis or {}).items() if k not in ("columns", "staged", "version_table")}
@@ -648,9 +647,7 @@ def commit(spec: DatasetSpec, run: dict, postgis: dict, files: dict, doc: dict, 
                     with conn.transaction():
                         _timeouts(conn, spec)
                         _switch_view(conn, spec, postgis, run)
-                        put_files()
-                        if fault:
-                            fault(conn)
+                        put_files()  # inside the transaction: a failed COMMIT puts them back
             except PublishRefused:
                 raise
             except BaseException as exc:

@@ -264,16 +264,23 @@ def apply_rule(index: ServiceIndex, geocoder: Geocoder, geocoded: Geocoded, resu
                 if as_of is not None:
                     days[np.isnat(days)] = np.datetime64(as_of, "D")
                 vidx = index.store.version_index(name, days)
-            extents = geocoder.extents
+            by_version: dict[int, dict] = {}
             for row in extent_rows:
                 i = int(vidx[row])
-                if i < 0:
-                    continue  # before the layer's first version: the engine reported it
-                feature, r, keys = extents.verdict(support[row], name, versions[i], zip_version)
-                codes[row] = feature + offsets[i] if feature >= 0 else -1
-                rule[row] = r
-                if keys:
-                    cands[row] = ";".join(keys)
+                if i >= 0:  # (before the layer's first version: the engine reported it)
+                    by_version.setdefault(i, {}).setdefault(support[row], []).append(row)
+            for i, groups in by_version.items():
+                supports = list(groups)
+                got = geocoder.extents.verdicts(index.engine, name, versions[i], int(offsets[i]), supports,
+                                                zip_version)
+                for s, (code, r, keys) in zip(supports, got):
+                    rows_ = groups[s]
+                    codes[rows_] = code
+                    rule[rows_] = r
+                    if keys:
+                        text = ";".join(keys)
+                        for row in rows_:
+                            cands[row] = text
         missing = (codes < 0) & (rule != RULE_AMBIGUOUS)
         rule[missing & tag] = RULE_OUTSIDE
         rule[missing & tag & outside_city] = RULE_OUTSIDE_CITY

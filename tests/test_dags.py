@@ -188,8 +188,9 @@ print(json.dumps({{"took": took, "dags": dags, "heavy": [m for m in ("pandas", "
     doc = json.loads(out.stdout.strip().splitlines()[-1])
     assert doc["took"] < 0.5, doc
     assert doc["heavy"] == [], f"parse-time imports of {doc['heavy']}"
-    assert doc["dags"] == ["boundary_refresh", "enrich_parking_meters", "enrich_transit_stops",
-                           "report_parking_meters", "report_transit_stops"]
+    assert doc["dags"] == ["boundary_refresh", "enrich_parking_meters", "enrich_pd_collisions_2017",
+                           "enrich_transit_stops", "report_parking_meters", "report_pd_collisions_2017",
+                           "report_transit_stops"]
 
 
 def test_dag_bag_has_no_import_errors(airflow):

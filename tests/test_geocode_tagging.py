@@ -89,6 +89,12 @@ def test_police_abbreviations_and_clipped_names_parse():
     assert parse("8300 block of CAM DEL ORO").street == "CAM DEL ORO"
     assert parse("100 block of 08TH AVENUE").street == "8TH AVE"
     assert parse("100 block of 08TH AVENUE").block
+    assert (parse(" I-15 NB").kind, parse(" I-15 NB").street) == ("street", "I 15 NB")
+
+
+def test_a_freeway_says_so(index):
+    row = answer(index, [" I-15 NB", "5500 block of I-15 NB"])[0]
+    assert row["match"] == "none" and "freeway" in row["reason"] and row["council_district_rule"] == "not_geocoded"
 
 
 # ---- the rule at each level, on real data with known coordinates --------------------------------------------------

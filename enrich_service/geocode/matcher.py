@@ -20,7 +20,7 @@ import numpy as np
 from rapidfuzz import fuzz, process
 
 from .cache import ResultCache
-from .normalize import Parsed, parse
+from .normalize import FREEWAY, Parsed, parse
 from .reference import M_PER_DEG_LAT, M_PER_DEG_LON, Reference
 from .support import Extents
 
@@ -181,7 +181,7 @@ class Geocoder:
     def _address(self, p: Parsed) -> Result:
         cands, factor, flag = self.resolve_street(p.street, p.base, p.zip)
         if not cands:
-            return self._zip_or_none(p, f"street {p.street!r} is not in the reference")
+            return self._zip_or_none(p, _not_in_reference(p.street))
         ref = self.ref
         number = p.number
         for sid in cands if flag != "street_differs" else ():
@@ -346,7 +346,7 @@ class Geocoder:
     def _street_only(self, p: Parsed) -> Result:
         cands, factor, flag = self.resolve_street(p.street, p.base, p.zip)
         if not cands:
-            return self._zip_or_none(p, f"street {p.street!r} is not in the reference")
+            return self._zip_or_none(p, _not_in_reference(p.street))
         return _finish(self._street_point(cands[0], p.zip), factor, flag, p, "no house number")
 
     def _intersection(self, p: Parsed) -> Result:
@@ -362,7 +362,7 @@ class Geocoder:
                                                          f"or direction); placed on the other street")
         if not a or not b:
             missing = p.street if not a else p.street2
-            return self._zip_or_none(p, f"street {missing!r} is not in the reference")
+            return self._zip_or_none(p, _not_in_reference(missing))
         for sa in a:
             for sb in b:
                 where = self.ref.intersections.get((sa, sb))
@@ -393,7 +393,7 @@ class Geocoder:
         """The middle of the block between two crossings; one crossing known: that corner; none: the street."""
         s, fs, flag = self.resolve_street(p.street, p.base, p.zip)
         if not s:
-            return self._zip_or_none(p, f"street {p.street!r} is not in the reference")
+            return self._zip_or_none(p, _not_in_reference(p.street))
         a, fa, _ = self.resolve_street(p.street2, p.base2, p.zip)
         b, fb, _ = self.resolve_street(p.street3, p.base3, p.zip)
         one, two = self._crossing(s, a, p.zip) if a else None, self._crossing(s, b, p.zip) if b else None
@@ -473,6 +473,12 @@ def _finish(got: tuple, factor: float, flag: str, p: Parsed, reason: str = "") -
         extra.append("parser_fallback")
         score *= 0.95
     return (lon, lat, level, round(score, 3), matched, reason, ",".join(extra), ref_zip, support)
+
+
+def _not_in_reference(street: str) -> str:
+    if FREEWAY.match(street):
+        return f"{street!r} is a freeway: the reference holds city streets, not freeway mileposts"
+    return f"street {street!r} is not in the reference"
 
 
 def _digits(name: str) -> str:

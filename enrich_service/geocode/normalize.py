@@ -26,6 +26,8 @@ _TOKENS = re.compile(r"\d+/\d+|[A-Z0-9]+|[&@#/]")
 _PARENS = re.compile(r"\([^)]*\)")
 _ZIP = re.compile(r"^\d{5}(?:\d{4})?$")
 _NUMBER = re.compile(r"^(\d+)([A-Z]?)$")
+# "I 15 NB", "SR 163", "HWY 94 WB" (police write freeways so): a road with no house numbers.
+FREEWAY = re.compile(r"^(?:I|SR|HWY|US|INTERSTATE|RTE|ROUTE) \d+\b")
 _HUNDRED_XX = re.compile(r"^(\d+)XX$")  # "10XX GARNET AVE": the 1000 block
 # A house number, a space, then a word: the common case, read by the shortcut in parse().
 _NUMBER_FIRST = re.compile(r"\s*(\d{1,6})[A-Za-z]?\s+([A-Za-z].*)", re.S)
@@ -226,6 +228,9 @@ def _parse_line(tokens: list[str], zip5: str, original: str, memo: dict | None) 
         if street:
             return Parsed("address", number=number, street=street, base=base, zip=zip5, unit=unit)
         return _fallback(original, zip5, "no street name after the house number")
+    if FREEWAY.match(" ".join(tokens)):
+        name = " ".join(tokens)
+        return Parsed("street", street=name, base=name, zip=zip5, reason="no house number")
     if any(t.isdigit() for t in tokens):  # words before the number: "Suite 5 1200 Third Ave"
         return _fallback(original, zip5, "house number not at the start")
     street, base, unit = street_of(tokens)

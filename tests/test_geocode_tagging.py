@@ -183,3 +183,31 @@ def test_min_match_refuses_coarse_matches(index):
     assert rows[1]["lon"] is not None  # the point is kept
     with pytest.raises(InvalidInput):
         answer(index, ["x"], min_match="house")
+
+
+def test_the_cli_geocodes_a_file_with_the_same_rule(tmp_path, monkeypatch, capsys):
+    import json
+
+    import pyarrow.csv as pacsv
+
+    from enrich_service.cli import main
+    from enrich_service.settings import get_settings
+
+    from .conftest import BOUNDARIES
+
+    src = tmp_path / "cases.csv"
+    src.write_text("id,address,zip\n1,1000 BLK GARNET AVE,92109\n2,\"1200 Orange Ave, Coronado\",92118\n"
+                   "3,University Ave & 30th St,92104\n")
+    monkeypatch.setenv("ENRICH_BOUNDARY_DIR", str(BOUNDARIES))
+    monkeypatch.setenv("ENRICH_REFERENCE_DIR", str(ADDRESS))
+    monkeypatch.setenv("ENRICH_USE_GRID", "false")  # three rows: the exact path, no grid to build
+    get_settings.cache_clear()
+    try:
+        assert main(["geocode", str(src), "--layers", "council_district,zip"]) == 0
+    finally:
+        get_settings.cache_clear()
+    assert json.loads(capsys.readouterr().out)["rows"] == 3
+    out = pacsv.read_csv(tmp_path / "cases_geocoded.csv").to_pylist()
+    assert [r["zip"] for r in out] == [92109, 92118, 92104]  # the file's own column, untouched
+    assert (out[0]["council_district"], out[0]["enrich_zip"]) == (1, 92109)
+    assert out[1]["council_district_rule"] == "other_city" and out[2]["council_district"] is None

@@ -379,6 +379,7 @@ def test_csv_arrow_and_ndjson_transports(client):
     # The caller's own zip column is never replaced: the zip layer's answer gets the prefix.
     assert out.column("zip").to_pylist() == [92110, None, None]
     assert out.column("enrich_zip").to_pylist()[:2] == [92110, 92117]
+    assert "enrich_zip_rule" in out.column_names and "zip_rule" not in out.column_names
     r = client.post("/v1/geocode-join?layers=zip&prefix=sd_", content=csv, headers={"content-type": "text/csv"})
     out = pacsv.read_csv(io.BytesIO(r.content))
     assert out.column_names[:3] == ["id", "address", "zip"] and out.column("sd_zip").to_pylist()[:2] == [92110, 92117]

@@ -369,14 +369,18 @@ def _with_candidates(columns: list[tuple], joined: Joined, make) -> list[tuple]:
 def answer_table(table: pa.Table | None, ids: object, joined: Joined, prefix: str = COLLISION_PREFIX) -> pa.Table:
     """The input table, untouched, with the geocode columns, then the layer columns, appended. A result column
     named like an input column gets `prefix` in front (again until the name is free): the caller's own `zip`
-    stays, the zip layer's answer is `enrich_zip`."""
+    stays, the zip layer's answer is `enrich_zip` (with `enrich_zip_rule`, `enrich_zip_candidates`)."""
     if table is None:
         table = pa.table({"id": pa.array(ids if ids is not None else [None] * len(joined.geocoded))})
     columns = geocode_arrays(joined) + _with_candidates(
         codecs.result_arrays(joined.prepared, joined.result), joined, codecs._sparse_arrow)
     taken = set(table.column_names)
+    # A layer whose column collides keeps its companions together: enrich_zip, enrich_zip_rule, ...
+    moved = [layer for layer in joined.result.layers if layer in taken]
     for name, arr in columns:
         out = name
+        if any(name == layer or name.startswith(f"{layer}_") for layer in moved):
+            out = prefix + name
         while out in taken:
             out = prefix + out
         taken.add(out)

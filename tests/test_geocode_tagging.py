@@ -211,3 +211,16 @@ def test_the_cli_geocodes_a_file_with_the_same_rule(tmp_path, monkeypatch, capsy
     assert [r["zip"] for r in out] == [92109, 92118, 92104]  # the file's own column, untouched
     assert (out[0]["council_district"], out[0]["enrich_zip"]) == (1, 92109)
     assert out[1]["council_district_rule"] == "other_city" and out[2]["council_district"] is None
+
+
+def test_a_zip_level_match_is_tagged_only_where_the_whole_zip_lies_in_one_polygon(index):
+    from enrich_service.geocode.support import ZIP_MARGIN_M
+
+    rows = answer(index, ["", ""], zips=["92134", "92110"])
+    assert [r["match"] for r in rows] == ["zip", "zip"]
+    # 92134 (the naval medical center) lies wholly in district 3, with its margin; 92110 spans districts 2 and 7.
+    assert rows[0]["council_district"] == "3"
+    assert rows[1]["council_district"] is None and rows[1]["council_district_rule"] == "ambiguous"
+    assert set(rows[1]["council_district_candidates"].split(";")) >= {"2", "7"}
+    # The zip layer itself: a postal ZIP is not its ZCTA near the edges, so the widened area meets the neighbours.
+    assert ZIP_MARGIN_M > 0 and rows[1]["zip"] is None and "92110" in rows[1]["zip_candidates"].split(";")

@@ -49,6 +49,8 @@ def environment(args: argparse.Namespace) -> dict[str, str]:
     }
     if "ENRICH_BOUNDARY_DIR" not in os.environ and (data / "boundaries").is_dir():
         env["ENRICH_BOUNDARY_DIR"] = str(data / "boundaries")
+    if "ENRICH_REFERENCE_DIR" not in os.environ and (data / "address").is_dir():
+        env["ENRICH_REFERENCE_DIR"] = str(data / "address")  # the geocoder's, for address-only datasets
     dsn = args.postgis_dsn or os.environ.get("ENRICH_POSTGIS_DSN")
     if dsn:
         env["AIRFLOW_CONN_ENRICH_POSTGIS"] = dsn

@@ -186,8 +186,9 @@ print(json.dumps({{"dags": dags, "heavy": [m for m in ("pandas", "pyarrow", "mat
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
     doc = json.loads(out.stdout.strip().splitlines()[-1])
     assert doc["heavy"] == [], f"parse-time imports of {doc['heavy']}"
-    assert doc["dags"] == ["boundary_refresh", "enrich_parking_meters", "enrich_transit_stops",
-                           "report_parking_meters", "report_transit_stops"]
+    assert doc["dags"] == ["boundary_refresh", "enrich_parking_meters", "enrich_pd_collisions_2017",
+                           "enrich_transit_stops", "report_parking_meters", "report_pd_collisions_2017",
+                           "report_transit_stops"]
 
 
 def test_dag_bag_has_no_import_errors(airflow):
@@ -593,3 +594,26 @@ def test_spec_errors_name_the_file_and_the_field(tmp_path):
     assert resolve("${NOT_SET_ANYWHERE_123:-/data}/a.csv", lookup=lambda name: None) == "/data/a.csv"
     with pytest.raises(SpecError, match="NOT_SET_ANYWHERE_123"):
         resolve("${NOT_SET_ANYWHERE_123}/a.csv", lookup=lambda name: None)
+
+
+def test_address_only_collisions_are_geocoded_tagged_by_what_the_match_supports_and_published(airflow,
+                                                                                             boundary_tables):
+    """dags/datasets/pd_collisions_2017.yaml: police split address fields through POST /v1/geocode-join."""
+    dr = run_dag(airflow.datasets.enrich_pd_collisions_2017)
+    assert str(dr.state) == "success", task_states(dr)
+    t = "public.pd_collisions_2017_enriched"
+    levels = dict(pg(f"SELECT geocode_match, count(*) FROM {t} GROUP BY 1"))
+    assert sum(levels.values()) == 10183 and levels["hundred_block"] > 2500 and levels["intersection"] > 200
+    # Every published district is the one covering the geocoded point (extents add: never a different one), and a
+    # null says why.
+    wrong = pg(f"""SELECT count(*) FROM {t} m WHERE m.council_district IS NOT NULL AND NOT EXISTS (
+        SELECT 1 FROM boundary_council_district_2011 b WHERE b.key = m.council_district AND
+        ST_DWithin(b.geom::geography, m.geom::geography, 30))""")[0][0]
+    assert wrong == 0
+    assert pg(f"SELECT count(*) FROM {t} WHERE council_district IS NULL AND council_district_rule IS NULL")[0][0] == 0
+    assert pg(f"SELECT count(*) FROM {t} WHERE geocode_match = 'street' AND council_district IS NOT NULL")[0][0] \
+        < 0.01 * levels["street"]
+    meta = json.loads((airflow.publish / "pd_collisions_2017" /
+                       "pd_collisions_2017_enriched.metadata.json").read_text())
+    tagged = {r["level"]: r["tagged_share"] for r in meta["quality"]["match_levels"]}
+    assert tagged["hundred_block"] > 0.9 and tagged["intersection"] > 0.9

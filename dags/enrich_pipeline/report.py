@@ -63,7 +63,34 @@ def aggregate(spec: DatasetSpec) -> dict:
         csv = Path(resolve(spec.portal.folder)) / f"{spec.portal.basename}.csv"
         for layer in spec.report.by:
             out[layer] = aggregate_rows(counts_from_csv(csv, spec.layers[layer]))
+    if spec.address is not None:  # address-only data: how sure the districts are (tagged, ambiguous, not found)
+        from .geocode import report_quality
+
+        out["match_quality"] = report_quality(spec, lambda names: _published_columns(spec, names))
     return out
+
+
+def _published_columns(spec: DatasetSpec, names: list[str]) -> dict[str, list]:
+    """Whole columns of the published rows: from PostGIS when published there, else the portal CSV."""
+    from .publish import has_connection, postgis_hook_connection
+
+    if spec.postgis and (has_connection(spec.postgis.conn_id) or not spec.portal):
+        from psycopg import sql
+
+        from .publish import pg_columns, split_table_name
+
+        schema, name = split_table_name(spec.postgis.table)
+        with postgis_hook_connection(spec.postgis.conn_id) as conn:
+            rows = conn.execute(sql.SQL("SELECT {} FROM {}").format(
+                sql.SQL(", ").join(map(sql.Identifier, pg_columns(names))), sql.Identifier(schema, name))).fetchall()
+        return {n: [r[i] for r in rows] for i, n in enumerate(names)}
+    import pyarrow as pa
+    import pyarrow.csv as pacsv
+
+    csv = Path(resolve(spec.portal.folder)) / f"{spec.portal.basename}.csv"
+    table = pacsv.read_csv(csv, convert_options=pacsv.ConvertOptions(
+        include_columns=names, column_types={n: pa.string() for n in names}, strings_can_be_null=True))
+    return {n: table.column(n).to_pylist() for n in names}
 
 
 def render_chart(spec: DatasetSpec, counts: dict, dest: Path) -> Path:
@@ -105,6 +132,10 @@ def render_html(spec: DatasetSpec, counts: dict, run_note: str) -> str:
         parts += [f"<tr><td>{html.escape(r['value'])}</td><td align='right'>{r['count']:,}</td>"
                   f"<td align='right'>{r['share']:.1%}</td></tr>" for r in rows]
         parts.append("</table>")
+    if counts.get("match_quality"):
+        from .geocode import quality_html
+
+        parts.append(quality_html(counts["match_quality"], spec.report.by[0]))
     return "\n".join(parts)
 
 

@@ -44,11 +44,30 @@ class Coordinates:
 
 @dataclass(frozen=True)
 class Address:
-    """Address columns for geocode-join (POST /v1/geocode-join); accepted in specs, not run yet."""
+    """Address columns for geocode-join (POST /v1/geocode-join): the street from one column or composed from several
+    (number, direction, name, type), an optional cross street (police records: number 0 and a cross street is an
+    intersection), city and zip. dags/enrich_pipeline/geocode.py composes them."""
 
-    street: str
+    street: tuple[str, ...]  # columns joined with spaces: [street_dir, street_name, street_type], or one column
+    number: str | None = None  # the house number column, when not part of `street`
+    number_is_block: bool = False  # the number names a hundred block (police: "5500" is the 5500 block)
+    cross_street: tuple[str, ...] = ()
     city: str | None = None
     zip: str | None = None
+    min_match: str | None = None  # coarser matches keep no tags (geocode-join's min_match)
+
+    @classmethod
+    def of(cls, doc: dict, where: str) -> "Address":
+        def cols(value) -> tuple[str, ...]:
+            return tuple([value] if isinstance(value, str) else (value or ()))
+
+        street = cols(_need(doc, "street", where + "address."))
+        unknown = set(doc) - {"street", "number", "number_is_block", "cross_street", "city", "zip", "min_match"}
+        if unknown:
+            raise SpecError(f"{where}address: unknown keys {sorted(unknown)}")
+        return cls(street=street, number=doc.get("number"), number_is_block=bool(doc.get("number_is_block", False)),
+                   cross_street=cols(doc.get("cross_street")), city=doc.get("city"), zip=doc.get("zip"),
+                   min_match=doc.get("min_match"))
 
 
 @dataclass(frozen=True)
@@ -58,6 +77,9 @@ class Quality:
     max_unmatched_share: float = 0.0
     max_unlocated_share: float | None = None  # rows with no usable coordinates (None: not checked)
     show: int = 20  # ids listed in the failure message
+    # Address specs: the least share of rows of each match level that must carry a `layer` key ({level: share};
+    # levels not named are not checked). The gate fails below it (dags/enrich_pipeline/geocode.py).
+    min_tagged_share: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -239,7 +261,7 @@ def _build(path: Path, doc: dict) -> DatasetSpec:
         coordinates = Coordinates(lon=_need(coords, "lon", where + "coordinates."),
                                   lat=_need(coords, "lat", where + "coordinates."),
                                   crs=str(coords.get("crs", "EPSG:4326")), placeholders=placeholders)
-    addr = Address(**address) if address else None
+    addr = Address.of(address, where) if address else None
 
     layers = doc.get("layers") or {"council_district": "council_district", "neighborhood": "neighborhood",
                                    "zip": "zip"}
@@ -254,7 +276,8 @@ def _build(path: Path, doc: dict) -> DatasetSpec:
                       max_unmatched_share=float(q.get("max_unmatched_share", 0.0)),
                       max_unlocated_share=(None if q.get("max_unlocated_share") is None
                                            else float(q["max_unlocated_share"])),
-                      show=int(q.get("show", 20)))
+                      show=int(q.get("show", 20)),
+                      min_tagged_share={str(k): float(v) for k, v in (q.get("min_tagged_share") or {}).items()})
     for layer in (quality.layer, quality.within):
         if layer is not None and layer not in KNOWN_LAYERS:
             raise SpecError(f"{where}quality: unknown layer {layer!r}")

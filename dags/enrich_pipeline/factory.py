@@ -17,6 +17,7 @@ from pathlib import Path
 
 from airflow.sdk import Asset, AssetOrTimeSchedule, CronTriggerTimetable, dag, get_current_context, task
 
+from .alerts import failure_callbacks
 from .spec import DatasetSpec
 
 BOUNDARIES = Asset("enrich://boundaries")
@@ -52,7 +53,8 @@ def _work() -> Path:
 
 def build_dataset_dag(spec: DatasetSpec):
     @dag(dag_id=spec.dag_id, description=spec.description or None, schedule=_schedule(spec), start_date=START,
-         catchup=False, max_active_runs=1, default_args=_retry_args(), tags=["enrich", *spec.tags],
+         catchup=False, max_active_runs=1, default_args={**_retry_args(), **failure_callbacks(spec)},
+         tags=["enrich", *spec.tags],
          doc_md=f"Enrich `{spec.name}` (spec `{spec.path.name}`) through the enrichment service and publish it.")
     def dataset_dag():
         @task
@@ -178,7 +180,7 @@ def build_dataset_dag(spec: DatasetSpec):
 def build_report_dag(spec: DatasetSpec):
     @dag(dag_id=spec.report_dag_id, description=f"District report for {spec.name}",
          schedule=[Asset(spec.asset_uri)], start_date=START, catchup=False, max_active_runs=1,
-         default_args=_retry_args(), tags=["enrich", "report", *spec.tags],
+         default_args={**_retry_args(), **failure_callbacks(spec)}, tags=["enrich", "report", *spec.tags],
          doc_md=f"Counts of `{spec.name}` per {', '.join(spec.report.by)}, a chart, emailed to the recipients.")
     def report_dag():
         @task
@@ -215,8 +217,8 @@ def build_boundary_refresh_dag(service_conn_id: str = "enrich_service", postgis_
          schedule="@weekly", start_date=START, catchup=False, max_active_runs=1, default_args=_retry_args(),
          tags=["enrich", "boundaries"],
          doc_md="Read the manifest's layer files (ENRICH_BOUNDARY_DIR, or downloaded and checked by sha256), "
-                "load them into PostGIS, have the service reload them, and announce `enrich://boundaries` so the "
-                "dataset DAGs re-enrich.")
+                "load them into PostGIS (one transaction), have the service reload them, and announce "
+                "`enrich://boundaries` so the dataset DAGs re-enrich, only when a file's sha256 changed.")
     def boundary_refresh():
         @task
         def fetch_layers() -> dict:
@@ -235,7 +237,7 @@ def build_boundary_refresh_dag(service_conn_id: str = "enrich_service", postgis_
             with postgis_hook_connection(postgis_conn_id) as conn:
                 return load_into_postgis(conn, fetched)
 
-        @task(outlets=[BOUNDARIES])
+        @task
         def reload_service(loaded: dict) -> dict:
             """POST /v1/admin/reload (API key: the connection's password); check it serves what PostGIS holds."""
             from airflow.sdk.exceptions import AirflowFailException
@@ -253,6 +255,25 @@ def build_boundary_refresh_dag(service_conn_id: str = "enrich_service", postgis_
             check_serving(loaded, answer)
             return {k: answer[k] for k in ("status", "generation", "build_seconds") if k in answer}
 
-        reload_service(load_postgis(fetch_layers()))
+        @task(inlets=[BOUNDARIES], outlets=[BOUNDARIES])
+        def announce(loaded: dict, served: dict) -> dict:
+            """Update enrich://boundaries only when a layer's sha256 (or its list of versions) differs from the last
+            announcement: every dataset re-enriches, and its report is e-mailed, on that event. No change: skipped,
+            and no event."""
+            from airflow.sdk.exceptions import AirflowSkipException
+
+            from .boundaries import changed_layers
+
+            ctx = get_current_context()
+            last = list(ctx["inlet_events"][BOUNDARIES].ascending(False).limit(1))
+            changed = changed_layers(last[0].extra if last else None, loaded["sha256"])
+            if not changed:
+                raise AirflowSkipException("no layer file changed since the last announcement "
+                                           f"({last[0].timestamp:%Y-%m-%d %H:%M} UTC): nothing to re-enrich")
+            ctx["outlet_events"][BOUNDARIES].extra = {"sha256": loaded["sha256"], "changed": changed}
+            return {"changed": changed}
+
+        loaded = load_postgis(fetch_layers())
+        announce(loaded, reload_service(loaded))
 
     return boundary_refresh()

@@ -181,7 +181,8 @@ def build_report_dag(spec: DatasetSpec):
     @dag(dag_id=spec.report_dag_id, description=f"District report for {spec.name}",
          schedule=[Asset(spec.asset_uri)], start_date=START, catchup=False, max_active_runs=1,
          default_args={**_retry_args(), **failure_callbacks(spec)}, tags=["enrich", "report", *spec.tags],
-         doc_md=f"Counts of `{spec.name}` per {', '.join(spec.report.by)}, a chart, emailed to the recipients.")
+         doc_md=f"{spec.report.entity.capitalize()} of `{spec.name}` per {', '.join(spec.report.by)}, with the chart "
+                f"in the message, every district, the change since the last report; e-mailed to the recipients.")
     def report_dag():
         @task
         def aggregate() -> dict:
@@ -191,23 +192,30 @@ def build_report_dag(spec: DatasetSpec):
 
         @task
         def render(counts: dict) -> dict:
-            from .report import render_chart, render_html
+            """The chart and the message: the counts as of this run, against the last report sent."""
+            from .report import previous_report, render_chart, render_html
 
             ctx = get_current_context()
+            # As of the publication that triggered this report (its asset event), else this run's date.
+            events = ctx.get("triggering_asset_events") or {}
+            stamps = [ev.timestamp for evs in events.values() for ev in evs]
+            as_of = (max(stamps) if stamps else ctx.get("logical_date") or ctx["dag_run"].run_after).isoformat()
             png = render_chart(spec, counts, _work() / f"{spec.name}_by_{spec.report.by[0]}.png")
-            total = sum(r["count"] for r in counts[spec.report.by[0]])
-            note = f"{total:,} rows, report run {ctx['run_id']}"
-            return {"png": str(png), "html": render_html(spec, counts, note)}
+            previous = previous_report(spec, ctx["run_id"])
+            return {"png": str(png), "as_of": as_of, "html": render_html(spec, counts, as_of, previous, png.name)}
 
         @task
-        def email(rendered: dict) -> list[str]:
-            from .report import send
+        def email(rendered: dict, counts: dict) -> list[str]:
+            """Send it, then remember these counts for the next report's "change since"."""
+            from .report import remember, send
 
-            subject = spec.report.subject or f"{spec.description or spec.name}: rows per council district"
-            send(spec, subject, rendered["html"], [Path(rendered["png"])])
+            subject = spec.report.subject or f"{spec.description or spec.name}: {spec.report.entity} per council district"
+            send(spec, subject, rendered["html"], Path(rendered["png"]))
+            remember(spec, get_current_context()["run_id"], rendered["as_of"], counts)
             return list(spec.report.recipients)
 
-        email(render(aggregate()))
+        counts = aggregate()
+        email(render(counts), counts)
 
     return report_dag()
 

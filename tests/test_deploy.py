@@ -482,6 +482,18 @@ def test_workers_read_the_boundary_files_and_cache_the_service_reads(services):
     assert services["airflow-worker"]["user"].startswith("10001:"), "the workers cannot write the service's cache"
 
 
+def test_the_airflow_image_makes_its_volumes_writable(services):
+    """A fresh named volume takes the permissions of the image's folder it is mounted on; a folder missing from the
+    image becomes root's, and the workers (uid 10001, group 0) could not write their run folders there."""
+    run = next(a for w, a in instructions(ROOT / "Dockerfile.airflow") if w == "RUN" and "mkdir" in a)
+    for vol in services["airflow-worker"]["volumes"]:
+        source, target = default_of(vol).split(":")[:2]
+        if source.startswith((".", "/")) or target == "/opt/airflow/logs":  # bind mounts; logs: the base image's
+            continue
+        assert target in run.split("&&")[0], f"Dockerfile.airflow does not make {target}"
+        assert all(target in part for part in run.split("&&")[1:]), f"{target} is not group 0 and writable"
+
+
 def test_secrets_init_dev_bootstraps_a_laptop(secrets_env, tmp_path):
     """`scripts/secrets.sh init dev` on a fresh clone: every secret filled in (complete, no placeholder, passwords
     equal where they repeat), encrypted to a new key so that `decrypt dev` works afterwards, and split per role."""

@@ -223,7 +223,8 @@ def test_a_failed_run_emails_the_datasets_owners(airflow_ops, tmp_path, monkeypa
     dag = build_dataset_dag(load_spec(airflow_ops / "specs" / "ops_missing_source.yaml"))
     inbox = Inbox()
     ctl, port = smtp_server(inbox)
-    monkeypatch.setenv("AIRFLOW_CONN_SMTP_DEFAULT", _pointed_at(documented_smtp_uris(tmp_path)["dev"], "127.0.0.1", port))
+    dev = documented_smtp_uris(tmp_path)["dev"]
+    monkeypatch.setenv("AIRFLOW_CONN_SMTP_DEFAULT", _pointed_at(dev, "127.0.0.1", port))
     try:
         dr = dag.test()
     finally:

@@ -39,8 +39,8 @@ def lint_cli(*args: str) -> subprocess.CompletedProcess:
 
 def test_every_shipped_spec_passes_the_lint():
     """What CI runs: the specs in dags/datasets against every deployment's settings and the list of secrets."""
-    r = lint_cli(str(DAGS / "datasets"), *[a for e in ("dev", "stage", "prod") for a in ("--env-file", str(ENV / f"{e}.env"))],
-                 "--secrets-example", str(ENV / "secrets.env.example"))
+    envs = [a for e in ("dev", "stage", "prod") for a in ("--env-file", str(ENV / f"{e}.env"))]
+    r = lint_cli(str(DAGS / "datasets"), *envs, "--secrets-example", str(ENV / "secrets.env.example"))
     assert r.returncode == 0, r.stderr
     assert "0 problem(s)" in r.stderr
 

@@ -209,7 +209,8 @@ def build_report_dag(spec: DatasetSpec):
             """Send it, then remember these counts for the next report's "change since"."""
             from .report import remember, send
 
-            subject = spec.report.subject or f"{spec.description or spec.name}: {spec.report.entity} per council district"
+            subject = (spec.report.subject
+                       or f"{spec.description or spec.name}: {spec.report.entity} per council district")
             send(spec, subject, rendered["html"], Path(rendered["png"]))
             remember(spec, get_current_context()["run_id"], rendered["as_of"], counts)
             return list(spec.report.recipients)

@@ -639,6 +639,9 @@ def test_gitignore_keeps_clear_text_secrets_out():
     kept = subprocess.run(["git", "check-ignore", "--no-index", "env/prod.secrets.env.age", "env/prod.env",
                            "env/recipients/prod.txt"], cwd=ROOT, capture_output=True, text=True)
     assert kept.stdout.strip() == "", f"these must be committable: {kept.stdout}"
+    roles = subprocess.run(["git", "check-ignore", "--no-index", "env/prod.secrets/airflow.env"], cwd=ROOT,
+                           capture_output=True, text=True)
+    assert roles.stdout.split() == ["env/prod.secrets/airflow.env"], "the per-role clear files must be ignored"
     tracked = subprocess.run(["git", "ls-files", "env"], cwd=ROOT, capture_output=True, text=True).stdout.split()
     assert not [f for f in tracked if f.endswith(".secrets.env")], "a clear-text secrets file is tracked"
     dockerignore = (ROOT / ".dockerignore").read_text().splitlines()

@@ -407,7 +407,8 @@ def test_a_quality_failure_publishes_nothing_and_names_the_rows(airflow, boundar
         check(spec, measure(spec, enriched))
 
 
-def test_report_emails_the_district_table_and_chart(airflow, meters_run, tmp_path):
+def _report_run(airflow, when):
+    """One run of report_parking_meters against a real local SMTP server; returns (dag run, messages)."""
     from aiosmtpd.controller import Controller
 
     received = []
@@ -423,24 +424,84 @@ def test_report_emails_the_district_table_and_chart(airflow, meters_run, tmp_pat
     os.environ["AIRFLOW_CONN_SMTP_DEFAULT"] = (f"smtp://127.0.0.1:{port}?disable_tls=true&disable_ssl=true"
                                                f"&from_email=enrich%40sandiego.gov&timeout=10")
     try:
-        dr = run_dag(airflow.datasets.report_parking_meters)
+        dr = run_dag(airflow.datasets.report_parking_meters, when)
     finally:
         smtp.stop()
         os.environ.pop("AIRFLOW_CONN_SMTP_DEFAULT")
+    return dr, received
+
+
+def test_report_a_department_head_reads(airflow, meters_run, tmp_path):
+    """The report on the published parking meters: the chart shown in the message (not attached), every council
+    district (zeros too), meters counted once per pole (a pole has a row per rate configuration), the rows without
+    a district explained, the period, no internal run id; a second report shows the change since the first.
+    The published table is only read (never altered here)."""
+    import re
+
+    dr, received = _report_run(airflow, datetime(2026, 1, 6, 5, 0, tzinfo=timezone.utc))
     assert str(dr.state) == "success", task_states(dr)
     assert len(received) == 1
     envelope = received[0]
     assert envelope.rcpt_tos == ["open-data@sandiego.gov"]
     msg = email.message_from_bytes(envelope.content)
     assert msg["Subject"] == "Parking meters per council district"
-    parts = {p.get_filename() or p.get_content_type(): p for p in msg.walk()}
-    png = parts["parking_meters_by_council_district.png"].get_payload(decode=True)
+    assert msg.get_content_type() == "multipart/related"
+    image = next(p for p in msg.walk() if p.get_content_type() == "image/png")
+    assert image.get("Content-Disposition", "").startswith("inline")
+    png = image.get_payload(decode=True)
     assert png.startswith(b"\x89PNG\r\n\x1a\n") and len(png) > 5_000
-    html = parts["text/html"].get_payload(decode=True).decode()
-    counts = dict(pg("SELECT coalesce(council_district, '(none)'), count(*) FROM public.parking_meters_enriched "
-                     "GROUP BY 1"))
-    assert f"<td>3</td><td align='right'>{counts['3']:,}</td>" in html
-    assert "Rows per neighborhood" in html and "Downtown" in html
+    html = next(p for p in msg.walk() if p.get_content_type() == "text/html").get_payload(decode=True).decode()
+    assert f"src='cid:{image['Content-ID'].strip('<>')}'" in html
+    assert dr.run_id not in html and "run_id" not in html and "manual__" not in html
+
+    poles = dict(pg("SELECT coalesce(council_district, ''), count(DISTINCT pole) FROM public.parking_meters_enriched "
+                    "GROUP BY 1"))
+    rows = dict(re.findall(r"<tr><td>(District \d|No district)</td><td align='right'>([\d,]+)</td>", html))
+    assert set(rows) == {f"District {d}" for d in range(1, 10)} | {"No district"}, rows  # every district
+    for d in range(1, 10):
+        assert int(rows[f"District {d}"].replace(",", "")) == poles.get(str(d), 0), d
+    assert 0 in [poles.get(str(d), 0) for d in range(1, 10)], "the meters leave some district at zero"
+    total_poles = pg("SELECT count(DISTINCT pole) FROM public.parking_meters_enriched")[0][0]
+    assert f"<b>{total_poles:,} parking meters</b>" in html
+    assert total_poles < pg("SELECT count(*) FROM public.parking_meters_enriched")[0][0]  # rows are not meters
+    unlocated = pg("SELECT count(DISTINCT pole) FROM public.parking_meters_enriched WHERE council_district IS NULL "
+                   "AND enrich_error IS NOT NULL")[0][0]
+    assert f"{unlocated:,} have no usable location" in html and "(none)" not in html
+    assert "the first report" in html and "January 6, 2026" in html
+    assert "Dates in the data (date inventory): " in html
+    assert "Parking meters per neighborhood" in html and "Downtown" in html
+    # Published as files only (no PostGIS), the portal CSV gives the same counts.
+    from enrich_pipeline.report import counts_from_csv, counts_from_postgis
+    from enrich_pipeline.spec import find_spec
+
+    spec = find_spec("parking_meters")
+    with psycopg.connect(PG_DSN, autocommit=True) as conn:
+        from_db = counts_from_postgis(conn, spec)
+    from_csv = counts_from_csv(airflow.publish / "parking_meters" / "parking_meters_enriched.csv", spec)
+    assert {k: sorted(map(tuple, v), key=str) for k, v in from_csv["by"].items()} == \
+        {k: sorted(map(tuple, v), key=str) for k, v in from_db["by"].items()}
+    assert (from_csv["total"], from_csv["unlocated"], from_csv["dates"]) == \
+        (from_db["total"], from_db["unlocated"], from_db["dates"])
+
+    # A week later the same data: the change since the last report. That report is made to have counted 40 more
+    # meters in district 3 (as if 40 were removed since), by editing what it remembered.
+    from enrich_pipeline.report import history_path
+
+    path = history_path(spec)
+    history = json.loads(path.read_text())
+    assert [e["run_id"] for e in history] == [dr.run_id] and history[0]["by"]["council_district"]["3"] > 40
+    history[0]["by"]["council_district"]["3"] += 40
+    history[0]["total"] += 40
+    path.write_text(json.dumps(history))
+    dr2, received = _report_run(airflow, datetime(2026, 1, 13, 5, 0, tzinfo=timezone.utc))
+    assert str(dr2.state) == "success", task_states(dr2)
+    html2 = next(p for p in email.message_from_bytes(received[0].content).walk()
+                 if p.get_content_type() == "text/html").get_payload(decode=True).decode()
+    assert "compared with the previous report of January 6, 2026" in html2
+    assert re.search(r"<td>District 3</td><td align='right'>[\d,]+</td><td align='right'>[\d.]+%</td>"
+                     r"<td align='right'>-40</td>", html2), html2
+    assert "<td>District 1</td>" in html2 and "no change" in html2
+    assert f"40 fewer than then ({total_poles + 40:,})" in html2
 
 
 def test_enrich_tasks_retry_through_a_service_outage(airflow, monkeypatch):

@@ -101,6 +101,9 @@ class Report:
     subject: str | None = None
     conn_id: str = "smtp_default"
     top: int = 15  # rows of the second (neighborhood) table
+    entity_id: tuple[str, ...] = ()  # id columns naming one counted thing (a meter: pole); () counts rows
+    entity: str = "rows"  # what is counted, in words ("meters")
+    date_column: str | None = None  # optional: the report states the dates the data covers
 
 
 @dataclass(frozen=True)
@@ -124,6 +127,8 @@ class DatasetSpec:
     batch_rows: int = 50_000
     service_conn_id: str = "enrich_service"
     tags: tuple[str, ...] = ()
+    owners: tuple[str, ...] = ()  # e-mail addresses told when a run fails (factory: alerts)
+    alert_conn_id: str = "smtp_default"  # the SMTP connection the failure e-mails go through
 
     @property
     def dag_id(self) -> str:
@@ -172,15 +177,28 @@ def spec_dirs() -> list[Path]:
 
 
 def load_specs(dirs: list[Path] | None = None) -> list[DatasetSpec]:
-    """Every spec in the spec folders, sorted by name; two specs of one name are an error."""
+    """Every spec in the spec folders, sorted by name; a malformed spec, or two specs of one name, is an error."""
+    specs, errors = load_specs_and_errors(dirs)
+    if errors:
+        raise errors[0]
+    return specs
+
+
+def load_specs_and_errors(dirs: list[Path] | None = None) -> tuple[list[DatasetSpec], list[SpecError]]:
+    """The good specs, sorted by name, and one SpecError per bad file: one malformed spec costs only its own DAG."""
     specs: dict[str, DatasetSpec] = {}
+    errors: list[SpecError] = []
     for d in dirs if dirs is not None else spec_dirs():
         for path in sorted(Path(d).glob("*.y*ml")):
-            spec = load_spec(path)
-            if spec.name in specs:
-                raise SpecError(f"{path}: dataset {spec.name!r} is also defined in {specs[spec.name].path}")
+            try:
+                spec = load_spec(path)
+                if spec.name in specs:
+                    raise SpecError(f"{path}: dataset {spec.name!r} is also defined in {specs[spec.name].path}")
+            except SpecError as exc:
+                errors.append(exc)
+                continue
             specs[spec.name] = spec
-    return [specs[k] for k in sorted(specs)]
+    return [specs[k] for k in sorted(specs)], errors
 
 
 def find_spec(name: str) -> DatasetSpec:
@@ -301,12 +319,22 @@ def _build(path: Path, doc: dict) -> DatasetSpec:
         report = Report(recipients=tuple([recipients] if isinstance(recipients, str) else recipients),
                         by=tuple(rep.get("by") or ("council_district", "neighborhood")),
                         subject=rep.get("subject"), conn_id=rep.get("conn_id", "smtp_default"),
-                        top=int(rep.get("top", 15)))
+                        top=int(rep.get("top", 15)),
+                        entity_id=tuple([rep["entity_id"]] if isinstance(rep.get("entity_id"), str)
+                                        else rep.get("entity_id") or ()),
+                        entity=str(rep.get("entity") or ("rows" if not rep.get("entity_id") else "entities")),
+                        date_column=rep.get("date_column"))
         if not report.recipients:
             raise SpecError(f"{where}report.recipients is empty")
         for layer in report.by:
             if layer not in layers:
                 raise SpecError(f"{where}report.by: {layer!r} is not one of the published layers")
+
+    owners = doc.get("owners") or []
+    owners = tuple([owners] if isinstance(owners, str) else owners)
+    for owner in owners:
+        if not re.fullmatch(r"[^@\s,]+@[^@\s,]+", str(owner)):
+            raise SpecError(f"{where}owners: {owner!r} is not an e-mail address")
 
     return DatasetSpec(
         name=name, description=str(doc.get("description", "")), path=path, source=source, id=ids,
@@ -315,4 +343,5 @@ def _build(path: Path, doc: dict) -> DatasetSpec:
         portal=portal_out, report=report, schedule=doc.get("schedule"),
         reenrich_on_boundary_change=bool(doc.get("reenrich_on_boundary_change", True)),
         batch_rows=int(doc.get("batch_rows", 50_000)),
-        service_conn_id=doc.get("service_conn_id", "enrich_service"), tags=tuple(doc.get("tags") or ()))
+        service_conn_id=doc.get("service_conn_id", "enrich_service"), tags=tuple(doc.get("tags") or ()),
+        owners=owners, alert_conn_id=str(doc.get("alert_conn_id", "smtp_default")))

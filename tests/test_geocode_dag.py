@@ -59,9 +59,10 @@ def test_the_report_shows_match_quality_beside_the_counts():
     from enrich_pipeline.spec import find_spec
 
     spec = find_spec("pd_collisions_2017")
-    counts = {"council_district": [{"value": "3", "count": 9, "share": 0.9}],
-              "neighborhood": [{"value": "Uptown", "count": 9, "share": 0.9}],
+    counts = {"by": {"council_district": [["3", 9], [None, 1]], "neighborhood": [["Uptown", 9], [None, 1]]},
+              "all": {"council_district": ["3"], "neighborhood": ["Uptown"]}, "total": 10, "unlocated": 1,
+              "dates": None,
               "match_quality": [{"level": "hundred_block", "rows": 10, "share": 1.0, "tagged": 9,
                                  "tagged_share": 0.9, "ambiguous": 1, "untagged_other": 0}]}
-    html = render_html(spec, counts, "10 rows")
+    html = render_html(spec, counts, "2026-12-01T06:00:00+00:00", None, "chart")
     assert "Match quality" in html and "hundred_block" in html and "9 (90.0%)" in html

@@ -9,6 +9,7 @@ uses is relative, so it also works behind a proxy that mounts the service under 
 from __future__ import annotations
 
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html, get_swagger_ui_oauth2_redirect_html
@@ -56,6 +57,30 @@ def _missing(page: str) -> Response | None:
     return HTMLResponse(text, status_code=503)
 
 
+def content_security_policy(settings: Settings) -> str:
+    """The browser itself refuses any request to a host other than this service (and the tile server, when one is
+    configured): ReDoc's bundle, for one, asks a public host for its logo; this policy keeps that request from ever
+    leaving the browser. Inline scripts: FastAPI's /docs and /redoc pages start Swagger UI and ReDoc inline."""
+    images = "'self' data: blob:"
+    if settings.tile_url:
+        images += " " + tile_origin(settings.tile_url)
+    return (f"default-src 'self'; img-src {images}; style-src 'self' 'unsafe-inline'; "
+            "script-src 'self' 'unsafe-inline'; worker-src 'self' blob:; connect-src 'self'; font-src 'self' data:; "
+            "object-src 'none'; base-uri 'self'; frame-ancestors 'self'")
+
+
+def tile_origin(url: str) -> str:
+    """scheme://host[:port] of a Leaflet tile URL template; a {s} subdomain becomes a wildcard."""
+    parts = urlsplit(url.replace("{s}", "*"))
+    return f"{parts.scheme}://{parts.netloc}" if parts.scheme and parts.netloc else ""
+
+
+def _html(response: Response) -> Response:
+    response.headers["Content-Security-Policy"] = content_security_policy(get_settings())
+    response.headers["X-Content-Type-Options"] = "nosniff"
+    return response
+
+
 def _prefix(request: Request) -> str:
     return request.scope.get("root_path", "").rstrip("/")
 
@@ -63,8 +88,8 @@ def _prefix(request: Request) -> str:
 @router.get("/")
 def page() -> Response:
     # Read per request: a few kB, and an edited page shows without a restart.
-    return _missing("page") or HTMLResponse((STATIC_DIR / "index.html").read_text(encoding="utf-8"),
-                                            headers={"Cache-Control": "no-cache"})
+    return _missing("page") or _html(HTMLResponse((STATIC_DIR / "index.html").read_text(encoding="utf-8"),
+                                                  headers={"Cache-Control": "no-cache"}))
 
 
 @router.get("/page/config")
@@ -78,7 +103,7 @@ def page_config() -> dict:
 @router.get("/docs")
 def swagger_ui(request: Request) -> Response:
     prefix = _prefix(request)
-    return _missing("docs") or get_swagger_ui_html(
+    return _missing("docs") or _html(get_swagger_ui_html(
         openapi_url=f"{prefix}{request.app.openapi_url}", title=f"{request.app.title} - Swagger UI",
         swagger_js_url=f"{prefix}/vendor/swagger-ui/swagger-ui-bundle.js",
         swagger_css_url=f"{prefix}/vendor/swagger-ui/swagger-ui.css",
@@ -86,7 +111,7 @@ def swagger_ui(request: Request) -> Response:
         oauth2_redirect_url=f"{prefix}/docs/oauth2-redirect",
         # No badge that asks a public validator about our schema.
         swagger_ui_parameters={"validatorUrl": None},
-    )
+    ))
 
 
 @router.get("/docs/oauth2-redirect")
@@ -97,8 +122,8 @@ def swagger_ui_redirect() -> HTMLResponse:
 @router.get("/redoc")
 def redoc(request: Request) -> Response:
     prefix = _prefix(request)
-    return _missing("redoc") or get_redoc_html(
+    return _missing("redoc") or _html(get_redoc_html(
         openapi_url=f"{prefix}{request.app.openapi_url}", title=f"{request.app.title} - ReDoc",
         redoc_js_url=f"{prefix}/vendor/redoc/redoc.standalone.js", redoc_favicon_url=f"{prefix}/static/favicon.svg",
         with_google_fonts=False,
-    )
+    ))

@@ -113,9 +113,10 @@
     return el("details", {}, [el("summary", { text: "Other fields (" + keys.length + ")" }), dl]);
   }
 
-  function ruleCell(rule, value) {
-    if (rule) return el("td", {}, [el("span", { className: "tag warn", title: RULES[rule] || rule, text: rule })]);
-    return el("td", { text: value === null || value === undefined ? "no polygon" : "inside" });
+  function ruleText(rule, value) {
+    if (rule) return el("span", { className: "tag warn", title: RULES[rule] || rule, text: rule });
+    return el("span", { title: "the one polygon holding the point",
+                        text: value === null || value === undefined || value === "" ? "no polygon" : "inside" });
   }
 
   // ---- the map ---------------------------------------------------------------------------------------------------
@@ -255,21 +256,21 @@
     }
   }
 
+  // One row per layer: the answer, then what decided it, the version and the file's sha256 beneath it.
   function layerTable(rows) {
-    var table = el("table", {}, [el("thead", {}, [el("tr", {}, ["Layer", "Answer", "Rule", "Version", "sha256"].map(
-      function (h) { return el("th", { scope: "col", text: h }); }))])]);
     var tbody = el("tbody");
     rows.forEach(function (r) {
       tbody.appendChild(el("tr", { "data-layer": r.name }, [
         el("th", { scope: "row", text: NAMES[r.name] || r.name }),
-        el("td", { className: "value", text: show(r.label) }),
-        ruleCell(r.rule, r.value),
-        el("td", { text: show(r.version) }),
-        el("td", { className: "sha", title: r.sha256 || "", text: show(r.sha256) })
+        el("td", {}, [
+          el("div", { className: "value", text: show(r.label) }),
+          el("div", { className: "meta" }, ["rule: ", ruleText(r.rule, r.value), " · version ", show(r.version)]),
+          el("div", { className: "sha", title: "sha256 of the layer file", text: "sha256 " + show(r.sha256) })
+        ])
       ]));
     });
-    table.appendChild(tbody);
-    return table;
+    return el("table", { className: "layers" }, [el("thead", {}, [el("tr", {}, [
+      el("th", { scope: "col", text: "Layer" }), el("th", { scope: "col", text: "Answer" })])]), tbody]);
   }
 
   function renderPip(a, url) {
@@ -378,7 +379,10 @@
 
   function answerBusy(text) { $("answer-body").replaceChildren(el("p", { className: "hint", text: text })); }
   function answerError(text) { $("answer-body").replaceChildren(el("p", { className: "error", role: "alert", text: text })); }
-  function answerShow(parts) { $("answer-body").replaceChildren.apply($("answer-body"), parts.filter(Boolean)); }
+  function answerShow(parts) {
+    $("answer-body").replaceChildren.apply($("answer-body"), parts.filter(Boolean));
+    $("answer").scrollIntoView({ block: "nearest" });
+  }
 
   // ---- files -----------------------------------------------------------------------------------------------------
 

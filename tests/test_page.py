@@ -1,0 +1,362 @@
+"""The page at / in a real browser (Debian's chromium driven by playwright), its features route, and /docs and
+/redoc served without a CDN.
+
+One service and one browser for the module. Screenshots of each step go to ENRICH_PAGE_SCREENSHOTS (default
+.cache/page-screenshots); the folder is printed at the end of the run. Look at them.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+import shutil
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import httpx
+import pytest
+
+from .conftest import POINTS, REPO, settings_env, start_service
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync"]
+METERS = POINTS / "treas_parking_meters_loc_datasd.csv"
+CITY_HALL = (-117.1627, 32.7167)
+# Clairemont: District 6 on the 2011 lines, District 2 on the 2021 lines (checked against the API below too).
+MOVED = (-117.18357, 32.82151)
+SHOTS = Path(os.environ.get("ENRICH_PAGE_SCREENSHOTS", REPO / ".cache" / "page-screenshots"))
+
+
+# ---- the service -------------------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def service():
+    missing = [p for p in ("leaflet/dist/leaflet.js", "papaparse/papaparse.min.js",
+                           "swagger-ui-dist/swagger-ui-bundle.js", "redoc/bundles/redoc.standalone.js")
+               if not (REPO / "node_modules" / p).is_file()]
+    assert not missing, f"{missing} missing: run `bash scripts/install.sh` (npm ci from package-lock.json)"
+    proc, url = start_service()
+    yield url
+    proc.terminate()
+    proc.wait(timeout=30)
+
+
+def test_features_route_serves_each_version_as_geojson(service):
+    layers = httpx.get(f"{service}/v1/layers").json()["layers"]
+    r = httpx.get(f"{service}/v1/layers/council_district/features", params={"version": "2011"})
+    assert r.status_code == 200 and r.headers["content-type"] == "application/geo+json"
+    doc = r.json()
+    assert doc["type"] == "FeatureCollection" and doc["metadata"]["version"] == "2011"
+    v2011 = layers["council_district"]["versions"][0]
+    assert doc["metadata"]["sha256"] == v2011["sha256"] == r.headers["x-enrich-sha256"]
+    assert len(doc["features"]) == v2011["features"]
+    assert sorted({f["properties"]["key"] for f in doc["features"]}, key=int) == [str(d) for d in range(1, 10)]
+    assert all(f["geometry"]["type"] in ("Polygon", "MultiPolygon") for f in doc["features"])
+
+    # as_of picks the version in force that day; neither: the newest
+    assert httpx.get(f"{service}/v1/layers/council_district/features",
+                     params={"as_of": "2016-05-01"}).json()["metadata"]["version"] == "2011"
+    newest = httpx.get(f"{service}/v1/layers/council_district/features").json()
+    assert newest["metadata"]["version"] == "2021"
+    assert newest["features"] != doc["features"]
+
+    # simplified for display: smaller than the published shapes, and cached (ETag, gzip)
+    full = httpx.get(f"{service}/v1/layers/zip/features", params={"simplify": 0})
+    coarse = httpx.get(f"{service}/v1/layers/zip/features", params={"simplify": 50},
+                       headers={"accept-encoding": "gzip"})
+    assert coarse.headers["content-encoding"] == "gzip"
+    assert len(coarse.content) < len(full.content) / 2  # httpx has decoded it: the simplified GeoJSON itself
+    assert len(coarse.json()["features"]) == len(full.json()["features"]) == layers["zip"]["versions"][0]["features"]
+    again = httpx.get(f"{service}/v1/layers/zip/features", params={"simplify": 50},
+                      headers={"if-none-match": coarse.headers["etag"]})
+    assert again.status_code == 304
+
+
+@pytest.mark.parametrize("params,path,field", [
+    ({"version": "1999"}, "council_district", "version"),
+    ({"as_of": "2001-01-01"}, "council_district", "as_of"),
+    ({"as_of": "soon"}, "council_district", "as_of"),
+    ({"version": "2011", "as_of": "2016-01-01"}, "council_district", "version"),
+    ({"simplify": "-1"}, "council_district", "simplify"),
+    ({}, "parcels", "layers"),
+])
+def test_features_route_names_the_bad_field(service, params, path, field):
+    r = httpx.get(f"{service}/v1/layers/{path}/features", params=params)
+    assert r.status_code == 422, r.text
+    assert field in r.text
+
+
+def test_docs_and_redoc_load_nothing_from_a_cdn(service):
+    for path, asset in (("/docs", "/vendor/swagger-ui/swagger-ui-bundle.js"),
+                        ("/redoc", "/vendor/redoc/redoc.standalone.js")):
+        r = httpx.get(service + path)
+        html = r.text
+        assert "default-src 'self'" in r.headers["content-security-policy"]
+        assert asset in html and "cdn." not in html and "fonts.googleapis" not in html, html
+        assert httpx.get(service + asset).status_code == 200
+
+
+def test_page_says_when_the_npm_packages_are_missing(tmp_path):
+    from fastapi.testclient import TestClient
+
+    from enrich_service.main import create_app
+
+    with settings_env({"ENRICH_WEB_ASSETS_DIR": str(tmp_path), "ENRICH_TILE_URL": "https://t.example/{z}/{x}/{y}.png"}):
+        client = TestClient(create_app())  # no lifespan: the layers are not needed for these
+        r = client.get("/")
+        assert r.status_code == 503 and "npm ci" in r.text and "leaflet/dist/leaflet.js" in r.text
+        assert client.get("/docs").status_code == 503
+        assert client.get("/page/config").json()["tile_url"] == "https://t.example/{z}/{x}/{y}.png"
+
+
+# ---- the browser -------------------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def browser(request):
+    if not Path(CHROMIUM).exists():
+        pytest.fail(f"{CHROMIUM} missing: `apt-get install chromium` (scripts/install.sh does)")
+    from playwright.sync_api import sync_playwright
+
+    shutil.rmtree(SHOTS, ignore_errors=True)
+    SHOTS.mkdir(parents=True)
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield b
+        b.close()
+    reporter = request.config.pluginmanager.get_plugin("terminalreporter")
+    if reporter is not None:
+        reporter.write_line(f"test_page screenshots: {SHOTS}")
+
+
+class Page:
+    """One browser tab on the service, every request it makes recorded."""
+
+    def __init__(self, browser, base: str, **context):
+        self.base = base
+        self.context = browser.new_context(accept_downloads=True, **context)
+        self.tab = self.context.new_page()
+        self.requests: list[str] = []
+        self.blocked: set[str] = set()  # refused by the page's Content-Security-Policy: never left the browser
+        self.errors: list[str] = []
+        self.tab.on("request", lambda r: self.requests.append(r.url))
+        self.tab.on("requestfailed", lambda r: r.failure == "csp" and self.blocked.add(r.url))
+        self.tab.on("pageerror", lambda e: self.errors.append(str(e)))
+
+    def open(self, path: str = "/"):
+        self.tab.goto(self.base + path)
+        if path == "/":
+            self.tab.wait_for_selector("body[data-ready=true]", timeout=30_000)
+
+    def shot(self, name: str):
+        self.tab.screenshot(path=str(SHOTS / f"{name}.png"))
+
+    def click_map(self, lon: float, lat: float, zoom: int = 14):
+        """A real mouse click on the map where (lon, lat) is drawn."""
+        x, y = self.tab.evaluate("([lon, lat, z]) => { enrichMap.setView([lat, lon], z, {animate: false}); "
+                                 "const p = enrichMap.latLngToContainerPoint([lat, lon]); return [p.x, p.y]; }",
+                                 [lon, lat, zoom])
+        box = self.tab.locator("#map").bounding_box()
+        self.tab.mouse.click(box["x"] + x, box["y"] + y)
+
+    def answer_row(self, layer: str) -> str:
+        return self.tab.locator(f'#answer-body tr[data-layer="{layer}"]').inner_text()
+
+    def foreign_hosts(self, attempted: bool = False) -> set[str]:
+        """Hosts other than the service that the browser sent a request to (attempted: or tried to, and the
+        Content-Security-Policy refused)."""
+        own = urlsplit(self.base).netloc
+        return {urlsplit(u).netloc for u in self.requests
+                if urlsplit(u).scheme not in ("data", "blob") and urlsplit(u).netloc != own
+                and (attempted or u not in self.blocked)}
+
+    def close(self):
+        assert not self.errors, self.errors
+        self.context.close()
+
+
+@pytest.fixture
+def page(browser, service):
+    p = Page(browser, service, viewport={"width": 1366, "height": 860})
+    yield p
+    p.close()
+
+
+def test_click_city_hall(page):
+    page.open()
+    page.shot("01-page")
+    page.click_map(*CITY_HALL)
+    page.tab.wait_for_selector("#answer-json")
+    assert "Council District 3" in page.answer_row("council_district")
+    assert "Downtown" in page.answer_row("neighborhood")
+    assert "92101" in page.answer_row("zip")
+    layers = httpx.get(f"{page.base}/v1/layers").json()["layers"]
+    row = page.answer_row("council_district")
+    assert "inside" in row and "version 2021" in row and layers["council_district"]["versions"][1]["sha256"] in row
+    # the link gives the same answer as JSON
+    href = page.tab.locator("#answer-json").get_attribute("href")
+    same = httpx.get(f"{page.base}/{href}").json()
+    assert (same["council_district"], same["neighborhood"], same["zip"]) == ("3", "Downtown", "92101")
+    page.shot("02-city-hall")
+    assert not page.foreign_hosts(attempted=True), page.requests  # not even tried
+
+
+def test_2011_lines_give_the_old_district(page):
+    old = httpx.get(f"{page.base}/v1/pip", params={"lon": MOVED[0], "lat": MOVED[1], "as_of": "2016-05-01"}).json()
+    new = httpx.get(f"{page.base}/v1/pip", params={"lon": MOVED[0], "lat": MOVED[1]}).json()
+    assert (old["council_district"], new["council_district"]) == ("6", "2")  # the point did change district
+
+    page.open()
+    page.tab.select_option("#district-version", "2011")
+    page.tab.wait_for_selector("#layers-status:has-text('Council district 2011')")
+    assert page.tab.input_value("#as-of") == "2012-12-03"
+    page.click_map(*MOVED, zoom=13)
+    page.tab.wait_for_selector("#answer-body tr[data-layer=council_district]:has-text('version 2011')")
+    assert "Council District 6" in page.answer_row("council_district")
+    page.shot("03-2011-lines")
+    # an as-of date picks the lines in force that day, and the answer follows
+    page.tab.fill("#as-of", "2023-01-15")
+    page.tab.dispatch_event("#as-of", "change")
+    page.tab.wait_for_selector("#answer-body tr[data-layer=council_district]:has-text('version 2021')")
+    assert "Council District 2" in page.answer_row("council_district")
+    assert page.tab.input_value("#district-version") == "2021"
+
+
+def test_address_search(page):
+    page.open()
+    page.tab.focus("#address")
+    page.tab.keyboard.type("4608 Gardena Avenue")
+    page.tab.keyboard.press("Enter")  # keyboard only
+    page.tab.wait_for_selector("#match-level")
+    assert page.tab.inner_text("#match-level") == "exact"
+    assert page.tab.inner_text('#answer-body tr[data-layer=council_district] .value') == "2"
+    markers = page.tab.locator(".leaflet-marker-icon")
+    assert markers.count() == 1 and "4608 Gardena Avenue (exact)" == markers.get_attribute("title")
+    lat, lon = page.tab.evaluate("() => { const c = enrichMap.getCenter(); return [c.lat, c.lng]; }")
+    assert abs(lat - 32.7786) < 0.001 and abs(lon + 117.2013) < 0.001
+    page.shot("04-address")
+
+
+def test_upload_parking_meters(page):
+    with METERS.open(newline="") as f:
+        original = list(csv.DictReader(f))
+    page.open()
+    page.tab.set_input_files("#file", str(METERS))
+    page.tab.wait_for_selector("#file-form:not([hidden])")
+    assert (page.tab.input_value("#lon-col"), page.tab.input_value("#lat-col")) == ("lng", "lat")
+    page.tab.click("#file-go")
+    page.tab.wait_for_selector("#download", timeout=60_000)
+    page.shot("05-upload")
+    with page.tab.expect_download() as info:
+        page.tab.click("#download")
+    download = info.value
+    assert download.suggested_filename == "treas_parking_meters_loc_datasd_enriched.csv"
+    rows = list(csv.DictReader(io.StringIO(Path(download.path()).read_text(encoding="utf-8"))))
+    assert len(rows) == len(original) == 10861
+    new_columns = {"council_district", "council_district_rule", "neighborhood", "neighborhood_rule", "zip",
+                   "zip_rule"}
+    assert new_columns <= set(rows[0])
+    assert all((a["pole"], a["sapid"], a["zone"]) == (b["pole"], b["sapid"], b["zone"]) for a, b in zip(original, rows))
+    assert (rows[0]["council_district"], rows[0]["neighborhood"], rows[0]["zip"]) == ("3", "Downtown", "92101")
+    # the summary counts what the file holds
+    summary = page.tab.inner_text("#file-summary")
+    district3 = sum(r["council_district"] == "3" for r in rows)
+    assert f"District 3\t{district3:,}" in summary, summary
+    unmatched = sum(not r["council_district"] for r in rows)
+    assert f"Unmatched (no district)\n{unmatched:,}" in summary, summary
+    drawn = page.tab.evaluate("() => { let n = 0; enrichMap.eachLayer(l => { if (l instanceof L.CircleMarker) n++; });"
+                              " return n; }")
+    assert drawn > 10_000
+    assert not page.foreign_hosts(attempted=True), page.requests  # not even tried
+
+
+def test_docs_and_redoc_ask_only_the_service(page):
+    page.open("/docs")
+    page.tab.wait_for_selector(".swagger-ui .info .title", timeout=30_000)
+    page.tab.wait_for_selector("text=Tag one point with every requested layer")
+    page.shot("06-docs")
+    page.open("/redoc")
+    page.tab.wait_for_selector("h1:has-text('City enrichment service')", timeout=30_000)
+    page.shot("07-redoc")
+    assert any(u.endswith("/vendor/redoc/redoc.standalone.js") for u in page.requests)
+    # ReDoc's bundle asks a public host for its logo: the policy the service sends keeps that in the browser.
+    assert not page.foreign_hosts(), sorted(set(page.requests))
+
+
+class TileServer:
+    """Base map tiles on loopback: one grey PNG for every tile, and the paths asked for."""
+
+    def __init__(self):
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        from PIL import Image
+
+        buf = io.BytesIO()
+        Image.new("RGB", (256, 256), (214, 222, 204)).save(buf, "PNG")
+        png, asked = buf.getvalue(), []
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self):
+                asked.append(self.path)
+                self.send_response(200)
+                self.send_header("Content-Type", "image/png")
+                self.send_header("Content-Length", str(len(png)))
+                self.end_headers()
+                self.wfile.write(png)
+
+            def log_message(self, *args):
+                pass
+
+        self.asked = asked
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_port}/{{z}}/{{x}}/{{y}}.png"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_base_tiles_come_from_the_configured_server(browser):
+    tiles = TileServer()
+    proc, url = start_service({"ENRICH_TILE_URL": tiles.url, "ENRICH_TILE_ATTRIBUTION": "Test tiles"})
+    page = Page(browser, url, viewport={"width": 1366, "height": 860})
+    try:
+        page.open()
+        page.tab.wait_for_function("() => [...document.querySelectorAll('.leaflet-tile')].some(t => t.complete)")
+        assert page.foreign_hosts() == {urlsplit(tiles.url).netloc}  # the tile server, and nothing else
+        assert tiles.asked and all(p.endswith(".png") for p in tiles.asked)
+        assert page.tab.locator("#tile-note").is_hidden()
+        assert "Test tiles" in page.tab.inner_text(".leaflet-control-attribution")
+        page.shot("08-with-base-tiles")
+    finally:
+        page.close()
+        proc.terminate()
+        proc.wait(timeout=30)
+        tiles.close()
+
+
+def test_labelled_controls_and_a_phone_screen(browser, service):
+    page = Page(browser, service, viewport={"width": 390, "height": 844}, is_mobile=True, has_touch=True,
+                device_scale_factor=2)
+    try:
+        page.open()
+        unlabelled = page.tab.evaluate("""() => [...document.querySelectorAll('input, select, button')]
+            .filter(e => !(e.labels && e.labels.length) && !e.getAttribute('aria-label') && !e.textContent.trim())
+            .map(e => e.outerHTML)""")
+        assert unlabelled == []
+        width = page.tab.evaluate("() => [document.documentElement.scrollWidth, window.innerWidth]")
+        assert width[0] <= width[1], width  # nothing wider than the phone
+        assert page.tab.locator("#map").bounding_box()["height"] > 300
+        page.tab.fill("#lon", str(CITY_HALL[0]))
+        page.tab.fill("#lat", str(CITY_HALL[1]))
+        page.tab.press("#lat", "Enter")
+        page.tab.wait_for_selector("#answer-json")
+        assert "Council District 3" in page.answer_row("council_district")
+        page.tab.evaluate("() => window.scrollTo(0, 0)")
+        page.shot("09-phone")
+        page.tab.locator("#answer").screenshot(path=str(SHOTS / "10-phone-answer.png"))
+    finally:
+        page.close()

@@ -135,7 +135,8 @@ class Page:
 
     def __init__(self, browser, base: str, **context):
         self.base = base
-        self.context = browser.new_context(accept_downloads=True, **context)
+        # Reduced motion: the page then moves the map without animating, so screenshots show where it settled.
+        self.context = browser.new_context(accept_downloads=True, reduced_motion="reduce", **context)
         self.tab = self.context.new_page()
         self.requests: list[str] = []
         self.blocked: set[str] = set()  # refused by the page's Content-Security-Policy: never left the browser
@@ -150,6 +151,7 @@ class Page:
             self.tab.wait_for_selector("body[data-ready=true]", timeout=30_000)
 
     def shot(self, name: str):
+        self.tab.evaluate("() => new Promise(done => requestAnimationFrame(() => requestAnimationFrame(done)))")
         self.tab.screenshot(path=str(SHOTS / f"{name}.png"))
 
     def click_map(self, lon: float, lat: float, zoom: int = 14):
@@ -186,6 +188,9 @@ def page(browser, service):
 def test_click_city_hall(page):
     page.open()
     page.shot("01-page")
+    page.tab.focus("#show-neighborhood")
+    page.tab.keyboard.press("Space")  # labelled checkboxes, keyboard-operable
+    page.tab.wait_for_selector("#layers-status:has-text('Neighborhood current')")
     page.click_map(*CITY_HALL)
     page.tab.wait_for_selector("#answer-json")
     assert "Council District 3" in page.answer_row("council_district")
@@ -208,6 +213,7 @@ def test_2011_lines_give_the_old_district(page):
     assert (old["council_district"], new["council_district"]) == ("6", "2")  # the point did change district
 
     page.open()
+    page.tab.check("#show-zip")
     page.tab.select_option("#district-version", "2011")
     page.tab.wait_for_selector("#layers-status:has-text('Council district 2011')")
     assert page.tab.input_value("#as-of") == "2012-12-03"

@@ -121,7 +121,10 @@
 
   // ---- the map ---------------------------------------------------------------------------------------------------
 
-  var map = L.map("map", { preferCanvas: true, keyboard: true }).setView([32.79, -117.13], 11);
+  // People who asked their system for less motion get a map that jumps instead of gliding.
+  var MOTION = !(window.matchMedia && window.matchMedia("(prefers-reduced-motion: reduce)").matches);
+  var map = L.map("map", { preferCanvas: true, keyboard: true, zoomAnimation: MOTION, fadeAnimation: MOTION,
+                           markerZoomAnimation: MOTION, inertia: MOTION }).setView([32.79, -117.13], 11);
   window.enrichMap = map;  // for the browser tests and for staff poking at the console
   var marker = null;
   var filePoints = L.layerGroup().addTo(map);
@@ -359,7 +362,7 @@
         var li = el("li", {}, [text + " "]);
         if (typeof item.lon === "number" && typeof item.lat === "number") {
           var b = el("button", { type: "button", className: "link", text: "look up here" });
-          b.addEventListener("click", function () { map.setView([item.lat, item.lon], 16); lookupPoint(item.lon, item.lat); });
+          b.addEventListener("click", function () { map.setView([item.lat, item.lon], 16, { animate: MOTION }); lookupPoint(item.lon, item.lat); });
           li.appendChild(b);
         }
         list.appendChild(li);
@@ -373,7 +376,7 @@
     if (located) {
       placeMarker(row.lat, row.lon, address + " (" + row.match + ")");
       marker.bindPopup(address + "<br>" + row.match).openPopup();
-      map.setView([row.lat, row.lon], Math.max(map.getZoom(), 15));
+      map.setView([row.lat, row.lon], Math.max(map.getZoom(), 15), { animate: MOTION });
     }
   }
 
@@ -582,24 +585,28 @@
     parts.unshift(el("p", {}, [link]));
     $("file-summary").replaceChildren(el("div", { className: "summary" }, parts));
     drawRows(result);
+    $("file-summary").scrollIntoView({ block: "nearest" });
   }
 
+  // Rows drawn in their district's colour (grey: no district). The view fits the rows that have a district, so
+  // the strays real files hold (90/180, 0/0, a default 32/-117) do not zoom the map out to the whole world.
   function drawRows(result) {
-    var districts = {}, n = 0, bounds = null;
+    var n = 0, matched = null, all = null;
     var renderer = L.canvas({ padding: 0.2 });
+    var extend = function (b, lat, lon) { return b ? b.extend([lat, lon]) : L.latLngBounds([lat, lon], [lat, lon]); };
     result.rows.some(function (r) {
       var lon = parseFloat(r[result.lonCol]), lat = parseFloat(r[result.latCol]);
-      if (!isFinite(lon) || !isFinite(lat) || (lon === 0 && lat === 0)) return false;
+      if (!isFinite(lon) || !isFinite(lat) || Math.abs(lat) > 85 || Math.abs(lon) > 180) return false;
       var d = r.council_district ? String(r.council_district) : "";
-      if (!(d in districts)) districts[d] = Object.keys(districts).length;
       var color = d ? PALETTE[(parseInt(d, 10) - 1 + PALETTE.length) % PALETTE.length] || "#444" : "#6b7280";
       L.circleMarker([lat, lon], { renderer: renderer, radius: 3, weight: 0, fillOpacity: 0.8, fillColor: color,
                                    interactive: false }).addTo(filePoints);
-      bounds = bounds ? bounds.extend([lat, lon]) : L.latLngBounds([lat, lon], [lat, lon]);
+      if (d) matched = extend(matched, lat, lon); else all = extend(all, lat, lon);
       n += 1;
       return n >= MAX_DRAWN;
     });
-    if (bounds) map.fitBounds(bounds.pad(0.05));
+    var bounds = matched || all;
+    if (bounds) map.fitBounds(bounds.pad(0.05), { maxZoom: 16, animate: MOTION });
     if (n >= MAX_DRAWN) status("file-status", $("file-status").textContent + " The first " + MAX_DRAWN.toLocaleString() +
                                " rows are drawn.");
   }
@@ -611,7 +618,7 @@
     e.preventDefault();
     var lon = parseFloat($("lon").value), lat = parseFloat($("lat").value);
     if (!isFinite(lon) || !isFinite(lat)) { answerError("Longitude and latitude must be numbers."); return; }
-    map.setView([lat, lon], Math.max(map.getZoom(), 14));
+    map.setView([lat, lon], Math.max(map.getZoom(), 14), { animate: MOTION });
     lookupPoint(lon, lat);
   });
   $("geocode-form").addEventListener("submit", function (e) {

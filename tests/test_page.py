@@ -32,7 +32,23 @@ SHOTS = Path(os.environ.get("ENRICH_PAGE_SCREENSHOTS", REPO / ".cache" / "page-s
 # ---- the service -------------------------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
-def service():
+def tiled_service():
+    """A second service whose page has base tiles from a loopback tile server, started in the background while the
+    other tests run (it is used last): (tile server, a future of (process, url))."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    tiles = TileServer()
+    with ThreadPoolExecutor(1) as pool:
+        started = pool.submit(start_service, {"ENRICH_TILE_URL": tiles.url, "ENRICH_TILE_ATTRIBUTION": "Test tiles"})
+        yield tiles, started
+        proc, _ = started.result()
+        proc.terminate()
+        proc.wait(timeout=30)
+    tiles.close()
+
+
+@pytest.fixture(scope="module")
+def service(tiled_service):
     missing = [p for p in ("leaflet/dist/leaflet.js", "papaparse/papaparse.min.js",
                            "swagger-ui-dist/swagger-ui-bundle.js", "redoc/bundles/redoc.standalone.js")
                if not (REPO / "node_modules" / p).is_file()]
@@ -244,6 +260,27 @@ def test_address_search(page):
     page.shot("04-address")
 
 
+def test_geocode_answer_with_fields_this_page_does_not_know(page):
+    """A newer service may add per-layer rules such as `ambiguous`, candidates and other keys: shown, not dropped."""
+    answer = {"lon": -117.2013488, "lat": 32.7786184, "match": "street", "score": 0.61, "matched_address": "Gardena Ave",
+              "reason": "no house number", "council_district": "2", "council_district_rule": "ambiguous",
+              "neighborhood": "Clairemont Mesa", "neighborhood_rule": None, "zip": "92110", "zip_rule": None,
+              "flags": None, "match_quality": {"street": 0.97},
+              "candidates": [{"matched_address": "4608 Gardena Avenue, 92110", "score": 0.6, "lon": -117.2013,
+                              "lat": 32.7786}, {"matched_address": "Gardena Road, 92071", "score": 0.4}]}
+    page.open()
+    page.tab.route("**/v1/geocode?*", lambda route: route.fulfill(json=answer))
+    page.tab.fill("#address", "Gardena")
+    page.tab.press("#address", "Enter")
+    page.tab.wait_for_selector("#match-level:has-text('street')")
+    assert "ambiguous" in page.answer_row("council_district")
+    body = page.tab.inner_text("#answer-body")
+    assert "Gardena Road, 92071" in body and "match_quality" in page.tab.inner_html("#answer-body")
+    page.tab.click("#answer-body .candidates button")  # look the first candidate up on the map
+    page.tab.wait_for_selector("#answer-body:has-text('Point 32.7786')")
+    assert "Council District 2" in page.answer_row("council_district")
+
+
 def test_upload_parking_meters(page):
     with METERS.open(newline="") as f:
         original = list(csv.DictReader(f))
@@ -325,9 +362,9 @@ class TileServer:
         self.server.server_close()
 
 
-def test_base_tiles_come_from_the_configured_server(browser):
-    tiles = TileServer()
-    proc, url = start_service({"ENRICH_TILE_URL": tiles.url, "ENRICH_TILE_ATTRIBUTION": "Test tiles"})
+def test_base_tiles_come_from_the_configured_server(browser, tiled_service):
+    tiles, started = tiled_service
+    _, url = started.result()
     page = Page(browser, url, viewport={"width": 1366, "height": 860})
     try:
         page.open()
@@ -339,9 +376,6 @@ def test_base_tiles_come_from_the_configured_server(browser):
         page.shot("08-with-base-tiles")
     finally:
         page.close()
-        proc.terminate()
-        proc.wait(timeout=30)
-        tiles.close()
 
 
 def test_labelled_controls_and_a_phone_screen(browser, service):

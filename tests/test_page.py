@@ -141,9 +141,9 @@ def browser(request):
         b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         yield b
         b.close()
-    reporter = request.config.pluginmanager.get_plugin("terminalreporter")
-    if reporter is not None:
-        reporter.write_line(f"test_page screenshots: {SHOTS}")
+    capture = request.config.pluginmanager.getplugin("capturemanager")
+    with capture.global_and_fixture_disabled():  # shown even when pytest captures output
+        print(f"\ntest_page screenshots: {SHOTS}")
 
 
 class Page:

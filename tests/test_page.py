@@ -90,6 +90,33 @@ def test_features_route_serves_each_version_as_geojson(service):
     assert again.status_code == 304
 
 
+def test_display_shapes_stay_within_the_tolerance_and_the_cache_is_bounded(store, monkeypatch):
+    import numpy as np
+    import orjson
+    import shapely
+
+    from enrich_service.layers import features
+
+    version = store.versions["neighborhood"][-1]
+    shown = features.display_features(version, 50)
+    assert features.display_features(version, 50) is shown  # cached
+    doc = orjson.loads(shown.body)
+    simplified = shapely.from_geojson([orjson.dumps(f["geometry"]) for f in doc["features"]])
+    assert [f["properties"]["key"] for f in doc["features"]] == list(version.keys)
+    assert shapely.is_valid(simplified).all()
+    # the display lines stay near the published ones: within the tolerance but for a few ring ends that GEOS's
+    # topology-preserving simplifier moves a little further (76 m at 50 m for Encanto, measured)
+    off = shapely.hausdorff_distance(simplified, version.geoms) * 111_320
+    assert np.median(off) <= 50 and off.max() <= 100, off
+    assert sum(shapely.get_num_coordinates(simplified)) < sum(shapely.get_num_coordinates(version.geoms)) / 3
+
+    monkeypatch.setattr(features, "_CACHE_BYTES", 2 * shown.size)
+    for tolerance in (51, 52, 53, 54):
+        features.display_features(version, tolerance)
+    assert sum(f.size for f in features._cache.values()) <= 2 * shown.size + 1000
+    assert features.display_features(version, 50) is not shown  # evicted, built again
+
+
 @pytest.mark.parametrize("params,path,field", [
     ({"version": "1999"}, "council_district", "version"),
     ({"as_of": "2001-01-01"}, "council_district", "as_of"),

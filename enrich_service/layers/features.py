@@ -21,7 +21,10 @@ from .store import LayerVersion
 _M_PER_DEGREE = 111_320.0
 # 6 decimals of a degree: about 10 cm, finer than any display tolerance.
 _DECIMALS = 6
-_CACHE_SIZE = 32
+# Most bytes the cache holds (GeoJSON and its gzip): the four layers at a few tolerances fit many times over
+# (the ZIP areas, the largest, are 2.9 MB unsimplified), and a client asking for a new tolerance on every request
+# cannot grow the service past it.
+_CACHE_BYTES = 32 << 20
 
 
 @dataclass(frozen=True)
@@ -29,6 +32,10 @@ class DisplayFeatures:
     body: bytes  # GeoJSON FeatureCollection
     gzipped: bytes
     etag: str
+
+    @property
+    def size(self) -> int:
+        return len(self.body) + len(self.gzipped)
 
 
 _cache: OrderedDict[tuple, DisplayFeatures] = OrderedDict()
@@ -38,7 +45,8 @@ _lock = threading.Lock()
 def display_features(version: LayerVersion, simplify_m: float) -> DisplayFeatures:
     """The version's features simplified to `simplify_m` metres (0: as published), cached by sha256 and tolerance:
     a reload that brings a new file brings new shapes, one that brings the same file reuses them."""
-    key = (version.layer, version.version, version.source.sha256, round(simplify_m, 3))
+    simplify_m = round(float(simplify_m), 3)
+    key = (version.layer, version.version, version.source.sha256, simplify_m)
     with _lock:
         hit = _cache.get(key)
         if hit is not None:
@@ -47,7 +55,7 @@ def display_features(version: LayerVersion, simplify_m: float) -> DisplayFeature
     built = _build(version, simplify_m)
     with _lock:
         _cache[key] = built
-        while len(_cache) > _CACHE_SIZE:
+        while len(_cache) > 1 and sum(f.size for f in _cache.values()) > _CACHE_BYTES:
             _cache.popitem(last=False)
     return built
 

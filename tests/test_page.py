@@ -32,31 +32,32 @@ SHOTS = Path(os.environ.get("ENRICH_PAGE_SCREENSHOTS", REPO / ".cache" / "page-s
 # ---- the service -------------------------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
-def tiled_service():
-    """A second service whose page has base tiles from a loopback tile server, started in the background while the
-    other tests run (it is used last): (tile server, a future of (process, url))."""
+def services():
+    """The service the tests use, then a second one whose page has base tiles from a loopback tile server, started
+    in the background once the first is ready (its layer and numba caches are warm then), while the other tests
+    run: (url, tile server, a future of (process, url))."""
     from concurrent.futures import ThreadPoolExecutor
 
-    tiles = TileServer()
-    with ThreadPoolExecutor(1) as pool:
-        started = pool.submit(start_service, {"ENRICH_TILE_URL": tiles.url, "ENRICH_TILE_ATTRIBUTION": "Test tiles"})
-        yield tiles, started
-        proc, _ = started.result()
-        proc.terminate()
-        proc.wait(timeout=30)
-    tiles.close()
-
-
-@pytest.fixture(scope="module")
-def service(tiled_service):
     missing = [p for p in ("leaflet/dist/leaflet.js", "papaparse/papaparse.min.js",
                            "swagger-ui-dist/swagger-ui-bundle.js", "redoc/bundles/redoc.standalone.js")
                if not (REPO / "node_modules" / p).is_file()]
     assert not missing, f"{missing} missing: run `bash scripts/install.sh` (npm ci from package-lock.json)"
     proc, url = start_service()
-    yield url
-    proc.terminate()
-    proc.wait(timeout=30)
+    tiles = TileServer()
+    with ThreadPoolExecutor(1) as pool:
+        tiled = pool.submit(start_service, {"ENRICH_TILE_URL": tiles.url, "ENRICH_TILE_ATTRIBUTION": "Test tiles"})
+        try:
+            yield url, tiles, tiled
+        finally:
+            for p in (proc, tiled.result()[0]):
+                p.terminate()
+                p.wait(timeout=30)
+            tiles.close()
+
+
+@pytest.fixture(scope="module")
+def service(services):
+    return services[0]
 
 
 def test_features_route_serves_each_version_as_geojson(service):
@@ -389,8 +390,8 @@ class TileServer:
         self.server.server_close()
 
 
-def test_base_tiles_come_from_the_configured_server(browser, tiled_service):
-    tiles, started = tiled_service
+def test_base_tiles_come_from_the_configured_server(browser, services):
+    _, tiles, started = services
     _, url = started.result()
     page = Page(browser, url, viewport={"width": 1366, "height": 860})
     try:

@@ -423,6 +423,15 @@ def test_labelled_controls_and_a_phone_screen(browser, service):
         page.tab.press("#lat", "Enter")
         page.tab.wait_for_selector("#answer-json")
         assert "Council District 3" in page.answer_row("council_district")
+        # keyboard only: focus the map, pan it with the arrow keys, look up its centre
+        page.tab.focus("#map")
+        before = page.tab.evaluate("() => enrichMap.getCenter().lng")
+        page.tab.keyboard.press("ArrowRight")
+        page.tab.wait_for_function(f"() => enrichMap.getCenter().lng > {before}")
+        page.tab.focus("#lookup-centre")
+        page.tab.keyboard.press("Enter")
+        page.tab.wait_for_selector("#answer-body:not(:has-text('Point 32.7167, -117.1627')) #answer-json")
+        assert float(page.tab.input_value("#lon")) > before
         page.tab.evaluate("() => window.scrollTo(0, 0)")
         page.shot("09-phone")
         page.tab.locator("#answer").screenshot(path=str(SHOTS / "10-phone-answer.png"))

@@ -621,6 +621,10 @@
     map.setView([lat, lon], Math.max(map.getZoom(), 14), { animate: MOTION });
     lookupPoint(lon, lat);
   });
+  $("lookup-centre").addEventListener("click", function () {
+    var c = map.getCenter();
+    lookupPoint(c.lng, c.lat);
+  });
   $("geocode-form").addEventListener("submit", function (e) {
     e.preventDefault();
     geocode($("address").value.trim(), $("address-zip").value.trim());

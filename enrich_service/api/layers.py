@@ -1,5 +1,4 @@
-"""GET /v1/layers: what the service answers with, where each file came from, and its sha256; and each layer's
-features as GeoJSON for maps (the page at /)."""
+"""GET /v1/layers: what the service answers with, where each file came from, and its sha256."""
 
 from typing import Annotated
 
@@ -31,6 +30,7 @@ def list_layers(request: Request) -> dict:
     }
 
 
+# Each layer's features as GeoJSON for maps (the page at /): display only, answers come from the index.
 @router.get("/layers/{layer}/features", responses={**ERROR_RESPONSES, 200: {"content": {GEOJSON: {}}}},
             summary="One version of a layer as GeoJSON, simplified for display (maps, the page at /)")
 async def layer_features(

@@ -32,26 +32,25 @@ SHOTS = Path(os.environ.get("ENRICH_PAGE_SCREENSHOTS", REPO / ".cache" / "page-s
 # ---- the service -------------------------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
-def services():
-    """The service the tests use, then a second one whose page has base tiles from a loopback tile server, started
-    in the background once the first is ready (its layer and numba caches are warm then), while the other tests
-    run: (url, tile server, a future of (process, url))."""
+def services(live_service):
+    """The suite's live service (defaults: no base map), and a second one whose page has base tiles from a loopback
+    tile server, started in the background once the first is ready (its layer and numba caches are warm then)
+    while the other tests run: (url, tile server, a future of (process, url))."""
     from concurrent.futures import ThreadPoolExecutor
 
     missing = [p for p in ("leaflet/dist/leaflet.js", "papaparse/papaparse.min.js",
                            "swagger-ui-dist/swagger-ui-bundle.js", "redoc/bundles/redoc.standalone.js")
                if not (REPO / "node_modules" / p).is_file()]
     assert not missing, f"{missing} missing: run `bash scripts/install.sh` (npm ci from package-lock.json)"
-    proc, url = start_service()
     tiles = TileServer()
     with ThreadPoolExecutor(1) as pool:
         tiled = pool.submit(start_service, {"ENRICH_TILE_URL": tiles.url, "ENRICH_TILE_ATTRIBUTION": "Test tiles"})
         try:
-            yield url, tiles, tiled
+            yield live_service, tiles, tiled
         finally:
-            for p in (proc, tiled.result()[0]):
-                p.terminate()
-                p.wait(timeout=30)
+            proc = tiled.result()[0]
+            proc.terminate()
+            proc.wait(timeout=30)
             tiles.close()
 
 

@@ -250,6 +250,23 @@ def test_click_city_hall(page):
     assert not page.foreign_hosts(attempted=True), page.requests  # not even tried
 
 
+def test_page_waits_for_a_service_still_loading(page):
+    calls = []
+
+    def loading_once(route):
+        calls.append(route.request.url)
+        if len(calls) == 1:
+            route.fulfill(status=503, json={"detail": "layers are still loading; retry shortly", "code": "not_ready"})
+        else:
+            route.continue_()
+
+    page.tab.route("**/v1/layers", loading_once)
+    page.tab.goto(page.base + "/")
+    page.tab.wait_for_selector("#layers-status.error:has-text('still loading')")
+    page.tab.wait_for_selector("body[data-ready=true]", timeout=15_000)
+    assert len(calls) == 2 and "Council district 2021" in page.tab.inner_text("#layers-status")
+
+
 def test_2011_lines_give_the_old_district(page):
     old = httpx.get(f"{page.base}/v1/pip", params={"lon": MOVED[0], "lat": MOVED[1], "as_of": "2016-05-01"}).json()
     new = httpx.get(f"{page.base}/v1/pip", params={"lon": MOVED[0], "lat": MOVED[1]}).json()

@@ -648,17 +648,22 @@
   });
   drop.addEventListener("drop", function (e) { chooseFile(e.dataTransfer.files[0]); });
 
+  async function showBaseMap() {
+    var config = (await getJSON("page/config")).body;
+    if (config.tile_url) {
+      L.tileLayer(config.tile_url, { attribution: config.tile_attribution, maxZoom: config.tile_max_zoom }).addTo(map);
+    } else {
+      $("tile-note").hidden = false;
+    }
+  }
+
+  // The layers' versions, then the layers drawn. A service still loading its layers answers 503: try again.
   async function start() {
     try {
-      var config = (await getJSON("page/config")).body;
-      if (config.tile_url) {
-        L.tileLayer(config.tile_url, { attribution: config.tile_attribution, maxZoom: config.tile_max_zoom }).addTo(map);
-      } else {
-        $("tile-note").hidden = false;
-      }
       var layers = (await getJSON("v1/layers")).body.layers;
       state.versions = layers.council_district.versions;
       var select = $("district-version");
+      select.replaceChildren();
       state.versions.slice().reverse().forEach(function (v) {
         select.appendChild(el("option", { value: v.version, text: v.version + " lines (from " + v.effective_from + ")" }));
       });
@@ -668,8 +673,10 @@
       await redraw(["zip", "neighborhood", "council_district", "city_limits"]);
       document.body.dataset.ready = "true";
     } catch (e) {
-      status("layers-status", e.message + (/503/.test(e.message) ? " Reload the page in a moment." : ""), true);
+      var loading = /HTTP 503/.test(e.message);
+      status("layers-status", e.message + (loading ? " Trying again in a few seconds." : ""), true);
+      if (loading) setTimeout(start, 3000);
     }
   }
-  start();
+  showBaseMap().catch(function (e) { status("layers-status", e.message, true); }).then(start);
 })();

@@ -296,7 +296,7 @@ def test_address_search(page):
     page.tab.keyboard.press("Enter")  # keyboard only
     page.tab.wait_for_selector("#match-level")
     assert page.tab.inner_text("#match-level") == "exact"
-    assert page.tab.inner_text('#answer-body tr[data-layer=council_district] .value') == "2"
+    assert page.tab.inner_text('#answer-body tr[data-layer=council_district] .value') == "Council District 2"
     markers = page.tab.locator(".leaflet-marker-icon")
     assert markers.count() == 1 and "4608 Gardena Avenue (exact)" == markers.get_attribute("title")
     lat, lon = page.tab.evaluate("() => { const c = enrichMap.getCenter(); return [c.lat, c.lng]; }")

@@ -24,7 +24,13 @@
   var MAX_DRAWN = 100000;
 
   var $ = function (id) { return document.getElementById(id); };
-  var state = { asOf: "", versions: [], drawn: {}, cache: {}, lastLookup: null, file: null };
+  var state = { asOf: "", versions: [], drawn: {}, cache: {}, labels: {}, lastLookup: null, file: null };
+
+  // A key's label ("3" -> "Council District 3") from the features drawn; geocode rows carry keys only.
+  function labelFor(layer, key) {
+    var known = state.labels[layer];
+    return (known && key !== null && key !== undefined && known[key]) || key;
+  }
 
   // ---- talking to the service ------------------------------------------------------------------------------------
 
@@ -169,6 +175,8 @@
         } : undefined
       });
       layer.enrichMeta = got.body.metadata;
+      var labels = state.labels[name] = state.labels[name] || {};
+      got.body.features.forEach(function (f) { labels[f.properties.key] = f.properties.label; });
       state.cache[cacheKey] = layer;
     }
     // Still wanted, still the version chosen, and not drawn meanwhile by a quicker call?
@@ -335,7 +343,7 @@
     var rows = layerNames.map(function (name) {
       known.push(name, name + "_rule", name + "_version");
       var u = used[name] || {};
-      return { name: name, value: row[name], label: row[name], rule: row[name + "_rule"],
+      return { name: name, value: row[name], label: labelFor(name, row[name]), rule: row[name + "_rule"],
                version: row[name + "_version"] || u.version, sha256: u.sha256 };
     });
     var located = typeof row.lon === "number" && typeof row.lat === "number";

@@ -9,11 +9,9 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import time
+from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from dataclasses import dataclass, field
-
-import numpy as np
 
 from .engine.tagger import Engine
 from .errors import LayersVersionMismatch, NotReady, ReloadRefused
@@ -51,9 +49,10 @@ class ServiceIndex:
 
 
 def build_index(settings: Settings, generation: int = 0, previous: ServiceIndex | None = None,
-                folders: dict[str, Path] | None = None) -> ServiceIndex:
+                folders: dict[str, Path] | None = None, validated: frozenset[str] = frozenset()) -> ServiceIndex:
     """Load, index and validate. `folders`: read these files from there (the accepted set) instead of the boundary
-    folder; `previous`: the accepted index to compare a changed file with."""
+    folder; `previous`: the accepted index to compare a changed file with; `validated`: layer sets (sha256) that
+    passed validation before, so not validated again (the files are the same bytes)."""
     t0 = time.perf_counter()
     store = LayerStore.load(settings.manifest, settings.boundary_dir, settings.cache_dir, folders)
     engine = Engine(store, grid_cells=settings.grid_cells, use_grid=settings.use_grid)
@@ -61,7 +60,8 @@ def build_index(settings: Settings, generation: int = 0, previous: ServiceIndex 
     index = ServiceIndex(store=store, engine=engine, built_at=dt.datetime.now(dt.timezone.utc),
                          build_seconds=time.perf_counter() - t0, generation=generation,
                          extras={"geocoder": geocoder})
-    validate(index, previous)
+    if index.layers_sha256 not in validated:
+        validate(index, previous)
     log.info("index generation %d ready in %.2fs (layers %.2fs, indexes %.2fs, geocoder %.2fs)", generation,
              index.build_seconds, store.load_seconds, engine.build_seconds,
              geocoder.ref.load_seconds if geocoder is not None else 0.0)

@@ -58,13 +58,16 @@ def _from_accepted(settings, generation: int) -> ServiceIndex | None:
         log.warning("the accepted layer set %s does not fit this manifest (or its copies are gone): not used",
                     accepted.sha256[:12])
         return None
-    return build_index(settings, generation, folders={name: p.parent for name, p in paths.items()})
+    return build_index(settings, generation, folders={name: p.parent for name, p in paths.items()},
+                       validated=frozenset([accepted.sha256]))
 
 
 def _from_disk(settings, generation: int, previous: ServiceIndex | None) -> ServiceIndex:
     """The files in the boundary folder, validated against `previous`, then recorded as the accepted set."""
+    accepted = accepted_store(settings).read()
     try:
-        index = build_index(settings, generation, previous=previous)
+        index = build_index(settings, generation, previous=previous,
+                            validated=frozenset([accepted.sha256] if accepted else []))
     except ReloadRefused as exc:
         _record_refusal(settings, exc.check or "unreadable", exc.message)
         raise

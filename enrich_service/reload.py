@@ -96,6 +96,10 @@ async def reload_index(app, source: str = "disk") -> ServiceIndex:
         old = getattr(app.state, "index", None)
         generation = (old.generation + 1) if old is not None else 0
         settings = get_settings()
+        if source == "accepted" and old is not None:
+            accepted = accepted_store(settings).read()
+            if accepted is not None and accepted.sha256 == old.layers_sha256:
+                return old  # this worker's own reload got there first
         try:
             index = None
             if source in ("start", "accepted"):

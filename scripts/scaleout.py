@@ -703,16 +703,25 @@ def summarize(c: Cluster, run: dict) -> dict:
 
 
 def replica_metrics(c: Cluster) -> dict[str, int]:
-    """POST /v1/pip requests each live replica counted itself (its /metrics), to set beside nginx's log."""
+    """POST /v1/pip requests each live replica counted itself (its /metrics), to set beside nginx's log. Each worker
+    keeps its own counters: /readyz then /metrics on one kept-alive connection (so one worker), on new connections
+    until every worker was heard, summed."""
+    import httpx
+
     out = {}
-    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
     for name, addr in c.replicas.items():
         if name in c.killed:
             continue
-        with opener.open(f"http://{addr}/metrics", timeout=10) as r:
-            text = r.read().decode()
-        out[name] = int(sum(float(m.group(1)) for m in re.finditer(
-            r'^enrich_requests_total\{(?=[^}]*method="POST")(?=[^}]*route="/v1/pip")[^}]*\}\s+(\S+)$', text, re.M)))
+        per_worker: dict[int, int] = {}
+        deadline = time.monotonic() + 60
+        while len(per_worker) < c.service_workers and time.monotonic() < deadline:
+            with httpx.Client(base_url=f"http://{addr}", timeout=10, limits=httpx.Limits(max_connections=1)) as h:
+                pid = h.get("/readyz").json()["worker_pid"]
+                text = h.get("/metrics").text
+            per_worker[pid] = int(sum(float(m.group(1)) for m in re.finditer(
+                r'^enrich_requests_total\{(?=[^}]*method="POST")(?=[^}]*route="/v1/pip")[^}]*\}\s+(\S+)$', text,
+                re.M)))
+        out[name] = sum(per_worker.values())
     return out
 
 

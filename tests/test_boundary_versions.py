@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import sys
 import threading
 import time
 from pathlib import Path
@@ -25,6 +26,9 @@ from enrich_service.layers.accepted import AcceptedStore
 from enrich_service.settings import Settings
 
 from .conftest import BOUNDARIES, REPO, start_service
+
+if str(REPO / "dags") not in sys.path:  # enrich_pipeline lives beside the DAG files (as Airflow sees it)
+    sys.path.append(str(REPO / "dags"))
 
 KEY = {"X-API-Key": "test-admin-key"}
 CITY_HALL = {"lon": -117.1627, "lat": 32.7167}
@@ -182,6 +186,14 @@ def test_replicas_follow_the_accepted_set_and_a_batch_names_its_set(tmp_path):
         assert _readyz(url_a)["layers_sha256"] == _readyz(url_b)["layers_sha256"] == new
         refused = AcceptedStore(tmp_path / "accepted").refused()
         assert [v["check"] for v in refused.values()] == ["manifest_keys"]
+
+        # the refresh DAG's wait: each replica asked itself; a set nobody serves fails naming every laggard
+        from enrich_pipeline.boundaries import wait_for_replicas
+
+        assert set(wait_for_replicas([url_a, url_b], new, timeout_s=30, probes=2)) == {url_a, url_b}
+        with pytest.raises(RuntimeError) as err:
+            wait_for_replicas([url_a, url_b], "f" * 64, timeout_s=1, probes=2)
+        assert "2 of 2 replicas" in str(err.value) and url_a in str(err.value) and new[:12] in str(err.value)
     finally:
         for p in (a, b):
             p.terminate()
@@ -263,3 +275,21 @@ def test_the_accepted_folder_keeps_the_current_and_previous_files_only(tmp_path)
     assert store.read().sha256 == files[2].sha256 and store.read().previous == files[1].sha256
     shutil.rmtree(tmp_path / "accepted")
     assert store.read() is None
+
+
+def test_a_run_pins_the_first_answered_set_and_replicas_come_from_the_connection(tmp_path):
+    from types import SimpleNamespace
+
+    from enrich_pipeline.enrich import pin_layers, pinned_layers
+    from enrich_pipeline.service import replica_urls
+
+    assert pinned_layers(tmp_path) is None
+    assert pin_layers(tmp_path, "a" * 64) == "a" * 64
+    assert pin_layers(tmp_path, "b" * 64) == "a" * 64  # a later batch answered from another set loses
+    assert pinned_layers(tmp_path) == "a" * 64
+
+    conn = SimpleNamespace(extra_dejson={"replicas": "127.0.0.1:8081, http://127.0.0.1:8082/"})
+    assert replica_urls(conn) == ["http://127.0.0.1:8081", "http://127.0.0.1:8082"]
+    assert replica_urls(SimpleNamespace(extra_dejson={"replicas": ["localhost:9000"]})) in (
+        ["http://127.0.0.1:9000"], ["http://127.0.0.1:9000", "http://[::1]:9000"])
+    assert replica_urls(SimpleNamespace(extra_dejson={})) == []

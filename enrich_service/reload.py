@@ -131,7 +131,7 @@ async def reload_index(app, source: str = "disk") -> ServiceIndex:
         _release_in_background(app)
         if old is None or old.layers_sha256 != index.layers_sha256:
             log.warning("serving layer set %s (generation %d, from %s)", index.layers_sha256[:12], generation,
-                        index.store.source_mode)
+                        index.store.read_from)
         return index
 
 

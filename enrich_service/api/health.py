@@ -30,7 +30,7 @@ def readyz(request: Request):
     accepted = accepted_store().read()
     return {"status": "ready", "generation": index.generation, "worker_pid": os.getpid(),
             "layers_sha256": index.layers_sha256, "accepted_sha256": accepted.sha256 if accepted else None,
-            "source": index.store.source_mode, "versions": index.versions()}
+            "source": index.store.read_from, "versions": index.versions()}
 
 
 @router.get("/metrics", summary="Prometheus metrics", response_class=Response)

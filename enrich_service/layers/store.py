@@ -131,6 +131,7 @@ class LayerStore:
     manifest: Manifest
     source_mode: str  # "dir:<path>" or "download:<cache>"
     load_seconds: float
+    read_from: str = ""  # source_mode, or "accepted:<folder>" when read from the accepted set's kept copies
 
     @classmethod
     def load(cls, manifest_path: Path, boundary_dir: Path | None, cache_dir: Path,
@@ -145,10 +146,9 @@ class LayerStore:
                                                              cache_dir), cache_dir)
                               for i, v in enumerate(spec.versions)]
         mode = f"dir:{boundary_dir}" if boundary_dir is not None else f"download:{cache_dir}"
-        if folders:
-            mode = f"accepted:{next(iter(folders.values())).parents[1]}"
         store = cls(specs=manifest.layers, versions=versions, manifest=manifest, source_mode=mode,
-                    load_seconds=time.perf_counter() - t0)
+                    load_seconds=time.perf_counter() - t0,
+                    read_from=f"accepted:{next(iter(folders.values())).parents[1]}" if folders else mode)
         log.info("loaded %d layers (%d versions) from %s in %.2fs", len(versions),
                  sum(len(v) for v in versions.values()), mode, store.load_seconds)
         return store

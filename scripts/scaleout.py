@@ -8,9 +8,10 @@ killed (SIGKILL) under load.
     .venv/bin/python scripts/scaleout.py [--batch-rows 500] [--workers 2] [--replicas 2] [--keep] [--json FILE]
 
 What runs (everything on loopback, every file in one temp folder, every process stopped at the end):
-  - Redis 127.0.0.1:6379 (already running) is the Celery broker, on a queue of its own (enrich-scaleout);
-  - the local PostgreSQL holds Airflow's metadata and Celery's results (database airflow_scaleout) and the
-    published table (database enrich_scaleout, with PostGIS); both are made afresh and dropped at the end;
+  - Redis 127.0.0.1:6379 (already running) is the Celery broker, on a queue of its own (enrich-scaleout-<run>);
+  - the local PostgreSQL holds Airflow's metadata and Celery's results (database airflow_scaleout_<run>) and the
+    published table (database enrich_scaleout_<run>, with PostGIS); both are made afresh and dropped at the end
+    (<run>: ENRICH_SCALEOUT_RUN, else this process's pid, so runs side by side keep apart);
   - `airflow api-server`, `scheduler`, `dag-processor` and `celery worker` x N (each worker names itself
     worker-<i>, so a task instance's hostname says which worker ran it);
   - `enrich-service serve` x M on their own ports (layer files in a folder of links, the accepted layer set in one
@@ -60,8 +61,10 @@ VENV_BIN = Path(sys.executable).parent
 DATA = Path(os.environ.get("ENRICH_SHARED_DATA", ROOT.parent / "shared" / "data"))
 PG = os.environ.get("ENRICH_SCALEOUT_PG", "postgresql://postgres@127.0.0.1:5432")
 REDIS = os.environ.get("ENRICH_SCALEOUT_REDIS", "redis://127.0.0.1:6379/0")
-METADATA_DB, GIS_DB = "airflow_scaleout", "enrich_scaleout"
-QUEUE = "enrich-scaleout"
+# Names of this run's own (two runs at once, e.g. two checkouts' test suites, must not drop each other's databases)
+RUN = os.environ.get("ENRICH_SCALEOUT_RUN") or str(os.getpid())
+METADATA_DB, GIS_DB = f"airflow_scaleout_{RUN}", f"enrich_scaleout_{RUN}"
+QUEUE = f"enrich-scaleout-{RUN}"
 DAG_ID = "enrich_parking_meters"
 REFRESH_DAG_ID = "enrich_boundary_refresh"
 SPEC = "parking_meters.yaml"

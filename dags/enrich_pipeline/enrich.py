@@ -84,8 +84,6 @@ def enrich_batch(spec: DatasetSpec, extract_path: Path, work: Path, batch: int, 
     with the layers used (version, sha256)."""
     from enrich_service.client import plain_columns
 
-    from enrich_service.client import LayersVersionMismatch
-
     req = request_table(spec, extract_path, batch)
     expected = pinned_layers(work)
     answer, used = client.tag_table(req, layers=spec.request_layers, as_of=spec.as_of,
@@ -93,6 +91,8 @@ def enrich_batch(spec: DatasetSpec, extract_path: Path, work: Path, batch: int, 
                                     expect_layers=expected)
     served = client.last_layers_sha256
     if expected is None and served and pin_layers(work, served) != served:
+        from enrich_service.client import LayersVersionMismatch
+
         raise LayersVersionMismatch(f"batch {batch}: answered from layer set {served[:12]}, another batch of this "
                                     f"run pinned {pinned_layers(work)[:12]}; retrying", 409)
     if answer.num_rows != req.num_rows:

@@ -91,9 +91,26 @@ class LayerSourceError(EnrichError):
 
 
 class ReloadRefused(LayerSourceError):
-    """A reload built an index that failed validation; the old index keeps serving."""
+    """A reload built an index that failed validation; the old index keeps serving. `check` names what failed."""
 
     code = "reload_refused"
+
+    def __init__(self, message: str, *, check: str | None = None, **kwargs):
+        super().__init__(message, **kwargs)
+        self.check = check
+
+    def body(self) -> dict:
+        out = super().body()
+        if self.check is not None:
+            out["check"] = self.check
+        return out
+
+
+class LayersVersionMismatch(EnrichError):
+    """The caller expects one layer set (X-Enrich-Expect-Layers) and this worker serves another: retry elsewhere or
+    later, never mix two sets in one run."""
+
+    code = "layers_version_mismatch"
 
 
 STATUS: dict[type[EnrichError], int] = {
@@ -101,6 +118,7 @@ STATUS: dict[type[EnrichError], int] = {
     Unauthorized: 401,
     NotAcceptable: 406,
     ReloadRefused: 409,
+    LayersVersionMismatch: 409,
     PayloadTooLarge: 413,
     UnsupportedMediaType: 415,
     InvalidInput: 422,

@@ -14,9 +14,10 @@ from .responses import JSONResponse
 from . import __version__
 from .api import admin, geocode, health, layers, page, pip
 from .errors import EnrichError, install_handlers
+from .layer_version import SERVED_HEADER, LayerVersionMiddleware
 from .memory import keep_freed_memory
 from .observability import ObservabilityMiddleware, configure_logging
-from .reload import reload_index, reload_on_sighup
+from .reload import follow_accepted, reload_index, reload_on_sighup
 from .security import require_read_key
 from .settings import get_settings
 
@@ -25,18 +26,21 @@ log = logging.getLogger(__name__)
 
 @contextlib.asynccontextmanager
 async def lifespan(app: FastAPI):
-    # Build in the background: /healthz answers at once, /readyz once the layers are indexed.
-    task = asyncio.create_task(_initial_load(app))
+    # Ready before serving: uvicorn listens only once the lifespan has started, so a worker takes no connection
+    # before its index is built (under --workers N its siblings take them; behind nginx, the other replicas).
+    # A worker whose load failed still starts, so /readyz can say why (503 "failed").
+    await _initial_load(app)
+    follow = asyncio.create_task(follow_accepted(app))
     loop = asyncio.get_running_loop()
     with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
         loop.add_signal_handler(signal.SIGHUP, reload_on_sighup, app)
     yield
-    task.cancel()
+    follow.cancel()
 
 
 async def _initial_load(app: FastAPI) -> None:
     with contextlib.suppress(EnrichError):  # logged by reload_index; /readyz reports it
-        await reload_index(app)
+        await reload_index(app, "start")
 
 
 def create_app() -> FastAPI:
@@ -65,7 +69,8 @@ def create_app() -> FastAPI:
     if settings.cors_origins:
         app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["GET", "POST"],
                            allow_headers=["*"],
-                           expose_headers=["X-Enrich-Layers", "X-Request-ID", geocode.REFERENCE_HEADER])
+                           expose_headers=["X-Enrich-Layers", SERVED_HEADER, "X-Request-ID", geocode.REFERENCE_HEADER])
     app.add_middleware(ObservabilityMiddleware, timeout_s=settings.request_timeout_s)
+    app.add_middleware(LayerVersionMiddleware)  # X-Enrich-Expect-Layers in, X-Enrich-Layers-Sha256 out
     install_handlers(app)
     return app

@@ -30,6 +30,11 @@ class Settings(BaseSettings):
     cache_dir: Path = Path.home() / ".cache" / "enrich-service"
     reference_dir: Path | None = Field(default=None, description="Folder holding the geocoder's reference CSVs")
     default_layers: Annotated[list[str], NoDecode] = ["council_district", "neighborhood", "zip"]
+    accepted_dir: Path | None = Field(
+        default=None, description="Folder of the accepted layer set, shared by every replica (layers/accepted.py); "
+                                  "unset: under cache_dir, one per boundary folder and manifest")
+    follow_interval_s: float = Field(default=2.0, ge=0, description="How often a worker looks for a newly accepted "
+                                                                    "layer set (0: never; SIGHUP still reloads)")
 
     # Engine
     use_grid: bool = Field(default=True, description="Answer through the grid fast path (off: exact path only)")
@@ -70,6 +75,15 @@ class Settings(BaseSettings):
 
     # Lists come from the environment as "a,b,c".
     _split_lists = field_validator("default_layers", "api_keys", "cors_origins", mode="before")(_split_csv)
+
+
+def accepted_dir(settings: Settings) -> Path:
+    if settings.accepted_dir is not None:
+        return settings.accepted_dir
+    import hashlib
+
+    source = f"{settings.boundary_dir or 'download'}|{Path(settings.manifest).resolve()}"
+    return Path(settings.cache_dir) / "accepted" / hashlib.sha256(source.encode()).hexdigest()[:12]
 
 
 @lru_cache

@@ -262,7 +262,20 @@ def build_boundary_refresh_dag(service_conn_id: str = "enrich_service", postgis_
                 except RequestRejected as exc:  # a wrong or missing key: retrying will not fix it
                     raise AirflowFailException(str(exc)) from exc
             check_serving(loaded, answer)
-            return {k: answer[k] for k in ("status", "generation", "build_seconds") if k in answer}
+            # One replica answered the reload (through the balancer); the others follow the set it accepted.
+            # Wait until every replica, asked itself, serves it; fail naming the ones that do not.
+            from airflow.sdk import BaseHook
+
+            from .boundaries import wait_for_replicas
+            from .service import replica_urls
+
+            conn = BaseHook.get_connection(service_conn_id)
+            replicas = replica_urls(conn)
+            converged = wait_for_replicas(replicas, answer["layers_sha256"],
+                                          float(conn.extra_dejson.get("converge_timeout_s", 120))) \
+                if replicas and answer.get("layers_sha256") else {}
+            return {**{k: answer[k] for k in ("status", "generation", "build_seconds", "layers_sha256")
+                       if k in answer}, "replicas_converged_s": converged}
 
         @task(inlets=[BOUNDARIES], outlets=[BOUNDARIES])
         def announce(loaded: dict, served: dict) -> dict:

@@ -1,4 +1,7 @@
-"""Admin: rebuild the index from the current layer sources and swap it in (API key required)."""
+"""Admin: rebuild the index from the current layer sources, validate it, accept it and swap it in (API key required).
+
+The accepted set (layers/accepted.py) is what every other worker and replica then follows; a refusal (409) names the
+failed check in `check` and changes nothing anywhere."""
 
 from fastapi import APIRouter, Depends, Request
 
@@ -16,4 +19,4 @@ router = APIRouter(prefix="/v1/admin", tags=["admin"], dependencies=[Depends(req
 async def reload(request: Request) -> dict:
     index = await reload_every_worker(request.app)
     return {"status": "reloaded", "generation": index.generation, "build_seconds": round(index.build_seconds, 3),
-            "versions": index.versions()}
+            "layers_sha256": index.layers_sha256, "versions": index.versions()}

@@ -144,13 +144,32 @@ class EnrichClient:
 
         params = _params(layers=_layer_list(layers), as_of=as_of, crs=crs, nearest_within_m=nearest_within_m,
                          id_col=id_col, lon_col=lon_col, lat_col=lat_col, date_col=date_col)
+        return self._post_arrow_in_parts("/v1/pip", table, params, expect_layers)
+
+    def geocode_table(self, table: "pa.Table", *, layers: Iterable[str] | str | None = None,
+                      as_of: str | None = None, min_match: str | None = None, id_col: str = "id",
+                      address_col: str = "address", city_col: str = "city", zip_col: str = "zip",
+                      date_col: str | None = None, prefix: str | None = None,
+                      expect_layers: str | None = None) -> tuple["pa.Table", dict]:
+        """POST /v1/geocode-join with the table as an Arrow IPC stream; returns (the input columns plus the geocode
+        and layer columns, colliding result names prefixed; layers used). Sent in halves on a 413, like tag_table."""
+        params = _params(layers=_layer_list(layers), as_of=as_of, min_match=min_match, id_col=id_col,
+                         address_col=address_col, city_col=city_col, zip_col=zip_col, date_col=date_col,
+                         prefix=prefix)
+        return self._post_arrow_in_parts("/v1/geocode-join", table, params, expect_layers)
+
+    def _post_arrow_in_parts(self, path: str, table: "pa.Table", params: dict,
+                             expect_layers: str | None) -> tuple["pa.Table", dict]:
+        """POST the table to `path`; a part the service finds too large (413) is sent again in halves."""
+        import pyarrow as pa
+
         parts = [table]
         answers: list = []
         used: dict = {}
         while parts:
             part = parts.pop(0)
             try:
-                answer, part_used = self._post_arrow(part, params, expect_layers)
+                answer, part_used = self._post_arrow(path, part, params, expect_layers)
             except RequestRejected as exc:
                 if exc.status != 413 or part.num_rows < 2:
                     raise
@@ -161,7 +180,7 @@ class EnrichClient:
             used = merge_layers_used(used, part_used)
         return (answers[0] if len(answers) == 1 else pa.concat_tables(answers)), used
 
-    def _post_arrow(self, table: "pa.Table", params: dict,
+    def _post_arrow(self, path: str, table: "pa.Table", params: dict,
                     expect_layers: str | None = None) -> tuple["pa.Table", dict]:
         import json
 
@@ -173,8 +192,7 @@ class EnrichClient:
         headers = {"content-type": ARROW, "accept": ARROW}
         if expect_layers:
             headers[EXPECT_LAYERS_HEADER] = expect_layers
-        r = self._request("POST", "/v1/pip", params=params, content=stream_buffer(table).to_pybytes(),
-                          headers=headers)
+        r = self._request("POST", path, params=params, content=stream_buffer(table).to_pybytes(), headers=headers)
         served = r.headers.get("x-enrich-layers-sha256")
         if expect_layers and served != expect_layers:  # a service too old to check the header itself
             raise LayersVersionMismatch(f"answered from layer set {served}, expected {expect_layers}", 409)
@@ -184,42 +202,6 @@ class EnrichClient:
         except (pa.ArrowInvalid, OSError) as exc:
             raise EnrichError(f"the service's answer is not an Arrow stream: {exc}", r.status_code) from None
         return answer, json.loads(r.headers.get("x-enrich-layers", "{}"))
-
-    def geocode_table(self, table: "pa.Table", *, layers: Iterable[str] | str | None = None,
-                      as_of: str | None = None, min_match: str | None = None, id_col: str = "id",
-                      address_col: str = "address", city_col: str = "city", zip_col: str = "zip",
-                      date_col: str | None = None, prefix: str | None = None) -> tuple["pa.Table", dict]:
-        """POST /v1/geocode-join with the table as an Arrow IPC stream; returns (the input columns plus the geocode
-        and layer columns, colliding result names prefixed; layers used). Sent in halves on a 413, like tag_table."""
-        import json
-
-        import pyarrow as pa
-        import pyarrow.ipc as ipc
-
-        from .arrow_stream import stream_buffer
-
-        params = _params(layers=_layer_list(layers), as_of=as_of, min_match=min_match, id_col=id_col,
-                         address_col=address_col, city_col=city_col, zip_col=zip_col, date_col=date_col,
-                         prefix=prefix)
-        parts, answers, used = [table], [], {}
-        while parts:
-            part = parts.pop(0)
-            try:
-                r = self._request("POST", "/v1/geocode-join", params=params,
-                                  content=stream_buffer(part).to_pybytes(),
-                                  headers={"content-type": ARROW, "accept": ARROW})
-            except RequestRejected as exc:
-                if exc.status != 413 or part.num_rows < 2:
-                    raise
-                half = part.num_rows // 2
-                parts[:0] = [part.slice(0, half), part.slice(half)]
-                continue
-            try:
-                answers.append(ipc.open_stream(pa.py_buffer(r.content)).read_all())
-            except (pa.ArrowInvalid, OSError) as exc:
-                raise EnrichError(f"the service's answer is not an Arrow stream: {exc}", r.status_code) from None
-            used = merge_layers_used(used, json.loads(r.headers.get("x-enrich-layers", "{}")))
-        return (answers[0] if len(answers) == 1 else pa.concat_tables(answers)), used
 
     # ---- internals ------------------------------------------------------------------------------------------
 

@@ -175,6 +175,17 @@ def test_replicas_follow_the_accepted_set_and_a_batch_names_its_set(tmp_path):
         assert r.status_code == 409 and r.json()["code"] == "layers_version_mismatch", r.text
         r = httpx.post(f"{url_b}/v1/pip", json=body, headers={"X-Enrich-Expect-Layers": new})
         assert r.status_code == 200 and r.headers["x-enrich-layers-sha256"] == new
+        # the same for an address-only run's geocode-join batches, through the client the DAG uses
+        import pyarrow as pa
+
+        from enrich_service.client import EnrichClient, LayersVersionMismatch
+
+        addresses = pa.table({"id": [1], "address": ["4608 Gardena Avenue"]})
+        with EnrichClient(url_b) as client:
+            with pytest.raises(LayersVersionMismatch):
+                client.geocode_table(addresses, expect_layers=old)
+            answer, _ = client.geocode_table(addresses, expect_layers=new)
+            assert client.last_layers_sha256 == new and answer.column("council_district").to_pylist() == ["2"]
 
         # a refused file: 409 naming the check, on a; b and a keep serving the accepted set
         _write(folder, DISTRICTS, one_key_for_all(_doc(DISTRICTS), "district", 3))

@@ -40,6 +40,17 @@ def pin_layers(work: Path, sha256: str) -> str:
     return sha256
 
 
+def check_pinned(work: Path, batch: int, expected: str | None, served: str | None) -> str | None:
+    """The first batch answered pins the run's layer set; a batch that was answered from another set before it
+    could send the pin is retried (409), so the run never mixes versions. Returns the set that answered."""
+    if expected is None and served and pin_layers(work, served) != served:
+        from enrich_service.client import LayersVersionMismatch
+
+        raise LayersVersionMismatch(f"batch {batch}: answered from layer set {served[:12]}, another batch of this "
+                                    f"run pinned {pinned_layers(work)[:12]}; retrying", 409)
+    return served
+
+
 def plan_batches(extract_path: Path) -> list[dict]:
     import pyarrow.parquet as pq
 
@@ -91,12 +102,7 @@ def enrich_batch(spec: DatasetSpec, extract_path: Path, work: Path, batch: int, 
     answer, used = client.tag_table(req, layers=spec.request_layers, as_of=spec.as_of,
                                     crs=spec.coordinates.crs, date_col="date" if spec.as_of_column else None,
                                     expect_layers=expected)
-    served = client.last_layers_sha256
-    if expected is None and served and pin_layers(work, served) != served:
-        from enrich_service.client import LayersVersionMismatch
-
-        raise LayersVersionMismatch(f"batch {batch}: answered from layer set {served[:12]}, another batch of this "
-                                    f"run pinned {pinned_layers(work)[:12]}; retrying", 409)
+    served = check_pinned(work, batch, expected, client.last_layers_sha256)
     if answer.num_rows != req.num_rows:
         raise RuntimeError(f"batch {batch}: the service answered {answer.num_rows} rows for {req.num_rows}")
     if not answer.column("id").equals(req.column("id")):

@@ -78,13 +78,16 @@ def enrich_batch(spec: DatasetSpec, extract_path: Path, work: Path, batch: int, 
     """Geocode and tag batch `batch`; writes batches/batch-NNNNN.parquet (source_row + result columns)."""
     from enrich_service.client import plain_columns
 
-    from .enrich import batch_path
+    from .enrich import batch_path, check_pinned, pinned_layers
     from .workdir import write_parquet
 
     req = request_table(spec, extract_path, batch)
+    expected = pinned_layers(work)  # one layer set for the whole run (issue 15), as for coordinates
     answer, used = client.geocode_table(req, layers=spec.request_layers, as_of=spec.as_of,
                                         min_match=spec.address.min_match, id_col="id", address_col=ADDRESS,
-                                        city_col=CITY, zip_col=ZIP, date_col=DATE if spec.as_of_column else None)
+                                        city_col=CITY, zip_col=ZIP, date_col=DATE if spec.as_of_column else None,
+                                        expect_layers=expected)
+    served = check_pinned(work, batch, expected, client.last_layers_sha256)
     if answer.num_rows != req.num_rows:
         raise RuntimeError(f"batch {batch}: the service answered {answer.num_rows} rows for {req.num_rows}")
     if not answer.column("id").equals(req.column("id")):
@@ -92,7 +95,7 @@ def enrich_batch(spec: DatasetSpec, extract_path: Path, work: Path, batch: int, 
     result = plain_columns(answer.drop_columns([n for n in req.column_names if n != "id"]))
     result = result.rename_columns([ROW if n == "id" else n for n in result.column_names])
     write_parquet(result, batch_path(work, batch))
-    return {"batch": batch, "rows": req.num_rows,
+    return {"batch": batch, "rows": req.num_rows, "layers_sha256": served,
             "layers": {name: {"version": u.get("version"), "sha256": u.get("sha256"),
                               "versions_used": u.get("versions_used", [])} for name, u in used.items()}}
 

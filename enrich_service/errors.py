@@ -48,6 +48,23 @@ class MalformedBody(EnrichError):
     code = "malformed_body"
 
 
+class UnknownParameter(InvalidInput):
+    """A query or body parameter the route does not take (a misspelling silently ignored is a wrong answer)."""
+
+    code = "unknown_parameter"
+
+    @classmethod
+    def of(cls, name: str, known) -> "UnknownParameter":
+        """Naming the parameter, and the nearest valid name when one is close ("did you mean as_of?")."""
+        from rapidfuzz import fuzz, process
+
+        known = sorted(set(known))
+        shown = name if len(name) <= 60 else name[:60] + "..."
+        best = process.extractOne(name[:200], known, scorer=fuzz.WRatio, processor=str.lower, score_cutoff=70)
+        hint = f"did you mean {best[0]}?" if best else f"known: {', '.join(known)}"
+        return cls(f"{shown}: unknown parameter; {hint}", field=shown)
+
+
 class UnknownLayer(InvalidInput):
     code = "unknown_layer"
 
@@ -64,6 +81,12 @@ class NoVersionInForce(InvalidInput):
 
 class PayloadTooLarge(EnrichError):
     code = "payload_too_large"
+
+
+class BodyTimeout(EnrichError):
+    """The client paused sending its body for longer than ENRICH_BODY_TIMEOUT_S."""
+
+    code = "body_timeout"
 
 
 class UnsupportedMediaType(EnrichError):
@@ -100,6 +123,7 @@ STATUS: dict[type[EnrichError], int] = {
     MalformedBody: 400,
     Unauthorized: 401,
     NotAcceptable: 406,
+    BodyTimeout: 408,
     ReloadRefused: 409,
     PayloadTooLarge: 413,
     UnsupportedMediaType: 415,

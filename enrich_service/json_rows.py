@@ -11,6 +11,7 @@ per-row dicts; with floats, the same JSON values (tests/test_codecs.py).
 
 from __future__ import annotations
 
+import msgspec
 import numpy as np
 import orjson
 import pyarrow as pa
@@ -170,7 +171,7 @@ def _is_text(kind: pa.DataType) -> bool:
 
 
 def _dictionary_texts(dictionary: pa.Array) -> pa.Array:
-    return pa.array([orjson.dumps(v).decode() for v in dictionary.to_pylist()] + ["null"], _TEXT)
+    return pa.array([_dumps(v) for v in dictionary.to_pylist()] + ["null"], _TEXT)
 
 
 def _json_texts(values: object) -> pa.Array:
@@ -178,10 +179,14 @@ def _json_texts(values: object) -> pa.Array:
     if isinstance(values, pa.ChunkedArray):
         values = values.combine_chunks()
     if not isinstance(values, pa.Array):
+        # Arrow only for a list of one kind: [1, 2.5] would become doubles and the id 1 come back as 1.0.
+        kinds = set(map(type, values)) - {type(None)}
         try:
+            if len(kinds) > 1 or not kinds <= {int, float, str}:
+                raise pa.ArrowInvalid("mixed")
             values = pa.array(values)
         except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError):
-            return pa.array([orjson.dumps(v).decode() for v in values], _TEXT)
+            return pa.array([_dumps(v) for v in values], _TEXT)
     kind = values.type
     if pa.types.is_null(kind):
         return pc.take(pa.array(["null"], _TEXT), pa.array(np.zeros(len(values), dtype=np.int32)))
@@ -195,4 +200,11 @@ def _json_texts(values: object) -> pa.Array:
         quote, nothing = pa.scalar('"', _TEXT), pa.scalar("", _TEXT)
         quoted = pc.binary_join_element_wise(quote, pc.cast(values, _TEXT), quote, nothing)
         return quoted.fill_null("null")
-    return pa.array([orjson.dumps(v).decode() for v in values.to_pylist()], _TEXT)
+    return pa.array([_dumps(v) for v in values.to_pylist()], _TEXT)
+
+
+def _dumps(value: object) -> str:
+    try:
+        return orjson.dumps(value).decode()
+    except orjson.JSONEncodeError:  # an integer beyond 64 bits (an id sent as 2^70 comes back as sent)
+        return msgspec.json.encode(value).decode()

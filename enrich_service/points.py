@@ -12,7 +12,7 @@ from functools import lru_cache
 
 import numpy as np
 from pyproj import CRS, Transformer
-from pyproj.exceptions import CRSError
+from pyproj.exceptions import CRSError, ProjError
 
 from .errors import InvalidInput, UnknownCRS
 
@@ -54,7 +54,7 @@ class Prepared:
 def parse_crs(value: str | int | None) -> CRS:
     if value is None or value == "":
         return WGS84
-    text = str(value).strip()
+    text = str(value).strip()[:2000]
     if text.isdigit():
         text = f"EPSG:{text}"
     try:
@@ -64,6 +64,11 @@ def parse_crs(value: str | int | None) -> CRS:
                          field="crs") from None
     if crs.is_geocentric or crs.is_vertical:
         raise UnknownCRS(f"crs {value!r} is not a horizontal CRS", field="crs")
+    try:  # known is not enough: it must transform to lon/lat (not a CRS of Mars, not one without a datum)
+        _to_wgs84(crs)
+    except (ProjError, CRSError) as exc:
+        raise UnknownCRS(f"crs {value!r} cannot be transformed to EPSG:4326: {str(exc)[-200:]}",
+                         field="crs") from None
     return crs
 
 

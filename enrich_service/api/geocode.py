@@ -10,7 +10,7 @@ import functools
 from typing import Annotated
 
 import orjson
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -22,11 +22,12 @@ from ..geocode.matcher import LEVELS
 from ..index import ServiceIndex, current
 from ..responses import ARROW, CSV, JSON, NDJSON, JSONResponse, NDJSONResponse
 from ..settings import get_settings
-from .common import Options, check_batch_size, offload, parse_options, read_body, spool_body
+from .common import (Options, check_batch_size, check_options_usable, offload, parse_options, read_body, spool_body,
+                     strict_query)
 from .ndjson import answer_stream, parse_lines
 from .schemas import ERROR_RESPONSES, LAYER_EXAMPLE, LayerUsed, RowError, inline_schema
 
-router = APIRouter(prefix="/v1", tags=["geocode"])
+router = APIRouter(prefix="/v1", tags=["geocode"], dependencies=[Depends(strict_query)])
 
 REFERENCE_HEADER = "X-Enrich-Geocode-Reference"
 
@@ -144,7 +145,7 @@ async def post_geocode_join(
 
     if kind == NDJSON:
         opts = parse_options(query, settings)
-        index.store.check_layers(opts.layers)
+        check_options_usable(index, opts)
         spool = await spool_body(request, settings)
         chunk = functools.partial(_ndjson_chunk, index, opts=opts, cols=cols)
         return NDJSONResponse(answer_stream(spool, chunk, settings),
@@ -156,6 +157,7 @@ async def post_geocode_join(
         doc = codecs.loads(body)
         if not isinstance(doc, dict):
             raise InvalidInput("body must be a JSON object with a `records` list", field="body")
+        codecs.check_keys(doc, ("records", "layers", "as_of", "nearest_within_m"))
         opts = parse_options(doc, settings)
         records = doc.get("records")
         if records is None:
@@ -165,8 +167,11 @@ async def post_geocode_join(
         records = await offload(join.records_from_json, records)
     else:
         opts = parse_options(query, settings)
-        table = await offload(codecs.decode_arrow if kind == ARROW else codecs.decode_csv, body)
+        charset = codecs.csv_charset(request.headers.get("content-type")) if kind == CSV else None
+        table = await offload(codecs.decode_arrow, body) if kind == ARROW else \
+            await offload(codecs.decode_csv, body, charset)
         check_batch_size(table.num_rows, settings, field="body")
+        codecs.check_answerable(table, answer_kind, cols.id)
         records = await offload(join.records_from_table, table, cols)
     del body
     joined = await offload(_join, index, records, opts)
@@ -185,7 +190,7 @@ def _encode_json(index: ServiceIndex, records: Records, joined: join.Joined) -> 
     body = {"results": rows, "count": len(rows), "layers": joined.result.layers_used(),
             "geocode_reference": join.reference_header(index),
             "errors": codecs.error_list(records.ids, joined.prepared, joined.result)}
-    return orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY)
+    return codecs.dumps(body)
 
 
 def _ndjson_chunk(index: ServiceIndex, lines: list[bytes], first_row: int, opts: Options,
@@ -194,5 +199,4 @@ def _ndjson_chunk(index: ServiceIndex, lines: list[bytes], first_row: int, opts:
     records = join.records_from_json(docs, cols)
     records.errors.update(bad)
     joined = _join(index, records, opts)
-    dumps = orjson.dumps
-    return b"".join(dumps(row, option=orjson.OPT_SERIALIZE_NUMPY) + b"\n" for row in join.rows(records.ids, joined))
+    return b"".join(codecs.dumps(row) + b"\n" for row in join.rows(records.ids, joined))

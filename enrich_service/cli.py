@@ -15,9 +15,13 @@ def serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     # Our JSON logging for every process (uvicorn workers too); uvicorn's access log is replaced by ours.
+    from .slow_clients import PROTOCOL
+
+    settings = get_settings()
     config = uvicorn.Config("enrich_service.main:create_app", factory=True, host=args.host, port=args.port,
                             workers=args.workers, log_config=None, access_log=False,
-                            timeout_graceful_shutdown=args.graceful_seconds)
+                            timeout_graceful_shutdown=args.graceful_seconds, http=PROTOCOL,
+                            timeout_keep_alive=settings.keep_alive_timeout_s)
     if config.workers > 1:
         from . import workers
 

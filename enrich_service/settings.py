@@ -40,6 +40,8 @@ class Settings(BaseSettings):
     max_batch: int = Field(default=10_000_000, ge=1, description="Most points in one request")
     max_body_bytes: int = Field(default=1 << 30, ge=1024, description="Largest request body")
     request_timeout_s: float = 120.0
+    header_timeout_s: float = Field(default=15.0, gt=0, description="A request's headers must arrive within this "
+                                                                   "(slow clients; slow_clients.py)")
     body_timeout_s: float = Field(default=60.0, gt=0, description="Longest wait for the next piece of a request "
                                                                  "body before answering 408 (slow clients)")
     keep_alive_timeout_s: float = Field(default=5.0, gt=0, description="Idle keep-alive connections closed after")

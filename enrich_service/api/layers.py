@@ -2,6 +2,7 @@
 
 from fastapi import APIRouter, Request
 
+from ..errors import redact_paths
 from ..index import current
 
 router = APIRouter(prefix="/v1", tags=["layers"])
@@ -9,7 +10,10 @@ router = APIRouter(prefix="/v1", tags=["layers"])
 
 @router.get("/layers", summary="Layers, versions, effective dates, feature counts, bbox, source and sha256")
 def list_layers(request: Request) -> dict:
-    index = current(request.app)
+    return redact_paths(describe_index(current(request.app)))  # the full detail, file paths too: /v1/admin/layers
+
+
+def describe_index(index) -> dict:
     return {
         "source": index.store.source_mode,
         "generation": index.generation,

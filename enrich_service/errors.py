@@ -141,7 +141,7 @@ def status_of(exc: EnrichError) -> int:
     return 400
 
 
-_ABSOLUTE_PATH = re.compile(r"(?<![\w:/.])/(?:[\w.+@-]+/)+([\w.+@-]*)")
+_ABSOLUTE_PATH = re.compile(r"(?<![\w/.])/(?:[\w.+@-]+/)+([\w.+@-]*)")
 PATH_KEYS = frozenset({"path", "paths", "dir", "directory", "cache_dir"})
 
 

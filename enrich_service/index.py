@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .engine.tagger import Engine
-from .errors import NotReady, ReloadRefused
+from .errors import EnrichError, NotReady, ReloadRefused
 from .geocode import build_geocoder
 from .layers.store import LayerStore
 from .settings import Settings
@@ -44,7 +44,14 @@ def build_index(settings: Settings, generation: int = 0) -> ServiceIndex:
     t0 = time.perf_counter()
     store = LayerStore.load(settings.manifest, settings.boundary_dir, settings.cache_dir)
     engine = Engine(store, grid_cells=settings.grid_cells, use_grid=settings.use_grid)
-    geocoder = build_geocoder(settings, store)  # beside the layers: a reload swaps both at once
+    try:
+        geocoder = build_geocoder(settings, store)  # beside the layers: a reload swaps both at once
+    except EnrichError as exc:
+        if generation > 0:  # a reload keeps the serving index (and its geocoder) rather than lose the geocoder
+            raise
+        # At start, point lookups do not wait on the geocoder: the layers serve, /v1/geocode answers 503.
+        log.error("geocoder reference unusable, geocoding off until a reload: %s", exc.message)
+        geocoder = None
     index = ServiceIndex(store=store, engine=engine, built_at=dt.datetime.now(dt.timezone.utc),
                          build_seconds=time.perf_counter() - t0, generation=generation,
                          extras={"geocoder": geocoder})

@@ -274,3 +274,147 @@ def test_options_in_the_query_apply_to_a_json_body(client):
     r = client.post("/v1/pip?layers=zip", content=orjson.dumps({"points": [{"lon": CITY_HALL[0], "lat": CITY_HALL[1]}]}),
                     headers=JSON_H)
     assert list(r.json()["layers"]) == ["zip"]
+
+
+def test_the_portal_csv_file_escapes_formulas_too(tmp_path):
+    """The DAG's CSV writer goes through the same function (run apart: test_dags.py owns this process's Airflow)."""
+    import subprocess
+    import sys
+
+    from .conftest import REPO
+
+    script = f"""
+import sys, pyarrow as pa, pyarrow.parquet as pq
+sys.path.insert(0, {str(REPO / "dags")!r})
+from enrich_pipeline.publish import write_csv
+pq.write_table(pa.table({{"note": {FORMULAS!r} + ["ok"], "amount": [-5.5] * 7, "code": ["-5"] * 7}}),
+               {str(tmp_path / "in.parquet")!r})
+write_csv({str(tmp_path / "in.parquet")!r}, {str(tmp_path / "out.csv")!r})
+print("airflow" in sys.modules)
+"""
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    table = pacsv.read_csv(tmp_path / "out.csv", convert_options=pacsv.ConvertOptions(
+        column_types={"note": pa.string(), "code": pa.string()}))
+    assert table.column("note").to_pylist() == ["'" + v for v in FORMULAS] + ["ok"]
+    assert table.column("amount").to_pylist() == [-5.5] * 7 and table.column("code").to_pylist() == ["-5"] * 7
+
+
+# ---- the smaller items -----------------------------------------------------------------------------------------
+
+def test_point_lookups_answer_while_the_geocoder_reference_is_missing(tmp_path):
+    env = {"ENRICH_BOUNDARY_DIR": str(BOUNDARIES), "ENRICH_REFERENCE_DIR": str(tmp_path / "nowhere"),
+           "ENRICH_CACHE_DIR": str(tmp_path / "cache")}
+    with ready_app(env) as c:
+        r = c.get("/v1/pip", params={"lon": CITY_HALL[0], "lat": CITY_HALL[1]})
+        assert r.status_code == 200 and r.json()["council_district"] == "3"
+        refused(c.get("/v1/geocode", params={"address": "1200 Third Avenue"}), 503)
+
+
+def test_the_geocode_cache_is_bounded_in_bytes():
+    from enrich_service.geocode.cache import ResultCache, entry_bytes
+
+    cache = ResultCache("x", max_entries=10**6, max_bytes=200_000)
+    result = (-117.1, 32.7, "address", 1.0, "1200 THIRD AVE", None)
+    for batch in range(50):
+        cache.put_many({(f"{batch} {i} " + "x" * 1000, None): result for i in range(20)})
+        assert cache.bytes <= 200_000
+    assert 0 < len(cache) < 1000 and cache.bytes == sum(entry_bytes(k, v[0]) for k, v in cache._data.items())
+    cache.put_many({("y" * 1_000_000, None): result})  # one entry bigger than the cache: not kept
+    assert cache.bytes <= 200_000
+
+
+def test_over_long_addresses_are_refused_per_row_before_caching(client):
+    records = [{"id": 1, "address": "1200 Third Avenue"}, {"id": 2, "address": "9" * 1_000_000}]
+    r = client.post("/v1/geocode-join", content=orjson.dumps({"records": records}), headers=JSON_H)
+    assert r.status_code == 200, r.text[:300]
+    rows = r.json()["results"]
+    assert rows[0]["error"] is None and rows[0]["council_district"] == "3"
+    assert "longer than" in rows[1]["error"] and rows[1]["error"].startswith("address")
+    cache = client.get("/v1/layers").json()["geocode_reference"]["cache"]
+    assert cache["bytes"] < 100_000, cache
+    refused(client.get("/v1/geocode", params={"address": "9" * 10_000}), 422, "address")
+
+
+def test_a_body_that_stalls_is_answered_408():
+    import asyncio
+
+    from starlette.requests import Request
+
+    from enrich_service.api.common import read_body
+    from enrich_service.errors import BodyTimeout
+    from enrich_service.settings import Settings
+
+    async def receive():
+        await asyncio.sleep(0.05)
+        if not sent:
+            sent.append(1)
+            return {"type": "http.request", "body": b"id,lon", "more_body": True}
+        await asyncio.sleep(10)
+
+    sent: list = []
+    request = Request({"type": "http", "method": "POST", "headers": [], "path": "/"}, receive)
+    with pytest.raises(BodyTimeout) as caught:
+        asyncio.run(read_body(request, Settings(body_timeout_s=0.3)))
+    from enrich_service.errors import status_of
+
+    assert status_of(caught.value) == 408 and caught.value.field == "body"
+
+
+def test_a_client_that_never_finishes_its_headers_is_disconnected():
+    import socket
+    import threading
+    import time
+
+    import uvicorn
+
+    from enrich_service.slow_clients import PROTOCOL
+
+    from .conftest import _free_port, settings_env
+
+    async def app(scope, receive, send):
+        if scope["type"] == "http":
+            await send({"type": "http.response.start", "status": 200, "headers": []})
+            await send({"type": "http.response.body", "body": b"ok"})
+
+    port = _free_port()
+    with settings_env({"ENRICH_HEADER_TIMEOUT_S": "0.5"}):
+        server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, http=PROTOCOL, log_config=None,
+                                               lifespan="off"))
+        thread = threading.Thread(target=server.run, daemon=True)
+        thread.start()
+        try:
+            deadline = time.monotonic() + 10
+            while not server.started:
+                assert time.monotonic() < deadline
+                time.sleep(0.05)
+            with socket.create_connection(("127.0.0.1", port), timeout=5) as s:  # a whole request: answered
+                s.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+                assert s.recv(100).startswith(b"HTTP/1.1 200")
+            with socket.create_connection(("127.0.0.1", port), timeout=5) as s:  # a trickle: closed
+                s.sendall(b"GET / HTTP/1.1\r\nHo")
+                started = time.monotonic()
+                assert s.recv(100) == b""
+                assert time.monotonic() - started < 3
+        finally:
+            server.should_exit = True
+            thread.join(10)
+
+
+def test_a_failed_cache_write_leaves_no_part_file(tmp_path):
+    from enrich_service.disk_cache import cached
+
+    value, from_cache = cached(tmp_path / "x.pkl", lambda: (lambda: None))  # a lambda cannot be pickled
+    assert not from_cache and callable(value)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_file_paths_are_shown_on_admin_routes_only(client):
+    public = client.get("/v1/layers")
+    assert public.status_code == 200 and str(BOUNDARIES) not in public.text and '"path"' not in public.text
+    refused(client.get("/v1/admin/layers"), 401)
+    admin = client.get("/v1/admin/layers", headers={"X-API-Key": "test-admin-key"})
+    assert admin.status_code == 200 and str(BOUNDARIES) in admin.text
+    from enrich_service.errors import redact_paths
+
+    assert redact_paths("cannot read /srv/data/boundaries/zips.geojson: gone") == "cannot read zips.geojson: gone"

@@ -572,8 +572,8 @@ def _csv_cells(col: pa.Array | pa.ChunkedArray, name: str = "") -> pa.Array:
     """Each value's CSV text, "" for null."""
     if isinstance(col, pa.ChunkedArray):
         col = col.combine_chunks()
-    if pa.types.is_dictionary(col.type):
-        col = col.cast(col.type.value_type)
+    if pa.types.is_dictionary(col.type):  # the texts of the few distinct values, then each row's
+        return _csv_cells(col.dictionary, name).take(col.indices).fill_null("")
     if _is_text(col.type):
         text = col.cast(_CSV_TEXT)
         quote = pc.match_substring_regex(text, _CSV_NEEDS_QUOTES).fill_null(False)

@@ -23,7 +23,7 @@ import pyarrow.compute as pc
 
 MODES = ("text", "all", "off")
 # OWASP: cells beginning with these are interpreted as formulas by spreadsheet software.
-FORMULA_START = r"^[=+\-@\t\r]"
+FORMULA_CHARS = ["=", "+", "-", "@", "\t", "\r"]
 PLAIN_NUMBER = r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$"
 PREFIX = "'"
 
@@ -38,16 +38,27 @@ def escape_formulas(values: pa.Array | pa.ChunkedArray, mode: str = "text") -> p
         raise ValueError(f"CSV formula escape mode {mode!r}: use one of {', '.join(MODES)}")
     if mode == "off":
         return values
-    if pa.types.is_dictionary(values.type) and _is_text(values.type.value_type):
-        values = values.cast(values.type.value_type)
+    if pa.types.is_dictionary(values.type):  # the few distinct values are escaped, not every row
+        if isinstance(values, pa.ChunkedArray):
+            return pa.chunked_array([escape_formulas(chunk, mode) for chunk in values.chunks], values.type) \
+                if values.num_chunks else values
+        dictionary = escape_formulas(values.dictionary, mode)
+        return values if dictionary is values.dictionary else \
+            pa.DictionaryArray.from_arrays(values.indices, dictionary)
     if not _is_text(values.type):
         return values
-    risky = pc.match_substring_regex(values, FORMULA_START)
-    if mode == "text":
-        risky = pc.and_kleene(risky, pc.invert(pc.match_substring_regex(values, PLAIN_NUMBER)))
-    risky = risky.fill_null(False)
+    first = pc.utf8_slice_codeunits(values, 0, 1)
+    risky = pc.is_in(first, value_set=pa.array(FORMULA_CHARS, values.type)).fill_null(False)
     if not pc.any(risky).as_py():
         return values
+    if mode == "text":
+        try:  # the usual risky column is numbers with minus signs: all of them convert, nothing to escape
+            pc.cast(values.filter(risky), pa.float64())
+            return values
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+            risky = pc.and_kleene(risky, pc.invert(pc.match_substring_regex(values, PLAIN_NUMBER))).fill_null(False)
+            if not pc.any(risky).as_py():
+                return values
     prefixed = pc.binary_join_element_wise(pa.scalar(PREFIX, values.type), values, pa.scalar("", values.type))
     return pc.if_else(risky, prefixed, values)
 

@@ -21,6 +21,8 @@ async def reload(request: Request) -> dict:
             "versions": index.versions()}
 
 
-@router.get("/layers", summary="GET /v1/layers with the full detail: the files on the server each layer came from")
+@router.get("/layers", responses={401: {"model": ErrorBody, "description": "Missing or wrong X-API-Key"},
+                                  503: {"model": ErrorBody, "description": "Layers still loading"}},
+            summary="GET /v1/layers with the full detail: the files on the server each layer came from")
 def layers_detail(request: Request) -> dict:
     return describe_index(current(request.app))

@@ -418,3 +418,26 @@ def test_file_paths_are_shown_on_admin_routes_only(client):
     from enrich_service.errors import redact_paths
 
     assert redact_paths("cannot read /srv/data/boundaries/zips.geojson: gone") == "cannot read zips.geojson: gone"
+
+
+def test_work_after_a_timed_out_stage_never_starts(monkeypatch):
+    """The request timeout answers 504 and the stages after the one running (tagging, encoding) are not started."""
+    import time
+
+    from enrich_service import codecs
+    from enrich_service.api import pip as pip_routes
+
+    slow_decode, tagged = codecs.decode_csv, []
+
+    def decode_slowly(*args):
+        time.sleep(1.0)
+        return slow_decode(*args)
+
+    monkeypatch.setattr(codecs, "decode_csv", decode_slowly)
+    monkeypatch.setattr(pip_routes, "tag_batch", lambda *a: tagged.append(1))
+    env = {"ENRICH_BOUNDARY_DIR": str(BOUNDARIES), "ENRICH_REQUEST_TIMEOUT_S": "0.3"}
+    with ready_app(env) as c:
+        r = c.post("/v1/pip", content=b"id,lon,lat\n1,-117.1627,32.7167\n", headers=CSV_H)
+        assert r.status_code == 504 and r.json()["code"] == "timeout"
+        time.sleep(0.5)
+    assert tagged == []

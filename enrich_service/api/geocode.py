@@ -46,6 +46,7 @@ class AddressRecord(BaseModel):
 
 
 class GeocodeJoinRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")  # a misspelled option is refused (422 naming it)
     records: list[AddressRecord] = Field(min_length=1)
     layers: list[str] | str | None = Field(default=None, examples=[LAYER_EXAMPLE],
                                            description="Layers to tag with (default: ENRICH_DEFAULT_LAYERS)")

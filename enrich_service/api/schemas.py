@@ -16,6 +16,7 @@ class PointIn(BaseModel):
 
 
 class PipRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")  # a misspelled option is refused (422 naming it), never ignored
     points: list[PointIn] = Field(min_length=1)
     layers: list[str] | str | None = Field(default=None, examples=[LAYER_EXAMPLE],
                                            description="Layers to tag with, a list or a comma-separated string "

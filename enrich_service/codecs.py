@@ -321,6 +321,19 @@ def decode_csv(body: bytes, charset: str | None = None) -> pa.Table:
         raise MalformedBody(f"body is not a CSV with a header row: {message}", field=field) from None
 
 
+def _cell_at(text_before: str) -> tuple[str, str]:
+    """(field, description) of the cell in which `text_before` (the CSV's text up to a bad byte) ends."""
+    try:
+        rows = list(csv.reader(io.StringIO(text_before)))
+    except csv.Error:
+        return "body", "the body"
+    if len(rows) <= 1:
+        return "body", "the header row"
+    names, column = rows[0], max(len(rows[-1]) - 1, 0)
+    name = names[column] if column < len(names) else "body"
+    return name, f"column {name!r} (data row {len(rows) - 1})"
+
+
 def _csv_header(body: bytes, encoding: str, declared: str | None) -> list[str]:
     probe = body[:_HEADER_PROBE]
     try:
@@ -330,11 +343,10 @@ def _csv_header(body: bytes, encoding: str, declared: str | None) -> list[str]:
             if declared:
                 raise MalformedBody(f"the body is not valid {encoding}: {exc.reason} at byte {exc.start}",
                                     field="body") from None
-            newline = probe.find(b"\n")
-            where = "the header row" if newline < 0 or exc.start < newline else "the body"
+            field, where = _cell_at(probe[:exc.start].decode(encoding))
             raise UnsupportedMediaType(
                 f"{where} is not UTF-8 (byte {exc.start}); declare the file's encoding, e.g. "
-                f"Content-Type: text/csv; charset=windows-1252", field="body") from None
+                f"Content-Type: text/csv; charset=windows-1252", field=field) from None
         text = probe[:exc.start].decode(encoding)
     try:
         header = next(csv.reader(io.StringIO(text)), None)

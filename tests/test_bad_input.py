@@ -80,8 +80,8 @@ def test_deep_nesting_inside_a_point_is_that_points_error_or_a_400(client):
 def test_invalid_utf8_in_a_json_id_is_400_naming_id(client):
     body = b'{"points":[{"id":"PE\xd1ASQUITOS","lon":-117.16,"lat":32.71}]}'
     refused(client.post("/v1/pip", content=body, headers=JSON_H), 400, "id")
-    refused(client.post("/v1/pip", content=body[len(b'{"points":['):-2] + b"\n", headers=NDJSON_H), 400, "body") \
-        if False else None  # NDJSON: per line, below
+    body = b'{"records":[{"id":1,"address":"1200 Third Ave","city":"PE\xd1ASQUITOS"}]}'
+    refused(client.post("/v1/geocode-join", content=body, headers=JSON_H), 400, "city")
 
 
 def test_invalid_utf8_in_an_ndjson_line_is_that_rows_error(client):
@@ -105,8 +105,8 @@ def test_csv_in_windows_1252_is_read_when_declared(client):
 
 
 def test_csv_not_utf8_and_undeclared_is_415_naming_the_column(client):
-    body = refused(client.post("/v1/pip", content=WINDOWS_1252, headers=CSV_H), 415)
-    assert "UTF-8" in body["detail"] and "charset" in body["detail"]
+    body = refused(client.post("/v1/pip", content=WINDOWS_1252, headers=CSV_H), 415, "name")
+    assert "UTF-8" in body["detail"] and "charset" in body["detail"] and "row 1" in body["detail"]
     big = b"id,name,lon,lat\n" + b"1,plain,-117.1627,32.7167\n" * 5000 + "2,PEÑASQUITOS,-117.1,32.7\n".encode("cp1252")
     body = refused(client.post("/v1/pip", content=big, headers=CSV_H), 415, "name")
     refused(client.post("/v1/pip", content=WINDOWS_1252, headers={"content-type": "text/csv; charset=klingon"}),
@@ -441,3 +441,36 @@ def test_work_after_a_timed_out_stage_never_starts(monkeypatch):
         assert r.status_code == 504 and r.json()["code"] == "timeout"
         time.sleep(0.5)
     assert tagged == []
+
+
+def test_a_real_csv_comes_back_with_every_cell_as_sent(client):
+    """The city's parking meters file (1,000 rows): each input cell comes back exactly, results appended."""
+    import csv
+
+    from .conftest import POINTS
+
+    lines = (POINTS / "treas_parking_meters_loc_datasd.csv").read_bytes().splitlines(keepends=True)[:1000]
+    body = b"".join(lines)
+    r = client.post("/v1/pip?lon_col=lng&lat_col=lat&id_col=pole", content=body, headers=CSV_H)
+    assert r.status_code == 200, r.text[:300]
+    sent = list(csv.reader(io.StringIO(body.decode())))
+    got = list(csv.reader(io.StringIO(r.content.decode())))
+    width = len(sent[0])
+    assert len(got) == len(sent) and [row[:width] for row in got] == sent
+    assert got[0][width:width + 2] == ["council_district", "council_district_rule"]
+    assert sum(row[width] == "3" for row in got[1:]) > 100  # downtown meters, tagged
+
+
+def test_nginx_sets_the_slow_client_limits():
+    import re
+
+    from enrich_service.settings import Settings
+
+    from .conftest import REPO
+
+    conf = (REPO / "deploy" / "nginx.conf").read_text()
+    seconds = {name: int(value) for name, value in re.findall(r"^\s*(client_header_timeout|client_body_timeout|"
+                                                              r"send_timeout)\s+(\d+)s;", conf, re.M)}
+    assert seconds.keys() == {"client_header_timeout", "client_body_timeout", "send_timeout"}
+    assert seconds["client_header_timeout"] <= Settings().header_timeout_s
+    assert seconds["client_body_timeout"] <= Settings().body_timeout_s

@@ -261,12 +261,17 @@ def decode_arrow(body: bytes) -> pa.Table:
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError, OSError) as exc:
         raise MalformedBody(f"body is not an Arrow IPC stream: {exc}", field="body") from None
     _check_names(table.column_names)
-    for name, col in zip(table.column_names, table.columns):
-        try:  # the reader trusts the buffers: text that is not UTF-8, offsets out of range
-            col.validate(full=True)
+    return table
+
+
+def _validate(table: pa.Table, names) -> None:
+    """The IPC reader trusts the buffers: text that is not UTF-8, offsets out of range. Checked in full for the
+    columns that are read or written as text (an Arrow-to-Arrow answer passes the others through untouched)."""
+    for name in names:
+        try:
+            table.column(name).validate(full=True)
         except (pa.ArrowInvalid, pa.ArrowException) as exc:
             raise MalformedBody(f"column {name!r} is not valid Arrow data: {exc}", field=name) from None
-    return table
 
 
 def _check_names(names: list[str]) -> None:
@@ -366,7 +371,6 @@ def batch_from_table(table: pa.Table, cols: Columns) -> PointBatch:
         if cols.date not in table.column_names:
             raise InvalidInput(f"date column {cols.date!r} not in the body (columns: {table.column_names})",
                                field=cols.date)
-        col = table.column(cols.date)
         dates = table_dates(table.column(cols.date), cols.date, errors)
     ids = table.column(cols.id) if cols.id in table.column_names else None
     return PointBatch(ids=ids, x=x, y=y, dates=dates, errors=errors)
@@ -594,7 +598,7 @@ def _csv_cells(col: pa.Array | pa.ChunkedArray, name: str = "") -> pa.Array:
             quoted = pc.binary_join_element_wise(q, pc.replace_substring(text, '"', '""'), q, nothing)
             text = pc.if_else(quote, quoted, text)
         return text.fill_null("")
-    if pa.types.is_floating(col.type):  # NaN and inf: an empty cell, as pyarrow's writer did
+    if pa.types.is_floating(col.type):  # NaN and inf: an empty cell
         col = pc.if_else(pc.is_finite(col), col, pa.scalar(None, col.type))
     if pa.types.is_timestamp(col.type):
         return pc.strftime(col, format="%Y-%m-%dT%H:%M:%S" + ("%z" if col.type.tz else "")).cast(
@@ -609,11 +613,14 @@ def _csv_cells(col: pa.Array | pa.ChunkedArray, name: str = "") -> pa.Array:
 _JSON_ID_TYPES = (pa.types.is_integer, pa.types.is_floating, _is_text, pa.types.is_boolean, pa.types.is_null)
 
 
-def check_answerable(table: pa.Table | None, answer_kind: str, id_col: str) -> None:
-    """Refuse, before any work, an answer that cannot hold the input: struct, list or binary columns in CSV, an id
-    column JSON cannot write as a string or number."""
+def check_answerable(table: pa.Table | None, answer_kind: str, id_col: str, reads=()) -> None:
+    """Refuse, before any work, a body whose columns are not valid Arrow (`reads`: the columns the request
+    interprets), or an answer that cannot hold the input: struct, list or binary columns in CSV, an id column JSON
+    cannot write as a string or number."""
     if table is None:
         return
+    _validate(table, table.column_names if answer_kind != ARROW else
+              [name for name in dict.fromkeys(reads) if name in table.column_names])
     if answer_kind == CSV:
         for name, kind in zip(table.column_names, table.schema.types):
             value_kind = kind.value_type if pa.types.is_dictionary(kind) else kind

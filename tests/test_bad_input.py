@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 
+import numpy as np
 import orjson
 import pyarrow as pa
 import pyarrow.csv as pacsv
@@ -474,3 +475,16 @@ def test_nginx_sets_the_slow_client_limits():
     assert seconds.keys() == {"client_header_timeout", "client_body_timeout", "send_timeout"}
     assert seconds["client_header_timeout"] <= Settings().header_timeout_s
     assert seconds["client_body_timeout"] <= Settings().body_timeout_s
+
+
+@pytest.mark.parametrize("column,accept", [("id", "application/json"), ("id", "text/csv"), ("lon", ARROW),
+                                           ("address", ARROW)])
+def test_arrow_text_that_is_not_utf8_is_400_naming_the_column(client, column, accept):
+    bad = pa.Array.from_buffers(pa.string(), 1, [None, pa.py_buffer(np.array([0, 2], np.int32)),
+                                                 pa.py_buffer(b"\xff\xfe")])
+    cols = {"id": pa.array(["1"]), "lon": pa.array(["-117.1627"]), "lat": pa.array([CITY_HALL[1]]),
+            "address": pa.array(["1200 Third Avenue"])}
+    cols[column] = bad
+    body = arrow_body(pa.table(cols))
+    route = "/v1/geocode-join" if column == "address" else "/v1/pip"
+    refused(client.post(route, content=body, headers={"content-type": ARROW, "accept": accept}), 400, column)

@@ -175,7 +175,8 @@ async def post_geocode_join(
         table = await offload(codecs.decode_arrow, body) if kind == ARROW else \
             await offload(codecs.decode_csv, body, charset)
         check_batch_size(table.num_rows, settings, field="body")
-        codecs.check_answerable(table, answer_kind, cols.id)
+        codecs.check_answerable(table, answer_kind, cols.id, (cols.address, cols.city, cols.zip, cols.lon, cols.lat,
+                                                             cols.date))
         records = await offload(join.records_from_table, table, cols)
     del body
     refuse_long(records.addresses, records.errors, settings.max_address_chars, cols.address)

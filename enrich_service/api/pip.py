@@ -156,7 +156,7 @@ async def post_pip(
         table = await offload(codecs.decode_arrow, body) if kind == ARROW else \
             await offload(codecs.decode_csv, body, charset)
         check_batch_size(table.num_rows, settings, field="body")
-        codecs.check_answerable(table, answer_kind, cols.id)
+        codecs.check_answerable(table, answer_kind, cols.id, (cols.lon, cols.lat, cols.date))
         batch = await offload(codecs.batch_from_table, table, cols)
     del body
     prepared, result = await offload(tag_batch, index, batch, opts, cols)

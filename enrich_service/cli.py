@@ -67,7 +67,6 @@ def reload(args: argparse.Namespace) -> int:
 
 def enrich(args: argparse.Namespace) -> int:
     """Tag a CSV or Parquet file in process (no server): the file's columns plus the layer columns."""
-    import pyarrow.csv as pacsv
     import pyarrow.parquet as pq
 
     from . import codecs
@@ -77,7 +76,8 @@ def enrich(args: argparse.Namespace) -> int:
 
     settings = get_settings()
     src = Path(args.file)
-    table = pq.read_table(src) if src.suffix == ".parquet" else pacsv.read_csv(src)
+    # CSV as the service reads it: every cell as text, so the output keeps "00123" and TRUE as they were.
+    table = pq.read_table(src) if src.suffix == ".parquet" else codecs.decode_csv(src.read_bytes())
     cols = codecs.Columns(id=args.id_col, lon=args.lon_col, lat=args.lat_col, date=args.date_col)
     opts = parse_options({"layers": args.layers, "as_of": args.as_of, "crs": args.crs}, settings)
     index = build_index(settings)

@@ -6,7 +6,7 @@ import asyncio
 import datetime as dt
 import tempfile
 from dataclasses import dataclass
-from typing import AsyncIterator, Iterable
+from typing import AsyncIterator
 
 from fastapi import Request
 from starlette.concurrency import run_in_threadpool
@@ -25,26 +25,28 @@ class Options:
     nearest_within_m: float | None
 
 
-def check_query(request: Request, known: Iterable[str]) -> None:
-    """Refuse query parameters the route does not take: a misspelled `asof` silently ignored is a wrong answer."""
-    known = set(known)
-    for name in request.query_params.keys():
-        if name not in known:
-            raise UnknownParameter.of(name, known)
-
-
-def route_query_names(request: Request) -> set[str]:
+def route_query_names(request: Request) -> frozenset[str]:
     """The query parameters the matched route declares (its signature and its documented extra parameters)."""
     route = request.scope.get("route")
-    names = {p.alias for p in getattr(getattr(route, "dependant", None), "query_params", ())}
-    extra = getattr(route, "openapi_extra", None) or {}
-    names.update(p["name"] for p in extra.get("parameters", ()) if p.get("in") == "query")
+    names = getattr(route, "_enrich_query_names", None)
+    if names is None:
+        declared = {p.alias for p in getattr(getattr(route, "dependant", None), "query_params", ())}
+        extra = getattr(route, "openapi_extra", None) or {}
+        declared.update(p["name"] for p in extra.get("parameters", ()) if p.get("in") == "query")
+        names = frozenset(declared)
+        if route is not None:  # worked out once per route
+            route._enrich_query_names = names
     return names
 
 
 async def strict_query(request: Request) -> None:
     """Route dependency: every query parameter must be one the route declares."""
-    check_query(request, route_query_names(request))
+    query = request.query_params
+    if query and request.scope.get("route") is not None:
+        names = route_query_names(request)
+        for name in query.keys():
+            if name not in names:
+                raise UnknownParameter.of(name, names)
 
 
 def check_options_usable(index, opts: Options) -> None:

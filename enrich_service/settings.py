@@ -47,8 +47,6 @@ class Settings(BaseSettings):
     keep_alive_timeout_s: float = Field(default=5.0, gt=0, description="Idle keep-alive connections closed after")
     geocode_cache_max_bytes: int = Field(default=256 << 20, ge=0, description="Geocode result cache bound (bytes "
                                                                             "of keys and results, estimated)")
-    max_address_chars: int = Field(default=500, ge=20, description="Longer address texts are refused per row, "
-                                                                   "before matching or caching")
     keep_freed_mb: int = Field(default=256, ge=0, description="Freed heap kept for the next bulk request (glibc); "
                                                               "0: glibc's defaults. See memory.py")
 

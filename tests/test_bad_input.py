@@ -315,26 +315,28 @@ def test_point_lookups_answer_while_the_geocoder_reference_is_missing(tmp_path):
 def test_the_geocode_cache_is_bounded_in_bytes():
     from enrich_service.geocode.cache import ResultCache, entry_bytes
 
-    cache = ResultCache("x", max_entries=10**6, max_bytes=200_000)
+    cache = ResultCache("x", max_entries=10**6, max_bytes=100_000)
     result = (-117.1, 32.7, "address", 1.0, "1200 THIRD AVE", None)
     for batch in range(50):
-        cache.put_many({(f"{batch} {i} " + "x" * 1000, None): result for i in range(20)})
-        assert cache.bytes <= 200_000
-    assert 0 < len(cache) < 1000 and cache.bytes == sum(entry_bytes(k, v[0]) for k, v in cache._data.items())
-    cache.put_many({("y" * 1_000_000, None): result})  # one entry bigger than the cache: not kept
-    assert cache.bytes <= 200_000
+        cache.put_many({(f"{batch} {i} " + "x" * 250, None): result for i in range(20)})
+        assert cache.bytes <= 100_000
+    assert 50 < len(cache) < 1000 and cache.bytes == sum(entry_bytes(k, v[0]) for k, v in cache._data.items())
+    assert cache.get(("49 19 " + "x" * 250, None)) == result  # the newest are kept
+    cache.put_many({("y" * 1_000_000, None): result})  # past what an address can be: never cached
+    assert cache.get(("y" * 1_000_000, None)) is None and cache.bytes <= 100_000
 
 
-def test_over_long_addresses_are_refused_per_row_before_caching(client):
-    records = [{"id": 1, "address": "1200 Third Avenue"}, {"id": 2, "address": "9" * 1_000_000}]
+def test_over_long_addresses_are_refused_per_row_and_never_cached(client):
+    before = client.get("/v1/layers").json()["geocode_reference"]["cache"]["bytes"]
+    records = [{"id": 1, "address": "1200 Third Avenue"}] + \
+        [{"id": i, "address": f"{i} " + "9" * 500_000} for i in range(2, 5)]
     r = client.post("/v1/geocode-join", content=orjson.dumps({"records": records}), headers=JSON_H)
     assert r.status_code == 200, r.text[:300]
     rows = r.json()["results"]
-    assert rows[0]["error"] is None and rows[0]["council_district"] == "3"
-    assert "longer than" in rows[1]["error"] and rows[1]["error"].startswith("address")
-    cache = client.get("/v1/layers").json()["geocode_reference"]["cache"]
-    assert cache["bytes"] < 100_000, cache
-    refused(client.get("/v1/geocode", params={"address": "9" * 10_000}), 422, "address")
+    assert rows[0]["match"] != "none" and rows[0]["council_district"] == "3"
+    assert all(row["match"] == "none" and "longer than" in row["reason"] for row in rows[1:])
+    after = client.get("/v1/layers").json()["geocode_reference"]["cache"]
+    assert after["bytes"] - before < 10_000, after  # three 0.5 MB keys would be 1.5 MB
 
 
 def test_a_body_that_stalls_is_answered_408():

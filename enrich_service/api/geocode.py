@@ -17,7 +17,6 @@ from pydantic import BaseModel, ConfigDict, Field
 from .. import codecs
 from ..errors import InvalidInput
 from ..geocode import join
-from ..geocode.cache import refuse_long
 from ..geocode.join import AddressColumns, Records
 from ..geocode.matcher import LEVELS
 from ..index import ServiceIndex, current
@@ -113,8 +112,6 @@ def get_geocode(
 ):
     index = current(request.app)
     opts = parse_options({"layers": layers, "as_of": as_of, "nearest_within_m": nearest_within_m}, get_settings())
-    if len(address) > get_settings().max_address_chars:
-        raise InvalidInput(f"address is longer than {get_settings().max_address_chars} characters", field="address")
     records = Records(ids=[None], addresses=[address], cities=[city] if city else None, zips=[zip] if zip else None)
     joined = _join(index, records, opts)
     row = join.rows(None, joined)[0]
@@ -179,7 +176,6 @@ async def post_geocode_join(
                                                              cols.date))
         records = await offload(join.records_from_table, table, cols)
     del body
-    refuse_long(records.addresses, records.errors, settings.max_address_chars, cols.address)
     joined = await offload(_join, index, records, opts)
     headers = _headers(index, joined)
 
@@ -204,6 +200,5 @@ def _ndjson_chunk(index: ServiceIndex, lines: list[bytes], first_row: int, opts:
     docs, bad = parse_lines(lines, first_row)
     records = join.records_from_json(docs, cols)
     records.errors.update(bad)
-    refuse_long(records.addresses, records.errors, get_settings().max_address_chars, cols.address)
     joined = _join(index, records, opts)
     return b"".join(codecs.dumps(row) + b"\n" for row in join.rows(records.ids, joined))

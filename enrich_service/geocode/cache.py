@@ -2,13 +2,16 @@
 
 One cache per reference digest: a reference whose sha256 changes gets a new, empty cache (the old one is dropped),
 while a reload that leaves the reference as it was keeps its cache warm. Bounded in entries and in bytes (keys and
-results, estimated): when either is passed, the oldest half goes. Addresses longer than ENRICH_MAX_ADDRESS_CHARS are
-refused per row before they are matched or cached (`refuse_long`), so a few posts of 1 MB addresses cannot fill it.
+results, estimated): when either is passed, the oldest half goes. An address longer than an address can be
+(normalize.MAX_ADDRESS_CHARS) is refused on its row by the matcher ("address is longer than 300 characters") and
+never cached, so a few posts of 1 MB addresses cannot fill it.
 """
 
 from __future__ import annotations
 
 import threading
+
+from .normalize import MAX_ADDRESS_CHARS
 
 DEFAULT_MAX_ENTRIES = 1_000_000
 DEFAULT_MAX_BYTES = 256 << 20
@@ -30,6 +33,12 @@ def _text_bytes(value: object) -> int:
 
 def entry_bytes(key: object, result: object) -> int:
     return ENTRY_OVERHEAD + _text_bytes(key) + _text_bytes(result)
+
+
+def _short(key: object) -> bool:
+    """Keys are (address, zip): an address past MAX_ADDRESS_CHARS is refused by the matcher, not worth a slot."""
+    address = key[0] if key.__class__ is tuple and key else key
+    return not (address.__class__ is str and len(address) > MAX_ADDRESS_CHARS)
 
 
 class ResultCache:
@@ -56,7 +65,7 @@ class ResultCache:
         return entry[0] if entry is not None else None
 
     def put_many(self, items: dict) -> None:
-        sized = {key: (result, entry_bytes(key, result)) for key, result in items.items()}
+        sized = {key: (result, entry_bytes(key, result)) for key, result in items.items() if _short(key)}
         added = sum(size for _, size in sized.values())
         with self._lock:
             if added > self.max_bytes:  # a batch bigger than the whole cache: keep what fits of it, alone
@@ -99,11 +108,3 @@ def cache_for(digest: str, max_entries: int = DEFAULT_MAX_ENTRIES, max_bytes: in
                 _current.max_bytes != max_bytes:
             _current = ResultCache(digest, max_entries, max_bytes)
         return _current
-
-
-def refuse_long(addresses: list, errors: dict[int, tuple[str, str]], limit: int, name: str) -> None:
-    """Addresses longer than `limit` characters: that row's error, and no address to match or cache."""
-    for i, address in enumerate(addresses):
-        if address.__class__ is str and len(address) > limit:
-            errors.setdefault(i, (name, f"longer than {limit} characters; not a street address"))
-            addresses[i] = None

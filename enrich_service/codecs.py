@@ -313,8 +313,11 @@ def decode_csv(body: bytes, charset: str | None = None) -> pa.Table:
     read = pacsv.ReadOptions(column_names=names, skip_rows_after_names=1,
                              encoding="utf8" if encoding == "utf-8" else encoding)
     convert = pacsv.ConvertOptions(column_types={name: pa.string() for name in names}, strings_can_be_null=False)
+    # A blank line is a row of one empty cell when there is one column (an address list with a blank address),
+    # and nothing when there are more (it cannot be a row of them).
+    parse = pacsv.ParseOptions(ignore_empty_lines=len(names) > 1)
     try:
-        return pacsv.read_csv(io.BytesIO(body), read_options=read, convert_options=convert)
+        return pacsv.read_csv(io.BytesIO(body), read_options=read, parse_options=parse, convert_options=convert)
     except (pa.ArrowInvalid, OSError, UnicodeDecodeError) as exc:
         message = str(exc)
         column = re.search(r"In CSV column #(\d+)", message)

@@ -490,3 +490,11 @@ def test_arrow_text_that_is_not_utf8_is_400_naming_the_column(client, column, ac
     body = arrow_body(pa.table(cols))
     route = "/v1/geocode-join" if column == "address" else "/v1/pip"
     refused(client.post(route, content=body, headers={"content-type": ARROW, "accept": accept}), 400, column)
+
+
+def test_a_blank_address_in_a_one_column_csv_is_a_row_not_dropped(client):
+    """Found by the body fuzz: the blank line of a one-column CSV is a record (an empty address)."""
+    r = client.post("/v1/geocode-join", content=b"address\n1200 Third Avenue\n\n4608 Gardena Avenue\n",
+                    headers={**CSV_H, "accept": "application/json"})
+    rows = r.json()["results"]
+    assert [row["match"] == "none" for row in rows] == [False, True, False] and rows[1]["reason"] == "address is empty"

@@ -93,6 +93,39 @@ def enrich(args: argparse.Namespace) -> int:
     return 0
 
 
+def geocode(args: argparse.Namespace) -> int:
+    """Geocode and tag a CSV or Parquet file of addresses in process (no server), with the service's rule: the
+    file's columns, untouched, plus the geocode and layer columns (colliding names prefixed)."""
+    import pyarrow.csv as pacsv
+    import pyarrow.parquet as pq
+
+    from . import codecs
+    from .api.common import parse_options
+    from .geocode import join
+    from .index import build_index
+
+    from collections import Counter
+
+    settings = get_settings()
+    src = Path(args.file)
+    table = pq.read_table(src) if src.suffix == ".parquet" else pacsv.read_csv(src)
+    cols = join.AddressColumns(id=args.id_col, address=args.address_col, city=args.city_col, zip=args.zip_col)
+    opts = parse_options({"layers": args.layers, "as_of": args.as_of}, settings)
+    index = build_index(settings)
+    records = join.records_from_table(table, cols)
+    joined = join.geocode_join(index, records, opts.layers, opts.as_of, min_match=join.check_min_match(args.min_match))
+    out = join.answer_table(table, records.ids, joined, join.check_prefix(args.prefix))
+    dest = Path(args.out) if args.out else src.with_name(f"{src.stem}_geocoded{src.suffix}")
+    if dest.suffix == ".parquet":
+        pq.write_table(out, dest)
+    else:
+        dest.write_bytes(codecs.encode_csv(out))
+    levels = {str(k): int(v) for k, v in Counter(joined.geocoded.match.tolist()).items()}
+    print(json.dumps({"output": str(dest), "rows": out.num_rows, "match_levels": levels,
+                      "layers": joined.result.layers_used()}, indent=2))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="enrich-service", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true")
@@ -127,6 +160,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--lat-col", default="lat")
     p.add_argument("--date-col")
     p.set_defaults(func=enrich)
+
+    p = sub.add_parser("geocode", help="geocode and tag a CSV or Parquet file of addresses in process")
+    p.add_argument("file")
+    p.add_argument("--out")
+    p.add_argument("--layers")
+    p.add_argument("--as-of")
+    p.add_argument("--min-match", help="coarser matches keep no tags (exact ... zip)")
+    p.add_argument("--prefix", default="enrich_", help="in front of result columns named like input columns")
+    p.add_argument("--id-col", default="id")
+    p.add_argument("--address-col", default="address")
+    p.add_argument("--city-col", default="city")
+    p.add_argument("--zip-col", default="zip")
+    p.set_defaults(func=geocode)
 
     args = parser.parse_args(argv)
     settings = get_settings()

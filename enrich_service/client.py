@@ -166,6 +166,42 @@ class EnrichClient:
             raise EnrichError(f"the service's answer is not an Arrow stream: {exc}", r.status_code) from None
         return answer, json.loads(r.headers.get("x-enrich-layers", "{}"))
 
+    def geocode_table(self, table: "pa.Table", *, layers: Iterable[str] | str | None = None,
+                      as_of: str | None = None, min_match: str | None = None, id_col: str = "id",
+                      address_col: str = "address", city_col: str = "city", zip_col: str = "zip",
+                      date_col: str | None = None, prefix: str | None = None) -> tuple["pa.Table", dict]:
+        """POST /v1/geocode-join with the table as an Arrow IPC stream; returns (the input columns plus the geocode
+        and layer columns, colliding result names prefixed; layers used). Sent in halves on a 413, like tag_table."""
+        import json
+
+        import pyarrow as pa
+        import pyarrow.ipc as ipc
+
+        from .arrow_stream import stream_buffer
+
+        params = _params(layers=_layer_list(layers), as_of=as_of, min_match=min_match, id_col=id_col,
+                         address_col=address_col, city_col=city_col, zip_col=zip_col, date_col=date_col,
+                         prefix=prefix)
+        parts, answers, used = [table], [], {}
+        while parts:
+            part = parts.pop(0)
+            try:
+                r = self._request("POST", "/v1/geocode-join", params=params,
+                                  content=stream_buffer(part).to_pybytes(),
+                                  headers={"content-type": ARROW, "accept": ARROW})
+            except RequestRejected as exc:
+                if exc.status != 413 or part.num_rows < 2:
+                    raise
+                half = part.num_rows // 2
+                parts[:0] = [part.slice(0, half), part.slice(half)]
+                continue
+            try:
+                answers.append(ipc.open_stream(pa.py_buffer(r.content)).read_all())
+            except (pa.ArrowInvalid, OSError) as exc:
+                raise EnrichError(f"the service's answer is not an Arrow stream: {exc}", r.status_code) from None
+            used = merge_layers_used(used, json.loads(r.headers.get("x-enrich-layers", "{}")))
+        return (answers[0] if len(answers) == 1 else pa.concat_tables(answers)), used
+
     # ---- internals ------------------------------------------------------------------------------------------
 
     def _tag_json(self, df, lon, lat, id, date, layers, as_of, crs, nearest_within_m):

@@ -12,7 +12,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from .responses import JSONResponse
 
 from . import __version__
-from .api import admin, geocode, health, layers, pip
+from .api import admin, geocode, health, layers, page, pip
 from .errors import EnrichError, install_handlers
 from .memory import keep_freed_memory
 from .observability import ObservabilityMiddleware, configure_logging
@@ -51,6 +51,8 @@ def create_app() -> FastAPI:
                     "single-point lookups and geocode-join.",
         default_response_class=JSONResponse,
         lifespan=lifespan,
+        # /docs and /redoc are served by api/page.py from the npm packages installed here, not from a CDN.
+        docs_url=None, redoc_url=None, swagger_ui_oauth2_redirect_url=None,
     )
     read = [Depends(require_read_key)]
     app.include_router(health.router)
@@ -58,6 +60,8 @@ def create_app() -> FastAPI:
     app.include_router(pip.router, dependencies=read)
     app.include_router(geocode.router, dependencies=read)
     app.include_router(admin.router)
+    app.include_router(page.router)  # the page for GIS staff, /docs and /redoc: static, no key needed
+    page.mount_assets(app, settings)
     if settings.cors_origins:
         app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["GET", "POST"],
                            allow_headers=["*"],

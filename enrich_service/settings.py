@@ -56,6 +56,18 @@ class Settings(BaseSettings):
     read_requires_key: bool = False
     cors_origins: Annotated[list[str], NoDecode] = []
 
+    # The page at / (enrich_service/api/page.py)
+    tile_url: str | None = Field(
+        default=None, description="Base map tiles for the page, e.g. https://tiles.example.org/{z}/{x}/{y}.png "
+                                  "(a Leaflet URL template); unset: the page draws the boundary layers on a plain "
+                                  "background, fully usable offline")
+    tile_attribution: str = Field(default="", description="Credit shown under the base map (HTML allowed)")
+    tile_max_zoom: int = Field(default=19, ge=1, le=24)
+    web_assets_dir: Path = Field(
+        default=REPO_ROOT / "node_modules",
+        description="The npm packages the page and /docs serve (leaflet, papaparse, swagger-ui-dist, redoc), as "
+                    "installed by `npm ci` from package-lock.json (scripts/install.sh; /app/node_modules in the image)")
+
     # CSV answers and portal files: formula escaping (csv_safety.py)
     csv_formula_escape: Literal["text", "all", "off"] = "text"
     csv_raw_columns: Annotated[list[str], NoDecode] = Field(default=[], description="Columns written without "

@@ -69,10 +69,14 @@ def assemble(spec: DatasetSpec, extract_path: Path, work: Path, batches: list[di
                 put(f"{column}_version", results.column(f"{layer}_version"))
         else:
             put(internal(layer), results.column(layer))
+    if spec.coordinates is None:  # address-only: the geocode's columns, and its point
+        from .geocode import assemble_columns, point
+
+        assemble_columns(spec, results, put)
     put(FLAGS, results.column("flags"))
     put(ERROR, results.column("error"))
 
-    lon, lat = _wgs84(spec, source)
+    lon, lat = _wgs84(spec, source) if spec.coordinates is not None else point(results)
     bad = results.column("error").is_null().to_numpy(zero_copy_only=False) == False  # noqa: E712
     lon[bad] = np.nan
     lat[bad] = np.nan

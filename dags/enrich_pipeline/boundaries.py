@@ -28,12 +28,27 @@ def fetch() -> dict:
 
 
 def load_into_postgis(conn, fetched: dict) -> dict:
+    """Every layer version into PostGIS in ONE transaction: a failure half-way (a lock, a full disk, a constraint)
+    leaves every table, view and catalog row as it was, never some layers new and others old. load_layers' own
+    per-table transactions become savepoints inside this one (psycopg nests conn.transaction())."""
     from enrich_service.postgis import load_layers
 
     store = _store()
     if _sha256(store) != fetched["sha256"]:
         raise RuntimeError("the layer files changed since fetch_layers checked them; clear the run to start over")
-    return {"tables": load_layers(conn, store), "sha256": fetched["sha256"]}
+    with conn.transaction():
+        tables = load_layers(conn, store)
+    return {"tables": tables, "sha256": fetched["sha256"]}
+
+
+def changed_layers(announced: dict | None, loaded: dict[str, dict[str, str]]) -> list[str]:
+    """The layers whose versions or sha256 differ from the last announced set (`announced`: the extra of the last
+    enrich://boundaries event, None when there was none). Every layer when nothing was announced, or when the
+    announcement does not say what it held (an event made by hand)."""
+    before = (announced or {}).get("sha256")
+    if not isinstance(before, dict):
+        return sorted(loaded)
+    return sorted(name for name in set(loaded) | set(before) if loaded.get(name) != before.get(name))
 
 
 def check_serving(loaded: dict, answer: dict) -> None:

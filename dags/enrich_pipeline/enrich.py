@@ -33,8 +33,6 @@ def request_table(spec: DatasetSpec, extract_path: Path, batch: int):
     import pyarrow.parquet as pq
 
     c = spec.coordinates
-    if c is None:
-        raise NotImplementedError(f"{spec.name}: address-only specs need POST /v1/geocode-join (not available yet)")
     names = [ROW, c.lon, c.lat] + ([spec.as_of_column] if spec.as_of_column else [])
     part = pq.ParquetFile(extract_path).read_row_group(batch, columns=names)
     lon, lat = part.column(c.lon), part.column(c.lat)
@@ -57,6 +55,10 @@ def enrich_batch(spec: DatasetSpec, extract_path: Path, work: Path, batch: int, 
     with the layers used (version, sha256)."""
     from enrich_service.client import plain_columns
 
+    if spec.coordinates is None:  # address-only: POST /v1/geocode-join
+        from .geocode import enrich_batch as geocode_batch
+
+        return geocode_batch(spec, extract_path, work, batch, client)
     req = request_table(spec, extract_path, batch)
     answer, used = client.tag_table(req, layers=spec.request_layers, as_of=spec.as_of,
                                     crs=spec.coordinates.crs, date_col="date" if spec.as_of_column else None)

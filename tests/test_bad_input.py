@@ -264,6 +264,7 @@ def test_formula_escaping_modes():
     ("POST", "/v1/geocode-join", b'{"records":[{"address":"1200 Third Ave"}],"asof":"2016-01-01"}', JSON_H,
      "asof", "as_of"),
     ("POST", "/v1/geocode-join?adress_col=a", b"id,a\n1,1200 Third Ave\n", CSV_H, "adress_col", "address_col"),
+    ("GET", "/v1/layers/council_district/features?asof=2016-01-01", None, None, "asof", "as_of"),
 ])
 def test_unknown_parameters_are_refused_with_the_nearest_name(client, method, url, body, headers, name, suggestion):
     r = client.request(method, url, content=body, headers=headers)

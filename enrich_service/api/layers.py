@@ -2,17 +2,17 @@
 
 from typing import Annotated
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import Response
 
 from ..errors import InvalidInput, redact_paths
 from ..index import current
 from ..layers.features import display_features
 from ..points import parse_date
-from .common import offload
+from .common import offload, strict_query
 from .schemas import ERROR_RESPONSES
 
-router = APIRouter(prefix="/v1", tags=["layers"])
+router = APIRouter(prefix="/v1", tags=["layers"], dependencies=[Depends(strict_query)])
 
 GEOJSON = "application/geo+json"
 

@@ -68,6 +68,8 @@ def parse_options(raw: dict, settings: Settings) -> Options:
         raise InvalidInput("layers must be a list of layer names (or a comma-separated string)", field="layers")
     if not layers:
         raise InvalidInput("layers is empty; name at least one layer", field="layers")
+    if len(layers) > 100 or max(map(len, layers)) > 100:  # every message that names them stays readable
+        raise InvalidInput("layers: at most 100 names of at most 100 characters", field="layers")
     nearest = raw.get("nearest_within_m")
     if isinstance(nearest, bool):
         raise InvalidInput("nearest_within_m must be a number of metres, not true/false", field="nearest_within_m")

@@ -179,14 +179,14 @@ def _json_texts(values: object) -> pa.Array:
     if isinstance(values, pa.ChunkedArray):
         values = values.combine_chunks()
     if not isinstance(values, pa.Array):
-        # Arrow only for a list of one kind: [1, 2.5] would become doubles and the id 1 come back as 1.0.
-        kinds = set(map(type, values)) - {type(None)}
         try:
-            if len(kinds) > 1 or not kinds <= {int, float, str}:
-                raise pa.ArrowInvalid("mixed")
-            values = pa.array(values)
+            arrow = pa.array(values)
         except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError):
+            arrow = None
+        # Arrow makes [1, 2.5] doubles, and the id 1 would come back as 1.0: such a list is written value by value.
+        if arrow is None or (pa.types.is_floating(arrow.type) and any(v.__class__ is int for v in values)):
             return pa.array([_dumps(v) for v in values], _TEXT)
+        values = arrow
     kind = values.type
     if pa.types.is_null(kind):
         return pc.take(pa.array(["null"], _TEXT), pa.array(np.zeros(len(values), dtype=np.int32)))

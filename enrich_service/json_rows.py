@@ -184,7 +184,8 @@ def _json_texts(values: object) -> pa.Array:
         except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError):
             arrow = None
         # Arrow makes [1, 2.5] doubles, and the id 1 would come back as 1.0: such a list is written value by value.
-        if arrow is None or (pa.types.is_floating(arrow.type) and any(v.__class__ is int for v in values)):
+        if arrow is None or (pa.types.is_floating(arrow.type) and
+                             any(v.__class__ is not float for v in values if v is not None)):
             return pa.array([_dumps(v) for v in values], _TEXT)
         values = arrow
     kind = values.type
@@ -195,7 +196,13 @@ def _json_texts(values: object) -> pa.Array:
             bad = pc.invert(pc.is_finite(values)).fill_null(False)
             if pc.any(bad).as_py():  # NaN and inf are not JSON: null, as orjson writes them
                 values = pc.if_else(bad, pa.scalar(None, kind), values)
-        return pc.cast(values, _TEXT).fill_null("null")
+        texts = pc.cast(values, _TEXT)
+        if pa.types.is_floating(kind):  # Arrow writes 1.0 as "1": a float stays a float, as orjson writes it
+            whole = pc.match_substring_regex(texts, r"^-?[0-9]+$").fill_null(False)
+            if pc.any(whole).as_py():
+                point_zero = pc.binary_join_element_wise(texts, pa.scalar(".0", _TEXT), pa.scalar("", _TEXT))
+                texts = pc.if_else(whole, point_zero, texts)
+        return texts.fill_null("null")
     if _is_text(kind) and not pc.any(pc.match_substring_regex(values, _NEEDS_ESCAPE)).as_py():
         quote, nothing = pa.scalar('"', _TEXT), pa.scalar("", _TEXT)
         quoted = pc.binary_join_element_wise(quote, pc.cast(values, _TEXT), quote, nothing)

@@ -209,6 +209,11 @@ def test_json_ids_come_back_exactly_as_sent(client):
     assert [row["id"] for row in r.json()["results"]] == ["00123", 123, 1.5]
     mixed = [{"id": 1, "lon": CITY_HALL[0], "lat": CITY_HALL[1]}, {"id": 2.5, "lon": CITY_HALL[0], "lat": 32.7}]
     assert b'"id":1,' in client.post("/v1/pip", content=orjson.dumps({"points": mixed}), headers=JSON_H).content
+    for sent in ([1.0, 2.5], [1.5, True], [3.0, None]):  # a float stays a float, true stays true
+        points = [{"id": i, "lon": CITY_HALL[0], "lat": CITY_HALL[1]} for i in sent]
+        got = [row["id"] for row in msgspec.json.decode(
+            client.post("/v1/pip", content=orjson.dumps({"points": points}), headers=JSON_H).content)["results"]]
+        assert got == sent and [type(v) for v in got] == [type(v) for v in sent]
 
 
 def _dumps_big(value) -> bytes:

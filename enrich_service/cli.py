@@ -96,7 +96,6 @@ def enrich(args: argparse.Namespace) -> int:
 def geocode(args: argparse.Namespace) -> int:
     """Geocode and tag a CSV or Parquet file of addresses in process (no server), with the service's rule: the
     file's columns, untouched, plus the geocode and layer columns (colliding names prefixed)."""
-    import pyarrow.csv as pacsv
     import pyarrow.parquet as pq
 
     from . import codecs
@@ -108,7 +107,7 @@ def geocode(args: argparse.Namespace) -> int:
 
     settings = get_settings()
     src = Path(args.file)
-    table = pq.read_table(src) if src.suffix == ".parquet" else pacsv.read_csv(src)
+    table = pq.read_table(src) if src.suffix == ".parquet" else codecs.decode_csv(src.read_bytes())  # cells as text
     cols = join.AddressColumns(id=args.id_col, address=args.address_col, city=args.city_col, zip=args.zip_col)
     opts = parse_options({"layers": args.layers, "as_of": args.as_of}, settings)
     index = build_index(settings)

@@ -15,9 +15,13 @@ def serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     # Our JSON logging for every process (uvicorn workers too); uvicorn's access log is replaced by ours.
+    from .slow_clients import PROTOCOL
+
+    settings = get_settings()
     config = uvicorn.Config("enrich_service.main:create_app", factory=True, host=args.host, port=args.port,
                             workers=args.workers, log_config=None, access_log=False,
-                            timeout_graceful_shutdown=args.graceful_seconds)
+                            timeout_graceful_shutdown=args.graceful_seconds, http=PROTOCOL,
+                            timeout_keep_alive=settings.keep_alive_timeout_s)
     if config.workers > 1:
         from . import workers
 
@@ -63,7 +67,6 @@ def reload(args: argparse.Namespace) -> int:
 
 def enrich(args: argparse.Namespace) -> int:
     """Tag a CSV or Parquet file in process (no server): the file's columns plus the layer columns."""
-    import pyarrow.csv as pacsv
     import pyarrow.parquet as pq
 
     from . import codecs
@@ -73,7 +76,8 @@ def enrich(args: argparse.Namespace) -> int:
 
     settings = get_settings()
     src = Path(args.file)
-    table = pq.read_table(src) if src.suffix == ".parquet" else pacsv.read_csv(src)
+    # CSV as the service reads it: every cell as text, so the output keeps "00123" and TRUE as they were.
+    table = pq.read_table(src) if src.suffix == ".parquet" else codecs.decode_csv(src.read_bytes())
     cols = codecs.Columns(id=args.id_col, lon=args.lon_col, lat=args.lat_col, date=args.date_col)
     opts = parse_options({"layers": args.layers, "as_of": args.as_of, "crs": args.crs}, settings)
     index = build_index(settings)
@@ -92,7 +96,6 @@ def enrich(args: argparse.Namespace) -> int:
 def geocode(args: argparse.Namespace) -> int:
     """Geocode and tag a CSV or Parquet file of addresses in process (no server), with the service's rule: the
     file's columns, untouched, plus the geocode and layer columns (colliding names prefixed)."""
-    import pyarrow.csv as pacsv
     import pyarrow.parquet as pq
 
     from . import codecs
@@ -104,7 +107,7 @@ def geocode(args: argparse.Namespace) -> int:
 
     settings = get_settings()
     src = Path(args.file)
-    table = pq.read_table(src) if src.suffix == ".parquet" else pacsv.read_csv(src)
+    table = pq.read_table(src) if src.suffix == ".parquet" else codecs.decode_csv(src.read_bytes())  # cells as text
     cols = join.AddressColumns(id=args.id_col, address=args.address_col, city=args.city_col, zip=args.zip_col)
     opts = parse_options({"layers": args.layers, "as_of": args.as_of}, settings)
     index = build_index(settings)

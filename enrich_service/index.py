@@ -14,7 +14,7 @@ from functools import cached_property
 from pathlib import Path
 
 from .engine.tagger import Engine
-from .errors import LayersVersionMismatch, NotReady, ReloadRefused
+from .errors import EnrichError, LayersVersionMismatch, NotReady, ReloadRefused
 from .geocode import build_geocoder
 from .layer_version import EXPECT_HEADER, pin
 from .layers.accepted import set_sha256
@@ -56,7 +56,14 @@ def build_index(settings: Settings, generation: int = 0, previous: ServiceIndex 
     t0 = time.perf_counter()
     store = LayerStore.load(settings.manifest, settings.boundary_dir, settings.cache_dir, folders)
     engine = Engine(store, grid_cells=settings.grid_cells, use_grid=settings.use_grid)
-    geocoder = build_geocoder(settings, store)  # beside the layers: a reload swaps both at once
+    try:
+        geocoder = build_geocoder(settings, store)  # beside the layers: a reload swaps both at once
+    except EnrichError as exc:
+        if generation > 0:  # a reload keeps the serving index (and its geocoder) rather than lose the geocoder
+            raise
+        # At start, point lookups do not wait on the geocoder: the layers serve, /v1/geocode answers 503.
+        log.error("geocoder reference unusable, geocoding off until a reload: %s", exc.message)
+        geocoder = None
     index = ServiceIndex(store=store, engine=engine, built_at=dt.datetime.now(dt.timezone.utc),
                          build_seconds=time.perf_counter() - t0, generation=generation,
                          extras={"geocoder": geocoder})

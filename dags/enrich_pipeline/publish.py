@@ -173,10 +173,11 @@ def postgis_hook_connection(conn_id: str):
 
 def write_csv(enriched_path: Path, dest: Path) -> Path:
     import pyarrow.csv as pacsv
+    from enrich_service.csv_safety import formula_safe_table
 
     public, _ = public_table(enriched_path)
     with atomic_path(dest) as tmp:
-        pacsv.write_csv(_csv_ready(public), tmp)
+        pacsv.write_csv(formula_safe_table(_csv_ready(public)), tmp)  # staff open it in Excel: no live formulas
     return dest
 
 

@@ -10,7 +10,7 @@ import functools
 from typing import Annotated
 
 import orjson
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -22,11 +22,12 @@ from ..geocode.matcher import LEVELS
 from ..index import ServiceIndex, current
 from ..responses import ARROW, CSV, JSON, NDJSON, JSONResponse, NDJSONResponse
 from ..settings import get_settings
-from .common import Options, check_batch_size, offload, parse_options, read_body, spool_body
+from .common import (Options, check_batch_size, check_options_usable, offload, parse_options, read_body, spool_body,
+                     strict_query)
 from .ndjson import answer_stream, parse_lines
 from .schemas import ERROR_RESPONSES, LAYER_EXAMPLE, LayerUsed, RowError, inline_schema
 
-router = APIRouter(prefix="/v1", tags=["geocode"])
+router = APIRouter(prefix="/v1", tags=["geocode"], dependencies=[Depends(strict_query)])
 
 REFERENCE_HEADER = "X-Enrich-Geocode-Reference"
 MIN_MATCH_DOC = (f"The coarsest match level to tag ({', '.join(join.TAGGED_LEVELS)}): coarser matches keep their "
@@ -48,6 +49,7 @@ class AddressRecord(BaseModel):
 
 
 class GeocodeJoinRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")  # a misspelled option is refused (422 naming it)
     records: list[AddressRecord] = Field(min_length=1)
     layers: list[str] | str | None = Field(default=None, examples=[LAYER_EXAMPLE],
                                            description="Layers to tag with (default: ENRICH_DEFAULT_LAYERS)")
@@ -154,7 +156,7 @@ async def post_geocode_join(
 
     if kind == NDJSON:
         opts = parse_options(query, settings)
-        index.store.check_layers(opts.layers)
+        check_options_usable(index, opts)
         spool = await spool_body(request, settings)
         chunk = functools.partial(_ndjson_chunk, index, opts=opts, cols=cols, min_match=min_match)
         return NDJSONResponse(answer_stream(spool, chunk, settings),
@@ -166,6 +168,7 @@ async def post_geocode_join(
         doc = codecs.loads(body)
         if not isinstance(doc, dict):
             raise InvalidInput("body must be a JSON object with a `records` list", field="body")
+        codecs.check_keys(doc, ("records", "layers", "as_of", "nearest_within_m", "min_match"))
         opts = parse_options(doc, settings)
         if doc.get("min_match") is not None:
             min_match = join.check_min_match(doc.get("min_match"))
@@ -177,8 +180,12 @@ async def post_geocode_join(
         records = await offload(join.records_from_json, records)
     else:
         opts = parse_options(query, settings)
-        table = await offload(codecs.decode_arrow if kind == ARROW else codecs.decode_csv, body)
+        charset = codecs.csv_charset(request.headers.get("content-type")) if kind == CSV else None
+        table = await offload(codecs.decode_arrow, body) if kind == ARROW else \
+            await offload(codecs.decode_csv, body, charset)
         check_batch_size(table.num_rows, settings, field="body")
+        codecs.check_answerable(table, answer_kind, cols.id, (cols.address, cols.city, cols.zip, cols.lon, cols.lat,
+                                                             cols.date))
         records = await offload(join.records_from_table, table, cols)
     del body
     joined = await offload(_join, index, records, opts, min_match)
@@ -197,7 +204,7 @@ def _encode_json(index: ServiceIndex, records: Records, joined: join.Joined) -> 
     body = {"results": rows, "count": len(rows), "layers": joined.result.layers_used(),
             "geocode_reference": join.reference_header(index),
             "errors": codecs.error_list(records.ids, joined.prepared, joined.result)}
-    return orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY)
+    return codecs.dumps(body)
 
 
 def _ndjson_chunk(index: ServiceIndex, lines: list[bytes], first_row: int, opts: Options,
@@ -206,5 +213,4 @@ def _ndjson_chunk(index: ServiceIndex, lines: list[bytes], first_row: int, opts:
     records = join.records_from_json(docs, cols)
     records.errors.update(bad)
     joined = _join(index, records, opts, min_match)
-    dumps = orjson.dumps
-    return b"".join(dumps(row, option=orjson.OPT_SERIALIZE_NUMPY) + b"\n" for row in join.rows(records.ids, joined))
+    return b"".join(codecs.dumps(row) + b"\n" for row in join.rows(records.ids, joined))

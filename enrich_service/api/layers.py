@@ -2,24 +2,27 @@
 
 from typing import Annotated
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import Response
 
-from ..errors import InvalidInput
+from ..errors import InvalidInput, redact_paths
 from ..index import current
 from ..layers.features import display_features
 from ..points import parse_date
-from .common import offload
+from .common import offload, strict_query
 from .schemas import ERROR_RESPONSES
 
-router = APIRouter(prefix="/v1", tags=["layers"])
+router = APIRouter(prefix="/v1", tags=["layers"], dependencies=[Depends(strict_query)])
 
 GEOJSON = "application/geo+json"
 
 
 @router.get("/layers", summary="Layers, versions, effective dates, feature counts, bbox, source and sha256")
 def list_layers(request: Request) -> dict:
-    index = current(request.app)
+    return redact_paths(describe_index(current(request.app)))  # the full detail, file paths too: /v1/admin/layers
+
+
+def describe_index(index) -> dict:
     return {
         "source": index.store.source_mode,
         "generation": index.generation,

@@ -452,6 +452,37 @@ def test_work_after_a_timed_out_stage_never_starts(monkeypatch):
     assert tagged == []
 
 
+
+def test_a_timed_out_request_stops_its_running_work(monkeypatch):
+    """The stage already running when the request times out stops too: matching 3,000 addresses at 2 ms each would
+    take 6 s; the 504 comes at the timeout and the matching stops within a few hundred addresses of it (it ran to
+    the end, and the 504 waited for it, before)."""
+    import threading
+    import time
+
+    from enrich_service.geocode.matcher import Geocoder
+
+
+    match, calls, lock = Geocoder.match, [0], threading.Lock()
+
+    def match_slowly(self, parsed):
+        with lock:
+            calls[0] += 1
+        time.sleep(0.002)
+        return match(self, parsed)
+
+    monkeypatch.setattr(Geocoder, "match", match_slowly)
+    records = [{"id": i, "address": f"{1000 + i} Gardena Avenue"} for i in range(3000)]
+    env = {"ENRICH_BOUNDARY_DIR": str(BOUNDARIES), "ENRICH_REFERENCE_DIR": str(ADDRESS),
+           "ENRICH_REQUEST_TIMEOUT_S": "0.3", "ENRICH_MAX_BATCH": "10000"}  # (the module's client sets 1000)
+    with ready_app(env) as c:
+        r = c.post("/v1/geocode-join", content=orjson.dumps({"records": records}), headers=JSON_H)
+        assert r.status_code == 504 and r.json()["code"] == "timeout"
+        at_answer = calls[0]
+        time.sleep(1.5)  # long enough for 750 more matches had the work gone on
+        after = calls[0]
+    assert at_answer < 3000 and after - at_answer <= 300, (at_answer, after)
+
 def test_a_real_csv_comes_back_with_every_cell_as_sent(client):
     """The city's parking meters file (1,000 rows): each input cell comes back exactly, results appended."""
     import csv

@@ -5,12 +5,14 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import tempfile
+import threading
 from dataclasses import dataclass
 from typing import AsyncIterator
 
+import anyio
 from fastapi import Request
-from starlette.concurrency import run_in_threadpool
 
+from ..cancellation import run_with_flag
 from ..engine.tagger import MAX_NEAREST_M
 from ..errors import BodyTimeout, InvalidInput, PayloadTooLarge, UnknownParameter
 from ..points import parse_crs, parse_date
@@ -151,5 +153,12 @@ def check_batch_size(n: int, settings: Settings, field: str = "points") -> None:
 
 
 async def offload(fn, *args):
-    """Tagging and encoding are CPU work: run them in a thread so health checks and small lookups stay answered."""
-    return await run_in_threadpool(fn, *args)
+    """Tagging and encoding are CPU work: run them in a thread so health checks and small lookups stay answered.
+    A cancelled request (its timeout) does not wait for the thread: the thread's flag is set and its long loops stop
+    at their next check (cancellation.py)."""
+    cancelled = threading.Event()
+    try:
+        return await anyio.to_thread.run_sync(run_with_flag, cancelled, fn, *args, abandon_on_cancel=True)
+    except anyio.get_cancelled_exc_class():
+        cancelled.set()
+        raise

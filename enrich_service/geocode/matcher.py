@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 from rapidfuzz import fuzz, process
 
+from ..cancellation import raise_if_cancelled
 from .cache import ResultCache
 from .normalize import FREEWAY, Parsed, parse
 from .reference import M_PER_DEG_LAT, M_PER_DEG_LON, Reference
@@ -123,6 +124,8 @@ class Geocoder:
         memo: dict = {}  # this batch's street spellings, each normalized once
         fresh: list[int] = []
         for j, i in enumerate(first_row):
+            if not j & 255:  # a request that timed out stops here (its answer, a 504, is already sent)
+                raise_if_cancelled()
             if cache is not None:
                 hit = cache.get(keys[j])
                 if hit is not None:

@@ -552,15 +552,40 @@ def encode_json(ids: list, prepared: Prepared, result: TagResult, extra: dict) -
                      tail=b"]," + rest[1:])
 
 
-def answer_table(table: pa.Table | None, ids: object, prepared: Prepared, result: TagResult) -> pa.Table:
-    """The input table (or just the ids) with the result columns appended, replacing same-named input columns."""
+# Result columns named like an input column get this in front (the `prefix` option): inputs are never replaced.
+COLLISION_PREFIX = "enrich_"
+PREFIX_PATTERN = re.compile(r"^[A-Za-z0-9_]{1,32}$")
+
+
+def check_prefix(prefix: object) -> str:
+    if not isinstance(prefix, str) or not PREFIX_PATTERN.match(prefix):
+        raise InvalidInput(f"prefix must be 1-32 letters, digits or underscores (got {prefix!r})", field="prefix")
+    return prefix
+
+
+def append_results(table: pa.Table, columns: list[tuple[str, pa.Array]], layers, prefix: str) -> pa.Table:
+    """The input table, untouched, with the result columns appended. A result column named like an input column
+    gets `prefix` in front (again until the name is free): the caller's own `zip` stays, the zip layer's answer is
+    `enrich_zip`, and a layer that moves keeps its companions together (`enrich_zip_rule`, ...)."""
+    taken = set(table.column_names)
+    moved = [layer for layer in layers if layer in taken]
+    for name, arr in columns:
+        out = name
+        if any(name == layer or name.startswith(f"{layer}_") for layer in moved):
+            out = prefix + name
+        while out in taken:
+            out = prefix + out
+        taken.add(out)
+        table = table.append_column(out, arr)
+    return table
+
+
+def answer_table(table: pa.Table | None, ids: object, prepared: Prepared, result: TagResult,
+                 prefix: str = COLLISION_PREFIX) -> pa.Table:
+    """The input table (or just the ids) with the result columns appended; no input column is replaced."""
     if table is None:
         table = pa.table({"id": pa.array(ids)})
-    for name, arr in result_arrays(prepared, result):
-        if name in table.column_names:
-            table = table.drop_columns([name])
-        table = table.append_column(name, arr)
-    return table
+    return append_results(table, result_arrays(prepared, result), result.layers, prefix)
 
 
 def encode_arrow(table: pa.Table) -> memoryview:

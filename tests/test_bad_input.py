@@ -483,6 +483,29 @@ def test_a_timed_out_request_stops_its_running_work(monkeypatch):
         after = calls[0]
     assert at_answer < 3000 and after - at_answer <= 300, (at_answer, after)
 
+
+def test_input_columns_named_like_results_are_kept_and_the_results_prefixed(client):
+    """A caller's own `zip` and `error` columns come back as sent; the answers are enrich_zip, enrich_zip_rule,
+    enrich_error (or the `prefix` asked for), in CSV and Arrow answers alike."""
+    import csv
+
+    body = b"id,lon,lat,zip,error\n1,-117.1627,32.7167,02134,none here\n"
+    r = client.post("/v1/pip?layers=council_district,zip", content=body, headers=CSV_H)
+    assert r.status_code == 200, r.text
+    rows = list(csv.DictReader(io.StringIO(r.content.decode())))
+    assert rows[0]["zip"] == "02134" and rows[0]["error"] == "none here"
+    assert rows[0]["enrich_zip"] == "92101" and rows[0]["council_district"] == "3"
+    assert "enrich_zip_rule" in rows[0] and rows[0]["enrich_error"] == ""
+
+    table = pa.table({"id": [1], "lon": [-117.1627], "lat": [32.7167], "zip": pa.array([2134], pa.int16())})
+    r = client.post("/v1/pip?layers=zip&prefix=sd_", content=arrow_body(table), headers={"content-type": ARROW})
+    assert r.status_code == 200, r.text
+    answer = read_arrow(r.content)
+    assert answer.column("zip").type == pa.int16() and answer.column("zip").to_pylist() == [2134]
+    assert answer.column("sd_zip").to_pylist() == ["92101"] and "sd_zip_rule" in answer.column_names
+    bad = client.post("/v1/pip?layers=zip&prefix=a-b", content=body, headers=CSV_H)
+    assert bad.status_code == 422 and bad.json()["field"] == "prefix"
+
 def test_a_real_csv_comes_back_with_every_cell_as_sent(client):
     """The city's parking meters file (1,000 rows): each input cell comes back exactly, results appended."""
     import csv

@@ -126,8 +126,12 @@ async def post_pip(
     lon_col: Annotated[str, Query(description="Bulk bodies: the longitude / x column")] = "lon",
     lat_col: Annotated[str, Query(description="Bulk bodies: the latitude / y column")] = "lat",
     date_col: Annotated[str | None, Query(description="Bulk bodies: the date column (optional)")] = None,
+    prefix: Annotated[str, Query(description="CSV/Arrow answers: put in front of a result column named like an "
+                                             "input column; input columns are never replaced")] =
+    codecs.COLLISION_PREFIX,
 ):
     settings = get_settings()
+    prefix = codecs.check_prefix(prefix)
     index = current(request.app)
     kind = codecs.media_type(request.headers.get("content-type"))
     answer_kind = codecs.response_type(request.headers.get("accept"), kind)
@@ -167,7 +171,7 @@ async def post_pip(
             batch.ids.to_pylist() if batch.ids is not None else [None] * len(batch))
         payload = await offload(codecs.encode_json, ids, prepared, result, {})
         return Response(payload, media_type=JSON, headers={"X-Enrich-Layers": layers_header})
-    out = await offload(codecs.answer_table, table, batch.ids, prepared, result)
+    out = await offload(codecs.answer_table, table, batch.ids, prepared, result, prefix)
     encode = codecs.encode_arrow if answer_kind == ARROW else codecs.encode_csv
     return Response(await offload(encode, out), media_type=answer_kind, headers={"X-Enrich-Layers": layers_header})
 

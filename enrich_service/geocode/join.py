@@ -7,7 +7,6 @@ column as /v1/pip, built by the shared codecs.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -25,9 +24,8 @@ from . import support as support_mod
 from .matcher import LEVELS, OTHER_CITY_FACTOR, Geocoded, Geocoder
 
 ZIP_LAYER = "zip"
-# Result columns named like an input column get this in front (the `prefix` option): inputs are never replaced.
-COLLISION_PREFIX = "enrich_"
-PREFIX_PATTERN = re.compile(r"^[A-Za-z0-9_]{1,32}$")
+COLLISION_PREFIX = codecs.COLLISION_PREFIX  # the `prefix` option's default: result columns never replace inputs
+check_prefix = codecs.check_prefix
 TAGGED_LEVELS = LEVELS[:-1]  # "exact" ... "zip": what min_match may name
 # min_match -> the levels coarser than it
 COARSER = {level: list(LEVELS[i + 1:-1]) for i, level in enumerate(TAGGED_LEVELS)}
@@ -367,31 +365,13 @@ def _with_candidates(columns: list[tuple], joined: Joined, make) -> list[tuple]:
 
 
 def answer_table(table: pa.Table | None, ids: object, joined: Joined, prefix: str = COLLISION_PREFIX) -> pa.Table:
-    """The input table, untouched, with the geocode columns, then the layer columns, appended. A result column
-    named like an input column gets `prefix` in front (again until the name is free): the caller's own `zip`
-    stays, the zip layer's answer is `enrich_zip` (with `enrich_zip_rule`, `enrich_zip_candidates`)."""
+    """The input table, untouched, with the geocode columns, then the layer columns, appended (codecs.append_results:
+    a result column named like an input column gets `prefix` in front)."""
     if table is None:
         table = pa.table({"id": pa.array(ids if ids is not None else [None] * len(joined.geocoded))})
     columns = geocode_arrays(joined) + _with_candidates(
         codecs.result_arrays(joined.prepared, joined.result), joined, codecs._sparse_arrow)
-    taken = set(table.column_names)
-    # A layer whose column collides keeps its companions together: enrich_zip, enrich_zip_rule, ...
-    moved = [layer for layer in joined.result.layers if layer in taken]
-    for name, arr in columns:
-        out = name
-        if any(name == layer or name.startswith(f"{layer}_") for layer in moved):
-            out = prefix + name
-        while out in taken:
-            out = prefix + out
-        taken.add(out)
-        table = table.append_column(out, arr)
-    return table
-
-
-def check_prefix(prefix: object) -> str:
-    if not isinstance(prefix, str) or not PREFIX_PATTERN.match(prefix):
-        raise InvalidInput(f"prefix must be 1-32 letters, digits or underscores (got {prefix!r})", field="prefix")
-    return prefix
+    return codecs.append_results(table, columns, joined.result.layers, prefix)
 
 
 def reference_header(index: ServiceIndex) -> str:

@@ -57,6 +57,51 @@ def accuracy(files, zip_points) -> None:
               f"{evaluate.EXACT_MAX_M:g} m)")
 
 
+def tagging(index, files) -> None:
+    """Wrong tags per match level on the truth sets (enrich_service/geocode/tag_accuracy.py): the tagging rule."""
+    from enrich_service.geocode import tag_accuracy
+
+    print("\ntags given and wrong, per truth set and match level (given = a key, not null; wrong = not the key at "
+          "the true coordinates)")
+    head = f"{'set':38} {'level':14} {'n':>6}" + "".join(f" {k[:12] + ' tag/wrong':>22}" for k in tag_accuracy.LAYERS)
+    print(head)
+    for check in tag_accuracy.truth_sets(index, files, METERS, STOPS):
+        for r in check.rows():
+            if r["level"] in ("none", "all"):
+                continue
+            cells = "".join(f" {r[k + '_tagged']:>9.1%} {r[k + '_wrong']:>5}/{r[k + '_given']:<6}"
+                            for k in tag_accuracy.LAYERS)
+            print(f"{check.name:38} {r['level']:14} {r['n']:>6}{cells}")
+
+
+def collisions(index) -> None:
+    """The police collisions file (dags/datasets/pd_collisions_2017.yaml): share per match level, share tagged."""
+    import pyarrow.csv as pacsv
+
+    sys.path.insert(0, str(REPO / "dags"))
+    from enrich_pipeline.geocode import compose, match_quality
+    from enrich_pipeline.spec import find_spec
+
+    from enrich_service.geocode.join import Records, geocode_join
+
+    spec = find_spec("pd_collisions_2017")
+    table = pacsv.read_csv(DATA / "datasets" / "pd_collisions_2017_datasd.csv", convert_options=pacsv.ConvertOptions(
+        column_types={c: pa.string() for c in ("street_no", "date_time")}))
+    joined = geocode_join(index, Records(ids=None, addresses=compose(spec, table)), LAYERS.split(","),
+                          use_cache=False)
+    print(f"\npolice collisions 2017 ({table.num_rows:,} rows): share per match level, share of the level tagged")
+    level = joined.geocoded.match.tolist()
+    per = {k: match_quality(level, joined.result.layers[k].keys().tolist(),
+                            joined.result.layers[k].rule_names().tolist()) for k in LAYERS.split(",")}
+    print(f"{'level':14} {'rows':>7} {'share':>7}" + "".join(f" {k:>18}" for k in LAYERS.split(",")))
+    for i, r in enumerate(per["council_district"]):
+        print(f"{r['level']:14} {r['rows']:>7,} {r['share']:>7.1%}" +
+              "".join(f" {per[k][i]['tagged_share']:>18.1%}" for k in LAYERS.split(",")))
+    n = len(level)
+    print(f"{'all':14} {n:>7,} {1:>7.1%}" + "".join(
+        f" {sum(r['tagged'] for r in per[k]) / n:>18.1%}" for k in LAYERS.split(",")))
+
+
 def in_process(files, zip_points, index, records: list[str], distinct: list[str]) -> None:
     from enrich_service.geocode.cache import ResultCache
     from enrich_service.geocode.join import Records, geocode_join
@@ -176,6 +221,8 @@ def main() -> None:
     print(f"machine: {os.cpu_count()} cores; reference build {time.perf_counter() - t0:.2f}s "
           f"(from the disk cache at start-up: {index.extras['geocoder'].ref.load_seconds:.2f}s)")
     accuracy(files, zips)
+    tagging(index, files)
+    collisions(index)
     records, distinct = mixed_addresses(files, METERS, STOPS, args.records)
     in_process(files, zips, index, records, distinct)
     if not args.no_http:

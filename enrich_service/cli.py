@@ -15,9 +15,13 @@ def serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     # Our JSON logging for every process (uvicorn workers too); uvicorn's access log is replaced by ours.
+    from .slow_clients import PROTOCOL
+
+    settings = get_settings()
     config = uvicorn.Config("enrich_service.main:create_app", factory=True, host=args.host, port=args.port,
                             workers=args.workers, log_config=None, access_log=False,
-                            timeout_graceful_shutdown=args.graceful_seconds)
+                            timeout_graceful_shutdown=args.graceful_seconds, http=PROTOCOL,
+                            timeout_keep_alive=settings.keep_alive_timeout_s)
     if config.workers > 1:
         from . import workers
 
@@ -63,7 +67,6 @@ def reload(args: argparse.Namespace) -> int:
 
 def enrich(args: argparse.Namespace) -> int:
     """Tag a CSV or Parquet file in process (no server): the file's columns plus the layer columns."""
-    import pyarrow.csv as pacsv
     import pyarrow.parquet as pq
 
     from . import codecs
@@ -73,7 +76,8 @@ def enrich(args: argparse.Namespace) -> int:
 
     settings = get_settings()
     src = Path(args.file)
-    table = pq.read_table(src) if src.suffix == ".parquet" else pacsv.read_csv(src)
+    # CSV as the service reads it: every cell as text, so the output keeps "00123" and TRUE as they were.
+    table = pq.read_table(src) if src.suffix == ".parquet" else codecs.decode_csv(src.read_bytes())
     cols = codecs.Columns(id=args.id_col, lon=args.lon_col, lat=args.lat_col, date=args.date_col)
     opts = parse_options({"layers": args.layers, "as_of": args.as_of, "crs": args.crs}, settings)
     index = build_index(settings)
@@ -86,6 +90,38 @@ def enrich(args: argparse.Namespace) -> int:
     else:
         dest.write_bytes(codecs.encode_csv(out))
     print(json.dumps({"output": str(dest), "rows": out.num_rows, "layers": result.layers_used()}, indent=2))
+    return 0
+
+
+def geocode(args: argparse.Namespace) -> int:
+    """Geocode and tag a CSV or Parquet file of addresses in process (no server), with the service's rule: the
+    file's columns, untouched, plus the geocode and layer columns (colliding names prefixed)."""
+    import pyarrow.parquet as pq
+
+    from . import codecs
+    from .api.common import parse_options
+    from .geocode import join
+    from .index import build_index
+
+    from collections import Counter
+
+    settings = get_settings()
+    src = Path(args.file)
+    table = pq.read_table(src) if src.suffix == ".parquet" else codecs.decode_csv(src.read_bytes())  # cells as text
+    cols = join.AddressColumns(id=args.id_col, address=args.address_col, city=args.city_col, zip=args.zip_col)
+    opts = parse_options({"layers": args.layers, "as_of": args.as_of}, settings)
+    index = build_index(settings)
+    records = join.records_from_table(table, cols)
+    joined = join.geocode_join(index, records, opts.layers, opts.as_of, min_match=join.check_min_match(args.min_match))
+    out = join.answer_table(table, records.ids, joined, join.check_prefix(args.prefix))
+    dest = Path(args.out) if args.out else src.with_name(f"{src.stem}_geocoded{src.suffix}")
+    if dest.suffix == ".parquet":
+        pq.write_table(out, dest)
+    else:
+        dest.write_bytes(codecs.encode_csv(out))
+    levels = {str(k): int(v) for k, v in Counter(joined.geocoded.match.tolist()).items()}
+    print(json.dumps({"output": str(dest), "rows": out.num_rows, "match_levels": levels,
+                      "layers": joined.result.layers_used()}, indent=2))
     return 0
 
 
@@ -123,6 +159,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--lat-col", default="lat")
     p.add_argument("--date-col")
     p.set_defaults(func=enrich)
+
+    p = sub.add_parser("geocode", help="geocode and tag a CSV or Parquet file of addresses in process")
+    p.add_argument("file")
+    p.add_argument("--out")
+    p.add_argument("--layers")
+    p.add_argument("--as-of")
+    p.add_argument("--min-match", help="coarser matches keep no tags (exact ... zip)")
+    p.add_argument("--prefix", default="enrich_", help="in front of result columns named like input columns")
+    p.add_argument("--id-col", default="id")
+    p.add_argument("--address-col", default="address")
+    p.add_argument("--city-col", default="city")
+    p.add_argument("--zip-col", default="zip")
+    p.set_defaults(func=geocode)
 
     args = parser.parse_args(argv)
     settings = get_settings()

@@ -48,6 +48,14 @@ class RequestRejected(EnrichError):
     """The service refused the request (4xx): retrying the same request will not help."""
 
 
+class LayersVersionMismatch(ServiceUnavailable):
+    """The replica that answered serves another layer set than the one asked for (X-Enrich-Expect-Layers, 409):
+    retrying helps once the replicas have converged, or lands on one that serves the expected set."""
+
+
+EXPECT_LAYERS_HEADER = "X-Enrich-Expect-Layers"
+
+
 class EnrichClient:
     def __init__(self, base_url: str, api_key: str | None = None, timeout: float = 300.0,
                  transport: httpx.BaseTransport | None = None):
@@ -55,6 +63,8 @@ class EnrichClient:
         headers = {API_KEY_HEADER: api_key} if api_key else {}
         self._http = httpx.Client(base_url=self.base_url, headers=headers, transport=transport,
                                   timeout=httpx.Timeout(timeout, connect=min(timeout, 10.0)))
+        # The layer set (sha256) that answered the last tagging request: X-Enrich-Layers-Sha256.
+        self.last_layers_sha256: str | None = None
 
     def close(self) -> None:
         self._http.close()
@@ -124,22 +134,42 @@ class EnrichClient:
 
     def tag_table(self, table: "pa.Table", *, layers: Iterable[str] | str | None = None, as_of: str | None = None,
                   crs: str | None = None, nearest_within_m: float | None = None, id_col: str = "id",
-                  lon_col: str = "lon", lat_col: str = "lat",
-                  date_col: str | None = None) -> tuple["pa.Table", dict]:
+                  lon_col: str = "lon", lat_col: str = "lat", date_col: str | None = None,
+                  expect_layers: str | None = None) -> tuple["pa.Table", dict]:
         """The Arrow path without pandas: POST the table as an Arrow IPC stream; returns (the table the service
         answers: the input columns plus the result columns, layer keys dictionary-encoded; layers used).
-        A table over the service's ENRICH_MAX_BATCH or ENRICH_MAX_BODY_BYTES (413) is sent in halves."""
+        A table over the service's ENRICH_MAX_BATCH or ENRICH_MAX_BODY_BYTES (413) is sent in halves.
+        expect_layers: the layer set (sha256) every part must be answered from; another raises LayersVersionMismatch."""
         import pyarrow as pa
 
         params = _params(layers=_layer_list(layers), as_of=as_of, crs=crs, nearest_within_m=nearest_within_m,
                          id_col=id_col, lon_col=lon_col, lat_col=lat_col, date_col=date_col)
+        return self._post_arrow_in_parts("/v1/pip", table, params, expect_layers)
+
+    def geocode_table(self, table: "pa.Table", *, layers: Iterable[str] | str | None = None,
+                      as_of: str | None = None, min_match: str | None = None, id_col: str = "id",
+                      address_col: str = "address", city_col: str = "city", zip_col: str = "zip",
+                      date_col: str | None = None, prefix: str | None = None,
+                      expect_layers: str | None = None) -> tuple["pa.Table", dict]:
+        """POST /v1/geocode-join with the table as an Arrow IPC stream; returns (the input columns plus the geocode
+        and layer columns, colliding result names prefixed; layers used). Sent in halves on a 413, like tag_table."""
+        params = _params(layers=_layer_list(layers), as_of=as_of, min_match=min_match, id_col=id_col,
+                         address_col=address_col, city_col=city_col, zip_col=zip_col, date_col=date_col,
+                         prefix=prefix)
+        return self._post_arrow_in_parts("/v1/geocode-join", table, params, expect_layers)
+
+    def _post_arrow_in_parts(self, path: str, table: "pa.Table", params: dict,
+                             expect_layers: str | None) -> tuple["pa.Table", dict]:
+        """POST the table to `path`; a part the service finds too large (413) is sent again in halves."""
+        import pyarrow as pa
+
         parts = [table]
         answers: list = []
         used: dict = {}
         while parts:
             part = parts.pop(0)
             try:
-                answer, part_used = self._post_arrow(part, params)
+                answer, part_used = self._post_arrow(path, part, params, expect_layers)
             except RequestRejected as exc:
                 if exc.status != 413 or part.num_rows < 2:
                     raise
@@ -150,7 +180,8 @@ class EnrichClient:
             used = merge_layers_used(used, part_used)
         return (answers[0] if len(answers) == 1 else pa.concat_tables(answers)), used
 
-    def _post_arrow(self, table: "pa.Table", params: dict) -> tuple["pa.Table", dict]:
+    def _post_arrow(self, path: str, table: "pa.Table", params: dict,
+                    expect_layers: str | None = None) -> tuple["pa.Table", dict]:
         import json
 
         import pyarrow as pa
@@ -158,8 +189,14 @@ class EnrichClient:
 
         from .arrow_stream import stream_buffer
 
-        r = self._request("POST", "/v1/pip", params=params, content=stream_buffer(table).to_pybytes(),
-                          headers={"content-type": ARROW, "accept": ARROW})
+        headers = {"content-type": ARROW, "accept": ARROW}
+        if expect_layers:
+            headers[EXPECT_LAYERS_HEADER] = expect_layers
+        r = self._request("POST", path, params=params, content=stream_buffer(table).to_pybytes(), headers=headers)
+        served = r.headers.get("x-enrich-layers-sha256")
+        if expect_layers and served != expect_layers:  # a service too old to check the header itself
+            raise LayersVersionMismatch(f"answered from layer set {served}, expected {expect_layers}", 409)
+        self.last_layers_sha256 = served
         try:
             answer = ipc.open_stream(pa.py_buffer(r.content)).read_all()
         except (pa.ArrowInvalid, OSError) as exc:
@@ -206,6 +243,8 @@ class EnrichClient:
             message += f" (field: {detail['field']})"
         if r.status_code >= 500 or r.status_code in (408, 429):
             raise ServiceUnavailable(message, r.status_code, detail)
+        if r.status_code == 409 and detail.get("code") == "layers_version_mismatch":
+            raise LayersVersionMismatch(message, r.status_code, detail)
         raise RequestRejected(message, r.status_code, detail)
 
 

@@ -7,8 +7,11 @@ table (Arrow, CSV) followed by the result columns: for each layer `<layer>`, `<l
 
 from __future__ import annotations
 
+import codecs as pycodecs
+import csv
 import functools
 import io
+import re
 from dataclasses import dataclass
 from itertools import repeat
 from operator import attrgetter
@@ -18,17 +21,19 @@ import msgspec
 import numpy as np
 import orjson
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.ipc as ipc
 
 from .arrow_stream import stream_buffer
 from .engine.rules import RULE_NAMES
 from .engine.tagger import TagResult
-from .errors import InvalidInput, MalformedBody, NotAcceptable, UnsupportedMediaType
+from .errors import InvalidInput, MalformedBody, NotAcceptable, UnknownParameter, UnsupportedMediaType
 from .json_rows import json_rows
 from .memory import paused_gc
 from .points import PointBatch, Prepared, parse_dates
-from .responses import ARROW, JSON, MEDIA_TYPES, NDJSON
+from .csv_safety import formula_safe_table
+from .responses import ARROW, CSV, JSON, MEDIA_TYPES, NDJSON
 
 MAX_ID_CHARS = 1_000
 
@@ -156,17 +161,20 @@ class _Point(msgspec.Struct, gc=False):
     date: str | None | msgspec.UnsetType = msgspec.UNSET
 
 
-class _Body(msgspec.Struct, gc=False):
+class _Body(msgspec.Struct, gc=False, forbid_unknown_fields=True):
     points: list[_Point]
-    layers: Any = None
-    as_of: Any = None
-    crs: Any = None
-    nearest_within_m: Any = None
+    layers: list[str] | str | None = None
+    as_of: str | None = None
+    crs: str | int | None = None
+    nearest_within_m: float | None = None
 
 
 _TYPED_BODY = msgspec.json.Decoder(_Body)
 # The request options, in a JSON body or (single lookups, bulk bodies) in the query string.
 OPTIONS = tuple(name for name in _Body.__struct_fields__ if name != "points")
+BODY_KEYS = ("points",) + OPTIONS
+_UNKNOWN_FIELD = re.compile(r"unknown field `(.*)`", re.S)
+_AT = re.compile(r" - at `\$\.?([A-Za-z_][A-Za-z_0-9]*)")
 
 
 @paused_gc()
@@ -175,10 +183,16 @@ def decode_json(body: bytes) -> tuple[dict, PointBatch]:
     options, its points as columns)."""
     try:
         typed = _TYPED_BODY.decode(body)
-    except msgspec.MsgspecError:
-        doc = loads(body)
+    except (msgspec.MsgspecError, UnicodeDecodeError, RecursionError) as exc:
+        message = str(exc)
+        unknown = _UNKNOWN_FIELD.search(message)
+        if unknown and " - at `" not in message:  # a misspelled option at the top level: refused, never ignored
+            raise UnknownParameter.of(unknown.group(1), BODY_KEYS) from None
+        at = _AT.search(message)
+        doc = loads(body, at.group(1) if at else "body")
         if not isinstance(doc, dict):
             raise InvalidInput("body must be a JSON object with a `points` list", field="body") from None
+        check_keys(doc, BODY_KEYS)
         if doc.get("points") is None:
             raise InvalidInput("points is missing", field="points") from None
         return {name: doc.get(name) for name in OPTIONS}, decode_points(doc["points"])
@@ -194,28 +208,161 @@ def decode_json(body: bytes) -> tuple[dict, PointBatch]:
     return {name: getattr(typed, name) for name in OPTIONS}, batch
 
 
-def loads(body: bytes) -> object:
+def check_keys(doc: dict, known: tuple[str, ...]) -> None:
+    for key in doc:
+        if key not in known:
+            raise UnknownParameter.of(str(key), known)
+
+
+_KEY_BEFORE = re.compile(rb'"([^"\\]{1,100})"\s*:\s*("[^"]*)?$')
+
+
+def loads(body: bytes, field: str = "body") -> object:
+    """JSON to Python, integers exact at any size (ids such as 2^70 come back as sent); every failure a 400 naming
+    what it can: the key whose text is not UTF-8, the field nested too deep."""
     try:
         with paused_gc():
-            return orjson.loads(body)
-    except orjson.JSONDecodeError as exc:
+            return msgspec.json.decode(body)
+    except UnicodeDecodeError:
+        try:  # msgspec counts within the string: find the byte in the body
+            bytes(body).decode("utf-8")
+            start = 0
+        except UnicodeDecodeError as exc:
+            start = exc.start
+        key = _KEY_BEFORE.search(bytes(body[max(0, start - 400):start]))
+        name = key.group(1).decode("utf-8", "replace") if key else field
+        raise MalformedBody(f"{name}: text is not UTF-8 (byte {start}); JSON bodies must be UTF-8",
+                            field=name) from None
+    except RecursionError:
+        raise MalformedBody(f"{field}: nested too deeply to be a request value", field=field) from None
+    except msgspec.MsgspecError as exc:
         raise MalformedBody(f"body is not valid JSON: {exc}", field="body") from None
+
+
+def dumps(value: object) -> bytes:
+    """orjson, and msgspec for what orjson refuses (integers beyond 64 bits, as ids may be)."""
+    try:
+        return orjson.dumps(value, option=orjson.OPT_SERIALIZE_NUMPY)
+    except orjson.JSONEncodeError:
+        return msgspec.json.encode(value, enc_hook=_plain)
+
+
+def _plain(value: object) -> object:
+    if isinstance(value, np.generic | np.ndarray):
+        return value.tolist()
+    raise NotImplementedError(f"{type(value).__name__} is not JSON")
 
 
 # ---- Arrow and CSV ------------------------------------------------------------------------------------------------
 
 def decode_arrow(body: bytes) -> pa.Table:
     try:
-        return ipc.open_stream(pa.py_buffer(body)).read_all()
-    except (pa.ArrowInvalid, OSError) as exc:
+        table = ipc.open_stream(pa.py_buffer(body)).read_all()
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError, OSError) as exc:
         raise MalformedBody(f"body is not an Arrow IPC stream: {exc}", field="body") from None
+    _check_names(table.column_names)
+    return table
 
 
-def decode_csv(body: bytes) -> pa.Table:
+def _validate(table: pa.Table, names) -> None:
+    """The IPC reader trusts the buffers: text that is not UTF-8, offsets out of range. Checked in full for the
+    columns that are read or written as text (an Arrow-to-Arrow answer passes the others through untouched)."""
+    for name in names:
+        try:
+            table.column(name).validate(full=True)
+        except (pa.ArrowInvalid, pa.ArrowException) as exc:
+            raise MalformedBody(f"column {name!r} is not valid Arrow data: {exc}", field=name) from None
+
+
+def _check_names(names: list[str]) -> None:
+    seen: set[str] = set()
+    for name in names:
+        if name in seen:
+            raise InvalidInput(f"column {name!r} appears {names.count(name)} times; column names must be unique",
+                               field=name)
+        seen.add(name)
+
+
+def csv_charset(content_type: str | None) -> str | None:
+    """The charset declared on a text/csv Content-Type (None: undeclared), checked against Python's codecs."""
+    for part in (content_type or "").split(";")[1:]:
+        key, _, value = part.partition("=")
+        if key.strip().lower() == "charset":
+            name = value.strip().strip('"').lower()
+            try:
+                return pycodecs.lookup(name).name
+            except LookupError:
+                raise UnsupportedMediaType(f"charset {name[:40]!r} is not an encoding this service knows; use "
+                                           f"e.g. utf-8 or windows-1252", field="Content-Type") from None
+    return None
+
+
+_HEADER_PROBE = 1 << 16
+
+
+def decode_csv(body: bytes, charset: str | None = None) -> pa.Table:
+    """A CSV body (header row first) with every column as text: the input's cells pass through exactly as sent
+    ("00123", TRUE, 2^70), and only the coordinate and date columns are read as numbers and dates."""
+    encoding = charset or "utf-8"
+    if encoding in ("utf-8", "utf-8-sig"):  # Excel's "CSV UTF-8" starts with a byte order mark
+        encoding = "utf-8"
+        if body.startswith(pycodecs.BOM_UTF8):
+            body = body[len(pycodecs.BOM_UTF8):]
+    names = _csv_header(body, encoding, charset)
+    _check_names(names)
+    read = pacsv.ReadOptions(column_names=names, skip_rows_after_names=1,
+                             encoding="utf8" if encoding == "utf-8" else encoding)
+    convert = pacsv.ConvertOptions(column_types={name: pa.string() for name in names}, strings_can_be_null=False)
+    # A blank line is a row of one empty cell when there is one column (an address list with a blank address),
+    # and nothing when there are more (it cannot be a row of them).
+    parse = pacsv.ParseOptions(ignore_empty_lines=len(names) > 1)
     try:
-        return pacsv.read_csv(io.BytesIO(body))
+        return pacsv.read_csv(io.BytesIO(body), read_options=read, parse_options=parse, convert_options=convert)
     except (pa.ArrowInvalid, OSError, UnicodeDecodeError) as exc:
-        raise MalformedBody(f"body is not a CSV with a header row: {exc}", field="body") from None
+        message = str(exc)
+        column = re.search(r"In CSV column #(\d+)", message)
+        field = names[int(column.group(1))] if column and int(column.group(1)) < len(names) else "body"
+        if "UTF8" in message or "UTF-8" in message:
+            raise UnsupportedMediaType(
+                f"column {field!r} holds text that is not UTF-8; declare the file's encoding, e.g. "
+                f"Content-Type: text/csv; charset=windows-1252", field=field) from None
+        raise MalformedBody(f"body is not a CSV with a header row: {message}", field=field) from None
+
+
+def _cell_at(text_before: str) -> tuple[str, str]:
+    """(field, description) of the cell in which `text_before` (the CSV's text up to a bad byte) ends."""
+    try:
+        rows = list(csv.reader(io.StringIO(text_before)))
+    except csv.Error:
+        return "body", "the body"
+    if len(rows) <= 1:
+        return "body", "the header row"
+    names, column = rows[0], max(len(rows[-1]) - 1, 0)
+    name = names[column] if column < len(names) else "body"
+    return name, f"column {name!r} (data row {len(rows) - 1})"
+
+
+def _csv_header(body: bytes, encoding: str, declared: str | None) -> list[str]:
+    probe = body[:_HEADER_PROBE]
+    try:
+        text = probe.decode(encoding, errors="strict")
+    except UnicodeDecodeError as exc:
+        if exc.start < len(probe) - 4:  # not just a character cut at the end of the probe
+            if declared:
+                raise MalformedBody(f"the body is not valid {encoding}: {exc.reason} at byte {exc.start}",
+                                    field="body") from None
+            field, where = _cell_at(probe[:exc.start].decode(encoding))
+            raise UnsupportedMediaType(
+                f"{where} is not UTF-8 (byte {exc.start}); declare the file's encoding, e.g. "
+                f"Content-Type: text/csv; charset=windows-1252", field=field) from None
+        text = probe[:exc.start].decode(encoding)
+    try:
+        header = next(csv.reader(io.StringIO(text)), None)
+    except csv.Error as exc:
+        raise MalformedBody(f"the CSV header row cannot be read: {exc}", field="body") from None
+    if not header or header == [""]:
+        raise MalformedBody("body is not a CSV with a header row: it is empty", field="body")
+    return header
 
 
 def batch_from_table(table: pa.Table, cols: Columns) -> PointBatch:
@@ -227,13 +374,23 @@ def batch_from_table(table: pa.Table, cols: Columns) -> PointBatch:
         if cols.date not in table.column_names:
             raise InvalidInput(f"date column {cols.date!r} not in the body (columns: {table.column_names})",
                                field=cols.date)
-        col = table.column(cols.date)
-        if pa.types.is_date(col.type) or pa.types.is_timestamp(col.type):
-            dates = col.cast(pa.date32()).to_numpy(zero_copy_only=False).astype("datetime64[D]")
-        else:
-            dates = parse_dates(col.to_pylist(), cols.date, errors)
+        dates = table_dates(table.column(cols.date), cols.date, errors)
     ids = table.column(cols.id) if cols.id in table.column_names else None
     return PointBatch(ids=ids, x=x, y=y, dates=dates, errors=errors)
+
+
+def table_dates(col: pa.ChunkedArray, name: str, errors: dict[int, tuple[str, str]]) -> np.ndarray:
+    """A date column (dates, timestamps, or text as CSV sends it) as datetime64[D]; bad cells named per row."""
+    if pa.types.is_date(col.type) or pa.types.is_timestamp(col.type):
+        return col.cast(pa.date32()).to_numpy(zero_copy_only=False).astype("datetime64[D]")
+    if _is_text(col.type):
+        try:  # the usual column: ISO dates, cast at once
+            return pc.cast(col, pa.date32()).to_numpy(zero_copy_only=False).astype("datetime64[D]")
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+            pass
+    if pa.types.is_null(col.type) or _is_text(col.type):
+        return parse_dates(col.to_pylist(), name, errors)
+    raise InvalidInput(f"column {name!r} has type {col.type}; dates must be text (YYYY-MM-DD) or dates", field=name)
 
 
 def _coordinate(table: pa.Table, name: str, errors: dict[int, tuple[str, str]]) -> np.ndarray:
@@ -241,15 +398,13 @@ def _coordinate(table: pa.Table, name: str, errors: dict[int, tuple[str, str]]) 
         raise InvalidInput(f"column {name!r} not in the body (columns: {table.column_names}); name the "
                            f"coordinate columns with lon_col/lat_col", field=name)
     col = table.column(name)
+    if pa.types.is_dictionary(col.type):
+        col = col.cast(col.type.value_type)
     if pa.types.is_integer(col.type) or pa.types.is_floating(col.type) or pa.types.is_decimal(col.type):
-        arr = col.cast(pa.float64())
-    elif pa.types.is_string(col.type) or pa.types.is_large_string(col.type) or pa.types.is_null(col.type):
-        # CSV columns with a stray word in one row arrive as text: convert what converts, report the rest.
-        values = np.array([_to_float(v) for v in col.to_pylist()], dtype=np.float64)
-        for i in np.flatnonzero(np.isnan(values)):
-            raw = col[int(i)].as_py()
-            errors.setdefault(int(i), (name, "missing" if raw in (None, "") else f"{raw!r} is not a number"))
-        return values
+        # Unchecked: a value beyond float64's exact range (2^63 - 1, a uint64 max) is still a number, out of range.
+        arr = pc.cast(col, pa.float64(), safe=False)
+    elif _is_text(col.type) or pa.types.is_null(col.type):
+        return _text_numbers(col, name, errors)
     else:
         raise InvalidInput(f"column {name!r} has type {col.type}; coordinates must be numbers", field=name)
     values = arr.to_numpy().astype(np.float64, copy=True) if arr.null_count == 0 else \
@@ -257,6 +412,32 @@ def _coordinate(table: pa.Table, name: str, errors: dict[int, tuple[str, str]]) 
     if arr.null_count:
         for i in np.flatnonzero(np.asarray(arr.is_null().to_numpy(zero_copy_only=False))):
             errors.setdefault(int(i), (name, "missing"))
+    return values
+
+
+def _is_text(kind: pa.DataType) -> bool:
+    return pa.types.is_string(kind) or pa.types.is_large_string(kind)
+
+
+def _text_numbers(col: pa.ChunkedArray, name: str, errors: dict[int, tuple[str, str]]) -> np.ndarray:
+    """A text column (CSV cells) as float64 in one cast when every cell is a number; else the numbers that
+    convert, and each other row's error."""
+    if pa.types.is_null(col.type):
+        values = np.full(len(col), np.nan)
+    else:
+        try:
+            trimmed = pc.utf8_trim_whitespace(col)
+            blank = pc.equal(trimmed, "")
+            values = pc.cast(pc.if_else(blank, pa.scalar(None, trimmed.type), trimmed), pa.float64())
+            values = np.asarray(values.fill_null(np.nan).to_numpy(), dtype=np.float64).copy()
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+            values = np.array([_to_float(v) for v in col.to_pylist()], dtype=np.float64)
+    for i in np.flatnonzero(np.isnan(values)):  # only the odd rows are looked at one by one
+        raw = col[int(i)].as_py()
+        if raw is None or not raw.strip():
+            errors.setdefault(int(i), (name, "missing"))
+        elif raw.strip().lower() not in ("nan", "+nan", "-nan"):
+            errors.setdefault(int(i), (name, f"{raw[:100]!r} is not a number"))
     return values
 
 
@@ -364,31 +545,121 @@ def error_list(ids: object, prepared: Prepared, result: TagResult | None, limit:
 
 @paused_gc()
 def encode_json(ids: list, prepared: Prepared, result: TagResult, extra: dict) -> memoryview:
-    rest = orjson.dumps({"count": len(prepared), "layers": result.layers_used(),
-                         "errors": error_list(ids, prepared, result), **extra}, option=orjson.OPT_SERIALIZE_NUMPY)
+    rest = dumps({"count": len(prepared), "layers": result.layers_used(),
+                  "errors": error_list(ids, prepared, result), **extra})
     # The rows are written into the answer's own buffer, head and tail included: no copy of 170 MB at the end.
     return json_rows([("id", ids)] + result_arrays(prepared, result), b",", head=b'{"results":[',
                      tail=b"]," + rest[1:])
 
 
-def answer_table(table: pa.Table | None, ids: object, prepared: Prepared, result: TagResult) -> pa.Table:
-    """The input table (or just the ids) with the result columns appended, replacing same-named input columns."""
+# Result columns named like an input column get this in front (the `prefix` option): inputs are never replaced.
+COLLISION_PREFIX = "enrich_"
+PREFIX_PATTERN = re.compile(r"^[A-Za-z0-9_]{1,32}$")
+
+
+def check_prefix(prefix: object) -> str:
+    if not isinstance(prefix, str) or not PREFIX_PATTERN.match(prefix):
+        raise InvalidInput(f"prefix must be 1-32 letters, digits or underscores (got {prefix!r})", field="prefix")
+    return prefix
+
+
+def append_results(table: pa.Table, columns: list[tuple[str, pa.Array]], layers, prefix: str) -> pa.Table:
+    """The input table, untouched, with the result columns appended. A result column named like an input column
+    gets `prefix` in front (again until the name is free): the caller's own `zip` stays, the zip layer's answer is
+    `enrich_zip`, and a layer that moves keeps its companions together (`enrich_zip_rule`, ...)."""
+    taken = set(table.column_names)
+    moved = [layer for layer in layers if layer in taken]
+    for name, arr in columns:
+        out = name
+        if any(name == layer or name.startswith(f"{layer}_") for layer in moved):
+            out = prefix + name
+        while out in taken:
+            out = prefix + out
+        taken.add(out)
+        table = table.append_column(out, arr)
+    return table
+
+
+def answer_table(table: pa.Table | None, ids: object, prepared: Prepared, result: TagResult,
+                 prefix: str = COLLISION_PREFIX) -> pa.Table:
+    """The input table (or just the ids) with the result columns appended; no input column is replaced."""
     if table is None:
         table = pa.table({"id": pa.array(ids)})
-    for name, arr in result_arrays(prepared, result):
-        if name in table.column_names:
-            table = table.drop_columns([name])
-        table = table.append_column(name, arr)
-    return table
+    return append_results(table, result_arrays(prepared, result), result.layers, prefix)
 
 
 def encode_arrow(table: pa.Table) -> memoryview:
     return memoryview(stream_buffer(table))  # the response sends the buffer itself, with no copy into bytes
 
 
-def encode_csv(table: pa.Table) -> bytes:
-    # The CSV writer does not take dictionary columns: write their values.
-    cols = [c.cast(c.type.value_type) if pa.types.is_dictionary(c.type) else c for c in table.columns]
-    sink = io.BytesIO()
-    pacsv.write_csv(pa.table(cols, names=table.column_names), sink)
-    return sink.getvalue()
+_CSV_NEEDS_QUOTES = r'[",\r\n]|^\''
+_CSV_TEXT = pa.large_string()
+
+
+def encode_csv(table: pa.Table, formula_escape: str | None = None, raw_columns=None) -> bytes:
+    """The table as CSV with text cells exactly as they are (quoted only where CSV needs it), so a CSV body comes
+    back byte-for-byte in its own columns; text a spreadsheet would run escaped (csv_safety)."""
+    table = formula_safe_table(table, formula_escape, raw_columns)
+    header = _csv_cells(pa.array(table.column_names, _CSV_TEXT))
+    lines = [b",".join(v.encode() for v in header.to_pylist()) + b"\n"]
+    if table.num_rows:
+        cells = [_csv_cells(col, name) for name, col in zip(table.column_names, table.columns)]
+        rows = pc.binary_join_element_wise(*cells, pa.scalar(",", _CSV_TEXT))  # the last argument: the separator
+        rows = pc.binary_join_element_wise(rows, pa.scalar("", _CSV_TEXT), pa.scalar("\n", _CSV_TEXT))
+        offsets = np.frombuffer(rows.buffers()[1], dtype=np.int64)
+        start, end = offsets[rows.offset], offsets[rows.offset + len(rows)]
+        lines.append(memoryview(rows.buffers()[2])[start:end])
+    return b"".join(lines)
+
+
+def _csv_cells(col: pa.Array | pa.ChunkedArray, name: str = "") -> pa.Array:
+    """Each value's CSV text, "" for null."""
+    if isinstance(col, pa.ChunkedArray):
+        col = col.combine_chunks()
+    if pa.types.is_dictionary(col.type):  # the texts of the few distinct values, then each row's
+        return _csv_cells(col.dictionary, name).take(col.indices).fill_null("")
+    if _is_text(col.type):
+        text = col.cast(_CSV_TEXT)
+        quote = pc.match_substring_regex(text, _CSV_NEEDS_QUOTES).fill_null(False)
+        if pc.any(quote).as_py():
+            q, nothing = pa.scalar('"', _CSV_TEXT), pa.scalar("", _CSV_TEXT)
+            quoted = pc.binary_join_element_wise(q, pc.replace_substring(text, '"', '""'), q, nothing)
+            text = pc.if_else(quote, quoted, text)
+        return text.fill_null("")
+    if pa.types.is_floating(col.type):  # NaN and inf: an empty cell
+        col = pc.if_else(pc.is_finite(col), col, pa.scalar(None, col.type))
+    if pa.types.is_timestamp(col.type):
+        return pc.strftime(col, format="%Y-%m-%dT%H:%M:%S" + ("%z" if col.type.tz else "")).cast(
+            _CSV_TEXT).fill_null("")
+    try:
+        return col.cast(_CSV_TEXT).fill_null("")
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        raise NotAcceptable(f"column {name!r} has type {col.type}, which CSV cannot hold; ask for Arrow "
+                            f"(Accept: {ARROW}) or leave the column out", field=name) from None
+
+
+_JSON_ID_TYPES = (pa.types.is_integer, pa.types.is_floating, _is_text, pa.types.is_boolean, pa.types.is_null)
+
+
+def check_answerable(table: pa.Table | None, answer_kind: str, id_col: str, reads=()) -> None:
+    """Refuse, before any work, a body whose columns are not valid Arrow (`reads`: the columns the request
+    interprets), or an answer that cannot hold the input: struct, list or binary columns in CSV, an id column JSON
+    cannot write as a string or number."""
+    if table is None:
+        return
+    _validate(table, table.column_names if answer_kind != ARROW else
+              [name for name in dict.fromkeys(reads) if name in table.column_names])
+    if answer_kind == CSV:
+        for name, kind in zip(table.column_names, table.schema.types):
+            value_kind = kind.value_type if pa.types.is_dictionary(kind) else kind
+            if pa.types.is_nested(value_kind) or pa.types.is_binary(value_kind) or \
+                    pa.types.is_large_binary(value_kind) or pa.types.is_fixed_size_binary(value_kind) or \
+                    pa.types.is_union(value_kind) or pa.types.is_map(value_kind):
+                raise NotAcceptable(f"column {name!r} has type {kind}, which CSV cannot hold; ask for Arrow "
+                                    f"(Accept: {ARROW}) or leave the column out", field=name)
+    elif answer_kind in (JSON, NDJSON) and id_col in table.column_names:
+        kind = table.schema.field(id_col).type
+        value_kind = kind.value_type if pa.types.is_dictionary(kind) else kind
+        if not any(test(value_kind) for test in _JSON_ID_TYPES) or pa.types.is_float16(value_kind):
+            raise InvalidInput(f"id column {id_col!r} has type {kind}; ids in a JSON answer must be text or "
+                               f"numbers (or ask for Arrow: Accept: {ARROW})", field=id_col)

@@ -6,6 +6,7 @@ read is rebuilt and replaced; a folder that cannot be written only costs the reb
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
@@ -36,12 +37,18 @@ def cached(path: Path, build: Callable[[], T]) -> tuple[T, bool]:
         except Exception as exc:  # noqa: BLE001 - a damaged cache file is rebuilt, never fatal
             log.warning("cache file %s unreadable (%s); rebuilding", path, exc)
     value = build()
+    tmp = None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".part-")
         with os.fdopen(fd, "wb") as f:
             pickle.dump(value, f, protocol=pickle.HIGHEST_PROTOCOL)
         os.replace(tmp, path)
-    except OSError as exc:
+        tmp = None
+    except (OSError, pickle.PicklingError, TypeError, AttributeError) as exc:  # disk full, a value pickle refuses
         log.warning("cannot write the cache file %s: %s", path, exc)
+    finally:
+        if tmp is not None:  # a failed write leaves no .part-* file behind
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
     return value, False

@@ -7,6 +7,7 @@ Code anywhere in the service raises these; `install_handlers` turns them into JS
 from __future__ import annotations
 
 import logging
+import re
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -48,6 +49,23 @@ class MalformedBody(EnrichError):
     code = "malformed_body"
 
 
+class UnknownParameter(InvalidInput):
+    """A query or body parameter the route does not take (a misspelling silently ignored is a wrong answer)."""
+
+    code = "unknown_parameter"
+
+    @classmethod
+    def of(cls, name: str, known) -> "UnknownParameter":
+        """Naming the parameter, and the nearest valid name when one is close ("did you mean as_of?")."""
+        from rapidfuzz import fuzz, process
+
+        known = sorted(set(known))
+        shown = name if len(name) <= 60 else name[:60] + "..."
+        best = process.extractOne(name[:200], known, scorer=fuzz.WRatio, processor=str.lower, score_cutoff=70)
+        hint = f"did you mean {best[0]}?" if best else f"known: {', '.join(known)}"
+        return cls(f"{shown}: unknown parameter; {hint}", field=shown)
+
+
 class UnknownLayer(InvalidInput):
     code = "unknown_layer"
 
@@ -64,6 +82,12 @@ class NoVersionInForce(InvalidInput):
 
 class PayloadTooLarge(EnrichError):
     code = "payload_too_large"
+
+
+class BodyTimeout(EnrichError):
+    """The client paused sending its body for longer than ENRICH_BODY_TIMEOUT_S."""
+
+    code = "body_timeout"
 
 
 class UnsupportedMediaType(EnrichError):
@@ -91,16 +115,35 @@ class LayerSourceError(EnrichError):
 
 
 class ReloadRefused(LayerSourceError):
-    """A reload built an index that failed validation; the old index keeps serving."""
+    """A reload built an index that failed validation; the old index keeps serving. `check` names what failed."""
 
     code = "reload_refused"
+
+    def __init__(self, message: str, *, check: str | None = None, **kwargs):
+        super().__init__(message, **kwargs)
+        self.check = check
+
+    def body(self) -> dict:
+        out = super().body()
+        if self.check is not None:
+            out["check"] = self.check
+        return out
+
+
+class LayersVersionMismatch(EnrichError):
+    """The caller expects one layer set (X-Enrich-Expect-Layers) and this worker serves another: retry elsewhere or
+    later, never mix two sets in one run."""
+
+    code = "layers_version_mismatch"
 
 
 STATUS: dict[type[EnrichError], int] = {
     MalformedBody: 400,
     Unauthorized: 401,
     NotAcceptable: 406,
+    BodyTimeout: 408,
     ReloadRefused: 409,
+    LayersVersionMismatch: 409,
     PayloadTooLarge: 413,
     UnsupportedMediaType: 415,
     InvalidInput: 422,
@@ -116,12 +159,33 @@ def status_of(exc: EnrichError) -> int:
     return 400
 
 
+_ABSOLUTE_PATH = re.compile(r"(?<![\w/.])/(?:[\w.+@-]+/)+([\w.+@-]*)")
+PATH_KEYS = frozenset({"path", "paths", "dir", "directory", "cache_dir"})
+
+
+def redact_paths(value):
+    """What a public route may show: no keys naming files on the server, no absolute paths inside texts (their
+    last part stays: the file's name is what a caller can act on). Admin routes show the full detail."""
+    if isinstance(value, dict):
+        return {k: redact_paths(v) for k, v in value.items() if k not in PATH_KEYS}
+    if isinstance(value, list):
+        return [redact_paths(v) for v in value]
+    if isinstance(value, str) and "/" in value:
+        return _ABSOLUTE_PATH.sub(lambda m: m.group(1) or "<path>", value)
+    return value
+
+
+def is_admin(request: Request) -> bool:
+    return request.url.path.startswith("/v1/admin")
+
+
 async def _enrich_error(request: Request, exc: EnrichError) -> JSONResponse:
     status = status_of(exc)
     if status >= 500:
         log.error("request failed: %s", exc.message)
     headers = {"WWW-Authenticate": "ApiKey"} if status == 401 else None
-    return JSONResponse(exc.body(), status_code=status, headers=headers)
+    body = exc.body() if is_admin(request) else redact_paths(exc.body())
+    return JSONResponse(body, status_code=status, headers=headers)
 
 
 async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:

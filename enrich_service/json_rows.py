@@ -11,6 +11,7 @@ per-row dicts; with floats, the same JSON values (tests/test_codecs.py).
 
 from __future__ import annotations
 
+import msgspec
 import numpy as np
 import orjson
 import pyarrow as pa
@@ -170,7 +171,7 @@ def _is_text(kind: pa.DataType) -> bool:
 
 
 def _dictionary_texts(dictionary: pa.Array) -> pa.Array:
-    return pa.array([orjson.dumps(v).decode() for v in dictionary.to_pylist()] + ["null"], _TEXT)
+    return pa.array([_dumps(v) for v in dictionary.to_pylist()] + ["null"], _TEXT)
 
 
 def _json_texts(values: object) -> pa.Array:
@@ -179,9 +180,14 @@ def _json_texts(values: object) -> pa.Array:
         values = values.combine_chunks()
     if not isinstance(values, pa.Array):
         try:
-            values = pa.array(values)
+            arrow = pa.array(values)
         except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError):
-            return pa.array([orjson.dumps(v).decode() for v in values], _TEXT)
+            arrow = None
+        # Arrow makes [1, 2.5] doubles, and the id 1 would come back as 1.0: such a list is written value by value.
+        if arrow is None or (pa.types.is_floating(arrow.type) and
+                             any(v.__class__ is not float for v in values if v is not None)):
+            return pa.array([_dumps(v) for v in values], _TEXT)
+        values = arrow
     kind = values.type
     if pa.types.is_null(kind):
         return pc.take(pa.array(["null"], _TEXT), pa.array(np.zeros(len(values), dtype=np.int32)))
@@ -190,9 +196,22 @@ def _json_texts(values: object) -> pa.Array:
             bad = pc.invert(pc.is_finite(values)).fill_null(False)
             if pc.any(bad).as_py():  # NaN and inf are not JSON: null, as orjson writes them
                 values = pc.if_else(bad, pa.scalar(None, kind), values)
-        return pc.cast(values, _TEXT).fill_null("null")
+        texts = pc.cast(values, _TEXT)
+        if pa.types.is_floating(kind):  # Arrow writes 1.0 as "1": a float stays a float, as orjson writes it
+            whole = pc.match_substring_regex(texts, r"^-?[0-9]+$").fill_null(False)
+            if pc.any(whole).as_py():
+                point_zero = pc.binary_join_element_wise(texts, pa.scalar(".0", _TEXT), pa.scalar("", _TEXT))
+                texts = pc.if_else(whole, point_zero, texts)
+        return texts.fill_null("null")
     if _is_text(kind) and not pc.any(pc.match_substring_regex(values, _NEEDS_ESCAPE)).as_py():
         quote, nothing = pa.scalar('"', _TEXT), pa.scalar("", _TEXT)
         quoted = pc.binary_join_element_wise(quote, pc.cast(values, _TEXT), quote, nothing)
         return quoted.fill_null("null")
-    return pa.array([orjson.dumps(v).decode() for v in values.to_pylist()], _TEXT)
+    return pa.array([_dumps(v) for v in values.to_pylist()], _TEXT)
+
+
+def _dumps(value: object) -> str:
+    try:
+        return orjson.dumps(value).decode()
+    except orjson.JSONEncodeError:  # an integer beyond 64 bits (an id sent as 2^70 comes back as sent)
+        return msgspec.json.encode(value).decode()

@@ -12,11 +12,12 @@ from fastapi.middleware.cors import CORSMiddleware
 from .responses import JSONResponse
 
 from . import __version__
-from .api import admin, geocode, health, layers, pip
+from .api import admin, geocode, health, layers, page, pip
 from .errors import EnrichError, install_handlers
+from .layer_version import SERVED_HEADER, LayerVersionMiddleware
 from .memory import keep_freed_memory
 from .observability import ObservabilityMiddleware, configure_logging
-from .reload import reload_index, reload_on_sighup
+from .reload import follow_accepted, reload_index, reload_on_sighup
 from .security import require_read_key
 from .settings import get_settings
 
@@ -25,18 +26,21 @@ log = logging.getLogger(__name__)
 
 @contextlib.asynccontextmanager
 async def lifespan(app: FastAPI):
-    # Build in the background: /healthz answers at once, /readyz once the layers are indexed.
-    task = asyncio.create_task(_initial_load(app))
+    # Ready before serving: uvicorn listens only once the lifespan has started, so a worker takes no connection
+    # before its index is built (under --workers N its siblings take them; behind nginx, the other replicas).
+    # A worker whose load failed still starts, so /readyz can say why (503 "failed").
+    await _initial_load(app)
+    follow = asyncio.create_task(follow_accepted(app))
     loop = asyncio.get_running_loop()
     with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
         loop.add_signal_handler(signal.SIGHUP, reload_on_sighup, app)
     yield
-    task.cancel()
+    follow.cancel()
 
 
 async def _initial_load(app: FastAPI) -> None:
     with contextlib.suppress(EnrichError):  # logged by reload_index; /readyz reports it
-        await reload_index(app)
+        await reload_index(app, "start")
 
 
 def create_app() -> FastAPI:
@@ -51,6 +55,8 @@ def create_app() -> FastAPI:
                     "single-point lookups and geocode-join.",
         default_response_class=JSONResponse,
         lifespan=lifespan,
+        # /docs and /redoc are served by api/page.py from the npm packages installed here, not from a CDN.
+        docs_url=None, redoc_url=None, swagger_ui_oauth2_redirect_url=None,
     )
     read = [Depends(require_read_key)]
     app.include_router(health.router)
@@ -58,10 +64,13 @@ def create_app() -> FastAPI:
     app.include_router(pip.router, dependencies=read)
     app.include_router(geocode.router, dependencies=read)
     app.include_router(admin.router)
+    app.include_router(page.router)  # the page for GIS staff, /docs and /redoc: static, no key needed
+    page.mount_assets(app, settings)
     if settings.cors_origins:
         app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["GET", "POST"],
                            allow_headers=["*"],
-                           expose_headers=["X-Enrich-Layers", "X-Request-ID", geocode.REFERENCE_HEADER])
+                           expose_headers=["X-Enrich-Layers", SERVED_HEADER, "X-Request-ID", geocode.REFERENCE_HEADER])
     app.add_middleware(ObservabilityMiddleware, timeout_s=settings.request_timeout_s)
+    app.add_middleware(LayerVersionMiddleware)  # X-Enrich-Expect-Layers in, X-Enrich-Layers-Sha256 out
     install_handlers(app)
     return app

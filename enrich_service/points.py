@@ -7,12 +7,13 @@ per-row error column, so one bad row never costs the rest of the batch.
 from __future__ import annotations
 
 import datetime as dt
+import re
 from dataclasses import dataclass, field
 from functools import lru_cache
 
 import numpy as np
 from pyproj import CRS, Transformer
-from pyproj.exceptions import CRSError
+from pyproj.exceptions import CRSError, ProjError
 
 from .errors import InvalidInput, UnknownCRS
 
@@ -54,16 +55,22 @@ class Prepared:
 def parse_crs(value: str | int | None) -> CRS:
     if value is None or value == "":
         return WGS84
-    text = str(value).strip()
+    text = str(value).strip()[:2000]
     if text.isdigit():
         text = f"EPSG:{text}"
     try:
         crs = CRS.from_user_input(text)
     except CRSError:
-        raise UnknownCRS(f"crs {value!r} is not a CRS pyproj knows (use e.g. EPSG:4326 or EPSG:2230)",
+        raise UnknownCRS(f"crs {str(value)[:100]!r} is not a CRS pyproj knows (use e.g. EPSG:4326 or EPSG:2230)",
                          field="crs") from None
     if crs.is_geocentric or crs.is_vertical:
-        raise UnknownCRS(f"crs {value!r} is not a horizontal CRS", field="crs")
+        raise UnknownCRS(f"crs {str(value)[:100]!r} is not a horizontal CRS", field="crs")
+    try:  # known is not enough: it must transform to lon/lat (not a CRS of Mars, not one without a datum)
+        _to_wgs84(crs)
+    except (ProjError, CRSError) as exc:
+        why = re.search(r"proj_create_operations: (.*?)(\.\s|\)?$)", str(exc))
+        raise UnknownCRS(f"crs {str(value)[:100]!r} cannot be transformed to EPSG:4326"
+                         f"{': ' + why.group(1) if why else ''}", field="crs") from None
     return crs
 
 

@@ -1,6 +1,9 @@
-"""Building the index off the event loop and swapping it in: at start-up, on POST /v1/admin/reload, on SIGHUP.
+"""Building the index off the event loop and swapping it in: at start-up, on POST /v1/admin/reload, on SIGHUP, and
+when another worker or replica accepted a new layer set (follow_accepted).
 
-One build at a time; a build that fails validation is refused and the old index keeps serving. Under
+One build at a time; a build that fails validation is refused and the old index keeps serving. A start loads the
+last accepted set (layers/accepted.py), never files in the boundary folder that no reload validated; only SIGHUP and
+the admin reload read the boundary folder, and what passes there becomes the accepted set for everyone. Under
 `serve --workers N` each worker holds its own index: POST /v1/admin/reload asks the supervisor, which passes
 SIGHUP on to every worker, and answers with this worker's outcome once its own reload is done.
 """
@@ -11,14 +14,18 @@ import asyncio
 import logging
 import os
 import signal
+from pathlib import Path
 
 from starlette.concurrency import run_in_threadpool
 
 from .errors import EnrichError, ReloadRefused
 from .index import ServiceIndex, build_index
+from .layers.accepted import AcceptedStore
+from .layers.manifest import load_manifest
+from .layers.sources import sha256_of
 from .memory import release_freed_memory
 from .observability import RELOADS, record_index
-from .settings import get_settings
+from .settings import accepted_dir, get_settings
 from .workers import SUPERVISOR_ENV
 
 log = logging.getLogger(__name__)
@@ -35,12 +42,72 @@ def _lock(app) -> asyncio.Lock:
     return app.state.reload_lock
 
 
-async def reload_index(app) -> ServiceIndex:
+def accepted_store(settings=None) -> AcceptedStore:
+    return AcceptedStore(accepted_dir(settings or get_settings()))
+
+
+def _from_accepted(settings, generation: int) -> ServiceIndex | None:
+    """The last accepted set, from its kept copies; None when there is none this manifest can use."""
+    store = accepted_store(settings)
+    accepted = store.read()
+    if accepted is None:
+        return None
+    paths = store.paths(accepted)
+    wanted = {v.source.file for spec in load_manifest(settings.manifest).layers.values() for v in spec.versions}
+    if paths is None or set(paths) != wanted:
+        log.warning("the accepted layer set %s does not fit this manifest (or its copies are gone): not used",
+                    accepted.sha256[:12])
+        return None
+    return build_index(settings, generation, folders={name: p.parent for name, p in paths.items()},
+                       validated=frozenset([accepted.sha256]))
+
+
+def _from_disk(settings, generation: int, previous: ServiceIndex | None) -> ServiceIndex:
+    """The files in the boundary folder, validated against `previous`, then recorded as the accepted set."""
+    accepted = accepted_store(settings).read()
+    try:
+        index = build_index(settings, generation, previous=previous,
+                            validated=frozenset([accepted.sha256] if accepted else []))
+    except ReloadRefused as exc:
+        _record_refusal(settings, exc.check or "unreadable", exc.message)
+        raise
+    except EnrichError as exc:
+        _record_refusal(settings, "unreadable", exc.message)
+        raise
+    accepted_store(settings).record(index.store.files())
+    return index
+
+
+def _record_refusal(settings, check: str, reason: str) -> None:
+    if settings.boundary_dir is None:
+        return
+    files = {}
+    for spec in load_manifest(settings.manifest).layers.values():
+        for v in spec.versions:
+            path = Path(settings.boundary_dir) / v.source.file
+            files[v.source.file] = sha256_of(path) if path.is_file() else "missing"
+    accepted_store(settings).record_refusal(files, check, reason)
+
+
+async def reload_index(app, source: str = "disk") -> ServiceIndex:
+    """source: "disk" (SIGHUP, admin: the boundary folder, validated and accepted), "accepted" (follow the
+    accepted set) or "start" (the accepted set; the boundary folder only when there is none yet)."""
     async with _lock(app):
         old = getattr(app.state, "index", None)
         generation = (old.generation + 1) if old is not None else 0
+        settings = get_settings()
+        if source == "accepted" and old is not None:
+            accepted = accepted_store(settings).read()
+            if accepted is not None and accepted.sha256 == old.layers_sha256:
+                return old  # this worker's own reload got there first
         try:
-            index = await run_in_threadpool(build_index, get_settings(), generation)
+            index = None
+            if source in ("start", "accepted"):
+                index = await run_in_threadpool(_from_accepted, settings, generation)
+                if index is None and source == "accepted":
+                    raise ReloadRefused("no usable accepted layer set", check="accepted_set")
+            if index is None:
+                index = await run_in_threadpool(_from_disk, settings, generation, old)
         except EnrichError as exc:
             RELOADS.labels("refused").inc()
             log.error("index generation %d refused: %s", generation, exc.message)
@@ -48,7 +115,9 @@ async def reload_index(app) -> ServiceIndex:
                 app.state.load_error = exc.message
             _release_in_background(app)  # what the refused build allocated
             raise ReloadRefused(f"reload refused, still serving generation "
-                                f"{old.generation if old else 'none'}: {exc.message}") from None
+                                f"{old.generation if old else 'none'}"
+                                f"{' (layer set ' + old.layers_sha256[:12] + ')' if old else ''}: {exc.message}",
+                                check=getattr(exc, "check", None) or "unreadable") from None
         except Exception as exc:  # a reader bug must not take the serving index down with it
             RELOADS.labels("failed").inc()
             log.exception("index generation %d failed", generation)
@@ -60,7 +129,34 @@ async def reload_index(app) -> ServiceIndex:
         RELOADS.labels("swapped").inc()
         record_index(index)
         _release_in_background(app)
+        if old is None or old.layers_sha256 != index.layers_sha256:
+            log.warning("serving layer set %s (generation %d, from %s)", index.layers_sha256[:12], generation,
+                        index.store.read_from)
         return index
+
+
+async def follow_accepted(app) -> None:
+    """Every follow_interval_s: when the accepted set is not the one this worker serves, load it (from its kept
+    copies). This is how a reload accepted by one worker reaches its siblings and the other replicas."""
+    settings = get_settings()
+    if settings.follow_interval_s <= 0:
+        return
+    store = accepted_store(settings)
+    seen = None
+    while True:
+        await asyncio.sleep(settings.follow_interval_s)
+        stamp = store.stamp()
+        if stamp is None or stamp == seen:
+            continue
+        accepted = store.read()
+        index = getattr(app.state, "index", None)
+        if accepted is not None and (index is None or index.layers_sha256 != accepted.sha256):
+            log.warning("following the accepted layer set %s", accepted.sha256[:12])
+            try:
+                await reload_index(app, "accepted")
+            except EnrichError:
+                pass  # logged; retried when accepted.json changes again
+        seen = stamp
 
 
 async def _reload_on_signal(app) -> ServiceIndex | EnrichError:

@@ -6,7 +6,7 @@ from functools import lru_cache
 from pathlib import Path
 
 from pydantic import Field, field_validator
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
@@ -30,6 +30,11 @@ class Settings(BaseSettings):
     cache_dir: Path = Path.home() / ".cache" / "enrich-service"
     reference_dir: Path | None = Field(default=None, description="Folder holding the geocoder's reference CSVs")
     default_layers: Annotated[list[str], NoDecode] = ["council_district", "neighborhood", "zip"]
+    accepted_dir: Path | None = Field(
+        default=None, description="Folder of the accepted layer set, shared by every replica (layers/accepted.py); "
+                                  "unset: under cache_dir, one per boundary folder and manifest")
+    follow_interval_s: float = Field(default=2.0, ge=0, description="How often a worker looks for a newly accepted "
+                                                                    "layer set (0: never; SIGHUP still reloads)")
 
     # Engine
     use_grid: bool = Field(default=True, description="Answer through the grid fast path (off: exact path only)")
@@ -40,6 +45,13 @@ class Settings(BaseSettings):
     max_batch: int = Field(default=10_000_000, ge=1, description="Most points in one request")
     max_body_bytes: int = Field(default=1 << 30, ge=1024, description="Largest request body")
     request_timeout_s: float = 120.0
+    header_timeout_s: float = Field(default=15.0, gt=0, description="A request's headers must arrive within this "
+                                                                   "(slow clients; slow_clients.py)")
+    body_timeout_s: float = Field(default=60.0, gt=0, description="Longest wait for the next piece of a request "
+                                                                 "body before answering 408 (slow clients)")
+    keep_alive_timeout_s: float = Field(default=5.0, gt=0, description="Idle keep-alive connections closed after")
+    geocode_cache_max_bytes: int = Field(default=256 << 20, ge=0, description="Geocode result cache bound (bytes "
+                                                                            "of keys and results, estimated)")
     keep_freed_mb: int = Field(default=256, ge=0, description="Freed heap kept for the next bulk request (glibc); "
                                                               "0: glibc's defaults. See memory.py")
 
@@ -49,6 +61,23 @@ class Settings(BaseSettings):
     read_requires_key: bool = False
     cors_origins: Annotated[list[str], NoDecode] = []
 
+    # The page at / (enrich_service/api/page.py)
+    tile_url: str | None = Field(
+        default=None, description="Base map tiles for the page, e.g. https://tiles.example.org/{z}/{x}/{y}.png "
+                                  "(a Leaflet URL template); unset: the page draws the boundary layers on a plain "
+                                  "background, fully usable offline")
+    tile_attribution: str = Field(default="", description="Credit shown under the base map (HTML allowed)")
+    tile_max_zoom: int = Field(default=19, ge=1, le=24)
+    web_assets_dir: Path = Field(
+        default=REPO_ROOT / "node_modules",
+        description="The npm packages the page and /docs serve (leaflet, papaparse, swagger-ui-dist, redoc), as "
+                    "installed by `npm ci` from package-lock.json (scripts/install.sh; /app/node_modules in the image)")
+
+    # CSV answers and portal files: formula escaping (csv_safety.py)
+    csv_formula_escape: Literal["text", "all", "off"] = "text"
+    csv_raw_columns: Annotated[list[str], NoDecode] = Field(default=[], description="Columns written without "
+                                                                                  "formula escaping")
+
     # Logs
     log_level: str = "INFO"
     json_logs: bool = True
@@ -57,7 +86,17 @@ class Settings(BaseSettings):
     postgis_dsn: str | None = None
 
     # Lists come from the environment as "a,b,c".
-    _split_lists = field_validator("default_layers", "api_keys", "cors_origins", mode="before")(_split_csv)
+    _split_lists = field_validator("default_layers", "api_keys", "cors_origins", "csv_raw_columns",
+                                   mode="before")(_split_csv)
+
+
+def accepted_dir(settings: Settings) -> Path:
+    if settings.accepted_dir is not None:
+        return settings.accepted_dir
+    import hashlib
+
+    source = f"{settings.boundary_dir or 'download'}|{Path(settings.manifest).resolve()}"
+    return Path(settings.cache_dir) / "accepted" / hashlib.sha256(source.encode()).hexdigest()[:12]
 
 
 @lru_cache

@@ -4,6 +4,11 @@ uvicorn's workers share one listening socket, and the first to wake accepts ever
 connections opened together all landed on one of two workers (bench/load.py --mode throughput: one core busy, the
 other idle, 3,071 lookups/s). With SO_REUSEPORT each worker listens on its own socket and the kernel spreads new
 connections over them. The supervisor keeps a bound, never listening, socket so a taken port fails at once.
+
+Ready before serving: a worker's socket is bound at once but listens only when uvicorn has run the app's start-up,
+which builds the index (main.lifespan). Until then the kernel hands it no connection (a bound SO_REUSEPORT socket
+joins the port's group only by listening), so a worker the supervisor restarts after a crash is never seen loading:
+its sibling takes the connections meanwhile.
 """
 
 from __future__ import annotations

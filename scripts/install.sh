@@ -3,7 +3,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-APT_PACKAGES=(postgresql-15-postgis-3 nginx age shellcheck wrk)
+APT_PACKAGES=(postgresql-15-postgis-3 nginx age shellcheck wrk chromium)
 missing=()
 for p in "${APT_PACKAGES[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
 if [ ${#missing[@]} -gt 0 ]; then
@@ -23,3 +23,13 @@ command -v "$PY" >/dev/null || PY=python3
 .venv/bin/pip install -q --upgrade pip
 # The same pins as both Dockerfiles (constraints.txt).
 .venv/bin/pip install -q -c constraints.txt -e '.[airflow,dev]'
+
+# The page's front-end packages (Leaflet, Papa Parse, Swagger UI, ReDoc) from the npm registry, exactly as
+# package-lock.json pins them, into node_modules/ (served by the service: ENRICH_WEB_ASSETS_DIR). --ignore-scripts: no
+# install-time code runs. Skipped when node_modules already matches the lock file.
+command -v npm >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs npm >/dev/null; }
+lock_sum=$(sha256sum package-lock.json | cut -d' ' -f1)
+if [ "$(cat node_modules/.lock.sha256 2>/dev/null)" != "$lock_sum" ]; then
+  npm ci --ignore-scripts --omit=peer --no-audit --no-fund --no-update-notifier --loglevel=error
+  echo "$lock_sum" > node_modules/.lock.sha256
+fi

@@ -49,6 +49,8 @@ def environment(args: argparse.Namespace) -> dict[str, str]:
     }
     if "ENRICH_BOUNDARY_DIR" not in os.environ and (data / "boundaries").is_dir():
         env["ENRICH_BOUNDARY_DIR"] = str(data / "boundaries")
+    if "ENRICH_REFERENCE_DIR" not in os.environ and (data / "address").is_dir():
+        env["ENRICH_REFERENCE_DIR"] = str(data / "address")  # the geocoder's, for address-only datasets
     dsn = args.postgis_dsn or os.environ.get("ENRICH_POSTGIS_DSN")
     if dsn:
         env["AIRFLOW_CONN_ENRICH_POSTGIS"] = dsn
@@ -90,13 +92,18 @@ def task_table(dr) -> list[tuple[str, str, int, float]]:
 
 def summary(spec, folder: Path) -> str:
     """Rows per council district (and the unmatched share per layer), from the published CSV."""
-    from enrich_pipeline.report import aggregate_rows, counts_from_csv
+    import pyarrow as pa
+    import pyarrow.csv as pacsv
 
     column = spec.layers["council_district"]
-    rows = aggregate_rows(counts_from_csv(folder / f"{spec.portal.basename}.csv", column))
+    table = pacsv.read_csv(folder / f"{spec.portal.basename}.csv", convert_options=pacsv.ConvertOptions(
+        include_columns=[column], column_types={column: pa.string()}, strings_can_be_null=True))
+    grouped = table.group_by(column).aggregate([([], "count_all")])
+    counts = dict(zip(grouped.column(column).to_pylist(), grouped.column("count_all").to_pylist()))
+    order = sorted(counts, key=lambda v: (v is None, int(v) if v and v.isdigit() else 0, str(v)))
     meta = json.loads((folder / f"{spec.portal.basename}.metadata.json").read_text())
     lines = [f"{'council district':>16}  {'rows':>7}  share"]
-    lines += [f"{r['value']:>16}  {r['count']:>7,}  {r['share']:6.1%}" for r in rows]
+    lines += [f"{v or 'no district':>16}  {counts[v]:>7,}  {counts[v] / max(table.num_rows, 1):6.1%}" for v in order]
     lines.append(f"{'total':>16}  {meta['rows']:>7,}")
     lines.append("unmatched per layer: " + ", ".join(
         f"{layer} {u['unmatched']:,} ({u['unmatched_share']:.1%})" for layer, u in meta["unmatched"].items()))

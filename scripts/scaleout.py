@@ -1,22 +1,30 @@
 #!/usr/bin/env python3
 """Scale-out on this machine, no Docker: the parking meters DAG on Airflow 3 with the CeleryExecutor, two Celery
-workers, two enrich-service replicas behind nginx, and one replica killed (SIGKILL) in the middle of the run.
+workers, two enrich-service replicas (two workers each) behind nginx, and one replica killed (SIGKILL) in the middle
+of the run. Then one boundary version everywhere: the killed replica rejoins, the boundary refresh DAG runs on a
+re-exported districts file while lookups and bulk batches flow, and after a wrong file is refused one worker is
+killed (SIGKILL) under load.
 
     .venv/bin/python scripts/scaleout.py [--batch-rows 500] [--workers 2] [--replicas 2] [--keep] [--json FILE]
 
 What runs (everything on loopback, every file in one temp folder, every process stopped at the end):
-  - Redis 127.0.0.1:6379 (already running) is the Celery broker, on a queue of its own (enrich-scaleout);
-  - the local PostgreSQL holds Airflow's metadata and Celery's results (database airflow_scaleout) and the
-    published table (database enrich_scaleout, with PostGIS); both are made afresh and dropped at the end;
+  - Redis 127.0.0.1:6379 (already running) is the Celery broker, on a queue of its own (enrich-scaleout-<run>);
+  - the local PostgreSQL holds Airflow's metadata and Celery's results (database airflow_scaleout_<run>) and the
+    published table (database enrich_scaleout_<run>, with PostGIS); both are made afresh and dropped at the end
+    (<run>: ENRICH_SCALEOUT_RUN, else this process's pid, so runs side by side keep apart);
   - `airflow api-server`, `scheduler`, `dag-processor` and `celery worker` x N (each worker names itself
     worker-<i>, so a task instance's hostname says which worker ran it);
-  - `enrich-service serve` x M on their own ports, and nginx (the Debian package) with deploy/nginx.conf pointed
+  - `enrich-service serve` x M on their own ports (layer files in a folder of links, the accepted layer set in one
+    folder they share, following it every second), and nginx (the Debian package) with deploy/nginx.conf pointed
     at them, as a foreground process with its own prefix, pid file and access log;
   - the DAG folder is a copy of dags/ whose parking_meters.yaml has a small batch_rows (so the mapped enrich
     batches spread over both workers and both replicas) and no schedule (only the run triggered here).
 
 The run passes when the DAG run succeeds after the kill, every source row is in the published PostGIS table
-exactly once, and both workers and both replicas did part of the work. Prints the per-worker and per-replica
+exactly once, and both workers and both replicas did part of the work; when the refresh succeeds with no failed
+request, every answer from the old or the new layer set and every replica serving the new one; and when the wrong
+file is refused (409) and the killed worker's replacement serves the accepted set with no failed request and no 503
+from any replica. Prints the per-worker and per-replica
 counts and the wall times; exit status 0 on success. tests/test_scaleout.py runs the same thing and checks it.
 """
 
@@ -27,6 +35,7 @@ import collections
 import contextlib
 import json
 import os
+import random
 import re
 import secrets
 import shutil
@@ -35,7 +44,10 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+import urllib.error
+import urllib.parse
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -49,9 +61,12 @@ VENV_BIN = Path(sys.executable).parent
 DATA = Path(os.environ.get("ENRICH_SHARED_DATA", ROOT.parent / "shared" / "data"))
 PG = os.environ.get("ENRICH_SCALEOUT_PG", "postgresql://postgres@127.0.0.1:5432")
 REDIS = os.environ.get("ENRICH_SCALEOUT_REDIS", "redis://127.0.0.1:6379/0")
-METADATA_DB, GIS_DB = "airflow_scaleout", "enrich_scaleout"
-QUEUE = "enrich-scaleout"
+# Names of this run's own (two runs at once, e.g. two checkouts' test suites, must not drop each other's databases)
+RUN = os.environ.get("ENRICH_SCALEOUT_RUN") or str(os.getpid())
+METADATA_DB, GIS_DB = f"airflow_scaleout_{RUN}", f"enrich_scaleout_{RUN}"
+QUEUE = f"enrich-scaleout-{RUN}"
 DAG_ID = "enrich_parking_meters"
+REFRESH_DAG_ID = "enrich_boundary_refresh"
 SPEC = "parking_meters.yaml"
 TABLE = "public.parking_meters_enriched"
 ADMIN_KEY = "scaleout-admin-key"
@@ -134,6 +149,8 @@ class Cluster:
     workers: list[str] = field(default_factory=list)
     procs: dict[str, Proc] = field(default_factory=dict)
     killed: dict[str, float] = field(default_factory=dict)  # replica -> time.time() of the kill
+    service_env: dict = field(default_factory=dict)
+    service_workers: int = 2
 
     def start(self, name: str, argv: list[str], env: dict | None = None) -> Proc:
         out = self.tmp / "logs" / f"{name}.log"
@@ -162,6 +179,13 @@ class Cluster:
 
     def gis(self) -> psycopg.Connection:
         return psycopg.connect(f"{PG}/{GIS_DB}", autocommit=True)
+
+    def start_replica(self, name: str) -> Proc:
+        """`enrich-service serve` on the replica's port (again, after a kill: a new replica joining)."""
+        self.killed.pop(name, None)
+        host, port = self.replicas[name].split(":")
+        return self.start(name, [str(VENV_BIN / "enrich-service"), "serve", "--host", host, "--port", port,
+                                 "--workers", str(self.service_workers)], env=self.service_env)
 
     def kill_replica(self, name: str) -> None:
         """A crash, not a shutdown: SIGKILL, no chance to finish in-flight requests."""
@@ -236,19 +260,42 @@ def _drop_databases() -> None:
             conn.execute(f"DROP DATABASE IF EXISTS {db} WITH (FORCE)")
 
 
+DISTRICTS = "council_districts_2021_datasd.geojson"
+
+
+def _boundary_folder(dest: Path) -> None:
+    """The real layer files, linked; the refresh and the refusal below replace one (os.replace), never the original."""
+    dest.mkdir()
+    for f in (DATA / "boundaries").iterdir():
+        (dest / f.name).symlink_to(f)
+
+
+def write_layer(c: "Cluster", name: str, doc: dict) -> None:
+    path = c.tmp / "boundaries" / name
+    tmp = path.with_name(f".{name}.tmp")
+    tmp.write_bytes(json.dumps(doc).encode())
+    os.replace(tmp, path)
+
+
 def _dag_folder(dest: Path, batch_rows: int) -> None:
     """A copy of dags/ with the parking meters spec only, small batches and no schedule."""
     shutil.copytree(ROOT / "dags", dest, ignore=shutil.ignore_patterns("__pycache__"))
     for spec in (dest / "datasets").glob("*.y*ml"):
         if spec.name != SPEC:
             spec.unlink()
+    # the boundary refresh runs when the harness triggers it, not on its weekly schedule when unpaused
+    factory = dest / "enrich_pipeline" / "factory.py"
+    text = factory.read_text()
+    if text.count('schedule="@weekly"') != 1:
+        raise ValueError("dags/enrich_pipeline/factory.py: the boundary refresh's schedule=\"@weekly\" not found")
+    factory.write_text(text.replace('schedule="@weekly"', "schedule=None"))
     path = dest / "datasets" / SPEC
     doc = yaml.safe_load(path.read_text())
     doc.update(batch_rows=batch_rows, schedule=None, reenrich_on_boundary_change=False)
     path.write_text(yaml.safe_dump(doc, sort_keys=False))
 
 
-def _airflow_env(tmp: Path, api_port: int, lb_url: str) -> dict:
+def _airflow_env(tmp: Path, api_port: int, lb_url: str, replicas: list[str] = ()) -> dict:
     from cryptography.fernet import Fernet
 
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "ENRICH_"))}
@@ -285,7 +332,13 @@ def _airflow_env(tmp: Path, api_port: int, lb_url: str) -> dict:
         "AIRFLOW__SCHEDULER__ENABLE_HEALTH_CHECK": "False",
         "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "10",
         # the DAG's connections and folders (env/*.env and env/secrets.env.example in compose)
-        "AIRFLOW_CONN_ENRICH_SERVICE": lb_url.replace("http://", f"http://:{ADMIN_KEY}@") + "?timeout=300",
+        # the balancer for batches and the reload; each replica itself for the refresh's wait for every replica
+        "AIRFLOW_CONN_ENRICH_SERVICE": lb_url.replace("http://", f"http://:{ADMIN_KEY}@") + "?timeout=300"
+        + (f"&replicas={urllib.parse.quote(','.join(replicas), safe='')}&converge_timeout_s=120" if replicas
+           else ""),
+        # the boundary refresh reads the same folder as the replicas (compose: the boundaries volume)
+        "ENRICH_BOUNDARY_DIR": str(tmp / "boundaries"),
+        "ENRICH_CACHE_DIR": str(tmp / "cache-airflow"),
         "AIRFLOW_CONN_ENRICH_POSTGIS": f"{PG}/{GIS_DB}",
         "ENRICH_DATA_DIR": str(DATA),
         "ENRICH_WORK_DIR": str(tmp / "work"),  # shared by the workers, as the airflow-work volume is in compose
@@ -297,7 +350,8 @@ def _airflow_env(tmp: Path, api_port: int, lb_url: str) -> dict:
 
 
 @contextlib.contextmanager
-def cluster(batch_rows: int = 500, workers: int = 2, replicas: int = 2, keep: bool = False) -> Iterator[Cluster]:
+def cluster(batch_rows: int = 500, workers: int = 2, replicas: int = 2, keep: bool = False,
+            service_workers: int = 2) -> Iterator[Cluster]:
     """Everything started and ready (replicas ready, nginx up, Airflow migrated, the DAG parsed and unpaused);
     everything stopped, the temp folder and the two databases removed on exit (unless keep)."""
     tmp = Path(tempfile.mkdtemp(prefix="enrich-scaleout-"))
@@ -306,7 +360,9 @@ def cluster(batch_rows: int = 500, workers: int = 2, replicas: int = 2, keep: bo
         (tmp / sub).mkdir()
     lb_port, api_port = free_port(), free_port()
     c = Cluster(tmp=tmp, env={}, lb_url=f"http://127.0.0.1:{lb_port}", access_log=tmp / "nginx" / "access.log")
-    c.env = _airflow_env(tmp, api_port, c.lb_url)
+    c.replicas = {f"replica-{i}": f"127.0.0.1:{free_port()}" for i in range(1, replicas + 1)}
+    c.env = _airflow_env(tmp, api_port, c.lb_url, list(c.replicas.values()))
+    _boundary_folder(tmp / "boundaries")
     log(f"temp folder {tmp}")
     try:
         _recreate_databases()
@@ -314,15 +370,15 @@ def cluster(batch_rows: int = 500, workers: int = 2, replicas: int = 2, keep: bo
         _dag_folder(tmp / "dags", batch_rows)
 
         # the service replicas: each loads and indexes the real layers
-        service_env = {k: v for k, v in c.env.items() if not k.startswith("AIRFLOW")}
-        service_env.update(ENRICH_BOUNDARY_DIR=str(DATA / "boundaries"), ENRICH_API_KEYS=ADMIN_KEY,
-                           ENRICH_CACHE_DIR=str(tmp / "cache"), NUMBA_CACHE_DIR=str(tmp / "cache" / "numba"),
-                           ENRICH_LOG_LEVEL="WARNING")
-        for i in range(1, replicas + 1):
-            port = free_port()
-            c.replicas[f"replica-{i}"] = f"127.0.0.1:{port}"
-            c.start(f"replica-{i}", [str(VENV_BIN / "enrich-service"), "serve", "--host", "127.0.0.1",
-                                     "--port", str(port), "--workers", "1"], env=service_env)
+        # (each with `service_workers` workers; the accepted layer set in one folder they share, as a volume would)
+        c.service_env = {k: v for k, v in c.env.items() if not k.startswith("AIRFLOW")}
+        c.service_env.update(ENRICH_BOUNDARY_DIR=str(tmp / "boundaries"), ENRICH_API_KEYS=ADMIN_KEY,
+                             ENRICH_CACHE_DIR=str(tmp / "cache"), NUMBA_CACHE_DIR=str(tmp / "cache" / "numba"),
+                             ENRICH_ACCEPTED_DIR=str(tmp / "accepted"), ENRICH_FOLLOW_INTERVAL_S="1",
+                             ENRICH_LOG_LEVEL="WARNING")
+        c.service_workers = service_workers
+        for name in c.replicas:
+            c.start_replica(name)
 
         conf = tmp / "nginx" / "nginx.conf"
         conf.write_text(render_nginx_conf(list(c.replicas.values()), f"127.0.0.1:{lb_port}", tmp / "nginx",
@@ -350,7 +406,9 @@ def cluster(batch_rows: int = 500, workers: int = 2, replicas: int = 2, keep: bo
         _wait("api-server up", lambda: _http_ok(f"http://127.0.0.1:{api_port}/api/v2/monitor/health"), 180, c)
         _wait("the DAG parsed", lambda: _dag_parsed(c), 300, c, every=2)
         _wait("workers listening", lambda: _workers_ready(c), 180, c, every=2)
+        _wait("the refresh DAG parsed", lambda: _dag_parsed(c, REFRESH_DAG_ID), 300, c, every=2)
         c.airflow("dags", "unpause", DAG_ID)
+        c.airflow("dags", "unpause", REFRESH_DAG_ID)
         yield c
     finally:
         for name in reversed(list(c.procs)):
@@ -365,10 +423,10 @@ def cluster(batch_rows: int = 500, workers: int = 2, replicas: int = 2, keep: bo
             shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _dag_parsed(c: Cluster) -> bool:
+def _dag_parsed(c: Cluster, dag_id: str = DAG_ID) -> bool:
     try:
         with c.metadata() as conn:
-            return bool(conn.execute("SELECT 1 FROM serialized_dag WHERE dag_id = %s", [DAG_ID]).fetchone())
+            return bool(conn.execute("SELECT 1 FROM serialized_dag WHERE dag_id = %s", [dag_id]).fetchone())
     except psycopg.Error:
         return False
 
@@ -381,18 +439,18 @@ def _workers_ready(c: Cluster) -> bool:
 # --------------------------------------------------------------------------------------------------------------------
 # the run
 # --------------------------------------------------------------------------------------------------------------------
-def task_instances(c: Cluster, run_id: str) -> list[dict]:
+def task_instances(c: Cluster, run_id: str, dag_id: str = DAG_ID) -> list[dict]:
     with c.metadata() as conn:
         cur = conn.execute("SELECT task_id, map_index, state, hostname, try_number, start_date, end_date "
                            "FROM task_instance WHERE dag_id = %s AND run_id = %s ORDER BY task_id, map_index",
-                           [DAG_ID, run_id])
+                           [dag_id, run_id])
         cols = [d.name for d in cur.description]
         return [dict(zip(cols, row)) for row in cur.fetchall()]
 
 
-def run_state(c: Cluster, run_id: str) -> str | None:
+def run_state(c: Cluster, run_id: str, dag_id: str = DAG_ID) -> str | None:
     with c.metadata() as conn:
-        row = conn.execute("SELECT state FROM dag_run WHERE dag_id = %s AND run_id = %s", [DAG_ID, run_id]).fetchone()
+        row = conn.execute("SELECT state FROM dag_run WHERE dag_id = %s AND run_id = %s", [dag_id, run_id]).fetchone()
     return row[0] if row else None
 
 
@@ -423,6 +481,180 @@ def run_with_a_replica_killed(c: Cluster, victim: str = "replica-1", kill_after:
     return {"run_id": run_id, "state": state, "run_seconds": round(time.monotonic() - started, 1),
             "victim": victim, "killed_at": c.killed.get(victim), "batches_left_at_kill": batches_left_at_kill,
             "task_instances": task_instances(c, run_id)}
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# one boundary version everywhere: the refresh under load, and a worker killed after a refused file
+# --------------------------------------------------------------------------------------------------------------------
+class Load:
+    """Lookups (GET /v1/pip) and bulk batches (POST /v1/pip, 500 points) through the balancer from a few threads
+    while something happens; every answer recorded as (start, end, kind, status, X-Enrich-Layers-Sha256)."""
+
+    def __init__(self, url: str, threads: int = 3):
+        self.url, self.n = url, threads
+        self.answers: list[tuple[float, float, str, int, str | None]] = []
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+        rng = random.Random(15)
+        self._bulk = json.dumps({"points": [{"id": i, "lon": rng.uniform(-117.25, -117.0),
+                                             "lat": rng.uniform(32.65, 32.95)} for i in range(500)]}).encode()
+
+    def _run(self, k: int) -> None:
+        import httpx
+
+        with httpx.Client(base_url=self.url, timeout=60) as client:
+            i = k
+            while not self._stop.is_set():
+                t0, bulk = time.time(), i % 3 == 0
+                try:
+                    r = client.post("/v1/pip", content=self._bulk, headers={"content-type": "application/json"}) \
+                        if bulk else client.get("/v1/pip", params={"lon": -117.1627, "lat": 32.7167})
+                    status, sha = r.status_code, r.headers.get("x-enrich-layers-sha256")
+                except httpx.HTTPError:
+                    status, sha = 0, None
+                self.answers.append((t0, time.time(), "bulk" if bulk else "lookup", status, sha))
+                i += 1
+                time.sleep(0.02)
+
+    def __enter__(self) -> "Load":
+        self._threads = [threading.Thread(target=self._run, args=(k,), daemon=True) for k in range(self.n)]
+        for t in self._threads:
+            t.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        for t in self._threads:
+            t.join(timeout=90)
+
+    def failed(self) -> list[tuple]:
+        return [a for a in self.answers if a[3] != 200]
+
+
+def readyz_probes(addr: str, probes: int = 6) -> list[dict]:
+    """GET /readyz on `probes` new connections to one replica (each may land on another of its workers)."""
+    out = []
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    for _ in range(probes):
+        try:
+            with opener.open(f"http://{addr}/readyz", timeout=10) as r:
+                out.append(json.loads(r.read()))
+        except (OSError, ValueError) as exc:
+            out.append({"status": f"unreachable: {exc}"})
+    return out
+
+
+def worker_pids(addr: str, n: int, timeout: float = 120) -> set[int]:
+    seen: set[int] = set()
+    deadline = time.monotonic() + timeout
+    while len(seen) < n:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{addr}: saw workers {sorted(seen)}, expected {n}")
+        seen |= {p["worker_pid"] for p in readyz_probes(addr, 4) if "worker_pid" in p}
+    return seen
+
+
+def layer_set_of_folder(folder: Path) -> str:
+    """The layer set (sha256) the files in `folder` make, as the service names it (X-Enrich-Layers-Sha256)."""
+    sys.path.insert(0, str(ROOT))
+    from enrich_service.layers.accepted import set_sha256
+    from enrich_service.layers.manifest import load_manifest
+    from enrich_service.layers.sources import sha256_of
+
+    names = {v.source.file for spec in load_manifest(ROOT / "boundaries" / "manifest.yaml").layers.values()
+             for v in spec.versions}
+    return set_sha256({name: sha256_of(folder / name) for name in names})
+
+
+def refresh_under_load(c: Cluster, timeout: float = 600) -> dict:
+    """A new districts file (the same lines, re-exported: a new sha256), then the boundary refresh DAG, while
+    lookups and bulk batches flow through the balancer. Measures when each replica (asked itself, on several
+    connections) serves the new set, counted from the moment accepted.json named it."""
+    old = layer_set_of_folder(c.tmp / "boundaries")
+    doc = json.loads((DATA / "boundaries" / DISTRICTS).read_bytes())
+    doc["name"] = "council_districts_reexported"
+    write_layer(c, DISTRICTS, doc)
+    new = layer_set_of_folder(c.tmp / "boundaries")
+    run_id = f"refresh__{time.strftime('%Y%m%dT%H%M%S')}"
+    serving: dict[str, float] = {}
+    with Load(c.lb_url) as load:
+        time.sleep(1)
+        c.airflow("dags", "trigger", REFRESH_DAG_ID, "--run-id", run_id)
+        log(f"triggered {run_id}: layer set {old[:12]} -> {new[:12]}")
+        deadline = time.monotonic() + timeout
+        state = None
+        while time.monotonic() < deadline:
+            for name, addr in c.replicas.items():
+                if name not in serving and {p.get("layers_sha256") for p in readyz_probes(addr, 4)} == {new}:
+                    serving[name] = time.time()
+            state = run_state(c, run_id, REFRESH_DAG_ID)
+            if state in ("success", "failed") and len(serving) == len(c.replicas):
+                break
+            if state == "failed":
+                break
+            c.check_alive()
+            time.sleep(0.25)
+        time.sleep(1)  # answers after the switch, too
+    accepted = json.loads((c.tmp / "accepted" / "accepted.json").read_bytes())
+    accepted_at = (c.tmp / "accepted" / "accepted.json").stat().st_mtime
+    return {"run_id": run_id, "state": state, "old": old, "new": new, "accepted": accepted["sha256"],
+            "serving_after_accept_s": {n: round(t - accepted_at, 1) for n, t in sorted(serving.items())},
+            "answers": len(load.answers), "failed": load.failed(),
+            "versions": dict(collections.Counter(a[4] for a in load.answers)),
+            "after_all_serve": collections.Counter(a[4] for a in load.answers
+                                                   if serving and a[0] > max(serving.values())),
+            "task_instances": task_instances(c, run_id, REFRESH_DAG_ID)}
+
+
+def refuse_then_kill_a_worker(c: Cluster, replica: str = "replica-2") -> dict:
+    """A wrong-but-parseable districts file (every feature "3") refused by the replica's admin reload, then kill -9
+    of one of its workers while lookups and batches flow: what the clients saw, what nginx saw from the replicas,
+    and what the replacement serves."""
+    addr = c.replicas[replica]
+    accepted = json.loads((c.tmp / "accepted" / "accepted.json").read_bytes())["sha256"]
+    doc = json.loads((DATA / "boundaries" / DISTRICTS).read_bytes())
+    for f in doc["features"]:
+        f["properties"]["district"] = 3
+    write_layer(c, DISTRICTS, doc)
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    req = urllib.request.Request(f"http://{addr}/v1/admin/reload", method="POST", headers={"X-API-Key": ADMIN_KEY})
+    try:
+        with opener.open(req, timeout=120) as r:
+            reload = {"status": r.status, **json.loads(r.read())}
+    except urllib.error.HTTPError as exc:
+        reload = {"status": exc.code, **json.loads(exc.read())}
+    pids = worker_pids(addr, c.service_workers)
+    with Load(c.lb_url) as load:
+        time.sleep(1)
+        victim = min(pids)
+        killed_at = time.time()
+        os.kill(victim, signal.SIGKILL)
+        log(f"{replica}: killed worker {victim} (SIGKILL) after the refused reload")
+        deadline = time.monotonic() + 180
+        replacement = None
+        while replacement is None:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{replica}: worker {victim} was not replaced")
+            for p in readyz_probes(addr, 4):
+                if p.get("worker_pid") not in pids | {None}:
+                    replacement = p
+        back_at = time.time()
+        time.sleep(1.5)
+    since = [r for r in c.lb_requests() if float(r["msec"]) >= killed_at]
+    return {"reload": reload, "victim": victim, "replacement": replacement, "back_after_s": round(back_at - killed_at, 1),
+            "accepted": accepted, "answers": len(load.answers), "failed": load.failed(),
+            "versions": dict(collections.Counter(a[4] for a in load.answers)),
+            # what the replicas answered nginx: a 503 would be a worker taking connections before it is ready
+            "upstream_503": [(r["upstream"], r["upstream_status"]) for r in since if "503" in r["upstream_status"]],
+            "upstream_retried": sum("," in r["upstream_status"] for r in since),
+            "replica_view": readyz_probes(addr, 8)}
+
+
+def rejoin(c: Cluster, name: str, timeout: float = 180) -> list[dict]:
+    """Start a killed replica again: a new replica joining loads the last accepted set. Returns its /readyz."""
+    c.start_replica(name)
+    _wait(f"{name} ready again", lambda: _http_ok(f"http://{c.replicas[name]}/readyz"), timeout, c)
+    return readyz_probes(c.replicas[name], 4)
 
 
 def source_frame() -> tuple["pandas.DataFrame", list[str]]:  # noqa: F821
@@ -474,16 +706,25 @@ def summarize(c: Cluster, run: dict) -> dict:
 
 
 def replica_metrics(c: Cluster) -> dict[str, int]:
-    """POST /v1/pip requests each live replica counted itself (its /metrics), to set beside nginx's log."""
+    """POST /v1/pip requests each live replica counted itself (its /metrics), to set beside nginx's log. Each worker
+    keeps its own counters: /readyz then /metrics on one kept-alive connection (so one worker), on new connections
+    until every worker was heard, summed."""
+    import httpx
+
     out = {}
-    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
     for name, addr in c.replicas.items():
         if name in c.killed:
             continue
-        with opener.open(f"http://{addr}/metrics", timeout=10) as r:
-            text = r.read().decode()
-        out[name] = int(sum(float(m.group(1)) for m in re.finditer(
-            r'^enrich_requests_total\{(?=[^}]*method="POST")(?=[^}]*route="/v1/pip")[^}]*\}\s+(\S+)$', text, re.M)))
+        per_worker: dict[int, int] = {}
+        deadline = time.monotonic() + 60
+        while len(per_worker) < c.service_workers and time.monotonic() < deadline:
+            with httpx.Client(base_url=f"http://{addr}", timeout=10, limits=httpx.Limits(max_connections=1)) as h:
+                pid = h.get("/readyz").json()["worker_pid"]
+                text = h.get("/metrics").text
+            per_worker[pid] = int(sum(float(m.group(1)) for m in re.finditer(
+                r'^enrich_requests_total\{(?=[^}]*method="POST")(?=[^}]*route="/v1/pip")[^}]*\}\s+(\S+)$', text,
+                re.M)))
+        out[name] = sum(per_worker.values())
     return out
 
 
@@ -506,13 +747,22 @@ def main(argv: list[str] | None = None) -> int:
         report = {"setup_seconds": setup_s, "run_seconds": run["run_seconds"], "state": run["state"],
                   "batch_rows": args.batch_rows, "batches_left_at_kill": run["batches_left_at_kill"],
                   **summarize(c, run), "published": published(c) if run["state"] == "success" else None}
+        rejoin(c, "replica-1")
+        refresh = refresh_under_load(c)
+        report["refresh"] = {k: v for k, v in refresh.items() if k != "task_instances"}
+        report["refuse_then_kill"] = refuse_then_kill_a_worker(c)
     report["wall_seconds"] = round(time.monotonic() - wall, 1)
     pub = report["published"] or {}
     ok = (report["state"] == "success" and run["killed_at"] is not None and (report["batches_left_at_kill"] or 0) > 0
           and pub.get("published_rows") == pub.get("source_rows") == pub.get("distinct_source_row")
           and pub.get("duplicate_ids_published") == pub.get("duplicate_ids_in_source")
           and len(report["enrich_batches_by_worker"]) == args.workers
-          and len(report["pip_requests_by_replica"]) == args.replicas)
+          and len(report["pip_requests_by_replica"]) == args.replicas
+          and refresh["state"] == "success" and not refresh["failed"]
+          and set(refresh["versions"]) <= {refresh["old"], refresh["new"]}
+          and len(refresh["serving_after_accept_s"]) == args.replicas
+          and report["refuse_then_kill"]["reload"]["status"] == 409 and not report["refuse_then_kill"]["failed"]
+          and not report["refuse_then_kill"]["upstream_503"])
     report["ok"] = ok
     text = json.dumps(report, indent=2, default=str)
     print(text)

@@ -3,6 +3,7 @@
 # public keys in env/recipients/<env>.txt; the clear text env/<env>.secrets.env is git-ignored and made only on the
 # machine that runs the stack, just before docker compose reads it (`env_file:` in docker-compose.yml).
 #
+#   scripts/secrets.sh init    dev          a laptop's first start: random dev secrets (mail to mailpit), keygen, encrypt
 #   scripts/secrets.sh keygen  ENV          make your age key for ENV (if missing) and add its public key to the recipients
 #   scripts/secrets.sh encrypt ENV          env/ENV.secrets.env -> env/ENV.secrets.env.age (checked first)
 #   scripts/secrets.sh decrypt ENV          env/ENV.secrets.env.age -> env/ENV.secrets.env (mode 600)
@@ -13,6 +14,9 @@
 #   scripts/secrets.sh run     ENV -- CMD   load-at-start, then run CMD with ENRICH_ENV=ENV
 #   scripts/secrets.sh up      ENV [ARGS]   load-at-start, then docker compose --env-file env/ENV.env --profile P up -d --wait
 #   scripts/secrets.sh clean   [ENV]        wipe the clear-text files
+#
+# decrypt, load, init (and so run and up) also write env/ENV.secrets/<role>.env: per role of env/secrets.roles only
+# its keys, so that each container receives only the secrets it needs (docker-compose.yml: env_file).
 #
 # The private key is read from ENRICH_AGE_KEY_FILE (default ~/.config/enrich/age/ENV.key); it never enters the repo.
 # ENRICH_ENV_DIR (default: env/ beside this script) is where the files above live.
@@ -42,6 +46,13 @@ profile_of() { if [ "$1" = dev ]; then echo dev; else echo prod; fi; }
 wipe() {  # remove a clear-text file, overwriting it first where shred exists
     [ -e "$1" ] || return 0
     if command -v shred >/dev/null; then shred -u -- "$1"; else rm -f -- "$1"; fi
+}
+
+wipe_roles() {  # the per-role clear files of one environment
+    [ -d "$1" ] || return 0
+    local f
+    for f in "$1"/*.env "$1"/.[!.]*; do wipe "$f"; done
+    rmdir "$1" 2>/dev/null || true
 }
 
 TMP_CLEAR=""  # the private temp file of edit/rekey, wiped on exit whatever happens
@@ -99,6 +110,69 @@ decrypt_to() {  # decrypt_to ENV DEST
     mv -f "$dest.tmp" "$dest"
 }
 
+roles_file() { echo "$ENV_DIR/secrets.roles"; }
+roles_dir()  { echo "$ENV_DIR/$1.secrets"; }
+
+split_roles() {  # split_roles ENV: env/ENV.secrets.env -> env/ENV.secrets/<role>.env (mode 600), one per role
+    local env="$1" src dir role keys k tmp
+    src="$(clear_file "$env")"; dir="$(roles_dir "$env")"
+    [ -f "$(roles_file)" ] || die "$(roles_file): not found"
+    (umask 077 && mkdir -p "$dir")
+    chmod 700 "$dir"
+    while IFS=: read -r role keys; do
+        role="${role// /}"
+        [[ -z "$role" || "$role" == \#* ]] && continue
+        [[ "$role" =~ ^[a-z][a-z0-9-]*$ ]] || die "$(roles_file): bad role name '$role'"
+        tmp="$(umask 077 && mktemp "$dir/.$role.XXXXXX")"
+        for k in $keys; do
+            grep -E "^$k=" "$src" >> "$tmp" || { rm -f "$tmp"; die "$src: no $k (role $role)"; }
+        done
+        chmod 600 "$tmp"
+        mv -f "$tmp" "$dir/$role.env"
+    done < "$(roles_file)"
+}
+
+random_hex() { head -c "$1" /dev/urandom | od -An -tx1 | tr -d ' \n'; }
+fernet_key() { head -c 32 /dev/urandom | base64 | tr '+/' '-_'; }
+DEV_SMTP='smtp://mailpit:1025?disable_ssl=true&disable_tls=true&from_email=enrich-dev%40localhost'
+
+cmd_init() {  # cmd_init ENV [--force]: throwaway secrets for a laptop, from env/secrets.env.example
+    local env="$1" force="${2:-}" clear example line name out
+    [ "$env" = dev ] || die "init makes throwaway secrets for dev only; for $env use: scripts/secrets.sh edit $env"
+    clear="$(clear_file "$env")"; example="$ENV_DIR/secrets.env.example"
+    if [ "$force" != --force ]; then
+        [ ! -e "$(enc_file "$env")" ] || die "$(enc_file "$env") exists: scripts/secrets.sh decrypt $env (or init $env --force to replace it)"
+        [ ! -e "$clear" ] || die "$clear exists (init $env --force to replace it)"
+    fi
+    declare -A values=()
+    for name in $(grep -oE '<[^>]+>' "$example" | sort -u | tr -d '<>'); do
+        case "$name" in
+            fernet-key) values[$name]="$(fernet_key)" ;;
+            *) values[$name]="$(random_hex 24)" ;;
+        esac
+    done
+    out="$(umask 077 && mktemp "$ENV_DIR/.$env.secrets.XXXXXX")"
+    while IFS= read -r line || [ -n "$line" ]; do
+        if [[ "$line" == AIRFLOW_CONN_SMTP_DEFAULT=* ]]; then
+            line="AIRFLOW_CONN_SMTP_DEFAULT=$DEV_SMTP"
+        else
+            for name in "${!values[@]}"; do line="${line//"<$name>"/"${values[$name]}"}"; done
+        fi
+        printf '%s\n' "$line"
+    done < "$example" > "$out"
+    chmod 600 "$out"
+    mv -f "$out" "$clear"
+    check_file "$env" "$clear"
+    split_roles "$env"
+    echo "wrote $clear (random values, mail to mailpit) and $(roles_dir "$env")/" >&2
+    if command -v age >/dev/null && command -v age-keygen >/dev/null; then
+        cmd_keygen "$env" >/dev/null
+        encrypt_from "$env" "$clear"
+    else
+        echo "age is not installed: $clear is not encrypted (apt-get install age, then scripts/secrets.sh keygen $env && scripts/secrets.sh encrypt $env)" >&2
+    fi
+}
+
 cmd_keygen() {
     local env="$1" key rec pub
     key="$(key_file "$env")"; rec="$(recipients "$env")"
@@ -134,6 +208,7 @@ cmd_load() {
     dest="$(clear_file "$env")"
     decrypt_to "$env" "$dest"
     check_file "$env" "$dest"
+    split_roles "$env"
     echo "$dest"
 }
 
@@ -141,9 +216,10 @@ main() {
     local cmd="${1:-}"
     [ $# -gt 0 ] && shift
     case "$cmd" in
+        init)    check_env_name "${1:-}"; cmd_init "$@" ;;
         keygen)  need_age; check_env_name "${1:-}"; cmd_keygen "$1" ;;
         encrypt) need_age; check_env_name "${1:-}"; encrypt_from "$1" "$(clear_file "$1")" ;;
-        decrypt) need_age; check_env_name "${1:-}"; decrypt_to "$1" "$(clear_file "$1")"; clear_file "$1" ;;
+        decrypt) need_age; check_env_name "${1:-}"; decrypt_to "$1" "$(clear_file "$1")"; split_roles "$1"; clear_file "$1" ;;
         edit)    need_age; check_env_name "${1:-}"; cmd_edit "$1" ;;
         rekey)
             need_age; check_env_name "${1:-}"
@@ -166,9 +242,12 @@ main() {
             ENRICH_ENV="$env" exec docker compose --env-file "$ENV_DIR/$env.env" --profile "$(profile_of "$env")" \
                 up -d --wait "$@" ;;
         clean)
-            if [ $# -gt 0 ]; then check_env_name "$1"; wipe "$(clear_file "$1")"
-            else for f in "$ENV_DIR"/*.secrets.env; do wipe "$f"; done; fi ;;
-        -h|--help|help|"") sed -n '2,20p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' ;;
+            if [ $# -gt 0 ]; then check_env_name "$1"; wipe "$(clear_file "$1")"; wipe_roles "$(roles_dir "$1")"
+            else
+                for f in "$ENV_DIR"/*.secrets.env; do wipe "$f"; done
+                for d in "$ENV_DIR"/*.secrets; do wipe_roles "$d"; done
+            fi ;;
+        -h|--help|help|"") sed -n '2,24p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' ;;
         *) die "unknown command '$cmd' (try: scripts/secrets.sh help)" ;;
     esac
 }

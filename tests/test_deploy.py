@@ -292,13 +292,43 @@ def test_no_secret_values_inline(services, compose_text):
                 assert m.group(1).startswith("$"), f"{name}: a literal secret in its {part}: {m.group(0)}"
 
 
+def secret_roles() -> dict[str, list[str]]:
+    """env/secrets.roles: role -> the secret keys its containers receive."""
+    out = {}
+    for line in (ROOT / "env" / "secrets.roles").read_text().splitlines():
+        if line.strip() and not line.startswith("#"):
+            role, _, keys = line.partition(":")
+            out[role.strip()] = keys.split()
+    return out
+
+
+ROLE_FILE = re.compile(r"env/\$\{ENRICH_ENV:-dev\}\.secrets/([a-z][a-z0-9-]*)\.env")
+
+
+def secrets_of(svc: dict) -> set[str]:
+    """The secret keys a service receives: the keys of the roles its env_file lists."""
+    roles = secret_roles()
+    out: set[str] = set()
+    for f in svc.get("env_file") or []:
+        m = ROLE_FILE.fullmatch(str(f))
+        if m:
+            out |= set(roles[m.group(1)])
+    return out
+
+
 def test_settings_only_from_env_files(services):
-    """Services that take settings read env/${ENRICH_ENV}.env then the decrypted secrets; inline environment: only
-    for documented image mechanics (no setting of ours)."""
-    want = ["env/${ENRICH_ENV:-dev}.env", "env/${ENRICH_ENV:-dev}.secrets.env"]
+    """Services that take settings read env/${ENRICH_ENV}.env, then the secrets of their roles (per-role files that
+    scripts/secrets.sh writes from the decrypted secrets); inline environment: only for documented image mechanics
+    (no setting of ours)."""
+    roles = secret_roles()
     for name, svc in services.items():
         if "env_file" in svc:
-            assert svc["env_file"] == want, f"{name}: env_file {svc['env_file']}"
+            files = [str(f) for f in svc["env_file"]]
+            assert files[0] == "env/${ENRICH_ENV:-dev}.env", f"{name}: env_file {files}"
+            for f in files[1:]:
+                m = ROLE_FILE.fullmatch(f)
+                assert m and m.group(1) in roles, f"{name}: {f} is not the secrets of a role in env/secrets.roles"
+            assert len(set(files)) == len(files), f"{name}: env_file {files}"
         for key in svc.get("environment") or {}:
             assert not key.startswith(("ENRICH_", "AIRFLOW__", "AIRFLOW_CONN_", "POSTGRES", "POSTGIS")), (
                 f"{name}: setting {key} inline; it belongs in env/<env>.env")
@@ -365,7 +395,7 @@ def test_named_volumes_for_data(compose, services):
     declared = set(compose.get("volumes") or {})
     for name, svc in services.items():
         for vol in svc.get("volumes", []):
-            source, target = str(vol).split(":")[:2]
+            source, target = default_of(vol).split(":")[:2]
             if source.startswith((".", "/")):
                 assert str(vol).endswith(":ro"), f"{name}: bind mount {vol} must be read-only config"
             else:
@@ -399,8 +429,103 @@ def test_env_files_per_environment(services, compose_text):
             f"$${var} is set by no env file")
 
 
+# Who needs which secret. Everything else gets none: Redis (internal network only), Jupyter (makes its own token),
+# nginx and mailpit (no settings at all).
+NEEDED_SECRETS = {
+    "postgis": {"POSTGIS_PASSWORD"},
+    "airflow-db": {"AIRFLOW_DB_PASSWORD"},
+    "db-backup": {"POSTGIS_PASSWORD", "AIRFLOW_DB_PASSWORD"},
+    "postgis-load": {"ENRICH_POSTGIS_DSN"},
+    "enrich-service": {"ENRICH_API_KEYS"},
+    # every Airflow component: its database, the broker, its own keys; only the workers run tasks, so only they
+    # hold the DAGs' connections
+    **{name: {"AIRFLOW__DATABASE__SQL_ALCHEMY_CONN", "AIRFLOW__CELERY__RESULT_BACKEND", "AIRFLOW__CELERY__BROKER_URL",
+              "AIRFLOW__CORE__FERNET_KEY", "AIRFLOW__API_AUTH__JWT_SECRET", "AIRFLOW__API__SECRET_KEY"}
+       for name in ("airflow-init", "airflow-apiserver", "airflow-scheduler", "airflow-dag-processor",
+                    "airflow-triggerer")},
+}
+NEEDED_SECRETS["airflow-worker"] = NEEDED_SECRETS["airflow-scheduler"] | {
+    "AIRFLOW_CONN_ENRICH_SERVICE", "AIRFLOW_CONN_ENRICH_POSTGIS", "AIRFLOW_CONN_SMTP_DEFAULT"}
+
+
+def test_each_service_gets_only_the_secrets_it_needs(services):
+    for name, svc in services.items():
+        assert secrets_of(svc) == NEEDED_SECRETS.get(name, set()), (
+            f"{name} receives {sorted(secrets_of(svc))}, needs {sorted(NEEDED_SECRETS.get(name, set()))}")
+        for f in svc.get("env_file") or []:
+            assert ".secrets.env" not in str(f), f"{name}: the whole secrets file ({f})"
+    # every secret of the list reaches someone, and no role names a key the list does not have
+    example = set(env_keys(ROOT / "env" / "secrets.env.example"))
+    in_roles = {k for keys in secret_roles().values() for k in keys}
+    assert in_roles == example, (sorted(example - in_roles), sorted(in_roles - example))
+    # Redis needs no password: it must then be unreachable from everything but Airflow
+    assert services["redis"]["networks"] == ["broker"] and "ports" not in services["redis"]
+    assert {n for n, s in services.items() if "broker" in (s.get("networks") or [])} == {
+        "redis", "airflow-init", "airflow-apiserver", "airflow-scheduler", "airflow-dag-processor",
+        "airflow-triggerer", "airflow-worker"}
+
+
+def test_workers_read_the_boundary_files_and_cache_the_service_reads(services):
+    """The boundary refresh runs on a Celery worker: it must see the same layer files as the service replicas (it
+    checks their sha256 against what the service serves) and share the layer cache."""
+    def mounts(name):
+        return {default_of(v).split(":")[1]: default_of(v).split(":")[0] for v in services[name]["volumes"]}
+
+    for env in ENVS:
+        settings = env_keys(ROOT / "env" / f"{env}.env")
+        boundary_dir, cache_dir = settings["ENRICH_BOUNDARY_DIR"], settings["ENRICH_CACHE_DIR"]
+        for name in ("enrich-service", "postgis-load", "airflow-worker"):
+            m = mounts(name)
+            assert boundary_dir in m and cache_dir in m, f"{name} lacks {boundary_dir} or {cache_dir}"
+            assert m[boundary_dir] == mounts("enrich-service")[boundary_dir], f"{name}: other boundary files"
+            assert m[cache_dir] == mounts("enrich-service")[cache_dir], f"{name}: another cache"
+    assert services["airflow-worker"]["user"].startswith("10001:"), "the workers cannot write the service's cache"
+
+
+def test_the_airflow_image_makes_its_volumes_writable(services):
+    """A fresh named volume takes the permissions of the image's folder it is mounted on; a folder missing from the
+    image becomes root's, and the workers (uid 10001, group 0) could not write their run folders there."""
+    run = next(a for w, a in instructions(ROOT / "Dockerfile.airflow") if w == "RUN" and "mkdir" in a)
+    for vol in services["airflow-worker"]["volumes"]:
+        source, target = default_of(vol).split(":")[:2]
+        if source.startswith((".", "/")) or target == "/opt/airflow/logs":  # bind mounts; logs: the base image's
+            continue
+        assert target in run.split("&&")[0], f"Dockerfile.airflow does not make {target}"
+        assert all(target in part for part in run.split("&&")[1:]), f"{target} is not group 0 and writable"
+
+
+def test_secrets_init_dev_bootstraps_a_laptop(secrets_env, tmp_path):
+    """`scripts/secrets.sh init dev` on a fresh clone: every secret filled in (complete, no placeholder, passwords
+    equal where they repeat), encrypted to a new key so that `decrypt dev` works afterwards, and split per role."""
+    env_dir, env, run = secrets_env
+    run("init", "dev")
+    clear = env_dir / "dev.secrets.env"
+    values = env_keys(clear)
+    assert set(values) == set(env_keys(env_dir / "secrets.env.example"))
+    assert not [k for k, v in values.items() if "<" in v or not v]
+    password = values["POSTGIS_PASSWORD"]
+    assert len(password) >= 32 and f":{password}@postgis:" in values["ENRICH_POSTGIS_DSN"]
+    assert f":{values['AIRFLOW_DB_PASSWORD']}@airflow-db:" in values["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"]
+    import base64
+
+    assert len(base64.urlsafe_b64decode(values["AIRFLOW__CORE__FERNET_KEY"])) == 32
+    assert values["AIRFLOW_CONN_SMTP_DEFAULT"].startswith("smtp://mailpit:1025?")
+    assert stat.S_IMODE(clear.stat().st_mode) == 0o600
+    assert (env_dir / "dev.secrets.env.age").read_text().startswith("-----BEGIN AGE ENCRYPTED FILE-----")
+    for role, keys in secret_roles().items():
+        assert set(env_keys(env_dir / "dev.secrets" / f"{role}.env")) == set(keys), role
+    again = run("init", "dev", check=False)
+    assert again.returncode != 0 and "decrypt dev" in again.stderr, "init must not overwrite existing secrets"
+    run("clean")
+    assert not clear.exists() and not (env_dir / "dev.secrets").exists()
+    run("decrypt", "dev")
+    assert env_keys(clear) == values and (env_dir / "dev.secrets" / "airflow.env").exists()
+    refused = run("init", "prod", check=False)
+    assert refused.returncode != 0 and "edit prod" in refused.stderr
+
+
 def _drop_volume(svc: dict, target: str) -> None:
-    svc["volumes"] = [v for v in svc["volumes"] if str(v).split(":")[1] != target]
+    svc["volumes"] = [v for v in svc["volumes"] if default_of(v).split(":")[1] != target]
 
 
 # How docker-compose.yml could go wrong, and the check above that must then fail. Each check is run on a copy of the
@@ -472,6 +597,20 @@ BREAKAGES = {
     "a misspelt healthcheck field": (
         lambda s: s["redis"]["healthcheck"].update(intervall=s["redis"]["healthcheck"].pop("interval")),
         test_compose_uses_only_compose_keys),
+    "Jupyter gets the Airflow secrets": (
+        lambda s: s["jupyter"]["env_file"].append("env/${ENRICH_ENV:-dev}.secrets/airflow.env"),
+        test_each_service_gets_only_the_secrets_it_needs),
+    "the scheduler holds the DAGs' connections": (
+        lambda s: s["airflow-scheduler"].update(env_file=s["airflow-worker"]["env_file"]),
+        test_each_service_gets_only_the_secrets_it_needs),
+    "Redis on the default network": (
+        lambda s: s["redis"].update(networks=["default", "broker"]), test_each_service_gets_only_the_secrets_it_needs),
+    "the workers without the boundary files": (
+        lambda s: _drop_volume(s["airflow-worker"], "/data/boundaries"),
+        test_workers_read_the_boundary_files_and_cache_the_service_reads),
+    "the workers without the layer cache": (
+        lambda s: _drop_volume(s["airflow-worker"], "/var/cache/enrich"),
+        test_workers_read_the_boundary_files_and_cache_the_service_reads),
     "a misspelt restart policy": (
         lambda s: s["redis"].update(restart="unless_stopped"), test_compose_uses_only_compose_keys),
 }
@@ -500,6 +639,9 @@ def test_gitignore_keeps_clear_text_secrets_out():
     kept = subprocess.run(["git", "check-ignore", "--no-index", "env/prod.secrets.env.age", "env/prod.env",
                            "env/recipients/prod.txt"], cwd=ROOT, capture_output=True, text=True)
     assert kept.stdout.strip() == "", f"these must be committable: {kept.stdout}"
+    roles = subprocess.run(["git", "check-ignore", "--no-index", "env/prod.secrets/airflow.env"], cwd=ROOT,
+                           capture_output=True, text=True)
+    assert roles.stdout.split() == ["env/prod.secrets/airflow.env"], "the per-role clear files must be ignored"
     tracked = subprocess.run(["git", "ls-files", "env"], cwd=ROOT, capture_output=True, text=True).stdout.split()
     assert not [f for f in tracked if f.endswith(".secrets.env")], "a clear-text secrets file is tracked"
     dockerignore = (ROOT / ".dockerignore").read_text().splitlines()
@@ -775,7 +917,7 @@ def secrets_env(tmp_path):
     tool("age", "apt-get install age")
     env_dir = tmp_path / "env"
     env_dir.mkdir()
-    for name in ("secrets.env.example", "dev.env"):
+    for name in ("secrets.env.example", "dev.env", "secrets.roles"):
         shutil.copy(ROOT / "env" / name, env_dir / name)
     env = {**os.environ, "ENRICH_ENV_DIR": str(env_dir), "ENRICH_AGE_KEY_FILE": str(tmp_path / "keys" / "dev.key"),
            "TMPDIR": str(tmp_path)}
@@ -818,17 +960,17 @@ def test_secrets_round_trip_through_real_age_encryption(secrets_env, tmp_path):
     assert stat.S_IMODE(clear.stat().st_mode) == 0o600
 
     # load-at-start: the command runs with the clear file in place and ENRICH_ENV set
-    r = run("run", "dev", "--", "sh", "-c", 'grep -c "^JUPYTER_TOKEN=" "$ENRICH_ENV_DIR/dev.secrets.env"; '
+    r = run("run", "dev", "--", "sh", "-c", 'grep -c "^ENRICH_API_KEYS=" "$ENRICH_ENV_DIR/dev.secrets.env"; '
                                             'echo "$ENRICH_ENV"')
     assert r.stdout.split() == ["1", "dev"]
 
     # edit: decrypt to a private temp file, run $EDITOR, re-encrypt; no clear text left behind
     run("clean", "dev")
-    run("edit", "dev", env={"EDITOR": "sed -i s/^JUPYTER_TOKEN=.*/JUPYTER_TOKEN=rotated-token/"})
+    run("edit", "dev", env={"EDITOR": "sed -i s/^AIRFLOW__API__SECRET_KEY=.*/AIRFLOW__API__SECRET_KEY=rotated-token/"})
     assert not list(tmp_path.glob("enrich-secrets.*")), "edit left its clear-text temp file"
     assert "rotated-token" not in (env_dir / "dev.secrets.env.age").read_text()
     run("decrypt", "dev")
-    assert "JUPYTER_TOKEN=rotated-token" in clear.read_text()
+    assert "AIRFLOW__API__SECRET_KEY=rotated-token" in clear.read_text()
 
 
 def test_secrets_refuse_the_wrong_key_and_unfinished_files(secrets_env, tmp_path):
@@ -850,9 +992,10 @@ def test_secrets_refuse_the_wrong_key_and_unfinished_files(secrets_env, tmp_path
     shutil.copy(env_dir / "secrets.env.example", clear)
     r = run("encrypt", "dev", check=False)
     assert r.returncode != 0 and "placeholders left" in r.stderr
-    clear.write_text("\n".join(line for line in _filled(env_dir).splitlines() if not line.startswith("REDIS_")))
+    clear.write_text("\n".join(line for line in _filled(env_dir).splitlines()
+                               if not line.startswith("AIRFLOW_DB_PASSWORD")))
     r = run("check", "dev", check=False)
-    assert r.returncode != 0 and "missing REDIS_PASSWORD" in r.stderr
+    assert r.returncode != 0 and "missing AIRFLOW_DB_PASSWORD" in r.stderr
 
 
 @pytest.mark.parametrize("script", ["scripts/secrets.sh", "scripts/test-slow.sh"])

@@ -326,7 +326,9 @@ def test_flags_for_the_known_bad_cases(client):
     rows = join(client, records).json()["results"]
     assert [row["flags"] for row in rows] == ["input_city_centroid", "input_zero_coordinates",
                                               "input_swapped_lonlat", "outside_city_limits", "other_city"]
-    assert rows[3]["match"] == "zip" and rows[3]["zip"] == "91932"
+    # A ZIP-level match is tagged only where the ZIP's whole area (and a margin) lies in one polygon.
+    assert rows[3]["match"] == "zip" and rows[3]["zip"] is None and rows[3]["zip_rule"] == "ambiguous"
+    assert "91932" in rows[3]["zip_candidates"].split(";")
     assert rows[4]["match"] == "exact" and rows[4]["score"] == 0.5  # a San Diego street for a Chula Vista address
 
 
@@ -374,7 +376,15 @@ def test_csv_arrow_and_ndjson_transports(client):
     assert r.status_code == 200, r.text
     out = pacsv.read_csv(io.BytesIO(r.content))
     assert out.column("match").to_pylist() == ["exact", "interpolated", "none"]
-    assert out.column("zip").to_pylist()[:2] == [92110, 92117]
+    # The caller's own zip column is never replaced: the zip layer's answer gets the prefix.
+    assert out.column("zip").to_pylist() == [92110, None, None]
+    assert out.column("enrich_zip").to_pylist()[:2] == [92110, 92117]
+    assert "enrich_zip_rule" in out.column_names and "zip_rule" not in out.column_names
+    r = client.post("/v1/geocode-join?layers=zip&prefix=sd_", content=csv, headers={"content-type": "text/csv"})
+    out = pacsv.read_csv(io.BytesIO(r.content))
+    assert out.column_names[:3] == ["id", "address", "zip"] and out.column("sd_zip").to_pylist()[:2] == [92110, 92117]
+    assert client.post("/v1/geocode-join?prefix=a-b", content=csv, headers={"content-type": "text/csv"}).json()[
+        "field"] == "prefix"
 
     table = pa.table({"rid": ["a", "b"], "addr": ["4608 Gardena Avenue", "Voltaire St & Sunset Cliffs Bl"]})
     sink = pa.BufferOutputStream()

@@ -174,14 +174,17 @@ def test_workers_share_the_connections_and_sighup_reloads_every_worker():
     import signal
 
     proc, url = start_service({"ENRICH_LOG_LEVEL": "WARNING"}, workers=2)
+    # A worker listens only once its index is built: wait until both are (new connections until two pids answered)
+    deadline, listening = time.monotonic() + 60, set()
+    while len(listening) < 2 and time.monotonic() < deadline:
+        with httpx.Client(timeout=30) as probe:
+            listening.add(probe.get(f"{url}/readyz").json()["worker_pid"])
     clients = [httpx.Client(base_url=url, limits=httpx.Limits(max_connections=1), timeout=30) for _ in range(16)]
     try:
         with ThreadPoolExecutor(16) as pool:  # 16 keep-alive connections at once, as a proxy's pool opens them
             list(pool.map(lambda c: c.get("/healthz"), clients))
-        deadline = time.monotonic() + 60  # the other worker may still be indexing (503)
-        while any(c.get("/readyz").status_code != 200 for c in clients) and time.monotonic() < deadline:
-            time.sleep(0.2)
         ready = [c.get("/readyz").json() for c in clients]
+        assert all(r["status"] == "ready" for r in ready)  # a worker takes connections only once it is ready
         pids = {r["worker_pid"] for r in ready}
         assert len(pids) == 2, f"every connection went to one worker: {pids}"
         assert {r["generation"] for r in ready} == {0}

@@ -40,17 +40,23 @@ def outcome() -> dict:
         run = scaleout.run_with_a_replica_killed(c, victim=VICTIM, kill_after=2)
         summary = scaleout.summarize(c, run)
         with c.gis() as conn:
-            published = conn.execute(f"SELECT source_row, pole, config_id, council_district FROM {scaleout.TABLE}"
+            published = conn.execute(f"SELECT source_row, pole, config_id, council_district, community_plan_area, "
+                                     f"zip_code FROM {scaleout.TABLE} ORDER BY source_row"
                                      ).fetchall() if run["state"] == "success" else []
         lb = c.lb_requests()
         victim_alive = c.procs[VICTIM].alive()
+        # one boundary version everywhere (issue 15): the victim rejoins, a refresh under load, a refused file and
+        # a worker killed
+        rejoined = scaleout.rejoin(c, VICTIM)
+        refresh = scaleout.refresh_under_load(c)
+        refusal = scaleout.refuse_then_kill_a_worker(c)
         procs, tmp = list(c.procs.values()), c.tmp
     with psycopg.connect(f"{scaleout.PG}/postgres") as conn:
         dbs = {r[0] for r in conn.execute("SELECT datname FROM pg_database")}
     redis_keys = [k.decode() for k in redis.Redis.from_url(scaleout.REDIS).keys(f"*{scaleout.QUEUE}*")]
     return {"run": run, "summary": summary, "published": published, "lb": lb, "victim_alive": victim_alive,
             "procs": procs, "tmp": tmp, "databases": dbs, "redis_keys": redis_keys, "replicas": dict(c.replicas),
-            "killed": dict(c.killed)}
+            "killed": {VICTIM: run["killed_at"]}, "rejoined": rejoined, "refresh": refresh, "refusal": refusal}
 
 
 def _source():
@@ -83,6 +89,53 @@ def test_every_source_row_is_published_exactly_once(outcome):
     assert collections.Counter((r[1], r[2]) for r in rows) == want
     # tagged, not only copied: meters are in the city (a few placeholder locations have no district)
     assert sum(r[3] is not None for r in rows) >= 0.99 * source.num_rows
+
+
+def test_the_published_tags_are_the_in_process_engines(outcome, engine):
+    """What went through Celery, nginx, two replicas and a crash is what the engine answers in process, row by row
+    (issue 17: not only "non-empty")."""
+    import numpy as np
+
+    source = _source()
+    lon = np.array(source.column("lng").to_pylist(), dtype=float)
+    lat = np.array(source.column("lat").to_pylist(), dtype=float)
+    placeholder = np.isclose(lon, -117.0) & np.isclose(lat, 32.0)  # the spec's placeholders: sent as missing
+    valid = np.isfinite(lon) & np.isfinite(lat) & ~placeholder
+    result = engine.tag(np.where(valid, lon, 0.0), np.where(valid, lat, 0.0), valid,
+                        ["council_district", "neighborhood", "zip"])
+    rows = outcome["published"]
+    assert len(rows) == source.num_rows
+    for col, layer in ((3, "council_district"), (4, "neighborhood"), (5, "zip")):
+        want = [k if ok else None for k, ok in zip(result.layers[layer].keys().tolist(), valid)]
+        got = [r[col] for r in rows]
+        differ = [i for i, (a, b) in enumerate(zip(got, want)) if a != b]
+        assert not differ, f"{layer}: {len(differ)} rows differ, e.g. row {differ[0]}: {got[differ[0]]!r} " \
+                           f"published, {want[differ[0]]!r} in process"
+
+
+def test_the_boundary_refresh_reaches_every_replica_under_load_with_no_failed_request(outcome):
+    r = outcome["refresh"]
+    assert r["state"] == "success", [(t["task_id"], t["state"]) for t in r["task_instances"]]
+    assert r["new"] != r["old"] and r["accepted"] == r["new"]
+    assert r["answers"] > 50 and r["failed"] == [], r["failed"][:5]
+    assert set(r["versions"]) == {r["old"], r["new"]}, r["versions"]  # every answer names an accepted set
+    assert set(r["after_all_serve"]) == {r["new"]}, r["after_all_serve"]
+    # every replica, asked itself on several connections (so each of its workers), serves the new set within
+    # 30 s of its acceptance (one follow interval, 1 s, plus an index build on this shared 2-core machine)
+    assert set(r["serving_after_accept_s"]) == set(outcome["replicas"])
+    assert all(s <= 30 for s in r["serving_after_accept_s"].values()), r["serving_after_accept_s"]
+    # the rejoined replica loaded the accepted set (its kept copies), not the folder
+    assert all(p["source"].startswith("accepted:") for p in outcome["rejoined"]), outcome["rejoined"]
+
+
+def test_a_worker_killed_after_a_refused_file_comes_back_on_the_accepted_set_unseen(outcome):
+    r = outcome["refusal"]
+    assert r["reload"]["status"] == 409 and r["reload"]["check"] == "manifest_keys", r["reload"]
+    assert r["replacement"]["layers_sha256"] == r["accepted"] and r["replacement"]["source"].startswith("accepted:")
+    assert {p["layers_sha256"] for p in r["replica_view"]} == {r["accepted"]}
+    assert r["answers"] > 20 and r["failed"] == [], r["failed"][:5]
+    assert set(r["versions"]) == {r["accepted"]}
+    assert r["upstream_503"] == [], r["upstream_503"]  # the replacement took no connection before it was ready
 
 
 def test_batches_spread_over_both_workers_and_both_replicas(outcome):

@@ -105,6 +105,10 @@ def assemble(spec: DatasetSpec, extract_path: Path, work: Path, batches: list[di
                 put(f"{column}_version", results.column(f"{layer}_version"))
         else:
             put(internal(layer), results.column(layer))
+    if spec.coordinates is None:  # address-only: the geocode's columns, and its point
+        from .geocode import assemble_columns, point
+
+        assemble_columns(spec, results, put)
     put(FLAGS, results.column("flags"))
 
     # The row's error: a coordinate that is not a number, else the service's, else a point outside the area.
@@ -112,7 +116,7 @@ def assemble(spec: DatasetSpec, extract_path: Path, work: Path, batches: list[di
     if COORD_ERROR in source.column_names:
         coord = source.column(COORD_ERROR).to_numpy(zero_copy_only=False)
         error = np.where(pd_notna(coord), coord, error)
-    lon, lat = _wgs84(spec, source)
+    lon, lat = _wgs84(spec, source) if spec.coordinates is not None else point(results)
     area = area if area is not None else plausible_area(spec)
     located = pd_isna(error) & np.isfinite(lon) & np.isfinite(lat)
     outside = located & ~((lon >= area[0]) & (lon <= area[2]) & (lat >= area[1]) & (lat <= area[3]))

@@ -28,12 +28,27 @@ def fetch() -> dict:
 
 
 def load_into_postgis(conn, fetched: dict) -> dict:
+    """Every layer version into PostGIS in ONE transaction: a failure half-way (a lock, a full disk, a constraint)
+    leaves every table, view and catalog row as it was, never some layers new and others old. load_layers' own
+    per-table transactions become savepoints inside this one (psycopg nests conn.transaction())."""
     from enrich_service.postgis import load_layers
 
     store = _store()
     if _sha256(store) != fetched["sha256"]:
         raise RuntimeError("the layer files changed since fetch_layers checked them; clear the run to start over")
-    return {"tables": load_layers(conn, store), "sha256": fetched["sha256"]}
+    with conn.transaction():
+        tables = load_layers(conn, store)
+    return {"tables": tables, "sha256": fetched["sha256"]}
+
+
+def changed_layers(announced: dict | None, loaded: dict[str, dict[str, str]]) -> list[str]:
+    """The layers whose versions or sha256 differ from the last announced set (`announced`: the extra of the last
+    enrich://boundaries event, None when there was none). Every layer when nothing was announced, or when the
+    announcement does not say what it held (an event made by hand)."""
+    before = (announced or {}).get("sha256")
+    if not isinstance(before, dict):
+        return sorted(loaded)
+    return sorted(name for name in set(loaded) | set(before) if loaded.get(name) != before.get(name))
 
 
 def check_serving(loaded: dict, answer: dict) -> None:
@@ -43,3 +58,43 @@ def check_serving(loaded: dict, answer: dict) -> None:
     if differ:
         raise RuntimeError(f"the service serves other layer files than PostGIS now holds for {differ}: "
                            f"point both at the same ENRICH_BOUNDARY_DIR (or cache)")
+
+
+def wait_for_replicas(replicas: list[str], expected: str, timeout_s: float = 120.0, probes: int = 6,
+                      every_s: float = 1.0) -> dict[str, float]:
+    """Wait until every replica serves the layer set `expected` (sha256), asking each one itself, not the load
+    balancer: `probes` GET /readyz on new connections per replica (each may land on another of its workers), all
+    of which must name `expected`. Returns the seconds each replica took; raises naming the laggards and what they
+    serve. The replicas follow the accepted set on their own (ENRICH_FOLLOW_INTERVAL_S): this only watches."""
+    import time
+
+    import httpx
+
+    started = time.monotonic()
+    done: dict[str, float] = {}
+    last: dict[str, str] = {}
+    while True:
+        for url in replicas:
+            if url in done:
+                continue
+            seen = set()
+            for _ in range(probes):
+                try:
+                    with httpx.Client(timeout=10) as c:  # a new connection per probe
+                        r = c.get(f"{url.rstrip('/')}/readyz")
+                    body = r.json() if r.headers.get("content-type", "").startswith("application/json") else {}
+                    seen.add(body.get("layers_sha256") or f"HTTP {r.status_code} {body.get('status', '')}".strip())
+                except (httpx.HTTPError, ValueError) as exc:
+                    seen.add(f"unreachable ({type(exc).__name__})")
+            if seen == {expected}:
+                done[url] = round(time.monotonic() - started, 1)
+            else:
+                last[url] = ", ".join(sorted(s[:12] if len(s) == 64 else s for s in seen))
+        if len(done) == len(replicas):
+            return done
+        if time.monotonic() - started > timeout_s:
+            laggards = {u: last[u] for u in replicas if u not in done}
+            raise RuntimeError(f"{len(laggards)} of {len(replicas)} replicas do not serve layer set {expected[:12]} "
+                               f"after {timeout_s:.0f} s: " + "; ".join(f"{u} serves {s}" for u, s in laggards.items())
+                               + " (see each replica's /readyz and log)")
+        time.sleep(every_s)

@@ -7,6 +7,7 @@ Placeholder coordinates named in the spec (e.g. 32.0,-117.0) are sent as missing
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from .extract import ROW
@@ -14,9 +15,46 @@ from .spec import DatasetSpec
 from .workdir import write_parquet
 
 
+# One layer set per run: the first batch answered pins its set (sha256) in the run's work folder; every other batch
+# sends it as X-Enrich-Expect-Layers, and a replica serving another set answers 409 (the task retries), so no
+# published table mixes two sets of boundaries.
+LAYERS_PIN = "layers.sha256"
+
+
+def pinned_layers(work: Path) -> str | None:
+    try:
+        return (work / LAYERS_PIN).read_text().strip() or None
+    except FileNotFoundError:
+        return None
+
+
+def pin_layers(work: Path, sha256: str) -> str:
+    """Pin `sha256` for the run unless a batch pinned one first; returns the run's set."""
+    work.mkdir(parents=True, exist_ok=True)
+    try:
+        fd = os.open(work / LAYERS_PIN, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    except FileExistsError:
+        return pinned_layers(work) or sha256
+    with os.fdopen(fd, "w") as f:
+        f.write(sha256)
+    return sha256
+
+
+def check_pinned(work: Path, batch: int, expected: str | None, served: str | None) -> str | None:
+    """The first batch answered pins the run's layer set; a batch that was answered from another set before it
+    could send the pin is retried (409), so the run never mixes versions. Returns the set that answered."""
+    if expected is None and served and pin_layers(work, served) != served:
+        from enrich_service.client import LayersVersionMismatch
+
+        raise LayersVersionMismatch(f"batch {batch}: answered from layer set {served[:12]}, another batch of this "
+                                    f"run pinned {pinned_layers(work)[:12]}; retrying", 409)
+    return served
+
+
 def plan_batches(extract_path: Path) -> list[dict]:
     import pyarrow.parquet as pq
 
+    (extract_path.parent / LAYERS_PIN).unlink(missing_ok=True)  # a cleared run pins afresh
     meta = pq.ParquetFile(extract_path).metadata
     return [{"batch": i, "rows": meta.row_group(i).num_rows} for i in range(meta.num_row_groups)]
 
@@ -33,8 +71,6 @@ def request_table(spec: DatasetSpec, extract_path: Path, batch: int):
     import pyarrow.parquet as pq
 
     c = spec.coordinates
-    if c is None:
-        raise NotImplementedError(f"{spec.name}: address-only specs need POST /v1/geocode-join (not available yet)")
     names = [ROW, c.lon, c.lat] + ([spec.as_of_column] if spec.as_of_column else [])
     part = pq.ParquetFile(extract_path).read_row_group(batch, columns=names)
     lon, lat = part.column(c.lon), part.column(c.lat)
@@ -57,9 +93,16 @@ def enrich_batch(spec: DatasetSpec, extract_path: Path, work: Path, batch: int, 
     with the layers used (version, sha256)."""
     from enrich_service.client import plain_columns
 
+    if spec.coordinates is None:  # address-only: POST /v1/geocode-join
+        from .geocode import enrich_batch as geocode_batch
+
+        return geocode_batch(spec, extract_path, work, batch, client)
     req = request_table(spec, extract_path, batch)
+    expected = pinned_layers(work)
     answer, used = client.tag_table(req, layers=spec.request_layers, as_of=spec.as_of,
-                                    crs=spec.coordinates.crs, date_col="date" if spec.as_of_column else None)
+                                    crs=spec.coordinates.crs, date_col="date" if spec.as_of_column else None,
+                                    expect_layers=expected)
+    served = check_pinned(work, batch, expected, client.last_layers_sha256)
     if answer.num_rows != req.num_rows:
         raise RuntimeError(f"batch {batch}: the service answered {answer.num_rows} rows for {req.num_rows}")
     if not answer.column("id").equals(req.column("id")):
@@ -67,7 +110,7 @@ def enrich_batch(spec: DatasetSpec, extract_path: Path, work: Path, batch: int, 
     result = plain_columns(answer.drop_columns([n for n in req.column_names if n != "id"]))
     result = result.rename_columns([ROW if n == "id" else n for n in result.column_names])
     write_parquet(result, batch_path(work, batch))
-    return {"batch": batch, "rows": req.num_rows,
+    return {"batch": batch, "rows": req.num_rows, "layers_sha256": served,
             "layers": {name: {"version": u.get("version"), "sha256": u.get("sha256"),
                               "versions_used": u.get("versions_used", [])} for name, u in used.items()}}
 

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from airflow.sdk import Asset, AssetOrTimeSchedule, CronTriggerTimetable, dag, get_current_context, task
 
+from .alerts import failure_callbacks
 from .spec import DatasetSpec
 
 BOUNDARIES = Asset("enrich://boundaries")
@@ -65,7 +66,7 @@ def _run() -> dict:
 def build_dataset_dag(spec: DatasetSpec):
     limits = {"execution_timeout": timedelta(minutes=spec.publish.task_timeout_minutes)}
     @dag(dag_id=spec.dag_id, description=spec.description or None, schedule=_schedule(spec), start_date=START,
-         catchup=False, max_active_runs=1, default_args={**_retry_args(), **limits},
+         catchup=False, max_active_runs=1, default_args={**_retry_args(), **limits, **failure_callbacks(spec)},
          dagrun_timeout=timedelta(minutes=spec.publish.run_timeout_minutes), tags=["enrich", *spec.tags],
          doc_md=f"Enrich `{spec.name}` (spec `{spec.path.name}`) through the enrichment service and publish it.")
     def dataset_dag():
@@ -198,8 +199,9 @@ def build_dataset_dag(spec: DatasetSpec):
 def build_report_dag(spec: DatasetSpec):
     @dag(dag_id=spec.report_dag_id, description=f"District report for {spec.name}",
          schedule=[Asset(spec.asset_uri)], start_date=START, catchup=False, max_active_runs=1,
-         default_args=_retry_args(), tags=["enrich", "report", *spec.tags],
-         doc_md=f"Counts of `{spec.name}` per {', '.join(spec.report.by)}, a chart, emailed to the recipients.")
+         default_args={**_retry_args(), **failure_callbacks(spec)}, tags=["enrich", "report", *spec.tags],
+         doc_md=f"{spec.report.entity.capitalize()} of `{spec.name}` per {', '.join(spec.report.by)}, with the chart "
+                f"in the message, every district, the change since the last report; e-mailed to the recipients.")
     def report_dag():
         @task
         def aggregate() -> dict:
@@ -209,23 +211,31 @@ def build_report_dag(spec: DatasetSpec):
 
         @task
         def render(counts: dict) -> dict:
-            from .report import render_chart, render_html
+            """The chart and the message: the counts as of this run, against the last report sent."""
+            from .report import previous_report, render_chart, render_html
 
             ctx = get_current_context()
+            # As of the publication that triggered this report (its asset event), else this run's date.
+            events = ctx.get("triggering_asset_events") or {}
+            stamps = [ev.timestamp for evs in events.values() for ev in evs]
+            as_of = (max(stamps) if stamps else ctx.get("logical_date") or ctx["dag_run"].run_after).isoformat()
             png = render_chart(spec, counts, _work() / f"{spec.name}_by_{spec.report.by[0]}.png")
-            total = sum(r["count"] for r in counts[spec.report.by[0]])
-            note = f"{total:,} rows, report run {ctx['run_id']}"
-            return {"png": str(png), "html": render_html(spec, counts, note)}
+            previous = previous_report(spec, ctx["run_id"])
+            return {"png": str(png), "as_of": as_of, "html": render_html(spec, counts, as_of, previous, png.name)}
 
         @task
-        def email(rendered: dict) -> list[str]:
-            from .report import send
+        def email(rendered: dict, counts: dict) -> list[str]:
+            """Send it, then remember these counts for the next report's "change since"."""
+            from .report import remember, send
 
-            subject = spec.report.subject or f"{spec.description or spec.name}: rows per council district"
-            send(spec, subject, rendered["html"], [Path(rendered["png"])])
+            subject = (spec.report.subject
+                       or f"{spec.description or spec.name}: {spec.report.entity} per council district")
+            send(spec, subject, rendered["html"], Path(rendered["png"]))
+            remember(spec, get_current_context()["run_id"], rendered["as_of"], counts)
             return list(spec.report.recipients)
 
-        email(render(aggregate()))
+        counts = aggregate()
+        email(render(counts), counts)
 
     return report_dag()
 
@@ -235,8 +245,8 @@ def build_boundary_refresh_dag(service_conn_id: str = "enrich_service", postgis_
          schedule="@weekly", start_date=START, catchup=False, max_active_runs=1, default_args=_retry_args(),
          tags=["enrich", "boundaries"],
          doc_md="Read the manifest's layer files (ENRICH_BOUNDARY_DIR, or downloaded and checked by sha256), "
-                "load them into PostGIS, have the service reload them, and announce `enrich://boundaries` so the "
-                "dataset DAGs re-enrich.")
+                "load them into PostGIS (one transaction), have the service reload them, and announce "
+                "`enrich://boundaries` so the dataset DAGs re-enrich, only when a file's sha256 changed.")
     def boundary_refresh():
         @task
         def fetch_layers() -> dict:
@@ -255,7 +265,7 @@ def build_boundary_refresh_dag(service_conn_id: str = "enrich_service", postgis_
             with postgis_hook_connection(postgis_conn_id) as conn:
                 return load_into_postgis(conn, fetched)
 
-        @task(outlets=[BOUNDARIES])
+        @task
         def reload_service(loaded: dict) -> dict:
             """POST /v1/admin/reload (API key: the connection's password); check it serves what PostGIS holds."""
             from airflow.sdk.exceptions import AirflowFailException
@@ -271,8 +281,40 @@ def build_boundary_refresh_dag(service_conn_id: str = "enrich_service", postgis_
                 except RequestRejected as exc:  # a wrong or missing key: retrying will not fix it
                     raise AirflowFailException(str(exc)) from exc
             check_serving(loaded, answer)
-            return {k: answer[k] for k in ("status", "generation", "build_seconds") if k in answer}
+            # One replica answered the reload (through the balancer); the others follow the set it accepted.
+            # Wait until every replica, asked itself, serves it; fail naming the ones that do not.
+            from airflow.sdk import BaseHook
 
-        reload_service(load_postgis(fetch_layers()))
+            from .boundaries import wait_for_replicas
+            from .service import replica_urls
+
+            conn = BaseHook.get_connection(service_conn_id)
+            replicas = replica_urls(conn)
+            converged = wait_for_replicas(replicas, answer["layers_sha256"],
+                                          float(conn.extra_dejson.get("converge_timeout_s", 120))) \
+                if replicas and answer.get("layers_sha256") else {}
+            return {**{k: answer[k] for k in ("status", "generation", "build_seconds", "layers_sha256")
+                       if k in answer}, "replicas_converged_s": converged}
+
+        @task(inlets=[BOUNDARIES], outlets=[BOUNDARIES])
+        def announce(loaded: dict, served: dict) -> dict:
+            """Update enrich://boundaries only when a layer's sha256 (or its list of versions) differs from the last
+            announcement: every dataset re-enriches, and its report is e-mailed, on that event. No change: skipped,
+            and no event."""
+            from airflow.sdk.exceptions import AirflowSkipException
+
+            from .boundaries import changed_layers
+
+            ctx = get_current_context()
+            last = list(ctx["inlet_events"][BOUNDARIES].ascending(False).limit(1))
+            changed = changed_layers(last[0].extra if last else None, loaded["sha256"])
+            if not changed:
+                raise AirflowSkipException("no layer file changed since the last announcement "
+                                           f"({last[0].timestamp:%Y-%m-%d %H:%M} UTC): nothing to re-enrich")
+            ctx["outlet_events"][BOUNDARIES].extra = {"sha256": loaded["sha256"], "changed": changed}
+            return {"changed": changed}
+
+        loaded = load_postgis(fetch_layers())
+        announce(loaded, reload_service(loaded))
 
     return boundary_refresh()

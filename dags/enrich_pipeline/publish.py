@@ -459,18 +459,14 @@ def postgis_hook_connection(conn_id: str, statement_timeout_s: float = 900, lock
 # ---- files ----------------------------------------------------------------------------------------------------
 
 def write_csv(enriched_path: Path, dest: Path) -> Path:
-    """The portal CSV. Every cell goes through `_csv_cells` first (the one place for cell escaping)."""
+    """The portal CSV; staff open it in Excel, so no cell is written as a live formula (csv_safety)."""
     import pyarrow.csv as pacsv
+    from enrich_service.csv_safety import formula_safe_table
 
     public, _ = public_table(enriched_path)
     with atomic_path(dest) as tmp:
-        pacsv.write_csv(_csv_cells(_csv_ready(public)), tmp)
+        pacsv.write_csv(formula_safe_table(_csv_ready(public)), tmp)
     return dest
-
-
-def _csv_cells(table):
-    """The portal CSV's cells as written: the place where cell escaping (e.g. spreadsheet formulas) belongs."""
-    return table
 
 
 def _spatial_table(enriched_path: Path):

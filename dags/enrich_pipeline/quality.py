@@ -49,6 +49,10 @@ def measure(spec: DatasetSpec, enriched_path: Path) -> dict:
         "max_unmatched_share": q.max_unmatched_share,
         "max_unlocated_share": q.max_unlocated_share,
     }
+    if spec.address is not None:  # the share tagged per match level (dags/enrich_pipeline/geocode.py)
+        from .geocode import measure as measure_geocode
+
+        stats.update(measure_geocode(spec, table))
     rows = np.flatnonzero(failing)[: q.show]
     stats["unmatched_ids"] = _ids(spec, table, rows)
     stats["unlocated_ids"] = _ids(spec, table, np.flatnonzero(unlocated)[: q.show])
@@ -69,6 +73,10 @@ def check(spec: DatasetSpec, stats: dict) -> None:
             f"{stats['unlocated']} of {stats['rows']} rows have no usable location, {stats['outside_area']} of "
             f"them outside the plausible area ({stats['unlocated_share']:.4%} > quality.max_unlocated_share "
             f"{q.max_unlocated_share:.4%}); first ids: {stats['unlocated_ids']}")
+    if spec.address is not None:
+        from .geocode import problems as geocode_problems
+
+        problems += geocode_problems(spec, stats)
     if problems:
         raise QualityGateFailed(f"{spec.name}: quality gate failed, nothing published: " + "; ".join(problems))
 

@@ -27,3 +27,27 @@ def client_for(conn_id: str):
     conn = BaseHook.get_connection(conn_id)
     timeout = float(conn.extra_dejson.get("timeout", 300))
     return EnrichClient(base_url(conn), api_key=conn.password or None, timeout=timeout)
+
+
+def replica_urls(conn) -> list[str]:
+    """The service's replicas, each asked itself (the boundary refresh waits for all of them): the connection extra
+    `replicas`, a list or a comma-separated string of URLs or host:port. A name that resolves to several addresses
+    (compose's `enrich-service`, a headless Kubernetes service) stands for each of them. Empty: not configured."""
+    import socket
+
+    raw = conn.extra_dejson.get("replicas") or []
+    entries = [e.strip() for e in (raw.split(",") if isinstance(raw, str) else raw) if str(e).strip()]
+    urls: list[str] = []
+    for entry in entries:
+        scheme, _, rest = entry.rpartition("://")
+        host, _, port = rest.rstrip("/").rpartition(":")
+        if not host:
+            host, port = rest.rstrip("/"), "8080"
+        try:
+            addrs = sorted({a[4][0] for a in socket.getaddrinfo(host, int(port), type=socket.SOCK_STREAM)})
+        except socket.gaierror:
+            addrs = [host]  # reported as unreachable by the wait, by name
+        for addr in addrs:
+            shown = f"[{addr}]" if ":" in addr else addr
+            urls.append(f"{scheme or 'http'}://{shown}:{port}")
+    return sorted(set(urls))

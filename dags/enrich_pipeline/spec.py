@@ -44,11 +44,30 @@ class Coordinates:
 
 @dataclass(frozen=True)
 class Address:
-    """Address columns for geocode-join (POST /v1/geocode-join); accepted in specs, not run yet."""
+    """Address columns for geocode-join (POST /v1/geocode-join): the street from one column or composed from several
+    (number, direction, name, type), an optional cross street (police records: number 0 and a cross street is an
+    intersection), city and zip. dags/enrich_pipeline/geocode.py composes them."""
 
-    street: str
+    street: tuple[str, ...]  # columns joined with spaces: [street_dir, street_name, street_type], or one column
+    number: str | None = None  # the house number column, when not part of `street`
+    number_is_block: bool = False  # the number names a hundred block (police: "5500" is the 5500 block)
+    cross_street: tuple[str, ...] = ()
     city: str | None = None
     zip: str | None = None
+    min_match: str | None = None  # coarser matches keep no tags (geocode-join's min_match)
+
+    @classmethod
+    def of(cls, doc: dict, where: str) -> "Address":
+        def cols(value) -> tuple[str, ...]:
+            return tuple([value] if isinstance(value, str) else (value or ()))
+
+        street = cols(_need(doc, "street", where + "address."))
+        unknown = set(doc) - {"street", "number", "number_is_block", "cross_street", "city", "zip", "min_match"}
+        if unknown:
+            raise SpecError(f"{where}address: unknown keys {sorted(unknown)}")
+        return cls(street=street, number=doc.get("number"), number_is_block=bool(doc.get("number_is_block", False)),
+                   cross_street=cols(doc.get("cross_street")), city=doc.get("city"), zip=doc.get("zip"),
+                   min_match=doc.get("min_match"))
 
 
 @dataclass(frozen=True)
@@ -62,6 +81,9 @@ class Quality:
     plausible_area: tuple[float, float, float, float] | None = None
     area_margin_km: float = 20.0
     show: int = 20  # ids listed in the failure message
+    # Address specs: the least share of rows of each match level that must carry a `layer` key ({level: share};
+    # levels not named are not checked). The gate fails below it (dags/enrich_pipeline/geocode.py).
+    min_tagged_share: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -94,6 +116,9 @@ class Report:
     subject: str | None = None
     conn_id: str = "smtp_default"
     top: int = 15  # rows of the second (neighborhood) table
+    entity_id: tuple[str, ...] = ()  # id columns naming one counted thing (a meter: pole); () counts rows
+    entity: str = "rows"  # what is counted, in words ("meters")
+    date_column: str | None = None  # optional: the report states the dates the data covers
 
 
 @dataclass(frozen=True)
@@ -117,6 +142,8 @@ class DatasetSpec:
     batch_rows: int = 50_000
     service_conn_id: str = "enrich_service"
     tags: tuple[str, ...] = ()
+    owners: tuple[str, ...] = ()  # e-mail addresses told when a run fails (factory: alerts)
+    alert_conn_id: str = "smtp_default"  # the SMTP connection the failure e-mails go through
     publish: Publish = field(default_factory=Publish)
 
     @property
@@ -166,15 +193,28 @@ def spec_dirs() -> list[Path]:
 
 
 def load_specs(dirs: list[Path] | None = None) -> list[DatasetSpec]:
-    """Every spec in the spec folders, sorted by name; two specs of one name are an error."""
+    """Every spec in the spec folders, sorted by name; a malformed spec, or two specs of one name, is an error."""
+    specs, errors = load_specs_and_errors(dirs)
+    if errors:
+        raise errors[0]
+    return specs
+
+
+def load_specs_and_errors(dirs: list[Path] | None = None) -> tuple[list[DatasetSpec], list[SpecError]]:
+    """The good specs, sorted by name, and one SpecError per bad file: one malformed spec costs only its own DAG."""
     specs: dict[str, DatasetSpec] = {}
+    errors: list[SpecError] = []
     for d in dirs if dirs is not None else spec_dirs():
         for path in sorted(Path(d).glob("*.y*ml")):
-            spec = load_spec(path)
-            if spec.name in specs:
-                raise SpecError(f"{path}: dataset {spec.name!r} is also defined in {specs[spec.name].path}")
+            try:
+                spec = load_spec(path)
+                if spec.name in specs:
+                    raise SpecError(f"{path}: dataset {spec.name!r} is also defined in {specs[spec.name].path}")
+            except SpecError as exc:
+                errors.append(exc)
+                continue
             specs[spec.name] = spec
-    return [specs[k] for k in sorted(specs)]
+    return [specs[k] for k in sorted(specs)], errors
 
 
 def find_spec(name: str) -> DatasetSpec:
@@ -255,7 +295,7 @@ def _build(path: Path, doc: dict) -> DatasetSpec:
         coordinates = Coordinates(lon=_need(coords, "lon", where + "coordinates."),
                                   lat=_need(coords, "lat", where + "coordinates."),
                                   crs=str(coords.get("crs", "EPSG:4326")), placeholders=placeholders)
-    addr = Address(**address) if address else None
+    addr = Address.of(address, where) if address else None
 
     layers = doc.get("layers") or {"council_district": "council_district", "neighborhood": "neighborhood",
                                    "zip": "zip"}
@@ -271,6 +311,7 @@ def _build(path: Path, doc: dict) -> DatasetSpec:
                       max_unlocated_share=(None if q.get("max_unlocated_share") is None
                                            else float(q["max_unlocated_share"])),
                       show=int(q.get("show", 20)),
+                      min_tagged_share={str(k): float(v) for k, v in (q.get("min_tagged_share") or {}).items()},
                       plausible_area=(None if q.get("plausible_area") is None
                                       else tuple(float(v) for v in q["plausible_area"])),
                       area_margin_km=float(q.get("area_margin_km", 20.0)))
@@ -301,12 +342,22 @@ def _build(path: Path, doc: dict) -> DatasetSpec:
         report = Report(recipients=tuple([recipients] if isinstance(recipients, str) else recipients),
                         by=tuple(rep.get("by") or ("council_district", "neighborhood")),
                         subject=rep.get("subject"), conn_id=rep.get("conn_id", "smtp_default"),
-                        top=int(rep.get("top", 15)))
+                        top=int(rep.get("top", 15)),
+                        entity_id=tuple([rep["entity_id"]] if isinstance(rep.get("entity_id"), str)
+                                        else rep.get("entity_id") or ()),
+                        entity=str(rep.get("entity") or ("rows" if not rep.get("entity_id") else "entities")),
+                        date_column=rep.get("date_column"))
         if not report.recipients:
             raise SpecError(f"{where}report.recipients is empty")
         for layer in report.by:
             if layer not in layers:
                 raise SpecError(f"{where}report.by: {layer!r} is not one of the published layers")
+
+    owners = doc.get("owners") or []
+    owners = tuple([owners] if isinstance(owners, str) else owners)
+    for owner in owners:
+        if not re.fullmatch(r"[^@\s,]+@[^@\s,]+", str(owner)):
+            raise SpecError(f"{where}owners: {owner!r} is not an e-mail address")
 
     return DatasetSpec(
         name=name, description=str(doc.get("description", "")), path=path, source=source, id=ids,
@@ -316,6 +367,7 @@ def _build(path: Path, doc: dict) -> DatasetSpec:
         reenrich_on_boundary_change=bool(doc.get("reenrich_on_boundary_change", True)),
         batch_rows=int(doc.get("batch_rows", 50_000)),
         service_conn_id=doc.get("service_conn_id", "enrich_service"), tags=tuple(doc.get("tags") or ()),
+        owners=owners, alert_conn_id=str(doc.get("alert_conn_id", "smtp_default")),
         publish=_publish(doc.get("publish") or {}, where))
 
 

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import tempfile
+import threading
 from dataclasses import dataclass
+from typing import AsyncIterator
 
+import anyio
 from fastapi import Request
-from starlette.concurrency import run_in_threadpool
 
+from ..cancellation import run_with_flag
 from ..engine.tagger import MAX_NEAREST_M
-from ..errors import InvalidInput, PayloadTooLarge
+from ..errors import BodyTimeout, InvalidInput, PayloadTooLarge, UnknownParameter
 from ..points import parse_crs, parse_date
 from ..settings import Settings, get_settings
 
@@ -23,6 +27,38 @@ class Options:
     nearest_within_m: float | None
 
 
+def route_query_names(request: Request) -> frozenset[str]:
+    """The query parameters the matched route declares (its signature and its documented extra parameters)."""
+    route = request.scope.get("route")
+    names = getattr(route, "_enrich_query_names", None)
+    if names is None:
+        declared = {p.alias for p in getattr(getattr(route, "dependant", None), "query_params", ())}
+        extra = getattr(route, "openapi_extra", None) or {}
+        declared.update(p["name"] for p in extra.get("parameters", ()) if p.get("in") == "query")
+        names = frozenset(declared)
+        if route is not None:  # worked out once per route
+            route._enrich_query_names = names
+    return names
+
+
+async def strict_query(request: Request) -> None:
+    """Route dependency: every query parameter must be one the route declares."""
+    query = request.query_params
+    if query and request.scope.get("route") is not None:
+        names = route_query_names(request)
+        for name in query.keys():
+            if name not in names:
+                raise UnknownParameter.of(name, names)
+
+
+def check_options_usable(index, opts: Options) -> None:
+    """Everything about the options that can fail, checked before any answer starts (a streamed answer cannot
+    turn into a 4xx once its status line is out): the layers exist, each has a version in force on as_of."""
+    index.store.check_layers(opts.layers)
+    for name in opts.layers:
+        index.store.version_on(name, opts.as_of)
+
+
 def parse_options(raw: dict, settings: Settings) -> Options:
     """Options from a JSON body or from query parameters; every problem names its field."""
     layers = raw.get("layers")
@@ -30,10 +66,12 @@ def parse_options(raw: dict, settings: Settings) -> Options:
         layers = list(settings.default_layers)
     elif isinstance(layers, str):
         layers = [name.strip() for name in layers.split(",") if name.strip()]
-    elif not (isinstance(layers, list) and all(isinstance(name, str) for name in layers)):
+    elif not (isinstance(layers, list) and all(name.__class__ is str for name in layers)):
         raise InvalidInput("layers must be a list of layer names (or a comma-separated string)", field="layers")
     if not layers:
         raise InvalidInput("layers is empty; name at least one layer", field="layers")
+    if len(layers) > 100 or max(map(len, layers)) > 100:  # every message that names them stays readable
+        raise InvalidInput("layers: at most 100 names of at most 100 characters", field="layers")
     nearest = raw.get("nearest_within_m")
     if isinstance(nearest, bool):
         raise InvalidInput("nearest_within_m must be a number of metres, not true/false", field="nearest_within_m")
@@ -50,23 +88,40 @@ def parse_options(raw: dict, settings: Settings) -> Options:
     crs = raw.get("crs")
     if crs is not None and (isinstance(crs, bool) or not isinstance(crs, (str, int))):
         raise InvalidInput("crs must be a string such as 'EPSG:2230' or an EPSG number", field="crs")
-    return Options(layers=list(dict.fromkeys(layers)), as_of=parse_date(raw.get("as_of"), "as_of"),
+    as_of = raw.get("as_of")
+    if as_of is not None and not isinstance(as_of, (str, dt.date)):
+        raise InvalidInput("as_of must be a date string YYYY-MM-DD", field="as_of")
+    return Options(layers=list(dict.fromkeys(layers)), as_of=parse_date(as_of, "as_of"),
                    crs=parse_crs(crs), nearest_within_m=nearest)
 
 
-async def read_body(request: Request, settings: Settings | None = None) -> bytes:
-    """The whole body, refusing early (by Content-Length) or as soon as it passes the configured maximum."""
-    limit = (settings or get_settings()).max_body_bytes
+async def _chunks(request: Request, settings: Settings) -> AsyncIterator[bytes]:
+    """The body's chunks, refusing early (by Content-Length) or as soon as it passes the configured maximum, and
+    answering 408 when a slow client leaves more than body_timeout_s between two chunks."""
+    limit = settings.max_body_bytes
     declared = request.headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > limit:
         raise PayloadTooLarge(f"body of {int(declared)} bytes exceeds the limit of {limit} bytes", field="body")
-    chunks, size = [], 0
-    async for chunk in request.stream():
+    stream = request.stream().__aiter__()
+    size = 0
+    while True:
+        try:
+            async with asyncio.timeout(settings.body_timeout_s):
+                chunk = await stream.__anext__()
+        except StopAsyncIteration:
+            return
+        except TimeoutError:
+            raise BodyTimeout(f"no part of the body arrived for {settings.body_timeout_s:g} s "
+                              f"(ENRICH_BODY_TIMEOUT_S); send the body without pauses", field="body") from None
         size += len(chunk)
         if size > limit:
             raise PayloadTooLarge(f"body exceeds the limit of {limit} bytes", field="body")
-        chunks.append(chunk)
-    return b"".join(chunks)
+        yield chunk
+
+
+async def read_body(request: Request, settings: Settings | None = None) -> bytes:
+    """The whole body (see _chunks for its limits)."""
+    return b"".join([chunk async for chunk in _chunks(request, settings or get_settings())])
 
 
 SPOOL_IN_MEMORY_BYTES = 16 * 1024 * 1024
@@ -78,17 +133,9 @@ async def spool_body(request: Request, settings: Settings | None = None) -> temp
     Streamed answers are read back from the spool in chunks: most HTTP clients (curl, httpx, requests) send the
     whole body before they read a byte of the answer, so answering while still reading deadlocks once the socket
     buffers fill; and holding a 10M-row body in memory is what streaming is meant to avoid."""
-    limit = (settings or get_settings()).max_body_bytes
-    declared = request.headers.get("content-length")
-    if declared and declared.isdigit() and int(declared) > limit:
-        raise PayloadTooLarge(f"body of {int(declared)} bytes exceeds the limit of {limit} bytes", field="body")
     spool = tempfile.SpooledTemporaryFile(max_size=SPOOL_IN_MEMORY_BYTES, prefix="enrich-body-")
-    size = 0
     try:
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > limit:
-                raise PayloadTooLarge(f"body exceeds the limit of {limit} bytes", field="body")
+        async for chunk in _chunks(request, settings or get_settings()):
             spool.write(chunk)
     except BaseException:
         spool.close()
@@ -106,5 +153,12 @@ def check_batch_size(n: int, settings: Settings, field: str = "points") -> None:
 
 
 async def offload(fn, *args):
-    """Tagging and encoding are CPU work: run them in a thread so health checks and small lookups stay answered."""
-    return await run_in_threadpool(fn, *args)
+    """Tagging and encoding are CPU work: run them in a thread so health checks and small lookups stay answered.
+    A cancelled request (its timeout) does not wait for the thread: the thread's flag is set and its long loops stop
+    at their next check (cancellation.py)."""
+    cancelled = threading.Event()
+    try:
+        return await anyio.to_thread.run_sync(run_with_flag, cancelled, fn, *args, abandon_on_cancel=True)
+    except anyio.get_cancelled_exc_class():
+        cancelled.set()
+        raise

@@ -10,7 +10,7 @@ import functools
 from typing import Annotated
 
 import orjson
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -22,13 +22,18 @@ from ..geocode.matcher import LEVELS
 from ..index import ServiceIndex, current
 from ..responses import ARROW, CSV, JSON, NDJSON, JSONResponse, NDJSONResponse
 from ..settings import get_settings
-from .common import Options, check_batch_size, offload, parse_options, read_body, spool_body
+from .common import (Options, check_batch_size, check_options_usable, offload, parse_options, read_body, spool_body,
+                     strict_query)
 from .ndjson import answer_stream, parse_lines
 from .schemas import ERROR_RESPONSES, LAYER_EXAMPLE, LayerUsed, RowError, inline_schema
 
-router = APIRouter(prefix="/v1", tags=["geocode"])
+router = APIRouter(prefix="/v1", tags=["geocode"], dependencies=[Depends(strict_query)])
 
 REFERENCE_HEADER = "X-Enrich-Geocode-Reference"
+MIN_MATCH_DOC = (f"The coarsest match level to tag ({', '.join(join.TAGGED_LEVELS)}): coarser matches keep their "
+                 f"point and level, their layer keys are null with rule below_min_match")
+PREFIX_DOC = (f"CSV/Arrow answers: put in front of a result column named like an input column (default "
+              f"{join.COLLISION_PREFIX!r}); input columns are never replaced")
 
 
 class AddressRecord(BaseModel):
@@ -44,11 +49,13 @@ class AddressRecord(BaseModel):
 
 
 class GeocodeJoinRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")  # a misspelled option is refused (422 naming it)
     records: list[AddressRecord] = Field(min_length=1)
     layers: list[str] | str | None = Field(default=None, examples=[LAYER_EXAMPLE],
                                            description="Layers to tag with (default: ENRICH_DEFAULT_LAYERS)")
     as_of: str | None = Field(default=None, description="YYYY-MM-DD: the layer versions in force that day")
     nearest_within_m: float | None = Field(default=None, ge=0, le=5000)
+    min_match: str | None = Field(default=None, description=MIN_MATCH_DOC)
 
 
 class GeocodeRow(BaseModel):
@@ -87,8 +94,8 @@ _BULK_BODY = {
 }
 
 
-def _join(index: ServiceIndex, records: Records, opts: Options) -> join.Joined:
-    return join.geocode_join(index, records, opts.layers, opts.as_of, opts.nearest_within_m)
+def _join(index: ServiceIndex, records: Records, opts: Options, min_match: str | None = None) -> join.Joined:
+    return join.geocode_join(index, records, opts.layers, opts.as_of, opts.nearest_within_m, min_match=min_match)
 
 
 def _headers(index: ServiceIndex, joined: join.Joined) -> dict[str, str]:
@@ -107,11 +114,12 @@ def get_geocode(
     layers: Annotated[str | None, Query(description="Comma-separated layer names")] = None,
     as_of: Annotated[str | None, Query(description="YYYY-MM-DD")] = None,
     nearest_within_m: Annotated[float | None, Query(ge=0, le=5000)] = None,
+    min_match: Annotated[str | None, Query(description=MIN_MATCH_DOC)] = None,
 ):
     index = current(request.app)
     opts = parse_options({"layers": layers, "as_of": as_of, "nearest_within_m": nearest_within_m}, get_settings())
     records = Records(ids=[None], addresses=[address], cities=[city] if city else None, zips=[zip] if zip else None)
-    joined = _join(index, records, opts)
+    joined = _join(index, records, opts, join.check_min_match(min_match))
     row = join.rows(None, joined)[0]
     del row["id"], row["error"]
     return JSONResponse(row, headers=_headers(index, joined))
@@ -132,6 +140,8 @@ async def post_geocode_join(
     lon_col: Annotated[str, Query(description="Bulk bodies: earlier longitude to check (optional)")] = "lon",
     lat_col: Annotated[str, Query(description="Bulk bodies: earlier latitude to check (optional)")] = "lat",
     date_col: Annotated[str | None, Query(description="Bulk bodies: the date column (optional)")] = None,
+    min_match: Annotated[str | None, Query(description=MIN_MATCH_DOC)] = None,
+    prefix: Annotated[str, Query(description=PREFIX_DOC)] = join.COLLISION_PREFIX,
 ):
     settings = get_settings()
     index = current(request.app)
@@ -141,12 +151,14 @@ async def post_geocode_join(
     cols = AddressColumns(id=id_col, address=address_col, city=city_col, zip=zip_col, lon=lon_col, lat=lat_col,
                           date=date_col)
     query = {"layers": layers, "as_of": as_of, "nearest_within_m": nearest_within_m}
+    prefix = join.check_prefix(prefix)
+    min_match = join.check_min_match(min_match)
 
     if kind == NDJSON:
         opts = parse_options(query, settings)
-        index.store.check_layers(opts.layers)
+        check_options_usable(index, opts)
         spool = await spool_body(request, settings)
-        chunk = functools.partial(_ndjson_chunk, index, opts=opts, cols=cols)
+        chunk = functools.partial(_ndjson_chunk, index, opts=opts, cols=cols, min_match=min_match)
         return NDJSONResponse(answer_stream(spool, chunk, settings),
                               headers={REFERENCE_HEADER: join.reference_header(index)})
 
@@ -156,7 +168,10 @@ async def post_geocode_join(
         doc = codecs.loads(body)
         if not isinstance(doc, dict):
             raise InvalidInput("body must be a JSON object with a `records` list", field="body")
+        codecs.check_keys(doc, ("records", "layers", "as_of", "nearest_within_m", "min_match"))
         opts = parse_options(doc, settings)
+        if doc.get("min_match") is not None:
+            min_match = join.check_min_match(doc.get("min_match"))
         records = doc.get("records")
         if records is None:
             raise InvalidInput("records is missing", field="records")
@@ -165,17 +180,21 @@ async def post_geocode_join(
         records = await offload(join.records_from_json, records)
     else:
         opts = parse_options(query, settings)
-        table = await offload(codecs.decode_arrow if kind == ARROW else codecs.decode_csv, body)
+        charset = codecs.csv_charset(request.headers.get("content-type")) if kind == CSV else None
+        table = await offload(codecs.decode_arrow, body) if kind == ARROW else \
+            await offload(codecs.decode_csv, body, charset)
         check_batch_size(table.num_rows, settings, field="body")
+        codecs.check_answerable(table, answer_kind, cols.id, (cols.address, cols.city, cols.zip, cols.lon, cols.lat,
+                                                             cols.date))
         records = await offload(join.records_from_table, table, cols)
     del body
-    joined = await offload(_join, index, records, opts)
+    joined = await offload(_join, index, records, opts, min_match)
     headers = _headers(index, joined)
 
     if answer_kind == JSON:
         payload = await offload(_encode_json, index, records, joined)
         return Response(payload, media_type=JSON, headers=headers)
-    out = await offload(join.answer_table, table, records.ids, joined)
+    out = await offload(join.answer_table, table, records.ids, joined, prefix)
     encode = codecs.encode_arrow if answer_kind == ARROW else codecs.encode_csv
     return Response(await offload(encode, out), media_type=answer_kind, headers=headers)
 
@@ -185,14 +204,13 @@ def _encode_json(index: ServiceIndex, records: Records, joined: join.Joined) -> 
     body = {"results": rows, "count": len(rows), "layers": joined.result.layers_used(),
             "geocode_reference": join.reference_header(index),
             "errors": codecs.error_list(records.ids, joined.prepared, joined.result)}
-    return orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY)
+    return codecs.dumps(body)
 
 
 def _ndjson_chunk(index: ServiceIndex, lines: list[bytes], first_row: int, opts: Options,
-                  cols: AddressColumns) -> bytes:
+                  cols: AddressColumns, min_match: str | None = None) -> bytes:
     docs, bad = parse_lines(lines, first_row)
     records = join.records_from_json(docs, cols)
     records.errors.update(bad)
-    joined = _join(index, records, opts)
-    dumps = orjson.dumps
-    return b"".join(dumps(row, option=orjson.OPT_SERIALIZE_NUMPY) + b"\n" for row in join.rows(records.ids, joined))
+    joined = _join(index, records, opts, min_match)
+    return b"".join(codecs.dumps(row) + b"\n" for row in join.rows(records.ids, joined))

@@ -5,7 +5,9 @@ import os
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
+from ..errors import redact_paths
 from ..observability import metrics_body
+from ..reload import accepted_store
 from ..responses import JSONResponse
 
 router = APIRouter(tags=["health"])
@@ -21,11 +23,15 @@ def readyz(request: Request):
     index = getattr(request.app.state, "index", None)
     if index is None:
         error = getattr(request.app.state, "load_error", None)
-        return JSONResponse({"status": "loading" if error is None else "failed", "detail": error},
+        return JSONResponse({"status": "loading" if error is None else "failed", "detail": redact_paths(error)},
                               status_code=503)
-    # worker_pid: with --workers N, which worker (and so which index generation) answered
+    # worker_pid: with --workers N, which worker (and so which index generation) answered. layers_sha256: the set
+    # it serves; accepted_sha256: the set accepted.json names (they differ for a moment after a reload elsewhere,
+    # until this worker follows; longer means it lags, and its log says why).
+    accepted = accepted_store().read()
     return {"status": "ready", "generation": index.generation, "worker_pid": os.getpid(),
-            "versions": index.versions()}
+            "layers_sha256": index.layers_sha256, "accepted_sha256": accepted.sha256 if accepted else None,
+            "source": index.store.read_from, "versions": index.versions()}
 
 
 @router.get("/metrics", summary="Prometheus metrics", response_class=Response)

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 from typing import AsyncIterator, Callable, Iterator
 
+import msgspec
 import orjson
 
+from ..errors import EnrichError
 from ..settings import Settings
 from .common import offload
 
@@ -34,22 +36,34 @@ def line_groups(spool, rows: int) -> Iterator[list[bytes]]:
         yield group
 
 
+_BAD_LINE = (msgspec.MsgspecError, UnicodeDecodeError, RecursionError)
+
+
 def parse_lines(lines: list[bytes], first_row: int) -> tuple[list, dict]:
-    # One orjson call for the whole chunk; only when a line is broken are they parsed one by one to say which.
+    # One decode for the whole chunk; only when a line is broken are they parsed one by one to say which. msgspec
+    # rather than orjson: integers of any size stay exact (an id 2^70 comes back as sent).
     try:
-        docs = orjson.loads(b"[" + b",".join(lines) + b"]")
+        docs = msgspec.json.decode(b"[" + b",".join(lines) + b"]")
         if len(docs) == len(lines):
             return docs, {}
-    except orjson.JSONDecodeError:
+    except _BAD_LINE:
         pass
     docs, bad = [], {}
     for i, line in enumerate(lines):
         try:
-            doc = orjson.loads(line)
-        except orjson.JSONDecodeError as exc:
-            doc, bad[i] = None, ("body", f"line {first_row + i + 1} is not valid JSON: {exc}")
+            doc = msgspec.json.decode(line)
+        except _BAD_LINE as exc:
+            doc, bad[i] = None, ("body", f"line {first_row + i + 1} is not valid JSON: {_why(exc)}")
         docs.append(doc)
     return docs, bad
+
+
+def _why(exc: Exception) -> str:
+    if isinstance(exc, UnicodeDecodeError):
+        return "its text is not UTF-8"
+    if isinstance(exc, RecursionError):
+        return "nested too deeply"
+    return str(exc)[:200]
 
 
 async def answer_stream(spool, answer_chunk: Callable[[list[bytes], int], bytes],
@@ -63,7 +77,12 @@ async def answer_stream(spool, answer_chunk: Callable[[list[bytes], int], bytes]
                 yield orjson.dumps({"error": f"stream exceeds the batch limit of {settings.max_batch} rows; "
                                              f"rows after {seen} were not answered", "row": seen}) + b"\n"
                 return
-            yield await offload(answer_chunk, lines, seen)
+            try:
+                answer = await offload(answer_chunk, lines, seen)
+            except EnrichError as exc:  # the status line is out: the stream ends with a line that says why
+                yield orjson.dumps({"error": exc.message, "field": exc.field, "row": seen}) + b"\n"
+                return
+            yield answer
             seen += len(lines)
     finally:
         spool.close()

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import numpy as np
 import orjson
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import Response
 
 from .. import codecs
@@ -18,11 +18,12 @@ from ..observability import POINTS
 from ..points import PointBatch, prepare
 from ..responses import ARROW, CSV, JSON, NDJSON, JSONResponse, NDJSONResponse
 from ..settings import get_settings
-from .common import Options, check_batch_size, offload, parse_options, read_body, spool_body
+from .common import (Options, check_batch_size, check_options_usable, offload, parse_options, read_body, spool_body,
+                     strict_query)
 from .ndjson import answer_stream, parse_lines
 from .schemas import ERROR_RESPONSES, PipRequest, PipResponse, PointAnswer, inline_schema
 
-router = APIRouter(prefix="/v1", tags=["point in polygon"])
+router = APIRouter(prefix="/v1", tags=["point in polygon"], dependencies=[Depends(strict_query)])
 
 _BULK_BODY = {
     "requestBody": {
@@ -125,30 +126,41 @@ async def post_pip(
     lon_col: Annotated[str, Query(description="Bulk bodies: the longitude / x column")] = "lon",
     lat_col: Annotated[str, Query(description="Bulk bodies: the latitude / y column")] = "lat",
     date_col: Annotated[str | None, Query(description="Bulk bodies: the date column (optional)")] = None,
+    prefix: Annotated[str, Query(description="CSV/Arrow answers: put in front of a result column named like an "
+                                             "input column; input columns are never replaced")] =
+    codecs.COLLISION_PREFIX,
 ):
     settings = get_settings()
+    prefix = codecs.check_prefix(prefix)
     index = current(request.app)
     kind = codecs.media_type(request.headers.get("content-type"))
     answer_kind = codecs.response_type(request.headers.get("accept"), kind)
     cols = Columns(id=id_col, lon=lon_col, lat=lat_col, date=date_col)
     query = {"layers": layers, "as_of": as_of, "crs": crs, "nearest_within_m": nearest_within_m}
 
-    if kind == NDJSON:
+    if kind == NDJSON:  # every option checked before the status line goes out
         opts = parse_options(query, settings)
+        check_options_usable(index, opts)
         spool = await spool_body(request, settings)
         chunk = functools.partial(_ndjson_chunk, index, opts=opts, cols=cols)
         return NDJSONResponse(answer_stream(spool, chunk, settings))
 
+    if kind != JSON:
+        opts = parse_options(query, settings)
+        check_options_usable(index, opts)
     body = await read_body(request, settings)
     if kind == JSON:
         raw, batch = await offload(codecs.decode_json, body)
-        opts = parse_options(raw, settings)
+        # The body's options; one it leaves out may come from the query string.
+        opts = parse_options({k: query[k] if raw.get(k) is None else raw[k] for k in codecs.OPTIONS}, settings)
         check_batch_size(len(batch), settings)
         cols, table = Columns(), None
     else:
-        opts = parse_options(query, settings)
-        table = await offload(codecs.decode_arrow if kind == ARROW else codecs.decode_csv, body)
+        charset = codecs.csv_charset(request.headers.get("content-type")) if kind == CSV else None
+        table = await offload(codecs.decode_arrow, body) if kind == ARROW else \
+            await offload(codecs.decode_csv, body, charset)
         check_batch_size(table.num_rows, settings, field="body")
+        codecs.check_answerable(table, answer_kind, cols.id, (cols.lon, cols.lat, cols.date))
         batch = await offload(codecs.batch_from_table, table, cols)
     del body
     prepared, result = await offload(tag_batch, index, batch, opts, cols)
@@ -159,7 +171,7 @@ async def post_pip(
             batch.ids.to_pylist() if batch.ids is not None else [None] * len(batch))
         payload = await offload(codecs.encode_json, ids, prepared, result, {})
         return Response(payload, media_type=JSON, headers={"X-Enrich-Layers": layers_header})
-    out = await offload(codecs.answer_table, table, batch.ids, prepared, result)
+    out = await offload(codecs.answer_table, table, batch.ids, prepared, result, prefix)
     encode = codecs.encode_arrow if answer_kind == ARROW else codecs.encode_csv
     return Response(await offload(encode, out), media_type=answer_kind, headers={"X-Enrich-Layers": layers_header})
 

@@ -16,6 +16,7 @@ class PointIn(BaseModel):
 
 
 class PipRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")  # a misspelled option is refused (422 naming it), never ignored
     points: list[PointIn] = Field(min_length=1)
     layers: list[str] | str | None = Field(default=None, examples=[LAYER_EXAMPLE],
                                            description="Layers to tag with, a list or a comma-separated string "
@@ -79,9 +80,12 @@ class ErrorBody(BaseModel):
 
 ERROR_RESPONSES = {
     status: {"model": ErrorBody, "description": text}
-    for status, text in ((400, "Malformed body"), (406, "Accept not supported"), (413, "Body or batch too large"),
-                         (415, "Content-Type not supported"), (422, "A field is missing, of the wrong type or out "
-                                                                     "of range; the message names it"),
+    for status, text in ((400, "Malformed body"), (406, "Accept not supported, or an input column the answer's "
+                                                             "type cannot hold"),
+                         (408, "The body paused longer than ENRICH_BODY_TIMEOUT_S"), (413, "Body or batch too large"),
+                         (415, "Content-Type not supported, or a CSV charset undeclared and not UTF-8"),
+                         (422, "A field is missing, of the wrong type or out of range, or an unknown parameter; the "
+                               "message names it"),
                          (503, "Layers still loading"))
 }
 

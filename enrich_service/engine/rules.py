@@ -21,4 +21,13 @@ RULE_EDGE = np.int8(1)
 RULE_OVERLAP = np.int8(2)
 RULE_NEAREST = np.int8(3)
 
-RULE_NAMES = np.array([None, "edge", "overlap", "nearest"], dtype=object)
+# Geocode answers only (enrich_service/geocode/support.py): why a key is null, or that the match cannot support one.
+RULE_AMBIGUOUS = np.int8(4)  # the locations consistent with the match lie in more than one polygon
+RULE_OUTSIDE = np.int8(5)  # in no polygon of the layer
+RULE_OUTSIDE_CITY = np.int8(6)  # in no polygon, and outside the city limits
+RULE_NOT_GEOCODED = np.int8(7)  # the address was not found (match "none")
+RULE_OTHER_CITY = np.int8(8)  # the address names another city: the San Diego layers say nothing about it
+RULE_BELOW_MIN_MATCH = np.int8(9)  # the match is coarser than the request's min_match
+
+RULE_NAMES = np.array([None, "edge", "overlap", "nearest", "ambiguous", "outside", "outside_city", "not_geocoded",
+                       "other_city", "below_min_match"], dtype=object)

@@ -17,6 +17,7 @@ from .reference import load_reference_cached, reference_configured, resolve_refe
 log = logging.getLogger(__name__)
 
 ZIP_LAYER = "zip"
+CITY_LIMITS = "city_limits"
 
 
 def zip_points(store: LayerStore) -> dict[str, tuple[float, float]]:
@@ -38,4 +39,15 @@ def build_geocoder(settings: Settings, store: LayerStore) -> Geocoder | None:
         return None
     files = resolve_reference(settings)
     reference = load_reference_cached(files, settings.cache_dir, zip_points(store))
-    return Geocoder(reference, cache_for(reference.sha256))
+    return Geocoder(reference, cache_for(reference.sha256), outside_zips(store))
+
+
+def outside_zips(store: LayerStore) -> frozenset:
+    """The ZIPs of the zip layer whose area lies wholly outside the city limits (beyond 100 m of them): an address
+    given with one of them is another city's ("1200 Orange Ave, 92118" is Coronado)."""
+    zips, city = store.versions.get(ZIP_LAYER), store.versions.get(CITY_LIMITS)
+    if not zips or not city:
+        return frozenset()
+    v = zips[-1]
+    limits = shapely.buffer(shapely.union_all(city[-1].geoms), 100.0 / 111_000.0)
+    return frozenset(str(k) for k, g in zip(v.keys, v.geoms) if not shapely.intersects(g, limits))

@@ -18,12 +18,21 @@ from ..errors import InvalidInput, NotReady
 from ..index import ServiceIndex
 from ..observability import GEOCODES
 from ..points import WGS84, PointBatch, Prepared, parse_dates, prepare
-from .matcher import Geocoded, Geocoder
+from ..engine.rules import (RULE_AMBIGUOUS, RULE_BELOW_MIN_MATCH, RULE_NOT_GEOCODED, RULE_OTHER_CITY, RULE_OUTSIDE,
+                            RULE_OUTSIDE_CITY)
+from . import support as support_mod
+from .matcher import LEVELS, OTHER_CITY_FACTOR, Geocoded, Geocoder
+
+ZIP_LAYER = "zip"
+COLLISION_PREFIX = codecs.COLLISION_PREFIX  # the `prefix` option's default: result columns never replace inputs
+check_prefix = codecs.check_prefix
+TAGGED_LEVELS = LEVELS[:-1]  # "exact" ... "zip": what min_match may name
+# min_match -> the levels coarser than it
+COARSER = {level: list(LEVELS[i + 1:-1]) for i, level in enumerate(TAGGED_LEVELS)}
 
 CITY_LIMITS = "city_limits"
 # Cities whose addresses the reference covers; other city names are flagged, not refused.
 CITY_NAMES = frozenset({"SAN DIEGO", "SD", "LA JOLLA", "CITY OF SAN DIEGO"})
-OTHER_CITY_FACTOR = 0.5
 
 
 @dataclass(frozen=True)
@@ -60,6 +69,7 @@ class Joined:
     geocoded: Geocoded
     prepared: Prepared  # the geocoded lon/lat as the codecs expect them, with every flag
     result: TagResult
+    candidates: dict[str, dict[int, str]] = field(default_factory=dict)  # layer -> row -> "3;9" (ambiguous rows)
 
 
 def geocoder_of(index: ServiceIndex) -> Geocoder:
@@ -144,10 +154,23 @@ def _field_rows(errors: dict[int, tuple[str, str]], name: str | None) -> set[int
     return {row for row, (field_name, _) in errors.items() if field_name == name} if name else set()
 
 
+def check_min_match(value: object) -> str | None:
+    """The coarsest match level a caller accepts: coarser matches keep their point and level, never a tag."""
+    if value is None or value == "":
+        return None
+    if value not in TAGGED_LEVELS:
+        raise InvalidInput(f"min_match must be one of {', '.join(TAGGED_LEVELS)} (got {value!r})",
+                           field="min_match")
+    return value
+
+
 def geocode_join(index: ServiceIndex, records: Records, layers: list[str], as_of=None,
-                 nearest_within_m: float | None = None, use_cache: bool = True) -> Joined:
-    geocoder = geocoder_of(index)
+                 nearest_within_m: float | None = None, use_cache: bool = True,
+                 min_match: str | None = None, geocoder: Geocoder | None = None) -> Joined:
+    """`geocoder`: another reference than the index's (the accuracy evaluation holds points back)."""
+    geocoder = geocoder or geocoder_of(index)
     index.store.check_layers(layers)
+    min_match = check_min_match(min_match)
     geocoded = geocoder.geocode(records.addresses, records.zips, use_cache=use_cache)
     valid = geocoded.match != "none"
     lon = np.where(valid, geocoded.lon, np.nan)
@@ -159,9 +182,10 @@ def geocode_join(index: ServiceIndex, records: Records, layers: list[str], as_of
         tag[np.fromiter(records.untagged, dtype=np.int64)] = False
     result = index.engine.tag(lon, lat, tag, layers + extra, as_of, records.dates, nearest_within_m)
     flags = dict(geocoded.flags)
+    outside_city = np.zeros(len(valid), dtype=bool)
     if CITY_LIMITS in result.layers:
-        outside = valid & (result.layers[CITY_LIMITS].codes < 0)
-        _add_flag(flags, outside, "outside_city_limits")
+        outside_city = valid & (result.layers[CITY_LIMITS].codes < 0)
+        _add_flag(flags, outside_city, "outside_city_limits")
     if extra:
         result = TagResult(layers={k: v for k, v in result.layers.items() if k != CITY_LIMITS},
                            row_errors=result.row_errors,
@@ -176,11 +200,99 @@ def geocode_join(index: ServiceIndex, records: Records, layers: list[str], as_of
         if other:  # the reference is San Diego's: a same-named street here is a guess for another city's address
             rows = np.array(other)
             geocoded.score[rows] = np.round(geocoded.score[rows] * OTHER_CITY_FACTOR, 3)
+    candidates = apply_rule(index, geocoder, geocoded, result, lon, lat, tag, flags, layers, as_of, records.dates,
+                            nearest_within_m, min_match, outside_city)
     prepared = Prepared(lon=lon, lat=lat, valid=valid, errors=dict(records.errors), flags=flags)
     levels, counts = np.unique(geocoded.match.astype(str), return_counts=True)
     for level, count in zip(levels.tolist(), counts.tolist()):
         GEOCODES.labels(level).inc(count)
-    return Joined(geocoded, prepared, result)
+    return Joined(geocoded, prepared, result, candidates)
+
+
+def apply_rule(index: ServiceIndex, geocoder: Geocoder, geocoded: Geocoded, result: TagResult, lon: np.ndarray,
+               lat: np.ndarray, tag: np.ndarray, flags: dict[int, str], layers: list[str], as_of, dates,
+               nearest_within_m, min_match: str | None, outside_city: np.ndarray) -> dict[str, dict[int, str]]:
+    """Keep a layer key only where every location consistent with the match lies in one polygon (support.py);
+    elsewhere null, with the rule saying why and, when ambiguous, the candidate keys."""
+    n = len(geocoded)
+    level = geocoded.match.astype(str)
+    support = geocoded.support if geocoded.support is not None else np.full(n, None, dtype=object)
+    other = np.zeros(n, dtype=bool)
+    for row, text in flags.items():
+        if "other_city" in text.split(","):
+            other[row] = True
+    below = np.zeros(n, dtype=bool)
+    if min_match is not None:
+        below = np.isin(level, COARSER[min_match])
+    judged = tag & ~other & ~below
+    is_point = np.fromiter((s is None for s in support), dtype=bool, count=n)
+    point_rows = np.flatnonzero(judged & is_point)
+    extent_rows = np.flatnonzero(judged & ~is_point).tolist()
+    ring = None
+    if len(point_rows):  # the point and 8 points around it, tagged by the engine with the same rule
+        m = len(point_rows)
+        ring = index.engine.tag(
+            (lon[point_rows][:, None] + support_mod.OFFSET_LON).ravel(),
+            (lat[point_rows][:, None] + support_mod.OFFSET_LAT).ravel(), np.ones(m * 8, dtype=bool), layers, as_of,
+            None if dates is None else np.repeat(dates[point_rows], 8), nearest_within_m)
+    zip_versions = index.store.versions.get(ZIP_LAYER)
+    zip_version = zip_versions[-1] if zip_versions else None
+    out: dict[str, dict[int, str]] = {}
+    for name in layers:
+        tags = result.layers[name]
+        codes, rule = tags.codes.copy(), tags.rule.copy()
+        cands: dict[int, str] = {}
+        versions = index.store.versions[name]
+        offsets = np.cumsum([0] + [v.n_features for v in versions])
+        if ring is not None:
+            around = ring.layers[name].codes.reshape(-1, 8)
+            centre = codes[point_rows]
+            split = ~(around == centre[:, None]).all(axis=1)
+            for k in np.flatnonzero(split).tolist():
+                keys = {tags.dictionary[c] for c in (centre[k], *around[k].tolist()) if c >= 0}
+                cands[int(point_rows[k])] = ";".join(sorted(map(str, keys)))
+            codes[point_rows[split]] = -1
+            rule[point_rows[split]] = RULE_AMBIGUOUS
+        if extent_rows:
+            default_i = versions.index(index.store.version_on(name, as_of))
+            if dates is None:
+                vidx = np.full(n, default_i, dtype=np.int64)
+            else:
+                days = dates.copy()
+                if as_of is not None:
+                    days[np.isnat(days)] = np.datetime64(as_of, "D")
+                vidx = index.store.version_index(name, days)
+            by_version: dict[int, dict] = {}
+            for row in extent_rows:
+                i = int(vidx[row])
+                if i >= 0:  # (before the layer's first version: the engine reported it)
+                    by_version.setdefault(i, {}).setdefault(support[row], []).append(row)
+            for i, groups in by_version.items():
+                supports = list(groups)
+                got = geocoder.extents.verdicts(index.engine, name, versions[i], int(offsets[i]), supports,
+                                                zip_version)
+                for s, (code, r, keys) in zip(supports, got):
+                    rows_ = groups[s]
+                    codes[rows_] = code
+                    rule[rows_] = r
+                    if keys:
+                        text = ";".join(keys)
+                        for row in rows_:
+                            cands[row] = text
+        missing = (codes < 0) & (rule != RULE_AMBIGUOUS)
+        rule[missing & tag] = RULE_OUTSIDE
+        rule[missing & tag & outside_city] = RULE_OUTSIDE_CITY
+        rule[level == "none"] = RULE_NOT_GEOCODED
+        codes[other | below] = -1
+        rule[other] = RULE_OTHER_CITY
+        rule[below & ~other] = RULE_BELOW_MIN_MATCH
+        for row in np.flatnonzero(other | below).tolist():
+            cands.pop(row, None)
+        tags.codes, tags.rule = codes, rule
+        if tags.distance_m is not None:  # nothing found: no distance either
+            tags.distance_m = np.where(codes >= 0, tags.distance_m, np.nan)
+        out[name] = cands
+    return out
 
 
 def _add_flag(flags: dict[int, str], mask: np.ndarray, flag: str) -> None:
@@ -234,20 +346,32 @@ def rows(ids: object, joined: Joined) -> list[dict]:
         ids = [None] * len(joined.geocoded)
     elif not isinstance(ids, list):
         ids = ids.to_pylist()
-    columns = [("id", ids)] + geocode_lists(joined) + codecs.result_lists(joined.prepared, joined.result)
+    columns = [("id", ids)] + geocode_lists(joined) + _with_candidates(
+        codecs.result_lists(joined.prepared, joined.result), joined, lambda n, c: codecs._sparse_list(n, c))
     names = [name for name, _ in columns]
     return [dict(zip(names, values)) for values in zip(*(values for _, values in columns))]
 
 
-def answer_table(table: pa.Table | None, ids: object, joined: Joined) -> pa.Table:
-    """The input table with the geocode columns, then the layer columns, appended (same-named inputs replaced)."""
+def _with_candidates(columns: list[tuple], joined: Joined, make) -> list[tuple]:
+    """`<layer>_candidates` after each `<layer>_rule`: the keys an ambiguous match could have, ';'-joined."""
+    out = []
+    n = len(joined.geocoded)
+    for name, values in columns:
+        out.append((name, values))
+        layer = name[:-5] if name.endswith("_rule") else None
+        if layer in joined.candidates:
+            out.append((f"{layer}_candidates", make(n, joined.candidates[layer])))
+    return out
+
+
+def answer_table(table: pa.Table | None, ids: object, joined: Joined, prefix: str = COLLISION_PREFIX) -> pa.Table:
+    """The input table, untouched, with the geocode columns, then the layer columns, appended (codecs.append_results:
+    a result column named like an input column gets `prefix` in front)."""
     if table is None:
         table = pa.table({"id": pa.array(ids if ids is not None else [None] * len(joined.geocoded))})
-    for name, arr in geocode_arrays(joined):
-        if name in table.column_names:
-            table = table.drop_columns([name])
-        table = table.append_column(name, arr)
-    return codecs.answer_table(table, ids, joined.prepared, joined.result)
+    columns = geocode_arrays(joined) + _with_candidates(
+        codecs.result_arrays(joined.prepared, joined.result), joined, codecs._sparse_arrow)
+    return codecs.append_results(table, columns, joined.result.layers, prefix)
 
 
 def reference_header(index: ServiceIndex) -> str:

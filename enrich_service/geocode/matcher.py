@@ -19,9 +19,11 @@ from dataclasses import dataclass
 import numpy as np
 from rapidfuzz import fuzz, process
 
+from ..cancellation import raise_if_cancelled
 from .cache import ResultCache
-from .normalize import Parsed, parse
+from .normalize import FREEWAY, Parsed, parse
 from .reference import M_PER_DEG_LAT, M_PER_DEG_LON, Reference
+from .support import Extents
 
 LEVELS = ("exact", "interpolated", "intersection", "hundred_block", "street", "zip", "none")
 SCORES = {"exact": 1.0, "interpolated": 0.9, "intersection": 0.85, "hundred_block": 0.8, "street": 0.5,
@@ -33,6 +35,7 @@ NEIGHBOR_MAX_GAP = 20
 NEIGHBOR_MAX_M = 150.0
 FUZZY_CUTOFF = 88.0
 TYPE_DIFFERS = 0.95  # the street was found by its name alone (its type or direction left out)
+OTHER_CITY_FACTOR = 0.5  # the address names another city (or a ZIP wholly outside San Diego)
 OTHER_STREET = 0.8  # only a street of the same name with another type or direction: never matched by number
 
 
@@ -47,6 +50,7 @@ class Geocoded:
     matched: list  # the reference address matched, or None
     reason: dict[int, str]
     flags: dict[int, str]
+    support: np.ndarray | None = None  # object: per row, the locations consistent with the match (Result[8])
 
     def __len__(self) -> int:
         return len(self.lon)
@@ -62,14 +66,22 @@ class _Pending:
         self.lon = self.lat = float("nan")
 
 
-# One result: (lon or _Pending, lat, level, score, matched_address, reason, flags, the matched reference ZIP)
+# One result: (lon or _Pending, lat, level, score, matched_address, reason, flags, the matched reference ZIP,
+# support). `support` names every location consistent with the match, for the tagging rule (support.py): None for a
+# point (exact, interpolated: the point itself), ("at", (lon, lat) pairs) for an exact number found in several ZIPs
+# with none given, ("unknown",) where the reference cannot say (a number or crossing beyond what it holds, a street
+# found by a similar name), ("segs", segment ids) for a block, ("nodes", (lon, lat) pairs) for an
+# intersection, ("line", (lon0, lat0, lon1, lat1)) for a block between two crossings, ("pts", point rows) for a
+# block known only by its address points, ("street", street id, zip) for a street, ("zip", zip) for a ZIP.
 Result = tuple
 
 
 class Geocoder:
-    def __init__(self, ref: Reference, cache: ResultCache | None = None):
+    def __init__(self, ref: Reference, cache: ResultCache | None = None, outside_zips: frozenset = frozenset()):
         self.ref = ref
         self.cache = cache
+        self.outside_zips = outside_zips  # ZIPs wholly outside the city: an address there is another city's
+        self.extents = Extents(ref)
         self._fuzzy: dict[str, tuple[int, float] | None] = {}
         # Fuzzy candidates by first letter: a typo there is rare, and it cuts the comparisons ~20-fold.
         self._by_letter: dict[str, tuple[list[str], list[int]]] = {}
@@ -112,6 +124,8 @@ class Geocoder:
         memo: dict = {}  # this batch's street spellings, each normalized once
         fresh: list[int] = []
         for j, i in enumerate(first_row):
+            if not j & 255:  # a request that timed out stops here (its answer, a 504, is already sent)
+                raise_if_cancelled()
             if cache is not None:
                 hit = cache.get(keys[j])
                 if hit is not None:
@@ -149,6 +163,14 @@ class Geocoder:
     # ---- one distinct address ----------------------------------------------------------------------------------
 
     def match(self, p: Parsed) -> Result:
+        got = self._match(p)
+        if p.city or (p.zip and p.zip in self.outside_zips):
+            # "..., Coronado", "..., 92118": a same-named San Diego street is a guess at another city's address.
+            flags = f"{got[6]},other_city" if got[6] else "other_city"
+            got = got[:3] + (round(got[3] * OTHER_CITY_FACTOR, 3),) + got[4:6] + (flags,) + got[7:]
+        return got
+
+    def _match(self, p: Parsed) -> Result:
         if p.kind == "address":
             return self._address(p)
         if p.kind == "intersection":
@@ -162,10 +184,15 @@ class Geocoder:
     def _address(self, p: Parsed) -> Result:
         cands, factor, flag = self.resolve_street(p.street, p.base, p.zip)
         if not cands:
-            return self._zip_or_none(p, f"street {p.street!r} is not in the reference")
+            return self._zip_or_none(p, _not_in_reference(p.street))
         ref = self.ref
         number = p.number
         for sid in cands if flag != "street_differs" else ():
+            if p.block:  # "1000 block of X": somewhere on the block, never the point numbered 1000
+                got = self._hundred_block(sid, number - number % 100, p.zip)
+                if got is not None:
+                    return _finish(got, factor, flag, p)
+                continue
             got = self._exact(sid, number, p.zip)
             if got is not None and p.zip and got[7] != p.zip:
                 # The point is in another ZIP: a range in the address's own ZIP is the better answer, if any.
@@ -177,7 +204,7 @@ class Geocoder:
                 got = self._interpolate(sid, number, p.zip)
             if got is not None:
                 return _finish(got, factor, flag, p)
-        got = self._street_fallback(cands[0], number, p.zip)
+        got = _beyond(self._street_fallback(cands[0], number, p.zip), p.zip)
         reason = f"house number {number} is not in the reference for {ref.streets[cands[0]]}; placed on the street"
         return _finish(got, factor, flag, p, reason)
 
@@ -194,7 +221,8 @@ class Geocoder:
             flags = "ambiguous" if not zip5 and len({zips[r] for r in rows}) > 1 else ""
         z = zips[row]
         return (ref.pt_lon_list[row], ref.pt_lat_list[row], "exact", 1.0,
-                f"{ref.pt_label[row]}, {z}" if z else ref.pt_label[row], "", flags, z)
+                f"{ref.pt_label[row]}, {z}" if z else ref.pt_label[row], "", flags, z,
+                ("at", tuple((ref.pt_lon_list[r], ref.pt_lat_list[r]) for r in rows)) if flags else None)
 
     def _hundred_block(self, sid: int, number: int, zip5: str):
         """The middle of the block: on the centerline where number + 50 would be."""
@@ -207,8 +235,10 @@ class Geocoder:
             e = next((e for e in entries if e[0] <= middle <= e[1]), entries[0])
             lo, hi, _, _, seg, z = e
             t = min(max((middle - lo) / (hi - lo), 0.0), 1.0) if hi > lo else 0.5
+            same = [x for x in entries if x[5] == z] if zip5 else entries
             return (_Pending(seg, t, 0, 0.0), None, "hundred_block", SCORES["hundred_block"],
-                    f"{number} block of {ref.seg_label[seg]}, {z}".rstrip(", "), "", "", z)
+                    f"{number} block of {ref.seg_label[seg]}, {z}".rstrip(", "), "", "", z,
+                    ("segs", tuple(sorted({x[4] for x in same}))))
         rows = ref.points_of.get(sid)
         if rows is not None:
             nums = ref.pt_number[rows]
@@ -217,7 +247,7 @@ class Geocoder:
                 z = ref.pt_zip[inside[0]]
                 return (float(np.mean(ref.pt_lon[inside])), float(np.mean(ref.pt_lat[inside])), "hundred_block",
                         SCORES["hundred_block"], f"{number} block of {ref.streets[sid]}, {z}".rstrip(", "),
-                        "", "", z)
+                        "", "", z, ("pts", tuple(int(r) for r in inside)))
         return None
 
     def _interpolate(self, sid: int, number: int, zip5: str):
@@ -236,7 +266,7 @@ class Geocoder:
             lo, hi, _, side, seg, z = entries[0]
             t = (number - lo) / (hi - lo) if hi > lo else 0.5
             return (_Pending(seg, t, side, SETBACK_M), None, "interpolated", score,
-                    f"{number} {ref.seg_label[seg]} (range {lo}-{hi}), {z}".rstrip(", "), "", "", z)
+                    f"{number} {ref.seg_label[seg]} (range {lo}-{hi}), {z}".rstrip(", "), "", "", z, None)
         return self._between_points(sid, number, 100)
 
     def _between_points(self, sid: int, number: int, max_gap: int):
@@ -261,7 +291,7 @@ class Geocoder:
         return (lons[a] + f * (lons[b] - lons[a]), lats[a] + f * (lats[b] - lats[a]), "interpolated",
                 SCORES["interpolated"],
                 f"{number} {ref.streets[sid]} (between {ref.pt_label[a]} and {ref.pt_label[b]}), {z}".rstrip(", "),
-                "", "", z)
+                "", "", z, None)
 
     def _street_fallback(self, sid: int, number: int, zip5: str):
         """The street's nearest known number: the end of the closest range, or the closest address point."""
@@ -272,7 +302,8 @@ class Geocoder:
             gap, e = min(((max(e[0] - number, number - e[1], 0), e) for e in entries), key=lambda g: g[0])
             lo, hi, _, _, seg, z = e
             best = (gap, (_Pending(seg, 0.0 if number < lo else 1.0, 0, 0.0), None, "street", _street_score(gap),
-                          f"{ref.seg_label[seg]} (nearest range {lo}-{hi}), {z}".rstrip(", "), "", "", z))
+                          f"{ref.seg_label[seg]} (nearest range {lo}-{hi}), {z}".rstrip(", "), "", "", z,
+                          ("street", sid, zip5)))
         rows = ref.points_of.get(sid)
         if rows is not None:
             nums = ref.pt_number[rows]
@@ -283,7 +314,7 @@ class Geocoder:
                 z = ref.pt_zip[row]
                 best = (gap, (float(ref.pt_lon[row]), float(ref.pt_lat[row]), "street", _street_score(gap),
                               f"{ref.streets[sid]} (nearest number {ref.pt_label[row]}), {z}".rstrip(", "), "", "",
-                              z))
+                              z, ("street", sid, zip5)))
         return best[1] if best is not None else self._street_point(sid, zip5)
 
     def _street_point(self, sid: int, zip5: str):
@@ -297,33 +328,44 @@ class Geocoder:
             k = int(np.argmin(np.abs(mids - np.median(mids, axis=0)).sum(axis=1)))
             seg = segs[k]
             return (float(mids[k, 0]), float(mids[k, 1]), "street", _extent_score(mids),
-                    f"{ref.seg_label[seg]}, {ref.seg_zip[seg]}".rstrip(", "), "", "", ref.seg_zip[seg])
+                    f"{ref.seg_label[seg]}, {ref.seg_zip[seg]}".rstrip(", "), "", "", ref.seg_zip[seg],
+                    ("street", sid, zip5))
         rows = ref.points_of.get(sid)
         if rows is None:  # known only as a cross street: the middle of its crossings
             where = ref.crossings_of[sid]
             xy = np.array([(w[0], w[1]) for w in where])
             k = int(np.argmin(np.abs(xy - np.median(xy, axis=0)).sum(axis=1)))
             return (float(xy[k, 0]), float(xy[k, 1]), "street", _extent_score(xy),
-                    f"{ref.streets[sid]} (cross street), {where[k][2]}".rstrip(", "), "", "", where[k][2])
+                    f"{ref.streets[sid]} (cross street), {where[k][2]}".rstrip(", "), "", "", where[k][2],
+                    ("street", sid, zip5))
         if zip5 and (ref.pt_zip[rows] == zip5).any():
             rows = rows[ref.pt_zip[rows] == zip5]
         xy = np.column_stack([ref.pt_lon[rows], ref.pt_lat[rows]])
         k = int(np.argmin(np.abs(xy - np.median(xy, axis=0)).sum(axis=1)))
         return (float(xy[k, 0]), float(xy[k, 1]), "street", _extent_score(xy),
-                f"{ref.streets[sid]}, {ref.pt_zip[rows[k]]}".rstrip(", "), "", "", ref.pt_zip[rows[k]])
+                f"{ref.streets[sid]}, {ref.pt_zip[rows[k]]}".rstrip(", "), "", "", ref.pt_zip[rows[k]],
+                ("street", sid, zip5))
 
     def _street_only(self, p: Parsed) -> Result:
         cands, factor, flag = self.resolve_street(p.street, p.base, p.zip)
         if not cands:
-            return self._zip_or_none(p, f"street {p.street!r} is not in the reference")
+            return self._zip_or_none(p, _not_in_reference(p.street))
         return _finish(self._street_point(cands[0], p.zip), factor, flag, p, "no house number")
 
     def _intersection(self, p: Parsed) -> Result:
         a, fa, flag_a = self.resolve_street(p.street, p.base, p.zip)
         b, fb, flag_b = self.resolve_street(p.street2, p.base2, p.zip)
+        if "street_differs" in (flag_a, flag_b):
+            # "College Blvd & Adams St" is not where College Ave meets Adams Ave: another place, maybe another city.
+            a, b = (a if flag_a != "street_differs" else []), (b if flag_b != "street_differs" else [])
+            if a:
+                got = _beyond(self._street_point(a[0], p.zip), p.zip)
+                return _finish(got, fa * 0.8, flag_a, p, f"{p.street2 if b == [] else p.street} is not in the "
+                                                         f"reference (only a street of that name with another type "
+                                                         f"or direction); placed on the other street")
         if not a or not b:
             missing = p.street if not a else p.street2
-            return self._zip_or_none(p, f"street {missing!r} is not in the reference")
+            return self._zip_or_none(p, _not_in_reference(missing))
         for sa in a:
             for sb in b:
                 where = self.ref.intersections.get((sa, sb))
@@ -332,9 +374,10 @@ class Geocoder:
                     lon, lat, z = matches[0]
                     flags = "ambiguous" if len(matches) > 1 and _spread_m(matches) > 100 else ""
                     label = f"{self.ref.streets[sa]} & {self.ref.streets[sb]}, {z}".rstrip(", ")
-                    got = (lon, lat, "intersection", SCORES["intersection"], label, "", flags, z)
+                    got = (lon, lat, "intersection", SCORES["intersection"], label, "", flags, z,
+                           ("nodes", tuple((w[0], w[1]) for w in matches)))
                     return _finish(got, fa * fb, ",".join(f for f in (flag_a, flag_b) if f), p)
-        got = self._street_point(a[0], p.zip)
+        got = _beyond(self._street_point(a[0], p.zip), p.zip)
         # Somewhere along the first street, and nothing says where: below a street-only answer.
         return _finish(got, fa * 0.8, flag_a, p, f"{self.ref.streets[a[0]]} and {self.ref.streets[b[0]]} do not "
                                                  f"meet in the reference; placed on the first street")
@@ -353,7 +396,7 @@ class Geocoder:
         """The middle of the block between two crossings; one crossing known: that corner; none: the street."""
         s, fs, flag = self.resolve_street(p.street, p.base, p.zip)
         if not s:
-            return self._zip_or_none(p, f"street {p.street!r} is not in the reference")
+            return self._zip_or_none(p, _not_in_reference(p.street))
         a, fa, _ = self.resolve_street(p.street2, p.base2, p.zip)
         b, fb, _ = self.resolve_street(p.street3, p.base3, p.zip)
         one, two = self._crossing(s, a, p.zip) if a else None, self._crossing(s, b, p.zip) if b else None
@@ -361,16 +404,17 @@ class Geocoder:
         if one and two:
             z = one[2] or two[2]
             got = ((one[0] + two[0]) / 2, (one[1] + two[1]) / 2, "hundred_block", SCORES["hundred_block"],
-                   f"{name[one[3]]} between {name[one[4]]} and {name[two[4]]}, {z}".rstrip(", "), "", "", z)
+                   f"{name[one[3]]} between {name[one[4]]} and {name[two[4]]}, {z}".rstrip(", "), "", "", z,
+                   ("line", (one[0], one[1], two[0], two[1])))
             return _finish(got, fs * fa * fb, flag, p)
         if one or two:
             lon, lat, z, sa, sb, _ = one or two
             missing = p.street3 if one else p.street2
             got = (lon, lat, "intersection", SCORES["intersection"], f"{name[sa]} & {name[sb]}, {z}".rstrip(", "),
-                   "", "", z)
+                   "", "", z, ("nodes", ((lon, lat),)))
             return _finish(got, fs * 0.9, flag, p, f"{p.street} does not meet {missing} in the reference; "
                                                    f"placed at the known end of the block")
-        got = self._street_point(s[0], p.zip)
+        got = _beyond(self._street_point(s[0], p.zip), p.zip)
         return _finish(got, fs * 0.8, flag, p, f"{p.street} meets neither {p.street2} nor {p.street3} in the "
                                                f"reference; placed on the street")
 
@@ -378,10 +422,10 @@ class Geocoder:
         where = self.ref.zips.get(p.zip) if p.zip else None
         flags = "parser_fallback" if p.parser == "usaddress" else ""
         if where is not None:
-            return (where[0], where[1], "zip", SCORES["zip"], f"ZIP {p.zip}", reason, flags, p.zip)
+            return (where[0], where[1], "zip", SCORES["zip"], f"ZIP {p.zip}", reason, flags, p.zip, ("zip", p.zip))
         if p.zip:
             reason = f"{reason}; ZIP {p.zip} is not in the reference"
-        return (float("nan"), float("nan"), "none", 0.0, None, reason, flags, "")
+        return (float("nan"), float("nan"), "none", 0.0, None, reason, flags, "", None)
 
     # ---- street names ------------------------------------------------------------------------------------------
 
@@ -408,6 +452,8 @@ class Geocoder:
         if street not in self._fuzzy:
             names, ids = self._by_letter.get(street[0], ((), ()))
             got = process.extractOne(street, names, scorer=fuzz.ratio, score_cutoff=FUZZY_CUTOFF) if names else None
+            if got is not None and _digits(got[0]) != _digits(street):
+                got = None  # "4TH ST" is not a typo of "49TH ST": a number in a name is never guessed
             self._fuzzy[street] = (ids[got[2]], got[1]) if got else None
         got = self._fuzzy[street]
         if got is None:
@@ -416,8 +462,10 @@ class Geocoder:
 
 
 def _finish(got: tuple, factor: float, flag: str, p: Parsed, reason: str = "") -> Result:
-    lon, lat, level, score, matched, _, flags, ref_zip = got
+    lon, lat, level, score, matched, _, flags, ref_zip, support = got
     score *= factor
+    if level == "street" and flag in ("fuzzy_street", "street_differs"):
+        support = ("unknown",)  # a street like the one named, not it: where the named one runs is unknown
     extra = [flags] if flags else []
     if flag:
         extra.append(flag)
@@ -427,7 +475,24 @@ def _finish(got: tuple, factor: float, flag: str, p: Parsed, reason: str = "") -
     if p.parser == "usaddress":
         extra.append("parser_fallback")
         score *= 0.95
-    return (lon, lat, level, round(score, 3), matched, reason, ",".join(extra), ref_zip)
+    return (lon, lat, level, round(score, 3), matched, reason, ",".join(extra), ref_zip, support)
+
+
+def _not_in_reference(street: str) -> str:
+    if FREEWAY.match(street):
+        return f"{street!r} is a freeway: the reference holds city streets, not freeway mileposts"
+    return f"street {street!r} is not in the reference"
+
+
+def _digits(name: str) -> str:
+    return "".join(c for c in name if c.isdigit())
+
+
+def _beyond(got: tuple, zip5: str) -> tuple:
+    """A street-level answer for a place the reference does not hold (a number outside its ranges, a crossing it
+    lacks): the place is on a part of the street the reference does not have (it is a subset), so its segments say
+    nothing about where. Only the ZIP, when given, bounds it."""
+    return got[:8] + (("zip", zip5) if zip5 else ("unknown",),)
 
 
 def _street_score(gap: int) -> float:
@@ -468,8 +533,11 @@ def _columns(unique: list[Result], inverse: np.ndarray) -> Geocoded:
     match = np.array([r[2] for r in unique], dtype=object)[inverse]
     score = np.fromiter((r[3] for r in unique), dtype=np.float64, count=m)[inverse]
     matched = np.array([r[4] for r in unique], dtype=object)[inverse].tolist()
+    support = np.empty(m, dtype=object)
+    for j, r in enumerate(unique):  # (not a slice assignment: numpy would unpack equal-length tuples)
+        support[j] = r[8]
     return Geocoded(lon=lon, lat=lat, match=match, score=score, matched=matched,
-                    reason=_sparse(unique, inverse, 5), flags=_sparse(unique, inverse, 6))
+                    reason=_sparse(unique, inverse, 5), flags=_sparse(unique, inverse, 6), support=support[inverse])
 
 
 def _sparse(unique: list[Result], inverse: np.ndarray, field: int) -> dict[int, str]:

@@ -13,8 +13,8 @@ from typing import NamedTuple
 
 import usaddress
 
-from .words import (DIRECTIONS, NAME_WORDS, NUMBER_ORDINALS, ORDINALS, PLACEHOLDERS, STATES, STREET_TYPES,
-                    TENS_WORDS, UNIT_DESIGNATORS)
+from .words import (BLOCK_WORDS, DIRECTIONS, NAME_WORDS, NUMBER_ORDINALS, ORDINALS, OTHER_CITIES, PLACEHOLDERS,
+                    STATES, STREET_TYPES, TENS_WORDS, UNIT_DESIGNATORS)
 
 MAX_ADDRESS_CHARS = 300
 CONNECTORS = frozenset({"&", "@", "AND", "AT", "/"})
@@ -26,6 +26,9 @@ _TOKENS = re.compile(r"\d+/\d+|[A-Z0-9]+|[&@#/]")
 _PARENS = re.compile(r"\([^)]*\)")
 _ZIP = re.compile(r"^\d{5}(?:\d{4})?$")
 _NUMBER = re.compile(r"^(\d+)([A-Z]?)$")
+# "I 15 NB", "SR 163", "HWY 94 WB" (police write freeways so): a road with no house numbers.
+FREEWAY = re.compile(r"^(?:I|SR|HWY|US|INTERSTATE|RTE|ROUTE) \d+\b")
+_HUNDRED_XX = re.compile(r"^(\d+)XX$")  # "10XX GARNET AVE": the 1000 block
 # A house number, a space, then a word: the common case, read by the shortcut in parse().
 _NUMBER_FIRST = re.compile(r"\s*(\d{1,6})[A-Za-z]?\s+([A-Za-z].*)", re.S)
 _ZIP_IN_TAIL = re.compile(r"(?<![0-9])([0-9]{5})(?:[0-9]{4})?(?![0-9])")
@@ -46,10 +49,13 @@ class Parsed(NamedTuple):
     unit: str = ""
     parser: str = "fast"
     reason: str = ""  # why kind is "none", or what was ignored
+    block: bool = False  # the number names a hundred block ("1000 block of X", "1000 BLK X", "10XX X")
+    city: str = ""  # another city named in the text ("..., Coronado"): not San Diego's address
 
     def key(self) -> tuple:
         """What the result depends on: equal keys get equal results (the cache and batch dedupe key)."""
-        return (self.kind, self.number, self.street, self.street2, self.street3, self.zip, self.parser, self.reason)
+        return (self.kind, self.number, self.street, self.street2, self.street3, self.zip, self.parser, self.reason,
+                self.block, self.city)
 
 
 def clean_zip(value: object) -> str:
@@ -77,13 +83,19 @@ def parse(address: object, city: object = None, zip_code: object = None, memo: d
         if m is not None:
             # After the first comma only a ZIP matters ("..., Apt 23, San Diego, CA 92110"): keep it out of the key.
             line, comma, tail = m.group(2).partition(",")
-            if comma and not zip5:
-                found = _ZIP_IN_TAIL.search(tail)
-                zip5 = found.group(1) if found else ""
-            key = ("rest", line, zip5)
+            city = ""
+            if comma:
+                if not zip5:
+                    found = _ZIP_IN_TAIL.search(tail)
+                    zip5 = found.group(1) if found else ""
+                city = other_city(tail)
+            key = ("rest", line, zip5, city)
             shape = memo.get(key)
             if shape is None:
-                shape = memo[key] = _parse_text("1 " + line, zip5, memo)
+                shape = _parse_text("1 " + line, zip5, memo)
+                if city and shape.kind != "none":
+                    shape = shape._replace(city=city)
+                memo[key] = shape
             if shape.kind == "address" and shape.number == 1 and shape.parser == "fast":
                 return tuple.__new__(Parsed, ("address", int(m.group(1))) + shape[2:])  # _replace, 5x faster
     return _parse_text(address, zip5, memo)
@@ -106,12 +118,47 @@ def _parse_text(address: str, zip5: str, memo: dict | None) -> Parsed:
     if len(street_tokens) == 1 and street_tokens[0].isdigit() and rest:
         street_tokens = street_tokens + rest[0]
         rest = rest[1:]
+    city = ""
     for part in rest:  # later parts: city, state, zip, unit
         for tok in part:
             if not zip5 and _ZIP.match(tok):
                 zip5 = tok[:5]
+        city = city or _city_of(part)
     tokens, zip_in_line = _strip_tail(street_tokens)
     zip5 = zip5 or zip_in_line
+    if not city:
+        tokens, city = _strip_other_city(tokens)
+    if city:
+        got = _parse_tokens(tokens, zip5, address, memo)
+        return got._replace(city=city) if got.kind != "none" else got
+    return _parse_tokens(tokens, zip5, address, memo)
+
+
+def other_city(text: str) -> str:
+    """Another city named in the text after the street line ("Coronado, CA 92118"), or ''."""
+    for part in text.upper().translate(_PUNCTUATION).split(","):
+        city = _city_of(_TOKENS.findall(part))
+        if city:
+            return city
+    return ""
+
+
+def _city_of(tokens: list[str]) -> str:
+    words = [t for t in tokens if not _ZIP.match(t) and t not in STATES and t not in ("USA", "US")]
+    name = " ".join(words)
+    return name if name in OTHER_CITIES else ""
+
+
+def _strip_other_city(tokens: list[str]) -> tuple[list[str], str]:
+    """'1200 ORANGE AVE CORONADO' (no comma): another city's name after a street type."""
+    for n in (3, 2, 1):
+        if len(tokens) > n + 1 and " ".join(tokens[-n:]) in OTHER_CITIES and (
+                tokens[-n - 1] in STREET_TYPES or tokens[-n - 1] in DIRECTIONS):
+            return tokens[:-n], " ".join(tokens[-n:])
+    return tokens, ""
+
+
+def _parse_tokens(tokens: list[str], zip5: str, address: str, memo: dict | None) -> Parsed:
     if not tokens:
         return Parsed("zip", zip=zip5, reason="no street in the address") if zip5 else \
             Parsed("none", reason="no street in the address")
@@ -143,6 +190,17 @@ def _strip_tail(tokens: list[str]) -> tuple[list[str], str]:
 
 def _parse_line(tokens: list[str], zip5: str, original: str, memo: dict | None) -> Parsed:
     street_of = _street if memo is None else (lambda toks: _memo_street(toks, memo))
+    block = False
+    xx = _HUNDRED_XX.match(tokens[0])
+    if xx:  # "10XX GARNET AVE"
+        tokens = [str(int(xx.group(1)) * 100)] + tokens[1:]
+        block = True
+    if len(tokens) > 2 and tokens[1] in BLOCK_WORDS and _NUMBER.match(tokens[0]):  # "1000 BLOCK OF", "1000 BLK"
+        tokens = [tokens[0]] + tokens[3 if tokens[2] == "OF" else 2:]
+        block = True
+    if block:
+        got = _parse_line(tokens, zip5, original, memo)
+        return got._replace(block=True) if got.kind == "address" else got
     if not BETWEEN.isdisjoint(tokens):
         between = _between(tokens, street_of, zip5)
         if between is not None:
@@ -170,6 +228,9 @@ def _parse_line(tokens: list[str], zip5: str, original: str, memo: dict | None) 
         if street:
             return Parsed("address", number=number, street=street, base=base, zip=zip5, unit=unit)
         return _fallback(original, zip5, "no street name after the house number")
+    if FREEWAY.match(" ".join(tokens)):
+        name = " ".join(tokens)
+        return Parsed("street", street=name, base=name, zip=zip5, reason="no house number")
     if any(t.isdigit() for t in tokens):  # words before the number: "Suite 5 1200 Third Ave"
         return _fallback(original, zip5, "house number not at the start")
     street, base, unit = street_of(tokens)

@@ -79,3 +79,15 @@ STATES = frozenset({"CA", "CALIF", "CALIFORNIA"})
 # What city records put where an address should be: answered "not an address", never guessed at.
 PLACEHOLDERS = frozenset({"NA", "N A", "NONE", "NULL", "UNKNOWN", "TBD", "NOT AVAILABLE", "SEE ATTACHED", "VARIOUS",
                           "CITYWIDE", "CITY WIDE", "NO ADDRESS", "ADDRESS", "X", "XX", "XXX"})
+
+# Cities of the county that are not San Diego (and unincorporated places with a mailing-city name): an address that
+# names one is another city's, and the San Diego reference and boundaries say nothing about it ("other_city").
+OTHER_CITIES = frozenset({
+    "CARLSBAD", "CHULA VISTA", "CORONADO", "DEL MAR", "EL CAJON", "ENCINITAS", "ESCONDIDO", "IMPERIAL BEACH",
+    "LA MESA", "LEMON GROVE", "NATIONAL CITY", "OCEANSIDE", "POWAY", "SAN MARCOS", "SANTEE", "SOLANA BEACH", "VISTA",
+    "BONITA", "SPRING VALLEY", "LAKESIDE", "ALPINE", "RAMONA", "FALLBROOK", "RANCHO SANTA FE", "JAMUL",
+    "BORREGO SPRINGS", "JULIAN", "VALLEY CENTER", "CARDIFF", "CARDIFF BY THE SEA", "LA PRESA", "CASA DE ORO",
+    "TIJUANA", "TECATE", "LOS ANGELES", "RIVERSIDE", "TEMECULA", "IRVINE",
+})
+# "1000 BLOCK OF X", "1000 BLK X": the hundred block, as police and code enforcement records write it.
+BLOCK_WORDS = frozenset({"BLOCK", "BLK", "BLCK"})

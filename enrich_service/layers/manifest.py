@@ -27,6 +27,7 @@ class VersionSpec:
     source: FileSpec
     crs: str = "EPSG:4326"
     fields: tuple[str, ...] = ()
+    keys: tuple[str, ...] = ()  # when listed: exactly the keys this version's file must have (validate.py)
 
 
 @dataclass(frozen=True)
@@ -37,6 +38,7 @@ class LayerSpec:
     label: str | None
     label_template: str | None
     versions: tuple[VersionSpec, ...]  # sorted by effective_from
+    min_city_coverage: float | None = None  # share of the city limits the newest version must cover (validate.py)
 
     def effective_to(self, i: int) -> dt.date | None:
         """Last day version i is in force (None: still in force)."""
@@ -87,6 +89,7 @@ def load_manifest(path: Path) -> Manifest:
                     source=_file_spec(v, where),
                     crs=str(v.get("crs", "EPSG:4326")),
                     fields=tuple(v.get("fields") or ()),
+                    keys=tuple(str(k) for k in v.get("keys") or ()),
                 )
             )
         if not versions:
@@ -99,6 +102,7 @@ def load_manifest(path: Path) -> Manifest:
             label=spec.get("label"),
             label_template=spec.get("label_template"),
             versions=tuple(versions),
+            min_city_coverage=float(spec["min_city_coverage"]) if spec.get("min_city_coverage") else None,
         )
     reference = {k: _file_spec(v, f"geocode_reference {k}") for k, v in (raw.get("geocode_reference") or {}).items()}
     sanity = tuple(SanityPoint(name=str(p["name"]), lon=float(p["lon"]), lat=float(p["lat"]),

@@ -131,21 +131,31 @@ class LayerStore:
     manifest: Manifest
     source_mode: str  # "dir:<path>" or "download:<cache>"
     load_seconds: float
+    read_from: str = ""  # source_mode, or "accepted:<folder>" when read from the accepted set's kept copies
 
     @classmethod
-    def load(cls, manifest_path: Path, boundary_dir: Path | None, cache_dir: Path) -> "LayerStore":
+    def load(cls, manifest_path: Path, boundary_dir: Path | None, cache_dir: Path,
+             folders: dict[str, Path] | None = None) -> "LayerStore":
+        """`folders`: file name -> the folder to read it from instead (the accepted set's kept copies)."""
         t0 = time.perf_counter()
         manifest: Manifest = load_manifest(manifest_path)
         versions: dict[str, list[LayerVersion]] = {}
+        folders = folders or {}
         for name, spec in manifest.layers.items():
-            versions[name] = [build_version(spec, i, resolve(v.source, boundary_dir, cache_dir), cache_dir)
+            versions[name] = [build_version(spec, i, resolve(v.source, folders.get(v.source.file, boundary_dir),
+                                                             cache_dir), cache_dir)
                               for i, v in enumerate(spec.versions)]
         mode = f"dir:{boundary_dir}" if boundary_dir is not None else f"download:{cache_dir}"
         store = cls(specs=manifest.layers, versions=versions, manifest=manifest, source_mode=mode,
-                    load_seconds=time.perf_counter() - t0)
+                    load_seconds=time.perf_counter() - t0,
+                    read_from=f"accepted:{next(iter(folders.values())).parents[1]}" if folders else mode)
         log.info("loaded %d layers (%d versions) from %s in %.2fs", len(versions),
                  sum(len(v) for v in versions.values()), mode, store.load_seconds)
         return store
+
+    def files(self) -> dict[str, tuple[Path, str]]:
+        """Every layer file: name -> (path read, sha256)."""
+        return {v.source.path.name: (v.source.path, v.source.sha256) for vs in self.versions.values() for v in vs}
 
     @property
     def names(self) -> list[str]:

@@ -1,0 +1,187 @@
+"""Address-only datasets: the address composed from the spec's columns, one batch geocoded and tagged through
+POST /v1/geocode-join (Arrow), the geocode columns published beside the layers, the quality gate's share tagged per
+match level, and the report's match quality.
+
+Police records split the address: street_no (a hundred block, 0 at intersections), street_dir, street_name,
+street_type and the same for the cross street. `compose` turns a row into what the geocoder reads:
+"5500 block of VALERIO TRAIL", "IMPERIAL AVENUE & VIEWCREST DR".
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .extract import ROW
+from .spec import DatasetSpec
+
+# Request columns (named so that no result column collides with them).
+ADDRESS, CITY, ZIP, DATE = "__address", "__city", "__zip", "__date"
+# Published geocode columns, and per published layer `<column>_rule` and `<column>_candidates`.
+GEOCODE_COLUMNS = {"match": "geocode_match", "score": "geocode_score", "matched_address": "geocode_matched_address",
+                   "reason": "geocode_reason"}
+MATCH_LEVELS = ("exact", "interpolated", "intersection", "hundred_block", "street", "zip", "none")
+
+
+def _text(value) -> str:
+    if value is None:
+        return ""
+    text = str(value).strip()
+    return "" if text in ("", "0", "0.0", "nan", "None") else text
+
+
+def compose_one(number, street: list, cross: list, number_is_block: bool) -> str:
+    name = " ".join(t for t in map(_text, street) if t)
+    if not name:
+        return ""
+    n = _text(number)
+    if n.endswith(".0"):
+        n = n[:-2]
+    other = " ".join(t for t in map(_text, cross) if t)
+    if not n and other:
+        return f"{name} & {other}"  # police: number 0 with a cross street is the intersection
+    if n:
+        return f"{n} block of {name}" if number_is_block and n.isdigit() else f"{n} {name}"
+    return name
+
+
+def compose(spec: DatasetSpec, table) -> list[str]:
+    """One address text per row, from the spec's address columns."""
+    a = spec.address
+    n = table.num_rows
+    get = lambda col: table.column(col).to_pylist()  # noqa: E731
+    numbers = get(a.number) if a.number else [None] * n
+    streets = list(zip(*(get(c) for c in a.street)))
+    crosses = list(zip(*(get(c) for c in a.cross_street))) if a.cross_street else [()] * n
+    return [compose_one(num, s, c, a.number_is_block) for num, s, c in zip(numbers, streets, crosses)]
+
+
+def request_table(spec: DatasetSpec, extract_path: Path, batch: int):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    a = spec.address
+    names = [ROW, *(c for c in (a.number, *a.street, *a.cross_street, a.city, a.zip) if c)]
+    if spec.as_of_column:
+        names.append(spec.as_of_column)
+    part = pq.ParquetFile(extract_path).read_row_group(batch, columns=list(dict.fromkeys(names)))
+    cols = {"id": part.column(ROW), ADDRESS: pa.array(compose(spec, part), pa.string())}
+    if a.city:
+        cols[CITY] = part.column(a.city).cast(pa.string())
+    if a.zip:
+        cols[ZIP] = part.column(a.zip).cast(pa.string())
+    if spec.as_of_column:
+        cols[DATE] = part.column(spec.as_of_column)
+    return pa.table(cols)
+
+
+def enrich_batch(spec: DatasetSpec, extract_path: Path, work: Path, batch: int, client) -> dict:
+    """Geocode and tag batch `batch`; writes batches/batch-NNNNN.parquet (source_row + result columns)."""
+    from enrich_service.client import plain_columns
+
+    from .enrich import batch_path, check_pinned, pinned_layers
+    from .workdir import write_parquet
+
+    req = request_table(spec, extract_path, batch)
+    expected = pinned_layers(work)  # one layer set for the whole run (issue 15), as for coordinates
+    answer, used = client.geocode_table(req, layers=spec.request_layers, as_of=spec.as_of,
+                                        min_match=spec.address.min_match, id_col="id", address_col=ADDRESS,
+                                        city_col=CITY, zip_col=ZIP, date_col=DATE if spec.as_of_column else None,
+                                        expect_layers=expected)
+    served = check_pinned(work, batch, expected, client.last_layers_sha256)
+    if answer.num_rows != req.num_rows:
+        raise RuntimeError(f"batch {batch}: the service answered {answer.num_rows} rows for {req.num_rows}")
+    if not answer.column("id").equals(req.column("id")):
+        raise RuntimeError(f"batch {batch}: the service's answer is not in input order")
+    result = plain_columns(answer.drop_columns([n for n in req.column_names if n != "id"]))
+    result = result.rename_columns([ROW if n == "id" else n for n in result.column_names])
+    write_parquet(result, batch_path(work, batch))
+    return {"batch": batch, "rows": req.num_rows, "layers_sha256": served,
+            "layers": {name: {"version": u.get("version"), "sha256": u.get("sha256"),
+                              "versions_used": u.get("versions_used", [])} for name, u in used.items()}}
+
+
+def assemble_columns(spec: DatasetSpec, results, put) -> None:
+    """The geocode columns and each published layer's rule and candidates, into the enriched table."""
+    for name, column in GEOCODE_COLUMNS.items():
+        put(column, results.column(name))
+    for layer, column in spec.layers.items():
+        for suffix in ("_rule", "_candidates"):
+            if f"{layer}{suffix}" in results.column_names:
+                put(f"{column}{suffix}", results.column(f"{layer}{suffix}"))
+
+
+def point(results):
+    """The geocoded point (EPSG:4326), NaN where nothing was found."""
+    import numpy as np
+
+    lon = results.column("lon").to_numpy(zero_copy_only=False).astype(float, copy=True)
+    lat = results.column("lat").to_numpy(zero_copy_only=False).astype(float, copy=True)
+    return lon, lat
+
+
+# ---- quality gate ------------------------------------------------------------------------------------------------
+
+def match_quality(levels: list, keys: list, rules: list) -> list[dict]:
+    """Per match level: rows, tagged (a key given), ambiguous, other nulls; with shares of the level's rows."""
+    out = []
+    total = len(levels) or 1
+    for level in MATCH_LEVELS:
+        at = [i for i, lv in enumerate(levels) if lv == level]
+        if not at:
+            continue
+        tagged = sum(1 for i in at if keys[i] is not None)
+        ambiguous = sum(1 for i in at if keys[i] is None and rules[i] == "ambiguous")
+        out.append({"level": level, "rows": len(at), "share": round(len(at) / total, 4), "tagged": tagged,
+                    "tagged_share": round(tagged / len(at), 4), "ambiguous": ambiguous,
+                    "untagged_other": len(at) - tagged - ambiguous})
+    return out
+
+
+def measure(spec: DatasetSpec, table) -> dict:
+    column = spec.column_for(spec.quality.layer)
+    rule = f"{column}_rule" if f"{column}_rule" in table.column_names else None
+    keys = table.column(column).to_pylist() if column in table.column_names else [None] * table.num_rows
+    rules = table.column(rule).to_pylist() if rule else [None] * table.num_rows
+    levels = table.column(GEOCODE_COLUMNS["match"]).to_pylist()
+    by_level = match_quality(levels, keys, rules)
+    tagged = sum(r["tagged"] for r in by_level)
+    return {"match_levels": by_level, "tagged_share": round(tagged / table.num_rows, 4) if table.num_rows else 0.0}
+
+
+def problems(spec: DatasetSpec, stats: dict) -> list[str]:
+    out = []
+    floors = spec.quality.min_tagged_share
+    for row in stats.get("match_levels", []):
+        floor = floors.get(row["level"])
+        if floor is not None and row["tagged_share"] < floor:
+            out.append(f"{row['tagged']} of {row['rows']} {row['level']} matches carry a {spec.quality.layer} "
+                       f"({row['tagged_share']:.2%} < the floor {floor:.2%})")
+    if "all" in floors and stats.get("tagged_share", 1.0) < floors["all"]:
+        out.append(f"{stats['tagged_share']:.2%} of rows carry a {spec.quality.layer} (< the floor "
+                   f"{floors['all']:.2%})")
+    return out
+
+
+# ---- report ------------------------------------------------------------------------------------------------------
+
+def report_quality(spec: DatasetSpec, read_columns) -> list[dict]:
+    """Match quality of the published rows for the report's first layer; `read_columns(names)` -> {name: list}."""
+    column = spec.layers[spec.report.by[0]]
+    cols = read_columns([GEOCODE_COLUMNS["match"], column, f"{column}_rule"])
+    return match_quality(cols[GEOCODE_COLUMNS["match"]], cols[column], cols[f"{column}_rule"])
+
+
+def quality_html(rows: list[dict], layer: str) -> str:
+    import html
+
+    title = html.escape(layer.replace("_", " "))
+    out = [f"<h3>Match quality ({title})</h3><table border='1' cellpadding='3' style='border-collapse:collapse'>"
+           f"<tr><th>match</th><th>rows</th><th>share</th><th>tagged</th><th>ambiguous</th><th>not tagged, other"
+           f"</th></tr>"]
+    out += [f"<tr><td>{html.escape(r['level'])}</td><td align='right'>{r['rows']:,}</td>"
+            f"<td align='right'>{r['share']:.1%}</td><td align='right'>{r['tagged']:,} ({r['tagged_share']:.1%})"
+            f"</td><td align='right'>{r['ambiguous']:,}</td><td align='right'>{r['untagged_other']:,}</td></tr>"
+            for r in rows]
+    out.append("</table><p>A district is given only where every location the match allows lies in one district; "
+               "'ambiguous' rows could be in more than one; 'none' rows were not found.</p>")
+    return "".join(out)

@@ -1,0 +1,52 @@
+"""Slow clients cannot hold a connection open: uvicorn's HTTP protocol with a deadline for the request head.
+
+uvicorn closes idle keep-alive connections (timeout_keep_alive) but waits for a request's headers indefinitely, so
+a client trickling a header a byte a minute holds a connection and its memory for as long as it likes. Here every
+request head must be complete within ENRICH_HEADER_TIMEOUT_S of the connection opening (or of the request's first
+byte on a kept-alive connection), or the connection is closed. Bodies have their own limit (ENRICH_BODY_TIMEOUT_S,
+api/common.py), and nginx in front sets the same three (deploy/nginx.conf).
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+from .settings import get_settings
+
+PROTOCOL = "enrich_service.slow_clients:HeaderDeadlineProtocol"  # uvicorn.Config(http=...)
+
+
+class HeaderDeadlineProtocol(HttpToolsProtocol):
+    _head_timer: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._start_head_timer()
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self._start_head_timer()
+
+    def on_headers_complete(self) -> None:
+        self._cancel_head_timer()
+        super().on_headers_complete()
+
+    def connection_lost(self, exc) -> None:
+        self._cancel_head_timer()
+        super().connection_lost(exc)
+
+    def _start_head_timer(self) -> None:
+        self._cancel_head_timer()
+        self._head_timer = self.loop.call_later(get_settings().header_timeout_s, self._head_timeout)
+
+    def _cancel_head_timer(self) -> None:
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+
+    def _head_timeout(self) -> None:
+        self._head_timer = None
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.close()

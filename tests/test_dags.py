@@ -192,6 +192,23 @@ print(json.dumps({{"dags": dags, "heavy": [m for m in ("pandas", "pyarrow", "mat
                            "report_transit_stops"]
 
 
+
+def test_timestamps_are_written_as_iso_text_in_the_portal_files():
+    """The CSV and COPY text of a timestamp column is ISO 8601 at the column's precision (it read
+    '2017-01-02T03:04:05.123.%f')."""
+    import datetime as dt
+
+    import pyarrow as pa
+
+    from enrich_pipeline.publish import _csv_ready
+
+    when = dt.datetime(2017, 1, 2, 3, 4, 5, 123000)
+    table = pa.table({"at": pa.array([when, None], pa.timestamp("ms")),
+                      "at_utc": pa.array([when.replace(tzinfo=dt.timezone.utc), None], pa.timestamp("us", tz="UTC"))})
+    out = _csv_ready(table)
+    assert out.column("at").to_pylist() == ["2017-01-02T03:04:05.123", None]
+    assert out.column("at_utc").to_pylist() == ["2017-01-02T03:04:05.123000+0000", None]
+
 def test_dag_bag_has_no_import_errors(airflow):
     from airflow.dag_processing.dagbag import BundleDagBag
 

@@ -113,7 +113,8 @@ def _csv_ready(table):
                 or pa.types.is_string(t) or pa.types.is_large_string(t)):
             cols.append(col)
         elif pa.types.is_timestamp(t):
-            cols.append(pc.strftime(col, format="%Y-%m-%dT%H:%M:%S.%f" + ("%z" if t.tz else "")))
+            # Arrow's %S already carries the fraction at the column's unit (05.123 for ms); %f is not Arrow's.
+            cols.append(pc.strftime(col, format="%Y-%m-%dT%H:%M:%S" + ("%z" if t.tz else "")))
         else:
             cols.append(pa.array([None if v is None else json.dumps(v, default=str) for v in col.to_pylist()],
                                  pa.string()))

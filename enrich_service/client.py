@@ -140,8 +140,6 @@ class EnrichClient:
         answers: the input columns plus the result columns, layer keys dictionary-encoded; layers used).
         A table over the service's ENRICH_MAX_BATCH or ENRICH_MAX_BODY_BYTES (413) is sent in halves.
         expect_layers: the layer set (sha256) every part must be answered from; another raises LayersVersionMismatch."""
-        import pyarrow as pa
-
         params = _params(layers=_layer_list(layers), as_of=as_of, crs=crs, nearest_within_m=nearest_within_m,
                          id_col=id_col, lon_col=lon_col, lat_col=lat_col, date_col=date_col)
         return self._post_arrow_in_parts("/v1/pip", table, params, expect_layers)

@@ -15,7 +15,7 @@ import re
 from dataclasses import dataclass
 from itertools import repeat
 from operator import attrgetter
-from typing import Annotated, Any
+from typing import Annotated
 
 import msgspec
 import numpy as np

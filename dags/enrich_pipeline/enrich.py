@@ -91,8 +91,6 @@ def request_table(spec: DatasetSpec, extract_path: Path, batch: int):
 def enrich_batch(spec: DatasetSpec, extract_path: Path, work: Path, batch: int, client) -> dict:
     """Tag batch `batch`; writes batches/batch-NNNNN.parquet (source_row + result columns). Returns a summary
     with the layers used (version, sha256)."""
-    from enrich_service.client import plain_columns
-
     if spec.coordinates is None:  # address-only: POST /v1/geocode-join
         from .geocode import enrich_batch as geocode_batch
 
@@ -102,7 +100,15 @@ def enrich_batch(spec: DatasetSpec, extract_path: Path, work: Path, batch: int, 
     answer, used = client.tag_table(req, layers=spec.request_layers, as_of=spec.as_of,
                                     crs=spec.coordinates.crs, date_col="date" if spec.as_of_column else None,
                                     expect_layers=expected)
-    served = check_pinned(work, batch, expected, client.last_layers_sha256)
+    return write_batch_result(work, batch, req, answer, used, check_pinned(work, batch, expected,
+                                                                          client.last_layers_sha256))
+
+
+def write_batch_result(work: Path, batch: int, req, answer, used: dict, served: str | None) -> dict:
+    """Check the service's answer against the request, keep its result columns (by source_row) in
+    batches/batch-NNNNN.parquet, and return the batch's summary with the layers used."""
+    from enrich_service.client import plain_columns
+
     if answer.num_rows != req.num_rows:
         raise RuntimeError(f"batch {batch}: the service answered {answer.num_rows} rows for {req.num_rows}")
     if not answer.column("id").equals(req.column("id")):

@@ -76,10 +76,7 @@ def request_table(spec: DatasetSpec, extract_path: Path, batch: int):
 
 def enrich_batch(spec: DatasetSpec, extract_path: Path, work: Path, batch: int, client) -> dict:
     """Geocode and tag batch `batch`; writes batches/batch-NNNNN.parquet (source_row + result columns)."""
-    from enrich_service.client import plain_columns
-
-    from .enrich import batch_path, check_pinned, pinned_layers
-    from .workdir import write_parquet
+    from .enrich import check_pinned, pinned_layers, write_batch_result
 
     req = request_table(spec, extract_path, batch)
     expected = pinned_layers(work)  # one layer set for the whole run (issue 15), as for coordinates
@@ -87,17 +84,8 @@ def enrich_batch(spec: DatasetSpec, extract_path: Path, work: Path, batch: int, 
                                         min_match=spec.address.min_match, id_col="id", address_col=ADDRESS,
                                         city_col=CITY, zip_col=ZIP, date_col=DATE if spec.as_of_column else None,
                                         expect_layers=expected)
-    served = check_pinned(work, batch, expected, client.last_layers_sha256)
-    if answer.num_rows != req.num_rows:
-        raise RuntimeError(f"batch {batch}: the service answered {answer.num_rows} rows for {req.num_rows}")
-    if not answer.column("id").equals(req.column("id")):
-        raise RuntimeError(f"batch {batch}: the service's answer is not in input order")
-    result = plain_columns(answer.drop_columns([n for n in req.column_names if n != "id"]))
-    result = result.rename_columns([ROW if n == "id" else n for n in result.column_names])
-    write_parquet(result, batch_path(work, batch))
-    return {"batch": batch, "rows": req.num_rows, "layers_sha256": served,
-            "layers": {name: {"version": u.get("version"), "sha256": u.get("sha256"),
-                              "versions_used": u.get("versions_used", [])} for name, u in used.items()}}
+    return write_batch_result(work, batch, req, answer, used, check_pinned(work, batch, expected,
+                                                                          client.last_layers_sha256))
 
 
 def assemble_columns(spec: DatasetSpec, results, put) -> None:
@@ -112,8 +100,6 @@ def assemble_columns(spec: DatasetSpec, results, put) -> None:
 
 def point(results):
     """The geocoded point (EPSG:4326), NaN where nothing was found."""
-    import numpy as np
-
     lon = results.column("lon").to_numpy(zero_copy_only=False).astype(float, copy=True)
     lat = results.column("lat").to_numpy(zero_copy_only=False).astype(float, copy=True)
     return lon, lat

@@ -108,8 +108,13 @@ def summary(spec, folder: Path) -> str:
     lines.append("unmatched per layer: " + ", ".join(
         f"{layer} {u['unmatched']:,} ({u['unmatched_share']:.1%})" for layer, u in meta["unmatched"].items()))
     q = meta["quality"]
-    lines.append(f"quality gate: {q['unmatched']} of {q['should_match']:,} rows inside the city without a district; "
-                 f"{q['unlocated']} rows without usable coordinates")
+    if q.get("match_levels"):  # address data: how sure the districts are, per match level
+        lines.append("geocode match levels (rows, share tagged): " + ", ".join(
+            f"{m['level']} {m['rows']:,} ({m['tagged_share']:.1%})" for m in q["match_levels"] if m["rows"]))
+    else:
+        within = "inside the city " if spec.quality.within else ""
+        lines.append(f"quality gate: {q['unmatched']} of {q['should_match']:,} rows {within}without a district; "
+                     f"{q['unlocated']} rows without usable coordinates")
     return "\n".join(lines)
 
 

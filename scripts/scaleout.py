@@ -387,6 +387,9 @@ def cluster(batch_rows: int = 500, workers: int = 2, replicas: int = 2, keep: bo
 
         log("airflow db migrate")
         c.airflow("db", "migrate", timeout=600)
+        # As compose's airflow-init does: enrich_batch runs in this pool, and a task whose pool does not exist is
+        # never scheduled (the run waited forever without it).
+        c.airflow("pools", "set", "enrich_service", "8", "calls to the enrichment service")
         c.start("api-server", ["airflow", "api-server", "--host", "127.0.0.1", "--port", str(api_port),
                                "--workers", "1"])
         c.start("scheduler", ["airflow", "scheduler"])

@@ -135,6 +135,8 @@ async def post_pip(
 
     if kind == NDJSON:
         opts = parse_options(query, settings)
+        for layer in opts.layers:  # an as_of before a layer's first version is a 422 now, not a broken stream later
+            index.store.version_on(layer, opts.as_of)
         spool = await spool_body(request, settings)
         chunk = functools.partial(_ndjson_chunk, index, opts=opts, cols=cols)
         return NDJSONResponse(answer_stream(spool, chunk, settings))

@@ -70,6 +70,10 @@ def probe_points(version, rng, per_kind: int = 1500) -> np.ndarray:
                     if shapely.get_type_id(part) in (3, 6) and shapely.area(part) > 1e-12:
                         p = shapely.point_on_surface(part)
                         overlaps.append((p.x, p.y))
+                # Vertices of one lying inside the other: on a boundary, yet in a neighbour's interior.
+                for c, d in ((a, b), (b, a)):
+                    xy = shapely.get_coordinates(version.geoms[c])
+                    overlaps.extend(map(tuple, xy[shapely.contains_xy(version.geoms[d], xy[:, 0], xy[:, 1])][:50]))
     base = np.concatenate([triple, pick(double, per_kind), pick(vertex, per_kind), pick(mids, per_kind),
                            np.array(overlaps, dtype=float).reshape(-1, 2), np.array([KNOWN])])
     # Each base point moved by a sub-millimetre step in each of eight directions (step chosen per point).
@@ -78,9 +82,10 @@ def probe_points(version, rng, per_kind: int = 1500) -> np.ndarray:
     return np.concatenate([base, nudged])
 
 
-def rule_in_sql(conn, version, pts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per point: the winning fid (-1: none) and the rule code, decided in PostGIS alone."""
-    table = f"{SCHEMA}.{table_name(version.layer, version.version)}"
+def rule_in_sql(conn, version, pts: np.ndarray, schema: str = SCHEMA) -> tuple[np.ndarray, np.ndarray]:
+    """Per point: the winning fid (-1: none) and the rule code, decided in PostGIS alone (the layers loaded into
+    `schema` by enrich_service.postgis.load_layers)."""
+    table = f"{schema}.{table_name(version.layer, version.version)}"
     conn.execute("DROP TABLE IF EXISTS truth_pts")
     conn.execute("CREATE TEMP TABLE truth_pts (i int, geom geometry(Point, 4326))")
     with conn.cursor().copy("COPY truth_pts (i, geom) FROM STDIN") as copy:

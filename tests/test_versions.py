@@ -46,6 +46,10 @@ def test_the_switch_days_are_the_manifests():
 
 @pytest.fixture(scope="module")
 def probe(store):
+    return probe_point(store)
+
+
+def probe_point(store):
     """(lon, lat, {version: the district key covering it in that version}): the keys differ between versions."""
     old, new = store.versions["council_district"]
     i6 = np.flatnonzero(old.keys == "6")[0]

@@ -13,6 +13,7 @@ import rtree
 import shapely
 
 from ..layers.store import LayerVersion
+from . import rules
 from .rules import RULE_EDGE, RULE_NEAREST, RULE_NONE, RULE_OVERLAP
 
 # Large parts are indexed as the tiles of their bbox that touch them: a city-sized polygon's bbox would otherwise be
@@ -101,11 +102,7 @@ class ExactIndex:
             return feature, rule
         inside = shapely.contains_xy(parts[part], x[point], y[point])
         feat = self.version.part_feature[part]
-        # The rule: interior beats boundary, then the lower rank (smaller area, lower key) wins.
-        order = np.lexsort((self.version.rank[feat], ~inside, point))
-        first = np.ones(len(order), dtype=bool)
-        first[1:] = point[order][1:] != point[order][:-1]
-        win = order[first]
+        win = rules.winners(point, inside, self.version.rank[feat])
         feature[point[win]] = feat[win]
         rule[point[win]] = np.where(inside[win], RULE_NONE, RULE_EDGE)
         interiors = np.bincount(point[inside], minlength=n)

@@ -62,6 +62,14 @@ class TagResult:
         }
 
 
+def row_days(dates: np.ndarray, as_of: dt.date | None) -> np.ndarray:
+    """Each row's day for choosing its version: its own date, else the request's as_of (else NaT: the newest)."""
+    days = dates.copy()
+    if as_of is not None:
+        days[np.isnat(days)] = np.datetime64(as_of, "D")
+    return days
+
+
 @dataclass(frozen=True)
 class _Catalog:
     offsets: np.ndarray
@@ -132,10 +140,7 @@ class Engine:
             if dates is None:
                 vidx = None  # every row on the default version
             else:
-                days = dates.copy()
-                if as_of is not None:
-                    days[np.isnat(days)] = np.datetime64(as_of, "D")
-                vidx = self.store.version_index(name, days)
+                vidx = self.store.version_index(name, row_days(dates, as_of))
                 for row in np.flatnonzero((vidx < 0) & valid):
                     row_errors.setdefault(int(row), (
                         "date", f"{dates[row]} is before the first version of {name} "

@@ -89,7 +89,7 @@ def enrich(args: argparse.Namespace) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="enrich-service", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -123,8 +123,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--lat-col", default="lat")
     p.add_argument("--date-col")
     p.set_defaults(func=enrich)
+    return parser
 
-    args = parser.parse_args(argv)
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     settings = get_settings()
     level = "DEBUG" if args.verbose else (getattr(args, "log_level", None) or settings.log_level)
     configure_logging(level, json_logs=settings.json_logs and args.command == "serve")

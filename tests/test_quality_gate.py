@@ -36,11 +36,27 @@ def pipeline(tmp_path_factory):
 
 def gate(live_service, tmp_path: Path, rows: list[tuple], quality: str) -> str | dict:
     """Run rows (id, lon, lat) through the pipeline into the quality_gate task: its failure message, or its stats."""
+    return run_gate(*prepare(live_service, tmp_path, rows, quality))
+
+
+def run_gate(spec, assembled: dict) -> str | dict:
+    """The DAG's quality_gate task on an assembled file: the message it fails with, or the stats it returns."""
     from airflow.sdk.exceptions import AirflowFailException
+    from enrich_pipeline.factory import build_dataset_dag
+
+    task = build_dataset_dag(spec).get_task("quality_gate")
+    assert task.retries == 0  # a quality failure is final
+    try:
+        return task.python_callable(assembled)
+    except AirflowFailException as exc:
+        return str(exc)
+
+
+def prepare(live_service, tmp_path: Path, rows: list[tuple], quality: str) -> tuple:
+    """(spec, assembled) for rows (id, lon, lat): extract, enrich through the service and assemble, as the DAG does."""
     from enrich_pipeline.assemble import assemble
     from enrich_pipeline.enrich import enrich_batch, plan_batches
     from enrich_pipeline.extract import extract
-    from enrich_pipeline.factory import build_dataset_dag
     from enrich_pipeline.spec import load_spec
 
     from enrich_service.client import EnrichClient
@@ -65,13 +81,7 @@ outputs: {{portal: {{folder: "{tmp_path / 'portal'}", basename: gate_case}}}}
     path = Path(extracted["path"])
     with EnrichClient(live_service) as client:
         batches = [enrich_batch(spec, path, tmp_path, b["batch"], client) for b in plan_batches(path)]
-    assembled = assemble(spec, path, tmp_path, batches, tmp_path / "enriched.parquet")
-    task = build_dataset_dag(spec).get_task("quality_gate")
-    assert task.retries == 0  # a quality failure is final
-    try:
-        return task.python_callable(assembled)
-    except AirflowFailException as exc:
-        return str(exc)
+    return spec, assemble(spec, path, tmp_path, batches, tmp_path / "enriched.parquet")
 
 
 def rows_with(inside: int, at_sea: int = 0, unlocated: int = 0) -> list[tuple]:

@@ -242,7 +242,9 @@ class Checks:
         """[(check name, callable)] for a group, cheapest first."""
         t, v, e = self.m["truth"], self.m["versions"], self.m["engine"]
         if name == "rule":
-            out = [(f"truth[{layer},{vi}]", (lambda layer=layer, vi=vi: t.test_grid_and_exact_paths_follow_the_rule_as_postgis_computes_it(
+            out = [(f"tiles[{layer}]", (lambda layer=layer, vi=vi: e.test_tiles_cover_every_part_and_stay_small(
+                self.store, layer, vi))) for layer, vi in (("council_district", 1), ("neighborhood", 0))]
+            out += [(f"truth[{layer},{vi}]", (lambda layer=layer, vi=vi: t.test_grid_and_exact_paths_follow_the_rule_as_postgis_computes_it(
                 self.store, self.engine, self.truth, layer, vi))) for layer, vi in t.VERSIONS]
             out.append(("known vertex", lambda: t.test_the_known_shared_vertex_goes_to_the_smallest_planning_area(
                 self.store, self.engine, self.truth)))
@@ -256,8 +258,7 @@ class Checks:
                     ("overlap", lambda: e.test_overlap_of_mission_valley_and_old_town_is_answered_not_dropped(
                         self.store, self.engine)),
                     ("shared edge", lambda: e.test_point_on_a_shared_district_edge_goes_to_the_smaller_district(
-                        self.store, self.engine)),
-                    ("grid = no grid", lambda: self.m["grid"].test_engine_with_grid_equals_engine_without(self.store))]
+                        self.store, self.engine))]
             return out
         if name == "quality":
             out = [(n, (lambda test=test, n=n: test(None, self.url, self.tmp / n))) for n, test in self.quality_tests()]

@@ -160,3 +160,30 @@ def test_parsed_layers_come_back_from_the_disk_cache_identical(store, tmp_path):
                 assert (a.keys == b.keys).all() and a.repairs == b.repairs
                 assert shapely.equals_exact(a.geoms, b.geoms, 0).all()
     assert files[0].read_bytes() != b"not a pickle"
+
+
+@pytest.mark.parametrize("layer,vi", [("council_district", 1), ("neighborhood", 0), ("zip", 0)])
+def test_tiles_cover_every_part_and_stay_small(store, layer, vi):
+    """The R-tree's tiles of a part: within its bbox, no larger than the bbox / 16 (or 0.005 deg), not overlapping,
+    and every vertex of the part (its far bbox edges included) lies in one of them."""
+    from enrich_service.engine.exact import _tile_boxes
+
+    v = store.versions[layer][vi]
+    owners, boxes = _tile_boxes(v.parts)
+    bounds = shapely.bounds(v.parts)[owners]
+    step = np.maximum(np.maximum((bounds[:, 2] - bounds[:, 0]) / 16, (bounds[:, 3] - bounds[:, 1]) / 16), 0.005)
+    assert (boxes[:, 0] <= boxes[:, 2]).all() and (boxes[:, 1] <= boxes[:, 3]).all()
+    assert (boxes[:, :2] >= bounds[:, :2]).all() and (boxes[:, 2:] <= bounds[:, 2:]).all()
+    assert (boxes[:, 2] - boxes[:, 0] <= step * (1 + 1e-9)).all() and (boxes[:, 3] - boxes[:, 1] <= step * (1 + 1e-9)).all()
+    # Tiles of one part do not overlap: their areas add up to at most the bbox's.
+    tile_area = np.bincount(owners, (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1]), len(v.parts))
+    part_bounds = shapely.bounds(v.parts)
+    assert (tile_area <= (part_bounds[:, 2] - part_bounds[:, 0]) * (part_bounds[:, 3] - part_bounds[:, 1]) * (1 + 1e-9)
+            + 1e-15).all()
+    xy, ring = shapely.get_coordinates(shapely.get_rings(v.parts), return_index=True)
+    _, ring_part = shapely.get_rings(v.parts, return_index=True)
+    part = ring_part[ring]
+    point, found = ExactIndex(v).candidates(xy[:, 0], xy[:, 1])
+    hit = np.zeros(len(xy), dtype=bool)
+    hit[point[found == part[point]]] = True
+    assert hit.all(), xy[~hit][:5]

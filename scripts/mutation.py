@@ -53,6 +53,7 @@ TARGETS = [
     ("enrich_pipeline.quality", "measure", "quality"),
     ("enrich_pipeline.quality", "check", "quality"),
     ("enrich_pipeline.publish", "publish_postgis", "swap"),
+    ("enrich_service.geocode.join", "geocode_join", "geocode"),
 ]
 
 _CMP = {ast.Lt: ast.LtE, ast.LtE: ast.Lt, ast.Gt: ast.GtE, ast.GtE: ast.Gt, ast.Eq: ast.NotEq, ast.NotEq: ast.Eq,
@@ -234,6 +235,19 @@ class Checks:
                 proc.terminate()
                 proc.wait(timeout=30)
 
+        if "geocode" in groups:
+            from tests import test_geocode
+
+            self.m["geocode"] = test_geocode
+            self._stack = contextlib.ExitStack()
+            env = {"ENRICH_BOUNDARY_DIR": str(conftest.BOUNDARIES), "ENRICH_REFERENCE_DIR": str(conftest.ADDRESS),
+                   "ENRICH_MAX_BATCH": "1000", "ENRICH_API_KEYS": "test-admin-key"}
+            self.client = self._stack.enter_context(conftest.ready_app(env))
+            from enrich_service.geocode.reference import resolve_reference
+            from enrich_service.settings import Settings
+
+            self.files = resolve_reference(Settings(reference_dir=conftest.ADDRESS))
+
     def quality_tests(self):
         q = self.m["quality"]
         return [(n, getattr(q, n)) for n in dir(q) if n.startswith("test_")]
@@ -264,6 +278,13 @@ class Checks:
             out = [(n, (lambda test=test, n=n: test(None, self.url, self.tmp / n))) for n, test in self.quality_tests()]
             out.append(("unlocated gate", lambda: self.m["quality"].check_unlocated_gate(self.url, self.tmp / "u")))
             return out
+        if name == "geocode":
+            g = self.m["geocode"]
+            return [("geocode tags", lambda: g.test_get_geocode_tags_the_address(self.client, self.files)),
+                    ("bad records", lambda: g.test_one_bad_record_never_fails_the_batch(self.client)),
+                    ("flags", lambda: g.test_flags_for_the_known_bad_cases(self.client)),
+                    ("dates", lambda: g.test_records_with_a_date_get_the_layer_versions_in_force_that_day(
+                        self.client))]
         if name == "swap":
             return [("swap atomic", lambda: self.m["mutations"].check_swap_is_atomic(self.enriched))]
         raise ValueError(name)

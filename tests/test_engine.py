@@ -188,3 +188,48 @@ def test_tiles_cover_every_part_and_stay_small(store, layer, vi):
     hit = np.zeros(len(xy), dtype=bool)
     hit[point[found == part[point]]] = True
     assert hit.all(), xy[~hit][:5]
+
+
+def test_one_point_at_a_time_answers_as_the_batch(store):
+    """The exact path on single points (a batch with one candidate pair, or one covering pair) as on a batch."""
+    v = store.versions["neighborhood"][0]
+    ex = ExactIndex(v)
+    pts = shapely.get_coordinates(shapely.point_on_surface(v.geoms[:20]))
+    pts = np.concatenate([pts, [[-117.5, 32.5]]])  # and one far outside
+    feature, rule = ex.tag(pts[:, 0].copy(), pts[:, 1].copy())
+    assert (feature[:20] >= 0).all() and feature[20] == -1
+    for i, (px, py) in enumerate(pts):
+        f1, r1 = ex.tag(np.array([px]), np.array([py]))
+        assert (f1[0], r1[0]) == (feature[i], rule[i]), i
+
+
+@pytest.mark.parametrize("layer,vi", [("council_district", 1), ("neighborhood", 0)])
+def test_nearest_within_matches_a_brute_force_search(store, engine, layer, vi):
+    """Points outside every feature: the nearest feature within 1,500 m is the one a search over every part finds
+    (distance in metres, then rank), not only among the R-tree's candidates."""
+    from enrich_service.layers.store import to_metric
+
+    v = store.versions[layer][vi]
+    rng = np.random.default_rng(11)
+    x0, y0, x1, y1 = v.bbox
+    x, y = rng.uniform(x0 - 0.02, x1 + 0.02, 4000), rng.uniform(y0 - 0.02, y1 + 0.02, 4000)
+    outside = ~shapely.intersects_xy(shapely.union_all(v.geoms), x, y)
+    x, y = x[outside][:150], y[outside][:150]
+    pm = to_metric(shapely.points(x, y))
+    d = shapely.distance(v.parts_metric[None, :], pm[:, None])  # (points, parts)
+    best = np.full(len(x), -1)
+    for i in range(len(x)):
+        feat = v.part_feature
+        per_feature = np.full(v.n_features, np.inf)
+        np.minimum.at(per_feature, feat, d[i])
+        ok = per_feature <= 1500
+        if ok.any():
+            cand = np.flatnonzero(ok)
+            best[i] = cand[np.lexsort((v.rank[cand], np.round(per_feature[cand], 6)))][0]
+    result = engine.tag(x, y, np.ones(len(x), dtype=bool), [layer],
+                        as_of=v.effective_from, nearest_within_m=1500)
+    tags = result.layers[layer]
+    offset = sum(w.n_features for w in store.versions[layer][:vi])
+    got = np.where(tags.codes >= 0, tags.codes - offset, -1)
+    assert (best >= 0).sum() > 20 and (best < 0).sum() > 0
+    assert (got == best).all(), np.flatnonzero(got != best)[:5]

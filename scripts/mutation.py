@@ -68,7 +68,15 @@ _STRINGS = {"right": "left", "left": "right"}
 def _sites(tree: ast.AST) -> list[tuple[int, str]]:
     """(node index in ast.walk order, description) of every mutable site."""
     out = []
+    # Annotations are not evaluated (from __future__ import annotations): mutating them changes nothing.
+    skip = set()
+    for node in ast.walk(tree):
+        for ann in ([getattr(node, "annotation", None), getattr(node, "returns", None)]):
+            if isinstance(ann, ast.AST):
+                skip.update(id(n) for n in ast.walk(ann))
     for i, node in enumerate(ast.walk(tree)):
+        if id(node) in skip:
+            continue
         if isinstance(node, ast.Compare):
             for j, op in enumerate(node.ops):
                 if type(op) in _CMP:

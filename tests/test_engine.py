@@ -233,3 +233,17 @@ def test_nearest_within_matches_a_brute_force_search(store, engine, layer, vi):
     got = np.where(tags.codes >= 0, tags.codes - offset, -1)
     assert (best >= 0).sum() > 20 and (best < 0).sum() > 0
     assert (got == best).all(), np.flatnonzero(got != best)[:5]
+    hit = best >= 0
+    dist = np.array([d[i][v.part_feature == best[i]].min() if hit[i] else np.nan for i in range(len(x))])
+    np.testing.assert_allclose(tags.distance_m[hit], np.round(dist[hit], 2), atol=0.011)
+    assert np.isnan(tags.distance_m[~hit]).all()
+    assert (tags.rule_names()[hit] == "nearest").all()
+    # Points inside a feature in the same request: their own feature, 0 m, not "nearest".
+    inside = shapely.get_coordinates(shapely.point_on_surface(v.geoms[:3]))
+    both = engine.tag(np.concatenate([inside[:, 0], x[:5]]), np.concatenate([inside[:, 1], y[:5]]),
+                      np.ones(8, dtype=bool), [layer], as_of=v.effective_from, nearest_within_m=1500).layers[layer]
+    assert list(both.codes[:3] - offset) == [0, 1, 2] and list(both.distance_m[:3]) == [0.0, 0.0, 0.0]
+    assert all(r != "nearest" for r in both.rule_names()[:3])
+    only_inside = engine.tag(inside[:, 0].copy(), inside[:, 1].copy(), np.ones(3, dtype=bool), [layer],
+                             as_of=v.effective_from, nearest_within_m=1500).layers[layer]
+    assert list(only_inside.distance_m) == [0.0, 0.0, 0.0]  # a batch with no miss at all

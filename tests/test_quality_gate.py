@@ -115,6 +115,14 @@ def test_unmatched_within_city_limits_ignores_rows_outside_the_city(pipeline, li
     assert (stats["unmatched"], stats["should_match"]) == (0, 9)
 
 
+def test_no_row_inside_the_city_is_no_failure(pipeline, live_service, tmp_path):
+    # Every row at sea, counted within the city limits: nothing should match, so nothing fails even at 0%.
+    stats = gate(live_service, tmp_path, rows_with(0, at_sea=4),
+                 "{layer: council_district, within: city_limits, max_unmatched_share: 0.0}")
+    assert isinstance(stats, dict), stats
+    assert (stats["should_match"], stats["unmatched_share"]) == (0, 0.0)
+
+
 def unlocated_case(live_service, tmp_path, threshold: float) -> str | dict:
     # 3 of 12 rows without coordinates (25%); the unmatched gate (within the city) has nothing to say.
     return gate(live_service, tmp_path, rows_with(9, unlocated=3),

@@ -77,6 +77,11 @@ def test_version_on_the_switch_days(store, as_of):
             store.version_on("council_district", day)
     else:
         assert store.version_on("council_district", day).version == AS_OF[as_of]
+    if AS_OF[as_of] is None:
+        with pytest.raises(NoVersionInForce, match="in force from 2012-12-03"):
+            store.version_on("council_district", day)
+    for layer, versions in store.versions.items():  # no date: the newest version of every layer
+        assert store.version_on(layer, None) is versions[-1]
     idx = store.version_index("council_district", np.array(list(ROW_DATES) + ["NaT"], dtype="datetime64[D]"))
     names = [store.versions["council_district"][i].version if i >= 0 else None for i in idx]
     assert names == list(ROW_DATES.values()) + ["2021"]

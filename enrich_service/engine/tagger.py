@@ -181,7 +181,10 @@ class Engine:
                     feature[miss[hit]] = nf[hit]
                     r[miss[hit]] = RULE_NEAREST
                     distance[mrows[hit]] = np.round(nd[hit], 2)
-                    distance[rows[r != RULE_NEAREST]] = 0.0  # inside a polygon: 0 m away
+                if nearest_within_m is not None:
+                    # Inside a polygon: 0 m away, in every group (not only those with a miss); no feature within
+                    # reach stays NaN (it was reported as 0 m).
+                    distance[rows[(r != RULE_NEAREST) & (feature >= 0)]] = 0.0
                 codes[rows] = np.where(feature >= 0, feature + offsets[i], -1)
                 rule[rows] = r
                 v = versions[int(i)]

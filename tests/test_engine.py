@@ -188,6 +188,14 @@ def test_tiles_cover_every_part_and_stay_small(store, layer, vi):
     hit = np.zeros(len(xy), dtype=bool)
     hit[point[found == part[point]]] = True
     assert hit.all(), xy[~hit][:5]
+    # And every part covering a random point of the layer's bbox is among that point's candidates.
+    rng = np.random.default_rng(5)
+    x0, y0, x1, y1 = v.bbox
+    rx, ry = rng.uniform(x0, x1, 20_000), rng.uniform(y0, y1, 20_000)
+    want_point, want_part = shapely.STRtree(v.parts).query(shapely.points(rx, ry), predicate="intersects")
+    point, found = ExactIndex(v).candidates(rx, ry)
+    n = len(v.parts)
+    assert np.isin(want_point * n + want_part, point * n + found).all()
 
 
 def test_one_point_at_a_time_answers_as_the_batch(store):

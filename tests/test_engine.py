@@ -173,6 +173,7 @@ def test_tiles_cover_every_part_and_stay_small(store, layer, vi):
     bounds = shapely.bounds(v.parts)[owners]
     step = np.maximum(np.maximum((bounds[:, 2] - bounds[:, 0]) / 16, (bounds[:, 3] - bounds[:, 1]) / 16), 0.005)
     assert np.bincount(owners).max() <= 17 * 17  # about 16 x 16 per part at most: tiles narrow, not multiply
+    assert shapely.intersects(v.parts[owners], shapely.box(*boxes.T)).all()  # no tile misses its part
     assert (boxes[:, 0] <= boxes[:, 2]).all() and (boxes[:, 1] <= boxes[:, 3]).all()
     assert (boxes[:, :2] >= bounds[:, :2]).all() and (boxes[:, 2:] <= bounds[:, 2:]).all()
     assert (boxes[:, 2] - boxes[:, 0] <= step * (1 + 1e-9)).all() and (boxes[:, 3] - boxes[:, 1] <= step * (1 + 1e-9)).all()

@@ -47,7 +47,7 @@ TARGETS = [
     ("enrich_service.engine.grid", "GridIndex.lookup", "rule"),
     ("enrich_service.engine.tagger", "Engine.tag_version", "rule"),
     ("enrich_service.engine.tagger", "row_days", "version"),
-    ("enrich_service.engine.tagger", "Engine.tag", "version"),
+    ("enrich_service.engine.tagger", "Engine.tag", "rule"),
     ("enrich_service.layers.store", "LayerStore.version_on", "version"),
     ("enrich_service.layers.store", "LayerStore.version_index", "version"),
     ("enrich_pipeline.quality", "measure", "quality"),
@@ -303,12 +303,13 @@ class Checks:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--only", help="run the targets whose name contains this")
+    parser.add_argument("--only", help="run the targets whose name contains this (comma-separated: any of these)")
     parser.add_argument("--list", action="store_true")
     parser.add_argument("--timeout", type=int, default=120, help="seconds a mutant may run before it counts killed")
     parser.add_argument("--json", help="write every mutant's outcome here")
     args = parser.parse_args()
-    targets = [t for t in TARGETS if not args.only or args.only in f"{t[0]}.{t[1]}"]
+    only = args.only.split(",") if args.only else []
+    targets = [t for t in TARGETS if not only or any(o in f"{t[0]}.{t[1]}" for o in only)]
     if args.list:
         for module, qualname, group in targets:
             for _, what, line, *_ in mutants(module, qualname):

@@ -74,7 +74,9 @@ def probe_points(version, rng, per_kind: int = 1500) -> np.ndarray:
                 for c, d in ((a, b), (b, a)):
                     xy = shapely.get_coordinates(version.geoms[c])
                     overlaps.extend(map(tuple, xy[shapely.contains_xy(version.geoms[d], xy[:, 0], xy[:, 1])][:50]))
-    base = np.concatenate([triple, pick(double, per_kind), pick(vertex, per_kind), pick(mids, per_kind),
+    # The vertices on the layer's bbox: the grid's outer cells and its origin.
+    extreme = coords[[coords[:, 0].argmin(), coords[:, 0].argmax(), coords[:, 1].argmin(), coords[:, 1].argmax()]]
+    base = np.concatenate([triple, extreme, pick(double, per_kind), pick(vertex, per_kind), pick(mids, per_kind),
                            np.array(overlaps, dtype=float).reshape(-1, 2), np.array([KNOWN])])
     # Each base point moved by a sub-millimetre step in each of eight directions (step chosen per point).
     step = rng.choice(NUDGES_DEG, len(base))[:, None, None]

@@ -172,9 +172,13 @@ def check_swap_is_atomic(enriched) -> None:
         try:
             n = publish_postgis(conn, SWAP_TABLE, enriched, comment="first")["rows"]
             publish_postgis(Watched(), SWAP_TABLE, enriched, comment="again")
+            published = [r[0] for r in conn.execute(f"SELECT rid FROM {SWAP_TABLE} ORDER BY rid").fetchall()]
         finally:
             conn.execute(f"DROP TABLE IF EXISTS {SWAP_TABLE}")
     assert len(seen) >= 5 and set(seen) <= {n, "waits"}, seen
+    import pyarrow.parquet as pq
+
+    assert published == sorted(pq.read_table(enriched, columns=["rid"]).column("rid").to_pylist())
 
 
 @pytest.fixture(scope="module")

@@ -94,14 +94,18 @@ def test_engine_mixed_batch(store, engine, probe, as_of, use_grid):
 
     eng = engine if use_grid else Engine(store, use_grid=False)
     lon, lat, _ = probe
-    dates = np.array(list(ROW_DATES) + ["NaT", "NaT"], dtype="datetime64[D]")
+    # The probe on every date, undated twice, then a point at sea (no district in any version) dated and undated.
+    dates = np.array(list(ROW_DATES) + ["NaT", "NaT", "2022-12-10", "NaT"], dtype="datetime64[D]")
     n = len(dates)
-    result = eng.tag(np.full(n, lon), np.full(n, lat), np.ones(n, dtype=bool), ["council_district"],
+    x, y = np.full(n, lon), np.full(n, lat)
+    x[-2:], y[-2:] = -117.35, 32.75
+    result = eng.tag(x, y, np.ones(n, dtype=bool), ["council_district"],
                      as_of=dt.date.fromisoformat(as_of), dates=dates)
     tags = result.layers["council_district"]
-    want_versions = list(ROW_DATES.values()) + [AS_OF[as_of]] * 2
+    want_versions = list(ROW_DATES.values()) + [AS_OF[as_of]] * 2 + ["2021", AS_OF[as_of]]
     assert list(tags.version) == want_versions
-    assert list(tags.keys()) == [expected(probe, v) for v in want_versions]
+    assert list(tags.keys()) == [expected(probe, v) for v in want_versions[:-2]] + [None, None]
+    assert list(tags.rule_names()[-2:]) == [None, None]
     assert set(result.row_errors) == {0} and result.row_errors[0][0] == "date"
     assert result.default_versions["council_district"].version == AS_OF[as_of]
 

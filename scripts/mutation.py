@@ -267,6 +267,8 @@ class Checks:
             out = [(f"tiles[{layer}]", (lambda layer=layer, vi=vi: e.test_tiles_cover_every_part_and_stay_small(
                 self.store, layer, vi))) for layer, vi in (("council_district", 1), ("neighborhood", 0))]
             out += [("one point", lambda: e.test_one_point_at_a_time_answers_as_the_batch(self.store))]
+            out += [(f"each feature[{layer}]", (lambda layer=layer: e.test_a_point_inside_each_feature_gets_its_key(
+                self.store, self.engine, layer))) for layer in ("council_district", "neighborhood")]
             out += [(f"nearest[{layer}]", (lambda layer=layer, vi=vi: e.test_nearest_within_matches_a_brute_force_search(
                 self.store, self.engine, layer, vi))) for layer, vi in (("council_district", 1), ("neighborhood", 0))]
             out += [(f"truth[{layer},{vi}]", (lambda layer=layer, vi=vi: t.test_grid_and_exact_paths_follow_the_rule_as_postgis_computes_it(

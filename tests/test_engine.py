@@ -252,7 +252,22 @@ def test_nearest_within_matches_a_brute_force_search(store, engine, layer, vi):
     both = engine.tag(np.concatenate([inside[:, 0], x[:5]]), np.concatenate([inside[:, 1], y[:5]]),
                       np.ones(8, dtype=bool), [layer], as_of=v.effective_from, nearest_within_m=1500).layers[layer]
     assert list(both.codes[:3] - offset) == [0, 1, 2] and list(both.distance_m[:3]) == [0.0, 0.0, 0.0]
+    assert list(np.where(both.codes[3:] >= 0, both.codes[3:] - offset, -1)) == list(best[:5])  # misses in a mix
     assert all(r != "nearest" for r in both.rule_names()[:3])
     only_inside = engine.tag(inside[:, 0].copy(), inside[:, 1].copy(), np.ones(3, dtype=bool), [layer],
                              as_of=v.effective_from, nearest_within_m=1500).layers[layer]
     assert list(only_inside.distance_m) == [0.0, 0.0, 0.0]  # a batch with no miss at all
+
+
+@pytest.mark.parametrize("layer", ["council_district", "neighborhood", "zip", "city_limits"])
+def test_a_point_inside_each_feature_gets_its_key(store, engine, layer):
+    """A plain request (no dates): a point inside every feature of the newest version answers that feature's key,
+    the first feature included (its code is the version's offset, not 0)."""
+    v = store.versions[layer][-1]
+    p = shapely.get_coordinates(shapely.point_on_surface(v.geoms))
+    inside = shapely.contains_xy(v.geoms, p[:, 0], p[:, 1])
+    # a point inside two overlapping features answers the rule's winner, not necessarily its own feature
+    alone = inside & (np.array([shapely.contains_xy(v.geoms, px, py).sum() for px, py in p]) == 1)
+    tags = engine.tag(p[:, 0].copy(), p[:, 1].copy(), np.ones(len(p), dtype=bool), [layer]).layers[layer]
+    assert alone[0] and alone.mean() > 0.9
+    assert list(tags.keys()[alone]) == list(v.keys[alone])

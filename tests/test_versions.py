@@ -196,7 +196,7 @@ def test_bulk_as_of_and_row_dates_on_the_switch_days(client, probe, form, as_of)
     assert [a["council_district_version"] for a in answer] == want, form
     assert [a["council_district"] for a in answer] == [expected(probe, v) for v in want], form
     errors = [a.get("error") for a in answer]
-    assert errors[0] and "date" in errors[0] and not any(errors[1:]), errors
+    assert errors[0] and "date" in errors[0] and "in force from 2012-12-03" in errors[0] and not any(errors[1:]), errors
 
 
 @pytest.mark.parametrize("form", FORMS)

@@ -125,7 +125,7 @@ def geocode(args: argparse.Namespace) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="enrich-service", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -172,8 +172,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--city-col", default="city")
     p.add_argument("--zip-col", default="zip")
     p.set_defaults(func=geocode)
+    return parser
 
-    args = parser.parse_args(argv)
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     settings = get_settings()
     level = "DEBUG" if args.verbose else (getattr(args, "log_level", None) or settings.log_level)
     configure_logging(level, json_logs=settings.json_logs and args.command == "serve")

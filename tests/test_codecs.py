@@ -151,3 +151,34 @@ def test_json_bodies_without_a_points_list_are_refused_naming_the_field(body, fi
     with pytest.raises(EnrichError) as info:
         decode_json(body)
     assert info.value.field == field
+
+
+NAN = float("nan")
+
+
+@pytest.mark.parametrize("body, ids, x, y, errors, dates", [
+    # The four bodies the typed decoder refuses, which the comparison above can only check against decode_points
+    # itself: here each is held to what is written out by hand.
+    ({"points": [{"id": True, "lon": 1, "lat": 2}]}, [True], [1.0], [2.0], {}, None),  # an odd id is echoed
+    ({"points": [{"id": 2**63, "lon": 1, "lat": 2}, {"id": -2**63, "lon": 1, "lat": 2}]},
+     [2**63, -2**63], [1.0, 1.0], [2.0, 2.0], {}, None),
+    ({"points": [{"lon": "1", "lat": 2}, {"lat": 2}, 7, {"lon": None, "lat": False}]},
+     [None] * 4, [NAN] * 4, [2.0, 2.0, NAN, NAN],
+     {0: ("lon", "must be a number, got str"), 1: ("lon", "missing"),
+      2: ("points", "each point must be an object with id, lon and lat"), 3: ("lon", "missing")}, None),
+    ({"points": [{"lon": 1, "lat": 2, "date": 20190304}]}, [None], [1.0], [2.0],
+     {0: ("date", "must be a date string YYYY-MM-DD, got int")}, ["NaT"]),
+])
+def test_lenient_json_bodies_decode_to_the_expected_columns(body, ids, x, y, errors, dates):
+    from enrich_service.codecs import decode_json
+
+    options, batch = decode_json(orjson.dumps(body))
+    assert options == {"layers": None, "as_of": None, "crs": None, "nearest_within_m": None}
+    assert batch.ids == ids and [type(i) for i in batch.ids] == [type(i) for i in ids]
+    assert batch.errors == errors
+    np.testing.assert_array_equal(batch.x, np.array(x))
+    np.testing.assert_array_equal(batch.y, np.array(y))
+    if dates is None:
+        assert batch.dates is None
+    else:
+        np.testing.assert_array_equal(batch.dates, np.array(dates, dtype="datetime64[D]"))

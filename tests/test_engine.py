@@ -114,10 +114,19 @@ def test_point_on_a_shared_district_edge_goes_to_the_smaller_district(store, eng
                         for a in range(len(coords)) for b in range(a + 1, len(coords)) if coords[a] & coords[b])
     feature, rule = engine.tag_version("council_district", 1, np.array([shared[0]]), np.array([shared[1]]))
     assert rule[0] == RULE_EDGE
-    assert feature[0] == (a if v.rank[a] < v.rank[b] else b)
-    # The same answer every time, from the exact path too.
-    f2, r2 = ExactIndex(v).tag(np.array([shared[0]]), np.array([shared[1]]))
-    assert (f2[0], r2[0]) == (feature[0], rule[0])
+    # The smaller district by geodesic area, computed here (not the engine's rank), and not a near tie.
+    from pyproj import Geod
+
+    area = [abs(Geod(ellps="WGS84").geometry_area_perimeter(v.geoms[i])[0]) for i in (a, b)]
+    assert max(area) > 1.01 * min(area)
+    assert feature[0] == (a if area[0] < area[1] else b)
+    # The grid hands this point to the exact path, whose answer it is; a fresh exact index gives it every time.
+    from enrich_service.engine.grid import GridIndex
+
+    assert GridIndex.build(v).lookup(np.array([shared[0]]), np.array([shared[1]]))[2][0]
+    for _ in range(2):
+        f2, r2 = ExactIndex(v).tag(np.array([shared[0]]), np.array([shared[1]]))
+        assert (f2[0], r2[0]) == (feature[0], rule[0])
 
 
 def test_nearest_within_reports_the_distance(store, engine):
@@ -151,3 +160,114 @@ def test_parsed_layers_come_back_from_the_disk_cache_identical(store, tmp_path):
                 assert (a.keys == b.keys).all() and a.repairs == b.repairs
                 assert shapely.equals_exact(a.geoms, b.geoms, 0).all()
     assert files[0].read_bytes() != b"not a pickle"
+
+
+@pytest.mark.parametrize("layer,vi", [("council_district", 1), ("neighborhood", 0), ("zip", 0)])
+def test_tiles_cover_every_part_and_stay_small(store, layer, vi):
+    """The R-tree's tiles of a part: within its bbox, no larger than the bbox / 16 (or 0.005 deg), not overlapping,
+    and every vertex of the part (its far bbox edges included) lies in one of them."""
+    from enrich_service.engine.exact import _tile_boxes
+
+    v = store.versions[layer][vi]
+    owners, boxes = _tile_boxes(v.parts)
+    bounds = shapely.bounds(v.parts)[owners]
+    step = np.maximum(np.maximum((bounds[:, 2] - bounds[:, 0]) / 16, (bounds[:, 3] - bounds[:, 1]) / 16), 0.005)
+    assert np.bincount(owners).max() <= 17 * 17  # about 16 x 16 per part at most: tiles narrow, not multiply
+    assert shapely.intersects(v.parts[owners], shapely.box(*boxes.T)).all()  # no tile misses its part
+    assert (boxes[:, 0] <= boxes[:, 2]).all() and (boxes[:, 1] <= boxes[:, 3]).all()
+    assert (boxes[:, :2] >= bounds[:, :2]).all() and (boxes[:, 2:] <= bounds[:, 2:]).all()
+    assert (boxes[:, 2] - boxes[:, 0] <= step * (1 + 1e-9)).all() and (boxes[:, 3] - boxes[:, 1] <= step * (1 + 1e-9)).all()
+    # Tiles of one part do not overlap: their areas add up to at most the bbox's.
+    tile_area = np.bincount(owners, (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1]), len(v.parts))
+    part_bounds = shapely.bounds(v.parts)
+    assert (tile_area <= (part_bounds[:, 2] - part_bounds[:, 0]) * (part_bounds[:, 3] - part_bounds[:, 1]) * (1 + 1e-9)
+            + 1e-15).all()
+    xy, ring = shapely.get_coordinates(shapely.get_rings(v.parts), return_index=True)
+    _, ring_part = shapely.get_rings(v.parts, return_index=True)
+    part = ring_part[ring]
+    point, found = ExactIndex(v).candidates(xy[:, 0], xy[:, 1])
+    hit = np.zeros(len(xy), dtype=bool)
+    hit[point[found == part[point]]] = True
+    assert hit.all(), xy[~hit][:5]
+    # And every part covering a random point of the layer's bbox is among that point's candidates.
+    rng = np.random.default_rng(5)
+    x0, y0, x1, y1 = v.bbox
+    rx, ry = rng.uniform(x0, x1, 20_000), rng.uniform(y0, y1, 20_000)
+    want_point, want_part = shapely.STRtree(v.parts).query(shapely.points(rx, ry), predicate="intersects")
+    point, found = ExactIndex(v).candidates(rx, ry)
+    n = len(v.parts)
+    assert np.isin(want_point * n + want_part, point * n + found).all()
+
+
+def test_one_point_at_a_time_answers_as_the_batch(store):
+    """The exact path on single points (a batch with one candidate pair, or one covering pair) as on a batch."""
+    v = store.versions["neighborhood"][0]
+    ex = ExactIndex(v)
+    pts = shapely.get_coordinates(shapely.point_on_surface(v.geoms[:20]))
+    pts = np.concatenate([pts, [[-117.5, 32.5]]])  # and one far outside
+    feature, rule = ex.tag(pts[:, 0].copy(), pts[:, 1].copy())
+    assert (feature[:20] >= 0).all() and feature[20] == -1
+    for i, (px, py) in enumerate(pts):
+        f1, r1 = ex.tag(np.array([px]), np.array([py]))
+        assert (f1[0], r1[0]) == (feature[i], rule[i]), i
+
+
+@pytest.mark.parametrize("layer,vi", [("council_district", 1), ("neighborhood", 0)])
+def test_nearest_within_matches_a_brute_force_search(store, engine, layer, vi):
+    """Points outside every feature: the nearest feature within 1,500 m is the one a search over every part finds
+    (distance in metres, then rank), not only among the R-tree's candidates."""
+    from enrich_service.layers.store import to_metric
+
+    v = store.versions[layer][vi]
+    rng = np.random.default_rng(11)
+    x0, y0, x1, y1 = v.bbox
+    x, y = rng.uniform(x0 - 0.02, x1 + 0.02, 4000), rng.uniform(y0 - 0.02, y1 + 0.02, 4000)
+    outside = ~shapely.intersects_xy(shapely.union_all(v.geoms), x, y)
+    x, y = x[outside][:150], y[outside][:150]
+    pm = to_metric(shapely.points(x, y))
+    d = shapely.distance(v.parts_metric[None, :], pm[:, None])  # (points, parts)
+    best = np.full(len(x), -1)
+    for i in range(len(x)):
+        feat = v.part_feature
+        per_feature = np.full(v.n_features, np.inf)
+        np.minimum.at(per_feature, feat, d[i])
+        ok = per_feature <= 1500
+        if ok.any():
+            cand = np.flatnonzero(ok)
+            best[i] = cand[np.lexsort((v.rank[cand], np.round(per_feature[cand], 6)))][0]
+    result = engine.tag(x, y, np.ones(len(x), dtype=bool), [layer],
+                        as_of=v.effective_from, nearest_within_m=1500)
+    tags = result.layers[layer]
+    offset = sum(w.n_features for w in store.versions[layer][:vi])
+    got = np.where(tags.codes >= 0, tags.codes - offset, -1)
+    assert (best >= 0).sum() > 20 and (best < 0).sum() > 0
+    assert (got == best).all(), np.flatnonzero(got != best)[:5]
+    hit = best >= 0
+    dist = np.array([d[i][v.part_feature == best[i]].min() if hit[i] else np.nan for i in range(len(x))])
+    np.testing.assert_allclose(tags.distance_m[hit], np.round(dist[hit], 2), atol=0.011)
+    assert np.isnan(tags.distance_m[~hit]).all()
+    assert (tags.rule_names()[hit] == "nearest").all()
+    # Points inside a feature in the same request: their own feature, 0 m, not "nearest".
+    inside = shapely.get_coordinates(shapely.point_on_surface(v.geoms[:3]))
+    both = engine.tag(np.concatenate([inside[:, 0], x[:5]]), np.concatenate([inside[:, 1], y[:5]]),
+                      np.ones(8, dtype=bool), [layer], as_of=v.effective_from, nearest_within_m=1500).layers[layer]
+    assert list(both.codes[:3] - offset) == [0, 1, 2] and list(both.distance_m[:3]) == [0.0, 0.0, 0.0]
+    assert list(np.where(both.codes[3:] >= 0, both.codes[3:] - offset, -1)) == list(best[:5])  # misses in a mix
+    assert all(r != "nearest" for r in both.rule_names()[:3])
+    only_inside = engine.tag(inside[:, 0].copy(), inside[:, 1].copy(), np.ones(3, dtype=bool), [layer],
+                             as_of=v.effective_from, nearest_within_m=1500).layers[layer]
+    assert list(only_inside.distance_m) == [0.0, 0.0, 0.0]  # a batch with no miss at all
+
+
+@pytest.mark.parametrize("layer", ["council_district", "neighborhood", "zip", "city_limits"])
+def test_a_point_inside_each_feature_gets_its_key(store, engine, layer):
+    """A plain request (no dates): a point inside every feature of the newest version answers that feature's key,
+    the first feature included (its code is the version's offset, not 0)."""
+    v = store.versions[layer][-1]
+    p = shapely.get_coordinates(shapely.point_on_surface(v.geoms))
+    inside = shapely.contains_xy(v.geoms, p[:, 0], p[:, 1])
+    # a point inside two overlapping features answers the rule's winner, not necessarily its own feature
+    alone = inside & (np.array([shapely.contains_xy(v.geoms, px, py).sum() for px, py in p]) == 1)
+    tags = engine.tag(p[:, 0].copy(), p[:, 1].copy(), np.ones(len(p), dtype=bool), [layer]).layers[layer]
+    assert alone[0] and alone.mean() > 0.9
+    assert list(tags.keys()[alone]) == list(v.keys[alone])

@@ -81,15 +81,27 @@ def test_read_routes_can_be_closed_by_a_setting(boundary_dir):
         proc.wait(timeout=30)
 
 
+def metric(text: str, sample: str) -> float:
+    """The value of one sample line (`name{labels}`) of a /metrics page; 0 when absent."""
+    for line in text.splitlines():
+        if line.startswith(sample + " "):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
 def test_metrics_and_request_ids(service):
     url, _ = service
+    gets, points = 'enrich_requests_total{method="GET",route="/v1/pip",status="200"}', \
+        'enrich_points_tagged_total{layer="council_district"}'
+    before = httpx.get(f"{url}/metrics").text
     r = httpx.get(f"{url}/v1/pip", params=CITY_HALL, headers={"X-Request-ID": "trace-me-42"})
     assert r.headers["x-request-id"] == "trace-me-42"
     assert len(httpx.get(f"{url}/healthz").headers["x-request-id"]) == 32  # made when not given
     httpx.post(f"{url}/v1/pip", json={"points": [CITY_HALL] * 10})
     text = httpx.get(f"{url}/metrics").text
-    assert 'enrich_requests_total{method="GET",route="/v1/pip",status="200"}' in text
-    assert 'enrich_points_tagged_total{layer="council_district"} 11.0' in text
+    # What these requests added, whatever earlier requests to the same service counted.
+    assert metric(text, gets) - metric(before, gets) == 1
+    assert metric(text, points) - metric(before, points) == 11
     assert "enrich_request_seconds_bucket" in text
     assert "enrich_index_build_seconds" in text
     assert 'enrich_layer_version_info{layer="council_district",sha256="5ab5537e' in text

@@ -13,6 +13,7 @@ import rtree
 import shapely
 
 from ..layers.store import LayerVersion
+from . import rules
 from .rules import RULE_EDGE, RULE_NEAREST, RULE_NONE, RULE_OVERLAP
 
 # Large parts are indexed as the tiles of their bbox that touch them: a city-sized polygon's bbox would otherwise be
@@ -25,16 +26,25 @@ _MIN_TILE_DEG = 0.005
 _DEG_PER_M = 1.0 / 90_000.0
 
 
+def _tile_edges(lo: float, hi: float, step: float) -> np.ndarray:
+    """Tile edges from lo to hi, ending on hi exactly. (Summing steps can end an ulp short of hi: a point on the
+    part's far bbox edge then fell outside every tile, and the part was never a candidate for it.)"""
+    n = max(1, int(np.ceil((hi - lo) / step))) if hi > lo else 1
+    edges = np.minimum(lo + np.arange(n + 1) * step, hi)
+    edges[-1] = hi
+    return edges
+
+
 def _tile_boxes(parts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(part index, box bounds) of the tiles of each part's bbox that intersect the part."""
     bounds = shapely.bounds(parts)
     owners, boxes = [], []
     for i, (x0, y0, x1, y1) in enumerate(bounds):
         step = max((x1 - x0) / _TILES_PER_SIDE, (y1 - y0) / _TILES_PER_SIDE, _MIN_TILE_DEG)
-        xs = np.arange(x0, x1, step)
-        ys = np.arange(y0, y1, step)
-        gx, gy = np.meshgrid(xs, ys)
-        tb = np.column_stack([gx.ravel(), gy.ravel(), np.minimum(gx.ravel() + step, x1), np.minimum(gy.ravel() + step, y1)])
+        xe, ye = _tile_edges(x0, x1, step), _tile_edges(y0, y1, step)
+        gx0, gy0 = np.meshgrid(xe[:-1], ye[:-1])
+        gx1, gy1 = np.meshgrid(xe[1:], ye[1:])
+        tb = np.column_stack([gx0.ravel(), gy0.ravel(), gx1.ravel(), gy1.ravel()])
         if len(tb) > 1:
             tb = tb[shapely.intersects(parts[i], shapely.box(tb[:, 0], tb[:, 1], tb[:, 2], tb[:, 3]))]
         owners.append(np.full(len(tb), i, dtype=np.int64))
@@ -92,11 +102,7 @@ class ExactIndex:
             return feature, rule
         inside = shapely.contains_xy(parts[part], x[point], y[point])
         feat = self.version.part_feature[part]
-        # The rule: interior beats boundary, then the lower rank (smaller area, lower key) wins.
-        order = np.lexsort((self.version.rank[feat], ~inside, point))
-        first = np.ones(len(order), dtype=bool)
-        first[1:] = point[order][1:] != point[order][:-1]
-        win = order[first]
+        win = rules.winners(point, inside, self.version.rank[feat])
         feature[point[win]] = feat[win]
         rule[point[win]] = np.where(inside[win], RULE_NONE, RULE_EDGE)
         interiors = np.bincount(point[inside], minlength=n)

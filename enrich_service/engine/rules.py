@@ -5,7 +5,9 @@
    polygon's edge that lies inside an overlapping neighbour belongs to the neighbour.
 3. Remaining ties (a point on an edge shared by two districts; a point inside two overlapping planning areas) go
    to the feature with the smaller area (the more specific polygon), then the lower key, then file order: a
-   feature's `rank` in LayerVersion. No point covered by some feature is ever left without an answer.
+   feature's `rank` in LayerVersion. No point covered by some feature is ever left without an answer. (Areas are
+   taken in UTM 11N; on these layers they order features as PostGIS's ST_Area on geography does, which
+   tests/test_rule_truth.py uses as the independent truth.)
 4. A point no feature covers has none (null), unless the request gives `nearest_within_m`: then the nearest feature
    within that distance answers, with the distance reported.
 
@@ -31,3 +33,13 @@ RULE_BELOW_MIN_MATCH = np.int8(9)  # the match is coarser than the request's min
 
 RULE_NAMES = np.array([None, "edge", "overlap", "nearest", "ambiguous", "outside", "outside_city", "not_geocoded",
                        "other_city", "below_min_match"], dtype=object)
+
+
+
+def winners(point: np.ndarray, inside: np.ndarray, rank: np.ndarray) -> np.ndarray:
+    """Steps 2 and 3 over (point, feature) candidate pairs that cover their point: the index of each point's winning
+    pair. Interior beats boundary, then the lower rank (smaller area, lower key, file order)."""
+    order = np.lexsort((rank, ~inside, point))
+    first = np.ones(len(order), dtype=bool)
+    first[1:] = point[order][1:] != point[order][:-1]
+    return order[first]

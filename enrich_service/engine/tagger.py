@@ -62,6 +62,14 @@ class TagResult:
         }
 
 
+def row_days(dates: np.ndarray, as_of: dt.date | None) -> np.ndarray:
+    """Each row's day for choosing its version: its own date, else the request's as_of (else NaT: the newest)."""
+    days = dates.copy()
+    if as_of is not None:
+        days[np.isnat(days)] = np.datetime64(as_of, "D")
+    return days
+
+
 @dataclass(frozen=True)
 class _Catalog:
     offsets: np.ndarray
@@ -132,10 +140,7 @@ class Engine:
             if dates is None:
                 vidx = None  # every row on the default version
             else:
-                days = dates.copy()
-                if as_of is not None:
-                    days[np.isnat(days)] = np.datetime64(as_of, "D")
-                vidx = self.store.version_index(name, days)
+                vidx = self.store.version_index(name, row_days(dates, as_of))
                 for row in np.flatnonzero((vidx < 0) & valid):
                     row_errors.setdefault(int(row), (
                         "date", f"{dates[row]} is before the first version of {name} "
@@ -176,7 +181,9 @@ class Engine:
                     feature[miss[hit]] = nf[hit]
                     r[miss[hit]] = RULE_NEAREST
                     distance[mrows[hit]] = np.round(nd[hit], 2)
-                if nearest_within_m is not None:  # inside a polygon: 0 m away; nothing found: no distance (NaN)
+                if nearest_within_m is not None:
+                    # Inside a polygon: 0 m away, in every group (not only those with a miss); no feature within
+                    # reach stays NaN (it was reported as 0 m).
                     distance[rows[(r != RULE_NEAREST) & (feature >= 0)]] = 0.0
                 codes[rows] = np.where(feature >= 0, feature + offsets[i], -1)
                 rule[rows] = r

@@ -54,7 +54,7 @@ def run_gate(spec, assembled: dict) -> str | dict:
 
 def prepare(live_service, tmp_path: Path, rows: list[tuple], quality: str) -> tuple:
     """(spec, assembled) for rows (id, lon, lat): extract, enrich through the service and assemble, as the DAG does."""
-    from enrich_pipeline.assemble import assemble
+    from enrich_pipeline.assemble import assemble, plausible_area
     from enrich_pipeline.enrich import enrich_batch, plan_batches
     from enrich_pipeline.extract import extract
     from enrich_pipeline.spec import load_spec
@@ -81,7 +81,8 @@ outputs: {{portal: {{folder: "{tmp_path / 'portal'}", basename: gate_case}}}}
     path = Path(extracted["path"])
     with EnrichClient(live_service) as client:
         batches = [enrich_batch(spec, path, tmp_path, b["batch"], client) for b in plan_batches(path)]
-    return spec, assemble(spec, path, tmp_path, batches, tmp_path / "enriched.parquet")
+        area = plausible_area(spec, client.layers())  # what the assemble task asks the service connection for
+    return spec, assemble(spec, path, tmp_path, batches, tmp_path / "enriched.parquet", area)
 
 
 def rows_with(inside: int, at_sea: int = 0, unlocated: int = 0) -> list[tuple]:
@@ -95,7 +96,8 @@ def test_unmatched_share_over_the_threshold_fails_and_names_the_rows(pipeline, l
                    "{layer: council_district, within: null, max_unmatched_share: 0.2, show: 2}")
     assert isinstance(message, str), message
     assert "gate_case: quality gate failed, nothing published" in message
-    assert re.search(r"\b3 of 12 rows in the dataset have no council_district \(25\.0000% > 20\.0000%\); "
+    assert re.search(r"\b3 of 12 rows in the dataset have no council_district \(25\.0000% > "
+                     r"quality\.max_unmatched_share 20\.0000%\); "
                      r"first ids: \[109, 110\]", message), message
     assert "usable location" not in message
 
@@ -134,7 +136,8 @@ def check_unlocated_gate(live_service, tmp_path: Path) -> None:
     """The unlocated-share threshold fails above it (naming the rows) and passes at it."""
     message = unlocated_case(live_service, tmp_path / "over", 0.2)
     assert isinstance(message, str), f"the gate passed 25% unlocated rows at max_unlocated_share 0.2: {message}"
-    assert re.search(r"\b3 of 12 rows have no usable location \(25\.0000% > 20\.0000%\); first ids: "
+    assert re.search(r"\b3 of 12 rows have no usable location, 0 of them outside the plausible area "
+                     r"\(25\.0000% > quality\.max_unlocated_share 20\.0000%\); first ids: "
                      r"\[109, 110, 111\]", message), message
     assert "have no council_district" not in message
     stats = unlocated_case(live_service, tmp_path / "at", 0.25)
@@ -150,5 +153,7 @@ def test_both_thresholds_failing_are_both_reported(pipeline, live_service, tmp_p
                    "{layer: council_district, within: null, max_unmatched_share: 0.1, max_unlocated_share: 0.1}")
     assert isinstance(message, str), message
     # The unlocated rows have no district either: 6 of 12 unmatched, 3 of 12 unlocated.
-    assert "6 of 12 rows in the dataset have no council_district (50.0000% > 10.0000%)" in message
-    assert "3 of 12 rows have no usable location (25.0000% > 10.0000%)" in message
+    assert "6 of 12 rows in the dataset have no council_district (50.0000% > quality.max_unmatched_share " \
+           "10.0000%)" in message
+    assert "3 of 12 rows have no usable location, 0 of them outside the plausible area (25.0000% > " \
+           "quality.max_unlocated_share 10.0000%)" in message

@@ -222,7 +222,7 @@ def test_dag_path_dates_and_as_of_on_the_switch_days(live_service, probe, tmp_pa
     if str(REPO / "dags") not in sys.path:
         sys.path.append(str(REPO / "dags"))
     import pyarrow.parquet as pq
-    from enrich_pipeline.assemble import assemble
+    from enrich_pipeline.assemble import assemble, plausible_area
     from enrich_pipeline.enrich import enrich_batch, plan_batches
     from enrich_pipeline.extract import extract
     from enrich_pipeline.spec import load_spec
@@ -254,7 +254,8 @@ outputs: {{portal: {{folder: "{tmp_path / 'portal'}", basename: switch}}}}
         with EnrichClient(live_service) as client:
             batches = [enrich_batch(spec, Path(extracted["path"]), work, b["batch"], client)
                        for b in plan_batches(Path(extracted["path"]))]
-        assembled = assemble(spec, Path(extracted["path"]), work, batches, work / "enriched.parquet")
+            area = plausible_area(spec, client.layers())
+        assembled = assemble(spec, Path(extracted["path"]), work, batches, work / "enriched.parquet", area)
         out = pq.read_table(assembled["path"]).to_pylist()
         want = list(ROW_DATES.values()) + [AS_OF[as_of]] * 2
         assert [row["district_version"] for row in out] == want, as_of

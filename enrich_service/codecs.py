@@ -31,7 +31,7 @@ from .engine.tagger import TagResult
 from .errors import InvalidInput, MalformedBody, NotAcceptable, UnknownParameter, UnsupportedMediaType
 from .json_rows import json_rows
 from .memory import paused_gc
-from .points import PointBatch, Prepared, parse_dates
+from .points import PointBatch, Prepared, parse_dates, text_days, timestamp_days
 from .csv_safety import formula_safe_table
 from .responses import ARROW, CSV, JSON, MEDIA_TYPES, NDJSON
 
@@ -380,17 +380,30 @@ def batch_from_table(table: pa.Table, cols: Columns) -> PointBatch:
 
 
 def table_dates(col: pa.ChunkedArray, name: str, errors: dict[int, tuple[str, str]]) -> np.ndarray:
-    """A date column (dates, timestamps, or text as CSV sends it) as datetime64[D]; bad cells named per row."""
+    """A date column (dates, timestamps, or text as CSV sends it) as San Diego days (datetime64[D]); bad cells named
+    per row. Timestamps with a zone (Arrow's tz, or text ending Z / +hh:mm) are converted to local time first."""
     if pa.types.is_date(col.type) or pa.types.is_timestamp(col.type):
-        return col.cast(pa.date32()).to_numpy(zero_copy_only=False).astype("datetime64[D]")
+        return timestamp_days(col)
+    if pa.types.is_null(col.type):
+        return np.full(len(col), np.datetime64("NaT"), dtype="datetime64[D]")
     if _is_text(col.type):
-        try:  # the usual column: ISO dates, cast at once
-            return pc.cast(col, pa.date32()).to_numpy(zero_copy_only=False).astype("datetime64[D]")
-        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
-            pass
-    if pa.types.is_null(col.type) or _is_text(col.type):
-        return parse_dates(col.to_pylist(), name, errors)
+        days, bad = text_days(col)
+        for i in np.flatnonzero(bad):
+            errors.setdefault(int(i), (name, f"{col[int(i)].as_py()!r} is not a date (YYYY-MM-DD)"))
+        return days
     raise InvalidInput(f"column {name!r} has type {col.type}; dates must be text (YYYY-MM-DD) or dates", field=name)
+
+
+def with_local_days(table: pa.Table, name: str | None) -> pa.Table:
+    """The table with a zoned timestamp column `name` replaced by its San Diego days (date32), for readers that
+    take an Arrow date or timestamp column's own day; other tables are returned as they are."""
+    if not name or name not in table.column_names:
+        return table
+    col = table.column(name)
+    if not (pa.types.is_timestamp(col.type) and col.type.tz is not None):
+        return table
+    days = pa.array(timestamp_days(col), pa.date32())
+    return table.set_column(table.column_names.index(name), name, days)
 
 
 def _coordinate(table: pa.Table, name: str, errors: dict[int, tuple[str, str]]) -> np.ndarray:

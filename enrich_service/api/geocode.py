@@ -186,7 +186,7 @@ async def post_geocode_join(
         check_batch_size(table.num_rows, settings, field="body")
         codecs.check_answerable(table, answer_kind, cols.id, (cols.address, cols.city, cols.zip, cols.lon, cols.lat,
                                                              cols.date))
-        records = await offload(join.records_from_table, table, cols)
+        records = await offload(join.records_from_table, codecs.with_local_days(table, cols.date), cols)
     del body
     joined = await offload(_join, index, records, opts, min_match)
     headers = _headers(index, joined)

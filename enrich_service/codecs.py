@@ -394,6 +394,17 @@ def table_dates(col: pa.ChunkedArray, name: str, errors: dict[int, tuple[str, st
     raise InvalidInput(f"column {name!r} has type {col.type}; dates must be text (YYYY-MM-DD) or dates", field=name)
 
 
+DATE_COLUMN = "date"
+
+
+def date_column(table: pa.Table, date_col: str | None) -> str | None:
+    """The table's date column: the one date_col names, else a column named `date` (as JSON and NDJSON rows' `date`
+    key), else none."""
+    if date_col:
+        return date_col
+    return DATE_COLUMN if DATE_COLUMN in table.column_names else None
+
+
 def with_local_days(table: pa.Table, name: str | None) -> pa.Table:
     """The table with a zoned timestamp column `name` replaced by its San Diego days (date32), for readers that
     take an Arrow date or timestamp column's own day; other tables are returned as they are."""

@@ -147,3 +147,34 @@ def test_geocode_join_dates_are_san_diego_days_too(client):
     out = ipc.open_stream(pa.py_buffer(r.content)).read_all()
     assert out.column("council_district_version").to_pylist() == ["2011", "2021"]
     assert out.column("date").type == pa.timestamp("ms", tz="UTC")  # the input column comes back as sent
+
+
+# ---- a column named date is the row's date in every transport ------------------------------------------------------
+
+def test_a_date_column_is_used_by_every_transport_unless_date_col_names_another(client):
+    dates = ["2022-12-09", "2022-12-10"]
+    expect = [("2011", "1"), ("2021", "6")]
+    csv = "id,lon,lat,date\n" + "".join(f"{i},{LON},{LAT},{d}\n" for i, d in enumerate(dates))
+    r = client.post("/v1/pip?layers=council_district", content=csv, headers={"content-type": "text/csv"})
+    assert r.status_code == 200, r.text
+    assert [(x["council_district_version"], x["council_district"]) for x in _csv_rows(r.text)] == expect
+    table = pa.table({"id": [0, 1], "lon": [LON, LON], "lat": [LAT, LAT],
+                      "date": pa.array([dt.date.fromisoformat(d) for d in dates], pa.date32())})
+    r = client.post("/v1/pip?layers=council_district", content=_arrow(table), headers={"content-type": ARROW})
+    assert r.status_code == 200, r.text
+    out = ipc.open_stream(pa.py_buffer(r.content)).read_all().to_pylist()
+    assert [(o["council_district_version"], str(o["council_district"])) for o in out] == expect
+    # date_col names another column: that one counts, and `date` is an ordinary input column
+    csv = "id,lon,lat,date,opened\n" + "".join(f"{i},{LON},{LAT},someday,{d}\n" for i, d in enumerate(dates))
+    r = client.post("/v1/pip?layers=council_district&date_col=opened", content=csv,
+                    headers={"content-type": "text/csv"})
+    assert r.status_code == 200, r.text
+    rows = _csv_rows(r.text)
+    assert [(x["council_district_version"], x["council_district"]) for x in rows] == expect
+    assert [x["date"] for x in rows] == ["someday", "someday"]
+    # geocode-join: a CSV `date` column as its JSON records' `date` key
+    csv = "id,address,date\n1,4712 Mt St Helens Dr,2015-06-01\n2,4712 Mt St Helens Dr,2023-01-01\n"
+    r = client.post("/v1/geocode-join?layers=council_district", content=csv, headers={"content-type": "text/csv"})
+    assert r.status_code == 200, r.text
+    assert [(x["council_district"], x["council_district_version"]) for x in _csv_rows(r.text)] == \
+        [("6", "2011"), ("2", "2021")]

@@ -6,6 +6,7 @@ streamed NDJSON lines; GET /v1/geocode answers one address for GIS staff.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from typing import Annotated
 
@@ -139,7 +140,8 @@ async def post_geocode_join(
     zip_col: Annotated[str, Query(description="Bulk bodies: the ZIP column (optional)")] = "zip",
     lon_col: Annotated[str, Query(description="Bulk bodies: earlier longitude to check (optional)")] = "lon",
     lat_col: Annotated[str, Query(description="Bulk bodies: earlier latitude to check (optional)")] = "lat",
-    date_col: Annotated[str | None, Query(description="Bulk bodies: the date column (optional)")] = None,
+    date_col: Annotated[str | None, Query(description="Bulk bodies: the date column (default: a column named "
+                                                       "date, if any)")] = None,
     min_match: Annotated[str | None, Query(description=MIN_MATCH_DOC)] = None,
     prefix: Annotated[str, Query(description=PREFIX_DOC)] = join.COLLISION_PREFIX,
 ):
@@ -184,6 +186,7 @@ async def post_geocode_join(
         table = await offload(codecs.decode_arrow, body) if kind == ARROW else \
             await offload(codecs.decode_csv, body, charset)
         check_batch_size(table.num_rows, settings, field="body")
+        cols = dataclasses.replace(cols, date=codecs.date_column(table, cols.date))
         codecs.check_answerable(table, answer_kind, cols.id, (cols.address, cols.city, cols.zip, cols.lon, cols.lat,
                                                              cols.date))
         records = await offload(join.records_from_table, codecs.with_local_days(table, cols.date), cols)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from typing import Annotated
 
@@ -125,7 +126,8 @@ async def post_pip(
     id_col: Annotated[str, Query(description="Bulk bodies: the id column")] = "id",
     lon_col: Annotated[str, Query(description="Bulk bodies: the longitude / x column")] = "lon",
     lat_col: Annotated[str, Query(description="Bulk bodies: the latitude / y column")] = "lat",
-    date_col: Annotated[str | None, Query(description="Bulk bodies: the date column (optional)")] = None,
+    date_col: Annotated[str | None, Query(description="Bulk bodies: the date column (default: a column named "
+                                                       "date, if any)")] = None,
     prefix: Annotated[str, Query(description="CSV/Arrow answers: put in front of a result column named like an "
                                              "input column; input columns are never replaced")] =
     codecs.COLLISION_PREFIX,
@@ -160,6 +162,7 @@ async def post_pip(
         table = await offload(codecs.decode_arrow, body) if kind == ARROW else \
             await offload(codecs.decode_csv, body, charset)
         check_batch_size(table.num_rows, settings, field="body")
+        cols = dataclasses.replace(cols, date=codecs.date_column(table, cols.date))
         codecs.check_answerable(table, answer_kind, cols.id, (cols.lon, cols.lat, cols.date))
         batch = await offload(codecs.batch_from_table, table, cols)
     del body

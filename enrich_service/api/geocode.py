@@ -23,8 +23,8 @@ from ..geocode.matcher import LEVELS
 from ..index import ServiceIndex, current
 from ..responses import ARROW, CSV, JSON, NDJSON, JSONResponse, NDJSONResponse
 from ..settings import get_settings
-from .common import (Options, check_batch_size, check_options_usable, offload, parse_options, read_body, spool_body,
-                     strict_query)
+from .common import (Options, check_batch_size, check_options_usable, merge_options, offload, parse_options, read_body,
+                     spool_body, strict_query)
 from .ndjson import answer_stream, parse_lines
 from .schemas import ERROR_RESPONSES, LAYER_EXAMPLE, LayerUsed, RowError, inline_schema
 
@@ -171,9 +171,10 @@ async def post_geocode_join(
         if not isinstance(doc, dict):
             raise InvalidInput("body must be a JSON object with a `records` list", field="body")
         codecs.check_keys(doc, ("records", "layers", "as_of", "nearest_within_m", "min_match"))
-        opts = parse_options(doc, settings)
-        if doc.get("min_match") is not None:
-            min_match = join.check_min_match(doc.get("min_match"))
+        merged = merge_options(doc, {**query, "min_match": min_match}, settings,
+                               normalise={"min_match": join.check_min_match})
+        opts = parse_options(merged, settings)
+        min_match = join.check_min_match(merged["min_match"])
         records = doc.get("records")
         if records is None:
             raise InvalidInput("records is missing", field="records")

@@ -19,8 +19,8 @@ from ..observability import POINTS
 from ..points import PointBatch, prepare
 from ..responses import ARROW, CSV, JSON, NDJSON, JSONResponse, NDJSONResponse
 from ..settings import get_settings
-from .common import (Options, check_batch_size, check_options_usable, offload, parse_options, read_body, spool_body,
-                     strict_query)
+from .common import (Options, check_batch_size, check_options_usable, merge_options, offload, parse_options, read_body,
+                     spool_body, strict_query)
 from .ndjson import answer_stream, parse_lines
 from .schemas import ERROR_RESPONSES, PipRequest, PipResponse, PointAnswer, inline_schema
 
@@ -154,7 +154,7 @@ async def post_pip(
     if kind == JSON:
         raw, batch = await offload(codecs.decode_json, body)
         # The body's options; one it leaves out may come from the query string.
-        opts = parse_options({k: query[k] if raw.get(k) is None else raw[k] for k in codecs.OPTIONS}, settings)
+        opts = parse_options(merge_options(raw, {k: query[k] for k in codecs.OPTIONS}, settings), settings)
         check_batch_size(len(batch), settings)
         cols, table = Columns(), None
     else:

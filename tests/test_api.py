@@ -249,6 +249,10 @@ def test_health_and_readiness(client):
     assert client.get("/healthz").json() == {"status": "ok"}
     ready = client.get("/readyz").json()
     assert ready["status"] == "ready" and "council_district" in ready["versions"]
+    # a public route shows file and folder names, never the server's paths; the admin route keeps them
+    assert ready["source"].split(":")[0] in ("dir", "accepted") and "/" not in orjson.dumps(ready).decode(), ready
+    admin = client.get("/v1/admin/layers", headers={"X-API-Key": "test-admin-key"})
+    assert admin.status_code == 200 and admin.json()["source"] == f"dir:{BOUNDARIES.resolve()}", admin.text
 
 
 def test_openapi_documents_the_routes(client):

@@ -310,6 +310,9 @@ def decode_csv(body: bytes, charset: str | None = None) -> pa.Table:
             body = body[len(pycodecs.BOM_UTF8):]
     names = _csv_header(body, encoding, charset)
     _check_names(names)
+    head = body.rstrip(b"\r\n")
+    if b"\n" not in head and b"\r" not in head:  # the header row alone: no rows (Arrow's reader refuses an
+        return pa.table({name: pa.array([], pa.string()) for name in names})  # unterminated one), an empty batch
     read = pacsv.ReadOptions(column_names=names, skip_rows_after_names=1,
                              encoding="utf8" if encoding == "utf-8" else encoding)
     convert = pacsv.ConvertOptions(column_types={name: pa.string() for name in names}, strings_can_be_null=False)

@@ -576,3 +576,15 @@ def test_every_error_body_has_detail_code_and_field(client):
     assert r.status_code == 401 and {"detail", "code", "field"} <= set(r.json()), r.text
     r = client.get("/v1/pip", params={"lon": "x", "lat": 1})
     assert refused(r, 422, "lon")
+
+
+@pytest.mark.parametrize("path, header", [("/v1/pip", b"id,lon,lat"), ("/v1/geocode-join", b"id,address")])
+def test_empty_batches_are_one_clean_422_in_every_transport(client, path, header):
+    """README: an empty batch is a 422. An empty NDJSON body answered 200 with nothing, and a header-only CSV
+    without its final newline a 400 from Arrow's reader ("straddling object straddles two block boundaries")."""
+    for body in (header, header + b"\n", header + b"\r\n"):
+        body = refused(client.post(path, content=body, headers=CSV_H), 422, "body")
+        assert "empty" in body["detail"], body
+    for body in (b"", b"\n", b"\n  \n\r\n"):
+        body = refused(client.post(path, content=body, headers=NDJSON_H), 422, "body")
+        assert "empty" in body["detail"], body

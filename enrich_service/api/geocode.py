@@ -25,7 +25,7 @@ from ..responses import ARROW, CSV, JSON, NDJSON, JSONResponse, NDJSONResponse
 from ..settings import get_settings
 from .common import (Options, check_batch_size, check_options_usable, merge_options, offload, parse_options, read_body,
                      spool_body, strict_query)
-from .ndjson import answer_stream, parse_lines
+from .ndjson import answer_stream, has_lines, parse_lines
 from .schemas import ERROR_RESPONSES, LAYER_EXAMPLE, LayerUsed, RowError, inline_schema
 
 router = APIRouter(prefix="/v1", tags=["geocode"], dependencies=[Depends(strict_query)])
@@ -160,6 +160,9 @@ async def post_geocode_join(
         opts = parse_options(query, settings)
         check_options_usable(index, opts)
         spool = await spool_body(request, settings)
+        if not await offload(has_lines, spool):  # an empty batch, as in every other transport: 422 before any answer
+            spool.close()
+            check_batch_size(0, settings, field="body")
         chunk = functools.partial(_ndjson_chunk, index, opts=opts, cols=cols, min_match=min_match)
         return NDJSONResponse(answer_stream(spool, chunk, settings),
                               headers={REFERENCE_HEADER: join.reference_header(index)})

@@ -21,7 +21,7 @@ from ..responses import ARROW, CSV, JSON, NDJSON, JSONResponse, NDJSONResponse
 from ..settings import get_settings
 from .common import (Options, check_batch_size, check_options_usable, merge_options, offload, parse_options, read_body,
                      spool_body, strict_query)
-from .ndjson import answer_stream, parse_lines
+from .ndjson import answer_stream, has_lines, parse_lines
 from .schemas import ERROR_RESPONSES, PipRequest, PipResponse, PointAnswer, inline_schema
 
 router = APIRouter(prefix="/v1", tags=["point in polygon"], dependencies=[Depends(strict_query)])
@@ -144,6 +144,9 @@ async def post_pip(
         opts = parse_options(query, settings)
         check_options_usable(index, opts)
         spool = await spool_body(request, settings)
+        if not await offload(has_lines, spool):  # an empty batch, as in every other transport: 422 before any answer
+            spool.close()
+            check_batch_size(0, settings, field="body")
         chunk = functools.partial(_ndjson_chunk, index, opts=opts, cols=cols)
         return NDJSONResponse(answer_stream(spool, chunk, settings))
 

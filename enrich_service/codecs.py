@@ -178,10 +178,14 @@ _AT = re.compile(r" - at `\$\.?([A-Za-z_][A-Za-z_0-9]*)")
 
 
 @paused_gc()
-def decode_json(body: bytes) -> tuple[dict, PointBatch]:
+def decode_json(body: bytes, cols: Columns = Columns()) -> tuple[dict, PointBatch]:
     """A JSON body {points: [{id, lon, lat, date?}, ...], layers?, as_of?, crs?, nearest_within_m?} as (its
-    options, its points as columns)."""
+    options, its points as columns). `cols` renames the point keys (id_col, lon_col, lat_col, date_col), as for
+    NDJSON and tables."""
     try:
+        if (cols.id, cols.lon, cols.lat, cols.date or "date") != ("id", "lon", "lat", "date"):  # renamed keys:
+            # the lenient way, which reads any
+            raise msgspec.ValidationError("renamed columns")
         typed = _TYPED_BODY.decode(body)
     except (msgspec.MsgspecError, UnicodeDecodeError, RecursionError) as exc:
         message = str(exc)
@@ -195,7 +199,7 @@ def decode_json(body: bytes) -> tuple[dict, PointBatch]:
         check_keys(doc, BODY_KEYS)
         if doc.get("points") is None:
             raise InvalidInput("points is missing", field="points") from None
-        return {name: doc.get(name) for name in OPTIONS}, decode_points(doc["points"])
+        return {name: doc.get(name) for name in OPTIONS}, decode_points(doc["points"], cols)
     rows = typed.points
     x = np.fromiter(map(attrgetter("lon"), rows), dtype=np.float64, count=len(rows))
     y = np.fromiter(map(attrgetter("lat"), rows), dtype=np.float64, count=len(rows))

@@ -178,3 +178,19 @@ def test_a_date_column_is_used_by_every_transport_unless_date_col_names_another(
     assert r.status_code == 200, r.text
     assert [(x["council_district"], x["council_district_version"]) for x in _csv_rows(r.text)] == \
         [("6", "2011"), ("2", "2021")]
+
+
+def test_date_col_names_the_date_key_of_json_bodies_too(client):
+    points = [{"id": i, "lon": LON, "lat": LAT, "date": "someday", "opened": d}
+              for i, d in enumerate(["2022-12-09", "2022-12-10"])]
+    r = client.post("/v1/pip?layers=council_district&date_col=opened", content=orjson.dumps({"points": points}),
+                    headers={"content-type": "application/json"})
+    assert r.status_code == 200, r.text
+    assert [(x["council_district_version"], x["council_district"]) for x in r.json()["results"]] == \
+        [("2011", "1"), ("2021", "6")]
+    records = [{"id": d, "address": "4712 Mt St Helens Dr", "opened": d} for d in ("2015-06-01", "2023-01-01")]
+    r = client.post("/v1/geocode-join?layers=council_district&date_col=opened",
+                    content=orjson.dumps({"records": records}), headers={"content-type": "application/json"})
+    assert r.status_code == 200, r.text
+    assert [(x["council_district"], x["council_district_version"]) for x in r.json()["results"]] == \
+        [("6", "2011"), ("2", "2021")]

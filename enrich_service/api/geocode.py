@@ -183,7 +183,7 @@ async def post_geocode_join(
             raise InvalidInput("records is missing", field="records")
         if isinstance(records, list):
             check_batch_size(len(records), settings, field="records")
-        records = await offload(join.records_from_json, records)
+        records = await offload(join.records_from_json, records, cols)
     else:
         opts = parse_options(query, settings)
         charset = codecs.csv_charset(request.headers.get("content-type")) if kind == CSV else None

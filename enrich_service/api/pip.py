@@ -155,11 +155,11 @@ async def post_pip(
         check_options_usable(index, opts)
     body = await read_body(request, settings)
     if kind == JSON:
-        raw, batch = await offload(codecs.decode_json, body)
+        raw, batch = await offload(codecs.decode_json, body, cols)
         # The body's options; one it leaves out may come from the query string.
         opts = parse_options(merge_options(raw, {k: query[k] for k in codecs.OPTIONS}, settings), settings)
         check_batch_size(len(batch), settings)
-        cols, table = Columns(), None
+        table = None
     else:
         charset = codecs.csv_charset(request.headers.get("content-type")) if kind == CSV else None
         table = await offload(codecs.decode_arrow, body) if kind == ARROW else \

@@ -194,3 +194,17 @@ def test_date_col_names_the_date_key_of_json_bodies_too(client):
     assert r.status_code == 200, r.text
     assert [(x["council_district"], x["council_district_version"]) for x in r.json()["results"]] == \
         [("6", "2011"), ("2", "2021")]
+
+
+def test_the_client_sends_san_diego_days_for_zoned_timestamps():
+    import pandas as pd
+
+    from enrich_service.client import _iso_dates
+
+    assert _iso_dates(pd.Series(pd.to_datetime(["2022-12-10T07:00:00Z", "2022-12-10T08:00:00Z", None]))) == \
+        ["2022-12-09", "2022-12-10", None]
+    # zones that differ from row to row (pandas refuses the column), naive clock times, dates, junk
+    assert _iso_dates(pd.Series(["2022-12-10T07:00:00Z", "2022-12-09T23:00:00-08:00", None, "2022-12-10",
+                                 "junk", "2022-12-10T07:00:00"])) == \
+        ["2022-12-09", "2022-12-09", None, "2022-12-10", None, "2022-12-10"]
+    assert _iso_dates(pd.Series([dt.date(2022, 12, 10), None])) == ["2022-12-10", None]

@@ -354,8 +354,24 @@ def _params(**kwargs: Any) -> dict:
 
 
 def _iso_dates(series: "pd.Series") -> list:
-    """Dates as YYYY-MM-DD strings (None where missing), whatever the column holds: dates, timestamps, text."""
+    """Dates as YYYY-MM-DD strings (None where missing), whatever the column holds: dates, timestamps, text. A
+    timestamp with a zone gives its San Diego day, as the service reads one (the layers' dates are local days)."""
     import pandas as pd
 
-    parsed = pd.to_datetime(series, errors="coerce")
-    return [None if pd.isna(v) else v.strftime("%Y-%m-%d") for v in parsed]
+    from .points import LOCAL_TZ
+
+    def local(v):
+        return v.tz_convert(LOCAL_TZ) if getattr(v, "tzinfo", None) is not None else v
+
+    try:
+        parsed = pd.to_datetime(series, errors="coerce")
+        if parsed.isna().sum() > series.isna().sum():  # a value unread: maybe zones that differ from row to row
+            raise ValueError("unread values")
+    except ValueError:  # pandas refuses to mix zones in one column: one value at a time
+        parsed = [pd.to_datetime(v, errors="coerce") for v in series]
+    else:
+        if isinstance(parsed.dtype, pd.DatetimeTZDtype):
+            parsed = parsed.dt.tz_convert(LOCAL_TZ)
+        text = parsed.dt.strftime("%Y-%m-%d")
+        return text.astype(object).where(text.notna(), None).tolist()
+    return [None if pd.isna(v) else local(v).strftime("%Y-%m-%d") for v in parsed]

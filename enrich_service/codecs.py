@@ -31,7 +31,7 @@ from .engine.tagger import TagResult
 from .errors import InvalidInput, MalformedBody, NotAcceptable, UnknownParameter, UnsupportedMediaType
 from .json_rows import json_rows
 from .memory import paused_gc
-from .points import PointBatch, Prepared, parse_dates
+from .points import PointBatch, Prepared, parse_dates, text_days, timestamp_days
 from .csv_safety import formula_safe_table
 from .responses import ARROW, CSV, JSON, MEDIA_TYPES, NDJSON
 
@@ -178,10 +178,14 @@ _AT = re.compile(r" - at `\$\.?([A-Za-z_][A-Za-z_0-9]*)")
 
 
 @paused_gc()
-def decode_json(body: bytes) -> tuple[dict, PointBatch]:
+def decode_json(body: bytes, cols: Columns = Columns()) -> tuple[dict, PointBatch]:
     """A JSON body {points: [{id, lon, lat, date?}, ...], layers?, as_of?, crs?, nearest_within_m?} as (its
-    options, its points as columns)."""
+    options, its points as columns). `cols` renames the point keys (id_col, lon_col, lat_col, date_col), as for
+    NDJSON and tables."""
     try:
+        if (cols.id, cols.lon, cols.lat, cols.date or "date") != ("id", "lon", "lat", "date"):  # renamed keys:
+            # the lenient way, which reads any
+            raise msgspec.ValidationError("renamed columns")
         typed = _TYPED_BODY.decode(body)
     except (msgspec.MsgspecError, UnicodeDecodeError, RecursionError) as exc:
         message = str(exc)
@@ -195,7 +199,7 @@ def decode_json(body: bytes) -> tuple[dict, PointBatch]:
         check_keys(doc, BODY_KEYS)
         if doc.get("points") is None:
             raise InvalidInput("points is missing", field="points") from None
-        return {name: doc.get(name) for name in OPTIONS}, decode_points(doc["points"])
+        return {name: doc.get(name) for name in OPTIONS}, decode_points(doc["points"], cols)
     rows = typed.points
     x = np.fromiter(map(attrgetter("lon"), rows), dtype=np.float64, count=len(rows))
     y = np.fromiter(map(attrgetter("lat"), rows), dtype=np.float64, count=len(rows))
@@ -310,6 +314,9 @@ def decode_csv(body: bytes, charset: str | None = None) -> pa.Table:
             body = body[len(pycodecs.BOM_UTF8):]
     names = _csv_header(body, encoding, charset)
     _check_names(names)
+    head = body.rstrip(b"\r\n")
+    if b"\n" not in head and b"\r" not in head:  # the header row alone: no rows (Arrow's reader refuses an
+        return pa.table({name: pa.array([], pa.string()) for name in names})  # unterminated one), an empty batch
     read = pacsv.ReadOptions(column_names=names, skip_rows_after_names=1,
                              encoding="utf8" if encoding == "utf-8" else encoding)
     convert = pacsv.ConvertOptions(column_types={name: pa.string() for name in names}, strings_can_be_null=False)
@@ -380,17 +387,41 @@ def batch_from_table(table: pa.Table, cols: Columns) -> PointBatch:
 
 
 def table_dates(col: pa.ChunkedArray, name: str, errors: dict[int, tuple[str, str]]) -> np.ndarray:
-    """A date column (dates, timestamps, or text as CSV sends it) as datetime64[D]; bad cells named per row."""
+    """A date column (dates, timestamps, or text as CSV sends it) as San Diego days (datetime64[D]); bad cells named
+    per row. Timestamps with a zone (Arrow's tz, or text ending Z / +hh:mm) are converted to local time first."""
     if pa.types.is_date(col.type) or pa.types.is_timestamp(col.type):
-        return col.cast(pa.date32()).to_numpy(zero_copy_only=False).astype("datetime64[D]")
+        return timestamp_days(col)
+    if pa.types.is_null(col.type):
+        return np.full(len(col), np.datetime64("NaT"), dtype="datetime64[D]")
     if _is_text(col.type):
-        try:  # the usual column: ISO dates, cast at once
-            return pc.cast(col, pa.date32()).to_numpy(zero_copy_only=False).astype("datetime64[D]")
-        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
-            pass
-    if pa.types.is_null(col.type) or _is_text(col.type):
-        return parse_dates(col.to_pylist(), name, errors)
+        days, bad = text_days(col)
+        for i in np.flatnonzero(bad):
+            errors.setdefault(int(i), (name, f"{col[int(i)].as_py()!r} is not a date (YYYY-MM-DD)"))
+        return days
     raise InvalidInput(f"column {name!r} has type {col.type}; dates must be text (YYYY-MM-DD) or dates", field=name)
+
+
+DATE_COLUMN = "date"
+
+
+def date_column(table: pa.Table, date_col: str | None) -> str | None:
+    """The table's date column: the one date_col names, else a column named `date` (as JSON and NDJSON rows' `date`
+    key), else none."""
+    if date_col:
+        return date_col
+    return DATE_COLUMN if DATE_COLUMN in table.column_names else None
+
+
+def with_local_days(table: pa.Table, name: str | None) -> pa.Table:
+    """The table with a zoned timestamp column `name` replaced by its San Diego days (date32), for readers that
+    take an Arrow date or timestamp column's own day; other tables are returned as they are."""
+    if not name or name not in table.column_names:
+        return table
+    col = table.column(name)
+    if not (pa.types.is_timestamp(col.type) and col.type.tz is not None):
+        return table
+    days = pa.array(timestamp_days(col), pa.date32())
+    return table.set_column(table.column_names.index(name), name, days)
 
 
 def _coordinate(table: pa.Table, name: str, errors: dict[int, tuple[str, str]]) -> np.ndarray:

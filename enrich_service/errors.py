@@ -1,7 +1,8 @@
 """Domain errors, and the one table that maps them to HTTP statuses.
 
 Code anywhere in the service raises these; `install_handlers` turns them into JSON bodies of the one shape clients see:
-`{"detail": "...", "code": "...", "field": "...", "row": n}` (field and row only when known).
+`{"detail": "...", "code": "...", "field": "...", "row": n}`: detail, code and field always (field null when no one
+field is at fault), row only when known.
 """
 
 from __future__ import annotations
@@ -29,9 +30,7 @@ class EnrichError(Exception):
         self.row = row
 
     def body(self) -> dict:
-        out: dict = {"detail": self.message, "code": self.code}
-        if self.field is not None:
-            out["field"] = self.field
+        out: dict = {"detail": self.message, "code": self.code, "field": self.field}
         if self.row is not None:
             out["row"] = self.row
         return out
@@ -205,8 +204,15 @@ async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResp
         methods = {m for r in request.app.routes if getattr(r, "path", None) == request.url.path
                    for m in (getattr(r, "methods", None) or ())}
         headers["Allow"] = ", ".join(sorted(methods))
-    return JSONResponse({"detail": str(exc.detail), "code": "http_error"}, status_code=exc.status_code,
-                        headers=headers or None)
+    return JSONResponse({"detail": str(exc.detail), "code": "http_error", "field": None},
+                        status_code=exc.status_code, headers=headers or None)
+
+
+async def _unexpected_error(request: Request, exc: Exception) -> JSONResponse:
+    """A bug, not the caller's fault: logged with its traceback, answered in the one shape without internals."""
+    log.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
+    return JSONResponse({"detail": "internal server error; the service log has the details", "code": "internal_error",
+                         "field": None}, status_code=500)
 
 
 def _plain(errors: list[dict]) -> list[dict]:
@@ -219,3 +225,4 @@ def install_handlers(app: FastAPI) -> None:
     app.add_exception_handler(EnrichError, _enrich_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(Exception, _unexpected_error)

@@ -97,7 +97,8 @@ class ObservabilityMiddleware:
                 raise
             status["code"] = 504
             body = orjson.dumps({"detail": f"request took longer than {self.timeout_s:g} s "
-                                           f"(ENRICH_REQUEST_TIMEOUT_S); split the batch", "code": "timeout"})
+                                           f"(ENRICH_REQUEST_TIMEOUT_S); split the batch", "code": "timeout",
+                                 "field": None})
             await send({"type": "http.response.start", "status": 504,
                         "headers": [(b"content-type", b"application/json"),
                                     (b"x-request-id", request_id.encode("latin-1"))]})

@@ -249,9 +249,43 @@ def test_health_and_readiness(client):
     assert client.get("/healthz").json() == {"status": "ok"}
     ready = client.get("/readyz").json()
     assert ready["status"] == "ready" and "council_district" in ready["versions"]
+    # a public route shows file and folder names, never the server's paths; the admin route keeps them
+    assert ready["source"].split(":")[0] in ("dir", "accepted") and "/" not in orjson.dumps(ready).decode(), ready
+    admin = client.get("/v1/admin/layers", headers={"X-API-Key": "test-admin-key"})
+    assert admin.status_code == 200 and admin.json()["source"] == f"dir:{BOUNDARIES.resolve()}", admin.text
 
 
 def test_openapi_documents_the_routes(client):
     spec = client.get("/openapi.json").json()
     assert {"/v1/pip", "/v1/layers", "/healthz", "/readyz", "/v1/admin/reload"} <= set(spec["paths"])
     assert ARROW in spec["paths"]["/v1/pip"]["post"]["requestBody"]["content"]
+
+
+def test_json_bodies_take_options_they_leave_out_from_the_query_and_refuse_a_conflict(client):
+    records = {"records": [{"id": 1, "address": "4712 Mt St Helens Dr"}]}
+    # geocode-join: layers and as_of from the query string (the 2011 lines put this address in district 6)
+    r = client.post("/v1/geocode-join?layers=council_district&as_of=2015-06-01", content=orjson.dumps(records),
+                    headers={"content-type": "application/json"})
+    assert r.status_code == 200, r.text
+    row = r.json()["results"][0]
+    assert row["council_district"] == "6" and "zip" not in row and "neighborhood" not in row, row
+    assert r.json()["layers"]["council_district"]["version"] == "2011"
+    # the same value in both places is one option; different values are refused, naming the option
+    same = {**records, "layers": ["council_district"], "as_of": "2015-06-01"}
+    r = client.post("/v1/geocode-join?layers=council_district&as_of=2015-06-01", content=orjson.dumps(same),
+                    headers={"content-type": "application/json"})
+    assert r.status_code == 200 and r.json()["results"][0]["council_district"] == "6", r.text
+    for query, body, name in (("layers=zip", {"layers": ["council_district"]}, "layers"),
+                              ("as_of=2023-01-01", {"as_of": "2015-06-01"}, "as_of"),
+                              ("min_match=exact", {"min_match": "zip"}, "min_match")):
+        r = client.post(f"/v1/geocode-join?{query}", content=orjson.dumps({**records, **body}),
+                        headers={"content-type": "application/json"})
+        assert r.status_code == 422 and r.json()["field"] == name, (query, r.text)
+    # /v1/pip's JSON body follows the same rule
+    points = {"points": [{"id": 1, "lon": CITY_HALL[0], "lat": CITY_HALL[1]}], "layers": ["zip"]}
+    r = client.post("/v1/pip?layers=council_district", content=orjson.dumps(points),
+                    headers={"content-type": "application/json"})
+    assert r.status_code == 422 and r.json()["field"] == "layers", r.text
+    r = client.post("/v1/pip?layers=zip&crs=4326", content=orjson.dumps({**points, "crs": "EPSG:4326"}),
+                    headers={"content-type": "application/json"})
+    assert r.status_code == 200 and r.json()["results"][0]["zip"], r.text

@@ -39,7 +39,7 @@ def refused(r, status: int | tuple, field: str | None = None) -> dict:
     assert r.status_code in statuses, (r.status_code, r.text[:500])
     assert r.headers["content-type"].startswith("application/json"), r.headers["content-type"]
     body = r.json()
-    assert isinstance(body["detail"], str) and body["code"], body
+    assert isinstance(body["detail"], str) and body["code"] and "field" in body, body
     if field is not None:
         assert body.get("field") == field, body
     return body
@@ -558,3 +558,33 @@ def test_a_blank_address_in_a_one_column_csv_is_a_row_not_dropped(client):
                     headers={**CSV_H, "accept": "application/json"})
     rows = r.json()["results"]
     assert [row["match"] == "none" for row in rows] == [False, True, False] and rows[1]["reason"] == "address is empty"
+
+
+@pytest.mark.parametrize("method, path, status", [("GET", "/v1/nowhere", 404), ("POST", "/nope", 404),
+                                                  ("DELETE", "/v1/pip", 405), ("PUT", "/v1/layers", 405),
+                                                  ("HEAD", "/v1/layers", 405)])
+def test_routing_errors_have_the_documented_shape(client, method, path, status):
+    r = client.request(method, path)
+    assert r.status_code == status, r.text
+    if method != "HEAD":  # a HEAD answer has no body
+        assert refused(r, status)["field"] is None
+
+
+def test_every_error_body_has_detail_code_and_field(client):
+    # a 401 (the header at fault) and a 422 (the parameter): the same three keys
+    r = client.post("/v1/admin/reload")
+    assert r.status_code == 401 and {"detail", "code", "field"} <= set(r.json()), r.text
+    r = client.get("/v1/pip", params={"lon": "x", "lat": 1})
+    assert refused(r, 422, "lon")
+
+
+@pytest.mark.parametrize("path, header", [("/v1/pip", b"id,lon,lat"), ("/v1/geocode-join", b"id,address")])
+def test_empty_batches_are_one_clean_422_in_every_transport(client, path, header):
+    """README: an empty batch is a 422. An empty NDJSON body answered 200 with nothing, and a header-only CSV
+    without its final newline a 400 from Arrow's reader ("straddling object straddles two block boundaries")."""
+    for body in (header, header + b"\n", header + b"\r\n"):
+        body = refused(client.post(path, content=body, headers=CSV_H), 422, "body")
+        assert "empty" in body["detail"], body
+    for body in (b"", b"\n", b"\n  \n\r\n"):
+        body = refused(client.post(path, content=body, headers=NDJSON_H), 422, "body")
+        assert "empty" in body["detail"], body

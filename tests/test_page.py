@@ -307,7 +307,8 @@ def test_address_search(page):
 def test_geocode_answer_with_fields_this_page_does_not_know(page):
     """A newer service may add per-layer rules such as `ambiguous`, candidates and other keys: shown, not dropped."""
     answer = {"lon": -117.2013488, "lat": 32.7786184, "match": "street", "score": 0.61, "matched_address": "Gardena Ave",
-              "reason": "no house number", "council_district": "2", "council_district_rule": "ambiguous",
+              "reason": "no house number", "council_district": None, "council_district_rule": "ambiguous",
+              "council_district_candidates": "3;9",
               "neighborhood": "Clairemont Mesa", "neighborhood_rule": None, "zip": "92110", "zip_rule": None,
               "flags": None, "match_quality": {"street": 0.97},
               "candidates": [{"matched_address": "4608 Gardena Avenue, 92110", "score": 0.6, "lon": -117.2013,
@@ -318,6 +319,11 @@ def test_geocode_answer_with_fields_this_page_does_not_know(page):
     page.tab.press("#address", "Enter")
     page.tab.wait_for_selector("#match-level:has-text('street')")
     assert "ambiguous" in page.answer_row("council_district")
+    # the keys an ambiguous answer could be, beside its rule, by their labels
+    candidates = page.tab.locator('#answer-body tr[data-layer="council_district"] .layer-candidates')
+    assert candidates.is_visible() and "Council District 3 or Council District 9" in candidates.inner_text()
+    assert "council_district_candidates" not in page.tab.inner_html("#answer-body")  # not left in other fields
+    page.shot("05-ambiguous-address")
     body = page.tab.inner_text("#answer-body")
     assert "Gardena Road, 92071" in body and "match_quality" in page.tab.inner_html("#answer-body")
     page.tab.click("#answer-body .candidates button")  # look the first candidate up on the map

@@ -95,6 +95,30 @@ def parse_options(raw: dict, settings: Settings) -> Options:
                    crs=parse_crs(crs), nearest_within_m=nearest)
 
 
+def merge_options(body: dict, query: dict, settings: Settings, normalise: dict | None = None) -> dict:
+    """A JSON body's options, each one it leaves out taken from the query string. Given in both with different
+    values, the request is refused naming the option: silently preferring one answers a question not asked.
+    Values are compared as read (`layers=a,b` is ["a", "b"]; 2230 is EPSG:2230); `normalise` reads options
+    parse_options does not know (name -> function)."""
+    merged = {}
+    for name in query:
+        in_body, in_query = body.get(name), query[name]
+        if in_body is None or in_body == "" or in_query is None or in_query == "":
+            merged[name] = in_query if in_body is None or in_body == "" else in_body
+            continue
+        read = (normalise or {}).get(name) or (lambda v, n=name: getattr(parse_options({n: v}, settings), n))
+        if read(in_body) != read(in_query):
+            raise InvalidInput(f"{name} is given in both the body ({_shown(in_body)}) and the query string "
+                               f"({_shown(in_query)}) with different values; give it once", field=name)
+        merged[name] = in_body
+    return merged
+
+
+def _shown(value) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
 async def _chunks(request: Request, settings: Settings) -> AsyncIterator[bytes]:
     """The body's chunks, refusing early (by Content-Length) or as soon as it passes the configured maximum, and
     answering 408 when a slow client leaves more than body_timeout_s between two chunks."""

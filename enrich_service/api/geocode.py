@@ -6,6 +6,7 @@ streamed NDJSON lines; GET /v1/geocode answers one address for GIS staff.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from typing import Annotated
 
@@ -22,9 +23,9 @@ from ..geocode.matcher import LEVELS
 from ..index import ServiceIndex, current
 from ..responses import ARROW, CSV, JSON, NDJSON, JSONResponse, NDJSONResponse
 from ..settings import get_settings
-from .common import (Options, check_batch_size, check_options_usable, offload, parse_options, read_body, spool_body,
-                     strict_query)
-from .ndjson import answer_stream, parse_lines
+from .common import (Options, check_batch_size, check_options_usable, merge_options, offload, parse_options, read_body,
+                     spool_body, strict_query)
+from .ndjson import answer_stream, has_lines, parse_lines
 from .schemas import ERROR_RESPONSES, LAYER_EXAMPLE, LayerUsed, RowError, inline_schema
 
 router = APIRouter(prefix="/v1", tags=["geocode"], dependencies=[Depends(strict_query)])
@@ -139,7 +140,8 @@ async def post_geocode_join(
     zip_col: Annotated[str, Query(description="Bulk bodies: the ZIP column (optional)")] = "zip",
     lon_col: Annotated[str, Query(description="Bulk bodies: earlier longitude to check (optional)")] = "lon",
     lat_col: Annotated[str, Query(description="Bulk bodies: earlier latitude to check (optional)")] = "lat",
-    date_col: Annotated[str | None, Query(description="Bulk bodies: the date column (optional)")] = None,
+    date_col: Annotated[str | None, Query(description="Bulk bodies: the date column (default: a column named "
+                                                       "date, if any)")] = None,
     min_match: Annotated[str | None, Query(description=MIN_MATCH_DOC)] = None,
     prefix: Annotated[str, Query(description=PREFIX_DOC)] = join.COLLISION_PREFIX,
 ):
@@ -158,6 +160,9 @@ async def post_geocode_join(
         opts = parse_options(query, settings)
         check_options_usable(index, opts)
         spool = await spool_body(request, settings)
+        if not await offload(has_lines, spool):  # an empty batch, as in every other transport: 422 before any answer
+            spool.close()
+            check_batch_size(0, settings, field="body")
         chunk = functools.partial(_ndjson_chunk, index, opts=opts, cols=cols, min_match=min_match)
         return NDJSONResponse(answer_stream(spool, chunk, settings),
                               headers={REFERENCE_HEADER: join.reference_header(index)})
@@ -169,24 +174,26 @@ async def post_geocode_join(
         if not isinstance(doc, dict):
             raise InvalidInput("body must be a JSON object with a `records` list", field="body")
         codecs.check_keys(doc, ("records", "layers", "as_of", "nearest_within_m", "min_match"))
-        opts = parse_options(doc, settings)
-        if doc.get("min_match") is not None:
-            min_match = join.check_min_match(doc.get("min_match"))
+        merged = merge_options(doc, {**query, "min_match": min_match}, settings,
+                               normalise={"min_match": join.check_min_match})
+        opts = parse_options(merged, settings)
+        min_match = join.check_min_match(merged["min_match"])
         records = doc.get("records")
         if records is None:
             raise InvalidInput("records is missing", field="records")
         if isinstance(records, list):
             check_batch_size(len(records), settings, field="records")
-        records = await offload(join.records_from_json, records)
+        records = await offload(join.records_from_json, records, cols)
     else:
         opts = parse_options(query, settings)
         charset = codecs.csv_charset(request.headers.get("content-type")) if kind == CSV else None
         table = await offload(codecs.decode_arrow, body) if kind == ARROW else \
             await offload(codecs.decode_csv, body, charset)
         check_batch_size(table.num_rows, settings, field="body")
+        cols = dataclasses.replace(cols, date=codecs.date_column(table, cols.date))
         codecs.check_answerable(table, answer_kind, cols.id, (cols.address, cols.city, cols.zip, cols.lon, cols.lat,
                                                              cols.date))
-        records = await offload(join.records_from_table, table, cols)
+        records = await offload(join.records_from_table, codecs.with_local_days(table, cols.date), cols)
     del body
     joined = await offload(_join, index, records, opts, min_match)
     headers = _headers(index, joined)

@@ -29,9 +29,9 @@ def readyz(request: Request):
     # it serves; accepted_sha256: the set accepted.json names (they differ for a moment after a reload elsewhere,
     # until this worker follows; longer means it lags, and its log says why).
     accepted = accepted_store().read()
-    return {"status": "ready", "generation": index.generation, "worker_pid": os.getpid(),
+    return redact_paths({"status": "ready", "generation": index.generation, "worker_pid": os.getpid(),
             "layers_sha256": index.layers_sha256, "accepted_sha256": accepted.sha256 if accepted else None,
-            "source": index.store.read_from, "versions": index.versions()}
+            "source": index.store.read_from, "versions": index.versions()})  # public: file names, never paths
 
 
 @router.get("/metrics", summary="Prometheus metrics", response_class=Response)

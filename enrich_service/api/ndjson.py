@@ -36,6 +36,17 @@ def line_groups(spool, rows: int) -> Iterator[list[bytes]]:
         yield group
 
 
+def has_lines(spool) -> bool:
+    """Whether the spooled body has a line that is not blank (read from the start, then rewound)."""
+    try:
+        while chunk := spool.read(SPOOL_READ_BYTES):
+            if chunk.strip():
+                return True
+        return False
+    finally:
+        spool.seek(0)
+
+
 _BAD_LINE = (msgspec.MsgspecError, UnicodeDecodeError, RecursionError)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from typing import Annotated
 
@@ -18,9 +19,9 @@ from ..observability import POINTS
 from ..points import PointBatch, prepare
 from ..responses import ARROW, CSV, JSON, NDJSON, JSONResponse, NDJSONResponse
 from ..settings import get_settings
-from .common import (Options, check_batch_size, check_options_usable, offload, parse_options, read_body, spool_body,
-                     strict_query)
-from .ndjson import answer_stream, parse_lines
+from .common import (Options, check_batch_size, check_options_usable, merge_options, offload, parse_options, read_body,
+                     spool_body, strict_query)
+from .ndjson import answer_stream, has_lines, parse_lines
 from .schemas import ERROR_RESPONSES, PipRequest, PipResponse, PointAnswer, inline_schema
 
 router = APIRouter(prefix="/v1", tags=["point in polygon"], dependencies=[Depends(strict_query)])
@@ -125,7 +126,8 @@ async def post_pip(
     id_col: Annotated[str, Query(description="Bulk bodies: the id column")] = "id",
     lon_col: Annotated[str, Query(description="Bulk bodies: the longitude / x column")] = "lon",
     lat_col: Annotated[str, Query(description="Bulk bodies: the latitude / y column")] = "lat",
-    date_col: Annotated[str | None, Query(description="Bulk bodies: the date column (optional)")] = None,
+    date_col: Annotated[str | None, Query(description="Bulk bodies: the date column (default: a column named "
+                                                       "date, if any)")] = None,
     prefix: Annotated[str, Query(description="CSV/Arrow answers: put in front of a result column named like an "
                                              "input column; input columns are never replaced")] =
     codecs.COLLISION_PREFIX,
@@ -142,6 +144,9 @@ async def post_pip(
         opts = parse_options(query, settings)
         check_options_usable(index, opts)
         spool = await spool_body(request, settings)
+        if not await offload(has_lines, spool):  # an empty batch, as in every other transport: 422 before any answer
+            spool.close()
+            check_batch_size(0, settings, field="body")
         chunk = functools.partial(_ndjson_chunk, index, opts=opts, cols=cols)
         return NDJSONResponse(answer_stream(spool, chunk, settings))
 
@@ -150,16 +155,17 @@ async def post_pip(
         check_options_usable(index, opts)
     body = await read_body(request, settings)
     if kind == JSON:
-        raw, batch = await offload(codecs.decode_json, body)
+        raw, batch = await offload(codecs.decode_json, body, cols)
         # The body's options; one it leaves out may come from the query string.
-        opts = parse_options({k: query[k] if raw.get(k) is None else raw[k] for k in codecs.OPTIONS}, settings)
+        opts = parse_options(merge_options(raw, {k: query[k] for k in codecs.OPTIONS}, settings), settings)
         check_batch_size(len(batch), settings)
-        cols, table = Columns(), None
+        table = None
     else:
         charset = codecs.csv_charset(request.headers.get("content-type")) if kind == CSV else None
         table = await offload(codecs.decode_arrow, body) if kind == ARROW else \
             await offload(codecs.decode_csv, body, charset)
         check_batch_size(table.num_rows, settings, field="body")
+        cols = dataclasses.replace(cols, date=codecs.date_column(table, cols.date))
         codecs.check_answerable(table, answer_kind, cols.id, (cols.lon, cols.lat, cols.date))
         batch = await offload(codecs.batch_from_table, table, cols)
     del body

@@ -275,13 +275,21 @@
         el("th", { scope: "row", text: NAMES[r.name] || r.name }),
         el("td", {}, [
           el("div", { className: "value", text: show(r.label) }),
-          el("div", { className: "meta" }, ["rule: ", ruleText(r.rule, r.value), " · version ", show(r.version)]),
+          el("div", { className: "meta" }, ["rule: ", ruleText(r.rule, r.value), candidatesText(r.name, r.candidates),
+                                            " · version ", show(r.version)]),
           el("div", { className: "sha", title: "sha256 of the layer file", text: "sha256 " + show(r.sha256) })
         ])
       ]));
     });
     return el("table", { className: "layers" }, [el("thead", {}, [el("tr", {}, [
       el("th", { scope: "col", text: "Layer" }), el("th", { scope: "col", text: "Answer" })])]), tbody]);
+  }
+
+  // An ambiguous answer's `<layer>_candidates` ("3;9"): the keys it could be, shown beside the rule.
+  function candidatesText(layer, candidates) {
+    if (typeof candidates !== "string" || !candidates) return null;
+    var names = candidates.split(";").filter(Boolean).map(function (key) { return labelFor(layer, key); });
+    return el("span", { className: "layer-candidates" }, [" — could be " + names.join(" or ")]);
   }
 
   function renderPip(a, url) {
@@ -341,10 +349,11 @@
     var known = ["lon", "lat", "match", "score", "matched_address", "reason", "flags", "error", "candidates", "id"];
     var layerNames = LOOKUP_LAYERS.filter(function (n) { return n in row; });
     var rows = layerNames.map(function (name) {
-      known.push(name, name + "_rule", name + "_version");
+      known.push(name, name + "_rule", name + "_version", name + "_candidates");
       var u = used[name] || {};
       return { name: name, value: row[name], label: labelFor(name, row[name]), rule: row[name + "_rule"],
-               version: row[name + "_version"] || u.version, sha256: u.sha256 };
+               candidates: row[name + "_candidates"], version: row[name + "_version"] || u.version,
+               sha256: u.sha256 };
     });
     var located = typeof row.lon === "number" && typeof row.lat === "number";
     var dl = el("dl", { className: "kv" }, [

@@ -37,6 +37,9 @@ FUZZY_CUTOFF = 88.0
 TYPE_DIFFERS = 0.95  # the street was found by its name alone (its type or direction left out)
 OTHER_CITY_FACTOR = 0.5  # the address names another city (or a ZIP wholly outside San Diego)
 OTHER_STREET = 0.8  # only a street of the same name with another type or direction: never matched by number
+# San Diego's highest house numbers are 5 digits; a longer one is a typo or junk, never a place on the street (and
+# beyond int64 it would overflow the numpy lookups).
+MAX_HOUSE_NUMBER = 999_999
 
 
 @dataclass
@@ -187,6 +190,9 @@ class Geocoder:
             return self._zip_or_none(p, _not_in_reference(p.street))
         ref = self.ref
         number = p.number
+        if not 0 <= number <= MAX_HOUSE_NUMBER:
+            return self._street_only(p, f"house number {number} is not a house number (more than "
+                                        f"{len(str(MAX_HOUSE_NUMBER))} digits); placed on the street")
         for sid in cands if flag != "street_differs" else ():
             if p.block:  # "1000 block of X": somewhere on the block, never the point numbered 1000
                 got = self._hundred_block(sid, number - number % 100, p.zip)
@@ -346,11 +352,11 @@ class Geocoder:
                 f"{ref.streets[sid]}, {ref.pt_zip[rows[k]]}".rstrip(", "), "", "", ref.pt_zip[rows[k]],
                 ("street", sid, zip5))
 
-    def _street_only(self, p: Parsed) -> Result:
+    def _street_only(self, p: Parsed, reason: str = "no house number") -> Result:
         cands, factor, flag = self.resolve_street(p.street, p.base, p.zip)
         if not cands:
             return self._zip_or_none(p, _not_in_reference(p.street))
-        return _finish(self._street_point(cands[0], p.zip), factor, flag, p, "no house number")
+        return _finish(self._street_point(cands[0], p.zip), factor, flag, p, reason)
 
     def _intersection(self, p: Parsed) -> Result:
         a, fa, flag_a = self.resolve_street(p.street, p.base, p.zip)

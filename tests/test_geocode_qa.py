@@ -53,3 +53,34 @@ def test_a_huge_house_number_is_that_rows_answer_not_a_failure(index):
         assert row["reason"], text
     assert got[-1]["match"] == "exact" and got[-1]["council_district"] == "2"  # the other rows are answered
 
+
+def true_keys(index, lon, lat) -> dict[str, np.ndarray]:
+    lon, lat = np.asarray(lon, dtype=float), np.asarray(lat, dtype=float)
+    got = index.engine.tag(lon, lat, ~np.isnan(lon), LAYERS)
+    return {name: np.array([t.dictionary[c] if c >= 0 else None for c in t.codes.tolist()], dtype=object)
+            for name, t in got.layers.items()}
+
+
+def test_a_street_level_tag_holds_for_every_meter_on_the_street(index):
+    # The cases: the reference holds only a residential part of these streets.
+    for text, layer, wrong in [("University Ave", "council_district", "9"), ("Polk Av, 92104", "council_district", "9"),
+                               ("Ward Rd", "council_district", "9"), ("10th Ave", "neighborhood", "Uptown"),
+                               ("10th Ave", "zip", "92103")]:
+        row = answer(index, [text])[0]
+        assert row["match"] == "street" and row[layer] != wrong, (text, row)
+    row = answer(index, ["University Ave"])[0]
+    # The candidates are the keys of the part the reference holds (district 9): the rest of the street is unknown.
+    assert row["council_district_rule"] == "ambiguous" and row["council_district_candidates"]
+    # Every street of the meters, named alone and with each meter's true ZIP: no tag any meter contradicts.
+    with open(POINTS / "treas_parking_meters_loc_datasd.csv", newline="") as f:
+        meters = [(r["sub_area"].split(" ", 1)[-1], float(r["lng"]), float(r["lat"])) for r in csv.DictReader(f)
+                  if r["lat"] and 32 < float(r["lat"]) < 33.2 and r["sub_area"][:1].isdigit()]
+    streets = [m[0] for m in meters]
+    truth = true_keys(index, [m[1] for m in meters], [m[2] for m in meters])
+    for zips in (None, [z or "" for z in truth["zip"].tolist()]):
+        got = answer(index, streets, zips=zips)
+        for layer in LAYERS:
+            given = [(g[layer], t) for g, t in zip(got, truth[layer].tolist()) if g["match"] == "street" and g[layer]]
+            wrong = sum(g != t for g, t in given)
+            assert wrong <= 0.01 * max(len(given), 1), (zips is not None, layer, wrong, len(given))
+

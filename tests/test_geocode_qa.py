@@ -84,3 +84,9 @@ def test_a_street_level_tag_holds_for_every_meter_on_the_street(index):
             wrong = sum(g != t for g, t in given)
             assert wrong <= 0.01 * max(len(given), 1), (zips is not None, layer, wrong, len(given))
 
+
+def test_a_clipped_street_type_naming_several_streets_is_ambiguous(index):
+    row = answer(index, ["7400 MIRAMAR"])[0]  # MIRAMAR AV (La Jolla, 1) and MIRAMAR RD (Scripps Miramar Ranch)
+    assert row["council_district"] is None and row["council_district_rule"] == "ambiguous"
+    assert len(row["council_district_candidates"].split(";")) >= 2
+

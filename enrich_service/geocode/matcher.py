@@ -193,6 +193,8 @@ class Geocoder:
         if not 0 <= number <= MAX_HOUSE_NUMBER:
             return self._street_only(p, f"house number {number} is not a house number (more than "
                                         f"{len(str(MAX_HOUSE_NUMBER))} digits); placed on the street")
+        if flag == "street_type_differs" and len(cands) > 1:
+            return self._any_of(p, cands, factor, flag)
         for sid in cands if flag != "street_differs" else ():
             if p.block:  # "1000 block of X": somewhere on the block, never the point numbered 1000
                 got = self._hundred_block(sid, number - number % 100, p.zip)
@@ -213,6 +215,34 @@ class Geocoder:
         got = _beyond(self._street_fallback(cands[0], number, p.zip), p.zip)
         reason = f"house number {number} is not in the reference for {ref.streets[cands[0]]}; placed on the street"
         return _finish(got, factor, flag, p, reason)
+
+    def _any_of(self, p: Parsed, cands: list[int], factor: float, flag: str) -> Result:
+        """"7400 MIRAMAR" (the type left out) names MIRAMAR AV and MIRAMAR RD alike: the answer is the first street
+        whose numbers hold it, but the locations consistent with it are on every street of that name."""
+        best, parts = None, []
+        for sid in cands:
+            got = self._address_on(p, sid)
+            if got is None:  # the number is on a part of that street the reference lacks
+                parts.append(("street", sid, p.zip))
+                continue
+            best = best or got
+            parts.append(_extent_of(got))
+        if best is None:
+            got = _beyond(self._street_fallback(cands[0], p.number, p.zip), p.zip)
+            reason = f"house number {p.number} is not in the reference for {self.ref.streets[cands[0]]}; placed on " \
+                     f"the street"
+            return _finish(got[:8] + (("any", tuple(parts)),), factor, flag, p, reason)
+        return _finish(best[:8] + (("any", tuple(parts)),), factor, flag, p)
+
+    def _address_on(self, p: Parsed, sid: int):
+        """The number on one street: block, exact, hundred block, interpolated; None when the reference lacks it."""
+        number = p.number
+        if p.block:
+            return self._hundred_block(sid, number - number % 100, p.zip)
+        got = self._exact(sid, number, p.zip)
+        if got is None and number % 100 == 0 and number > 0:
+            got = self._hundred_block(sid, number, p.zip)
+        return got if got is not None else self._interpolate(sid, number, p.zip)
 
     def _exact(self, sid: int, number: int, zip5: str):
         rows = self.ref.exact.get((sid, number))
@@ -499,6 +529,15 @@ def _beyond(got: tuple, zip5: str) -> tuple:
     lacks): the place is on a part of the street the reference does not have (it is a subset), so its segments say
     nothing about where. Only the ZIP, when given, bounds it."""
     return got[:8] + (("zip", zip5) if zip5 else ("unknown",),)
+
+
+def _extent_of(got: tuple) -> tuple:
+    """A result's extent as a support (a point result has None: its point, or the segment it is placed on)."""
+    if got[8] is not None:
+        return got[8]
+    if got[0].__class__ is _Pending:
+        return ("segs", (got[0].seg,))
+    return ("at", ((got[0], got[1]),))
 
 
 def _street_score(gap: int) -> float:

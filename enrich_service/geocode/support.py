@@ -10,6 +10,7 @@ that ZIP. A key is given only when every location consistent with the match lies
 - street: with a ZIP, the ZIP's area (as the zip level: the reference holds only part of most streets, so its
   segments are not where the rest of the street runs); without one, never a key: the street's known segments and
   address points give the candidates, which may be incomplete;
+- several streets of one name (the type left out: "7400 MIRAMAR"): the union of the match's extent on each;
 - zip: the ZIP area (the ZCTA widened by ZIP_MARGIN_M: a postal ZIP is not exactly its ZCTA).
 
 An extent (every level but the point ones) is sampled: points every SAMPLE_M along its lines, less END_TRIM_M at
@@ -73,6 +74,16 @@ class Extents:
                 s = ("zip", s[2])
             if s[0] == "zip":
                 out[k] = self._zip_verdict(s[1], version, offset, zip_version)
+                continue
+            if s[0] == "any":  # several streets of one name: one key only if every one of them gives it
+                parts = self.verdicts(engine, layer, version, offset, list(s[1]), zip_version)
+                codes = {c for c, r, _ in parts}
+                if len(codes) == 1 and -1 not in codes:
+                    out[k] = parts[0]
+                    continue
+                keys = {key for _, _, ks in parts for key in ks}
+                keys |= {str(version.keys[c - offset]) for c in codes if c >= 0}
+                out[k] = (-1, RULE_AMBIGUOUS, tuple(sorted(keys)))
                 continue
             got = self.samples(s)
             if got is None:  # nothing says where the match lies

@@ -90,3 +90,19 @@ def test_a_clipped_street_type_naming_several_streets_is_ambiguous(index):
     assert row["council_district"] is None and row["council_district_rule"] == "ambiguous"
     assert len(row["council_district_candidates"].split(";")) >= 2
 
+
+def test_a_tag_never_contradicts_the_answers_own_point(index):
+    row = answer(index, ["5300 block of Orange Avenue"])[0]
+    at = true_keys(index, [row["lon"]], [row["lat"]])
+    for layer in LAYERS:
+        assert row[layer] in (None, at[layer][0]), (layer, row)
+    with open(POINTS / "treas_parking_meters_loc_datasd.csv", newline="") as f:
+        blocks = sorted({r["sub_area"] for r in csv.DictReader(f) if r["sub_area"][:1].isdigit()})
+    texts = blocks + [f"{b.split(' ', 1)[0]} block of {b.split(' ', 1)[1]}" for b in blocks]
+    got = answer(index, texts)
+    at = true_keys(index, [g["lon"] if g["lon"] is not None else np.nan for g in got],
+                   [g["lat"] if g["lat"] is not None else np.nan for g in got])
+    for layer in LAYERS:
+        bad = [(t, g[layer], k) for t, g, k in zip(texts, got, at[layer].tolist()) if g[layer] not in (None, k)]
+        assert not bad, (layer, bad[:5])
+

@@ -241,6 +241,7 @@ def apply_rule(index: ServiceIndex, geocoder: Geocoder, geocoded: Geocoded, resu
     for name in layers:
         tags = result.layers[name]
         codes, rule = tags.codes.copy(), tags.rule.copy()
+        at_point = tags.codes  # each row's own point, tagged
         cands: dict[int, str] = {}
         versions = index.store.versions[name]
         offsets = np.cumsum([0] + [v.n_features for v in versions])
@@ -272,13 +273,21 @@ def apply_rule(index: ServiceIndex, geocoder: Geocoder, geocoded: Geocoded, resu
                 got = geocoder.extents.verdicts(index.engine, name, versions[i], int(offsets[i]), supports,
                                                 zip_version)
                 for s, (code, r, keys) in zip(supports, got):
-                    rows_ = groups[s]
-                    codes[rows_] = code
-                    rule[rows_] = r
-                    if keys:
-                        text = ";".join(keys)
-                        for row in rows_:
-                            cands[row] = text
+                    rows_ = np.asarray(groups[s], dtype=np.int64)
+                    # The answer's own point is one of the locations consistent with it: a key it contradicts is
+                    # never given ("5300 block of Orange Ave" placed at the end of a segment holding 5380-5398).
+                    own = at_point[rows_]
+                    ok = own == code if code >= 0 else np.zeros(len(rows_), dtype=bool)
+                    codes[rows_] = np.where(ok, code, -1)
+                    rule[rows_] = np.where(ok, r, RULE_AMBIGUOUS if code >= 0 else r)
+                    if code < 0 and r != RULE_AMBIGUOUS:
+                        continue
+                    for row, c, fine in zip(rows_.tolist(), own.tolist(), ok.tolist()):
+                        if fine:
+                            continue
+                        found = set(keys) | {str(tags.dictionary[x]) for x in (c, code) if x >= 0}
+                        if found:
+                            cands[row] = ";".join(sorted(found))
         missing = (codes < 0) & (rule != RULE_AMBIGUOUS)
         rule[missing & tag] = RULE_OUTSIDE
         rule[missing & tag & outside_city] = RULE_OUTSIDE_CITY

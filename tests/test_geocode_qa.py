@@ -106,3 +106,17 @@ def test_a_tag_never_contradicts_the_answers_own_point(index):
         bad = [(t, g[layer], k) for t, g, k in zip(texts, got, at[layer].tolist()) if g[layer] not in (None, k)]
         assert not bad, (layer, bad[:5])
 
+
+SAN_DIEGO = ["San Diego, CA", "SAN DIEGO CA", "Pacific Beach", "Mira Mesa", "Clairemont", "Rancho Bernardo",
+             "Rancho Peñasquitos", "San Ysidro", "Otay Mesa", "Point Loma", "North Park", "Hillcrest", "San Diego",
+             "SD", "La Jolla", "san diego, ca 92110"]
+
+
+def test_a_city_field_naming_san_diego_or_its_communities_is_san_diego(index):
+    got = answer(index, ["4608 Gardena Avenue"] * len(SAN_DIEGO), cities=SAN_DIEGO)
+    for city, row in zip(SAN_DIEGO, got):
+        assert "other_city" not in (row["flags"] or ""), city
+        assert row["council_district"] == "2" and row["council_district_rule"] is None, city
+    got = answer(index, ["4608 Gardena Avenue"] * 3, cities=["Coronado", "Chula Vista, CA", "El Cajon"])
+    assert all(r["council_district_rule"] == "other_city" for r in got)
+

@@ -22,6 +22,8 @@ from ..engine.rules import (RULE_AMBIGUOUS, RULE_BELOW_MIN_MATCH, RULE_NOT_GEOCO
                             RULE_OUTSIDE_CITY)
 from . import support as support_mod
 from .matcher import LEVELS, OTHER_CITY_FACTOR, Geocoded, Geocoder
+from .normalize import city_name
+from .words import SAN_DIEGO_PLACES
 
 ZIP_LAYER = "zip"
 COLLISION_PREFIX = codecs.COLLISION_PREFIX  # the `prefix` option's default: result columns never replace inputs
@@ -31,8 +33,8 @@ TAGGED_LEVELS = LEVELS[:-1]  # "exact" ... "zip": what min_match may name
 COARSER = {level: list(LEVELS[i + 1:-1]) for i, level in enumerate(TAGGED_LEVELS)}
 
 CITY_LIMITS = "city_limits"
-# Cities whose addresses the reference covers; other city names are flagged, not refused.
-CITY_NAMES = frozenset({"SAN DIEGO", "SD", "LA JOLLA", "CITY OF SAN DIEGO"})
+# A city field naming San Diego or one of its communities: the reference covers it. Any other name is flagged.
+CITY_NAMES = SAN_DIEGO_PLACES
 
 
 @dataclass(frozen=True)
@@ -310,7 +312,8 @@ def _add_flag(flags: dict[int, str], mask: np.ndarray, flag: str) -> None:
 
 
 def _flag_cities(flags: dict[int, str], cities: list) -> list[int]:
-    """Flag (and return) the rows whose city is given and is not San Diego."""
+    """Flag (and return) the rows whose city is given and is not San Diego (or a San Diego community): the city is
+    read as in the address text ("San Diego, CA 92110", "Rancho Peñasquitos")."""
     verdict: dict = {}
     rows = []
     for i, city in enumerate(cities):
@@ -318,7 +321,7 @@ def _flag_cities(flags: dict[int, str], cities: list) -> list[int]:
             continue
         other = verdict.get(city)
         if other is None:
-            other = verdict[city] = not (isinstance(city, str) and " ".join(city.upper().split()) in CITY_NAMES)
+            other = verdict[city] = not (isinstance(city, str) and city_name(city) in CITY_NAMES)
         if other:
             flags[i] = f"{flags[i]},other_city" if i in flags else "other_city"
             rows.append(i)

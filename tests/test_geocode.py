@@ -325,10 +325,10 @@ def test_flags_for_the_known_bad_cases(client):
                {"id": "city", "address": "4608 Gardena Avenue", "city": "Chula Vista"}]
     rows = join(client, records).json()["results"]
     assert [row["flags"] for row in rows] == ["input_city_centroid", "input_zero_coordinates",
-                                              "input_swapped_lonlat", "outside_city_limits", "other_city"]
-    # A ZIP-level match is tagged only where the ZIP's whole area (and a margin) lies in one polygon.
-    assert rows[3]["match"] == "zip" and rows[3]["zip"] is None and rows[3]["zip_rule"] == "ambiguous"
-    assert "91932" in rows[3]["zip_candidates"].split(";")
+                                              "input_swapped_lonlat", "other_city,outside_city_limits",
+                                              "other_city"]
+    # Imperial Beach's ZIP names another city: no San Diego layer says anything about it.
+    assert rows[3]["match"] == "zip" and rows[3]["zip"] is None and rows[3]["zip_rule"] == "other_city"
     assert rows[4]["match"] == "exact" and rows[4]["score"] == 0.5  # a San Diego street for a Chula Vista address
 
 

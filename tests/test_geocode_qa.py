@@ -120,3 +120,15 @@ def test_a_city_field_naming_san_diego_or_its_communities_is_san_diego(index):
     got = answer(index, ["4608 Gardena Avenue"] * 3, cities=["Coronado", "Chula Vista, CA", "El Cajon"])
     assert all(r["council_district_rule"] == "other_city" for r in got)
 
+
+OTHER_ZIPS = ["92020", "92064", "92071", "92025", "90210", "91950", "91932", "92021", "92024", "92008"]
+
+
+def test_a_zip_of_another_city_means_another_citys_address(index):
+    got = answer(index, [f"4608 Gardena Ave {z}" for z in OTHER_ZIPS] + ["1200 Orange Ave, 92118"])
+    for z, row in zip(OTHER_ZIPS + ["92118"], got):
+        assert "other_city" in (row["flags"] or ""), (z, row)
+        assert [row[k] for k in LAYERS] == [None] * 3 and row["council_district_rule"] == "other_city", z
+    for z in ("92110", "92101", "92154", "92037"):  # San Diego's own, even where a ZIP straddles the city limits
+        assert "other_city" not in (answer(index, [f"4608 Gardena Ave {z}"])[0]["flags"] or ""), z
+

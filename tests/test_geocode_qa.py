@@ -132,3 +132,17 @@ def test_a_zip_of_another_city_means_another_citys_address(index):
     for z in ("92110", "92101", "92154", "92037"):  # San Diego's own, even where a ZIP straddles the city limits
         assert "other_city" not in (answer(index, [f"4608 Gardena Ave {z}"])[0]["flags"] or ""), z
 
+
+def test_an_unusable_date_leaves_the_rule_null_and_says_why(index):
+    from enrich_service.geocode.join import geocode_join, records_from_json, rows
+
+    records = records_from_json([{"id": 5, "address": "4608 Gardena Avenue", "date": "1999-01-01"},
+                                 {"id": 6, "address": "4608 Gardena Avenue", "date": "bogus"},
+                                 {"id": 7, "address": "4608 Gardena Avenue", "date": "2024-01-01"}])
+    got = rows(records.ids, geocode_join(index, records, LAYERS, use_cache=False))
+    for row in got[:2]:
+        assert row["council_district"] is None and row["council_district_rule"] is None, row
+        assert row["error"] and "date" in row["error"], row
+        assert "outside_city_limits" not in (row["flags"] or ""), row
+    assert got[2]["council_district"] == "2" and not got[2]["error"]
+

@@ -18,8 +18,8 @@ from ..errors import InvalidInput, NotReady
 from ..index import ServiceIndex
 from ..observability import GEOCODES
 from ..points import WGS84, PointBatch, Prepared, parse_dates, prepare
-from ..engine.rules import (RULE_AMBIGUOUS, RULE_BELOW_MIN_MATCH, RULE_NOT_GEOCODED, RULE_OTHER_CITY, RULE_OUTSIDE,
-                            RULE_OUTSIDE_CITY)
+from ..engine.rules import (RULE_AMBIGUOUS, RULE_BELOW_MIN_MATCH, RULE_NONE, RULE_NOT_GEOCODED, RULE_OTHER_CITY,
+                            RULE_OUTSIDE, RULE_OUTSIDE_CITY)
 from . import support as support_mod
 from .matcher import LEVELS, OTHER_CITY_FACTOR, Geocoded, Geocoder
 from .normalize import city_name
@@ -183,10 +183,13 @@ def geocode_join(index: ServiceIndex, records: Records, layers: list[str], as_of
         tag = valid.copy()
         tag[np.fromiter(records.untagged, dtype=np.int64)] = False
     result = index.engine.tag(lon, lat, tag, layers + extra, as_of, records.dates, nearest_within_m)
+    if result.row_errors:  # a date before a layer's first version: the row's error says so, no tag, no rule
+        tag = tag.copy()
+        tag[np.fromiter(result.row_errors, dtype=np.int64)] = False
     flags = dict(geocoded.flags)
     outside_city = np.zeros(len(valid), dtype=bool)
     if CITY_LIMITS in result.layers:
-        outside_city = valid & (result.layers[CITY_LIMITS].codes < 0)
+        outside_city = tag & (result.layers[CITY_LIMITS].codes < 0)
         _add_flag(flags, outside_city, "outside_city_limits")
     if extra:
         result = TagResult(layers={k: v for k, v in result.layers.items() if k != CITY_LIMITS},
@@ -297,7 +300,11 @@ def apply_rule(index: ServiceIndex, geocoder: Geocoder, geocoded: Geocoded, resu
         codes[other | below] = -1
         rule[other] = RULE_OTHER_CITY
         rule[below & ~other] = RULE_BELOW_MIN_MATCH
-        for row in np.flatnonzero(other | below).tolist():
+        # A row whose date is unusable: which version applies is unknown, so no key and no rule (`error` says why).
+        untagged = (level != "none") & ~tag
+        codes[untagged] = -1
+        rule[untagged] = RULE_NONE
+        for row in np.flatnonzero(other | below | untagged).tolist():
             cands.pop(row, None)
         tags.codes, tags.rule = codes, rule
         if tags.distance_m is not None:  # nothing found: no distance either

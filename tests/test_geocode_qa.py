@@ -146,3 +146,16 @@ def test_an_unusable_date_leaves_the_rule_null_and_says_why(index):
         assert "outside_city_limits" not in (row["flags"] or ""), row
     assert got[2]["council_district"] == "2" and not got[2]["error"]
 
+
+def test_an_ambiguous_rule_lists_its_candidates(index):
+    row = answer(index, ["3000 block of University Ave"])[0]  # beyond the reference's part of the street
+    assert row["match"] == "street" and row["council_district_rule"] == "ambiguous"
+    # Its known part (the candidates where known), not only the point it was placed at.
+    assert row["council_district_candidates"] == answer(index, ["University Ave"])[0]["council_district_candidates"]
+    row = answer(index, ["3800 CENTRE ST"])[0]  # a similar name: where the named street runs is unknown (docs)
+    assert row["council_district_rule"] == "ambiguous" and row["council_district_candidates"] is None
+    for text in ("3000 block of University Ave", "University Ave", "7400 MIRAMAR"):
+        row = answer(index, [text])[0]
+        for layer in LAYERS:
+            if row[f"{layer}_rule"] == "ambiguous":
+                assert row[f"{layer}_candidates"], (text, layer)

@@ -287,10 +287,12 @@ def apply_rule(index: ServiceIndex, geocoder: Geocoder, geocoded: Geocoded, resu
                     rule[rows_] = np.where(ok, r, RULE_AMBIGUOUS if code >= 0 else r)
                     if code < 0 and r != RULE_AMBIGUOUS:
                         continue
+                    # (A street found by a similar name: its point is on another street, no candidate at all.)
+                    mine = s[0] != "unknown"
                     for row, c, fine in zip(rows_.tolist(), own.tolist(), ok.tolist()):
                         if fine:
                             continue
-                        found = set(keys) | {str(tags.dictionary[x]) for x in (c, code) if x >= 0}
+                        found = set(keys) | {str(tags.dictionary[x]) for x in (c if mine else -1, code) if x >= 0}
                         if found:
                             cands[row] = ";".join(sorted(found))
         missing = (codes < 0) & (rule != RULE_AMBIGUOUS)

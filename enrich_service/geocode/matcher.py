@@ -527,8 +527,11 @@ def _digits(name: str) -> str:
 def _beyond(got: tuple, zip5: str) -> tuple:
     """A street-level answer for a place the reference does not hold (a number outside its ranges, a crossing it
     lacks): the place is on a part of the street the reference does not have (it is a subset), so its segments say
-    nothing about where. Only the ZIP, when given, bounds it."""
-    return got[:8] + (("zip", zip5) if zip5 else ("unknown",),)
+    nothing about where. Only the ZIP, when given, bounds it; without one, the street's known part gives the
+    candidates (never a key: support.py)."""
+    if zip5:
+        return got[:8] + (("zip", zip5),)
+    return got[:8] + (got[8] if got[8] is not None and got[8][0] == "street" else ("unknown",),)
 
 
 def _extent_of(got: tuple) -> tuple:

@@ -129,7 +129,8 @@ def test_a_zip_of_another_city_means_another_citys_address(index):
     for z, row in zip(OTHER_ZIPS + ["92118"], got):
         assert "other_city" in (row["flags"] or ""), (z, row)
         assert [row[k] for k in LAYERS] == [None] * 3 and row["council_district_rule"] == "other_city", z
-    for z in ("92110", "92101", "92154", "92037"):  # San Diego's own, even where a ZIP straddles the city limits
+    # San Diego's own, even where a ZIP straddles the city limits, and its ZIPs without a ZCTA (PO boxes, UCSD)
+    for z in ("92110", "92101", "92154", "92037", "92014", "92127", "92093", "92038", "92112"):
         assert "other_city" not in (answer(index, [f"4608 Gardena Ave {z}"])[0]["flags"] or ""), z
 
 

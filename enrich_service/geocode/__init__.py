@@ -51,6 +51,8 @@ def build_geocoder(settings: Settings, store: LayerStore) -> Geocoder | None:
 OTHER_ZIP_MAX_SHARE = 0.5
 OTHER_ZIP_MAX_REFERENCE = 20
 SAN_DIEGO_POSTAL_PREFIX = "921"  # San Diego's own postal ZIPs (PO boxes, unique ZIPs) that have no ZCTA
+# ... and La Jolla's outside 921xx: PO boxes (92038, 92039, 92092) and UCSD (92093)
+SAN_DIEGO_POSTAL_OTHER = frozenset({"92038", "92039", "92092", "92093"})
 
 
 class OtherCityZips:
@@ -62,7 +64,8 @@ class OtherCityZips:
 
     def __contains__(self, zip5: object) -> bool:
         return zip5 in self.outside or (bool(self.known) and zip5 not in self.known and isinstance(zip5, str)
-                                        and len(zip5) == 5 and not zip5.startswith(SAN_DIEGO_POSTAL_PREFIX))
+                                        and len(zip5) == 5 and not zip5.startswith(SAN_DIEGO_POSTAL_PREFIX)
+                                        and zip5 not in SAN_DIEGO_POSTAL_OTHER)
 
     def __len__(self) -> int:
         return len(self.outside)

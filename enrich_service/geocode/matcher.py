@@ -402,17 +402,28 @@ class Geocoder:
         if not a or not b:
             missing = p.street if not a else p.street2
             return self._zip_or_none(p, _not_in_reference(missing))
+        # A type left out ("Mtn View Dr & Copley Ave": W and E MTN VIEW DR both cross it, 900 m apart): every pair
+        # of same-named streets that meet is a location consistent with the answer.
+        every = "street_type_differs" in (flag_a, flag_b)
+        found = []
         for sa in a:
             for sb in b:
                 where = self.ref.intersections.get((sa, sb))
                 if where:
-                    matches = [w for w in where if w[2] == p.zip] or where
-                    lon, lat, z = matches[0]
-                    flags = "ambiguous" if len(matches) > 1 and _spread_m(matches) > 100 else ""
-                    label = f"{self.ref.streets[sa]} & {self.ref.streets[sb]}, {z}".rstrip(", ")
-                    got = (lon, lat, "intersection", SCORES["intersection"], label, "", flags, z,
-                           ("nodes", tuple((w[0], w[1]) for w in matches)))
-                    return _finish(got, fa * fb, ",".join(f for f in (flag_a, flag_b) if f), p)
+                    found.append((sa, sb, [w for w in where if w[2] == p.zip] or where))
+                    if not every:
+                        break
+            if found and not every:
+                break
+        if found:
+            sa, sb, matches = found[0]
+            lon, lat, z = matches[0]
+            nodes = [w for _, _, m in found for w in m]
+            flags = "ambiguous" if len(nodes) > 1 and _spread_m(nodes) > 100 else ""
+            label = f"{self.ref.streets[sa]} & {self.ref.streets[sb]}, {z}".rstrip(", ")
+            got = (lon, lat, "intersection", SCORES["intersection"], label, "", flags, z,
+                   ("nodes", tuple((w[0], w[1]) for w in nodes)))
+            return _finish(got, fa * fb, ",".join(f for f in (flag_a, flag_b) if f), p)
         got = _beyond(self._street_point(a[0], p.zip), p.zip)
         # Somewhere along the first street, and nothing says where: below a street-only answer.
         return _finish(got, fa * 0.8, flag_a, p, f"{self.ref.streets[a[0]]} and {self.ref.streets[b[0]]} do not "

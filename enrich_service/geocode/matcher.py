@@ -75,7 +75,8 @@ class _Pending:
 # with none given, ("unknown",) where the reference cannot say (a number or crossing beyond what it holds, a street
 # found by a similar name), ("segs", segment ids) for a block, ("nodes", (lon, lat) pairs) for an
 # intersection, ("line", (lon0, lat0, lon1, lat1)) for a block between two crossings, ("pts", point rows) for a
-# block known only by its address points, ("street", street id, zip) for a street, ("zip", zip) for a ZIP.
+# block known only by its address points, ("street", street id, zip) for a street, ("zip", zip) for a ZIP,
+# ("any", supports) for a number on several same-named streets (the type left out: every one of them).
 Result = tuple
 
 

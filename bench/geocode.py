@@ -204,6 +204,7 @@ def main() -> None:
     ap.add_argument("--http-records", type=int, default=100_000)
     ap.add_argument("--no-http", action="store_true")
     ap.add_argument("--port", type=int, default=8766)
+    ap.add_argument("--tags-only", action="store_true", help="only the wrong-tag and collisions tables")
     args = ap.parse_args()
 
     from enrich_service.geocode import zip_points
@@ -220,9 +221,12 @@ def main() -> None:
     load_reference(files, zips)
     print(f"machine: {os.cpu_count()} cores; reference build {time.perf_counter() - t0:.2f}s "
           f"(from the disk cache at start-up: {index.extras['geocoder'].ref.load_seconds:.2f}s)")
-    accuracy(files, zips)
+    if not args.tags_only:
+        accuracy(files, zips)
     tagging(index, files)
     collisions(index)
+    if args.tags_only:
+        return
     records, distinct = mixed_addresses(files, METERS, STOPS, args.records)
     in_process(files, zips, index, records, distinct)
     if not args.no_http:

@@ -325,10 +325,10 @@ def test_flags_for_the_known_bad_cases(client):
                {"id": "city", "address": "4608 Gardena Avenue", "city": "Chula Vista"}]
     rows = join(client, records).json()["results"]
     assert [row["flags"] for row in rows] == ["input_city_centroid", "input_zero_coordinates",
-                                              "input_swapped_lonlat", "outside_city_limits", "other_city"]
-    # A ZIP-level match is tagged only where the ZIP's whole area (and a margin) lies in one polygon.
-    assert rows[3]["match"] == "zip" and rows[3]["zip"] is None and rows[3]["zip_rule"] == "ambiguous"
-    assert "91932" in rows[3]["zip_candidates"].split(";")
+                                              "input_swapped_lonlat", "other_city,outside_city_limits",
+                                              "other_city"]
+    # Imperial Beach's ZIP names another city: no San Diego layer says anything about it.
+    assert rows[3]["match"] == "zip" and rows[3]["zip"] is None and rows[3]["zip_rule"] == "other_city"
     assert rows[4]["match"] == "exact" and rows[4]["score"] == 0.5  # a San Diego street for a Chula Vista address
 
 
@@ -471,3 +471,19 @@ def test_no_text_crashes_the_parser_or_the_matcher(geocoder):
         assert 0.0 <= r.score[0] <= 1.0 and (r.match[0] == "none") == np.isnan(r.lon[0])
 
     check()
+
+
+def test_a_huge_house_number_answers_its_row_on_every_route(client):
+    huge = ["99999999999999999999 Garnet Ave", "18446744073709551616 Gardena Avenue, 92110",
+            "99999999999999999XX Garnet Ave"]
+    for text in huge:
+        r = client.get("/v1/geocode", params={"address": text})
+        assert r.status_code == 200 and r.json()["match"] == "street" and r.json()["reason"], (text, r.text)
+    csv = ("id,address\n" + "".join(f'{i},"{a}"\n' for i, a in enumerate(huge + ["4608 Gardena Avenue"]))).encode()
+    r = client.post("/v1/geocode-join?layers=zip", content=csv, headers={"content-type": "text/csv"})
+    assert r.status_code == 200, r.text
+    assert pacsv.read_csv(io.BytesIO(r.content)).column("match").to_pylist() == ["street"] * 3 + ["exact"]
+    lines = b"".join(orjson.dumps({"id": i, "address": a}) + b"\n"
+                     for i, a in enumerate(huge + ["4608 Gardena Avenue"]))
+    r = client.post("/v1/geocode-join?layers=zip", content=lines, headers={"content-type": "application/x-ndjson"})
+    assert [orjson.loads(line)["match"] for line in r.content.splitlines()] == ["street"] * 3 + ["exact"]

@@ -5,7 +5,9 @@ evaluation (evaluate.py). `build_geocoder` is what the service index calls, besi
 from __future__ import annotations
 
 import logging
+from collections import Counter
 
+import numpy as np
 import shapely
 
 from ..layers.store import LayerStore
@@ -39,15 +41,52 @@ def build_geocoder(settings: Settings, store: LayerStore) -> Geocoder | None:
         return None
     files = resolve_reference(settings)
     reference = load_reference_cached(files, settings.cache_dir, zip_points(store))
-    return Geocoder(reference, cache_for(reference.sha256), outside_zips(store))
+    return Geocoder(reference, cache_for(reference.sha256), outside_zips(store, reference))
 
 
-def outside_zips(store: LayerStore) -> frozenset:
-    """The ZIPs of the zip layer whose area lies wholly outside the city limits (beyond 100 m of them): an address
-    given with one of them is another city's ("1200 Orange Ave, 92118" is Coronado)."""
+# A postal ZIP is another city's when its ZCTA lies mostly outside the city limits (less than this share of its area
+# inside) and the city's own reference holds (almost) no street or address there: 92025 (Escondido) is 24% inside
+# by area (San Pasqual Valley) with no reference street; 92014 (Del Mar) is 48% inside with 185 segments (Carmel
+# Valley), 92127 52% with 368: San Diego's. Measured: docs/geocode.md.
+OTHER_ZIP_MAX_SHARE = 0.5
+OTHER_ZIP_MAX_REFERENCE = 20
+SAN_DIEGO_POSTAL_PREFIX = "921"  # San Diego's own postal ZIPs (PO boxes, unique ZIPs) that have no ZCTA
+# ... and La Jolla's outside 921xx: PO boxes (92038, 92039, 92092) and UCSD (92093)
+SAN_DIEGO_POSTAL_OTHER = frozenset({"92038", "92039", "92092", "92093"})
+
+
+class OtherCityZips:
+    """The ZIPs that name another city: `zip in other` (a frozenset of the zip layer's, plus any ZIP the layer lacks
+    outside San Diego's 921xx: "90210")."""
+
+    def __init__(self, outside: frozenset, known: frozenset):
+        self.outside, self.known = outside, known
+
+    def __contains__(self, zip5: object) -> bool:
+        return zip5 in self.outside or (bool(self.known) and zip5 not in self.known and isinstance(zip5, str)
+                                        and len(zip5) == 5 and not zip5.startswith(SAN_DIEGO_POSTAL_PREFIX)
+                                        and zip5 not in SAN_DIEGO_POSTAL_OTHER)
+
+    def __len__(self) -> int:
+        return len(self.outside)
+
+    def __iter__(self):
+        return iter(sorted(self.outside))
+
+
+def outside_zips(store: LayerStore, reference=None) -> OtherCityZips | frozenset:
+    """The ZIPs of another city: an address given with one of them is that city's ("1200 Orange Ave, 92118" is
+    Coronado, "4608 Gardena Ave 92020" El Cajon), whatever same-named street San Diego has."""
     zips, city = store.versions.get(ZIP_LAYER), store.versions.get(CITY_LIMITS)
     if not zips or not city:
         return frozenset()
     v = zips[-1]
-    limits = shapely.buffer(shapely.union_all(city[-1].geoms), 100.0 / 111_000.0)
-    return frozenset(str(k) for k, g in zip(v.keys, v.geoms) if not shapely.intersects(g, limits))
+    limits = shapely.union_all(city[-1].geoms)
+    inside = shapely.area(shapely.intersection(v.geoms, limits)) / np.maximum(shapely.area(v.geoms), 1e-30)
+    held = Counter()
+    if reference is not None:
+        held.update(reference.pt_zip_list)
+        held.update(reference.seg_zip.tolist())
+    outside = frozenset(str(k) for k, share in zip(v.keys, inside.tolist())
+                        if share < OTHER_ZIP_MAX_SHARE and held.get(str(k), 0) < OTHER_ZIP_MAX_REFERENCE)
+    return OtherCityZips(outside, frozenset(str(k) for k in v.keys))

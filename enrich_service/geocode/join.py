@@ -18,10 +18,12 @@ from ..errors import InvalidInput, NotReady
 from ..index import ServiceIndex
 from ..observability import GEOCODES
 from ..points import WGS84, PointBatch, Prepared, parse_dates, prepare
-from ..engine.rules import (RULE_AMBIGUOUS, RULE_BELOW_MIN_MATCH, RULE_NOT_GEOCODED, RULE_OTHER_CITY, RULE_OUTSIDE,
-                            RULE_OUTSIDE_CITY)
+from ..engine.rules import (RULE_AMBIGUOUS, RULE_BELOW_MIN_MATCH, RULE_NONE, RULE_NOT_GEOCODED, RULE_OTHER_CITY,
+                            RULE_OUTSIDE, RULE_OUTSIDE_CITY)
 from . import support as support_mod
 from .matcher import LEVELS, OTHER_CITY_FACTOR, Geocoded, Geocoder
+from .normalize import city_name
+from .words import SAN_DIEGO_PLACES
 
 ZIP_LAYER = "zip"
 COLLISION_PREFIX = codecs.COLLISION_PREFIX  # the `prefix` option's default: result columns never replace inputs
@@ -31,8 +33,8 @@ TAGGED_LEVELS = LEVELS[:-1]  # "exact" ... "zip": what min_match may name
 COARSER = {level: list(LEVELS[i + 1:-1]) for i, level in enumerate(TAGGED_LEVELS)}
 
 CITY_LIMITS = "city_limits"
-# Cities whose addresses the reference covers; other city names are flagged, not refused.
-CITY_NAMES = frozenset({"SAN DIEGO", "SD", "LA JOLLA", "CITY OF SAN DIEGO"})
+# A city field naming San Diego or one of its communities: the reference covers it. Any other name is flagged.
+CITY_NAMES = SAN_DIEGO_PLACES
 
 
 @dataclass(frozen=True)
@@ -181,10 +183,13 @@ def geocode_join(index: ServiceIndex, records: Records, layers: list[str], as_of
         tag = valid.copy()
         tag[np.fromiter(records.untagged, dtype=np.int64)] = False
     result = index.engine.tag(lon, lat, tag, layers + extra, as_of, records.dates, nearest_within_m)
+    if result.row_errors:  # a date before a layer's first version: the row's error says so, no tag, no rule
+        tag = tag.copy()
+        tag[np.fromiter(result.row_errors, dtype=np.int64)] = False
     flags = dict(geocoded.flags)
     outside_city = np.zeros(len(valid), dtype=bool)
     if CITY_LIMITS in result.layers:
-        outside_city = valid & (result.layers[CITY_LIMITS].codes < 0)
+        outside_city = tag & (result.layers[CITY_LIMITS].codes < 0)
         _add_flag(flags, outside_city, "outside_city_limits")
     if extra:
         result = TagResult(layers={k: v for k, v in result.layers.items() if k != CITY_LIMITS},
@@ -241,6 +246,7 @@ def apply_rule(index: ServiceIndex, geocoder: Geocoder, geocoded: Geocoded, resu
     for name in layers:
         tags = result.layers[name]
         codes, rule = tags.codes.copy(), tags.rule.copy()
+        at_point = tags.codes  # each row's own point, tagged
         cands: dict[int, str] = {}
         versions = index.store.versions[name]
         offsets = np.cumsum([0] + [v.n_features for v in versions])
@@ -272,13 +278,23 @@ def apply_rule(index: ServiceIndex, geocoder: Geocoder, geocoded: Geocoded, resu
                 got = geocoder.extents.verdicts(index.engine, name, versions[i], int(offsets[i]), supports,
                                                 zip_version)
                 for s, (code, r, keys) in zip(supports, got):
-                    rows_ = groups[s]
-                    codes[rows_] = code
-                    rule[rows_] = r
-                    if keys:
-                        text = ";".join(keys)
-                        for row in rows_:
-                            cands[row] = text
+                    rows_ = np.asarray(groups[s], dtype=np.int64)
+                    # The answer's own point is one of the locations consistent with it: a key it contradicts is
+                    # never given ("5300 block of Orange Ave" placed at the end of a segment holding 5380-5398).
+                    own = at_point[rows_]
+                    ok = own == code if code >= 0 else np.zeros(len(rows_), dtype=bool)
+                    codes[rows_] = np.where(ok, code, -1)
+                    rule[rows_] = np.where(ok, r, RULE_AMBIGUOUS if code >= 0 else r)
+                    if code < 0 and r != RULE_AMBIGUOUS:
+                        continue
+                    # (A street found by a similar name: its point is on another street, no candidate at all.)
+                    mine = s[0] != "unknown"
+                    for row, c, fine in zip(rows_.tolist(), own.tolist(), ok.tolist()):
+                        if fine:
+                            continue
+                        found = set(keys) | {str(tags.dictionary[x]) for x in (c if mine else -1, code) if x >= 0}
+                        if found:
+                            cands[row] = ";".join(sorted(found))
         missing = (codes < 0) & (rule != RULE_AMBIGUOUS)
         rule[missing & tag] = RULE_OUTSIDE
         rule[missing & tag & outside_city] = RULE_OUTSIDE_CITY
@@ -286,7 +302,11 @@ def apply_rule(index: ServiceIndex, geocoder: Geocoder, geocoded: Geocoded, resu
         codes[other | below] = -1
         rule[other] = RULE_OTHER_CITY
         rule[below & ~other] = RULE_BELOW_MIN_MATCH
-        for row in np.flatnonzero(other | below).tolist():
+        # A row whose date is unusable: which version applies is unknown, so no key and no rule (`error` says why).
+        untagged = (level != "none") & ~tag
+        codes[untagged] = -1
+        rule[untagged] = RULE_NONE
+        for row in np.flatnonzero(other | below | untagged).tolist():
             cands.pop(row, None)
         tags.codes, tags.rule = codes, rule
         if tags.distance_m is not None:  # nothing found: no distance either
@@ -301,7 +321,8 @@ def _add_flag(flags: dict[int, str], mask: np.ndarray, flag: str) -> None:
 
 
 def _flag_cities(flags: dict[int, str], cities: list) -> list[int]:
-    """Flag (and return) the rows whose city is given and is not San Diego."""
+    """Flag (and return) the rows whose city is given and is not San Diego (or a San Diego community): the city is
+    read as in the address text ("San Diego, CA 92110", "Rancho Peñasquitos")."""
     verdict: dict = {}
     rows = []
     for i, city in enumerate(cities):
@@ -309,7 +330,7 @@ def _flag_cities(flags: dict[int, str], cities: list) -> list[int]:
             continue
         other = verdict.get(city)
         if other is None:
-            other = verdict[city] = not (isinstance(city, str) and " ".join(city.upper().split()) in CITY_NAMES)
+            other = verdict[city] = not (isinstance(city, str) and city_name(city) in CITY_NAMES)
         if other:
             flags[i] = f"{flags[i]},other_city" if i in flags else "other_city"
             rows.append(i)

@@ -37,6 +37,9 @@ FUZZY_CUTOFF = 88.0
 TYPE_DIFFERS = 0.95  # the street was found by its name alone (its type or direction left out)
 OTHER_CITY_FACTOR = 0.5  # the address names another city (or a ZIP wholly outside San Diego)
 OTHER_STREET = 0.8  # only a street of the same name with another type or direction: never matched by number
+# San Diego's highest house numbers are 5 digits; a longer one is a typo or junk, never a place on the street (and
+# beyond int64 it would overflow the numpy lookups).
+MAX_HOUSE_NUMBER = 999_999
 
 
 @dataclass
@@ -72,7 +75,8 @@ class _Pending:
 # with none given, ("unknown",) where the reference cannot say (a number or crossing beyond what it holds, a street
 # found by a similar name), ("segs", segment ids) for a block, ("nodes", (lon, lat) pairs) for an
 # intersection, ("line", (lon0, lat0, lon1, lat1)) for a block between two crossings, ("pts", point rows) for a
-# block known only by its address points, ("street", street id, zip) for a street, ("zip", zip) for a ZIP.
+# block known only by its address points, ("street", street id, zip) for a street, ("zip", zip) for a ZIP,
+# ("any", supports) for a number on several same-named streets (the type left out: every one of them).
 Result = tuple
 
 
@@ -187,6 +191,11 @@ class Geocoder:
             return self._zip_or_none(p, _not_in_reference(p.street))
         ref = self.ref
         number = p.number
+        if not 0 <= number <= MAX_HOUSE_NUMBER:
+            return self._street_only(p, f"house number {number} is not a house number (more than "
+                                        f"{len(str(MAX_HOUSE_NUMBER))} digits); placed on the street")
+        if flag == "street_type_differs" and len(cands) > 1:
+            return self._any_of(p, cands, factor, flag)
         for sid in cands if flag != "street_differs" else ():
             if p.block:  # "1000 block of X": somewhere on the block, never the point numbered 1000
                 got = self._hundred_block(sid, number - number % 100, p.zip)
@@ -207,6 +216,34 @@ class Geocoder:
         got = _beyond(self._street_fallback(cands[0], number, p.zip), p.zip)
         reason = f"house number {number} is not in the reference for {ref.streets[cands[0]]}; placed on the street"
         return _finish(got, factor, flag, p, reason)
+
+    def _any_of(self, p: Parsed, cands: list[int], factor: float, flag: str) -> Result:
+        """"7400 MIRAMAR" (the type left out) names MIRAMAR AV and MIRAMAR RD alike: the answer is the first street
+        whose numbers hold it, but the locations consistent with it are on every street of that name."""
+        best, parts = None, []
+        for sid in cands:
+            got = self._address_on(p, sid)
+            if got is None:  # the number is on a part of that street the reference lacks
+                parts.append(("street", sid, p.zip))
+                continue
+            best = best or got
+            parts.append(_extent_of(got))
+        if best is None:
+            got = _beyond(self._street_fallback(cands[0], p.number, p.zip), p.zip)
+            reason = f"house number {p.number} is not in the reference for {self.ref.streets[cands[0]]}; placed on " \
+                     f"the street"
+            return _finish(got[:8] + (("any", tuple(parts)),), factor, flag, p, reason)
+        return _finish(best[:8] + (("any", tuple(parts)),), factor, flag, p)
+
+    def _address_on(self, p: Parsed, sid: int):
+        """The number on one street: block, exact, hundred block, interpolated; None when the reference lacks it."""
+        number = p.number
+        if p.block:
+            return self._hundred_block(sid, number - number % 100, p.zip)
+        got = self._exact(sid, number, p.zip)
+        if got is None and number % 100 == 0 and number > 0:
+            got = self._hundred_block(sid, number, p.zip)
+        return got if got is not None else self._interpolate(sid, number, p.zip)
 
     def _exact(self, sid: int, number: int, zip5: str):
         rows = self.ref.exact.get((sid, number))
@@ -346,11 +383,11 @@ class Geocoder:
                 f"{ref.streets[sid]}, {ref.pt_zip[rows[k]]}".rstrip(", "), "", "", ref.pt_zip[rows[k]],
                 ("street", sid, zip5))
 
-    def _street_only(self, p: Parsed) -> Result:
+    def _street_only(self, p: Parsed, reason: str = "no house number") -> Result:
         cands, factor, flag = self.resolve_street(p.street, p.base, p.zip)
         if not cands:
             return self._zip_or_none(p, _not_in_reference(p.street))
-        return _finish(self._street_point(cands[0], p.zip), factor, flag, p, "no house number")
+        return _finish(self._street_point(cands[0], p.zip), factor, flag, p, reason)
 
     def _intersection(self, p: Parsed) -> Result:
         a, fa, flag_a = self.resolve_street(p.street, p.base, p.zip)
@@ -366,17 +403,28 @@ class Geocoder:
         if not a or not b:
             missing = p.street if not a else p.street2
             return self._zip_or_none(p, _not_in_reference(missing))
+        # A type left out ("Mtn View Dr & Copley Ave": W and E MTN VIEW DR both cross it, 900 m apart): every pair
+        # of same-named streets that meet is a location consistent with the answer.
+        every = "street_type_differs" in (flag_a, flag_b)
+        found = []
         for sa in a:
             for sb in b:
                 where = self.ref.intersections.get((sa, sb))
                 if where:
-                    matches = [w for w in where if w[2] == p.zip] or where
-                    lon, lat, z = matches[0]
-                    flags = "ambiguous" if len(matches) > 1 and _spread_m(matches) > 100 else ""
-                    label = f"{self.ref.streets[sa]} & {self.ref.streets[sb]}, {z}".rstrip(", ")
-                    got = (lon, lat, "intersection", SCORES["intersection"], label, "", flags, z,
-                           ("nodes", tuple((w[0], w[1]) for w in matches)))
-                    return _finish(got, fa * fb, ",".join(f for f in (flag_a, flag_b) if f), p)
+                    found.append((sa, sb, [w for w in where if w[2] == p.zip] or where))
+                    if not every:
+                        break
+            if found and not every:
+                break
+        if found:
+            sa, sb, matches = found[0]
+            lon, lat, z = matches[0]
+            nodes = [w for _, _, m in found for w in m]
+            flags = "ambiguous" if len(nodes) > 1 and _spread_m(nodes) > 100 else ""
+            label = f"{self.ref.streets[sa]} & {self.ref.streets[sb]}, {z}".rstrip(", ")
+            got = (lon, lat, "intersection", SCORES["intersection"], label, "", flags, z,
+                   ("nodes", tuple((w[0], w[1]) for w in nodes)))
+            return _finish(got, fa * fb, ",".join(f for f in (flag_a, flag_b) if f), p)
         got = _beyond(self._street_point(a[0], p.zip), p.zip)
         # Somewhere along the first street, and nothing says where: below a street-only answer.
         return _finish(got, fa * 0.8, flag_a, p, f"{self.ref.streets[a[0]]} and {self.ref.streets[b[0]]} do not "
@@ -491,8 +539,20 @@ def _digits(name: str) -> str:
 def _beyond(got: tuple, zip5: str) -> tuple:
     """A street-level answer for a place the reference does not hold (a number outside its ranges, a crossing it
     lacks): the place is on a part of the street the reference does not have (it is a subset), so its segments say
-    nothing about where. Only the ZIP, when given, bounds it."""
-    return got[:8] + (("zip", zip5) if zip5 else ("unknown",),)
+    nothing about where. Only the ZIP, when given, bounds it; without one, the street's known part gives the
+    candidates (never a key: support.py)."""
+    if zip5:
+        return got[:8] + (("zip", zip5),)
+    return got[:8] + (got[8] if got[8] is not None and got[8][0] == "street" else ("unknown",),)
+
+
+def _extent_of(got: tuple) -> tuple:
+    """A result's extent as a support (a point result has None: its point, or the segment it is placed on)."""
+    if got[8] is not None:
+        return got[8]
+    if got[0].__class__ is _Pending:
+        return ("segs", (got[0].seg,))
+    return ("at", ((got[0], got[1]),))
 
 
 def _street_score(gap: int) -> float:

@@ -9,6 +9,7 @@ that cannot be read comes back as kind "none" with the reason.
 from __future__ import annotations
 
 import re
+import unicodedata
 from typing import NamedTuple
 
 import usaddress
@@ -141,6 +142,14 @@ def other_city(text: str) -> str:
         if city:
             return city
     return ""
+
+
+def city_name(text: str) -> str:
+    """A city as written in a city field, normalized as in the address text: upper case, accents, punctuation, a
+    state and a ZIP dropped ("San Diego, CA 92110" -> "SAN DIEGO", "Rancho Peñasquitos" -> "RANCHO PENASQUITOS")."""
+    text = unicodedata.normalize("NFKD", text).encode("ascii", "ignore").decode().upper()
+    tokens = _TOKENS.findall(text.translate(_PUNCTUATION).replace(":", " "))
+    return " ".join(t for t in tokens if not _ZIP.match(t) and t not in STATES and t not in ("USA", "US"))
 
 
 def _city_of(tokens: list[str]) -> str:

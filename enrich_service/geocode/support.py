@@ -7,7 +7,10 @@ that ZIP. A key is given only when every location consistent with the match lies
   tagged by the engine like the point itself, so the edge/overlap rule is the same);
 - hundred block: the block's segment(s), or its address points when it has no segment;
 - intersection: the node (every node when the streets meet at several places);
-- street: every segment and address point of the street, within the given ZIP when there is one;
+- street: with a ZIP, the ZIP's area (as the zip level: the reference holds only part of most streets, so its
+  segments are not where the rest of the street runs); without one, never a key: the street's known segments and
+  address points give the candidates, which may be incomplete;
+- several streets of one name (the type left out: "7400 MIRAMAR"): the union of the match's extent on each;
 - zip: the ZIP area (the ZCTA widened by ZIP_MARGIN_M: a postal ZIP is not exactly its ZCTA).
 
 An extent (every level but the point ones) is sampled: points every SAMPLE_M along its lines, less END_TRIM_M at
@@ -65,12 +68,22 @@ class Extents:
         lons, lats, owner = [], [], []
         for k in todo:
             s = supports[k]
-            if s[0] == "street" and s[2] and s[2] not in self.ref.street_zips.get(s[1], ()):
-                # The street is known, but not in the given ZIP (the reference is a subset): all that is known is
-                # that the address lies in that ZIP.
+            if s[0] == "street" and s[2]:
+                # The reference holds only part of most streets (a residential subset): "University Ave, 92104" is
+                # anywhere on that street in that ZIP, most of it not in the reference. All that is known is the ZIP.
                 s = ("zip", s[2])
             if s[0] == "zip":
                 out[k] = self._zip_verdict(s[1], version, offset, zip_version)
+                continue
+            if s[0] == "any":  # several streets of one name: one key only if every one of them gives it
+                parts = self.verdicts(engine, layer, version, offset, list(s[1]), zip_version)
+                codes = {c for c, r, _ in parts}
+                if len(codes) == 1 and -1 not in codes:
+                    out[k] = parts[0]
+                    continue
+                keys = {key for _, _, ks in parts for key in ks}
+                keys |= {str(version.keys[c - offset]) for c in codes if c >= 0}
+                out[k] = (-1, RULE_AMBIGUOUS, tuple(sorted(keys)))
                 continue
             got = self.samples(s)
             if got is None:  # nothing says where the match lies
@@ -88,7 +101,8 @@ class Extents:
             starts = np.flatnonzero(np.r_[True, pairs[1:, 0] != pairs[:-1, 0]])
             for a, b in zip(starts.tolist(), np.r_[starts[1:], len(pairs)].tolist()):
                 k, found = int(pairs[a, 0]), pairs[a:b, 1]
-                if len(found) == 1 and found[0] >= 0:
+                whole = supports[k][0] != "street"  # a street without a ZIP: its known part is not all of it
+                if whole and len(found) == 1 and found[0] >= 0:
                     out[k] = (int(found[0]), RULE_NONE, ())
                 else:
                     keys = tuple(sorted({str(version.keys[c - offset]) for c in found.tolist() if c >= 0}))

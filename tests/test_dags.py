@@ -604,6 +604,39 @@ def test_boundary_refresh_with_a_wrong_key_fails_at_once_and_announces_nothing(a
     assert boundary_events(dr.run_id) == []
 
 
+
+def test_a_file_the_service_refuses_reaches_neither_the_service_nor_postgis(airflow, monkeypatch, tmp_path):
+    """The service validates before PostGIS loads: a districts file where every feature says "3" is refused (409
+    naming the check), the run fails at reload_service without retries, PostGIS keeps its boundary tables as they
+    were, and nothing is announced."""
+    import shutil
+
+    from .conftest import BOUNDARIES, start_service
+
+    folder = tmp_path / "boundaries"
+    shutil.copytree(BOUNDARIES, folder)
+    proc, url = start_service({"ENRICH_BOUNDARY_DIR": str(folder), "ENRICH_ACCEPTED_DIR": str(tmp_path / "accepted")})
+    try:
+        districts = folder / "council_districts_2021_datasd.geojson"
+        doc = json.loads(districts.read_text())
+        for feature in doc["features"]:
+            feature["properties"]["district"] = 3
+        districts.write_text(json.dumps(doc))
+        monkeypatch.setenv("AIRFLOW_CONN_ENRICH_SERVICE", _conn_uri(url))
+        monkeypatch.setenv("ENRICH_BOUNDARY_DIR", str(folder))
+        before = sorted(pg("SELECT table_name, sha256, loaded_at FROM boundary_layers"))
+        dr = airflow.boundaries.boundary_refresh.test()
+        states = task_states(dr)
+        assert str(dr.state) == "failed" and states["reload_service"] == [("failed", 1)], states
+        assert "load_postgis" not in states or all(s != "success" for s, _ in states["load_postgis"]), states
+        assert sorted(pg("SELECT table_name, sha256, loaded_at FROM boundary_layers")) == before
+        assert boundary_events(dr.run_id) == []
+        assert httpx.get(f"{url}/v1/pip", params={"lon": -117.25, "lat": 32.85, "layers": "council_district"}
+                         ).json()["council_district"] == "1"  # La Jolla: still the accepted lines
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
 def boundary_events(run_id: str) -> list:
     """The enrich://boundaries asset events the run `run_id` emitted."""
     from airflow.models.asset import AssetEvent, AssetModel

@@ -1,4 +1,4 @@
-"""Boundary refresh: read and check the layer files, load them into PostGIS, confirm the service serves the same.
+"""Boundary refresh: read the layer files, have the service accept them, then load the same files into PostGIS.
 
 The files come from the service's own settings (ENRICH_BOUNDARY_DIR, or downloads into ENRICH_CACHE_DIR checked
 against the manifest's sha256), so PostGIS and the service are fed from one source and the check can compare
@@ -51,12 +51,13 @@ def changed_layers(announced: dict | None, loaded: dict[str, dict[str, str]]) ->
     return sorted(name for name in set(loaded) | set(before) if loaded.get(name) != before.get(name))
 
 
-def check_serving(loaded: dict, answer: dict) -> None:
-    """The service's reload answer lists per layer its versions and sha256: they must be the files PostGIS got."""
+def check_serving(fetched: dict, answer: dict) -> None:
+    """The service's reload answer lists per layer its versions and sha256: they must be the files this refresh
+    read (and will load into PostGIS)."""
     serving = {name: {v["version"]: v["sha256"] for v in vs} for name, vs in answer.get("versions", {}).items()}
-    differ = sorted(n for n, versions in loaded["sha256"].items() if serving.get(n) != versions)
+    differ = sorted(n for n, versions in fetched["sha256"].items() if serving.get(n) != versions)
     if differ:
-        raise RuntimeError(f"the service serves other layer files than PostGIS now holds for {differ}: "
+        raise RuntimeError(f"the service serves other layer files than this refresh read for {differ}: "
                            f"point both at the same ENRICH_BOUNDARY_DIR (or cache)")
 
 

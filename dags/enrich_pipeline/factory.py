@@ -245,8 +245,9 @@ def build_boundary_refresh_dag(service_conn_id: str = "enrich_service", postgis_
          schedule="@weekly", start_date=START, catchup=False, max_active_runs=1, default_args=_retry_args(),
          tags=["enrich", "boundaries"],
          doc_md="Read the manifest's layer files (ENRICH_BOUNDARY_DIR, or downloaded and checked by sha256), "
-                "load them into PostGIS (one transaction), have the service reload them, and announce "
-                "`enrich://boundaries` so the dataset DAGs re-enrich, only when a file's sha256 changed.")
+                "have the service validate and accept them (every replica), then load the same files into "
+                "PostGIS (one transaction), and announce `enrich://boundaries` so the dataset DAGs re-enrich, "
+                "only when a file's sha256 changed. A file the service refuses reaches neither.")
     def boundary_refresh():
         @task
         def fetch_layers() -> dict:
@@ -257,17 +258,9 @@ def build_boundary_refresh_dag(service_conn_id: str = "enrich_service", postgis_
             return fetch()
 
         @task
-        def load_postgis(fetched: dict) -> dict:
-            """Swap every layer version into PostGIS (one transaction per table), from the files just checked."""
-            from .boundaries import load_into_postgis
-            from .publish import postgis_hook_connection
-
-            with postgis_hook_connection(postgis_conn_id) as conn:
-                return load_into_postgis(conn, fetched)
-
-        @task
-        def reload_service(loaded: dict) -> dict:
-            """POST /v1/admin/reload (API key: the connection's password); check it serves what PostGIS holds."""
+        def reload_service(fetched: dict) -> dict:
+            """POST /v1/admin/reload (API key: the connection's password): the service validates the files and
+            accepts or refuses them (409 naming the check); check it serves the files fetch_layers read."""
             from airflow.sdk.exceptions import AirflowFailException
 
             from enrich_service.client import RequestRejected
@@ -280,7 +273,7 @@ def build_boundary_refresh_dag(service_conn_id: str = "enrich_service", postgis_
                     answer = client.reload()
                 except RequestRejected as exc:  # a wrong or missing key: retrying will not fix it
                     raise AirflowFailException(str(exc)) from exc
-            check_serving(loaded, answer)
+            check_serving(fetched, answer)
             # One replica answered the reload (through the balancer); the others follow the set it accepted.
             # Wait until every replica, asked itself, serves it; fail naming the ones that do not.
             from airflow.sdk import BaseHook
@@ -295,6 +288,16 @@ def build_boundary_refresh_dag(service_conn_id: str = "enrich_service", postgis_
                 if replicas and answer.get("layers_sha256") else {}
             return {**{k: answer[k] for k in ("status", "generation", "build_seconds", "layers_sha256")
                        if k in answer}, "replicas_converged_s": converged}
+
+        @task
+        def load_postgis(fetched: dict, served: dict) -> dict:
+            """Every layer version into PostGIS in one transaction, from the files the service has just accepted
+            (after reload_service, so a file the service refuses never reaches PostGIS)."""
+            from .boundaries import load_into_postgis
+            from .publish import postgis_hook_connection
+
+            with postgis_hook_connection(postgis_conn_id) as conn:
+                return load_into_postgis(conn, fetched)
 
         @task(inlets=[BOUNDARIES], outlets=[BOUNDARIES])
         def announce(loaded: dict, served: dict) -> dict:
@@ -314,7 +317,8 @@ def build_boundary_refresh_dag(service_conn_id: str = "enrich_service", postgis_
             ctx["outlet_events"][BOUNDARIES].extra = {"sha256": loaded["sha256"], "changed": changed}
             return {"changed": changed}
 
-        loaded = load_postgis(fetch_layers())
-        announce(loaded, reload_service(loaded))
+        fetched = fetch_layers()
+        served = reload_service(fetched)
+        announce(load_postgis(fetched, served), served)
 
     return boundary_refresh()

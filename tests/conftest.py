@@ -142,3 +142,17 @@ def real_points():
     x, y = np.concatenate([sx, mx]), np.concatenate([sy, my])
     ok = np.isfinite(x) & np.isfinite(y) & (np.abs(x) > 1) & (np.abs(y) > 1)
     return x[ok], y[ok]
+
+
+@pytest.fixture(scope="module")
+def index(store, engine, tmp_path_factory):
+    """A serving index with the geocoder over the real address reference (a fresh result cache per module)."""
+    import datetime as dt
+
+    from enrich_service.geocode import build_geocoder
+    from enrich_service.index import ServiceIndex
+    from enrich_service.settings import Settings
+
+    settings = Settings(reference_dir=ADDRESS, cache_dir=tmp_path_factory.mktemp("cache"))
+    return ServiceIndex(store=store, engine=engine, built_at=dt.datetime.now(dt.timezone.utc), build_seconds=0.0,
+                        extras={"geocoder": build_geocoder(settings, store)})

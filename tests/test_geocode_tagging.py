@@ -4,7 +4,6 @@ that are never replaced."""
 
 from __future__ import annotations
 
-import datetime as dt
 
 import numpy as np
 import pytest
@@ -12,17 +11,6 @@ import pytest
 from .conftest import ADDRESS, POINTS
 
 LAYERS = ["council_district", "neighborhood", "zip"]
-
-
-@pytest.fixture(scope="module")
-def index(store, engine, tmp_path_factory):
-    from enrich_service.geocode import build_geocoder
-    from enrich_service.index import ServiceIndex
-    from enrich_service.settings import Settings
-
-    settings = Settings(reference_dir=ADDRESS, cache_dir=tmp_path_factory.mktemp("cache"))
-    return ServiceIndex(store=store, engine=engine, built_at=dt.datetime.now(dt.timezone.utc), build_seconds=0.0,
-                        extras={"geocoder": build_geocoder(settings, store)})
 
 
 def answer(index, addresses, zips=None, cities=None, layers=LAYERS, **options):

@@ -81,7 +81,6 @@ def collisions(index) -> None:
     sys.path.insert(0, str(REPO / "dags"))
     from enrich_pipeline.geocode import compose, match_quality
     from enrich_pipeline.spec import find_spec
-
     from enrich_service.geocode.join import Records, geocode_join
 
     spec = find_spec("pd_collisions_2017")

@@ -217,7 +217,7 @@ class Versions:
 
 
 async def run_rate(url: str, work: Workload, rate: float, duration: float, batch_share: float,
-                   versions: Versions, reloads: "Reloader | None") -> Log:
+                   versions: Versions, reloads: Reloader | None) -> Log:
     import aiohttp
 
     n = int(rate * duration)

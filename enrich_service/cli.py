@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from .observability import configure_logging
+from .server.observability import configure_logging
 from .settings import get_settings
 
 
@@ -15,7 +15,7 @@ def serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     # Our JSON logging for every process (uvicorn workers too); uvicorn's access log is replaced by ours.
-    from .slow_clients import PROTOCOL
+    from .server.slow_clients import PROTOCOL
 
     settings = get_settings()
     config = uvicorn.Config("enrich_service.main:create_app", factory=True, host=args.host, port=args.port,
@@ -23,7 +23,7 @@ def serve(args: argparse.Namespace) -> int:
                             timeout_graceful_shutdown=args.graceful_seconds, http=PROTOCOL,
                             timeout_keep_alive=settings.keep_alive_timeout_s)
     if config.workers > 1:
-        from . import workers
+        from .server import workers
 
         workers.run(config)
     else:
@@ -57,7 +57,7 @@ def load_postgis(args: argparse.Namespace) -> int:
 def reload(args: argparse.Namespace) -> int:
     import httpx
 
-    from .security import HEADER, configured_keys
+    from .server.security import HEADER, configured_keys
 
     key = args.key or next(iter(configured_keys(get_settings())), "")
     r = httpx.post(f"{args.url.rstrip('/')}/v1/admin/reload", headers={HEADER: key}, timeout=120)
@@ -96,14 +96,14 @@ def enrich(args: argparse.Namespace) -> int:
 def geocode(args: argparse.Namespace) -> int:
     """Geocode and tag a CSV or Parquet file of addresses in process (no server), with the service's rule: the
     file's columns, untouched, plus the geocode and layer columns (colliding names prefixed)."""
+    from collections import Counter
+
     import pyarrow.parquet as pq
 
     from . import codecs
     from .api.common import parse_options
     from .geocode import join
     from .index import build_index
-
-    from collections import Counter
 
     settings = get_settings()
     src = Path(args.file)

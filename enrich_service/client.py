@@ -16,12 +16,13 @@ Retrying is the caller's job (Airflow task retries, a notebook re-run): the clie
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Iterable, Literal
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any, Literal
 
 import httpx
 import orjson
 
-from .memory import paused_gc
+from .server.memory import paused_gc
 
 if TYPE_CHECKING:  # pandas and pyarrow are imported when used: `import enrich_service.client` stays cheap.
     import pandas as pd
@@ -69,7 +70,7 @@ class EnrichClient:
     def close(self) -> None:
         self._http.close()
 
-    def __enter__(self) -> "EnrichClient":
+    def __enter__(self) -> EnrichClient:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -95,10 +96,10 @@ class EnrichClient:
         """POST /v1/admin/reload (needs the admin API key): rebuild the index from the layer files and swap it in."""
         return self._request("POST", "/v1/admin/reload").json()
 
-    def tag(self, df: "pd.DataFrame", *, lon: str = "lon", lat: str = "lat", id: str | None = None,
+    def tag(self, df: pd.DataFrame, *, lon: str = "lon", lat: str = "lat", id: str | None = None,
             date: str | None = None, layers: Iterable[str] | str | None = None, as_of: str | None = None,
             crs: str | None = None, nearest_within_m: float | None = None,
-            transport: Literal["arrow", "json"] = "arrow") -> "pd.DataFrame":
+            transport: Literal["arrow", "json"] = "arrow") -> pd.DataFrame:
         """Tag every row of `df`; returns a copy of `df` with the result columns appended (replacing any of the
         same name). `id` names a column echoed back as `id` by the service (default: the row position, which is
         what the answer is aligned on either way). Results come back in input order."""
@@ -132,10 +133,10 @@ class EnrichClient:
         out.attrs["enrich_layers"] = used
         return out
 
-    def tag_table(self, table: "pa.Table", *, layers: Iterable[str] | str | None = None, as_of: str | None = None,
+    def tag_table(self, table: pa.Table, *, layers: Iterable[str] | str | None = None, as_of: str | None = None,
                   crs: str | None = None, nearest_within_m: float | None = None, id_col: str = "id",
                   lon_col: str = "lon", lat_col: str = "lat", date_col: str | None = None,
-                  expect_layers: str | None = None) -> tuple["pa.Table", dict]:
+                  expect_layers: str | None = None) -> tuple[pa.Table, dict]:
         """The Arrow path without pandas: POST the table as an Arrow IPC stream; returns (the table the service
         answers: the input columns plus the result columns, layer keys dictionary-encoded; layers used).
         A table over the service's ENRICH_MAX_BATCH or ENRICH_MAX_BODY_BYTES (413) is sent in halves.
@@ -144,11 +145,11 @@ class EnrichClient:
                          id_col=id_col, lon_col=lon_col, lat_col=lat_col, date_col=date_col)
         return self._post_arrow_in_parts("/v1/pip", table, params, expect_layers)
 
-    def geocode_table(self, table: "pa.Table", *, layers: Iterable[str] | str | None = None,
+    def geocode_table(self, table: pa.Table, *, layers: Iterable[str] | str | None = None,
                       as_of: str | None = None, min_match: str | None = None, id_col: str = "id",
                       address_col: str = "address", city_col: str = "city", zip_col: str = "zip",
                       date_col: str | None = None, prefix: str | None = None,
-                      expect_layers: str | None = None) -> tuple["pa.Table", dict]:
+                      expect_layers: str | None = None) -> tuple[pa.Table, dict]:
         """POST /v1/geocode-join with the table as an Arrow IPC stream; returns (the input columns plus the geocode
         and layer columns, colliding result names prefixed; layers used). Sent in halves on a 413, like tag_table."""
         params = _params(layers=_layer_list(layers), as_of=as_of, min_match=min_match, id_col=id_col,
@@ -156,8 +157,8 @@ class EnrichClient:
                          prefix=prefix)
         return self._post_arrow_in_parts("/v1/geocode-join", table, params, expect_layers)
 
-    def _post_arrow_in_parts(self, path: str, table: "pa.Table", params: dict,
-                             expect_layers: str | None) -> tuple["pa.Table", dict]:
+    def _post_arrow_in_parts(self, path: str, table: pa.Table, params: dict,
+                             expect_layers: str | None) -> tuple[pa.Table, dict]:
         """POST the table to `path`; a part the service finds too large (413) is sent again in halves."""
         import pyarrow as pa
 
@@ -178,8 +179,8 @@ class EnrichClient:
             used = merge_layers_used(used, part_used)
         return (answers[0] if len(answers) == 1 else pa.concat_tables(answers)), used
 
-    def _post_arrow(self, path: str, table: "pa.Table", params: dict,
-                    expect_layers: str | None = None) -> tuple["pa.Table", dict]:
+    def _post_arrow(self, path: str, table: pa.Table, params: dict,
+                    expect_layers: str | None = None) -> tuple[pa.Table, dict]:
         import json
 
         import pyarrow as pa
@@ -262,7 +263,7 @@ class LocalService:
         self.proc = None
         self.url = ""
 
-    def start(self) -> "LocalService":
+    def start(self) -> LocalService:
         import os
         import socket
         import subprocess
@@ -306,7 +307,7 @@ class LocalService:
             self.proc.kill()
             self.proc.wait()
 
-    def __enter__(self) -> "LocalService":
+    def __enter__(self) -> LocalService:
         return self.start()
 
     def __exit__(self, *exc) -> None:
@@ -335,7 +336,7 @@ def merge_layers_used(a: dict, b: dict) -> dict:
     return out
 
 
-def plain_columns(table: "pa.Table") -> "pa.Table":
+def plain_columns(table: pa.Table) -> pa.Table:
     """Dictionary-encoded columns (layer keys, rules) as plain strings: concatenable across batches, CSV-writable."""
     import pyarrow as pa
 
@@ -353,7 +354,7 @@ def _params(**kwargs: Any) -> dict:
     return {k: v for k, v in kwargs.items() if v is not None}
 
 
-def _iso_dates(series: "pd.Series") -> list:
+def _iso_dates(series: pd.Series) -> list:
     """Dates as YYYY-MM-DD strings (None where missing), whatever the column holds: dates, timestamps, text. A
     timestamp with a zone gives its San Diego day, as the service reads one (the layers' dates are local days)."""
     import pandas as pd

@@ -26,14 +26,14 @@ import pyarrow.csv as pacsv
 import pyarrow.ipc as ipc
 
 from .arrow_stream import stream_buffer
+from .csv_safety import formula_safe_table
 from .engine.rules import RULE_NAMES
 from .engine.tagger import TagResult
 from .errors import InvalidInput, MalformedBody, NotAcceptable, UnknownParameter, UnsupportedMediaType
 from .json_rows import json_rows
-from .memory import paused_gc
 from .points import PointBatch, Prepared, parse_dates, text_days, timestamp_days
-from .csv_safety import formula_safe_table
 from .responses import ARROW, CSV, JSON, MEDIA_TYPES, NDJSON
+from .server.memory import paused_gc
 
 MAX_ID_CHARS = 1_000
 

@@ -16,7 +16,7 @@ dates) are never touched: only text can hold a formula.
 
 from __future__ import annotations
 
-from typing import Iterable
+from collections.abc import Iterable
 
 import pyarrow as pa
 import pyarrow.compute as pc

@@ -12,8 +12,9 @@ import re
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from .responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from .responses import JSONResponse
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +55,7 @@ class UnknownParameter(InvalidInput):
     code = "unknown_parameter"
 
     @classmethod
-    def of(cls, name: str, known) -> "UnknownParameter":
+    def of(cls, name: str, known) -> UnknownParameter:
         """Naming the parameter, and the nearest valid name when one is close ("did you mean as_of?")."""
         from rapidfuzz import fuzz, process
 

@@ -16,10 +16,10 @@ from pathlib import Path
 from .engine.tagger import Engine
 from .errors import EnrichError, LayersVersionMismatch, NotReady, ReloadRefused
 from .geocode import build_geocoder
-from .layer_version import EXPECT_HEADER, pin
 from .layers.accepted import set_sha256
 from .layers.store import LayerStore
 from .layers.validate import validate_store
+from .server.layer_version import EXPECT_HEADER, pin
 from .settings import Settings
 
 log = logging.getLogger(__name__)
@@ -64,7 +64,7 @@ def build_index(settings: Settings, generation: int = 0, previous: ServiceIndex 
         # At start, point lookups do not wait on the geocoder: the layers serve, /v1/geocode answers 503.
         log.error("geocoder reference unusable, geocoding off until a reload: %s", exc.message)
         geocoder = None
-    index = ServiceIndex(store=store, engine=engine, built_at=dt.datetime.now(dt.timezone.utc),
+    index = ServiceIndex(store=store, engine=engine, built_at=dt.datetime.now(dt.UTC),
                          build_seconds=time.perf_counter() - t0, generation=generation,
                          extras={"geocoder": geocoder})
     if index.layers_sha256 not in validated:

@@ -18,7 +18,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from numba import njit, prange
 
-from .parallel import run_parallel
+from .server.parallel import run_parallel
 
 _TEXT = pa.large_string()
 _NEEDS_ESCAPE = r'["\\\x00-\x1f]'

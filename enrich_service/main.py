@@ -9,16 +9,16 @@ import signal
 
 from fastapi import Depends, FastAPI
 from fastapi.middleware.cors import CORSMiddleware
-from .responses import JSONResponse
 
 from . import __version__
 from .api import admin, geocode, health, layers, page, pip
 from .errors import EnrichError, install_handlers
-from .layer_version import SERVED_HEADER, LayerVersionMiddleware
-from .memory import keep_freed_memory
-from .observability import ObservabilityMiddleware, configure_logging
-from .reload import follow_accepted, reload_index, reload_on_sighup
-from .security import require_read_key
+from .responses import JSONResponse
+from .server.layer_version import SERVED_HEADER, LayerVersionMiddleware
+from .server.memory import keep_freed_memory
+from .server.observability import ObservabilityMiddleware, configure_logging
+from .server.reload import follow_accepted, reload_index, reload_on_sighup
+from .server.security import require_read_key
 from .settings import get_settings
 
 log = logging.getLogger(__name__)

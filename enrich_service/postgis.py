@@ -21,7 +21,7 @@ import os
 import re
 import socket
 import threading
-from typing import Iterator
+from collections.abc import Iterator
 
 import numpy as np
 import orjson

@@ -23,7 +23,7 @@ import signal
 import subprocess
 import sys
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -159,7 +159,7 @@ def main() -> int:
         import enrich_datasets
 
         dag = getattr(enrich_datasets, spec.dag_id)
-        now = datetime.now(timezone.utc)
+        now = datetime.now(UTC)
         t1 = time.perf_counter()
         dr = dag.test(logical_date=now, run_after=now)
         took = time.perf_counter() - t1

@@ -193,8 +193,15 @@ class Checks:
         from enrich_service.layers.store import LayerStore
         from enrich_service.postgis import load_layers
         from enrich_service.settings import REPO_ROOT
-        from tests import conftest, test_engine, test_grid, test_mutations, test_quality_gate, test_rule_truth
-        from tests import test_versions
+        from tests import (
+            conftest,
+            test_engine,
+            test_grid,
+            test_mutations,
+            test_quality_gate,
+            test_rule_truth,
+            test_versions,
+        )
 
         self.m = dict(engine=test_engine, grid=test_grid, mutations=test_mutations, quality=test_quality_gate,
                       truth=test_rule_truth, versions=test_versions)
@@ -313,7 +320,7 @@ def main() -> int:
     only = args.only.split(",") if args.only else []
     targets = [t for t in TARGETS if not only or any(o in f"{t[0]}.{t[1]}" for o in only)]
     if args.list:
-        for module, qualname, group in targets:
+        for module, qualname, _group in targets:
             for _, what, line, *_ in mutants(module, qualname):
                 print(f"{module}.{qualname}:{line} {what}")
         return 0

@@ -49,9 +49,9 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
 
 import psycopg
 import yaml
@@ -270,7 +270,7 @@ def _boundary_folder(dest: Path) -> None:
         (dest / f.name).symlink_to(f)
 
 
-def write_layer(c: "Cluster", name: str, doc: dict) -> None:
+def write_layer(c: Cluster, name: str, doc: dict) -> None:
     path = c.tmp / "boundaries" / name
     tmp = path.with_name(f".{name}.tmp")
     tmp.write_bytes(json.dumps(doc).encode())
@@ -519,7 +519,7 @@ class Load:
                 i += 1
                 time.sleep(0.02)
 
-    def __enter__(self) -> "Load":
+    def __enter__(self) -> Load:
         self._threads = [threading.Thread(target=self._run, args=(k,), daemon=True) for k in range(self.n)]
         for t in self._threads:
             t.start()
@@ -660,7 +660,7 @@ def rejoin(c: Cluster, name: str, timeout: float = 180) -> list[dict]:
     return readyz_probes(c.replicas[name], 4)
 
 
-def source_frame() -> tuple["pandas.DataFrame", list[str]]:  # noqa: F821
+def source_frame() -> tuple[pandas.DataFrame, list[str]]:  # noqa: F821
     """The parking meters CSV as the spec reads it, and the spec's id columns."""
     import pyarrow as pa
     import pyarrow.csv as pacsv

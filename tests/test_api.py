@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import io
 
-import numpy as np
 import httpx
+import numpy as np
 import orjson
 import pyarrow as pa
 import pyarrow.csv as pacsv

@@ -377,7 +377,7 @@ def test_a_client_that_never_finishes_its_headers_is_disconnected():
 
     import uvicorn
 
-    from enrich_service.slow_clients import PROTOCOL
+    from enrich_service.server.slow_clients import PROTOCOL
 
     from .conftest import _free_port, settings_env
 
@@ -411,7 +411,7 @@ def test_a_client_that_never_finishes_its_headers_is_disconnected():
 
 
 def test_a_failed_cache_write_leaves_no_part_file(tmp_path):
-    from enrich_service.disk_cache import cached
+    from enrich_service.server.disk_cache import cached
 
     value, from_cache = cached(tmp_path / "x.pkl", lambda: (lambda: None))  # a lambda cannot be pickled
     assert not from_cache and callable(value)

@@ -14,7 +14,7 @@ import subprocess
 import sys
 import threading
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
@@ -127,7 +127,7 @@ def airflow(tmp_path_factory, live_service, pg_dsn):
 
 def run_dag(dag, when: datetime | None = None):
     """dag.test() for one run; the same `when` gives the same run id (a re-run of that run)."""
-    when = when or datetime.now(timezone.utc)
+    when = when or datetime.now(UTC)
     return dag.test(logical_date=when, run_after=when)
 
 
@@ -204,7 +204,7 @@ def test_timestamps_are_written_as_iso_text_in_the_portal_files():
 
     when = dt.datetime(2017, 1, 2, 3, 4, 5, 123000)
     table = pa.table({"at": pa.array([when, None], pa.timestamp("ms")),
-                      "at_utc": pa.array([when.replace(tzinfo=dt.timezone.utc), None], pa.timestamp("us", tz="UTC"))})
+                      "at_utc": pa.array([when.replace(tzinfo=dt.UTC), None], pa.timestamp("us", tz="UTC"))})
     out = _csv_ready(table)
     assert out.column("at").to_pylist() == ["2017-01-02T03:04:05.123", None]
     assert out.column("at_utc").to_pylist() == ["2017-01-02T03:04:05.123000+0000", None]
@@ -224,7 +224,7 @@ def test_dag_bag_has_no_import_errors(airflow):
 
 @pytest.fixture(scope="module")
 def meters_run(airflow, boundary_tables):
-    when = datetime(2026, 1, 5, 5, 0, tzinfo=timezone.utc)
+    when = datetime(2026, 1, 5, 5, 0, tzinfo=UTC)
     t0 = time.perf_counter()
     dr = run_dag(airflow.datasets.enrich_parking_meters, when)
     return dr, when, time.perf_counter() - t0
@@ -459,7 +459,7 @@ def test_report_a_department_head_reads(airflow, meters_run, tmp_path):
     The published table is only read (never altered here)."""
     import re
 
-    dr, received = _report_run(airflow, datetime(2026, 1, 6, 5, 0, tzinfo=timezone.utc))
+    dr, received = _report_run(airflow, datetime(2026, 1, 6, 5, 0, tzinfo=UTC))
     assert str(dr.state) == "success", task_states(dr)
     assert len(received) == 1
     envelope = received[0]
@@ -514,7 +514,7 @@ def test_report_a_department_head_reads(airflow, meters_run, tmp_path):
     history[0]["by"]["council_district"]["3"] += 40
     history[0]["total"] += 40
     path.write_text(json.dumps(history))
-    dr2, received = _report_run(airflow, datetime(2026, 1, 13, 5, 0, tzinfo=timezone.utc))
+    dr2, received = _report_run(airflow, datetime(2026, 1, 13, 5, 0, tzinfo=UTC))
     assert str(dr2.state) == "success", task_states(dr2)
     html2 = next(p for p in email.message_from_bytes(received[0].content).walk()
                  if p.get_content_type() == "text/html").get_payload(decode=True).decode()
@@ -672,9 +672,9 @@ def test_client_arrow_and_json_agree_and_errors_are_typed(live_service):
 
 
 def test_client_sends_a_table_over_the_services_batch_limit_in_parts():
-    from enrich_service.client import EnrichClient
-
     import pyarrow as pa
+
+    from enrich_service.client import EnrichClient
 
     df = pd.read_csv(METERS_CSV).iloc[:2500]
     table = pa.table({"id": pa.array(range(len(df))), "lon": df.lng.to_numpy(), "lat": df.lat.to_numpy(),

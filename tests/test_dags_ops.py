@@ -110,7 +110,7 @@ def _self_signed(tmp: Path) -> tuple[Path, Path]:
 
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
-    now = dt.datetime.now(dt.timezone.utc)
+    now = dt.datetime.now(dt.UTC)
     cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
             .serial_number(x509.random_serial_number()).not_valid_before(now - dt.timedelta(minutes=5))
             .not_valid_after(now + dt.timedelta(hours=1))
@@ -316,9 +316,8 @@ def test_boundary_load_is_one_transaction(airflow_ops, boundary_tables_ops):
     before = state()
     pg("ALTER TABLE boundary_layers ADD CONSTRAINT fault_injected CHECK (layer <> 'zip') NOT VALID")
     try:
-        with psycopg.connect(PG_DSN, autocommit=True) as conn:
-            with pytest.raises(psycopg.errors.CheckViolation):
-                load_into_postgis(conn, fetch())
+        with psycopg.connect(PG_DSN, autocommit=True) as conn, pytest.raises(psycopg.errors.CheckViolation):
+            load_into_postgis(conn, fetch())
     finally:
         pg("ALTER TABLE boundary_layers DROP CONSTRAINT fault_injected")
     assert state() == before

@@ -8,8 +8,8 @@ import pytest
 import shapely
 
 from enrich_service.engine.exact import ExactIndex
-from enrich_service.layers.store import to_metric
 from enrich_service.engine.rules import RULE_EDGE, RULE_NONE, RULE_OVERLAP
+from enrich_service.layers.store import to_metric
 from enrich_service.postgis import load_layers, table_name
 
 from .conftest import real_points

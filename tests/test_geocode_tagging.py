@@ -4,7 +4,6 @@ that are never replaced."""
 
 from __future__ import annotations
 
-
 import numpy as np
 import pytest
 
@@ -45,7 +44,7 @@ def test_a_city_named_in_the_text_is_another_citys_address(index):
 def test_a_number_beyond_the_reference_is_not_placed_on_another_block(index):
     row = answer(index, ["202 C St, 92101"])[0]  # downtown; the reference has C St only from 2400 on (Golden Hill)
     assert row["council_district"] is None and row["neighborhood"] is None
-    assert row["neighborhood_rule"] == "ambiguous" and "Greater Golden Hill" != row["neighborhood"]
+    assert row["neighborhood_rule"] == "ambiguous" and row["neighborhood"] != "Greater Golden Hill"
     # All the answer knows is the postal ZIP given, and a postal ZIP is not its Census ZCTA near the edges.
     assert row["zip"] is None and "92101" in row["zip_candidates"].split(";")
 

@@ -26,8 +26,8 @@ import pytest
 
 from enrich_service.engine import exact, rules, tagger
 from enrich_service.engine.exact import ExactIndex
-from enrich_service.errors import NoVersionInForce
 from enrich_service.engine.grid import GridIndex
+from enrich_service.errors import NoVersionInForce
 from enrich_service.layers.store import LayerStore
 from enrich_service.postgis import load_layers
 

@@ -298,7 +298,7 @@ def test_address_search(page):
     assert page.tab.inner_text("#match-level") == "exact"
     assert page.tab.inner_text('#answer-body tr[data-layer=council_district] .value') == "Council District 2"
     markers = page.tab.locator(".leaflet-marker-icon")
-    assert markers.count() == 1 and "4608 Gardena Avenue (exact)" == markers.get_attribute("title")
+    assert markers.count() == 1 and markers.get_attribute("title") == "4608 Gardena Avenue (exact)"
     lat, lon = page.tab.evaluate("() => { const c = enrichMap.getCenter(); return [c.lat, c.lng]; }")
     assert abs(lat - 32.7786) < 0.001 and abs(lon + 117.2013) < 0.001
     page.shot("04-address")

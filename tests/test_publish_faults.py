@@ -21,7 +21,7 @@ import subprocess
 import sys
 import threading
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import psycopg
@@ -34,7 +34,7 @@ if str(DAGS) not in sys.path:
     sys.path.append(str(DAGS))
 METERS_CSV = POINTS / "treas_parking_meters_loc_datasd.csv"
 TABLE = "public.meters_faults"
-T0 = datetime(2026, 3, 1, 5, 0, tzinfo=timezone.utc)
+T0 = datetime(2026, 3, 1, 5, 0, tzinfo=UTC)
 SPEC = """
 name: meters_faults
 description: Parking meters, for the publishing fault tests

@@ -42,6 +42,7 @@ def gate(live_service, tmp_path: Path, rows: list[tuple], quality: str) -> str |
 def run_gate(spec, assembled: dict) -> str | dict:
     """The DAG's quality_gate task on an assembled file: the message it fails with, or the stats it returns."""
     from airflow.sdk.exceptions import AirflowFailException
+
     from enrich_pipeline.factory import build_dataset_dag
 
     task = build_dataset_dag(spec).get_task("quality_gate")
@@ -58,7 +59,6 @@ def prepare(live_service, tmp_path: Path, rows: list[tuple], quality: str) -> tu
     from enrich_pipeline.enrich import enrich_batch, plan_batches
     from enrich_pipeline.extract import extract
     from enrich_pipeline.spec import load_spec
-
     from enrich_service.client import EnrichClient
 
     tmp_path.mkdir(parents=True, exist_ok=True)

@@ -222,11 +222,11 @@ def test_dag_path_dates_and_as_of_on_the_switch_days(live_service, probe, tmp_pa
     if str(REPO / "dags") not in sys.path:
         sys.path.append(str(REPO / "dags"))
     import pyarrow.parquet as pq
+
     from enrich_pipeline.assemble import assemble, plausible_area
     from enrich_pipeline.enrich import enrich_batch, plan_batches
     from enrich_pipeline.extract import extract
     from enrich_pipeline.spec import load_spec
-
     from enrich_service.client import EnrichClient
 
     lon, lat, _ = probe

@@ -80,7 +80,7 @@ def test_zoned_timestamps_pick_the_san_diego_day_in_csv(client):
 
 
 def test_arrow_timestamps_with_a_zone_pick_the_san_diego_day(client):
-    instants = [dt.datetime(2022, 12, 10, 7, tzinfo=dt.timezone.utc), dt.datetime(2022, 12, 10, 8, tzinfo=dt.timezone.utc)]
+    instants = [dt.datetime(2022, 12, 10, 7, tzinfo=dt.UTC), dt.datetime(2022, 12, 10, 8, tzinfo=dt.UTC)]
     for tz in ("UTC", "America/New_York"):
         table = pa.table({"id": ["a", "b"], "lon": [LON, LON], "lat": [LAT, LAT],
                           "date": pa.array(instants, pa.timestamp("us", tz="UTC")).cast(pa.timestamp("us", tz=tz))})

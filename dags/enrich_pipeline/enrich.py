@@ -14,7 +14,6 @@ from .extract import ROW
 from .spec import DatasetSpec
 from .workdir import write_parquet
 
-
 # One layer set per run: the first batch answered pins its set (sha256) in the run's work folder; every other batch
 # sends it as X-Enrich-Expect-Layers, and a replica serving another set answers 409 (the task retries), so no
 # published table mixes two sets of boundaries.

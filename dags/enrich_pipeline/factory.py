@@ -12,7 +12,7 @@ Nothing here does work at parse time: tasks read their spec from the closure and
 from __future__ import annotations
 
 import os
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from airflow.sdk import Asset, AssetOrTimeSchedule, CronTriggerTimetable, dag, get_current_context, task
@@ -21,7 +21,7 @@ from .alerts import failure_callbacks
 from .spec import DatasetSpec
 
 BOUNDARIES = Asset("enrich://boundaries")
-START = datetime(2025, 1, 1, tzinfo=timezone.utc)
+START = datetime(2025, 1, 1, tzinfo=UTC)
 TZ = "America/Los_Angeles"
 # Bounds the enrich calls in flight to the service across every dataset DAG: `airflow pools set enrich_service 4`.
 SERVICE_POOL = os.environ.get("ENRICH_SERVICE_POOL", "enrich_service")
@@ -75,7 +75,8 @@ def build_dataset_dag(spec: DatasetSpec):
             """Read the source into extract.parquet in the run's work folder (a row group per batch)."""
             from airflow.sdk.exceptions import AirflowFailException
 
-            from .extract import SourceUnreadable, extract as run
+            from .extract import SourceUnreadable
+            from .extract import extract as run
             from .publish import PublishRefused, refuse_stale_early
 
             try:

@@ -462,6 +462,7 @@ def postgis_hook_connection(conn_id: str, statement_timeout_s: float = 900, lock
 def write_csv(enriched_path: Path, dest: Path) -> Path:
     """The portal CSV; staff open it in Excel, so no cell is written as a live formula (csv_safety)."""
     import pyarrow.csv as pacsv
+
     from enrich_service.csv_safety import formula_safe_table
 
     public, _ = public_table(enriched_path)
@@ -640,11 +641,10 @@ def commit(spec: DatasetSpec, run: dict, postgis: dict, files: dict, doc: dict) 
             backend = backend_of(conn)
             try:
                 with deadline(conn, p.statement_timeout_seconds + min(5.0, p.statement_timeout_seconds),
-                              f"{spec.name}: switching {spec.postgis.table}"):
-                    with conn.transaction():
-                        _timeouts(conn, spec)
-                        _switch_view(conn, spec, postgis, run)
-                        put_files()  # inside the transaction: a failed COMMIT puts them back
+                              f"{spec.name}: switching {spec.postgis.table}"), conn.transaction():
+                    _timeouts(conn, spec)
+                    _switch_view(conn, spec, postgis, run)
+                    put_files()  # inside the transaction: a failed COMMIT puts them back
             except PublishRefused:
                 raise
             except BaseException as exc:

@@ -57,7 +57,7 @@ class Address:
     min_match: str | None = None  # coarser matches keep no tags (geocode-join's min_match)
 
     @classmethod
-    def of(cls, doc: dict, where: str) -> "Address":
+    def of(cls, doc: dict, where: str) -> Address:
         def cols(value) -> tuple[str, ...]:
             return tuple([value] if isinstance(value, str) else (value or ()))
 

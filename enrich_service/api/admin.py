@@ -6,8 +6,8 @@ failed check in `check` and changes nothing anywhere."""
 from fastapi import APIRouter, Depends, Request
 
 from ..index import current
-from ..reload import reload_every_worker
-from ..security import require_admin_key
+from ..server.reload import reload_every_worker
+from ..server.security import require_admin_key
 from .layers import describe_index
 from .schemas import ErrorBody
 

@@ -6,16 +6,16 @@ import asyncio
 import datetime as dt
 import tempfile
 import threading
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import AsyncIterator
 
 import anyio
 from fastapi import Request
 
-from ..cancellation import run_with_flag
 from ..engine.tagger import MAX_NEAREST_M
 from ..errors import BodyTimeout, InvalidInput, PayloadTooLarge, UnknownParameter
 from ..points import parse_crs, parse_date
+from ..server.cancellation import run_with_flag
 from ..settings import Settings, get_settings
 
 
@@ -46,7 +46,7 @@ async def strict_query(request: Request) -> None:
     query = request.query_params
     if query and request.scope.get("route") is not None:
         names = route_query_names(request)
-        for name in query.keys():
+        for name in query:
             if name not in names:
                 raise UnknownParameter.of(name, names)
 

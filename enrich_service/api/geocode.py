@@ -23,8 +23,17 @@ from ..geocode.matcher import LEVELS
 from ..index import ServiceIndex, current
 from ..responses import ARROW, CSV, JSON, NDJSON, JSONResponse, NDJSONResponse
 from ..settings import get_settings
-from .common import (Options, check_batch_size, check_options_usable, merge_options, offload, parse_options, read_body,
-                     spool_body, strict_query)
+from .common import (
+    Options,
+    check_batch_size,
+    check_options_usable,
+    merge_options,
+    offload,
+    parse_options,
+    read_body,
+    spool_body,
+    strict_query,
+)
 from .ndjson import answer_stream, has_lines, parse_lines
 from .schemas import ERROR_RESPONSES, LAYER_EXAMPLE, LayerUsed, RowError, inline_schema
 

@@ -6,9 +6,9 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
 from ..errors import redact_paths
-from ..observability import metrics_body
-from ..reload import accepted_store
 from ..responses import JSONResponse
+from ..server.observability import metrics_body
+from ..server.reload import accepted_store
 
 router = APIRouter(tags=["health"])
 

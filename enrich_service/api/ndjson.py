@@ -6,7 +6,7 @@ thread, so a 10M-row request never holds the whole answer and clients that send 
 
 from __future__ import annotations
 
-from typing import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 
 import msgspec
 import orjson

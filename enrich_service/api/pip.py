@@ -15,12 +15,21 @@ from .. import codecs
 from ..codecs import Columns
 from ..errors import InvalidInput
 from ..index import ServiceIndex, current
-from ..observability import POINTS
 from ..points import PointBatch, prepare
 from ..responses import ARROW, CSV, JSON, NDJSON, JSONResponse, NDJSONResponse
+from ..server.observability import POINTS
 from ..settings import get_settings
-from .common import (Options, check_batch_size, check_options_usable, merge_options, offload, parse_options, read_body,
-                     spool_body, strict_query)
+from .common import (
+    Options,
+    check_batch_size,
+    check_options_usable,
+    merge_options,
+    offload,
+    parse_options,
+    read_body,
+    spool_body,
+    strict_query,
+)
 from .ndjson import answer_stream, has_lines, parse_lines
 from .schemas import ERROR_RESPONSES, PipRequest, PipResponse, PointAnswer, inline_schema
 

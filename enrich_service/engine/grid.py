@@ -20,7 +20,7 @@ import shapely
 from numba import njit, prange
 
 from ..layers.store import LayerVersion
-from ..parallel import run_parallel
+from ..server.parallel import run_parallel
 from .rules import RULE_OVERLAP
 
 # Far above float64 error at these coordinates (~1e-14 deg), far below any real feature (1e-9 deg is 0.1 mm).
@@ -256,7 +256,7 @@ class GridIndex:
         self.edge_share = float(edge.mean())
 
     @classmethod
-    def build(cls, version: LayerVersion, cells: int = 2048) -> "GridIndex":
+    def build(cls, version: LayerVersion, cells: int = 2048) -> GridIndex:
         return cls(version, cells)
 
     @property

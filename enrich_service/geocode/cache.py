@@ -20,7 +20,7 @@ DEFAULT_MAX_BYTES = 256 << 20
 ENTRY_OVERHEAD = 400
 
 _lock = threading.Lock()
-_current: "ResultCache | None" = None
+_current: ResultCache | None = None
 
 
 def _text_bytes(value: object) -> int:

@@ -13,13 +13,20 @@ import numpy as np
 import pyarrow as pa
 
 from .. import codecs
+from ..engine.rules import (
+    RULE_AMBIGUOUS,
+    RULE_BELOW_MIN_MATCH,
+    RULE_NONE,
+    RULE_NOT_GEOCODED,
+    RULE_OTHER_CITY,
+    RULE_OUTSIDE,
+    RULE_OUTSIDE_CITY,
+)
 from ..engine.tagger import TagResult
 from ..errors import InvalidInput, NotReady
 from ..index import ServiceIndex
-from ..observability import GEOCODES
 from ..points import WGS84, PointBatch, Prepared, parse_dates, prepare
-from ..engine.rules import (RULE_AMBIGUOUS, RULE_BELOW_MIN_MATCH, RULE_NONE, RULE_NOT_GEOCODED, RULE_OTHER_CITY,
-                            RULE_OUTSIDE, RULE_OUTSIDE_CITY)
+from ..server.observability import GEOCODES
 from . import support as support_mod
 from .matcher import LEVELS, OTHER_CITY_FACTOR, Geocoded, Geocoder
 from .normalize import city_name

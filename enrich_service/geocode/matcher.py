@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 from rapidfuzz import fuzz, process
 
-from ..cancellation import raise_if_cancelled
+from ..server.cancellation import raise_if_cancelled
 from .cache import ResultCache
 from .normalize import FREEWAY, Parsed, parse
 from .reference import M_PER_DEG_LAT, M_PER_DEG_LON, Reference

@@ -14,8 +14,19 @@ from typing import NamedTuple
 
 import usaddress
 
-from .words import (BLOCK_WORDS, DIRECTIONS, NAME_WORDS, NUMBER_ORDINALS, ORDINALS, OTHER_CITIES, PLACEHOLDERS,
-                    STATES, STREET_TYPES, TENS_WORDS, UNIT_DESIGNATORS)
+from .words import (
+    BLOCK_WORDS,
+    DIRECTIONS,
+    NAME_WORDS,
+    NUMBER_ORDINALS,
+    ORDINALS,
+    OTHER_CITIES,
+    PLACEHOLDERS,
+    STATES,
+    STREET_TYPES,
+    TENS_WORDS,
+    UNIT_DESIGNATORS,
+)
 
 MAX_ADDRESS_CHARS = 300
 CONNECTORS = frozenset({"&", "@", "AND", "AT", "/"})
@@ -328,9 +339,7 @@ def _join_words(tokens: list[str]) -> list[str]:
     """'TWENTY FIRST' -> 'TWENTYFIRST' (an ordinal), 'MC DONALD' -> 'MCDONALD', 'MARTIN LUTHER KING' -> 'MLK'."""
     out: list[str] = []
     for tok in tokens:
-        if out and (out[-1] in TENS_WORDS and (tok in ORDINALS or out[-1] + tok in ORDINALS)):
-            out[-1] = out[-1] + tok
-        elif out and out[-1] in ("MC", "MAC") and len(tok) > 2 and tok not in STREET_TYPES:
+        if out and (out[-1] in TENS_WORDS and (tok in ORDINALS or out[-1] + tok in ORDINALS)) or out and out[-1] in ("MC", "MAC") and len(tok) > 2 and tok not in STREET_TYPES:
             out[-1] = out[-1] + tok
         else:
             out.append(tok)

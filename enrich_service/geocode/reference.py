@@ -24,10 +24,10 @@ from typing import TYPE_CHECKING
 import numpy as np
 import shapely
 
-from ..disk_cache import cached, code_digest
 from ..errors import LayerSourceError
 from ..layers.manifest import load_manifest
 from ..layers.sources import ResolvedFile, resolve
+from ..server.disk_cache import cached, code_digest
 from ..settings import Settings
 from .normalize import _TOKENS, _street, clean_zip
 
@@ -104,7 +104,7 @@ class Vertices:
     length_m: np.ndarray  # per segment
 
     @classmethod
-    def of(cls, lines: np.ndarray) -> "Vertices":
+    def of(cls, lines: np.ndarray) -> Vertices:
         xy, seg = shapely.get_coordinates(lines, return_index=True)
         step = np.hypot(np.diff(xy[:, 0]) * M_PER_DEG_LON, np.diff(xy[:, 1]) * M_PER_DEG_LAT)
         step = np.concatenate([[0.0], np.where(np.diff(seg) == 0, step, 0.0)])
@@ -154,7 +154,7 @@ class Reference:
     seg_zip: np.ndarray
     seg_label: np.ndarray
     seg_mid: np.ndarray  # (n, 2) lon/lat of each segment's midpoint
-    vertices: "Vertices"
+    vertices: Vertices
     ranges_of: dict[int, list[tuple]]  # street id -> [(low, high, parity, side, segment, zip)]
     ranges_by_block: dict[tuple[int, int], list[tuple]]
     segments_of: dict[int, np.ndarray]

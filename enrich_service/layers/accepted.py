@@ -119,7 +119,7 @@ class AcceptedStore:
         shas = {name: sha for name, (_, sha) in files.items()}
         before = self.read()
         accepted = AcceptedSet(sha256=set_sha256(shas), files=shas,
-                               accepted_at=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+                               accepted_at=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
                                previous=before.sha256 if before and before.sha256 != set_sha256(shas)
                                else (before.previous if before else None))
         if before is None or before.sha256 != accepted.sha256:
@@ -140,7 +140,7 @@ class AcceptedStore:
         self._ensure()
         refused = self.refused()
         refused[set_sha256(files)] = {"files": files, "check": check, "reason": reason,
-                                      "refused_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
+                                      "refused_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds")}
         _write_atomic(self.root / REFUSED, orjson.dumps(dict(list(refused.items())[-20:]),
                                                         option=orjson.OPT_INDENT_2))
 

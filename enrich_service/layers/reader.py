@@ -12,8 +12,8 @@ import orjson
 import shapely
 from pyproj import CRS, Transformer
 
-from ..disk_cache import cached, code_digest
 from ..errors import LayerSourceError
+from ..server.disk_cache import cached, code_digest
 
 log = logging.getLogger(__name__)
 

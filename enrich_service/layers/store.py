@@ -135,7 +135,7 @@ class LayerStore:
 
     @classmethod
     def load(cls, manifest_path: Path, boundary_dir: Path | None, cache_dir: Path,
-             folders: dict[str, Path] | None = None) -> "LayerStore":
+             folders: dict[str, Path] | None = None) -> LayerStore:
         """`folders`: file name -> the folder to read it from instead (the accepted set's kept copies)."""
         t0 = time.perf_counter()
         manifest: Manifest = load_manifest(manifest_path)

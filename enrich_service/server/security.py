@@ -10,8 +10,8 @@ import hmac
 
 from fastapi import Request
 
-from .errors import Unauthorized
-from .settings import Settings, get_settings
+from ..errors import Unauthorized
+from ..settings import Settings, get_settings
 
 HEADER = "X-API-Key"
 

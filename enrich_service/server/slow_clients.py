@@ -13,9 +13,9 @@ import asyncio
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-from .settings import get_settings
+from ..settings import get_settings
 
-PROTOCOL = "enrich_service.slow_clients:HeaderDeadlineProtocol"  # uvicorn.Config(http=...)
+PROTOCOL = "enrich_service.server.slow_clients:HeaderDeadlineProtocol"  # uvicorn.Config(http=...)
 
 
 class HeaderDeadlineProtocol(HttpToolsProtocol):

@@ -18,14 +18,14 @@ from pathlib import Path
 
 from starlette.concurrency import run_in_threadpool
 
-from .errors import EnrichError, ReloadRefused
-from .index import ServiceIndex, build_index
-from .layers.accepted import AcceptedStore
-from .layers.manifest import load_manifest
-from .layers.sources import sha256_of
+from ..errors import EnrichError, ReloadRefused
+from ..index import ServiceIndex, build_index
+from ..layers.accepted import AcceptedStore
+from ..layers.manifest import load_manifest
+from ..layers.sources import sha256_of
+from ..settings import accepted_dir, get_settings
 from .memory import release_freed_memory
 from .observability import RELOADS, record_index
-from .settings import accepted_dir, get_settings
 from .workers import SUPERVISOR_ENV
 
 log = logging.getLogger(__name__)

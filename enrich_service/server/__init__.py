@@ -1,0 +1,1 @@
+"""Process machinery: workers, reloads and the accepted-version follower, memory, observability, security."""

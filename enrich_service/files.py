@@ -124,18 +124,26 @@ def _csv_chunks(source: Source, chunk_rows: int, delimiter: str | None, encoding
         raise FileError(f"{source.path}: column {twice[0]!r} appears more than once; column names must be unique "
                         f"(or set --delimiter if the header was split wrongly)")
     source.columns = header
-    lines = max(text.count("\n"), 1)
-    row_bytes = max(len(probe) // lines, 16)
+    # Blocks of 1 MB, gathered into chunks: the reader runs blocks ahead, and with large blocks that costs hundreds
+    # of MB (200k-row blocks: +250 MB; 1 MB blocks: +75 MB, and faster). One thread: no faster here either.
     read = pacsv.ReadOptions(column_names=header, skip_rows=1, encoding="utf8" if enc in ("utf-8", "utf8") else enc,
-                             block_size=int(min(max(row_bytes * chunk_rows, 1 << 20), 1 << 28)))
+                             use_threads=False, block_size=1 << 20)
     parse = pacsv.ParseOptions(delimiter=delimiter, ignore_empty_lines=len(header) > 1, newlines_in_values=True)
     convert = pacsv.ConvertOptions(column_types={name: pa.string() for name in header}, strings_can_be_null=False)
     with open(source.path, "rb") as f:
         try:
             reader = pacsv.open_csv(f, read_options=read, parse_options=parse, convert_options=convert)
+            batches: list[pa.RecordBatch] = []
+            rows = 0
             for batch in reader:
-                source.bytes_read = min(f.tell(), source.size_bytes)
-                yield pa.Table.from_batches([batch])
+                batches.append(batch)
+                rows += batch.num_rows
+                if rows >= chunk_rows:
+                    source.bytes_read = min(f.tell(), source.size_bytes)
+                    yield pa.Table.from_batches(batches).combine_chunks()
+                    batches, rows = [], 0
+            if batches:
+                yield pa.Table.from_batches(batches).combine_chunks()
         except (pa.ArrowInvalid, UnicodeDecodeError) as exc:
             message = str(exc).splitlines()[0]
             if "UTF8" in message or "UTF-8" in message:

@@ -10,7 +10,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from .server.observability import configure_logging
 from .settings import get_settings
@@ -29,7 +29,8 @@ def serve(args: argparse.Namespace) -> int:
     config = uvicorn.Config("enrich_service.main:create_app", factory=True, host=args.host, port=args.port,
                             workers=args.workers, log_config=None, access_log=False,
                             timeout_graceful_shutdown=args.graceful_seconds, http=PROTOCOL,
-                            timeout_keep_alive=settings.keep_alive_timeout_s)
+                            # uvicorn's hint says int; a float works (asyncio timers) and is kept as set
+                            timeout_keep_alive=cast(int, settings.keep_alive_timeout_s))
     if config.workers > 1:
         from .server import workers
 

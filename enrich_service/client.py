@@ -32,6 +32,8 @@ import orjson
 from .server.memory import paused_gc
 
 if TYPE_CHECKING:  # pandas and pyarrow are imported when used: `import enrich_service.client` stays cheap.
+    import subprocess
+
     import pandas as pd
     import pyarrow as pa
 
@@ -237,7 +239,8 @@ class EnrichClient:
             return self._post_arrow_in_parts(path, table, params, expect_layers)
         from rich.progress import Progress
 
-        answers, used = [], {}
+        answers: list[pa.Table] = []
+        used: dict = {}
         with Progress(disable=progress is False, transient=True) as bar:
             task = bar.add_task(path, total=n)
             for start in range(0, n, chunk_rows):
@@ -362,7 +365,7 @@ class LocalService:
                  ready_timeout: float = 120.0, stop_timeout: float = 30.0):
         self.env, self.port, self.log = dict(env or {}), port, log
         self.ready_timeout, self.stop_timeout = ready_timeout, stop_timeout
-        self.proc = None
+        self.proc: subprocess.Popen | None = None
         self.url = ""
 
     def start(self) -> LocalService:
@@ -386,11 +389,12 @@ class LocalService:
             if out:
                 out.close()
         deadline = time.monotonic() + self.ready_timeout
+        proc = self.proc
         with EnrichClient(self.url, timeout=2) as probe:
             while not probe.ready():
-                if self.proc.poll() is not None:
+                if proc.poll() is not None:
                     where = f" (see {self.log})" if self.log else ""
-                    raise ServiceUnavailable(f"enrich-service exited with {self.proc.returncode} while starting{where}")
+                    raise ServiceUnavailable(f"enrich-service exited with {proc.returncode} while starting{where}")
                 if time.monotonic() > deadline:
                     self.stop()
                     raise ServiceUnavailable(f"enrich-service was not ready within {self.ready_timeout:.0f} s")

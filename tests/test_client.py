@@ -103,11 +103,11 @@ def test_chunks_are_retried_and_a_rejected_request_is_not(live_service, meters):
     points = tagged.attrs["enrich_layers"]["council_district"]["versions_used"]
     assert sum(v["points"] for v in points) == len(meters)
 
-    with EnrichClient(live_service, transport=FlakyTransport(failures=5), retries=2, retry_delay=0.01) as client:
-        with pytest.raises(ServiceUnavailable, match="planted"):
-            client.tag(meters, lon="lng", lat="lat")
+    with EnrichClient(live_service, transport=FlakyTransport(failures=5), retries=2, retry_delay=0.01) as client, \
+            pytest.raises(ServiceUnavailable, match="planted"):
+        client.tag(meters, lon="lng", lat="lat")
     counted = FlakyTransport(failures=0)
-    with EnrichClient(live_service, transport=counted, retries=3, retry_delay=0.01) as client:
-        with pytest.raises(RequestRejected, match="wards"):
-            client.tag(meters, lon="lng", lat="lat", layers=["wards"])
+    with EnrichClient(live_service, transport=counted, retries=3, retry_delay=0.01) as client, \
+            pytest.raises(RequestRejected, match="wards"):
+        client.tag(meters, lon="lng", lat="lat", layers=["wards"])
     assert counted.requests == 1  # a 4xx is not retried

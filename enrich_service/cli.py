@@ -105,7 +105,7 @@ class LocalTagger:
     """In process: the service's own code on the service's own index (no server)."""
 
     def __init__(self, settings, layers: str | None, as_of: str | None, min_match: str | None):
-        from .api.common import parse_options
+        from .bulk.options import parse_options
         from .index import build_index
 
         self.index = build_index(settings)
@@ -117,15 +117,15 @@ class LocalTagger:
     def tag(self, attrs: pa.Table, req: pa.Table, job: Job) -> tuple[pa.Table, dict]:
         import dataclasses
 
-        from . import codecs
-        from .api.common import parse_options
-        from .api.pip import tag_batch
+        from .bulk.options import parse_options
+        from .bulk.tag_points import tag_batch
+        from .io import results, tables
 
         opts = dataclasses.replace(self.opts, crs=parse_options({"crs": job.crs}, self.settings).crs)
-        cols = codecs.Columns(id=ROW, lon=job.lon, lat=job.lat, date=job.date)
-        batch = codecs.batch_from_table(req, cols)
+        cols = tables.Columns(id=ROW, lon=job.lon, lat=job.lat, date=job.date)
+        batch = tables.batch_from_table(req, cols)
         prepared, result = tag_batch(self.index, batch, opts, cols)
-        return codecs.answer_table(attrs, None, prepared, result, job.prefix), result.layers_used()
+        return results.answer_table(attrs, None, prepared, result, job.prefix), result.layers_used()
 
     def geocode(self, attrs: pa.Table, req: pa.Table, job: Job) -> tuple[pa.Table, dict]:
         from .geocode import join
@@ -149,13 +149,13 @@ class RemoteTagger:
         self.pinned: str | None = None  # the layer set of the first answer: every chunk must come from it
 
     def _append(self, attrs: pa.Table, req: pa.Table, answer: pa.Table, used: dict, job: Job) -> pa.Table:
-        from . import codecs
+        from .io.results import append_results
 
         if answer.num_rows != req.num_rows or not answer.column(ROW).equals(req.column(ROW)):
             raise CliError(f"the service at --url answered {answer.num_rows} rows out of order for {req.num_rows}")
         self.pinned = self.pinned or self.client.last_layers_sha256
-        results = [(name, answer.column(name)) for name in answer.column_names[req.num_columns:]]
-        return codecs.append_results(attrs, results, list(used), job.prefix)
+        columns = [(name, answer.column(name)) for name in answer.column_names[req.num_columns:]]
+        return append_results(attrs, columns, list(used), job.prefix)
 
     def tag(self, attrs: pa.Table, req: pa.Table, job: Job) -> tuple[pa.Table, dict]:
         answer, used = self.client.tag_table(req, layers=self.layers, as_of=self.as_of, crs=job.crs, id_col=ROW,
@@ -228,7 +228,7 @@ def _request(chunk: pa.Table, start: int, job: Job, source) -> tuple[pa.Table, p
     elif job.lon in attrs.column_names:
         cols[job.lon], cols[job.lat] = attrs.column(job.lon), attrs.column(job.lat)
     else:  # points from the geometry
-        from .files import point_coordinates
+        from .io.files import point_coordinates
 
         x, y, others = point_coordinates(geometry)
         if others == chunk.num_rows:
@@ -256,8 +256,8 @@ def _joined_text(table: pa.Table, names: list[str]):
 def _output_geometry(out: pa.Table, width: int, req: pa.Table, geometry, job: Job, source, geo_out: bool):
     """The geometry the output carries: the file's own; or, for GeoJSON/GeoPackage, points from the geocode or
     from the coordinate columns (in --crs). `width`: the file's columns, after which the results start."""
-    from . import codecs
-    from .files import WGS84_TEXT, points_wkb
+    from .io.files import WGS84_TEXT, points_wkb
+    from .io.tables import coordinate
 
     if geometry is not None and not job.geocode:
         return geometry, source.crs
@@ -267,7 +267,7 @@ def _output_geometry(out: pa.Table, width: int, req: pa.Table, geometry, job: Jo
         x = out.column(width).to_numpy(zero_copy_only=False).astype(float)
         y = out.column(width + 1).to_numpy(zero_copy_only=False).astype(float)
         return points_wkb(x, y), WGS84_TEXT
-    x, y = codecs._coordinate(req, job.lon, {}), codecs._coordinate(req, job.lat, {})
+    x, y = coordinate(req, job.lon, {}), coordinate(req, job.lat, {})
     return points_wkb(x, y), job.crs or WGS84_TEXT
 
 
@@ -390,7 +390,7 @@ class Summary:
 # ---- the command --------------------------------------------------------------------------------------------------
 
 def _destination(args: argparse.Namespace, source, geocode: bool) -> tuple[str, str]:
-    from .files import READ_FORMATS, STDOUT, WRITE_FORMATS, FileError, format_of
+    from .io.files import READ_FORMATS, STDOUT, WRITE_FORMATS, FileError, format_of
 
     if args.out == STDOUT:
         fmt = args.out_format or (source.format if source.format in WRITE_FORMATS else "csv")
@@ -416,7 +416,7 @@ def enrich(args: argparse.Namespace) -> int:
 
     import pyarrow as pa
 
-    from .files import STDOUT, Chunk, open_source, write_chunks
+    from .io.files import STDOUT, Chunk, open_source, write_chunks
 
     t0 = time.monotonic()
     if args.chunk_rows < 1:
@@ -486,7 +486,7 @@ def _cli_words(message: str, field: str | None = None) -> str:
 def one_line(exc: BaseException, args: argparse.Namespace) -> str:
     from . import errors
     from .client import EnrichError, RequestRejected, ServiceUnavailable
-    from .files import FileError
+    from .io.files import FileError
 
     if isinstance(exc, (CliError, FileError)):
         return str(exc)
@@ -542,7 +542,7 @@ FORMATS_HELP = ("Reads CSV (any delimiter), Parquet/GeoParquet, GeoJSON, GeoPack
 
 
 def _enrich_arguments(p: argparse.ArgumentParser) -> None:
-    from .files import READ_FORMATS, WRITE_FORMATS
+    from .io.files import READ_FORMATS, WRITE_FORMATS
 
     p.add_argument("file")
     p.add_argument("--out", help="the output file, its extension naming the format (.csv .parquet .geojson .gpkg); "

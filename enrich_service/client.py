@@ -281,7 +281,7 @@ class EnrichClient:
         import pyarrow as pa
         import pyarrow.ipc as ipc
 
-        from .arrow_stream import stream_buffer
+        from .io.arrow_stream import stream_buffer
 
         headers = {"content-type": ARROW, "accept": ARROW}
         if expect_layers:
@@ -488,11 +488,11 @@ def _frame_points(df: pd.DataFrame, lon: str | None, lat: str | None, crs: str |
 
 def _frame_names(names: list[str], taken, layers: list[str]) -> list[str]:
     """Result column names for a DataFrame: a name taken by a column of `taken`, or by a DataFrame attribute
-    (`flags`), gets FRAME_PREFIX in front, with its layer's companions (the service's rule, codecs.append_results)."""
+    (`flags`), gets FRAME_PREFIX in front, with its layer's companions (the service's rule, io.results.append_results)."""
     import pandas as pd
     import pyarrow as pa
 
-    from .codecs import append_results
+    from .io.results import append_results
 
     taken = list(dict.fromkeys([*taken, *(n for n in names if hasattr(pd.DataFrame, n))]))
     empty = pa.table([pa.nulls(0)] * len(taken), names=taken)
@@ -525,7 +525,7 @@ def _iso_dates(series: pd.Series) -> list:
     timestamp with a zone gives its San Diego day, as the service reads one (the layers' dates are local days)."""
     import pandas as pd
 
-    from .points import LOCAL_TZ
+    from .io.dates import LOCAL_TZ
 
     def local(v):
         return v.tz_convert(LOCAL_TZ) if getattr(v, "tzinfo", None) is not None else v

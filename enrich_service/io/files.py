@@ -18,7 +18,7 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
-from .codecs import encode_csv
+from .csv_text import encode_csv
 
 # format -> file extensions; the first of each is what a default output name uses.
 READ_FORMATS = {

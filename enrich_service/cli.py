@@ -377,7 +377,7 @@ class Summary:
             else:
                 top, n = counts.most_common(1)[0]
                 values = f"{len(counts)} values, most {top} {n:,}"
-            out.append(f"{head}{values} · none {self.untagged[layer]:,}")
+            out.append(head + " · ".join(filter(None, [values, f"none {self.untagged[layer]:,}"])))
         if self.levels:
             order = [lv for lv in ("exact", "interpolated", "intersection", "hundred_block", "street", "zip", "none")
                      if lv in self.levels] + sorted(set(self.levels) - {"exact", "interpolated", "intersection",
@@ -590,6 +590,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("enrich-service: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `--out - | head`: the reader has what it wanted
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error when Python flushes
+        return 141
     except Exception as exc:
         if args.verbose:
             raise

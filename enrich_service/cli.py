@@ -86,12 +86,11 @@ class CliError(Exception):
 
 @dataclass
 class Job:
-    """What `enrich` was asked, resolved once: the mode, the columns, and what tags a chunk."""
+    """What `enrich` was asked, resolved once against the file: the mode and the columns it reads."""
 
     geocode: bool
     lon: str = "lon"
     lat: str = "lat"
-    id: str | None = None
     date: str | None = None
     address: str = "address"
     address_parts: list[str] = field(default_factory=list)  # the file's columns that make up the address

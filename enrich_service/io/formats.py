@@ -26,6 +26,7 @@ class Format:
 
     media_type: str
     response: type[Response]
+    body_schema: dict | None = None  # the request body in OpenAPI (JSON: each operation's own model)
     # Table formats: (body, Content-Type) -> the input table, and the answer table -> the answer's bytes.
     decode_table: Callable[[bytes, str | None], pa.Table] | None = None
     encode_table: Callable[[pa.Table], bytes | memoryview] | None = None
@@ -33,12 +34,14 @@ class Format:
     aliases: tuple[str, ...] = ()  # other names clients send for it
 
 
+_BINARY = {"type": "string", "format": "binary"}
+_TEXT = {"type": "string"}
 FORMATS: dict[str, Format] = {f.media_type: f for f in (
     Format(JSON, EncodedJSONResponse),
-    Format(ARROW, ArrowResponse, read_arrow_body, encode_arrow,
+    Format(ARROW, ArrowResponse, _BINARY, read_arrow_body, encode_arrow,
            aliases=("application/vnd.apache.arrow.file", "application/x-arrow")),
-    Format(CSV, CSVResponse, read_csv_body, encode_csv),
-    Format(NDJSON, NDJSONResponse, streamed=True),
+    Format(CSV, CSVResponse, _TEXT, read_csv_body, encode_csv),
+    Format(NDJSON, NDJSONResponse, _TEXT, streamed=True),
 )}
 MEDIA_TYPES = tuple(FORMATS)
 _ALIASES = {alias: f.media_type for f in FORMATS.values() for alias in f.aliases}

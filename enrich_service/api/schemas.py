@@ -3,6 +3,8 @@ model per point costs more than the join); these models describe what they accep
 
 from __future__ import annotations
 
+from typing import Any
+
 from pydantic import BaseModel, ConfigDict, Field
 
 from ..bulk.geocode_join import MIN_MATCH
@@ -127,7 +129,7 @@ class ErrorBody(BaseModel):
     row: int | None = None
 
 
-ERROR_RESPONSES = {
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     status: {"model": ErrorBody, "description": text}
     for status, text in ((400, "Malformed body"), (406, "Accept not supported, or an input column the answer's "
                                                              "type cannot hold"),

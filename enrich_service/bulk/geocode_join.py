@@ -16,7 +16,7 @@ from ..index import ServiceIndex
 from ..io import json_body, results
 from ..io.tables import with_local_days
 from ..settings import Settings
-from .operation import PREFIX, BulkOperation, BulkParams, read_prefix
+from .operation import DATE_COL, ID_COL, PREFIX, BulkOperation, BulkParams, read_prefix
 from .options import Options, Param, check_batch_size, merge_options, parse_options
 
 REFERENCE_HEADER = "X-Enrich-Geocode-Reference"
@@ -39,13 +39,13 @@ def geocode_join(index: ServiceIndex, records: Records, opts: Options, min_match
 class GeocodeJoin(BulkOperation[AddressParams, Records, Joined]):
     options = OPTIONS
     params = (
-        Param("id_col", "Tables and NDJSON: the id column", default="id"),
+        ID_COL,
         Param("address_col", "Tables and NDJSON: the address column", default="address"),
         Param("city_col", "Tables and NDJSON: the city column (optional)", default="city"),
         Param("zip_col", "Tables and NDJSON: the ZIP column (optional)", default="zip"),
         Param("lon_col", "Tables and NDJSON: earlier longitude to check (optional)", default="lon"),
         Param("lat_col", "Tables and NDJSON: earlier latitude to check (optional)", default="lat"),
-        Param("date_col", "Tables and NDJSON: the date column (default: a column named date, if any)"),
+        DATE_COL,
         MIN_MATCH,
         PREFIX,
     )

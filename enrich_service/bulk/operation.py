@@ -46,6 +46,8 @@ P = TypeVar("P", bound=BulkParams)
 In = TypeVar("In")
 Out = TypeVar("Out")
 
+ID_COL = Param("id_col", "Tables and NDJSON: the id column", default="id")
+DATE_COL = Param("date_col", "Tables and NDJSON: the date column (default: a column named date, if any)")
 PREFIX = Param("prefix", "CSV/Arrow answers: put in front of a result column named like an input column; input "
                          "columns are never replaced", default=COLLISION_PREFIX)
 

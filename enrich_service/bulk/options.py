@@ -12,6 +12,7 @@ from pyproj import CRS
 
 from ..engine.tagger import MAX_NEAREST_M
 from ..errors import InvalidInput, PayloadTooLarge
+from ..index import ServiceIndex
 from ..io.dates import parse_date
 from ..io.json_body import OPTIONS
 from ..points import parse_crs
@@ -75,7 +76,7 @@ OPTION_PARAMS = {param.name: param for param in (
 assert tuple(OPTION_PARAMS) == OPTIONS
 
 
-def check_options_usable(index, opts: Options) -> None:
+def check_options_usable(index: ServiceIndex, opts: Options) -> None:
     """Everything about the options that can fail, checked before any answer starts (a streamed answer cannot
     turn into a 4xx once its status line is out): the layers exist, each has a version in force on as_of."""
     index.store.check_layers(opts.layers)

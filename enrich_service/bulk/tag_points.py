@@ -13,7 +13,7 @@ from ..io.tables import Columns
 from ..points import PointBatch, Prepared, prepare
 from ..server.observability import POINTS
 from ..settings import Settings
-from .operation import PREFIX, BulkOperation, BulkParams, read_prefix
+from .operation import DATE_COL, ID_COL, PREFIX, BulkOperation, BulkParams, read_prefix
 from .options import Options, Param, check_batch_size, merge_options, parse_options
 
 Tagged = tuple[Prepared, TagResult]
@@ -33,10 +33,10 @@ def tag_batch(index: ServiceIndex, batch: PointBatch, opts: Options, cols: Colum
 class TagPoints(BulkOperation[PointParams, PointBatch, Tagged]):
     options = json_body.OPTIONS
     params = (
-        Param("id_col", "Tables and NDJSON: the id column", default="id"),
+        ID_COL,
         Param("lon_col", "Tables and NDJSON: the longitude / x column", default="lon"),
         Param("lat_col", "Tables and NDJSON: the latitude / y column", default="lat"),
-        Param("date_col", "Tables and NDJSON: the date column (default: a column named date, if any)"),
+        DATE_COL,
         PREFIX,
     )
 

@@ -11,8 +11,9 @@ from collections.abc import AsyncIterator, Iterable
 import anyio
 from fastapi import Request
 
-from ..bulk.options import OPTIONS, Param, QueryOptions
+from ..bulk.options import OPTIONS, QueryOptions
 from ..errors import BodyTimeout, PayloadTooLarge, UnknownParameter
+from ..io.params import Param
 from ..server.cancellation import run_with_flag
 from ..settings import Settings, get_settings
 

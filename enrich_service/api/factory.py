@@ -22,7 +22,7 @@ from ..bulk.options import OPTION_PARAMS, Options, QueryOptions, check_batch_siz
 from ..errors import EnrichError
 from ..index import ServiceIndex, current
 from ..io import formats, tables
-from ..io.formats import FORMATS
+from ..io.formats import FORMAT_PARAMS, FORMATS
 from ..io.media import JSON
 from ..io.ndjson import has_lines, line_groups, parse_lines
 from ..settings import Settings, get_settings
@@ -35,7 +35,7 @@ CHUNK_ROWS = 50_000  # NDJSON rows answered per step: memory stays bounded whate
 def add_bulk_route(router: APIRouter, path: str, op: BulkOperation, *, name: str, summary: str,
                    json_request: type[BaseModel], response_model: type[BaseModel]) -> None:
     """Register POST `path` for `op`: its query parameters and a request body per registered media type."""
-    openapi = declared(*(OPTION_PARAMS[option] for option in op.options), *op.params)
+    openapi = declared(*(OPTION_PARAMS[option] for option in op.options), *op.params, *FORMAT_PARAMS)
     openapi["requestBody"] = {"required": True, "content": {
         media_type: {"schema": inline_schema(json_request) if media_type == JSON else fmt.body_schema}
         for media_type, fmt in FORMATS.items()}}
@@ -48,16 +48,17 @@ def add_bulk_route(router: APIRouter, path: str, op: BulkOperation, *, name: str
 
 
 async def answer_bulk(request: Request, op: BulkOperation, options: QueryOptions) -> Response:
+    """One bulk request through `op`: every check that can fail runs before the body is read where it can, and
+    every step that costs CPU runs in a worker thread (offload: a timed-out request stops its work)."""
     settings = get_settings()
     index = current(request.app)
     op.check_ready(index)
     content_type = request.headers.get("content-type")
     kind = formats.media_type(content_type)
-    answer = FORMATS[formats.response_type(request.headers.get("accept"), kind)]
+    body_format, answer = FORMATS[kind], FORMATS[formats.response_type(request.headers.get("accept"), kind)]
     params = op.read_params(read_query(request, op.params))
-    given = options.only(op.options)
 
-    if FORMATS[kind].streamed:  # every option checked before the status line goes out
+    if body_format.streamed:  # every option checked before the status line goes out
         opts = options.parsed(settings)
         check_options_usable(index, opts)
         spool = await spool_body(request, settings)
@@ -67,16 +68,16 @@ async def answer_bulk(request: Request, op: BulkOperation, options: QueryOptions
         chunk = functools.partial(_answer_lines, op, index, opts, params)
         return answer.response(_stream(spool, chunk, settings), headers=op.stream_headers(index))
 
-    decode_table = FORMATS[kind].decode_table
     table = None
-    if decode_table is None:  # a JSON body: its own options, each one it leaves out from the query string
+    if body_format.decode_table is None:  # a JSON body: its own options, each one it leaves out from the query string
         body = await read_body(request, settings)
-        opts, params, data = await offload(op.from_json, body, params, given, settings)
+        opts, params, data = await offload(op.from_json, body, params, options.only(op.options), settings)
     else:
         opts = options.parsed(settings)
         check_options_usable(index, opts)
         body = await read_body(request, settings)
-        table = await offload(decode_table, body, content_type)
+        decode = functools.partial(body_format.decode_table, **read_query(request, body_format.params))
+        table = await offload(decode, body, content_type)
         check_batch_size(table.num_rows, settings, field="body")
         cols = params.columns
         params = replace(params, columns=replace(cols, date=tables.date_column(table, cols.date)))

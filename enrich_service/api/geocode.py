@@ -11,11 +11,12 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Request
 
 from ..bulk.geocode_join import GEOCODE_JOIN, MIN_MATCH, geocode_join
-from ..bulk.options import OPTION_PARAMS, Param, QueryOptions
+from ..bulk.options import OPTION_PARAMS, QueryOptions
 from ..errors import InvalidInput
 from ..geocode import join
 from ..geocode.join import Records
 from ..index import current
+from ..io.params import Param
 from ..io.responses import JSONResponse
 from ..settings import get_settings
 from .common import declared, query_options, read_query, strict_query

@@ -7,10 +7,11 @@ from typing import Annotated
 import numpy as np
 from fastapi import APIRouter, Depends, Request
 
-from ..bulk.options import OPTION_PARAMS, Param, QueryOptions
+from ..bulk.options import OPTION_PARAMS, QueryOptions
 from ..bulk.tag_points import TAG_POINTS, tag_batch
 from ..errors import InvalidInput
 from ..index import current
+from ..io.params import Param
 from ..io.responses import JSONResponse
 from ..io.tables import Columns
 from ..points import PointBatch

@@ -14,10 +14,11 @@ from ..geocode import join
 from ..geocode.join import AddressColumns, Joined, Records
 from ..index import ServiceIndex
 from ..io import json_body, results
+from ..io.params import Param
 from ..io.tables import with_local_days
 from ..settings import Settings
-from .operation import DATE_COL, ID_COL, PREFIX, BulkOperation, BulkParams, read_prefix
-from .options import Options, Param, check_batch_size, merge_options, parse_options
+from .operation import DATE_COL, ID_COL, PREFIX, BulkOperation, BulkParams, read_columns, read_prefix
+from .options import Options, check_batch_size, merge_options, parse_options
 
 REFERENCE_HEADER = "X-Enrich-Geocode-Reference"
 MIN_MATCH = Param("min_match", f"The coarsest match level to tag ({', '.join(join.TAGGED_LEVELS)}): coarser "
@@ -40,11 +41,11 @@ class GeocodeJoin(BulkOperation[AddressParams, Records, Joined]):
     options = OPTIONS
     params = (
         ID_COL,
-        Param("address_col", "Tables and NDJSON: the address column", default="address"),
-        Param("city_col", "Tables and NDJSON: the city column (optional)", default="city"),
-        Param("zip_col", "Tables and NDJSON: the ZIP column (optional)", default="zip"),
-        Param("lon_col", "Tables and NDJSON: earlier longitude to check (optional)", default="lon"),
-        Param("lat_col", "Tables and NDJSON: earlier latitude to check (optional)", default="lat"),
+        Param("address_col", "Bulk bodies: the address column", default="address"),
+        Param("city_col", "Bulk bodies: the city column (optional)", default="city"),
+        Param("zip_col", "Bulk bodies: the ZIP column (optional)", default="zip"),
+        Param("lon_col", "Bulk bodies: earlier longitude to check (optional)", default="lon"),
+        Param("lat_col", "Bulk bodies: earlier latitude to check (optional)", default="lat"),
         DATE_COL,
         MIN_MATCH,
         PREFIX,
@@ -55,10 +56,8 @@ class GeocodeJoin(BulkOperation[AddressParams, Records, Joined]):
 
     def read_params(self, query: Mapping[str, str | None]) -> AddressParams:
         prefix = read_prefix(query)
-        cols = AddressColumns(id=query["id_col"] or "", address=query["address_col"] or "",
-                              city=query["city_col"] or "", zip=query["zip_col"] or "", lon=query["lon_col"] or "",
-                              lat=query["lat_col"] or "", date=query["date_col"])
-        return AddressParams(columns=cols, prefix=prefix, min_match=join.check_min_match(query[MIN_MATCH.name]))
+        return AddressParams(columns=read_columns(AddressColumns, query), prefix=prefix,
+                             min_match=join.check_min_match(query[MIN_MATCH.name]))
 
     def from_json(self, body: bytes, params: AddressParams, query_options: dict[str, str | None],
                   settings: Settings) -> tuple[Options, AddressParams, Records]:

@@ -7,21 +7,25 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import Generic, Protocol, TypeVar
+from dataclasses import dataclass, fields
+from typing import Any, ClassVar, Generic, Protocol, TypeVar
 
 import orjson
 import pyarrow as pa
 
 from ..engine.tagger import TagResult
 from ..index import ServiceIndex
+from ..io.params import Param
 from ..io.results import COLLISION_PREFIX, check_prefix
 from ..settings import Settings
-from .options import Options, Param
+from .options import Options
 
 
 class ColumnNames(Protocol):
-    """The input columns an operation reads; every one has an id column and may have a date column."""
+    """The input columns an operation reads (a dataclass: each field `f` is named by a query parameter `f_col`);
+    every operation has an id column and may have a date column."""
+
+    __dataclass_fields__: ClassVar[dict[str, Any]]
 
     @property
     def id(self) -> str: ...
@@ -46,8 +50,8 @@ P = TypeVar("P", bound=BulkParams)
 In = TypeVar("In")
 Out = TypeVar("Out")
 
-ID_COL = Param("id_col", "Tables and NDJSON: the id column", default="id")
-DATE_COL = Param("date_col", "Tables and NDJSON: the date column (default: a column named date, if any)")
+ID_COL = Param("id_col", "Bulk bodies: the id column", default="id")
+DATE_COL = Param("date_col", "Bulk bodies: the date column (default: a column named date, if any)")
 PREFIX = Param("prefix", "CSV/Arrow answers: put in front of a result column named like an input column; input "
                          "columns are never replaced", default=COLLISION_PREFIX)
 
@@ -112,3 +116,8 @@ class BulkOperation(ABC, Generic[P, In, Out]):
 
 def read_prefix(query: Mapping[str, str | None]) -> str:
     return check_prefix(query[PREFIX.name])
+
+
+def read_columns(kind: type[C], query: Mapping[str, str | None]) -> C:
+    """The column names from their parameters: field `lon` from `lon_col`, and so on."""
+    return kind(**{f.name: query[f"{f.name}_col"] for f in fields(kind)})

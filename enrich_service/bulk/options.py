@@ -5,8 +5,7 @@ the same way, every problem naming its field; their limits, each one constant; a
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from pyproj import CRS
 
@@ -15,6 +14,7 @@ from ..errors import InvalidInput, PayloadTooLarge
 from ..index import ServiceIndex
 from ..io.dates import parse_date
 from ..io.json_body import OPTIONS
+from ..io.params import Param
 from ..points import parse_crs
 from ..settings import Settings
 
@@ -42,28 +42,6 @@ class QueryOptions:
 
     def only(self, names: tuple[str, ...]) -> dict[str, str | None]:
         return {name: self.given.get(name) for name in names}
-
-
-@dataclass(frozen=True)
-class Param:
-    """A query parameter as OpenAPI documents it; read by hand (api/common.py: read_query)."""
-
-    name: str
-    description: str
-    schema: Mapping[str, object] = field(default_factory=lambda: {"type": "string"})
-    default: str | None = None
-    required: bool = False
-    example: object = None
-
-    def openapi(self) -> dict:
-        schema = dict(self.schema)
-        if self.default is not None:
-            schema["default"] = self.default
-        out = {"name": self.name, "in": "query", "required": self.required, "schema": schema,
-               "description": self.description}
-        if self.example is not None:
-            out["example"] = self.example
-        return out
 
 
 OPTION_PARAMS = {param.name: param for param in (

@@ -9,12 +9,13 @@ import pyarrow as pa
 from ..engine.tagger import TagResult
 from ..index import ServiceIndex
 from ..io import json_body, json_rows, results, tables
+from ..io.params import Param
 from ..io.tables import Columns
 from ..points import PointBatch, Prepared, prepare
 from ..server.observability import POINTS
 from ..settings import Settings
-from .operation import DATE_COL, ID_COL, PREFIX, BulkOperation, BulkParams, read_prefix
-from .options import Options, Param, check_batch_size, merge_options, parse_options
+from .operation import DATE_COL, ID_COL, PREFIX, BulkOperation, BulkParams, read_columns, read_prefix
+from .options import Options, check_batch_size, merge_options, parse_options
 
 Tagged = tuple[Prepared, TagResult]
 PointParams = BulkParams[Columns]
@@ -34,17 +35,15 @@ class TagPoints(BulkOperation[PointParams, PointBatch, Tagged]):
     options = json_body.OPTIONS
     params = (
         ID_COL,
-        Param("lon_col", "Tables and NDJSON: the longitude / x column", default="lon"),
-        Param("lat_col", "Tables and NDJSON: the latitude / y column", default="lat"),
+        Param("lon_col", "Bulk bodies: the longitude / x column", default="lon"),
+        Param("lat_col", "Bulk bodies: the latitude / y column", default="lat"),
         DATE_COL,
         PREFIX,
     )
 
     def read_params(self, query: Mapping[str, str | None]) -> PointParams:
         prefix = read_prefix(query)
-        cols = Columns(id=query["id_col"] or "", lon=query["lon_col"] or "", lat=query["lat_col"] or "",
-                       date=query["date_col"])
-        return PointParams(columns=cols, prefix=prefix)
+        return PointParams(columns=read_columns(Columns, query), prefix=prefix)
 
     def from_json(self, body: bytes, params: PointParams, query_options: dict[str, str | None],
                   settings: Settings) -> tuple[Options, PointParams, PointBatch]:

@@ -212,11 +212,13 @@ def test_the_swap_is_atomic_for_a_reader(enriched):
 
 def test_a_non_atomic_swap_is_seen_by_a_reader(monkeypatch, enriched):
     from enrich_pipeline import publish
+    from enrich_service.postgis import publish as pg
 
-    # The non-atomic swap as it would be written today: the view dropped and made again, outside a transaction.
-    plant(monkeypatch, publish, "_switch_view",
+    # The non-atomic swap as it would be written today: the view dropped and made again (in the one swap helper
+    # the DAG's _switch_view calls), outside a transaction.
+    plant(monkeypatch, pg, "point_view",
           'conn.execute(sql.SQL("CREATE OR REPLACE VIEW {} AS SELECT {} FROM {}").format(',
-          'conn.execute(sql.SQL("DROP VIEW IF EXISTS {}").format(sql.Identifier(schema, table))); '
+          'conn.execute(sql.SQL("DROP VIEW IF EXISTS {}").format(view)); '
           'conn.execute(sql.SQL("CREATE VIEW {} AS SELECT {} FROM {}").format(')
     plant(monkeypatch, publish, "publish_postgis", "with conn.transaction():", "if True:")
     with pytest.raises(AssertionError, match="UndefinedTable"):

@@ -237,7 +237,7 @@ def test_no_reference_configured_means_no_geocoder(tmp_path, store):
     from enrich_service.settings import Settings
 
     assert build_geocoder(Settings(reference_dir=None, cache_dir=tmp_path), store) is None
-    index = ServiceIndex(store=store, engine=None, built_at=None, build_seconds=0, extras={"geocoder": None})
+    index = ServiceIndex(store=store, engine=None, built_at=None, build_seconds=0, geocoder=None)
     with pytest.raises(NotReady, match="ENRICH_REFERENCE_DIR"):
         geocoder_of(index)
 

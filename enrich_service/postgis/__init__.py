@@ -2,7 +2,7 @@
 the boundary layers' tables (`layers`)."""
 
 from .connect import PublishTimeout, backend_of, connect, deadline, explain, set_local_timeouts, terminate
-from .layers import CATALOG, load_layers, table_name
+from .layers import load_layers, table_name
 
-__all__ = ["CATALOG", "PublishTimeout", "backend_of", "connect", "deadline", "explain", "load_layers",
-           "set_local_timeouts", "table_name", "terminate"]
+__all__ = ["PublishTimeout", "backend_of", "connect", "deadline", "explain", "load_layers", "set_local_timeouts",
+           "table_name", "terminate"]

@@ -56,9 +56,9 @@ def plausible_area(spec: DatasetSpec, layers: dict | None = None) -> tuple[float
         return q.plausible_area
     layer = q.within or "city_limits"
     if layers is None:
-        from .service import client_for
+        from .hooks import EnrichServiceHook
 
-        with client_for(spec.service_conn_id) as client:
+        with EnrichServiceHook(spec.service_conn_id).get_conn() as client:
             layers = client.layers()
     boxes = [v["bbox"] for v in layers.get("layers", {}).get(layer, {}).get("versions", []) if v.get("bbox")]
     if not boxes:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .spec import DatasetSpec, resolve
+from .spec import GEOMETRY_LAT, GEOMETRY_LON, DatasetSpec, resolve
 from .workdir import atomic_path, write_parquet
 
 ROW = "source_row"
@@ -23,7 +23,6 @@ COORD_ERROR = "__coordinate_error"
 
 class SourceUnreadable(ValueError):
     """The source is there but is not what the spec says (a corrupt file, a value of the wrong type)."""
-GEOMETRY_LON, GEOMETRY_LAT = "geometry_lon", "geometry_lat"  # a GeoJSON source's point coordinates
 
 
 def extract(spec: DatasetSpec, dest: Path) -> dict:

@@ -124,7 +124,7 @@ def match_quality(levels: list, keys: list, rules: list) -> list[dict]:
 
 
 def measure(spec: DatasetSpec, table) -> dict:
-    column = spec.column_for(spec.quality.layer)
+    column = spec.layers.get(spec.quality.layer, spec.quality.layer)
     rule = f"{column}_rule" if f"{column}_rule" in table.column_names else None
     keys = table.column(column).to_pylist() if column in table.column_names else [None] * table.num_rows
     rules = table.column(rule).to_pylist() if rule else [None] * table.num_rows

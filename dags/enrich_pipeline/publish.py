@@ -30,6 +30,7 @@ from datetime import datetime
 from pathlib import Path
 
 from .assemble import LAT, LON, is_internal
+from .payloads import RunInfo
 from .spec import DatasetSpec
 from .workdir import atomic_path
 
@@ -131,7 +132,7 @@ def split_table_name(name: str) -> tuple[str, str]:
 
 # ---- the run and the last publication -----------------------------------------------------------------------------
 
-def run_info(dag_id: str, run_id: str, logical_date, allow_row_change: bool = False) -> dict:
+def run_info(dag_id: str, run_id: str, logical_date, allow_row_change: bool = False) -> RunInfo:
     """What the guards need to know about a run. `logical_date` orders runs (a manual run: its run_after)."""
     when = logical_date.isoformat() if hasattr(logical_date, "isoformat") else str(logical_date)
     return {"dag_id": dag_id, "run_id": run_id, "logical_date": when, "allow_row_change": bool(allow_row_change)}
@@ -420,12 +421,13 @@ def publish_postgis(conn, table_name: str, enriched_path: Path, comment: str, sp
     return {k: v for k, v in prepared.items() if k != "columns"}
 
 
-def _adhoc_spec(table_name: str):
-    from .spec import DatasetSpec, Quality, Source
+def _adhoc_spec(table_name: str) -> DatasetSpec:
+    """A spec for publishing an enriched file outside a DAG: only the table and the default publish settings."""
+    from .spec import Coordinates, PostgisOutput, Source
 
-    return DatasetSpec(name=table_name.rpartition(".")[2], description="", path=Path("."),
-                       source=Source(kind="parquet", path="."), id=(), coordinates=None, address=None, layers={},
-                       as_of_column=None, as_of=None, quality=Quality(), postgis=None, portal=None, report=None)
+    return DatasetSpec(name=table_name.rpartition(".")[2], path=Path("."), source=Source(kind="parquet", path="."),
+                       coordinates=Coordinates(lon="lon", lat="lat"), layers={},
+                       postgis=PostgisOutput(table=table_name))
 
 
 def _timeouts(conn, spec: DatasetSpec) -> None:

@@ -196,14 +196,15 @@ def previous_report(spec: DatasetSpec, run_id: str) -> dict | None:
 
 
 def remember(spec: DatasetSpec, run_id: str, at: str, counts: dict) -> None:
-    from .workdir import write_bytes
+    from .workdir import atomic_path
 
     path = history_path(spec)
     entries = [e for e in (json.loads(path.read_text()) if path.exists() else []) if e["run_id"] != run_id]
     entries.append({"run_id": run_id, "at": at, "total": counts["total"],
                     "by": {layer: {("" if v is None else v): c for v, c in rows}
                            for layer, rows in counts["by"].items()}})
-    write_bytes(json.dumps(entries[-HISTORY_KEEP:], indent=1).encode(), path)
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(entries[-HISTORY_KEEP:], indent=1))
 
 
 # ---- rendering --------------------------------------------------------------------------------------------------

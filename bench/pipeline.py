@@ -93,7 +93,7 @@ def drop_publication(table: str) -> None:
         for (version,) in conn.execute("SELECT tablename FROM pg_tables WHERE schemaname = %s AND tablename LIKE %s",
                                        (schema, f"{name}\\_\\_p%")).fetchall():
             conn.execute(sql.SQL("DROP TABLE {}").format(sql.Identifier(schema, version)))
-        if conn.execute("SELECT to_regclass(%s)", (f"{schema}.enrich_publications",)).fetchone()[0]:
+        if conn.execute("SELECT to_regclass(%s) IS NOT NULL", (f"{schema}.enrich_publications",)).fetchone() == (True,):
             conn.execute(sql.SQL("DELETE FROM {} WHERE table_name = %s").format(
                 sql.Identifier(schema, "enrich_publications")), (table,))
 
@@ -133,6 +133,8 @@ def main() -> int:
     spec_path = root / "bench_pipeline.yaml"
     spec_path.write_text(SPEC.format(source=source, batch_rows=args.batch_rows, publish=publish))
     spec = load_spec(spec_path)
+    assert spec.postgis is not None
+    table = spec.postgis.table
 
     t = time.perf_counter()
     service = LocalService({"ENRICH_BOUNDARY_DIR": str(DATA / "boundaries")}, log=str(root / "service.log")).start()
@@ -176,7 +178,7 @@ def main() -> int:
         if not args.no_postgis:
             def to_postgis():
                 with psycopg.connect(PG_DSN, autocommit=True) as conn:
-                    return publish_postgis(conn, spec.postgis.table, enriched, comment="bench/pipeline.py")
+                    return publish_postgis(conn, table, enriched, comment="bench/pipeline.py")
             postgis = stage("publish postgis", to_postgis, lambda r: f"{r['table']} ({PG_DSN.rsplit('/', 1)[-1]})")
         csv = stage("publish csv", lambda: write_csv(enriched, publish / "bench_pipeline_enriched.csv"),
                     lambda p: f"{p.stat().st_size / 1e6:.0f} MB")
@@ -192,7 +194,7 @@ def main() -> int:
         if not args.keep:
             shutil.rmtree(root, ignore_errors=True)
             if not args.no_postgis:
-                drop_publication(spec.postgis.table)
+                drop_publication(table)
 
     total = sum(s for _, s, _ in stages)
     files = sum(s for n, s, _ in stages if n in ("publish csv", "publish geojson"))

@@ -47,20 +47,21 @@ def _schedule(spec: DatasetSpec) -> Any:
 
 def build_dataset_dag(spec: DatasetSpec) -> DAG:
     limits = {"execution_timeout": timedelta(minutes=spec.publish.task_timeout_minutes)}
+    # The tasks' results are XComArgs here (Any): the payload types hold where the tasks run.
     with DAG(dag_id=spec.dag_id, description=spec.description or None, schedule=_schedule(spec), start_date=START,
              catchup=False, max_active_runs=1, default_args={**_retry_args(), **limits, **failure_callbacks(spec)},
              dagrun_timeout=timedelta(minutes=spec.publish.run_timeout_minutes), tags=["enrich", *spec.tags],
              doc_md=f"Enrich `{spec.name}` (spec `{spec.path.name}`) through the enrichment service and publish "
                     f"it.") as dag:
         path = str(spec.path)
-        extracted = dataset.extract(spec_path=path)
-        batches = dataset.enrich_batch.partial(spec_path=path, extracted=extracted).expand(
+        extracted: Any = dataset.extract(spec_path=path)
+        batches: Any = dataset.enrich_batch.partial(spec_path=path, extracted=extracted).expand(
             batch=dataset.plan_batches(extracted))
-        assembled = dataset.assemble(spec_path=path, extracted=extracted, batches=batches)
-        stats = dataset.quality_gate(spec_path=path, assembled=assembled)
+        assembled: Any = dataset.assemble(spec_path=path, extracted=extracted, batches=batches)
+        stats: Any = dataset.quality_gate(spec_path=path, assembled=assembled)
         # One unit, in this order: PostGIS loaded, files staged, then both switched together with the metadata.
-        loaded = dataset.publish_postgis(spec_path=path, assembled=assembled, stats=stats)
-        staged = dataset.publish_files(spec_path=path, assembled=assembled, stats=stats)
+        loaded: Any = dataset.publish_postgis(spec_path=path, assembled=assembled, stats=stats)
+        staged: Any = dataset.publish_files(spec_path=path, assembled=assembled, stats=stats)
         loaded >> staged
         dataset.record_publication.override(outlets=[Asset(spec.asset_uri)])(
             spec_path=path, assembled=assembled, stats=stats, postgis=loaded, files=staged)
@@ -76,8 +77,9 @@ def build_report_dag(spec: DatasetSpec) -> DAG:
                     f"chart in the message, every district, the change since the last report; e-mailed to the "
                     f"recipients.") as dag:
         path = str(spec.path)
-        counts = report.aggregate(spec_path=path)
-        report.email(spec_path=path, rendered=report.render(spec_path=path, counts=counts), counts=counts)
+        counts: Any = report.aggregate(spec_path=path)
+        rendered: Any = report.render(spec_path=path, counts=counts)
+        report.email(spec_path=path, rendered=rendered, counts=counts)
     return dag
 
 
@@ -89,8 +91,8 @@ def build_boundary_refresh_dag(service_conn_id: str = "enrich_service", postgis_
                     "have the service validate and accept them (every replica), then load the same files into "
                     "PostGIS (one transaction), and announce `enrich://boundaries` so the dataset DAGs re-enrich, "
                     "only when a file's sha256 changed. A file the service refuses reaches neither.") as dag:
-        fetched = refresh.fetch_layers()
-        served = refresh.reload_service(fetched=fetched, service_conn_id=service_conn_id)
-        loaded = refresh.load_postgis(fetched=fetched, served=served, postgis_conn_id=postgis_conn_id)
+        fetched: Any = refresh.fetch_layers()
+        served: Any = refresh.reload_service(fetched=fetched, service_conn_id=service_conn_id)
+        loaded: Any = refresh.load_postgis(fetched=fetched, served=served, postgis_conn_id=postgis_conn_id)
         refresh.announce(loaded=loaded, served=served)
     return dag

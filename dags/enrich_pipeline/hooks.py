@@ -9,7 +9,6 @@ Example:
 
 from __future__ import annotations
 
-import socket
 from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import BaseHook
@@ -59,25 +58,10 @@ class EnrichServiceHook(BaseHook):
         return float(self.connection.extra_dejson.get("converge_timeout_s", 120))
 
     def replica_urls(self) -> list[str]:
-        """The service's replicas, each asked itself: the extra `replicas`, a list or a comma-separated string of
-        URLs or host:port. A name that resolves to several addresses (compose's `enrich-service`, a headless
-        Kubernetes service) stands for each of them. Empty: not configured."""
-        raw = self.connection.extra_dejson.get("replicas") or []
-        entries = [e.strip() for e in (raw.split(",") if isinstance(raw, str) else raw) if str(e).strip()]
-        urls: list[str] = []
-        for entry in entries:
-            scheme, _, rest = entry.rpartition("://")
-            host, _, port = rest.rstrip("/").rpartition(":")
-            if not host:
-                host, port = rest.rstrip("/"), "8080"
-            try:
-                addrs = sorted({str(a[4][0]) for a in socket.getaddrinfo(host, int(port), type=socket.SOCK_STREAM)})
-            except socket.gaierror:
-                addrs = [host]  # reported as unreachable by the wait, by name
-            for addr in addrs:
-                shown = f"[{addr}]" if ":" in addr else addr
-                urls.append(f"{scheme or 'http'}://{shown}:{port}")
-        return sorted(set(urls))
+        """The service's replicas, each asked itself (the `replicas` extra; see boundaries.replica_urls)."""
+        from .boundaries import replica_urls
+
+        return replica_urls(self.connection)
 
     def test_connection(self) -> tuple[bool, str]:
         """The UI's "Test" button: is the service up, with its layers loaded?"""

@@ -77,15 +77,6 @@ class QualityStats(TypedDict):
     tagged_share: NotRequired[float]
 
 
-class RunInfo(TypedDict):
-    """This run as the publish guards see it."""
-
-    dag_id: str
-    run_id: str
-    logical_date: str
-    allow_row_change: bool
-
-
 class StagedFile(TypedDict):
     staged: str
     bytes: int

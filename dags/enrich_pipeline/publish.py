@@ -30,7 +30,7 @@ from datetime import datetime
 from pathlib import Path
 
 from .assemble import LAT, LON, is_internal
-from .payloads import RunInfo
+from .payloads import PostgisLoaded, StagedFile, StagedFiles
 from .spec import DatasetSpec
 from .workdir import atomic_path
 
@@ -132,7 +132,7 @@ def split_table_name(name: str) -> tuple[str, str]:
 
 # ---- the run and the last publication -----------------------------------------------------------------------------
 
-def run_info(dag_id: str, run_id: str, logical_date, allow_row_change: bool = False) -> RunInfo:
+def run_info(dag_id: str, run_id: str, logical_date, allow_row_change: bool = False) -> dict:
     """What the guards need to know about a run. `logical_date` orders runs (a manual run: its run_after)."""
     when = logical_date.isoformat() if hasattr(logical_date, "isoformat") else str(logical_date)
     return {"dag_id": dag_id, "run_id": run_id, "logical_date": when, "allow_row_change": bool(allow_row_change)}
@@ -276,8 +276,9 @@ def prepare_postgis(conn, spec: DatasetSpec, enriched_path: Path, run: dict) -> 
     try:
         return _prepare(conn, spec, enriched_path, run)
     except OperationalError as exc:
-        message = explain(exc, f"{spec.name}: loading {spec.postgis.table}") or (
-            f"{spec.name}: lost the connection to PostGIS while loading {spec.postgis.table} "
+        table = spec.postgis.table if spec.postgis else "?"
+        message = explain(exc, f"{spec.name}: loading {table}") or (
+            f"{spec.name}: lost the connection to PostGIS while loading {table} "
             f"({type(exc).__name__}: {str(exc).strip()}); nothing was published, the last publication is unchanged")
         raise RuntimeError(message) from exc
 
@@ -520,7 +521,7 @@ def portal_folder(spec: DatasetSpec) -> Path | None:
 
 def metadata_path(spec: DatasetSpec) -> Path | None:
     folder = portal_folder(spec)
-    return folder / f"{spec.portal.basename}.metadata.json" if folder else None
+    return folder / f"{spec.portal.basename}.metadata.json" if folder and spec.portal else None
 
 
 def _run_tag(run: dict) -> str:
@@ -539,28 +540,30 @@ def _clear_staged(folder: Path, run: dict) -> None:
             p.unlink(missing_ok=True)
 
 
-def stage_files(spec: DatasetSpec, enriched_path: Path, run: dict) -> dict:
+def stage_files(spec: DatasetSpec, enriched_path: Path, run: dict) -> StagedFiles:
     """The portal files under hidden staged names; the published ones are not touched. Returns name -> staged."""
     from enrich_service.layers.sources import sha256_of
 
     folder = portal_folder(spec)
+    assert folder is not None and spec.portal is not None  # only specs with a portal output stage files
     base = spec.portal.basename
     folder.mkdir(parents=True, exist_ok=True)
     wanted = {folder / f"{base}.csv": lambda p: write_csv(enriched_path, p),
               folder / f"{base}.geojson": lambda p: write_spatial(enriched_path, p, "GeoJSON", layer=base)}
     _clear_staged(folder, run)
-    files = {}
+    files: dict[str, StagedFile] = {}
     for dest, write in wanted.items():
         staged = write(staged_name(dest, run))
         files[dest.name] = {"staged": str(staged), "bytes": staged.stat().st_size, "sha256": sha256_of(staged)}
     return {"folder": str(folder), "files": files}
 
 
-def stage_geopackage(spec: DatasetSpec, enriched_path: Path, run: dict, folder: Path) -> dict:
+def stage_geopackage(spec: DatasetSpec, enriched_path: Path, run: dict, folder: Path) -> PostgisLoaded:
     """No PostGIS connection: the rows and points as `<basename>.gpkg`, staged like the portal files."""
     from enrich_service.layers.sources import sha256_of
 
     name = spec.portal.basename if spec.portal else spec.name
+    assert spec.postgis is not None  # the GeoPackage stands in for the PostGIS output
     dest = folder / f"{name}.gpkg"
     staged = write_spatial(enriched_path, staged_name(dest, run), "GPKG", layer=spec.postgis.table.rpartition(".")[2])
     return {"geopackage": str(dest), "rows": None, "staged": str(staged), "sha256": sha256_of(staged)}
@@ -680,12 +683,14 @@ def commit(spec: DatasetSpec, run: dict, postgis: dict, files: dict, doc: dict) 
 
 def _committed(spec: DatasetSpec, run: dict, postgis: dict) -> bool:
     """After an error around COMMIT: did the switch commit after all? (False when PostGIS cannot say.)"""
+    if spec.postgis is None:
+        return False
     try:
         with connect(spec, "enrich-commit-check") as conn:
             last = last_from_postgis(conn, spec.postgis.table)
     except Exception:
         return False
-    return bool(last) and last["version_table"] == postgis["version_table"] and last["run_id"] == run["run_id"]
+    return last is not None and last["version_table"] == postgis["version_table"] and last["run_id"] == run["run_id"]
 
 
 def guard_files_only(spec: DatasetSpec, run: dict, doc: dict) -> None:

@@ -12,7 +12,6 @@ from pathlib import Path
 
 from airflow.sdk import get_current_context
 
-from ..payloads import RunInfo
 from ..spec import DatasetSpec, load_spec
 
 
@@ -28,7 +27,7 @@ def work_dir() -> Path:
     return run_dir(ctx["dag"].dag_id, ctx["run_id"])
 
 
-def this_run() -> RunInfo:
+def this_run() -> dict:
     """This run as the publish guards see it (ordered by logical date; a manual run by its run_after)."""
     from ..publish import run_info
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import cast
 
 from airflow.sdk import task
 
@@ -109,12 +110,11 @@ def publish_postgis(spec_path: str, assembled: Assembled, stats: QualityStats) -
         # No database here (a laptop, the main job without ENRICH_POSTGIS_DSN): the same rows and geometry as a
         # GeoPackage beside the portal files, staged and renamed in with them.
         folder = portal_folder(spec) or work_dir()
-        staged: PostgisLoaded = stage_geopackage(spec, Path(assembled["path"]), this_run(), folder)
+        staged = stage_geopackage(spec, Path(assembled["path"]), this_run(), folder)
         return {**staged, "rows": assembled["rows"]}
     try:
         with connect(spec, f"enrich-load {spec.name}") as conn:
-            loaded: PostgisLoaded = prepare_postgis(conn, spec, Path(assembled["path"]), this_run())
-            return loaded
+            return cast(PostgisLoaded, prepare_postgis(conn, spec, Path(assembled["path"]), this_run()))
     except PublishRefused as exc:
         raise AirflowFailException(str(exc)) from exc
 

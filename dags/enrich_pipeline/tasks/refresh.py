@@ -6,6 +6,8 @@ neither; `announce` updates enrich://boundaries only when a file changed.
 
 from __future__ import annotations
 
+from typing import Any, cast
+
 from airflow.sdk import Asset, get_current_context, task
 
 from ..payloads import Fetched, LoadedBoundaries, Served
@@ -45,9 +47,8 @@ def reload_service(fetched: Fetched, service_conn_id: str) -> Served:
     replicas = hook.replica_urls()
     converged = wait_for_replicas(replicas, answer["layers_sha256"], hook.converge_timeout_s) \
         if replicas and answer.get("layers_sha256") else {}
-    served: Served = {k: answer[k] for k in ("status", "generation", "build_seconds", "layers_sha256")  # type: ignore[assignment]
-                      if k in answer}
-    return {**served, "replicas_converged_s": converged}
+    served = {k: answer[k] for k in ("status", "generation", "build_seconds", "layers_sha256") if k in answer}
+    return cast(Served, {**served, "replicas_converged_s": converged})
 
 
 @task
@@ -76,5 +77,6 @@ def announce(loaded: LoadedBoundaries, served: Served) -> dict[str, list[str]]:
     if not changed:
         raise AirflowSkipException("no layer file changed since the last announcement "
                                    f"({last[0].timestamp:%Y-%m-%d %H:%M} UTC): nothing to re-enrich")
-    ctx["outlet_events"][BOUNDARIES].extra = {"sha256": loaded["sha256"], "changed": changed}
+    extra: dict[str, Any] = {"sha256": loaded["sha256"], "changed": changed}
+    ctx["outlet_events"][BOUNDARIES].extra = extra
     return {"changed": changed}

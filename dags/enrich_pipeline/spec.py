@@ -20,6 +20,7 @@ from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import (
+    AfterValidator,
     AliasPath,
     BeforeValidator,
     ConfigDict,
@@ -89,6 +90,15 @@ def _key_error(key: str, message: str) -> PydanticCustomError:
 def _text(value: Any) -> Any:
     """YAML reads `as_of: 2020-01-01` as a date and `id: 7` as a number: the spec means the text."""
     return value if value is None or isinstance(value, str) else str(value)
+
+
+def _matching(pattern: re.Pattern, rule: str) -> AfterValidator:
+    def check(value: str) -> str:
+        if not pattern.match(value):
+            raise ValueError(f"{value!r} must be {rule}")
+        return value
+
+    return AfterValidator(check)
 
 
 Names = Annotated[tuple[str, ...], BeforeValidator(_one_or_many)]
@@ -196,15 +206,8 @@ class Publish:
 
 @dataclass(config=_LOOSE)
 class PostgisOutput:
-    table: Required  # "schema.table" or "table" (public)
+    table: Annotated[Required, _matching(_TABLE, "[schema.]table in lower case")]  # "schema.table" or "table"
     conn_id: str = "enrich_postgis"
-
-    @field_validator("table")
-    @classmethod
-    def _table(cls, value: str) -> str:
-        if not _TABLE.match(value):
-            raise ValueError(f"{value!r} must be [schema.]table in lower case")
-        return value
 
 
 @dataclass(config=_LOOSE)
@@ -244,7 +247,7 @@ class Report:
 
 @dataclass(config=_LOOSE)
 class DatasetSpec:
-    name: Required
+    name: Annotated[Required, _matching(_NAME, "lower_snake_case (it names the DAG and the table)")]
     path: Path  # the spec file (not a YAML key: load_spec sets it)
     source: Source
     description: Annotated[str, BeforeValidator(lambda v: "" if v is None else str(v))] = ""
@@ -288,13 +291,6 @@ class DatasetSpec:
         if not doc.get("layers"):
             doc.pop("layers", None)
         return doc
-
-    @field_validator("name")
-    @classmethod
-    def _name(cls, value: str) -> str:
-        if not _NAME.match(value):
-            raise ValueError(f"{value!r} must be lower_snake_case (it names the DAG and the table)")
-        return value
 
     @field_validator("layers")
     @classmethod

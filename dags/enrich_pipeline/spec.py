@@ -92,6 +92,15 @@ def _text(value: Any) -> Any:
     return value if value is None or isinstance(value, str) else str(value)
 
 
+def _source_kind(source: dict) -> Any:
+    """The kind a source names, else `sql` for a query, else the one its path's suffix says (None: unknown)."""
+    if source.get("kind") is not None:
+        return source["kind"]
+    if source.get("sql"):
+        return "sql"
+    return _SOURCE_KINDS.get(str(source.get("path") or "").lower().rsplit(".", 1)[-1])
+
+
 def _matching(pattern: re.Pattern, rule: str) -> AfterValidator:
     def check(value: str) -> str:
         if not pattern.match(value):
@@ -123,12 +132,9 @@ class Source:
         if not isinstance(doc, dict):
             return doc
         doc = dict(doc)
-        kind = doc.get("kind")
-        if kind is None:
-            if doc.get("sql"):
-                kind = "sql"
-            else:
-                kind = _SOURCE_KINDS.get(str(_required_key(doc, "path")).lower().rsplit(".", 1)[-1])
+        if doc.get("kind") is None and not doc.get("sql"):
+            _required_key(doc, "path")  # the kind comes from its suffix
+        kind = _source_kind(doc)
         if kind not in ("csv", "geojson", "parquet", "sql"):
             raise _key_error("kind", f"must be csv, geojson, parquet or sql (got {kind!r})")
         _required_key(doc, "sql" if kind == "sql" else "path")
@@ -277,9 +283,9 @@ class DatasetSpec:
         if not isinstance(doc, dict):
             return doc
         doc = {k: v for k, v in doc.items() if v is not None or k in ("coordinates", "address")}
-        source = doc.get("source") if isinstance(doc.get("source"), dict) else {}
-        kind = source.get("kind") or _SOURCE_KINDS.get(str(source.get("path", "")).lower().rsplit(".", 1)[-1])
-        if kind == "geojson" and not doc.get("coordinates") and not doc.get("address"):
+        source = doc.get("source")
+        geojson = isinstance(source, dict) and _source_kind(source) == "geojson"
+        if geojson and not doc.get("coordinates") and not doc.get("address"):
             doc["coordinates"] = {"lon": GEOMETRY_LON, "lat": GEOMETRY_LAT}  # extract's columns for the points
         outputs = doc.get("outputs")
         portal = outputs.get("portal") if isinstance(outputs, dict) else None

@@ -484,7 +484,7 @@ def _cli_words(message: str, field: str | None = None) -> str:
 
 def one_line(exc: BaseException, args: argparse.Namespace) -> str:
     from . import errors
-    from .client import EnrichError, RequestRejected, ServiceUnavailable
+    from .client import ClientError, RequestRejected, ServiceUnavailable
     from .io.files import FileError
 
     if isinstance(exc, (CliError, FileError)):
@@ -498,7 +498,7 @@ def one_line(exc: BaseException, args: argparse.Namespace) -> str:
         if exc.status in (401, 403):
             return f"the service at {args.url} refused the request ({exc.status} {detail}); set --key"
         return _cli_words(f"the service at {args.url} refused the request: {detail}", exc.detail.get("field"))
-    if isinstance(exc, EnrichError):
+    if isinstance(exc, ClientError):
         return f"{exc} (--url {args.url})"
     if isinstance(exc, OSError) and exc.filename:
         return f"{exc.filename}: {exc.strerror or exc}"

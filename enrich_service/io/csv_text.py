@@ -114,7 +114,7 @@ def encode_csv(table: pa.Table, formula_escape: str | None = None, raw_columns=N
     back byte-for-byte in its own columns; text a spreadsheet would run escaped (csv_safety)."""
     table = formula_safe_table(table, formula_escape, raw_columns)
     header = _csv_cells(pa.array(table.column_names, _CSV_TEXT))
-    lines = [b",".join(v.encode() for v in header.to_pylist()) + b"\n"]
+    lines: list[bytes | memoryview] = [b",".join(v.encode() for v in header.to_pylist()) + b"\n"]
     if table.num_rows:
         cells = [_csv_cells(col, name) for name, col in zip(table.column_names, table.columns)]
         rows = pc.binary_join_element_wise(*cells, pa.scalar(",", _CSV_TEXT))  # the last argument: the separator

@@ -1,0 +1,203 @@
+"""Checks added where the mutation run (scripts/mutation.py, docs/testing.md) found mutants nothing killed.
+
+The PostGIS publication (dags/enrich_pipeline/publish.py): what a reader of the published view gets, read back
+from PostGIS and compared with rows written here by hand, not with what the publisher says it wrote:
+
+- the rows, their values and types, and each point's coordinates and SRID; the internal columns left out;
+- the view's columns in the last publication's order, new columns after them; an all-null column keeping the
+  type it was published with;
+- the catalog row (run, row count, version table, columns) and only the current version table kept;
+- each guard (row count, stale run, a column gone, a column of another type) refusing at its threshold and
+  leaving the view and the catalog as they were, and `allow_row_change` letting a real change through;
+- a name that an older pipeline published as a plain table becoming the view;
+- one publisher at a time: a switch waits for the catalog row another publisher holds, then checks its guards
+  against what that one recorded.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import psycopg
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from .conftest import REPO
+
+if str(REPO / "dags") not in sys.path:
+    sys.path.append(str(REPO / "dags"))
+
+SCHEMA = "mutation_kills"
+TABLE = f"{SCHEMA}.published_probe"
+COLUMNS = [("rid", "bigint"), ("name", "text"), ("district", "text"), ("day", "date"), ("score", "double precision"),
+           ("ok", "boolean"), ("geom", "geometry")]
+
+TYPES = {"rid": pa.int64(), "name": pa.string(), "district": pa.string(), "day": pa.date32(), "score": pa.float64(),
+         "ok": pa.bool_()}  # for an empty file (arrow's type of an all-null column is `null`)
+
+
+def rows(n: int, first: int = 1) -> list[dict]:
+    """n rows by hand; every third has no location. Coordinates are in San Diego, distinct per row."""
+    return [{"rid": first + i, "name": f"place {first + i}", "district": str(1 + i % 9),
+             "day": dt.date(2022, 12, 1) + dt.timedelta(days=i), "score": 0.5 * i, "ok": i % 2 == 0,
+             "lon": None if i % 3 == 2 else -117.2 + 0.001 * i, "lat": None if i % 3 == 2 else 32.7 + 0.002 * i}
+            for i in range(n)]
+
+
+def write_enriched(path: Path, records: list[dict], drop: tuple[str, ...] = (), first: dict | None = None) -> Path:
+    """An enriched.parquet as assemble writes it: the columns, then the point in __lon/__lat and an internal column.
+    `first`: extra columns put before the others."""
+    cols: dict[str, pa.Array] = {name: pa.array(values) for name, values in (first or {}).items()}
+    for name in ("rid", "name", "district", "day", "score", "ok"):
+        if name not in drop:
+            cols[name] = pa.array([r[name] for r in records], None if records else TYPES[name])
+    cols["__lon"] = pa.array([r["lon"] for r in records], pa.float64())
+    cols["__lat"] = pa.array([r["lat"] for r in records], pa.float64())
+    cols["__row"] = pa.array(range(len(records)), pa.int64())
+    pq.write_table(pa.table(cols), path)
+    return path
+
+
+def published(conn, table: str = TABLE) -> list[tuple]:
+    return conn.execute(f"SELECT rid, name, district, day, score, ok, ST_X(geom), ST_Y(geom), ST_SRID(geom) "
+                        f"FROM {table} ORDER BY rid").fetchall()
+
+
+def expected(records: list[dict], name: bool = True) -> list[tuple]:
+    return [(r["rid"], r["name"] if name else None, r["district"], r["day"], r["score"], r["ok"], r["lon"], r["lat"],
+             None if r["lon"] is None else 4326) for r in records]
+
+
+def view_columns(conn, table: str = TABLE) -> list[tuple[str, str]]:
+    schema, name = table.split(".")
+    return [tuple(r) for r in conn.execute(
+        "SELECT column_name, CASE WHEN data_type = 'USER-DEFINED' THEN udt_name ELSE data_type END "
+        "FROM information_schema.columns WHERE table_schema = %s AND table_name = %s ORDER BY ordinal_position",
+        (schema, name)).fetchall()]
+
+
+def catalog(conn, table: str = TABLE) -> tuple:
+    return conn.execute(f"SELECT run_id, rows, version_table, columns FROM {table.split('.')[0]}.enrich_publications "
+                        "WHERE table_name = %s", (table,)).fetchone()
+
+
+def version_tables(conn, table: str = TABLE) -> list[str]:
+    schema, name = table.split(".")
+    return [r[0] for r in conn.execute("SELECT tablename FROM pg_tables WHERE schemaname = %s AND tablename LIKE %s "
+                                       "ORDER BY 1", (schema, f"{name}\\_\\_p%")).fetchall()]
+
+
+def check_publications_read_back(dsn: str, tmp: Path) -> None:
+    from enrich_pipeline.publish import PublishRefused, publish_postgis, run_info
+
+    tmp.mkdir(parents=True, exist_ok=True)
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(f"DROP SCHEMA IF EXISTS {SCHEMA} CASCADE")
+        first = rows(5)
+        out = publish_postgis(conn, TABLE, write_enriched(tmp / "a.parquet", first), comment="first")
+        assert (out["rows"], out["with_geometry"], out["table"]) == (5, 4, TABLE), out
+        assert published(conn) == expected(first)
+        assert view_columns(conn) == COLUMNS
+        run_id, n, version, columns = catalog(conn)
+        assert (run_id, n, version_tables(conn)) == ("first", 5, [version]), (run_id, n, version)
+        assert columns == [[c, t] for c, t in COLUMNS[:-1]] + [["geom", "geometry(Point,4326)"]], columns
+        assert conn.execute("SELECT count(*) FROM pg_indexes WHERE schemaname = %s AND tablename = %s "
+                            "AND indexdef LIKE '%%USING gist (geom)%%'", (SCHEMA, version)).fetchone()[0] == 1
+
+        # 20 % more rows (the guard's limit, allowed), a new column written first, and `name` all null (arrow type null)
+        # this time: it keeps the type it was published with.
+        second = rows(6, first=11)
+        path = write_enriched(tmp / "b.parquet", [{**r, "name": None} for r in second],
+                              first={"extra": [f"x{i}" for i in range(6)]})
+        publish_postgis(conn, TABLE, path, comment="second")
+        assert published(conn) == expected(second, name=False)
+        assert view_columns(conn) == [*COLUMNS, ("extra", "text")]  # the last order kept, new columns after
+        run_id, n, version, _ = catalog(conn)
+        assert (run_id, n, version_tables(conn)) == ("second", 6, [version]), (run_id, n, version_tables(conn))
+
+        def refused(path: Path, *words: str, run: dict | None = None) -> None:
+            with pytest.raises(PublishRefused) as info:
+                publish_postgis(conn, TABLE, path, comment="refused", run=run)
+            for word in words:
+                assert word in str(info.value), (word, str(info.value))
+            assert published(conn) == expected(second, name=False)
+            assert catalog(conn)[:3] == (run_id, n, version) and version_tables(conn) == [version]
+
+        extra = {"extra": [f"x{i}" for i in range(8)]}
+        refused(write_enriched(tmp / "c.parquet", rows(8), first=extra), "from 6", "to 8", "33.3%")
+        refused(write_enriched(tmp / "e.parquet", rows(6), drop=("score",), first={"extra": ["x"] * 6}),
+                "'score'", "missing")
+        refused(write_enriched(tmp / "f.parquet", [{**r, "day": str(r["day"])} for r in rows(6)],
+                               first={"extra": ["x"] * 6}), "'day'", "date", "text")
+        refused(write_enriched(tmp / "g.parquet", rows(6), first={"extra": ["x"] * 6}), "stale run",
+                run=run_info("dag", "old", dt.datetime(2000, 1, 1, tzinfo=dt.UTC)))
+        # A real change of the row count goes through when the run says so.
+        third = rows(8, first=21)
+        publish_postgis(conn, TABLE, write_enriched(tmp / "h.parquet", third, first=extra), comment="third",
+                        run=run_info("dag", "third", dt.datetime.now(dt.UTC), allow_row_change=True))
+        assert published(conn) == expected(third) and catalog(conn)[:2] == ("third", 8)
+
+        # A name an older pipeline published as a plain table: it becomes the view over the new rows; the old
+        # table is kept while a user's view reads it.
+        legacy = f"{SCHEMA}.legacy_probe"
+        conn.execute(f"CREATE TABLE {legacy} AS SELECT 7::bigint AS rid")
+        conn.execute(f"CREATE VIEW {SCHEMA}.users_view AS SELECT rid FROM {legacy}")
+        publish_postgis(conn, legacy, write_enriched(tmp / "i.parquet", first), comment="over a table")
+        assert published(conn, legacy) == expected(first)
+        assert conn.execute("SELECT relkind FROM pg_class WHERE oid = %s::regclass", (legacy,)).fetchone()[0] == "v"
+        assert conn.execute(f"SELECT rid FROM {SCHEMA}.users_view").fetchall() == [(7,)]
+
+        # An empty publication: the next may be empty too; any rows after it are a change of 100 %+.
+        empty = f"{SCHEMA}.empty_probe"
+        publish_postgis(conn, empty, write_enriched(tmp / "j.parquet", []), comment="empty")
+        publish_postgis(conn, empty, write_enriched(tmp / "j.parquet", []), comment="empty again")
+        assert catalog(conn, empty)[:2] == ("empty again", 0)
+        with pytest.raises(PublishRefused, match="from 0"):
+            publish_postgis(conn, empty, write_enriched(tmp / "k.parquet", rows(1)), comment="one row")
+        conn.execute(f"DROP SCHEMA {SCHEMA} CASCADE")
+
+
+def test_publications_read_back_from_postgis(pg_dsn, tmp_path):
+    check_publications_read_back(pg_dsn, tmp_path)
+
+
+def check_a_switch_waits_for_the_publisher_holding_the_catalog_row(dsn: str, tmp: Path) -> None:
+    """Another publisher holds the catalog row and records a newer run while this one switches: this one must wait
+    for it and then refuse as stale, not check its guards against the row as it was and overwrite the newer one."""
+    from enrich_pipeline.publish import PublishRefused, publish_postgis, run_info
+
+    tmp.mkdir(parents=True, exist_ok=True)
+    table = f"{SCHEMA}_lock.probe"
+    with psycopg.connect(dsn, autocommit=True) as conn, psycopg.connect(dsn, autocommit=True) as other, \
+            psycopg.connect(dsn, autocommit=True) as watch, ThreadPoolExecutor(1) as pool:
+        conn.execute(f"DROP SCHEMA IF EXISTS {SCHEMA}_lock CASCADE")
+        first = rows(5)
+        publish_postgis(conn, table, write_enriched(tmp / "first.parquet", first), comment="first")
+        late = run_info("dag", "late", dt.datetime.now(dt.UTC))
+        other.execute("BEGIN")
+        other.execute(f"SELECT 1 FROM {SCHEMA}_lock.enrich_publications WHERE table_name = %s FOR UPDATE", (table,))
+        switching = pool.submit(publish_postgis, conn, table, write_enriched(tmp / "late.parquet", rows(5, first=6)),
+                                "late", run=late)
+        deadline = time.monotonic() + 60
+        while not watch.execute("SELECT wait_event_type = 'Lock' FROM pg_stat_activity WHERE pid = %s",
+                                (conn.info.backend_pid,)).fetchone()[0]:
+            assert not switching.done(), f"the switch did not wait for the catalog row: {switching.result()}"
+            assert time.monotonic() < deadline, "the publisher never reached the switch within 60 s"
+            time.sleep(0.02)
+        other.execute(f"UPDATE {SCHEMA}_lock.enrich_publications SET run_id = 'newer', "
+                      "logical_date = now() + interval '1 day' WHERE table_name = %s", (table,))
+        other.execute("COMMIT")
+        with pytest.raises(PublishRefused, match="stale run"):
+            switching.result(timeout=60)
+        assert published(conn, table) == expected(first)
+        assert catalog(conn, table)[0] == "newer"
+        conn.execute(f"DROP SCHEMA {SCHEMA}_lock CASCADE")
+
+
+def test_a_switch_waits_for_the_publisher_holding_the_catalog_row(pg_dsn, tmp_path):
+    check_a_switch_waits_for_the_publisher_holding_the_catalog_row(pg_dsn, tmp_path)

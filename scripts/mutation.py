@@ -232,8 +232,8 @@ class Checks:
                 conn.execute(f"DROP SCHEMA {schema} CASCADE")
                 conn.commit()
         self.cases = {}
+        self.m["kills"] = test_mutation_kills
         if "swap" in groups:  # a small enriched file by hand (test_mutation_kills): no service needed
-            self.m["kills"] = test_mutation_kills
             self.enriched = test_mutation_kills.write_enriched(self.tmp / "swap.parquet", test_mutation_kills.rows(9))
         if "quality" in groups:
             if "AIRFLOW_HOME" not in os.environ:
@@ -296,6 +296,9 @@ class Checks:
             out = [(f"switch {d}", (lambda d=d: v.test_version_on_the_switch_days(self.store, d))) for d in v.AS_OF]
             out += [(f"mixed {d} grid={g}", (lambda d=d, g=g: v.test_engine_mixed_batch(
                 self.store, self.engine, self.probe, d, g))) for d in v.AS_OF if v.AS_OF[d] for g in (True, False)]
+            k = self.m["kills"]
+            out += [("row dates", lambda: k.check_row_dates_and_invalid_rows(self.engine, self.probe)),
+                    ("nearest bounds", lambda: k.check_nearest_within_bounds(self.engine))]
             out += [("nearest", lambda: e.test_nearest_within_reports_the_distance(self.store, self.engine)),
                     ("overlap", lambda: e.test_overlap_of_mission_valley_and_old_town_is_answered_not_dropped(
                         self.store, self.engine)),
@@ -305,6 +308,7 @@ class Checks:
         if name == "quality":
             out = [(n, (lambda test=test, n=n: test(None, self.url, self.tmp / n))) for n, test in self.quality_tests()]
             out.append(("unlocated gate", lambda: self.m["quality"].check_unlocated_gate(self.url, self.tmp / "u")))
+            out.append(("empty dataset", lambda: self.m["kills"].check_an_empty_dataset_passes_the_gate(self.tmp / "e")))
             return out
         if name == "geocode":
             g = self.m["geocode"]
@@ -312,6 +316,8 @@ class Checks:
                     ("bad records", lambda: g.test_one_bad_record_never_fails_the_batch(self.client)),
                     ("flags", lambda: g.test_flags_for_the_known_bad_cases(self.client)),
                     ("dates", lambda: g.test_records_with_a_date_get_the_layer_versions_in_force_that_day(
+                        self.client)),
+                    ("city limits named", lambda: self.m["kills"].check_a_geocode_naming_city_limits_keeps_it(
                         self.client))]
         if name == "swap":
             k = self.m["kills"]

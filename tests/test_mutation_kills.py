@@ -1,5 +1,13 @@
 """Checks added where the mutation run (scripts/mutation.py, docs/testing.md) found mutants nothing killed.
 
+The engine, the quality gate and the geocoder, on the details a wrong answer would hide in:
+
+- a row dated before a layer's first version: its error names that version's first day (read from the manifest
+  YAML here), and it names no version; nor does a row the caller marked invalid;
+- `nearest_within_m` accepted at both ends of its range (0 and 5,000 m) and refused just outside;
+- an empty dataset measures 0 % unmatched and 0 % unlocated, and passes the gate;
+- a geocode request naming `city_limits` itself keeps that column (shapely on the city file says what it is).
+
 The PostGIS publication (dags/enrich_pipeline/publish.py): what a reader of the published view gets, read back
 from PostGIS and compared with rows written here by hand, not with what the publisher says it wrote:
 
@@ -22,12 +30,15 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import numpy as np
 import psycopg
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+import shapely
+import yaml
 
-from .conftest import REPO
+from .conftest import ADDRESS, BOUNDARIES, REPO, ready_app
 
 if str(REPO / "dags") not in sys.path:
     sys.path.append(str(REPO / "dags"))
@@ -201,3 +212,103 @@ def check_a_switch_waits_for_the_publisher_holding_the_catalog_row(dsn: str, tmp
 
 def test_a_switch_waits_for_the_publisher_holding_the_catalog_row(pg_dsn, tmp_path):
     check_a_switch_waits_for_the_publisher_holding_the_catalog_row(pg_dsn, tmp_path)
+
+
+# ---- the engine, the quality gate, the geocoder -----------------------------------------------------------------
+
+def first_version_day(layer: str) -> dt.date:
+    doc = yaml.safe_load((REPO / "boundaries" / "manifest.yaml").read_text())
+    return min(v["effective_from"] for v in doc["layers"][layer]["versions"])
+
+
+def check_row_dates_and_invalid_rows(engine, probe) -> None:
+    """probe: test_versions.probe_point, a point whose district differs between the 2011 and 2021 lines."""
+    first = first_version_day("council_district")
+    dates = np.array([first - dt.timedelta(days=1), first, "2023-01-01", "2023-01-01"], dtype="datetime64[D]")
+    valid = np.array([True, True, True, False])
+    result = engine.tag(np.full(4, probe[0]), np.full(4, probe[1]), valid, ["council_district"], dates=dates)
+    assert result.row_errors == {0: ("date", f"{first - dt.timedelta(days=1)} is before the first version of "
+                                             f"council_district (in force from {first})")}, result.row_errors
+    tags = result.layers["council_district"]
+    assert list(tags.version) == [None, "2011", "2021", None]
+    assert list(tags.keys()) == [None, probe[2]["2011"], probe[2]["2021"], None]
+
+
+def test_row_dates_and_invalid_rows(engine, store):
+    from .test_versions import probe_point
+
+    check_row_dates_and_invalid_rows(engine, probe_point(store))
+
+
+def check_nearest_within_bounds(engine) -> None:
+    from enrich_service.engine.tagger import MAX_NEAREST_M
+    from enrich_service.errors import InvalidInput
+
+    at_sea = (np.array([-117.35]), np.array([32.75]))  # ~10 km off Point Loma: no district within 5 km
+    for metres in (0.0, MAX_NEAREST_M):
+        tags = engine.tag(*at_sea, np.ones(1, dtype=bool), ["council_district"],
+                          nearest_within_m=metres).layers["council_district"]
+        assert list(tags.keys()) == [None] and np.isnan(tags.distance_m[0]), metres
+    for metres in (-0.01, MAX_NEAREST_M + 0.01):
+        with pytest.raises(InvalidInput) as info:
+            engine.tag(*at_sea, np.ones(1, dtype=bool), ["council_district"], nearest_within_m=metres)
+        assert info.value.field == "nearest_within_m", metres
+
+
+def test_nearest_within_bounds(engine):
+    check_nearest_within_bounds(engine)
+
+
+def check_an_empty_dataset_passes_the_gate(tmp: Path) -> None:
+    from enrich_pipeline.assemble import ERROR, internal
+    from enrich_pipeline.quality import check, measure
+    from enrich_pipeline.spec import load_spec
+
+    tmp.mkdir(parents=True, exist_ok=True)
+    (tmp / "empty.yaml").write_text(f"""
+name: empty_case
+source: {{kind: csv, path: "{tmp / 'rows.csv'}"}}
+id: rid
+coordinates: {{lon: x, lat: y}}
+layers: {{council_district: district}}
+quality: {{layer: council_district, within: city_limits, max_unmatched_share: 0.0, max_unlocated_share: 0.0}}
+outputs: {{portal: {{folder: "{tmp / 'portal'}", basename: empty_case}}}}
+""")
+    spec = load_spec(tmp / "empty.yaml")
+    pq.write_table(pa.table({"rid": pa.array([], pa.int64()), "district": pa.array([], pa.string()),
+                             internal("city_limits"): pa.array([], pa.string()),
+                             ERROR: pa.array([], pa.string())}), tmp / "empty.parquet")
+    stats = measure(spec, tmp / "empty.parquet")
+    assert (stats["rows"], stats["unmatched_share"], stats["unlocated_share"]) == (0, 0.0, 0.0), stats
+    check(spec, stats)
+
+
+def test_an_empty_dataset_passes_the_gate(tmp_path):
+    check_an_empty_dataset_passes_the_gate(tmp_path)
+
+
+GARDENA = "4608 Gardena Avenue, San Diego, CA 92110"
+
+
+def check_a_geocode_naming_city_limits_keeps_it(client) -> None:
+    import orjson
+
+    doc = orjson.loads((BOUNDARIES / "san_diego_city_boundary.geojson").read_bytes())
+    city = shapely.union_all([shapely.from_geojson(orjson.dumps(f["geometry"])) for f in doc["features"]])
+    codes = {str(f["properties"]["CODE"]) for f in doc["features"]}
+    body = client.get("/v1/geocode", params={"address": GARDENA, "layers": "council_district,city_limits"}).json()
+    assert shapely.covers(city, shapely.Point(body["lon"], body["lat"])), body
+    assert body.get("city_limits") in codes and body["council_district"] == "2", body
+    assert "outside_city_limits" not in (body.get("flags") or ""), body
+
+
+@pytest.fixture(scope="module")
+def client():
+    env = {"ENRICH_BOUNDARY_DIR": str(BOUNDARIES), "ENRICH_REFERENCE_DIR": str(ADDRESS),
+           "ENRICH_API_KEYS": "test-admin-key"}
+    with ready_app(env) as c:
+        yield c
+
+
+def test_a_geocode_naming_city_limits_keeps_it(client):
+    check_a_geocode_naming_city_limits_keeps_it(client)

@@ -3,7 +3,7 @@
 The engine, the quality gate and the geocoder, on the details a wrong answer would hide in:
 
 - a row dated before a layer's first version: its error names that version's first day (read from the manifest
-  YAML here), and it names no version; nor does a row the caller marked invalid;
+  YAML here), and it names no version; a row the caller marked invalid names none and gets no tag, dated or not;
 - `nearest_within_m` accepted at both ends of its range (0 and 5,000 m) and refused just outside;
 - an empty dataset measures 0 % unmatched and 0 % unlocated, and passes the gate;
 - a geocode request naming `city_limits` itself keeps that column (shapely on the city file says what it is).
@@ -232,6 +232,14 @@ def check_row_dates_and_invalid_rows(engine, probe) -> None:
     tags = result.layers["council_district"]
     assert list(tags.version) == [None, "2011", "2021", None]
     assert list(tags.keys()) == [None, probe[2]["2011"], probe[2]["2021"], None]
+    # Undated (the one-version fast path): a row the caller marked invalid gets nothing, though its point is real;
+    # here a vertex of the 6/7 edge, which a valid row gets with the rule "edge".
+    v = engine.store.versions["council_district"][-1]
+    edge = shapely.get_coordinates(shapely.intersection(*(v.geoms[v.keys == k][0] for k in ("6", "7"))))[0]
+    tags = engine.tag(np.array([probe[0], edge[0], edge[0]]), np.array([probe[1], edge[1], edge[1]]),
+                      np.array([True, True, False]), ["council_district"]).layers["council_district"]
+    assert list(tags.keys())[::2] == [probe[2]["2021"], None] and tags.keys()[1] in ("6", "7"), list(tags.keys())
+    assert list(tags.rule_names()) == [None, "edge", None] and tags.used[0]["points"] == 2, tags.used
 
 
 def test_row_dates_and_invalid_rows(engine, store):

@@ -309,6 +309,7 @@ class Checks:
             out = [(n, (lambda test=test, n=n: test(None, self.url, self.tmp / n))) for n, test in self.quality_tests()]
             out.append(("unlocated gate", lambda: self.m["quality"].check_unlocated_gate(self.url, self.tmp / "u")))
             out.append(("empty dataset", lambda: self.m["kills"].check_an_empty_dataset_passes_the_gate(self.tmp / "e")))
+            out.append(("address gate", self.m["kills"].check_the_address_gate_runs_in_the_quality_check))
             return out
         if name == "geocode":
             g = self.m["geocode"]
@@ -318,6 +319,8 @@ class Checks:
                     ("dates", lambda: g.test_records_with_a_date_get_the_layer_versions_in_force_that_day(
                         self.client)),
                     ("city limits named", lambda: self.m["kills"].check_a_geocode_naming_city_limits_keeps_it(
+                        self.client)),
+                    ("early record", lambda: self.m["kills"].check_a_record_dated_before_the_first_version_gets_no_rule(
                         self.client))]
         if name == "swap":
             k = self.m["kills"]

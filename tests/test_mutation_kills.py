@@ -6,7 +6,9 @@ The engine, the quality gate and the geocoder, on the details a wrong answer wou
   YAML here), and it names no version; a row the caller marked invalid names none and gets no tag, dated or not;
 - `nearest_within_m` accepted at both ends of its range (0 and 5,000 m) and refused just outside;
 - an empty dataset measures 0 % unmatched and 0 % unlocated, and passes the gate;
-- a geocode request naming `city_limits` itself keeps that column (shapely on the city file says what it is).
+- a geocode request naming `city_limits` itself keeps that column (shapely on the city file says what it is);
+- a geocoded record dated before a layer's first version gets no key and no rule, only its error;
+- an address spec's per-level floors fail the gate through `quality.check`.
 
 The PostGIS publication (dags/enrich_pipeline/publish.py): what a reader of the published view gets, read back
 from PostGIS and compared with rows written here by hand, not with what the publisher says it wrote:
@@ -308,6 +310,46 @@ def check_a_geocode_naming_city_limits_keeps_it(client) -> None:
     assert shapely.covers(city, shapely.Point(body["lon"], body["lat"])), body
     assert body.get("city_limits") in codes and body["council_district"] == "2", body
     assert "outside_city_limits" not in (body.get("flags") or ""), body
+
+
+def check_a_record_dated_before_the_first_version_gets_no_rule(client) -> None:
+    """Its error says why it has no district; a rule ("outside") would say it lies outside every district."""
+    import orjson
+
+    first = first_version_day("council_district")
+    record = {"id": 1, "address": "4712 Mt St Helens Dr", "date": str(first - dt.timedelta(days=1))}
+    r = client.post("/v1/geocode-join", content=orjson.dumps({"records": [record], "layers": ["council_district"]}),
+                    headers={"content-type": "application/json"})
+    row = r.json()["results"][0]
+    assert row["match"] != "none" and row["error"].startswith(f"date: {record['date']} is before"), row
+    assert (row["council_district"], row["council_district_rule"], row["council_district_version"]) == \
+        (None, None, None), row
+
+
+def test_a_record_dated_before_the_first_version_gets_no_rule(client):
+    check_a_record_dated_before_the_first_version_gets_no_rule(client)
+
+
+def check_the_address_gate_runs_in_the_quality_check() -> None:
+    """An address spec's per-level floors (min_tagged_share) fail the gate through quality.check, as the DAG calls it."""
+    from enrich_pipeline.geocode import match_quality
+    from enrich_pipeline.quality import QualityGateFailed, check
+    from enrich_pipeline.spec import find_spec
+
+    spec = find_spec("pd_collisions_2017")
+    floor = spec.quality.min_tagged_share["intersection"]
+    tagged = 1  # of 4 intersections: under the floor
+    assert tagged / 4 < floor
+    levels = ["intersection"] * 4
+    rows = match_quality(levels, ["3"] * tagged + [None] * (4 - tagged), [None] * tagged + ["ambiguous"] * 3)
+    stats = {"rows": 4, "should_match": 4, "unmatched": 0, "unmatched_share": 0.0, "unlocated": 0,
+             "unlocated_share": 0.0, "outside_area": 0, "unmatched_ids": [], "unlocated_ids": [], "match_levels": rows}
+    with pytest.raises(QualityGateFailed, match="1 of 4 intersection matches carry a council_district"):
+        check(spec, stats)
+
+
+def test_the_address_gate_runs_in_the_quality_check():
+    check_the_address_gate_runs_in_the_quality_check()
 
 
 @pytest.fixture(scope="module")

@@ -57,6 +57,13 @@ TARGETS = [
     ("enrich_pipeline.publish", "_switch_view", "swap"),
     ("enrich_pipeline.publish", "drop_old_versions", "swap"),
     ("enrich_pipeline.publish", "publish_postgis", "swap"),
+    ("enrich_service.postgis.publish", "stage", "swap"),
+    ("enrich_service.postgis.publish", "create_table", "swap"),
+    ("enrich_service.postgis.publish", "create_index", "swap"),
+    ("enrich_service.postgis.publish", "refill", "swap"),
+    ("enrich_service.postgis.publish", "point_view", "swap"),
+    ("enrich_service.postgis.publish", "upsert", "swap"),
+    ("enrich_service.postgis.publish", "drop_versions", "swap"),
     ("enrich_service.geocode.join", "geocode_join", "geocode"),
 ]
 
@@ -327,7 +334,8 @@ class Checks:
             return [("read back", lambda: k.check_publications_read_back(self.pg_dsn, self.tmp / "back")),
                     ("catalog lock", lambda: k.check_a_switch_waits_for_the_publisher_holding_the_catalog_row(
                         self.pg_dsn, self.tmp / "lock")),
-                    ("swap atomic", lambda: self.m["mutations"].check_swap_is_atomic(self.enriched))]
+                    ("swap atomic", lambda: self.m["mutations"].check_swap_is_atomic(self.enriched)),
+                    ("boundary load", lambda: k.check_boundary_loads_refill_in_place(self.pg_dsn, self.store))]
         raise ValueError(name)
 
 

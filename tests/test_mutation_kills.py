@@ -21,11 +21,14 @@ from PostGIS and compared with rows written here by hand, not with what the publ
   leaving the view and the catalog as they were, and `allow_row_change` letting a real change through;
 - a name that an older pipeline published as a plain table becoming the view;
 - one publisher at a time: a switch waits for the catalog row another publisher holds, then checks its guards
-  against what that one recorded.
+  against what that one recorded;
+- the boundary layers (postgis.layers through the same helpers): each version's table holds its features once,
+  after a second load too, refilled in place under a user's view, with its catalog row.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import sys
 import time
@@ -214,6 +217,46 @@ def check_a_switch_waits_for_the_publisher_holding_the_catalog_row(dsn: str, tmp
 
 def test_a_switch_waits_for_the_publisher_holding_the_catalog_row(pg_dsn, tmp_path):
     check_a_switch_waits_for_the_publisher_holding_the_catalog_row(pg_dsn, tmp_path)
+
+
+def check_boundary_loads_refill_in_place(dsn: str, store) -> None:
+    """Two loads of the council districts (both versions): each table holds each feature once, with its key and a
+    polygon covering the feature's point_on_surface, and the catalog one row per version. A user's view on the
+    latest layer reads through the second load (the table refilled in place, not dropped)."""
+    from enrich_service.postgis import load_layers
+
+    schema = f"{SCHEMA}_layers"
+    versions = store.versions["council_district"]
+    districts = dataclasses.replace(store, versions={"council_district": versions})
+    with psycopg.connect(dsn) as conn:
+        conn.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
+        conn.execute(f"CREATE SCHEMA {schema}")
+        conn.commit()
+        load_layers(conn, districts, schema=schema)
+        conn.execute(f"CREATE VIEW {schema}.users_view AS SELECT key FROM {schema}.boundary_council_district")
+        conn.commit()
+        load_layers(conn, districts, schema=schema)
+        for v in versions:
+            table = f"{schema}.boundary_council_district_{v.version}"
+            got = conn.execute(f"SELECT fid, key, ST_SRID(geom) FROM {table} ORDER BY fid").fetchall()
+            assert got == [(i, k, 4326) for i, k in enumerate(v.keys)], (v.version, got)
+            inside = [shapely.point_on_surface(g).wkt for g in v.geoms]
+            covered = conn.execute(f"SELECT bool_and(ST_Covers(t.geom, ST_GeomFromText(p.wkt, 4326))) FROM {table} t "
+                                   "JOIN unnest(%s::text[]) WITH ORDINALITY AS p(wkt, n) ON t.fid = p.n - 1",
+                                   (inside,)).fetchone()[0]
+            assert covered, v.version
+        catalog_rows = conn.execute(f"SELECT layer, version, effective_from, sha256, features FROM "
+                                    f"{schema}.boundary_layers ORDER BY effective_from").fetchall()
+        assert catalog_rows == [("council_district", v.version, v.effective_from, v.source.sha256, v.n_features)
+                                for v in versions], catalog_rows
+        assert sorted(r[0] for r in conn.execute(f"SELECT key FROM {schema}.users_view").fetchall()) == \
+            sorted(versions[-1].keys)
+        conn.execute(f"DROP SCHEMA {schema} CASCADE")
+        conn.commit()
+
+
+def test_boundary_loads_refill_in_place(pg_dsn, store):
+    check_boundary_loads_refill_in_place(pg_dsn, store)
 
 
 # ---- the engine, the quality gate, the geocoder -----------------------------------------------------------------

@@ -178,11 +178,19 @@ def planted(tree, index, what, module, owner, name):
     namespace = dict(vars(module))
     exec(compile(mutated, module.__file__, "exec"), namespace)
     original = inspect.getattr_static(owner, name)
+    # Modules that imported the function by name (`from .publish import refill`) hold the original: swap theirs too.
+    holders = [(m, attr) for m in list(sys.modules.values()) if m is not None and m is not owner
+               and getattr(m, "__name__", "").startswith(("enrich_service", "enrich_pipeline"))
+               for attr, value in list(vars(m).items()) if value is original]
     setattr(owner, name, namespace[name])
+    for m, attr in holders:
+        setattr(m, attr, namespace[name])
     try:
         yield
     finally:
         setattr(owner, name, original)
+        for m, attr in holders:
+            setattr(m, attr, original)
 
 
 class Timeout(Exception):

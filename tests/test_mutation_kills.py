@@ -234,6 +234,7 @@ def check_boundary_loads_refill_in_place(dsn: str, store) -> None:
         conn.commit()
         load_layers(conn, districts, schema=schema)
         conn.execute(f"CREATE VIEW {schema}.users_view AS SELECT key FROM {schema}.boundary_council_district")
+        conn.execute(f"UPDATE {schema}.boundary_layers SET sha256 = 'stale', features = 0")  # the load rewrites it
         conn.commit()
         load_layers(conn, districts, schema=schema)
         for v in versions:
@@ -245,6 +246,10 @@ def check_boundary_loads_refill_in_place(dsn: str, store) -> None:
                                    "JOIN unnest(%s::text[]) WITH ORDINALITY AS p(wkt, n) ON t.fid = p.n - 1",
                                    (inside,)).fetchone()[0]
             assert covered, v.version
+            indexes = dict(conn.execute("SELECT indexdef LIKE '%%USING gist (geom)%%', count(*) FROM pg_indexes "
+                                        "WHERE schemaname = %s AND tablename = %s GROUP BY 1",
+                                        (schema, table.split(".")[1])).fetchall())
+            assert indexes.get(True) == 1, (v.version, indexes)  # the geometry's GiST index, once
         catalog_rows = conn.execute(f"SELECT layer, version, effective_from, sha256, features FROM "
                                     f"{schema}.boundary_layers ORDER BY effective_from").fetchall()
         assert catalog_rows == [("council_district", v.version, v.effective_from, v.source.sha256, v.n_features)

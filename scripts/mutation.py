@@ -30,6 +30,7 @@ import tempfile
 import textwrap
 import time
 import traceback
+from collections.abc import Callable
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -290,9 +291,10 @@ class Checks:
         q = self.m["quality"]
         return [(n, getattr(q, n)) for n in dir(q) if n.startswith("test_")]
 
-    def group(self, name: str):
+    def group(self, name: str) -> list[tuple[str, Callable[[], object]]]:
         """[(check name, callable)] for a group, cheapest first."""
         t, v, e = self.m["truth"], self.m["versions"], self.m["engine"]
+        out: list[tuple[str, Callable[[], object]]]
         if name == "rule":
             out = [(f"tiles[{layer}]", (lambda layer=layer, vi=vi: e.test_tiles_cover_every_part_and_stay_small(
                 self.store, layer, vi))) for layer, vi in (("council_district", 1), ("neighborhood", 0))]

@@ -34,6 +34,7 @@ import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import psycopg
@@ -43,7 +44,8 @@ import pytest
 import shapely
 import yaml
 
-from .conftest import ADDRESS, BOUNDARIES, REPO, ready_app
+from .conftest import BOUNDARIES, REPO
+from .test_versions import client as versions_client  # noqa: F401 (the in-process service, shared)
 
 if str(REPO / "dags") not in sys.path:
     sys.path.append(str(REPO / "dags"))
@@ -77,6 +79,12 @@ def write_enriched(path: Path, records: list[dict], drop: tuple[str, ...] = (), 
     cols["__row"] = pa.array(range(len(records)), pa.int64())
     pq.write_table(pa.table(cols), path)
     return path
+
+
+def scalar(conn, query: str, params: tuple = ()) -> Any:
+    row = conn.execute(query, params).fetchone()
+    assert row is not None, query
+    return row[0]
 
 
 def published(conn, table: str = TABLE) -> list[tuple]:
@@ -122,8 +130,8 @@ def check_publications_read_back(dsn: str, tmp: Path) -> None:
         run_id, n, version, columns = catalog(conn)
         assert (run_id, n, version_tables(conn)) == ("first", 5, [version]), (run_id, n, version)
         assert columns == [[c, t] for c, t in COLUMNS[:-1]] + [["geom", "geometry(Point,4326)"]], columns
-        assert conn.execute("SELECT count(*) FROM pg_indexes WHERE schemaname = %s AND tablename = %s "
-                            "AND indexdef LIKE '%%USING gist (geom)%%'", (SCHEMA, version)).fetchone()[0] == 1
+        assert scalar(conn, "SELECT count(*) FROM pg_indexes WHERE schemaname = %s AND tablename = %s "
+                      "AND indexdef LIKE '%%USING gist (geom)%%'", (SCHEMA, version)) == 1
 
         # 20 % more rows (the guard's limit, allowed), a new column written first, and `name` all null (arrow type null)
         # this time: it keeps the type it was published with.
@@ -165,7 +173,7 @@ def check_publications_read_back(dsn: str, tmp: Path) -> None:
         conn.execute(f"CREATE VIEW {SCHEMA}.users_view AS SELECT rid FROM {legacy}")
         publish_postgis(conn, legacy, write_enriched(tmp / "i.parquet", first), comment="over a table")
         assert published(conn, legacy) == expected(first)
-        assert conn.execute("SELECT relkind FROM pg_class WHERE oid = %s::regclass", (legacy,)).fetchone()[0] == "v"
+        assert scalar(conn, "SELECT relkind FROM pg_class WHERE oid = %s::regclass", (legacy,)) == "v"
         assert conn.execute(f"SELECT rid FROM {SCHEMA}.users_view").fetchall() == [(7,)]
 
         # An empty publication: the next may be empty too; any rows after it are a change of 100 %+.
@@ -200,8 +208,8 @@ def check_a_switch_waits_for_the_publisher_holding_the_catalog_row(dsn: str, tmp
         switching = pool.submit(publish_postgis, conn, table, write_enriched(tmp / "late.parquet", rows(5, first=6)),
                                 "late", run=late)
         deadline = time.monotonic() + 60
-        while not watch.execute("SELECT wait_event_type = 'Lock' FROM pg_stat_activity WHERE pid = %s",
-                                (conn.info.backend_pid,)).fetchone()[0]:
+        while not scalar(watch, "SELECT wait_event_type = 'Lock' FROM pg_stat_activity WHERE pid = %s",
+                         (conn.info.backend_pid,)):
             assert not switching.done(), f"the switch did not wait for the catalog row: {switching.result()}"
             assert time.monotonic() < deadline, "the publisher never reached the switch within 60 s"
             time.sleep(0.02)
@@ -242,13 +250,12 @@ def check_boundary_loads_refill_in_place(dsn: str, store) -> None:
             got = conn.execute(f"SELECT fid, key, ST_SRID(geom) FROM {table} ORDER BY fid").fetchall()
             assert got == [(i, k, 4326) for i, k in enumerate(v.keys)], (v.version, got)
             inside = [shapely.point_on_surface(g).wkt for g in v.geoms]
-            covered = conn.execute(f"SELECT bool_and(ST_Covers(t.geom, ST_GeomFromText(p.wkt, 4326))) FROM {table} t "
-                                   "JOIN unnest(%s::text[]) WITH ORDINALITY AS p(wkt, n) ON t.fid = p.n - 1",
-                                   (inside,)).fetchone()[0]
+            covered = scalar(conn, f"SELECT bool_and(ST_Covers(t.geom, ST_GeomFromText(p.wkt, 4326))) FROM {table} t "
+                             "JOIN unnest(%s::text[]) WITH ORDINALITY AS p(wkt, n) ON t.fid = p.n - 1", (inside,))
             assert covered, v.version
-            indexes = dict(conn.execute("SELECT indexdef LIKE '%%USING gist (geom)%%', count(*) FROM pg_indexes "
-                                        "WHERE schemaname = %s AND tablename = %s GROUP BY 1",
-                                        (schema, table.split(".")[1])).fetchall())
+            indexes: dict[bool, int] = dict(conn.execute("SELECT indexdef LIKE '%%USING gist (geom)%%', count(*) FROM pg_indexes "
+                                                         "WHERE schemaname = %s AND tablename = %s GROUP BY 1",
+                                                         (schema, table.split(".")[1])).fetchall())
             assert indexes.get(True) == 1, (v.version, indexes)  # the geometry's GiST index, once
         catalog_rows = conn.execute(f"SELECT layer, version, effective_from, sha256, features FROM "
                                     f"{schema}.boundary_layers ORDER BY effective_from").fetchall()
@@ -374,8 +381,8 @@ def check_a_record_dated_before_the_first_version_gets_no_rule(client) -> None:
         (None, None, None), row
 
 
-def test_a_record_dated_before_the_first_version_gets_no_rule(client):
-    check_a_record_dated_before_the_first_version_gets_no_rule(client)
+def test_a_record_dated_before_the_first_version_gets_no_rule(versions_client):  # noqa: F811 (the fixture)
+    check_a_record_dated_before_the_first_version_gets_no_rule(versions_client)
 
 
 def check_the_address_gate_runs_in_the_quality_check() -> None:
@@ -400,13 +407,5 @@ def test_the_address_gate_runs_in_the_quality_check():
     check_the_address_gate_runs_in_the_quality_check()
 
 
-@pytest.fixture(scope="module")
-def client():
-    env = {"ENRICH_BOUNDARY_DIR": str(BOUNDARIES), "ENRICH_REFERENCE_DIR": str(ADDRESS),
-           "ENRICH_API_KEYS": "test-admin-key"}
-    with ready_app(env) as c:
-        yield c
-
-
-def test_a_geocode_naming_city_limits_keeps_it(client):
-    check_a_geocode_naming_city_limits_keeps_it(client)
+def test_a_geocode_naming_city_limits_keeps_it(versions_client):  # noqa: F811 (the fixture)
+    check_a_geocode_naming_city_limits_keeps_it(versions_client)

@@ -49,6 +49,7 @@ TARGETS = [
     ("enrich_service.engine.tagger", "Engine.tag_version", "rule"),
     ("enrich_service.engine.tagger", "row_days", "version"),
     ("enrich_service.engine.tagger", "Engine.tag", "rule"),
+    ("enrich_service.engine.tagger", "_fill_nearest", "rule"),
     ("enrich_service.layers.store", "LayerStore.version_on", "version"),
     ("enrich_service.layers.store", "LayerStore.version_index", "version"),
     ("enrich_pipeline.quality", "measure", "quality"),

@@ -1,0 +1,93 @@
+"""A file uploaded the way a browser form (or `curl -F file=@points.csv`) sends it: multipart/form-data with one
+file part, and text parts that carry the request's options.
+
+The body has been read under the service's size limit already; Starlette's parser (python-multipart) splits it.
+The file's media type comes from its name first, since browsers label a .csv application/vnd.ms-excel and curl
+labels most files application/octet-stream, then from its part's Content-Type, then from its first bytes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncGenerator
+from dataclasses import dataclass
+from pathlib import PurePosixPath
+
+from python_multipart.multipart import parse_options_header
+from starlette.datastructures import Headers, UploadFile
+from starlette.formparsers import MultiPartException, MultiPartParser
+
+from ..errors import InvalidInput, MalformedBody, UnsupportedMediaType
+from ..responses import ARROW, CSV, JSON, NDJSON
+from .geojson import GEOJSON, looks_like_geojson
+
+MULTIPART = "multipart/form-data"
+BY_EXTENSION = {".csv": CSV, ".tsv": CSV, ".tab": CSV, ".txt": CSV, ".geojson": GEOJSON, ".json": JSON,
+                ".arrow": ARROW, ".arrows": ARROW, ".ipc": ARROW, ".ndjson": NDJSON, ".jsonl": NDJSON}
+_BY_PART_TYPE = {CSV: CSV, "text/tab-separated-values": CSV, "application/csv": CSV, GEOJSON: GEOJSON,
+                 JSON: JSON, ARROW: ARROW, NDJSON: NDJSON}
+_MAX_FIELDS = 50
+
+
+@dataclass
+class Upload:
+    data: bytes
+    media_type: str  # the file's media type, as the bulk decoders know them
+    content_type: str  # its part's Content-Type as sent (a charset declared there applies to the file)
+    filename: str | None
+    fields: dict[str, str]  # the form's text parts: request options
+
+
+async def _once(body: bytes) -> AsyncGenerator[bytes, None]:
+    yield body
+
+
+async def read_upload(body: bytes, content_type: str, max_field_bytes: int = 1 << 16) -> Upload:
+    """The one file of a multipart/form-data body, with its media type and the form's other (text) fields."""
+    _, params = parse_options_header(content_type)
+    if not params.get(b"boundary"):
+        raise MalformedBody("multipart/form-data without a boundary; let the client (browser, curl -F) set the "
+                            "Content-Type", field="Content-Type")
+    parser = MultiPartParser(Headers({"content-type": content_type}), _once(body), max_files=2,
+                             max_fields=_MAX_FIELDS, max_part_size=max_field_bytes)
+    try:
+        form = await parser.parse()
+    except MultiPartException as exc:
+        raise MalformedBody(f"the form cannot be read: {exc.message}", field="body") from None
+    try:
+        files = [(name, value) for name, value in form.multi_items() if isinstance(value, UploadFile)]
+        fields: dict[str, str] = {}
+        for name, value in form.multi_items():
+            if isinstance(value, str):
+                if name in fields:
+                    raise InvalidInput(f"form field {name!r} is given twice; give it once", field=name)
+                fields[name] = value
+        if not files:
+            raise InvalidInput("the form has no file part; send the file as e.g. curl -F file=@points.csv",
+                               field="file")
+        if len(files) > 1:
+            raise InvalidInput(f"the form has several files ({', '.join(name for name, _ in files)}); send one "
+                               f"per request", field=files[1][0])
+        name, upload = files[0]
+        data = await upload.read()
+        part_type = upload.content_type or "application/octet-stream"
+        return Upload(data=data, media_type=file_media_type(upload.filename, part_type, data, name),
+                      content_type=part_type, filename=upload.filename, fields=fields)
+    finally:
+        await form.close()
+
+
+def file_media_type(filename: str | None, part_type: str, data: bytes, field: str = "file") -> str:
+    suffix = PurePosixPath(filename or "").suffix.lower()
+    kind = BY_EXTENSION.get(suffix) or _BY_PART_TYPE.get(part_type.split(";")[0].strip().lower())
+    if kind is None:
+        if suffix not in ("", ".dat", ".bin"):
+            raise UnsupportedMediaType(f"file {filename!r}: {suffix} files are not read here; upload a CSV, "
+                                       f"GeoJSON, JSON or Arrow file", field=field)
+        head = data[:64].lstrip()
+        kind = JSON if head.startswith((b"{", b"[")) else CSV
+    if kind == JSON and looks_like_geojson(data):
+        kind = GEOJSON
+    if kind == NDJSON:
+        raise UnsupportedMediaType("NDJSON is streamed: send it as the request body (Content-Type: "
+                                   f"{NDJSON}), not in a form", field=field)
+    return kind

@@ -19,6 +19,7 @@ from pyproj import CRS, Transformer
 from pyproj.exceptions import CRSError, ProjError
 
 from .errors import InvalidInput, UnknownCRS
+from .io.coordinates import STATE_PLANE_HINT, looks_like_state_plane
 
 WGS84 = CRS.from_epsg(4326)
 # Where careless geocoders put "San Diego": the generic city centroid.
@@ -217,6 +218,9 @@ def prepare(batch: PointBatch, crs: CRS, x_name: str = "lon", y_name: str = "lat
             lon_bad = finite & (np.abs(lon) > 180)
             swapped = lat_bad & (np.abs(lon) <= 90)
             _set(errors, swapped, y_name, "out of range [-90, 90]; lon and lat look swapped")
+            if lat_bad.any():  # State Plane feet sent without crs: say so, rather than only "out of range"
+                _set(errors, lat_bad & looks_like_state_plane(x, y), y_name,
+                     f"out of range [-90, 90]; {STATE_PLANE_HINT}")
             _set(errors, lat_bad, y_name, "out of range [-90, 90]")
             _set(errors, lon_bad, x_name, "out of range [-180, 180]")
             _flag(flags, swapped, "swapped_lonlat")

@@ -242,3 +242,265 @@ def test_an_unreadable_file_kind_is_refused_naming_it():
     with pytest.raises(UnsupportedMediaType) as exc:
         asyncio.run(read_upload(body, content_type))
     assert "districts.gpkg" in exc.value.message and exc.value.field == "file"
+
+
+def test_state_plane_feet_sent_as_degrees_are_row_errors_that_name_the_crs_option():
+    from enrich_service.points import WGS84, PointBatch, prepare
+
+    rows = [r for r in meter_rows(40) if float(r["lat"]) > 32.5]
+    x, y = Transformer.from_crs(4326, 2230, always_xy=True).transform(
+        np.array([float(r["lng"]) for r in rows]), np.array([float(r["lat"]) for r in rows]))
+    x, y = np.asarray(x), np.asarray(y)
+    y[0] = 5e7  # far from San Diego in any CRS: only out of range
+    prepared = prepare(PointBatch(ids=None, x=x, y=y), WGS84)
+    assert prepared.errors[0] == ("lat", "out of range [-90, 90]")
+    assert all(prepared.errors[i] == ("lat", "out of range [-90, 90]; the numbers look like State Plane feet: send "
+                                             "crs=EPSG:2230") for i in range(1, len(rows)))
+
+
+# ---- over HTTP -------------------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def client():
+    from .conftest import ADDRESS, BOUNDARIES, ready_app
+
+    env = {"ENRICH_BOUNDARY_DIR": str(BOUNDARIES), "ENRICH_REFERENCE_DIR": str(ADDRESS), "ENRICH_MAX_BATCH": "1000",
+           "ENRICH_MAX_BODY_BYTES": str(2_000_000)}
+    with ready_app(env) as c:
+        yield c
+
+
+LAYERS = ("council_district", "neighborhood", "zip")
+ARROW = "application/vnd.apache.arrow.stream"
+
+
+def plain_tags(client, lon, lat, dates=None, **query) -> list[dict]:
+    """The tags of these points sent the plain way: a JSON body of {id, lon, lat}."""
+    points = [{"id": i, "lon": float(x), "lat": float(y)} for i, (x, y) in enumerate(zip(lon, lat))]
+    if dates is not None:
+        for p, d in zip(points, dates):
+            p["date"] = d
+    r = client.post("/v1/pip", params={"layers": ",".join(LAYERS), **query}, content=orjson.dumps({"points": points}),
+                    headers={"content-type": "application/json"})
+    assert r.status_code == 200, r.text
+    return [{k: row[k] for k in LAYERS} for row in r.json()["results"]]
+
+
+def tags_of(rows: list[dict]) -> list[dict]:
+    return [{k: row[k] for k in LAYERS} for row in rows]
+
+
+def meter_lonlat(rows):
+    return [float(r["lng"]) for r in rows], [float(r["lat"]) for r in rows]
+
+
+def pip(client, content, content_type, accept=None, **query):
+    headers = {"content-type": content_type, **({"accept": accept} if accept else {})}
+    return client.post("/v1/pip", params={"layers": ",".join(LAYERS), **query}, content=content, headers=headers)
+
+
+def read_csv_answer(r) -> list[dict]:
+    assert r.status_code == 200, r.text
+    return list(csv.DictReader(io.StringIO(r.text)))
+
+
+def read_arrow_answer(r) -> pa.Table:
+    assert r.status_code == 200, r.text
+    return pa.ipc.open_stream(pa.py_buffer(r.content)).read_all()
+
+
+def stops_lonlat(doc):
+    return [f["geometry"]["coordinates"][0] for f in doc["features"]], \
+        [f["geometry"]["coordinates"][1] for f in doc["features"]]
+
+
+def test_geojson_stops_come_back_as_the_same_features_with_their_tags(client):
+    doc = stops_collection(200)
+    expected = plain_tags(client, *stops_lonlat(doc))
+    assert len({e["council_district"] for e in expected}) > 3  # the sample spans the city (and outside it)
+    r = pip(client, orjson.dumps(doc), GEOJSON)
+    assert r.status_code == 200, r.text
+    assert r.headers["content-type"].startswith(GEOJSON)
+    out = r.json()
+    assert out["type"] == "FeatureCollection" and len(out["features"]) == 200
+    for sent, got, tags in zip(doc["features"], out["features"], expected):
+        assert got["geometry"] == sent["geometry"]
+        assert {k: got["properties"][k] for k in sent["properties"]} == sent["properties"]
+        assert {k: got["properties"][k] for k in LAYERS} == tags
+        assert got["properties"]["error"] is None
+
+
+def test_geojson_sent_as_plain_json_is_read_as_geojson(client):
+    doc = stops_collection(30)
+    r = pip(client, orjson.dumps(doc), "application/json")
+    assert r.status_code == 200, r.text
+    assert [tuple(f["properties"][k] for k in LAYERS) for f in r.json()["features"]] == \
+        [tuple(t.values()) for t in plain_tags(client, *stops_lonlat(doc))]
+
+
+@pytest.mark.parametrize("accept", ["text/csv", ARROW])
+def test_geojson_stops_answered_as_csv_or_arrow(client, accept):
+    doc = stops_collection(100)
+    expected = plain_tags(client, *stops_lonlat(doc))
+    r = pip(client, orjson.dumps(doc), GEOJSON, accept=accept)
+    rows = read_csv_answer(r) if accept == "text/csv" else read_arrow_answer(r).to_pylist()
+    assert tags_of(rows) == [{k: v or ("" if accept == "text/csv" else None) for k, v in e.items()}
+                             for e in expected]
+    # The properties as columns, and the geometry's coordinates beside them (the stops have lat/lng of their own).
+    assert [str(row["stop_uid"]) for row in rows] == [f["properties"]["stop_uid"] for f in doc["features"]]
+    assert float(rows[7]["geometry_lon"]) == doc["features"][7]["geometry"]["coordinates"][0]
+
+
+def test_a_csv_answered_as_geojson_is_a_point_per_row(client):
+    rows = meter_rows(80)
+    r = pip(client, write_csv(rows).encode(), "text/csv", accept=GEOJSON, lon_col="lng", lat_col="lat")
+    assert r.status_code == 200, r.text
+    features = r.json()["features"]
+    assert [f["properties"]["pole"] for f in features] == [row["pole"] for row in rows]
+    assert features[3]["geometry"]["coordinates"] == pytest.approx([float(rows[3]["lng"]), float(rows[3]["lat"])])
+    assert tags_of([f["properties"] for f in features]) == plain_tags(client, *meter_lonlat(rows))
+
+
+def test_a_polygon_is_refused_naming_the_feature_and_a_bad_point_is_its_rows_error(client):
+    doc = stops_collection(20)
+    doc["features"][4]["geometry"] = {"type": "MultiPolygon", "coordinates": []}
+    r = pip(client, orjson.dumps(doc), GEOJSON)
+    assert r.status_code == 422 and r.json()["field"] == "features[4].geometry", r.text
+    assert "MultiPolygon" in r.json()["detail"]
+
+    doc = stops_collection(20)
+    doc["features"][4]["geometry"] = None
+    r = pip(client, orjson.dumps(doc), GEOJSON)
+    assert r.status_code == 200, r.text
+    props = [f["properties"] for f in r.json()["features"]]
+    assert props[4]["error"].startswith("geometry:") and props[4]["council_district"] is None
+    others = [i for i in range(20) if i != 4]
+    lon, lat = stops_lonlat({"features": [doc["features"][i] for i in others]})
+    assert tags_of([props[i] for i in others]) == plain_tags(client, lon, lat)
+
+
+@pytest.mark.parametrize("delimiter", [";", "\t", "|"])
+def test_semicolon_tab_and_pipe_csvs_are_read_as_the_comma_csv(client, delimiter):
+    rows = meter_rows(120)
+    comma = read_csv_answer(pip(client, write_csv(rows).encode(), "text/csv", lon_col="lng", lat_col="lat"))
+    other = read_csv_answer(pip(client, write_csv(rows, delimiter).encode(), "text/csv", lon_col="lng",
+                                lat_col="lat"))
+    assert other == comma and tags_of(other)[5]["council_district"]
+    # Set by the option, the same; a wrong one is refused naming it.
+    named = pip(client, write_csv(rows, delimiter).encode(), "text/csv", lon_col="lng", lat_col="lat",
+                delimiter={";": "semicolon", "\t": "tab", "|": "pipe"}[delimiter])
+    assert read_csv_answer(named) == comma
+    assert pip(client, b"lon,lat\n", "text/csv", delimiter="colon").json()["field"] == "delimiter"
+
+
+def test_a_windows_1252_semicolon_csv_keeps_its_text(client):
+    rows = meter_rows(10)
+    for r in rows:
+        r["sub_area"] += " (Peñasquitos)"
+    body = write_csv(rows, ";").encode("cp1252")
+    out = read_csv_answer(pip(client, body, "text/csv; charset=windows-1252", lon_col="lng", lat_col="lat"))
+    assert [r["sub_area"] for r in out] == [r["sub_area"] for r in rows]
+
+
+@pytest.mark.parametrize("rename", [{"lng": "Longitude", "lat": "Latitude"}, {"lng": "LON", "lat": "Lat"},
+                                    {"lng": "x", "lat": "Y"}, {}])
+def test_coordinate_columns_are_found_without_naming_them(client, rename):
+    rows = meter_rows(60)
+    out = read_csv_answer(pip(client, write_csv(rows, rename=rename).encode(), "text/csv"))
+    assert tags_of(out) == [{k: v or "" for k, v in t.items()} for t in plain_tags(client, *meter_lonlat(rows))]
+
+
+def test_ambiguous_coordinate_columns_are_refused_naming_the_candidates(client):
+    rows = meter_rows(5)
+    for r in rows:
+        r["longitude"] = r["lng"]
+    r = pip(client, write_csv(rows).encode(), "text/csv")
+    assert r.status_code == 422 and r.json()["field"] == "lon_col", r.text
+    assert "'lng'" in r.json()["detail"] and "'longitude'" in r.json()["detail"]
+
+
+def test_state_plane_csv_without_crs_gets_the_hint_and_with_it_the_tags(client):
+    rows = [r for r in meter_rows(60) if float(r["lat"]) > 32.5]
+    x, y = Transformer.from_crs(4326, 2230, always_xy=True).transform(*meter_lonlat(rows))
+    body = "x,y\n" + "".join(f"{a},{b}\n" for a, b in zip(x, y))
+    r = pip(client, body.encode(), "text/csv", accept="application/json")
+    assert r.status_code == 200
+    assert all("crs=EPSG:2230" in e["detail"] for e in r.json()["errors"]) and len(r.json()["errors"]) == len(rows)
+    fixed = pip(client, body.encode(), "text/csv", accept="application/json", crs="EPSG:2230")
+    assert tags_of(fixed.json()["results"]) == plain_tags(client, *meter_lonlat(rows))
+
+
+def test_us_dates_read_with_date_format_pick_the_same_district_lines_as_iso(client):
+    rows = meter_rows(200, 20)
+    iso = [r["date_inventory"] for r in rows]
+    assert min(iso) < "2022-12-10" < max(iso)  # both district lines (2011, 2021) in play
+    for r in rows:
+        d = r["date_inventory"]
+        r["date_inventory"] = f"{d[5:7]}/{d[8:10]}/{d[:4]}"
+    body = write_csv(rows).encode()
+    expected = plain_tags(client, *meter_lonlat(rows), dates=iso)
+    r = pip(client, body, "text/csv", accept="application/json", lon_col="lng", lat_col="lat",
+            date_col="date_inventory", date_format="%m/%d/%Y")
+    assert r.status_code == 200 and not r.json()["errors"], r.text
+    assert tags_of(r.json()["results"]) == expected
+    r = pip(client, body, "text/csv", accept="application/json", lon_col="lng", lat_col="lat",
+            date_col="date_inventory")
+    assert r.json()["errors"][0]["field"] == "date_inventory"  # without the option: each row says why
+
+
+def test_csv_answered_as_json_numbers_its_rows_when_there_is_no_id_column(client):
+    rows = meter_rows(25)
+    r = pip(client, write_csv(rows).encode(), "text/csv", accept="application/json")
+    assert [row["id"] for row in r.json()["results"]] == list(range(25))
+    doc = stops_collection(10)
+    for f in doc["features"]:
+        f["id"] = f["properties"]["stop_uid"]
+    r = pip(client, orjson.dumps(doc), GEOJSON, accept="application/json")
+    assert [row["id"] for row in r.json()["results"]] == [f["id"] for f in doc["features"]]
+
+
+@pytest.mark.parametrize("kind", ["csv", "geojson"])
+def test_a_form_upload_is_answered_as_its_file(client, kind):
+    if kind == "csv":
+        rows = meter_rows(50)
+        data, name, expected = write_csv(rows).encode(), "meters.csv", plain_tags(client, *meter_lonlat(rows))
+    else:
+        doc = stops_collection(50)
+        data, name, expected = orjson.dumps(doc), "stops.geojson", plain_tags(client, *stops_lonlat(doc))
+    r = client.post("/v1/pip", files={"file": (name, data, "application/octet-stream")},
+                    data={"layers": ",".join(LAYERS)})
+    assert r.status_code == 200, r.text
+    if kind == "csv":
+        assert r.headers["content-type"].startswith("text/csv")
+        got = [{k: v or None for k, v in row.items()} for row in tags_of(read_csv_answer(r))]
+    else:
+        assert r.headers["content-type"].startswith(GEOJSON)
+        got = tags_of([f["properties"] for f in r.json()["features"]])
+    assert got == expected
+    assert name.split(".")[0] in r.headers.get("content-disposition", "")
+
+
+def test_a_form_option_unknown_or_given_twice_is_refused(client):
+    r = client.post("/v1/pip", files={"file": ("m.csv", write_csv(meter_rows(3)).encode())}, data={"layer": "zip"})
+    assert r.status_code == 422 and r.json()["field"] == "layer", r.text
+    r = client.post("/v1/pip?layers=zip", files={"file": ("m.csv", write_csv(meter_rows(3)).encode())},
+                    data={"layers": "council_district"})
+    assert r.status_code == 422 and r.json()["field"] == "layers", r.text
+
+
+def test_geocode_join_reads_semicolon_csvs_and_form_uploads_and_numbers_rows(client):
+    rows = [{"address": r["sub_area"], "zip": ""} for r in meter_rows(30)]
+    comma = client.post("/v1/geocode-join", params={"layers": "council_district"},
+                        content=write_csv(rows).encode(), headers={"content-type": "text/csv",
+                                                                   "accept": "application/json"})
+    assert comma.status_code == 200, comma.text
+    assert [row["id"] for row in comma.json()["results"]] == list(range(30))
+    semi = client.post("/v1/geocode-join", params={"layers": "council_district"},
+                       content=write_csv(rows, ";").encode(), headers={"content-type": "text/csv",
+                                                                       "accept": "application/json"})
+    assert semi.json()["results"] == comma.json()["results"]
+    form_r = client.post("/v1/geocode-join", params={"layers": "council_district"},
+                         files={"file": ("addresses.csv", write_csv(rows, "\t").encode())},
+                         headers={"accept": "application/json"})
+    assert form_r.status_code == 200, form_r.text
+    assert form_r.json()["results"] == comma.json()["results"]

@@ -109,6 +109,10 @@ def test_coordinate_columns_are_found_by_their_usual_names(names, found):
     assert coordinate_columns(names, None, None) == found
 
 
+def test_lon_and_lat_exactly_are_the_default_even_beside_x_and_y():
+    assert coordinate_columns(["x", "y", "lon", "lat"], None, None) == ("lon", "lat")
+
+
 def test_named_coordinate_columns_are_taken_as_named():
     assert coordinate_columns(["stop_lon", "stop_lat", "lat", "lng"], "stop_lon", "stop_lat") == \
         ("stop_lon", "stop_lat")
@@ -116,8 +120,8 @@ def test_named_coordinate_columns_are_taken_as_named():
 
 def test_ambiguous_coordinate_columns_name_the_candidates_and_the_option():
     with pytest.raises(InvalidInput) as exc:
-        coordinate_columns(["lon", "Longitude", "lat"], None, None)
-    assert exc.value.field == "lon_col" and "'lon'" in exc.value.message and "'Longitude'" in exc.value.message
+        coordinate_columns(["lng", "Longitude", "lat"], None, None)
+    assert exc.value.field == "lon_col" and "'lng'" in exc.value.message and "'Longitude'" in exc.value.message
 
 
 def test_no_coordinate_column_names_the_option():

@@ -30,9 +30,10 @@ def find_column(names: list[str], usual: tuple[str, ...], option: str) -> str:
 
 
 def coordinate_columns(names: list[str], lon_col: str | None, lat_col: str | None) -> tuple[str, str]:
-    """(lon column, lat column): each as the request names it, else found among the usual names."""
-    lon = lon_col or find_column(names, LON_NAMES, "lon_col")
-    lat = lat_col or find_column(names, LAT_NAMES, "lat_col")
+    """(lon column, lat column): each as the request names it, else `lon`/`lat` exactly (the documented default,
+    even beside an `x`), else found among the usual names."""
+    lon = lon_col or ("lon" if "lon" in names else find_column(names, LON_NAMES, "lon_col"))
+    lat = lat_col or ("lat" if "lat" in names else find_column(names, LAT_NAMES, "lat_col"))
     return lon, lat
 
 

@@ -19,7 +19,7 @@ from enrich_service.errors import InvalidInput, UnsupportedMediaType
 from enrich_service.io.coordinates import coordinate_columns, looks_like_state_plane
 from enrich_service.io.dialect import check_date_format, formatted_days, parse_delimiter, sniff_delimiter
 from enrich_service.io.geojson import GEOJSON, decode_geojson, encode_geojson, looks_like_geojson
-from enrich_service.io.multipart import read_upload
+from enrich_service.io.multipart import content_disposition, form_options, read_upload
 
 from .conftest import POINTS
 
@@ -246,6 +246,27 @@ def test_an_unreadable_file_kind_is_refused_naming_it():
     with pytest.raises(UnsupportedMediaType) as exc:
         asyncio.run(read_upload(body, content_type))
     assert "districts.gpkg" in exc.value.message and exc.value.field == "file"
+
+
+def test_form_fields_are_options_and_an_unknown_or_conflicting_one_is_refused():
+    known = ("layers", "as_of", "crs")
+    assert form_options({"layers": "zip"}, {"layers": None, "crs": "EPSG:2230"}, known) == \
+        {"layers": "zip", "crs": "EPSG:2230"}
+    with pytest.raises(InvalidInput) as exc:
+        form_options({"asof": "2020-01-01"}, {}, known)
+    assert exc.value.field == "asof" and "as_of" in exc.value.message
+    with pytest.raises(InvalidInput) as exc:
+        form_options({"layers": "zip"}, {"layers": "council_district"}, known)
+    assert exc.value.field == "layers"
+
+
+@pytest.mark.parametrize("filename, answer, disposition", [
+    ("stops.geojson", GEOJSON, 'attachment; filename="stops-enriched.geojson"'),
+    ("C:\\Users\\me\\meters 2021.csv", "text/csv", 'attachment; filename="meters_2021-enriched.csv"'),
+    (None, "text/csv", None),
+])
+def test_an_upload_is_answered_as_a_download_named_after_it(filename, answer, disposition):
+    assert content_disposition(filename, answer) == disposition
 
 
 def test_state_plane_feet_sent_as_degrees_are_row_errors_that_name_the_crs_option():

@@ -16,7 +16,7 @@ from python_multipart.multipart import parse_options_header
 from starlette.datastructures import Headers, UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
 
-from ..errors import InvalidInput, MalformedBody, UnsupportedMediaType
+from ..errors import InvalidInput, MalformedBody, UnknownParameter, UnsupportedMediaType
 from ..responses import ARROW, CSV, JSON, NDJSON
 from .geojson import GEOJSON, looks_like_geojson
 
@@ -91,3 +91,30 @@ def file_media_type(filename: str | None, part_type: str, data: bytes, field: st
         raise UnsupportedMediaType("NDJSON is streamed: send it as the request body (Content-Type: "
                                    f"{NDJSON}), not in a form", field=field)
     return kind
+
+
+def form_options(fields: dict[str, str], query: dict[str, object], known) -> dict[str, object]:
+    """The query's options with the form's text fields added: a browser form sends its options as fields. A field
+    the route does not take is refused (as in the query string); one given in both with another value too."""
+    merged = dict(query)
+    for name, value in fields.items():
+        if name not in known:
+            raise UnknownParameter.of(name, known)
+        given = query.get(name)
+        if given not in (None, "") and str(given) != value:
+            raise InvalidInput(f"{name} is given in both the form ({value[:60]!r}) and the query string "
+                               f"({str(given)[:60]!r}); give it once", field=name)
+        merged[name] = value
+    return merged
+
+
+_SUFFIX = {CSV: ".csv", GEOJSON: ".geojson", JSON: ".json", ARROW: ".arrows"}
+
+
+def content_disposition(filename: str | None, answer_type: str) -> str | None:
+    """The answer to an upload as a download named after the file: stops.geojson -> stops-enriched.geojson."""
+    stem = PurePosixPath((filename or "").replace("\\", "/")).stem
+    if not stem:
+        return None
+    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in stem)[:100]
+    return f'attachment; filename="{safe}-enriched{_SUFFIX.get(answer_type, "")}"'

@@ -15,10 +15,18 @@ import pyarrow as pa
 import pytest
 from pyproj import Transformer
 
-from enrich_service.errors import InvalidInput, UnsupportedMediaType
+from enrich_service.errors import InvalidInput, NotAcceptable, UnsupportedMediaType
 from enrich_service.io.coordinates import coordinate_columns, looks_like_state_plane
 from enrich_service.io.dialect import check_date_format, formatted_days, parse_delimiter, sniff_delimiter
-from enrich_service.io.geojson import GEOJSON, decode_geojson, encode_geojson, looks_like_geojson
+from enrich_service.io.geojson import (
+    GEOJSON,
+    declared_crs,
+    decode_geojson,
+    encode_geojson,
+    geometry_columns,
+    looks_like_geojson,
+    row_errors,
+)
 from enrich_service.io.multipart import content_disposition, form_options, read_upload
 
 from .conftest import POINTS
@@ -144,15 +152,17 @@ def test_real_meters_in_state_plane_feet_are_recognised_and_degrees_are_not():
 
 def test_real_transit_stops_decode_to_their_points_and_properties():
     doc = orjson.loads(STOPS.read_bytes())
-    geo = decode_geojson(STOPS.read_bytes())
-    assert len(geo.x) == len(doc["features"]) == 6219 and not geo.errors
-    i = 1234
-    assert [geo.x[i], geo.y[i]] == doc["features"][i]["geometry"]["coordinates"][:2]
+    table = decode_geojson(STOPS.read_bytes())
+    assert table.num_rows == len(doc["features"]) == 6219 and not row_errors(table)
     # The stops carry lat/lng properties of their own: the geometry's columns step aside, the properties stay.
-    assert (geo.lon_col, geo.lat_col) == ("geometry_lon", "geometry_lat")
-    assert geo.table.column("stop_uid")[i].as_py() == doc["features"][i]["properties"]["stop_uid"]
-    assert geo.table.column("lat")[i].as_py() == doc["features"][i]["properties"]["lat"]
-    assert geo.crs is None  # CRS84: lon/lat
+    assert geometry_columns(table) == ("geometry_lon", "geometry_lat")
+    i = 1234
+    assert [table.column("geometry_lon")[i].as_py(), table.column("geometry_lat")[i].as_py()] == \
+        doc["features"][i]["geometry"]["coordinates"][:2]
+    assert table.column("stop_uid")[i].as_py() == doc["features"][i]["properties"]["stop_uid"]
+    assert table.column("lat")[i].as_py() == doc["features"][i]["properties"]["lat"]
+    assert declared_crs(table) is None  # CRS84: lon/lat
+    assert "id" not in table.column_names  # the stops' features have no id
     assert looks_like_geojson(STOPS.read_bytes()[:2000])
     assert not looks_like_geojson(orjson.dumps({"points": [{"lon": 1, "lat": 2, "type": "Feature"}]}))
 
@@ -173,39 +183,50 @@ def test_one_bad_feature_is_its_rows_error_and_the_others_decode():
     doc["features"][2]["geometry"] = None
     doc["features"][5]["geometry"]["coordinates"] = ["-117.1", 32.7]
     doc["features"][9] = "not a feature"
-    geo = decode_geojson(orjson.dumps(doc))
-    assert set(geo.errors) == {2, 5, 9}
-    assert geo.errors[2][0] == "geometry" and geo.errors[9][0] == "features"
+    table = decode_geojson(orjson.dumps(doc))
+    errors = row_errors(table)
+    assert set(errors) == {2, 5, 9}
+    assert errors[2][0] == "geometry" and errors[9][0] == "features"
+    x = np.asarray(table.column("geometry_lon").to_numpy(zero_copy_only=False), dtype=float)
     ok = [i for i in range(20) if i not in (2, 5, 9)]
-    assert np.isfinite(geo.x[ok]).all() and np.isnan(geo.x[[2, 5, 9]]).all()
+    assert np.isfinite(x[ok]).all() and np.isnan(x[[2, 5, 9]]).all()
 
 
 def test_mixed_and_nested_properties_become_text_columns():
     doc = stops_collection(3)
     doc["features"][0]["properties"]["tags"] = {"a": 1}
     doc["features"][1]["properties"]["stop_code"] = "10328A"
-    geo = decode_geojson(orjson.dumps(doc))
-    assert geo.table.column("tags").to_pylist() == ['{"a":1}', None, None]
-    assert geo.table.column("stop_code").type == pa.string()
-    assert geo.table.column("stop_code").to_pylist()[1] == "10328A"
+    table = decode_geojson(orjson.dumps(doc))
+    assert table.column("tags").to_pylist() == ['{"a":1}', None, None]
+    assert table.column("stop_code").type == pa.string()
+    assert table.column("stop_code").to_pylist()[1] == "10328A"
+    out = orjson.loads(encode_geojson(table))  # objects given back as objects
+    assert out["features"][0]["properties"]["tags"] == {"a": 1}
 
 
 def test_the_legacy_crs_member_is_read():
     doc = stops_collection(2)
     doc["crs"] = {"type": "name", "properties": {"name": "urn:ogc:def:crs:EPSG::2230"}}
-    assert decode_geojson(orjson.dumps(doc)).crs == "urn:ogc:def:crs:EPSG::2230"
+    assert declared_crs(decode_geojson(orjson.dumps(doc))) == "urn:ogc:def:crs:EPSG::2230"
 
 
 def test_geojson_answers_keep_every_feature_as_sent_with_results_added():
     doc = stops_collection(5)
-    geo = decode_geojson(orjson.dumps(doc))
-    results = pa.table({"zip": ["92115"] * 5, "zip_rule": ["interior"] * 5})
-    out = orjson.loads(encode_geojson(geo.table.append_column("zip", results["zip"]).append_column(
-        "zip_rule", results["zip_rule"]), geo.table.num_columns, geo))
-    assert out["name"] == doc["name"] and len(out["features"]) == 5
-    for sent, got in zip(doc["features"], out["features"]):
-        assert got["geometry"] == sent["geometry"]
-        assert got["properties"] == {**sent["properties"], "zip": "92115", "zip_rule": "interior"}
+    for i, f in enumerate(doc["features"]):
+        f["id"] = 100 + i
+    table = decode_geojson(orjson.dumps(doc))
+    table = table.append_column("zip", pa.array(["92115"] * 5).dictionary_encode()).append_column(
+        "zip_rule", pa.array([None] * 5, pa.string()))
+    out = orjson.loads(encode_geojson(table))
+    assert out["name"] == doc["name"] and out["crs"] == doc["crs"] and len(out["features"]) == 5
+    assert out["features"] == [{**sent, "properties": {**sent["properties"], "zip": "92115", "zip_rule": None}}
+                               for sent in doc["features"]]
+
+
+def test_a_table_without_geometry_cannot_be_answered_as_geojson():
+    with pytest.raises(NotAcceptable) as exc:
+        encode_geojson(pa.table({"id": [1]}))
+    assert exc.value.field == "Accept"
 
 
 # ---- form uploads ------------------------------------------------------------------------------------------------

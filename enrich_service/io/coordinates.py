@@ -6,9 +6,11 @@ from __future__ import annotations
 from functools import cache
 
 import numpy as np
+import pyarrow as pa
 from pyproj import Transformer
 
 from ..errors import InvalidInput
+from .geojson import geometry_columns
 
 # The names spreadsheets and GIS exports use, matched case-insensitively; the first list is x, the second y.
 LON_NAMES = ("lon", "lng", "long", "longitude", "x")
@@ -35,6 +37,15 @@ def coordinate_columns(names: list[str], lon_col: str | None, lat_col: str | Non
     lon = lon_col or ("lon" if "lon" in names else find_column(names, LON_NAMES, "lon_col"))
     lat = lat_col or ("lat" if "lat" in names else find_column(names, LAT_NAMES, "lat_col"))
     return lon, lat
+
+
+def table_coordinates(table: pa.Table, lon_col: str | None, lat_col: str | None) -> tuple[str, str]:
+    """A table body's coordinate columns: as named; for a GeoJSON body, its geometry; else by the usual names."""
+    if not (lon_col or lat_col):
+        geometry = geometry_columns(table)
+        if geometry:
+            return geometry
+    return coordinate_columns(table.column_names, lon_col, lat_col)
 
 
 # San Diego County with a margin, in degrees: where State Plane feet sent by mistake would land.

@@ -1,30 +1,35 @@
-"""GeoJSON (application/geo+json) in and out: a FeatureCollection of points is tagged and comes back as the same
-features, each with the result columns added to its properties.
+"""GeoJSON (application/geo+json) as one more table format: a FeatureCollection of points in, the same features
+out with the result columns added to their properties.
 
-In: each feature's properties become the columns of a table (what a CSV or Arrow answer carries, and where the id
-and date columns are found) and its Point geometry the coordinates, appended as two columns. A feature without a
-usable point is its row's error; a polygon or line is refused (422 naming the feature): tagging it needs an
-assignment rule (largest overlap) this service does not make.
-Out: the features as sent, properties extended; or, for a table body (CSV, Arrow), one Point feature per row.
+In: each feature's properties become the table's columns, its Point's x and y two more (`lon`, `lat`; or
+`geometry_lon`, `geometry_lat` when a property already has one of those names), and its `id` one more when any
+feature has one (`id`, or `feature_id` beside an `id` property). What the table cannot hold in its columns rides in
+its schema metadata, which every table operation keeps: which columns are the geometry, the collection's own
+members (name, crs), and each row whose feature has no usable point, with why (that row's error). A polygon or line
+is refused, 422 naming the feature: tagging one needs an assignment rule (largest overlap) not made here.
+Out: a Point feature per row from the geometry columns, every other column a property; for a table body (CSV,
+Arrow) the request's coordinate columns are the geometry.
 """
 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
 
 import numpy as np
+import orjson
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from ..codecs import dumps, loads
-from ..errors import InvalidInput, MalformedBody
+from ..errors import InvalidInput, NotAcceptable
 
 GEOJSON = "application/geo+json"
-# Names of the coordinate columns a GeoJSON body's table gets (when a property has one of them: geometry_lon, ...).
+METADATA_KEY = b"enrich.geojson"
 GEOMETRY_COLUMNS = ("lon", "lat")
 _GEOMETRY_PREFIX = "geometry_"
 _DEFAULT_CRS = ("urn:ogc:def:crs:OGC:1.3:CRS84", "urn:ogc:def:crs:OGC::CRS84", "CRS84", "EPSG:4326",
                 "urn:ogc:def:crs:EPSG::4326")
+_NOT_POINTS = ("Polygon", "MultiPolygon", "LineString", "MultiLineString", "MultiPoint", "GeometryCollection")
 _LOOKS_LIKE = re.compile(rb'"type"\s*:\s*"Feature(?:Collection)?"')
 _POINTS_BODY = re.compile(rb'"points"\s*:\s*\[')
 
@@ -35,24 +40,7 @@ def looks_like_geojson(body: bytes) -> bool:
     return bool(_LOOKS_LIKE.search(head)) and not _POINTS_BODY.search(head)
 
 
-@dataclass
-class GeoBody:
-    """A decoded FeatureCollection: its members (to answer with), features, properties as a table with the point
-    coordinates appended, and what the features themselves say."""
-
-    collection: dict
-    features: list
-    table: pa.Table
-    x: np.ndarray
-    y: np.ndarray
-    lon_col: str
-    lat_col: str
-    ids: list | None  # the features' own ids, when any feature has one
-    crs: str | None  # the legacy `crs` member, when it names something other than lon/lat
-    errors: dict[int, tuple[str, str]] = field(default_factory=dict)
-
-
-def decode_geojson(body: bytes) -> GeoBody:
+def decode_geojson(body: bytes, content_type: str | None = None) -> pa.Table:
     doc = loads(body)
     if not isinstance(doc, dict) or doc.get("type") not in ("FeatureCollection", "Feature"):
         raise InvalidInput("a GeoJSON body must be a FeatureCollection (or one Feature)", field="type")
@@ -65,31 +53,36 @@ def decode_geojson(body: bytes) -> GeoBody:
     x, y = np.full(n, np.nan), np.full(n, np.nan)
     errors: dict[int, tuple[str, str]] = {}
     rows: list[dict] = []
+    ids: list = [None] * n
     for i, feature in enumerate(features):
         if not isinstance(feature, dict) or feature.get("type") != "Feature":
             errors[i] = ("features", "not a GeoJSON Feature object")
             rows.append({})
             continue
+        ids[i] = feature.get("id")
         props = feature.get("properties")
         if props is not None and not isinstance(props, dict):
             errors[i] = ("properties", "must be an object or null")
             props = None
         rows.append(props or {})
-        point = _point(feature.get("geometry"), i, feature.get("id"))
+        point = _point(feature.get("geometry"), i, ids[i])
         if isinstance(point, str):
             errors[i] = ("geometry", point)
         else:
             x[i], y[i] = point
-    ids = [f.get("id") if isinstance(f, dict) else None for f in features]
-    table = _properties_table(rows)
+    table, json_columns = _properties_table(rows)
     lon_col, lat_col = GEOMETRY_COLUMNS
     if lon_col in table.column_names or lat_col in table.column_names:
         lon_col, lat_col = (_GEOMETRY_PREFIX + name for name in GEOMETRY_COLUMNS)
     table = table.append_column(lon_col, pa.array(x, from_pandas=True)).append_column(
         lat_col, pa.array(y, from_pandas=True))
-    return GeoBody(collection=doc, features=features, table=table, x=x, y=y, lon_col=lon_col, lat_col=lat_col,
-                   ids=ids if any(v is not None for v in ids) else None, crs=_crs_member(doc.get("crs")),
-                   errors=errors)
+    id_col = None
+    if any(v is not None for v in ids):
+        id_col = "id" if "id" not in table.column_names else "feature_id"
+        table = table.append_column(id_col, _column(ids)[0])
+    members = {k: v for k, v in doc.items() if k not in ("type", "features")}
+    return with_geometry(table, lon_col, lat_col, id_col=id_col, members=members, json_columns=json_columns,
+                         errors=errors)
 
 
 def _point(geometry: object, i: int, feature_id: object) -> tuple[float, float] | str:
@@ -100,7 +93,7 @@ def _point(geometry: object, i: int, feature_id: object) -> tuple[float, float] 
         return "not a GeoJSON geometry object"
     kind = geometry.get("type")
     if kind != "Point":
-        if kind in ("Polygon", "MultiPolygon", "LineString", "MultiLineString", "MultiPoint", "GeometryCollection"):
+        if kind in _NOT_POINTS:
             named = f"features[{i}]" + (f" (id {feature_id!r})" if feature_id is not None else "")
             raise InvalidInput(f"{named} is a {kind}: only Point features are tagged; send a point per feature "
                                f"(e.g. each parcel's representative point)", field=f"features[{i}].geometry",
@@ -115,59 +108,125 @@ def _point(geometry: object, i: int, feature_id: object) -> tuple[float, float] 
     return float(cx), float(cy)
 
 
-def _properties_table(rows: list[dict]) -> pa.Table:
-    """Properties as columns (every key any feature has, in first-seen order). A column mixing kinds (numbers
-    and text) or holding objects and lists is written as text: JSON for those, the text as it is."""
+def _column(values: list) -> tuple[pa.Array, bool]:
+    """A property's values as one Arrow column, and whether it holds JSON text. Numbers, text or booleans keep
+    their type; objects and lists become JSON text (given back as objects in a GeoJSON answer); a column mixing
+    kinds (numbers and text) becomes text."""
+    kinds = set(map(type, values)) - {type(None)}
+    if kinds <= {int, float} or len(kinds) == 1 and kinds <= {str, bool}:
+        try:
+            return pa.array(values), False
+        except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError):  # an int beyond 64 bits
+            pass
+    nested = bool(kinds) and kinds <= {dict, list}
+    return pa.array([v if v is None or (v.__class__ is str and not nested) else dumps(v).decode()
+                     for v in values], pa.string()), nested
+
+
+def _properties_table(rows: list[dict]) -> tuple[pa.Table, list[str]]:
+    """Properties as columns: every key any feature has, in first-seen order."""
     names = list(dict.fromkeys(key for row in rows for key in row))
-    columns = {}
+    columns, json_columns = {}, []
     for name in names:
-        values = [row.get(name) for row in rows]
-        kinds = set(map(type, values)) - {type(None)}
-        arr = None
-        if len(kinds) <= 1 or kinds == {int, float}:
-            try:
-                arr = pa.array(values) if kinds <= {int, float, str, bool} else None
-            except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError):  # an int beyond 64 bits
-                arr = None
-        if arr is None:
-            arr = pa.array([v if v is None or v.__class__ is str else dumps(v).decode() for v in values],
-                           pa.string())
-        columns[name] = arr
+        columns[name], nested = _column([row.get(name) for row in rows])
+        if nested:
+            json_columns.append(name)
     if not names:
-        return pa.table({"_": pa.nulls(len(rows))}).drop_columns(["_"])
-    return pa.table(columns)
+        return pa.table({"_": pa.nulls(len(rows))}).drop_columns(["_"]), []
+    return pa.table(columns), json_columns
 
 
-def _crs_member(member: object) -> str | None:
-    """The CRS an old-style (2008) `crs` member names, None when it names lon/lat or nothing."""
-    if not isinstance(member, dict):
+def with_geometry(table: pa.Table, lon_col: str, lat_col: str, *, crs: str | None = None, id_col: str | None = None,
+                  members: dict | None = None, json_columns: list[str] | None = None,
+                  errors: dict[int, tuple[str, str]] | None = None) -> pa.Table:
+    """The table with what a GeoJSON answer needs in its schema metadata: which columns are the geometry (and the
+    feature ids), the collection's members, the CRS of the coordinates when not lon/lat."""
+    meta = {"lon": lon_col, "lat": lat_col, "id": id_col, "members": members or {},
+            "json_columns": json_columns or [], "errors": {str(k): list(v) for k, v in (errors or {}).items()}}
+    if crs and not members:
+        meta["members"] = {"crs": {"type": "name", "properties": {"name": crs}}}
+    return table.replace_schema_metadata({**(table.schema.metadata or {}), METADATA_KEY: orjson.dumps(meta)})
+
+
+def _meta(table: pa.Table) -> dict | None:
+    raw = (table.schema.metadata or {}).get(METADATA_KEY)
+    if raw is None:
         return None
-    name = (member.get("properties") or {}).get("name") if isinstance(member.get("properties"), dict) else None
+    try:
+        meta = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return None
+    if not isinstance(meta, dict) or not {meta.get("lon"), meta.get("lat")} <= set(table.column_names):
+        return None  # e.g. an Arrow body carrying metadata of its own that names no column of it
+    return meta
+
+
+def geometry_columns(table: pa.Table) -> tuple[str, str] | None:
+    """A GeoJSON body's coordinate columns (None for other tables)."""
+    meta = _meta(table)
+    return (meta["lon"], meta["lat"]) if meta else None
+
+
+def row_errors(table: pa.Table) -> dict[int, tuple[str, str]]:
+    """The rows of a GeoJSON body whose feature has no usable point, with why."""
+    meta = _meta(table)
+    return {int(k): (v[0], v[1]) for k, v in meta["errors"].items()} if meta else {}
+
+
+def declared_crs(table: pa.Table) -> str | None:
+    """The CRS an old-style (2008) `crs` member names, None when it names lon/lat or nothing."""
+    meta = _meta(table)
+    member = (meta or {}).get("members", {}).get("crs")
+    props = member.get("properties") if isinstance(member, dict) else None
+    name = props.get("name") if isinstance(props, dict) else None
     if not isinstance(name, str) or name.strip() in _DEFAULT_CRS:
         return None
     return name.strip()
 
 
-def encode_geojson(answer: pa.Table, first_result: int, geo: GeoBody | None = None,
-                   lon: np.ndarray | None = None, lat: np.ndarray | None = None) -> bytes:
-    """The answer as a FeatureCollection. For a GeoJSON body: its features as sent, each one's properties extended
-    with the result columns (answer.columns[first_result:]). For a table body: a Point feature per row (lon/lat,
-    null where the row had no usable point), every column a property."""
-    if geo is not None:
-        results = answer.select(list(range(first_result, answer.num_columns))).to_pylist()
-        out = []
-        for feature, extra in zip(geo.features, results):
-            if isinstance(feature, dict) and feature.get("type") == "Feature":
-                props = feature.get("properties")
-                out.append({**feature, "properties": {**(props if isinstance(props, dict) else {}), **extra}})
-            else:  # what was sent is no feature: a feature carrying its error, so the answer keeps every row
-                out.append({"type": "Feature", "geometry": None, "properties": extra})
-        return dumps({**geo.collection, "features": out})
-    if lon is None or lat is None:
-        raise MalformedBody("a GeoJSON answer needs the points' coordinates", field="body")
-    rows = answer.to_pylist()
-    valid = np.isfinite(lon) & np.isfinite(lat)
-    return dumps({"type": "FeatureCollection", "features": [
-        {"type": "Feature",
-         "geometry": {"type": "Point", "coordinates": [float(lon[i]), float(lat[i])]} if valid[i] else None,
-         "properties": row} for i, row in enumerate(rows)]})
+def encode_geojson(table: pa.Table) -> bytes:
+    """The answer table as a FeatureCollection: a Point per row (null where the row has none), every other column
+    a property, the GeoJSON body's own members and feature ids given back."""
+    meta = _meta(table)
+    if meta is None:
+        raise NotAcceptable(f"a {GEOJSON} answer needs points: send a GeoJSON, CSV or Arrow body with coordinate "
+                            f"columns", field="Accept")
+    lon, lat, id_col = meta["lon"], meta["lat"], meta.get("id")
+    x, y = _numbers(table.column(lon)), _numbers(table.column(lat))
+    valid = np.isfinite(x) & np.isfinite(y)
+    ids = table.column(id_col).to_pylist() if id_col in table.column_names else None
+    properties = table.select([n for n in table.column_names if n not in (lon, lat, id_col)]).to_pylist()
+    json_columns = [n for n in meta.get("json_columns", ()) if n in table.column_names]
+    features = []
+    for i, props in enumerate(properties):
+        for name in json_columns:
+            if props[name] is not None:
+                props[name] = orjson.loads(props[name])
+        feature: dict = {"type": "Feature"}
+        if ids is not None and ids[i] is not None:
+            feature["id"] = ids[i]
+        feature["geometry"] = {"type": "Point", "coordinates": [float(x[i]), float(y[i])]} if valid[i] else None
+        feature["properties"] = props
+        features.append(feature)
+    return dumps({"type": "FeatureCollection", **meta.get("members", {}), "features": features})
+
+
+def _numbers(col: pa.ChunkedArray) -> np.ndarray:
+    """A coordinate column as float64 (NaN where it holds no number): floats as decoded, or a CSV's text."""
+    if pa.types.is_string(col.type) or pa.types.is_large_string(col.type):
+        try:
+            return np.asarray(pc.cast(pc.utf8_trim_whitespace(col), pa.float64()).to_numpy(zero_copy_only=False),
+                              dtype=np.float64)
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+            return np.array([_float(v) for v in col.to_pylist()], dtype=np.float64)
+    try:
+        return np.asarray(pc.cast(col, pa.float64(), safe=False).to_numpy(zero_copy_only=False), dtype=np.float64)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        return np.full(len(col), np.nan)
+
+
+def _float(value: object) -> float:
+    try:
+        return float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return np.nan

@@ -19,7 +19,6 @@ from pyproj import CRS, Transformer
 from pyproj.exceptions import CRSError, ProjError
 
 from .errors import InvalidInput, UnknownCRS
-from .io.coordinates import STATE_PLANE_HINT, looks_like_state_plane
 
 WGS84 = CRS.from_epsg(4326)
 # Where careless geocoders put "San Diego": the generic city centroid.
@@ -81,6 +80,25 @@ def parse_crs(value: str | int | None) -> CRS:
 @lru_cache(maxsize=64)
 def _to_wgs84(crs: CRS) -> Transformer:
     return Transformer.from_crs(crs, WGS84, always_xy=True)
+
+
+# San Diego County with a margin, in degrees: where State Plane feet sent by mistake would land.
+_SAN_DIEGO = (-118.0, 32.3, -115.8, 33.8)
+STATE_PLANE = "EPSG:2230"
+STATE_PLANE_HINT = f"the numbers look like State Plane feet: send crs={STATE_PLANE}"
+
+
+def looks_like_state_plane(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Per row: would (x, y), read as EPSG:2230 feet, fall in San Diego County? (Degrees are never that large.)"""
+    # Zone 6's false origin is 6,561,667 / 1,640,417 ft: anything within a few hundred miles of it is in the
+    # millions, far beyond any degree; only those rows are transformed.
+    rough = np.isfinite(x) & np.isfinite(y) & (np.abs(x) > 1e5) & (np.abs(y) > 1e5)
+    out = np.zeros(len(x), dtype=bool)
+    if rough.any():
+        lon, lat = _to_wgs84(parse_crs(STATE_PLANE)).transform(x[rough], y[rough])
+        w, s, e, n = _SAN_DIEGO
+        out[rough] = (lon >= w) & (lon <= e) & (lat >= s) & (lat <= n)
+    return out
 
 
 # San Diego calendar days: the versions' effective dates (boundaries/manifest.yaml) are local days, so a timestamp

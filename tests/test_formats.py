@@ -16,7 +16,7 @@ import pytest
 from pyproj import Transformer
 
 from enrich_service.errors import InvalidInput, NotAcceptable, UnsupportedMediaType
-from enrich_service.io.coordinates import coordinate_columns, looks_like_state_plane
+from enrich_service.io.coordinates import coordinate_columns
 from enrich_service.io.dialect import check_date_format, formatted_days, parse_delimiter, sniff_delimiter
 from enrich_service.io.geojson import (
     GEOJSON,
@@ -28,6 +28,7 @@ from enrich_service.io.geojson import (
     row_errors,
 )
 from enrich_service.io.multipart import content_disposition, form_options, read_upload
+from enrich_service.points import looks_like_state_plane
 
 from .conftest import POINTS
 

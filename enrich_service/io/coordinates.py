@@ -1,13 +1,9 @@
-"""Where a table's coordinates are, and what they look like: the coordinate columns found by their usual names when
-the request does not name them, and State Plane feet recognised when they are sent as if they were degrees."""
+"""Where a table's coordinates are: the columns the request names, a GeoJSON body's geometry, or else the columns
+found by their usual names (Latitude, Longitude, lng, x, y, ... in any case)."""
 
 from __future__ import annotations
 
-from functools import cache
-
-import numpy as np
 import pyarrow as pa
-from pyproj import Transformer
 
 from ..errors import InvalidInput
 from .geojson import geometry_columns
@@ -46,27 +42,3 @@ def table_coordinates(table: pa.Table, lon_col: str | None, lat_col: str | None)
         if geometry:
             return geometry
     return coordinate_columns(table.column_names, lon_col, lat_col)
-
-
-# San Diego County with a margin, in degrees: where State Plane feet sent by mistake would land.
-_SAN_DIEGO = (-118.0, 32.3, -115.8, 33.8)
-STATE_PLANE = "EPSG:2230"
-STATE_PLANE_HINT = f"the numbers look like State Plane feet: send crs={STATE_PLANE}"
-
-
-@cache
-def _from_state_plane() -> Transformer:
-    return Transformer.from_crs(STATE_PLANE, "EPSG:4326", always_xy=True)
-
-
-def looks_like_state_plane(x: np.ndarray, y: np.ndarray) -> np.ndarray:
-    """Per row: would (x, y), read as EPSG:2230 feet, fall in San Diego County? (Degrees are never that large.)"""
-    # Zone 6's false origin is 6,561,667 / 1,640,417 ft: anything within a few hundred miles of it is in the
-    # millions, far beyond any degree; only those rows are transformed.
-    rough = np.isfinite(x) & np.isfinite(y) & (np.abs(x) > 1e5) & (np.abs(y) > 1e5)
-    out = np.zeros(len(x), dtype=bool)
-    if rough.any():
-        lon, lat = _from_state_plane().transform(x[rough], y[rough])
-        w, s, e, n = _SAN_DIEGO
-        out[rough] = (lon >= w) & (lon <= e) & (lat >= s) & (lat <= n)
-    return out

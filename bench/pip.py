@@ -29,7 +29,7 @@ import pyarrow.ipc as ipc
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-from enrich_service.arrow_stream import stream_buffer  # noqa: E402
+from enrich_service.io.arrow_stream import stream_buffer  # noqa: E402
 
 DATA = Path(os.environ.get("ENRICH_SHARED_DATA", REPO.parent / "shared" / "data"))
 BOUNDARIES = DATA / "boundaries"

@@ -186,7 +186,7 @@ class EnrichClient:
         import pyarrow as pa
         import pyarrow.ipc as ipc
 
-        from .arrow_stream import stream_buffer
+        from .io.arrow_stream import stream_buffer
 
         headers = {"content-type": ARROW, "accept": ARROW}
         if expect_layers:
@@ -359,7 +359,7 @@ def _iso_dates(series: pd.Series) -> list:
     timestamp with a zone gives its San Diego day, as the service reads one (the layers' dates are local days)."""
     import pandas as pd
 
-    from .points import LOCAL_TZ
+    from .io.dates import LOCAL_TZ
 
     def local(v):
         return v.tz_convert(LOCAL_TZ) if getattr(v, "tzinfo", None) is not None else v

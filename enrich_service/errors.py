@@ -14,7 +14,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from .responses import JSONResponse
+from .io.responses import JSONResponse
 
 log = logging.getLogger(__name__)
 

@@ -13,7 +13,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from . import __version__
 from .api import admin, geocode, health, layers, page, pip
 from .errors import EnrichError, install_handlers
-from .responses import JSONResponse
+from .io.responses import JSONResponse
 from .server.layer_version import SERVED_HEADER, LayerVersionMiddleware
 from .server.memory import keep_freed_memory
 from .server.observability import ObservabilityMiddleware, configure_logging

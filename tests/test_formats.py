@@ -16,17 +16,10 @@ import pytest
 from pyproj import Transformer
 
 from enrich_service.errors import InvalidInput, NotAcceptable, UnsupportedMediaType
-from enrich_service.io.coordinates import coordinate_columns
+from enrich_service.io.coordinates import coordinate_columns, declared_crs, geometry_columns, row_errors
 from enrich_service.io.dialect import check_date_format, formatted_days, parse_delimiter, sniff_delimiter
-from enrich_service.io.geojson import (
-    GEOJSON,
-    declared_crs,
-    decode_geojson,
-    encode_geojson,
-    geometry_columns,
-    looks_like_geojson,
-    row_errors,
-)
+from enrich_service.io.geojson import decode_geojson, encode_geojson, looks_like_geojson
+from enrich_service.io.media import GEOJSON
 from enrich_service.io.multipart import content_disposition, form_options, read_upload
 from enrich_service.points import looks_like_state_plane
 

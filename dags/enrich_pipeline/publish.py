@@ -463,7 +463,7 @@ def write_csv(enriched_path: Path, dest: Path) -> Path:
     """The portal CSV; staff open it in Excel, so no cell is written as a live formula (csv_safety)."""
     import pyarrow.csv as pacsv
 
-    from enrich_service.csv_safety import formula_safe_table
+    from enrich_service.io.csv_safety import formula_safe_table
 
     public, _ = public_table(enriched_path)
     with atomic_path(dest) as tmp:

@@ -15,26 +15,18 @@ from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict, Field
 
-from .. import codecs
+from ..bulk.options import Options, check_batch_size, check_options_usable, merge_options, parse_options
 from ..errors import InvalidInput
 from ..geocode import join
 from ..geocode.join import AddressColumns, Records
 from ..geocode.matcher import LEVELS
 from ..index import ServiceIndex, current
-from ..responses import ARROW, CSV, JSON, NDJSON, JSONResponse, NDJSONResponse
+from ..io import arrow, csv_text, formats, json_body, results, tables
+from ..io.ndjson import has_lines, parse_lines
+from ..io.responses import ARROW, CSV, JSON, NDJSON, JSONResponse, NDJSONResponse
 from ..settings import get_settings
-from .common import (
-    Options,
-    check_batch_size,
-    check_options_usable,
-    merge_options,
-    offload,
-    parse_options,
-    read_body,
-    spool_body,
-    strict_query,
-)
-from .ndjson import answer_stream, has_lines, parse_lines
+from .common import offload, read_body, spool_body, strict_query
+from .ndjson import answer_stream
 from .schemas import ERROR_RESPONSES, LAYER_EXAMPLE, LayerUsed, RowError, inline_schema
 
 router = APIRouter(prefix="/v1", tags=["geocode"], dependencies=[Depends(strict_query)])
@@ -157,8 +149,8 @@ async def post_geocode_join(
     settings = get_settings()
     index = current(request.app)
     join.geocoder_of(index)  # 503 before reading a large body when there is no reference
-    kind = codecs.media_type(request.headers.get("content-type"))
-    answer_kind = codecs.response_type(request.headers.get("accept"), kind)
+    kind = formats.media_type(request.headers.get("content-type"))
+    answer_kind = formats.response_type(request.headers.get("accept"), kind)
     cols = AddressColumns(id=id_col, address=address_col, city=city_col, zip=zip_col, lon=lon_col, lat=lat_col,
                           date=date_col)
     query = {"layers": layers, "as_of": as_of, "nearest_within_m": nearest_within_m}
@@ -179,10 +171,10 @@ async def post_geocode_join(
     body = await read_body(request, settings)
     table = None
     if kind == JSON:
-        doc = codecs.loads(body)
+        doc = json_body.loads(body)
         if not isinstance(doc, dict):
             raise InvalidInput("body must be a JSON object with a `records` list", field="body")
-        codecs.check_keys(doc, ("records", "layers", "as_of", "nearest_within_m", "min_match"))
+        json_body.check_keys(doc, ("records", "layers", "as_of", "nearest_within_m", "min_match"))
         merged = merge_options(doc, {**query, "min_match": min_match}, settings,
                                normalise={"min_match": join.check_min_match})
         opts = parse_options(merged, settings)
@@ -195,14 +187,14 @@ async def post_geocode_join(
         records = await offload(join.records_from_json, records, cols)
     else:
         opts = parse_options(query, settings)
-        charset = codecs.csv_charset(request.headers.get("content-type")) if kind == CSV else None
-        table = await offload(codecs.decode_arrow, body) if kind == ARROW else \
-            await offload(codecs.decode_csv, body, charset)
+        charset = csv_text.csv_charset(request.headers.get("content-type")) if kind == CSV else None
+        table = await offload(arrow.decode_arrow, body) if kind == ARROW else \
+            await offload(csv_text.decode_csv, body, charset)
         check_batch_size(table.num_rows, settings, field="body")
-        cols = dataclasses.replace(cols, date=codecs.date_column(table, cols.date))
-        codecs.check_answerable(table, answer_kind, cols.id, (cols.address, cols.city, cols.zip, cols.lon, cols.lat,
+        cols = dataclasses.replace(cols, date=tables.date_column(table, cols.date))
+        tables.check_answerable(table, answer_kind, cols.id, (cols.address, cols.city, cols.zip, cols.lon, cols.lat,
                                                              cols.date))
-        records = await offload(join.records_from_table, codecs.with_local_days(table, cols.date), cols)
+        records = await offload(join.records_from_table, tables.with_local_days(table, cols.date), cols)
     del body
     joined = await offload(_join, index, records, opts, min_match)
     headers = _headers(index, joined)
@@ -211,7 +203,7 @@ async def post_geocode_join(
         payload = await offload(_encode_json, index, records, joined)
         return Response(payload, media_type=JSON, headers=headers)
     out = await offload(join.answer_table, table, records.ids, joined, prefix)
-    encode = codecs.encode_arrow if answer_kind == ARROW else codecs.encode_csv
+    encode = arrow.encode_arrow if answer_kind == ARROW else csv_text.encode_csv
     return Response(await offload(encode, out), media_type=answer_kind, headers=headers)
 
 
@@ -219,8 +211,8 @@ def _encode_json(index: ServiceIndex, records: Records, joined: join.Joined) -> 
     rows = join.rows(records.ids, joined)
     body = {"results": rows, "count": len(rows), "layers": joined.result.layers_used(),
             "geocode_reference": join.reference_header(index),
-            "errors": codecs.error_list(records.ids, joined.prepared, joined.result)}
-    return codecs.dumps(body)
+            "errors": results.error_list(records.ids, joined.prepared, joined.result)}
+    return json_body.dumps(body)
 
 
 def _ndjson_chunk(index: ServiceIndex, lines: list[bytes], first_row: int, opts: Options,
@@ -229,4 +221,4 @@ def _ndjson_chunk(index: ServiceIndex, lines: list[bytes], first_row: int, opts:
     records = join.records_from_json(docs, cols)
     records.errors.update(bad)
     joined = _join(index, records, opts, min_match)
-    return b"".join(codecs.dumps(row) + b"\n" for row in join.rows(records.ids, joined))
+    return b"".join(json_body.dumps(row) + b"\n" for row in join.rows(records.ids, joined))

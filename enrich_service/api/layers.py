@@ -7,8 +7,8 @@ from fastapi.responses import Response
 
 from ..errors import InvalidInput, redact_paths
 from ..index import current
+from ..io.dates import parse_date
 from ..layers.features import display_features
-from ..points import parse_date
 from .common import offload, strict_query
 from .schemas import ERROR_RESPONSES
 

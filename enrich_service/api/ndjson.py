@@ -6,75 +6,17 @@ thread, so a 10M-row request never holds the whole answer and clients that send 
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 
-import msgspec
 import orjson
 
 from ..errors import EnrichError
+from ..io.ndjson import line_groups
 from ..settings import Settings
 from .common import offload
 
 CHUNK_ROWS = 50_000
 SPOOL_READ_BYTES = 4 * 1024 * 1024
-
-
-def line_groups(spool, rows: int) -> Iterator[list[bytes]]:
-    """The spooled body's non-blank lines, `rows` at a time, reading a few MB at a time."""
-    pending = b""
-    group: list[bytes] = []
-    while chunk := spool.read(SPOOL_READ_BYTES):
-        lines = (pending + chunk).split(b"\n")
-        pending = lines.pop()
-        group.extend(line for line in lines if line.strip())
-        while len(group) >= rows:
-            yield group[:rows]
-            group = group[rows:]
-    if pending.strip():
-        group.append(pending)
-    if group:
-        yield group
-
-
-def has_lines(spool) -> bool:
-    """Whether the spooled body has a line that is not blank (read from the start, then rewound)."""
-    try:
-        while chunk := spool.read(SPOOL_READ_BYTES):
-            if chunk.strip():
-                return True
-        return False
-    finally:
-        spool.seek(0)
-
-
-_BAD_LINE = (msgspec.MsgspecError, UnicodeDecodeError, RecursionError)
-
-
-def parse_lines(lines: list[bytes], first_row: int) -> tuple[list, dict]:
-    # One decode for the whole chunk; only when a line is broken are they parsed one by one to say which. msgspec
-    # rather than orjson: integers of any size stay exact (an id 2^70 comes back as sent).
-    try:
-        docs = msgspec.json.decode(b"[" + b",".join(lines) + b"]")
-        if len(docs) == len(lines):
-            return docs, {}
-    except _BAD_LINE:
-        pass
-    docs, bad = [], {}
-    for i, line in enumerate(lines):
-        try:
-            doc = msgspec.json.decode(line)
-        except _BAD_LINE as exc:
-            doc, bad[i] = None, ("body", f"line {first_row + i + 1} is not valid JSON: {_why(exc)}")
-        docs.append(doc)
-    return docs, bad
-
-
-def _why(exc: Exception) -> str:
-    if isinstance(exc, UnicodeDecodeError):
-        return "its text is not UTF-8"
-    if isinstance(exc, RecursionError):
-        return "nested too deeply"
-    return str(exc)[:200]
 
 
 async def answer_stream(spool, answer_chunk: Callable[[list[bytes], int], bytes],

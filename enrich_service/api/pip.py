@@ -11,26 +11,18 @@ import orjson
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import Response
 
-from .. import codecs
-from ..codecs import Columns
+from ..bulk import tag_points
+from ..bulk.options import Options, check_batch_size, check_options_usable, merge_options, parse_options
 from ..errors import InvalidInput
 from ..index import ServiceIndex, current
-from ..points import PointBatch, prepare
-from ..responses import ARROW, CSV, JSON, NDJSON, JSONResponse, NDJSONResponse
-from ..server.observability import POINTS
+from ..io import arrow, csv_text, formats, json_body, json_rows, results, tables
+from ..io.ndjson import has_lines, parse_lines
+from ..io.responses import ARROW, CSV, JSON, NDJSON, JSONResponse, NDJSONResponse
+from ..io.tables import Columns
+from ..points import PointBatch
 from ..settings import get_settings
-from .common import (
-    Options,
-    check_batch_size,
-    check_options_usable,
-    merge_options,
-    offload,
-    parse_options,
-    read_body,
-    spool_body,
-    strict_query,
-)
-from .ndjson import answer_stream, has_lines, parse_lines
+from .common import offload, read_body, spool_body, strict_query
+from .ndjson import answer_stream
 from .schemas import ERROR_RESPONSES, PipRequest, PipResponse, PointAnswer, inline_schema
 
 router = APIRouter(prefix="/v1", tags=["point in polygon"], dependencies=[Depends(strict_query)])
@@ -46,16 +38,6 @@ _BULK_BODY = {
         },
     }
 }
-
-
-def tag_batch(index: ServiceIndex, batch: PointBatch, opts: Options, cols: Columns):
-    prepared = prepare(batch, opts.crs, cols.lon, cols.lat)
-    result = index.engine.tag(prepared.lon, prepared.lat, prepared.valid, opts.layers, opts.as_of, batch.dates,
-                              opts.nearest_within_m)
-    tagged = int(prepared.valid.sum())
-    for layer in opts.layers:
-        POINTS.labels(layer).inc(tagged)
-    return prepared, result
 
 
 def _query_param(name: str, schema: dict, description: str, required: bool = False, example=None) -> dict:
@@ -96,14 +78,14 @@ async def get_pip(request: Request):
     lon, lat = _required_number(query, "lon"), _required_number(query, "lat")
     settings = get_settings()
     index = current(request.app)
-    opts = parse_options({name: query.get(name) for name in codecs.OPTIONS}, settings)
+    opts = parse_options({name: query.get(name) for name in json_body.OPTIONS}, settings)
     batch = PointBatch(ids=[None], x=np.array([lon], dtype=float), y=np.array([lat], dtype=float))
     if opts.nearest_within_m is None:
         # One point through the grid takes microseconds: answered on the event loop, since a hop to the threadpool
         # costs more than the lookup (bench/load.py: about 200 us of CPU per request on this machine).
-        prepared, result = tag_batch(index, batch, opts, Columns())
+        prepared, result = tag_points.tag_batch(index, batch, opts, Columns())
     else:  # a nearest-polygon search waits for the exact index, which a large batch may be holding
-        prepared, result = await offload(tag_batch, index, batch, opts, Columns())
+        prepared, result = await offload(tag_points.tag_batch, index, batch, opts, Columns())
     if not prepared.valid[0]:
         name, message = prepared.errors.get(0, ("lon", "not a finite number"))
         raise InvalidInput(f"{name}: {message}", field=name)
@@ -139,13 +121,13 @@ async def post_pip(
                                                        "date, if any)")] = None,
     prefix: Annotated[str, Query(description="CSV/Arrow answers: put in front of a result column named like an "
                                              "input column; input columns are never replaced")] =
-    codecs.COLLISION_PREFIX,
+    results.COLLISION_PREFIX,
 ):
     settings = get_settings()
-    prefix = codecs.check_prefix(prefix)
+    prefix = results.check_prefix(prefix)
     index = current(request.app)
-    kind = codecs.media_type(request.headers.get("content-type"))
-    answer_kind = codecs.response_type(request.headers.get("accept"), kind)
+    kind = formats.media_type(request.headers.get("content-type"))
+    answer_kind = formats.response_type(request.headers.get("accept"), kind)
     cols = Columns(id=id_col, lon=lon_col, lat=lat_col, date=date_col)
     query = {"layers": layers, "as_of": as_of, "crs": crs, "nearest_within_m": nearest_within_m}
 
@@ -164,37 +146,37 @@ async def post_pip(
         check_options_usable(index, opts)
     body = await read_body(request, settings)
     if kind == JSON:
-        raw, batch = await offload(codecs.decode_json, body, cols)
+        raw, batch = await offload(json_body.decode_json, body, cols)
         # The body's options; one it leaves out may come from the query string.
-        opts = parse_options(merge_options(raw, {k: query[k] for k in codecs.OPTIONS}, settings), settings)
+        opts = parse_options(merge_options(raw, {k: query[k] for k in json_body.OPTIONS}, settings), settings)
         check_batch_size(len(batch), settings)
         table = None
     else:
-        charset = codecs.csv_charset(request.headers.get("content-type")) if kind == CSV else None
-        table = await offload(codecs.decode_arrow, body) if kind == ARROW else \
-            await offload(codecs.decode_csv, body, charset)
+        charset = csv_text.csv_charset(request.headers.get("content-type")) if kind == CSV else None
+        table = await offload(arrow.decode_arrow, body) if kind == ARROW else \
+            await offload(csv_text.decode_csv, body, charset)
         check_batch_size(table.num_rows, settings, field="body")
-        cols = dataclasses.replace(cols, date=codecs.date_column(table, cols.date))
-        codecs.check_answerable(table, answer_kind, cols.id, (cols.lon, cols.lat, cols.date))
-        batch = await offload(codecs.batch_from_table, table, cols)
+        cols = dataclasses.replace(cols, date=tables.date_column(table, cols.date))
+        tables.check_answerable(table, answer_kind, cols.id, (cols.lon, cols.lat, cols.date))
+        batch = await offload(tables.batch_from_table, table, cols)
     del body
-    prepared, result = await offload(tag_batch, index, batch, opts, cols)
+    prepared, result = await offload(tag_points.tag_batch, index, batch, opts, cols)
     layers_header = orjson.dumps(result.layers_used()).decode()
 
     if answer_kind == JSON:
         ids = batch.ids if isinstance(batch.ids, list) else (
             batch.ids.to_pylist() if batch.ids is not None else [None] * len(batch))
-        payload = await offload(codecs.encode_json, ids, prepared, result, {})
+        payload = await offload(results.encode_json, ids, prepared, result, {})
         return Response(payload, media_type=JSON, headers={"X-Enrich-Layers": layers_header})
-    out = await offload(codecs.answer_table, table, batch.ids, prepared, result, prefix)
-    encode = codecs.encode_arrow if answer_kind == ARROW else codecs.encode_csv
+    out = await offload(results.answer_table, table, batch.ids, prepared, result, prefix)
+    encode = arrow.encode_arrow if answer_kind == ARROW else csv_text.encode_csv
     return Response(await offload(encode, out), media_type=answer_kind, headers={"X-Enrich-Layers": layers_header})
 
 
 def _ndjson_chunk(index: ServiceIndex, lines: list[bytes], first_row: int, opts: Options, cols: Columns) -> bytes:
     docs, bad = parse_lines(lines, first_row)
-    batch = codecs.decode_points(docs, cols)
+    batch = json_body.decode_points(docs, cols)
     batch.errors.update(bad)
-    prepared, result = tag_batch(index, batch, opts, cols)
-    return codecs.json_rows([("id", batch.ids)] + codecs.result_arrays(prepared, result), b"\n",
+    prepared, result = tag_points.tag_batch(index, batch, opts, cols)
+    return json_rows.json_rows([("id", batch.ids)] + results.result_arrays(prepared, result), b"\n",
                             tail=b"\n")

@@ -20,15 +20,13 @@ import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from ..codecs import dumps, loads
 from ..errors import InvalidInput, NotAcceptable
+from .coordinates import geometry_meta, with_geometry
+from .json_body import dumps, loads
+from .media import GEOJSON
 
-GEOJSON = "application/geo+json"
-METADATA_KEY = b"enrich.geojson"
 GEOMETRY_COLUMNS = ("lon", "lat")
 _GEOMETRY_PREFIX = "geometry_"
-_DEFAULT_CRS = ("urn:ogc:def:crs:OGC:1.3:CRS84", "urn:ogc:def:crs:OGC::CRS84", "CRS84", "EPSG:4326",
-                "urn:ogc:def:crs:EPSG::4326")
 _NOT_POINTS = ("Polygon", "MultiPolygon", "LineString", "MultiLineString", "MultiPoint", "GeometryCollection")
 _LOOKS_LIKE = re.compile(rb'"type"\s*:\s*"Feature(?:Collection)?"')
 _POINTS_BODY = re.compile(rb'"points"\s*:\s*\[')
@@ -136,58 +134,10 @@ def _properties_table(rows: list[dict]) -> tuple[pa.Table, list[str]]:
     return pa.table(columns), json_columns
 
 
-def with_geometry(table: pa.Table, lon_col: str, lat_col: str, *, crs: str | None = None, id_col: str | None = None,
-                  members: dict | None = None, json_columns: list[str] | None = None,
-                  errors: dict[int, tuple[str, str]] | None = None) -> pa.Table:
-    """The table with what a GeoJSON answer needs in its schema metadata: which columns are the geometry (and the
-    feature ids), the collection's members, the CRS of the coordinates when not lon/lat."""
-    meta = {"lon": lon_col, "lat": lat_col, "id": id_col, "members": members or {},
-            "json_columns": json_columns or [], "errors": {str(k): list(v) for k, v in (errors or {}).items()}}
-    if crs and not members:
-        meta["members"] = {"crs": {"type": "name", "properties": {"name": crs}}}
-    return table.replace_schema_metadata({**(table.schema.metadata or {}), METADATA_KEY: orjson.dumps(meta)})
-
-
-def _meta(table: pa.Table) -> dict | None:
-    raw = (table.schema.metadata or {}).get(METADATA_KEY)
-    if raw is None:
-        return None
-    try:
-        meta = orjson.loads(raw)
-    except orjson.JSONDecodeError:
-        return None
-    if not isinstance(meta, dict) or not {meta.get("lon"), meta.get("lat")} <= set(table.column_names):
-        return None  # e.g. an Arrow body carrying metadata of its own that names no column of it
-    return meta
-
-
-def geometry_columns(table: pa.Table) -> tuple[str, str] | None:
-    """A GeoJSON body's coordinate columns (None for other tables)."""
-    meta = _meta(table)
-    return (meta["lon"], meta["lat"]) if meta else None
-
-
-def row_errors(table: pa.Table) -> dict[int, tuple[str, str]]:
-    """The rows of a GeoJSON body whose feature has no usable point, with why."""
-    meta = _meta(table)
-    return {int(k): (v[0], v[1]) for k, v in meta["errors"].items()} if meta else {}
-
-
-def declared_crs(table: pa.Table) -> str | None:
-    """The CRS an old-style (2008) `crs` member names, None when it names lon/lat or nothing."""
-    meta = _meta(table)
-    member = (meta or {}).get("members", {}).get("crs")
-    props = member.get("properties") if isinstance(member, dict) else None
-    name = props.get("name") if isinstance(props, dict) else None
-    if not isinstance(name, str) or name.strip() in _DEFAULT_CRS:
-        return None
-    return name.strip()
-
-
 def encode_geojson(table: pa.Table) -> bytes:
     """The answer table as a FeatureCollection: a Point per row (null where the row has none), every other column
     a property, the GeoJSON body's own members and feature ids given back."""
-    meta = _meta(table)
+    meta = geometry_meta(table)
     if meta is None:
         raise NotAcceptable(f"a {GEOJSON} answer needs points: send a GeoJSON, CSV or Arrow body with coordinate "
                             f"columns", field="Accept")

@@ -17,10 +17,9 @@ from starlette.datastructures import Headers, UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
 
 from ..errors import InvalidInput, MalformedBody, UnknownParameter, UnsupportedMediaType
-from ..responses import ARROW, CSV, JSON, NDJSON
-from .geojson import GEOJSON, looks_like_geojson
+from .geojson import looks_like_geojson
+from .media import ARROW, CSV, GEOJSON, JSON, NDJSON
 
-MULTIPART = "multipart/form-data"
 BY_EXTENSION = {".csv": CSV, ".tsv": CSV, ".tab": CSV, ".txt": CSV, ".geojson": GEOJSON, ".json": JSON,
                 ".arrow": ARROW, ".arrows": ARROW, ".ipc": ARROW, ".ndjson": NDJSON, ".jsonl": NDJSON}
 _BY_PART_TYPE = {CSV: CSV, "text/tab-separated-values": CSV, "application/csv": CSV, GEOJSON: GEOJSON,

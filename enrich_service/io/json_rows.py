@@ -18,7 +18,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from numba import njit, prange
 
-from .server.parallel import run_parallel
+from ..server.parallel import run_parallel
+from .tables import is_text
 
 _TEXT = pa.large_string()
 _NEEDS_ESCAPE = r'["\\\x00-\x1f]'
@@ -98,7 +99,7 @@ def _codes(values: object) -> tuple[np.ndarray, pa.Array] | None:
     dictionary column, or a string column mostly null (flags, errors as plain strings). Else None."""
     if isinstance(values, pa.ChunkedArray):
         values = values.combine_chunks()
-    if isinstance(values, pa.Array) and _is_text(values.type) and values.null_count > len(values) // 2:
+    if isinstance(values, pa.Array) and is_text(values.type) and values.null_count > len(values) // 2:
         values = pc.dictionary_encode(values)
     if not isinstance(values, pa.DictionaryArray):
         return None
@@ -166,9 +167,6 @@ def _copy_serial(index, offsets, data, starts, out):
 
 # ---- the JSON text of every value of a column ------------------------------------------------------------------
 
-def _is_text(kind: pa.DataType) -> bool:
-    return pa.types.is_string(kind) or pa.types.is_large_string(kind)
-
 
 def _dictionary_texts(dictionary: pa.Array) -> pa.Array:
     return pa.array([_dumps(v) for v in dictionary.to_pylist()] + ["null"], _TEXT)
@@ -203,7 +201,7 @@ def _json_texts(values: object) -> pa.Array:
                 point_zero = pc.binary_join_element_wise(texts, pa.scalar(".0", _TEXT), pa.scalar("", _TEXT))
                 texts = pc.if_else(whole, point_zero, texts)
         return texts.fill_null("null")
-    if _is_text(kind) and not pc.any(pc.match_substring_regex(values, _NEEDS_ESCAPE)).as_py():
+    if is_text(kind) and not pc.any(pc.match_substring_regex(values, _NEEDS_ESCAPE)).as_py():
         quote, nothing = pa.scalar('"', _TEXT), pa.scalar("", _TEXT)
         quoted = pc.binary_join_element_wise(quote, pc.cast(values, _TEXT), quote, nothing)
         return quoted.fill_null("null")

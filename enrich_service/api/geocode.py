@@ -21,11 +21,13 @@ from ..geocode import join
 from ..geocode.join import AddressColumns, Records
 from ..geocode.matcher import LEVELS
 from ..index import ServiceIndex, current
-from ..io import arrow, csv_text, formats, json_body, results, tables
+from ..io import coordinates, formats, geojson, json_body, multipart, results, tables
+from ..io.dialect import Dialect
+from ..io.media import GEOJSON, MULTIPART
 from ..io.ndjson import has_lines, parse_lines
 from ..io.responses import ARROW, CSV, JSON, NDJSON, JSONResponse, NDJSONResponse
 from ..settings import get_settings
-from .common import offload, read_body, spool_body, strict_query
+from .common import offload, read_body, route_query_names, spool_body, strict_query
 from .ndjson import answer_stream
 from .schemas import ERROR_RESPONSES, LAYER_EXAMPLE, LayerUsed, RowError, inline_schema
 
@@ -91,6 +93,9 @@ _BULK_BODY = {
             ARROW: {"schema": {"type": "string", "format": "binary"}},
             CSV: {"schema": {"type": "string"}},
             NDJSON: {"schema": {"type": "string"}},
+            GEOJSON: {"schema": {"type": "object", "description": "A FeatureCollection; addresses in properties"}},
+            MULTIPART: {"schema": {"type": "object", "properties": {"file": {"type": "string", "format": "binary"}},
+                                   "required": ["file"]}},
         },
     }
 }
@@ -145,19 +150,34 @@ async def post_geocode_join(
                                                        "date, if any)")] = None,
     min_match: Annotated[str | None, Query(description=MIN_MATCH_DOC)] = None,
     prefix: Annotated[str, Query(description=PREFIX_DOC)] = join.COLLISION_PREFIX,
+    delimiter: Annotated[str | None, Query(description="CSV bodies: comma, semicolon, tab or pipe (default: "
+                                                        "sniffed)")] = None,
 ):
     settings = get_settings()
     index = current(request.app)
     join.geocoder_of(index)  # 503 before reading a large body when there is no reference
-    kind = formats.media_type(request.headers.get("content-type"))
-    answer_kind = formats.response_type(request.headers.get("accept"), kind)
-    cols = AddressColumns(id=id_col, address=address_col, city=city_col, zip=zip_col, lon=lon_col, lat=lat_col,
-                          date=date_col)
-    query = {"layers": layers, "as_of": as_of, "nearest_within_m": nearest_within_m}
-    prefix = join.check_prefix(prefix)
-    min_match = join.check_min_match(min_match)
+    content_type = request.headers.get("content-type")
+    params = {"layers": layers, "as_of": as_of, "nearest_within_m": nearest_within_m, "id_col": id_col,
+              "address_col": address_col, "city_col": city_col, "zip_col": zip_col, "lon_col": lon_col,
+              "lat_col": lat_col, "date_col": date_col, "min_match": min_match, "prefix": prefix,
+              "delimiter": delimiter}
+    upload = None
+    if multipart.is_form(content_type):  # a browser form or curl -F: the file, and options as form fields
+        upload = await multipart.read_upload(await read_body(request, settings), content_type or "")
+        params = multipart.form_options(upload.fields, params, route_query_names(request))
+        content_type, kind = upload.content_type, upload.media_type
+    else:
+        kind = formats.media_type(content_type)
+    dialect = Dialect.of(params["delimiter"], None, kind)
+    cols = AddressColumns(id=params["id_col"], address=params["address_col"], city=params["city_col"],
+                          zip=params["zip_col"], lon=params["lon_col"], lat=params["lat_col"],
+                          date=params["date_col"])
+    query = {"layers": params["layers"], "as_of": params["as_of"], "nearest_within_m": params["nearest_within_m"]}
+    prefix = join.check_prefix(params["prefix"])
+    min_match = join.check_min_match(params["min_match"])
 
     if kind == NDJSON:
+        formats.response_type(request.headers.get("accept"), kind)
         opts = parse_options(query, settings)
         check_options_usable(index, opts)
         spool = await spool_body(request, settings)
@@ -168,7 +188,10 @@ async def post_geocode_join(
         return NDJSONResponse(answer_stream(spool, chunk, settings),
                               headers={REFERENCE_HEADER: join.reference_header(index)})
 
-    body = await read_body(request, settings)
+    body = upload.data if upload else await read_body(request, settings)
+    if kind == JSON and geojson.looks_like_geojson(body):
+        kind = GEOJSON
+    answer_kind = formats.response_type(request.headers.get("accept"), kind)
     table = None
     if kind == JSON:
         doc = json_body.loads(body)
@@ -187,9 +210,7 @@ async def post_geocode_join(
         records = await offload(join.records_from_json, records, cols)
     else:
         opts = parse_options(query, settings)
-        charset = csv_text.csv_charset(request.headers.get("content-type")) if kind == CSV else None
-        table = await offload(arrow.decode_arrow, body) if kind == ARROW else \
-            await offload(csv_text.decode_csv, body, charset)
+        table = await offload(formats.decode_table, kind, body, content_type, dialect.delimiter)
         check_batch_size(table.num_rows, settings, field="body")
         cols = dataclasses.replace(cols, date=tables.date_column(table, cols.date))
         tables.check_answerable(table, answer_kind, cols.id, (cols.address, cols.city, cols.zip, cols.lon, cols.lat,
@@ -198,12 +219,18 @@ async def post_geocode_join(
     del body
     joined = await offload(_join, index, records, opts, min_match)
     headers = _headers(index, joined)
+    if upload and (disposition := multipart.content_disposition(upload.filename, answer_kind)):
+        headers["Content-Disposition"] = disposition
 
     if answer_kind == JSON:
         payload = await offload(_encode_json, index, records, joined)
         return Response(payload, media_type=JSON, headers=headers)
     out = await offload(join.answer_table, table, records.ids, joined, prefix)
-    encode = arrow.encode_arrow if answer_kind == ARROW else csv_text.encode_csv
+    if answer_kind == GEOJSON:  # the geocoded points are the features' geometry: the first two columns appended
+        first = table.num_columns if table is not None else 1
+        out = coordinates.with_geometry(out, out.column_names[first], out.column_names[first + 1])
+    encode = formats.FORMATS[answer_kind].encode_table
+    assert encode is not None  # every answer type but JSON and NDJSON is a table format
     return Response(await offload(encode, out), media_type=answer_kind, headers=headers)
 
 

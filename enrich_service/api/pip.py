@@ -13,15 +13,17 @@ from fastapi.responses import Response
 
 from ..bulk import tag_points
 from ..bulk.options import Options, check_batch_size, check_options_usable, merge_options, parse_options
-from ..errors import InvalidInput
+from ..errors import InvalidInput, NotAcceptable
 from ..index import ServiceIndex, current
-from ..io import arrow, csv_text, formats, json_body, json_rows, results, tables
+from ..io import coordinates, formats, geojson, json_body, json_rows, multipart, results, tables
+from ..io.dialect import Dialect
+from ..io.media import GEOJSON, MULTIPART
 from ..io.ndjson import has_lines, parse_lines
 from ..io.responses import ARROW, CSV, JSON, NDJSON, JSONResponse, NDJSONResponse
 from ..io.tables import Columns
-from ..points import PointBatch
+from ..points import WGS84, PointBatch
 from ..settings import get_settings
-from .common import offload, read_body, spool_body, strict_query
+from .common import offload, read_body, route_query_names, spool_body, strict_query
 from .ndjson import answer_stream
 from .schemas import ERROR_RESPONSES, PipRequest, PipResponse, PointAnswer, inline_schema
 
@@ -35,6 +37,9 @@ _BULK_BODY = {
             ARROW: {"schema": {"type": "string", "format": "binary"}},
             CSV: {"schema": {"type": "string"}},
             NDJSON: {"schema": {"type": "string"}},
+            GEOJSON: {"schema": {"type": "object", "description": "A FeatureCollection of Points"}},
+            MULTIPART: {"schema": {"type": "object", "properties": {"file": {"type": "string", "format": "binary"}},
+                                   "required": ["file"]}},
         },
     }
 }
@@ -107,31 +112,49 @@ async def get_pip(request: Request):
 
 
 @router.post("/pip", response_model=PipResponse, responses=ERROR_RESPONSES, openapi_extra=_BULK_BODY,
-             summary="Tag a batch of points (JSON, Arrow IPC stream, CSV or NDJSON)")
+             summary="Tag a batch of points (JSON, GeoJSON, Arrow IPC stream, CSV, NDJSON, or a form upload)")
 async def post_pip(
     request: Request,
     layers: Annotated[str | None, Query(description="Bulk bodies: comma-separated layer names")] = None,
     as_of: Annotated[str | None, Query(description="Bulk bodies: YYYY-MM-DD")] = None,
     crs: Annotated[str | None, Query(description="Bulk bodies: CRS of the coordinates")] = None,
     nearest_within_m: Annotated[float | None, Query(ge=0, le=5000)] = None,
-    id_col: Annotated[str, Query(description="Bulk bodies: the id column")] = "id",
-    lon_col: Annotated[str, Query(description="Bulk bodies: the longitude / x column")] = "lon",
-    lat_col: Annotated[str, Query(description="Bulk bodies: the latitude / y column")] = "lat",
+    id_col: Annotated[str, Query(description="Bulk bodies: the id column (none: ids are row numbers)")] = "id",
+    lon_col: Annotated[str | None, Query(description="Bulk bodies: the longitude / x column (default: lon, else "
+                                                      "the one named lng, long, longitude or x in any case)")] = None,
+    lat_col: Annotated[str | None, Query(description="Bulk bodies: the latitude / y column (default: lat, else "
+                                                      "the one named latitude or y in any case)")] = None,
     date_col: Annotated[str | None, Query(description="Bulk bodies: the date column (default: a column named "
                                                        "date, if any)")] = None,
+    date_format: Annotated[str | None, Query(description="Table bodies: strptime format of the dates, e.g. "
+                                                          "%m/%d/%Y (default: ISO YYYY-MM-DD)")] = None,
+    delimiter: Annotated[str | None, Query(description="CSV bodies: comma, semicolon, tab or pipe (default: "
+                                                        "sniffed)")] = None,
     prefix: Annotated[str, Query(description="CSV/Arrow answers: put in front of a result column named like an "
                                              "input column; input columns are never replaced")] =
     results.COLLISION_PREFIX,
 ):
     settings = get_settings()
-    prefix = results.check_prefix(prefix)
     index = current(request.app)
-    kind = formats.media_type(request.headers.get("content-type"))
-    answer_kind = formats.response_type(request.headers.get("accept"), kind)
-    cols = Columns(id=id_col, lon=lon_col, lat=lat_col, date=date_col)
-    query = {"layers": layers, "as_of": as_of, "crs": crs, "nearest_within_m": nearest_within_m}
+    content_type = request.headers.get("content-type")
+    params = {"layers": layers, "as_of": as_of, "crs": crs, "nearest_within_m": nearest_within_m, "id_col": id_col,
+              "lon_col": lon_col, "lat_col": lat_col, "date_col": date_col, "date_format": date_format,
+              "delimiter": delimiter, "prefix": prefix}
+    upload = None
+    if multipart.is_form(content_type):  # a browser form or curl -F: the file, and options as form fields
+        upload = await multipart.read_upload(await read_body(request, settings), content_type or "")
+        params = multipart.form_options(upload.fields, params, route_query_names(request))
+        content_type, kind = upload.content_type, upload.media_type
+    else:
+        kind = formats.media_type(content_type)
+    prefix = results.check_prefix(params["prefix"])
+    dialect = Dialect.of(params["delimiter"], params["date_format"], kind)
+    cols = Columns(id=params["id_col"] or "id", lon=params["lon_col"] or "lon", lat=params["lat_col"] or "lat",
+                   date=params["date_col"])
+    query = {name: params[name] for name in json_body.OPTIONS}
 
     if kind == NDJSON:  # every option checked before the status line goes out
+        formats.response_type(request.headers.get("accept"), kind)
         opts = parse_options(query, settings)
         check_options_usable(index, opts)
         spool = await spool_body(request, settings)
@@ -141,36 +164,50 @@ async def post_pip(
         chunk = functools.partial(_ndjson_chunk, index, opts=opts, cols=cols)
         return NDJSONResponse(answer_stream(spool, chunk, settings))
 
-    if kind != JSON:
-        opts = parse_options(query, settings)
-        check_options_usable(index, opts)
-    body = await read_body(request, settings)
+    body = upload.data if upload else await read_body(request, settings)
+    if kind == JSON and geojson.looks_like_geojson(body):  # GeoJSON sent as application/json, as many tools do
+        kind = GEOJSON
+    answer_kind = formats.response_type(request.headers.get("accept"), kind)
     if kind == JSON:
+        if answer_kind == GEOJSON:
+            raise NotAcceptable(f"a {GEOJSON} answer needs the points as a table: send GeoJSON, CSV or Arrow",
+                                field="Accept")
         raw, batch = await offload(json_body.decode_json, body, cols)
         # The body's options; one it leaves out may come from the query string.
-        opts = parse_options(merge_options(raw, {k: query[k] for k in json_body.OPTIONS}, settings), settings)
+        opts = parse_options(merge_options(raw, query, settings), settings)
         check_batch_size(len(batch), settings)
         table = None
     else:
-        charset = csv_text.csv_charset(request.headers.get("content-type")) if kind == CSV else None
-        table = await offload(arrow.decode_arrow, body) if kind == ARROW else \
-            await offload(csv_text.decode_csv, body, charset)
+        opts = parse_options(query, settings)
+        check_options_usable(index, opts)
+        table = await offload(formats.decode_table, kind, body, content_type, dialect.delimiter)
         check_batch_size(table.num_rows, settings, field="body")
-        cols = dataclasses.replace(cols, date=tables.date_column(table, cols.date))
+        declared = coordinates.declared_crs(table)  # an old-style GeoJSON `crs` member
+        if declared:
+            opts = parse_options(merge_options({"crs": declared}, query, settings), settings)
+        lon, lat = coordinates.table_coordinates(table, params["lon_col"], params["lat_col"])
+        cols = dataclasses.replace(cols, lon=lon, lat=lat, date=tables.date_column(table, cols.date),
+                                   date_format=dialect.date_format)
         tables.check_answerable(table, answer_kind, cols.id, (cols.lon, cols.lat, cols.date))
         batch = await offload(tables.batch_from_table, table, cols)
     del body
     prepared, result = await offload(tag_points.tag_batch, index, batch, opts, cols)
-    layers_header = orjson.dumps(result.layers_used()).decode()
+    headers = {"X-Enrich-Layers": orjson.dumps(result.layers_used()).decode()}
+    if upload and (disposition := multipart.content_disposition(upload.filename, answer_kind)):
+        headers["Content-Disposition"] = disposition
 
     if answer_kind == JSON:
         ids = batch.ids if isinstance(batch.ids, list) else (
             batch.ids.to_pylist() if batch.ids is not None else [None] * len(batch))
         payload = await offload(results.encode_json, ids, prepared, result, {})
-        return Response(payload, media_type=JSON, headers={"X-Enrich-Layers": layers_header})
+        return Response(payload, media_type=JSON, headers=headers)
     out = await offload(results.answer_table, table, batch.ids, prepared, result, prefix)
-    encode = arrow.encode_arrow if answer_kind == ARROW else csv_text.encode_csv
-    return Response(await offload(encode, out), media_type=answer_kind, headers={"X-Enrich-Layers": layers_header})
+    if answer_kind == GEOJSON and table is not None and coordinates.geometry_meta(table) is None:
+        out = coordinates.with_geometry(out, cols.lon, cols.lat, crs=None if opts.crs == WGS84 else
+                                        opts.crs.to_string())
+    encode = formats.FORMATS[answer_kind].encode_table
+    assert encode is not None  # every answer type but JSON and NDJSON is a table format
+    return Response(await offload(encode, out), media_type=answer_kind, headers=headers)
 
 
 def _ndjson_chunk(index: ServiceIndex, lines: list[bytes], first_row: int, opts: Options, cols: Columns) -> bytes:

@@ -16,6 +16,7 @@ import pyarrow.csv as pacsv
 
 from ..errors import MalformedBody, NotAcceptable, UnsupportedMediaType
 from .csv_safety import formula_safe_table
+from .dialect import sniff_delimiter
 from .media import ARROW
 from .tables import check_names, is_text
 
@@ -37,15 +38,16 @@ def csv_charset(content_type: str | None) -> str | None:
 _HEADER_PROBE = 1 << 16
 
 
-def decode_csv(body: bytes, charset: str | None = None) -> pa.Table:
+def decode_csv(body: bytes, charset: str | None = None, delimiter: str | None = None) -> pa.Table:
     """A CSV body (header row first) with every column as text: the input's cells pass through exactly as sent
-    ("00123", TRUE, 2^70), and only the coordinate and date columns are read as numbers and dates."""
+    ("00123", TRUE, 2^70), and only the coordinate and date columns are read as numbers and dates. The delimiter
+    (comma, semicolon, tab, pipe) is sniffed from the first lines unless given (dialect.py)."""
     encoding = charset or "utf-8"
     if encoding in ("utf-8", "utf-8-sig"):  # Excel's "CSV UTF-8" starts with a byte order mark
         encoding = "utf-8"
         if body.startswith(codecs.BOM_UTF8):
             body = body[len(codecs.BOM_UTF8):]
-    names = _csv_header(body, encoding, charset)
+    names, delimiter = _csv_header(body, encoding, charset, delimiter)
     check_names(names)
     head = body.rstrip(b"\r\n")
     if b"\n" not in head and b"\r" not in head:  # the header row alone: no rows (Arrow's reader refuses an
@@ -55,7 +57,7 @@ def decode_csv(body: bytes, charset: str | None = None) -> pa.Table:
     convert = pacsv.ConvertOptions(column_types={name: pa.string() for name in names}, strings_can_be_null=False)
     # A blank line is a row of one empty cell when there is one column (an address list with a blank address),
     # and nothing when there are more (it cannot be a row of them).
-    parse = pacsv.ParseOptions(ignore_empty_lines=len(names) > 1)
+    parse = pacsv.ParseOptions(delimiter=delimiter, ignore_empty_lines=len(names) > 1)
     try:
         return pacsv.read_csv(io.BytesIO(body), read_options=read, parse_options=parse, convert_options=convert)
     except (pa.ArrowInvalid, OSError, UnicodeDecodeError) as exc:
@@ -82,7 +84,7 @@ def _cell_at(text_before: str) -> tuple[str, str]:
     return name, f"column {name!r} (data row {len(rows) - 1})"
 
 
-def _csv_header(body: bytes, encoding: str, declared: str | None) -> list[str]:
+def _csv_header(body: bytes, encoding: str, declared: str | None, delimiter: str | None) -> tuple[list[str], str]:
     probe = body[:_HEADER_PROBE]
     try:
         text = probe.decode(encoding, errors="strict")
@@ -96,13 +98,14 @@ def _csv_header(body: bytes, encoding: str, declared: str | None) -> list[str]:
                 f"{where} is not UTF-8 (byte {exc.start}); declare the file's encoding, e.g. "
                 f"Content-Type: text/csv; charset=windows-1252", field=field) from None
         text = probe[:exc.start].decode(encoding)
+    delimiter = delimiter or sniff_delimiter(text)
     try:
-        header = next(csv.reader(io.StringIO(text)), None)
+        header = next(csv.reader(io.StringIO(text), delimiter=delimiter), None)
     except csv.Error as exc:
         raise MalformedBody(f"the CSV header row cannot be read: {exc}", field="body") from None
     if not header or header == [""]:
         raise MalformedBody("body is not a CSV with a header row: it is empty", field="body")
-    return header
+    return header, delimiter
 
 
 _CSV_NEEDS_QUOTES = r'[",\r\n]|^\''
@@ -151,6 +154,6 @@ def _csv_cells(col: pa.Array | pa.ChunkedArray, name: str = "") -> pa.Array:
                             f"(Accept: {ARROW}) or leave the column out", field=name) from None
 
 
-def read_csv_body(body: bytes, content_type: str | None = None) -> pa.Table:
+def read_csv_body(body: bytes, content_type: str | None = None, delimiter: str | None = None) -> pa.Table:
     """The registry's table decoder (formats.py): the text in the charset the Content-Type declares."""
-    return decode_csv(body, csv_charset(content_type))
+    return decode_csv(body, csv_charset(content_type), delimiter)

@@ -1,6 +1,6 @@
 """The registry of media types the bulk routes read and answer, and the negotiation of a request's two types.
 
-A table format (Arrow, CSV) is decoded to an Arrow table and answered from one, the same for every bulk operation;
+A table format (Arrow, CSV, GeoJSON) is decoded to an Arrow table and answered from one, the same for every bulk operation;
 JSON and NDJSON bodies have a shape of their own per operation (points, records), read by the operation itself.
 Adding a table format is one entry here plus its decoder and encoder.
 """
@@ -16,8 +16,9 @@ from starlette.responses import Response
 from ..errors import NotAcceptable, UnsupportedMediaType
 from .arrow import encode_arrow, read_arrow_body
 from .csv_text import encode_csv, read_csv_body
-from .media import ARROW, CSV, JSON, NDJSON
-from .responses import ArrowResponse, CSVResponse, EncodedJSONResponse, NDJSONResponse
+from .geojson import decode_geojson, encode_geojson
+from .media import ARROW, CSV, GEOJSON, JSON, NDJSON
+from .responses import ArrowResponse, CSVResponse, EncodedJSONResponse, GeoJSONResponse, NDJSONResponse
 
 
 @dataclass(frozen=True)
@@ -38,6 +39,7 @@ FORMATS: dict[str, Format] = {f.media_type: f for f in (
     Format(ARROW, ArrowResponse, read_arrow_body, encode_arrow,
            aliases=("application/vnd.apache.arrow.file", "application/x-arrow")),
     Format(CSV, CSVResponse, read_csv_body, encode_csv),
+    Format(GEOJSON, GeoJSONResponse, decode_geojson, encode_geojson),
     Format(NDJSON, NDJSONResponse, streamed=True),
 )}
 MEDIA_TYPES = tuple(FORMATS)
@@ -69,3 +71,13 @@ def response_type(accept: str | None, request_type: str) -> str:
         if base in FORMATS and FORMATS[base].streamed == streamed:
             return base
     raise NotAcceptable(f"cannot answer {accept!r} to a {request_type} request", field="Accept")
+
+
+def decode_table(kind: str, body: bytes, content_type: str | None, delimiter: str | None = None) -> pa.Table:
+    """A table body in its registered format; a CSV's delimiter as the request sets it (None: sniffed)."""
+    if kind == CSV:
+        return read_csv_body(body, content_type, delimiter)
+    decode = FORMATS[kind].decode_table
+    if decode is None:
+        raise UnsupportedMediaType(f"{kind} is not a table format", field="Content-Type")
+    return decode(body, content_type)

@@ -18,7 +18,7 @@ from starlette.formparsers import MultiPartException, MultiPartParser
 
 from ..errors import InvalidInput, MalformedBody, UnknownParameter, UnsupportedMediaType
 from .geojson import looks_like_geojson
-from .media import ARROW, CSV, GEOJSON, JSON, NDJSON
+from .media import ARROW, CSV, GEOJSON, JSON, MULTIPART, NDJSON
 
 BY_EXTENSION = {".csv": CSV, ".tsv": CSV, ".tab": CSV, ".txt": CSV, ".geojson": GEOJSON, ".json": JSON,
                 ".arrow": ARROW, ".arrows": ARROW, ".ipc": ARROW, ".ndjson": NDJSON, ".jsonl": NDJSON}
@@ -34,6 +34,10 @@ class Upload:
     content_type: str  # its part's Content-Type as sent (a charset declared there applies to the file)
     filename: str | None
     fields: dict[str, str]  # the form's text parts: request options
+
+
+def is_form(content_type: str | None) -> bool:
+    return (content_type or "").split(";")[0].strip().lower() == MULTIPART
 
 
 async def _once(body: bytes) -> AsyncGenerator[bytes, None]:

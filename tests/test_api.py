@@ -197,7 +197,7 @@ def test_arrow_in_arrow_out_keeps_the_input_columns(client):
 def test_arrow_bad_bodies(client):
     r = client.post("/v1/pip", content=b"\x00garbage\xff", headers={"content-type": ARROW})
     assert r.status_code == 400 and r.json()["field"] == "body"
-    r = client.post("/v1/pip", content=_arrow(pa.table({"id": [1], "x": [1.0], "lat": [32.7]})),
+    r = client.post("/v1/pip", content=_arrow(pa.table({"id": [1], "easting": [1.0], "lat": [32.7]})),
                     headers={"content-type": ARROW})
     assert r.status_code == 422 and r.json()["field"] == "lon"
     r = client.post("/v1/pip", content=_arrow(pa.table({"lon": [[1.0]], "lat": [32.7]})),

@@ -126,10 +126,8 @@ def test_ambiguous_coordinate_columns_name_the_candidates_and_the_option():
     assert exc.value.field == "lon_col" and "'lng'" in exc.value.message and "'Longitude'" in exc.value.message
 
 
-def test_no_coordinate_column_names_the_option():
-    with pytest.raises(InvalidInput) as exc:
-        coordinate_columns(["zone", "stop_lon", "stop_lat"], None, None)
-    assert exc.value.field == "lon_col" and "stop_lon" in exc.value.message
+def test_without_a_usual_name_the_default_is_looked_for_and_reported_missing():
+    assert coordinate_columns(["zone", "stop_lon", "stop_lat"], None, None) == ("lon", "lat")
 
 
 def test_real_meters_in_state_plane_feet_are_recognised_and_degrees_are_not():

@@ -17,16 +17,14 @@ LON_NAMES = ("lon", "lng", "long", "longitude", "x")
 LAT_NAMES = ("lat", "latitude", "y")
 
 
-def find_column(names: list[str], usual: tuple[str, ...], option: str) -> str:
-    """The one column of `names` whose lower-cased name is among `usual`; a clear 4xx naming the option when none
-    or several are."""
+def find_column(names: list[str], usual: tuple[str, ...], option: str, default: str) -> str:
+    """The one column of `names` whose lower-cased name is among `usual`; `default` when none is (the reader then
+    says it is missing, naming the option); a clear 4xx naming the candidates and the option when several are."""
     found = [name for name in names if name.strip().lower() in usual]
     if len(found) == 1:
         return found[0]
     if not found:
-        shown = names if len(names) <= 30 else names[:30] + ["..."]
-        raise InvalidInput(f"no coordinate column found among {shown}: none is named {', '.join(usual)} (any "
-                           f"case); name it with {option}", field=option)
+        return default
     raise InvalidInput(f"several columns could hold the coordinates: {', '.join(map(repr, found))}; choose one "
                        f"with {option}", field=option)
 
@@ -34,8 +32,8 @@ def find_column(names: list[str], usual: tuple[str, ...], option: str) -> str:
 def coordinate_columns(names: list[str], lon_col: str | None, lat_col: str | None) -> tuple[str, str]:
     """(lon column, lat column): each as the request names it, else `lon`/`lat` exactly (the documented default,
     even beside an `x`), else found among the usual names."""
-    lon = lon_col or ("lon" if "lon" in names else find_column(names, LON_NAMES, "lon_col"))
-    lat = lat_col or ("lat" if "lat" in names else find_column(names, LAT_NAMES, "lat_col"))
+    lon = lon_col or ("lon" if "lon" in names else find_column(names, LON_NAMES, "lon_col", "lon"))
+    lat = lat_col or ("lat" if "lat" in names else find_column(names, LAT_NAMES, "lat_col", "lat"))
     return lon, lat
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Annotated
+from typing import Annotated, Any
 
 import orjson
 from fastapi import APIRouter, Depends, Query, Request
@@ -157,7 +157,7 @@ async def post_geocode_join(
     index = current(request.app)
     join.geocoder_of(index)  # 503 before reading a large body when there is no reference
     content_type = request.headers.get("content-type")
-    params = {"layers": layers, "as_of": as_of, "nearest_within_m": nearest_within_m, "id_col": id_col,
+    params: dict[str, Any] = {"layers": layers, "as_of": as_of, "nearest_within_m": nearest_within_m, "id_col": id_col,
               "address_col": address_col, "city_col": city_col, "zip_col": zip_col, "lon_col": lon_col,
               "lat_col": lat_col, "date_col": date_col, "min_match": min_match, "prefix": prefix,
               "delimiter": delimiter}

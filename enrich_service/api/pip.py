@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Annotated
+from typing import Annotated, Any
 
 import numpy as np
 import orjson
@@ -137,7 +137,7 @@ async def post_pip(
     settings = get_settings()
     index = current(request.app)
     content_type = request.headers.get("content-type")
-    params = {"layers": layers, "as_of": as_of, "crs": crs, "nearest_within_m": nearest_within_m, "id_col": id_col,
+    params: dict[str, Any] = {"layers": layers, "as_of": as_of, "crs": crs, "nearest_within_m": nearest_within_m, "id_col": id_col,
               "lon_col": lon_col, "lat_col": lat_col, "date_col": date_col, "date_format": date_format,
               "delimiter": delimiter, "prefix": prefix}
     upload = None
@@ -203,8 +203,7 @@ async def post_pip(
         return Response(payload, media_type=JSON, headers=headers)
     out = await offload(results.answer_table, table, batch.ids, prepared, result, prefix)
     if answer_kind == GEOJSON and table is not None and coordinates.geometry_meta(table) is None:
-        out = coordinates.with_geometry(out, cols.lon, cols.lat, crs=None if opts.crs == WGS84 else
-                                        opts.crs.to_string())
+        out = coordinates.with_geometry(out, cols.lon, cols.lat, crs=None if opts.crs == WGS84 else str(opts.crs))
     encode = formats.FORMATS[answer_kind].encode_table
     assert encode is not None  # every answer type but JSON and NDJSON is a table format
     return Response(await offload(encode, out), media_type=answer_kind, headers=headers)

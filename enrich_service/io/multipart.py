@@ -8,9 +8,10 @@ labels most files application/octet-stream, then from its part's Content-Type, t
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Collection, Mapping
 from dataclasses import dataclass
 from pathlib import PurePosixPath
+from typing import Any
 
 from python_multipart.multipart import parse_options_header
 from starlette.datastructures import Headers, UploadFile
@@ -96,7 +97,7 @@ def file_media_type(filename: str | None, part_type: str, data: bytes, field: st
     return kind
 
 
-def form_options(fields: dict[str, str], query: dict[str, object], known) -> dict[str, object]:
+def form_options(fields: dict[str, str], query: Mapping[str, Any], known: Collection[str]) -> dict[str, Any]:
     """The query's options with the form's text fields added: a browser form sends its options as fields. A field
     the route does not take is refused (as in the query string); one given in both with another value too."""
     merged = dict(query)

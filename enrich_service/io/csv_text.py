@@ -36,6 +36,7 @@ def csv_charset(content_type: str | None) -> str | None:
 
 
 _HEADER_PROBE = 1 << 16
+DELIMITER_KEY = b"enrich.csv_delimiter"  # schema metadata: a CSV body's delimiter, when not a comma
 
 
 def decode_csv(body: bytes, charset: str | None = None, delimiter: str | None = None) -> pa.Table:
@@ -48,6 +49,12 @@ def decode_csv(body: bytes, charset: str | None = None, delimiter: str | None = 
         if body.startswith(codecs.BOM_UTF8):
             body = body[len(codecs.BOM_UTF8):]
     names, delimiter = _csv_header(body, encoding, charset, delimiter)
+    if delimiter != ",":  # the answer is written with the body's own delimiter (encode_csv)
+        return _read(body, names, encoding, delimiter).replace_schema_metadata({DELIMITER_KEY: delimiter.encode()})
+    return _read(body, names, encoding, delimiter)
+
+
+def _read(body: bytes, names: list[str], encoding: str, delimiter: str) -> pa.Table:
     check_names(names)
     head = body.rstrip(b"\r\n")
     if b"\n" not in head and b"\r" not in head:  # the header row alone: no rows (Arrow's reader refuses an
@@ -114,13 +121,15 @@ _CSV_TEXT = pa.large_string()
 
 def encode_csv(table: pa.Table, formula_escape: str | None = None, raw_columns=None) -> bytes:
     """The table as CSV with text cells exactly as they are (quoted only where CSV needs it), so a CSV body comes
-    back byte-for-byte in its own columns; text a spreadsheet would run escaped (csv_safety)."""
+    back byte-for-byte in its own columns, with its own delimiter; text a spreadsheet would run escaped
+    (csv_safety)."""
+    delimiter = (table.schema.metadata or {}).get(DELIMITER_KEY, b",").decode()
     table = formula_safe_table(table, formula_escape, raw_columns)
-    header = _csv_cells(pa.array(table.column_names, _CSV_TEXT))
-    lines = [b",".join(v.encode() for v in header.to_pylist()) + b"\n"]
+    header = _csv_cells(pa.array(table.column_names, _CSV_TEXT), delimiter=delimiter)
+    lines = [delimiter.join(header.to_pylist()).encode() + b"\n"]
     if table.num_rows:
-        cells = [_csv_cells(col, name) for name, col in zip(table.column_names, table.columns)]
-        rows = pc.binary_join_element_wise(*cells, pa.scalar(",", _CSV_TEXT))  # the last argument: the separator
+        cells = [_csv_cells(col, name, delimiter) for name, col in zip(table.column_names, table.columns)]
+        rows = pc.binary_join_element_wise(*cells, pa.scalar(delimiter, _CSV_TEXT))  # the last argument: the separator
         rows = pc.binary_join_element_wise(rows, pa.scalar("", _CSV_TEXT), pa.scalar("\n", _CSV_TEXT))
         offsets = np.frombuffer(rows.buffers()[1], dtype=np.int64)
         start, end = offsets[rows.offset], offsets[rows.offset + len(rows)]
@@ -128,15 +137,15 @@ def encode_csv(table: pa.Table, formula_escape: str | None = None, raw_columns=N
     return b"".join(lines)
 
 
-def _csv_cells(col: pa.Array | pa.ChunkedArray, name: str = "") -> pa.Array:
+def _csv_cells(col: pa.Array | pa.ChunkedArray, name: str = "", delimiter: str = ",") -> pa.Array:
     """Each value's CSV text, "" for null."""
     if isinstance(col, pa.ChunkedArray):
         col = col.combine_chunks()
     if pa.types.is_dictionary(col.type):  # the texts of the few distinct values, then each row's
-        return _csv_cells(col.dictionary, name).take(col.indices).fill_null("")
+        return _csv_cells(col.dictionary, name, delimiter).take(col.indices).fill_null("")
     if is_text(col.type):
         text = col.cast(_CSV_TEXT)
-        quote = pc.match_substring_regex(text, _CSV_NEEDS_QUOTES).fill_null(False)
+        quote = pc.match_substring_regex(text, _CSV_NEEDS_QUOTES.replace(",", re.escape(delimiter))).fill_null(False)
         if pc.any(quote).as_py():
             q, nothing = pa.scalar('"', _CSV_TEXT), pa.scalar("", _CSV_TEXT)
             quoted = pc.binary_join_element_wise(q, pc.replace_substring(text, '"', '""'), q, nothing)

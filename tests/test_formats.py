@@ -547,3 +547,21 @@ def test_geocode_join_reads_semicolon_csvs_and_form_uploads_and_numbers_rows(cli
                          headers={"accept": "application/json"})
     assert form_r.status_code == 200, form_r.text
     assert form_r.json()["results"] == comma.json()["results"]
+
+
+def test_geocode_join_answers_a_geojson_of_stop_intersections_with_the_geocoded_points(client):
+    doc = stops_collection(120, 50)
+    for f in doc["features"]:
+        f["geometry"] = None  # an address list: the stop's name is an intersection ("Allison Av & Palm Av")
+    r = client.post("/v1/geocode-join", params={"layers": "council_district", "address_col": "stop_name"},
+                    content=orjson.dumps(doc), headers={"content-type": GEOJSON})
+    assert r.status_code == 200, r.text
+    out = r.json()["features"]
+    assert len(out) == len(doc["features"])
+    matched = [f for f in out if f["properties"]["match"] == "intersection"]
+    assert len(matched) >= 5, [f["properties"]["reason"] for f in out][:10]
+    for f in matched:  # the geocoded point is the feature's geometry, near where the stop is
+        (lon, lat), p = f["geometry"]["coordinates"], f["properties"]
+        assert abs(lon - p["stop_lon"]) < 0.005 and abs(lat - p["stop_lat"]) < 0.005, (p["stop_name"], lon, lat)
+    r = pip(client, orjson.dumps({"points": [{"lon": -117.16, "lat": 32.72}]}), "application/json", accept=GEOJSON)
+    assert r.status_code == 406 and r.json()["field"] == "Accept"

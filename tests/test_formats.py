@@ -23,7 +23,7 @@ from enrich_service.io.media import GEOJSON
 from enrich_service.io.multipart import content_disposition, form_options, read_upload
 from enrich_service.points import looks_like_state_plane
 
-from .conftest import POINTS
+from .conftest import ADDRESS, BOUNDARIES, POINTS, ready_app
 
 STOPS = POINTS / "transit_stops_datasd.geojson"
 METERS = POINTS / "treas_parking_meters_loc_datasd.csv"
@@ -300,8 +300,6 @@ def test_state_plane_feet_sent_as_degrees_are_row_errors_that_name_the_crs_optio
 
 @pytest.fixture(scope="module")
 def client():
-    from .conftest import ADDRESS, BOUNDARIES, ready_app
-
     env = {"ENRICH_BOUNDARY_DIR": str(BOUNDARIES), "ENRICH_REFERENCE_DIR": str(ADDRESS), "ENRICH_MAX_BATCH": "1000",
            "ENRICH_MAX_BODY_BYTES": str(2_000_000)}
     with ready_app(env) as c:

@@ -161,13 +161,9 @@ async def post_geocode_join(
               "address_col": address_col, "city_col": city_col, "zip_col": zip_col, "lon_col": lon_col,
               "lat_col": lat_col, "date_col": date_col, "min_match": min_match, "prefix": prefix,
               "delimiter": delimiter}
-    upload = None
-    if multipart.is_form(content_type):  # a browser form or curl -F: the file, and options as form fields
-        upload = await multipart.read_upload(await read_body(request, settings), content_type or "")
-        params = multipart.form_options(upload.fields, params, route_query_names(request))
-        content_type, kind = upload.content_type, upload.media_type
-    else:
-        kind = formats.media_type(content_type)
+    # A browser form or curl -F: the file, and options as form fields.
+    upload, content_type, kind, params = await multipart.unwrap(
+        content_type, functools.partial(read_body, request, settings), params, route_query_names(request))
     dialect = Dialect.of(params["delimiter"], None, kind)
     cols = AddressColumns(id=params["id_col"], address=params["address_col"], city=params["city_col"],
                           zip=params["zip_col"], lon=params["lon_col"], lat=params["lat_col"],

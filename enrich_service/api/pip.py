@@ -140,13 +140,9 @@ async def post_pip(
     params: dict[str, Any] = {"layers": layers, "as_of": as_of, "crs": crs, "nearest_within_m": nearest_within_m, "id_col": id_col,
               "lon_col": lon_col, "lat_col": lat_col, "date_col": date_col, "date_format": date_format,
               "delimiter": delimiter, "prefix": prefix}
-    upload = None
-    if multipart.is_form(content_type):  # a browser form or curl -F: the file, and options as form fields
-        upload = await multipart.read_upload(await read_body(request, settings), content_type or "")
-        params = multipart.form_options(upload.fields, params, route_query_names(request))
-        content_type, kind = upload.content_type, upload.media_type
-    else:
-        kind = formats.media_type(content_type)
+    # A browser form or curl -F: the file, and options as form fields.
+    upload, content_type, kind, params = await multipart.unwrap(
+        content_type, functools.partial(read_body, request, settings), params, route_query_names(request))
     prefix = results.check_prefix(params["prefix"])
     dialect = Dialect.of(params["delimiter"], params["date_format"], kind)
     cols = Columns(id=params["id_col"] or "id", lon=params["lon_col"] or "lon", lat=params["lat_col"] or "lat",

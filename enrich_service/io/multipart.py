@@ -8,7 +8,7 @@ labels most files application/octet-stream, then from its part's Content-Type, t
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator, Collection, Mapping
+from collections.abc import AsyncGenerator, Awaitable, Callable, Collection, Mapping
 from dataclasses import dataclass
 from pathlib import PurePosixPath
 from typing import Any
@@ -18,6 +18,7 @@ from starlette.datastructures import Headers, UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
 
 from ..errors import InvalidInput, MalformedBody, UnknownParameter, UnsupportedMediaType
+from .formats import media_type
 from .geojson import looks_like_geojson
 from .media import ARROW, CSV, GEOJSON, JSON, MULTIPART, NDJSON
 
@@ -39,6 +40,16 @@ class Upload:
 
 def is_form(content_type: str | None) -> bool:
     return (content_type or "").split(";")[0].strip().lower() == MULTIPART
+
+
+async def unwrap(content_type: str | None, read: Callable[[], Awaitable[bytes]], params: Mapping[str, Any],
+                 known: Collection[str]) -> tuple[Upload | None, str | None, str, dict[str, Any]]:
+    """A bulk request's body as its route reads it: (the upload or None, the Content-Type and registered media type
+    of what is to be decoded, the route's parameters with a form's fields added). Only a form is read here."""
+    if not is_form(content_type):
+        return None, content_type, media_type(content_type), dict(params)
+    upload = await read_upload(await read(), content_type or "")
+    return upload, upload.content_type, upload.media_type, form_options(upload.fields, params, known)
 
 
 async def _once(body: bytes) -> AsyncGenerator[bytes, None]:

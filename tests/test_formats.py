@@ -430,6 +430,17 @@ def test_semicolon_tab_and_pipe_csvs_are_read_as_the_comma_csv(client, delimiter
     assert pip(client, b"lon,lat\n", "text/csv", delimiter="colon").json()["field"] == "delimiter"
 
 
+def test_a_semicolon_csv_with_decimal_commas_is_read_as_its_numbers(client):
+    rows = meter_rows(40)
+    for r in rows:  # as a spreadsheet in a decimal-comma locale writes them
+        r["lat"], r["lng"] = r["lat"].replace(".", ","), r["lng"].replace(".", ",")
+    r = pip(client, write_csv(rows, ";").encode(), "text/csv", accept="application/json")
+    assert r.status_code == 200 and not r.json()["errors"], r.text
+    for row in rows:
+        row["lat"], row["lng"] = row["lat"].replace(",", "."), row["lng"].replace(",", ".")
+    assert tags_of(r.json()["results"]) == plain_tags(client, *meter_lonlat(rows))
+
+
 def test_a_windows_1252_semicolon_csv_keeps_its_text(client):
     rows = meter_rows(10)
     for r in rows:

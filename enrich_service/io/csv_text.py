@@ -16,7 +16,7 @@ import pyarrow.csv as pacsv
 
 from ..errors import MalformedBody, NotAcceptable, UnsupportedMediaType
 from .csv_safety import formula_safe_table
-from .dialect import sniff_delimiter
+from .dialect import DELIMITER_KEY, sniff_delimiter
 from .media import ARROW
 from .tables import check_names, is_text
 
@@ -36,7 +36,6 @@ def csv_charset(content_type: str | None) -> str | None:
 
 
 _HEADER_PROBE = 1 << 16
-DELIMITER_KEY = b"enrich.csv_delimiter"  # schema metadata: a CSV body's delimiter, when not a comma
 
 
 def decode_csv(body: bytes, charset: str | None = None, delimiter: str | None = None) -> pa.Table:

@@ -58,6 +58,15 @@ def sniff_delimiter(text: str) -> str:
     return best
 
 
+DELIMITER_KEY = b"enrich.csv_delimiter"  # schema metadata: a CSV body's delimiter, when not a comma
+
+
+def decimal_comma(table: pa.Table) -> bool:
+    """Whether a table's numbers may be written with a decimal comma: a semicolon-separated CSV, as spreadsheets
+    write in the locales where the comma is the decimal mark (a comma CSV cannot hold an unquoted 32,7)."""
+    return (table.schema.metadata or {}).get(DELIMITER_KEY) == b";"
+
+
 def check_date_format(value: str | None) -> str | None:
     """The `date_format` option: a strptime format such as %m/%d/%Y; refused when it cannot read a date."""
     if value is None or value == "":

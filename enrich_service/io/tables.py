@@ -15,7 +15,7 @@ from ..errors import InvalidInput, MalformedBody, NotAcceptable
 from ..points import PointBatch
 from .coordinates import row_errors
 from .dates import text_days, timestamp_days
-from .dialect import formatted_days
+from .dialect import decimal_comma, formatted_days
 from .media import ARROW, CSV, JSON, NDJSON
 
 
@@ -121,7 +121,11 @@ def coordinate(table: pa.Table, name: str, errors: dict[int, tuple[str, str]]) -
     if pa.types.is_integer(col.type) or pa.types.is_floating(col.type) or pa.types.is_decimal(col.type):
         # Unchecked: a value beyond float64's exact range (2^63 - 1, a uint64 max) is still a number, out of range.
         arr = pc.cast(col, pa.float64(), safe=False)
-    elif is_text(col.type) or pa.types.is_null(col.type):
+    elif is_text(col.type):
+        if decimal_comma(table):  # "32,7159": a semicolon CSV from a spreadsheet in a decimal-comma locale
+            col = pc.replace_substring_regex(col, r"^(\s*[+-]?\d+),(\d+\s*)$", r"\1.\2")
+        return _text_numbers(col, name, errors)
+    elif pa.types.is_null(col.type):
         return _text_numbers(col, name, errors)
     else:
         raise InvalidInput(f"column {name!r} has type {col.type}; coordinates must be numbers", field=name)

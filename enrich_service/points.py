@@ -12,6 +12,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from functools import lru_cache
+from typing import Any
 
 import numpy as np
 from pyproj import CRS, Transformer
@@ -29,7 +30,7 @@ class PointBatch:
     """Decoded request columns. `x`/`y` are in the request CRS (lon/lat for EPSG:4326); NaN marks a missing value,
     whose cause (missing, wrong type) is already in `errors`."""
 
-    ids: object  # list, numpy or Arrow array: passed through to the encoder untouched
+    ids: Any  # list, numpy or Arrow array: passed through to the encoder untouched
     x: np.ndarray
     y: np.ndarray
     dates: np.ndarray | None = None  # datetime64[D], NaT where absent

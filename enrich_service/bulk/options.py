@@ -1,27 +1,60 @@
-"""The request options of every bulk operation (layers, as_of, crs, nearest_within_m), read from a JSON body or a
-query string the same way, every problem naming its field; and the limits on them."""
+"""The request options (layers, as_of, crs, nearest_within_m) of every route, read from a JSON body or a query string
+the same way, every problem naming its field; their limits, each one constant; and the documented query parameter
+(Param) that routes and bulk operations declare theirs with."""
 
 from __future__ import annotations
 
 import datetime as dt
 from dataclasses import dataclass
 
+from pyproj import CRS
+
 from ..engine.tagger import MAX_NEAREST_M
 from ..errors import InvalidInput, PayloadTooLarge
+from ..index import ServiceIndex
 from ..io.dates import parse_date
+from ..io.json_body import OPTIONS
+from ..io.params import Param
 from ..points import parse_crs
 from ..settings import Settings
+
+MAX_LAYERS = 100  # names per request, and characters per name: every message that names them stays readable
+MAX_LAYER_NAME_CHARS = 100
 
 
 @dataclass(frozen=True)
 class Options:
     layers: list[str]
     as_of: dt.date | None
-    crs: object  # pyproj CRS
+    crs: CRS
     nearest_within_m: float | None
 
 
-def check_options_usable(index, opts: Options) -> None:
+@dataclass(frozen=True)
+class QueryOptions:
+    """The options as a query string gives them (text, None where absent), parsed when the route needs them: a JSON
+    body's own options come first (merge_options)."""
+
+    given: dict[str, str | None]
+
+    def parsed(self, settings: Settings) -> Options:
+        return parse_options(self.given, settings)
+
+    def only(self, names: tuple[str, ...]) -> dict[str, str | None]:
+        return {name: self.given.get(name) for name in names}
+
+
+OPTION_PARAMS = {param.name: param for param in (
+    Param("layers", "Comma-separated layer names (default: ENRICH_DEFAULT_LAYERS)"),
+    Param("as_of", "YYYY-MM-DD: the layer versions in force that day", {"type": "string", "format": "date"}),
+    Param("crs", "CRS of the coordinates, e.g. EPSG:2230; default EPSG:4326"),
+    Param("nearest_within_m", "Outside every polygon: the nearest within this many metres",
+          {"type": "number", "minimum": 0, "maximum": MAX_NEAREST_M}),
+)}
+assert tuple(OPTION_PARAMS) == OPTIONS
+
+
+def check_options_usable(index: ServiceIndex, opts: Options) -> None:
     """Everything about the options that can fail, checked before any answer starts (a streamed answer cannot
     turn into a 4xx once its status line is out): the layers exist, each has a version in force on as_of."""
     index.store.check_layers(opts.layers)
@@ -40,8 +73,9 @@ def parse_options(raw: dict, settings: Settings) -> Options:
         raise InvalidInput("layers must be a list of layer names (or a comma-separated string)", field="layers")
     if not layers:
         raise InvalidInput("layers is empty; name at least one layer", field="layers")
-    if len(layers) > 100 or max(map(len, layers)) > 100:  # every message that names them stays readable
-        raise InvalidInput("layers: at most 100 names of at most 100 characters", field="layers")
+    if len(layers) > MAX_LAYERS or max(map(len, layers)) > MAX_LAYER_NAME_CHARS:
+        raise InvalidInput(f"layers: at most {MAX_LAYERS} names of at most {MAX_LAYER_NAME_CHARS} characters",
+                           field="layers")
     nearest = raw.get("nearest_within_m")
     if isinstance(nearest, bool):
         raise InvalidInput("nearest_within_m must be a number of metres, not true/false", field="nearest_within_m")

@@ -8,6 +8,7 @@ column as /v1/pip, built by the shared encoders (io/results.py).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -60,7 +61,7 @@ class AddressColumns:
 
 @dataclass
 class Records:
-    ids: object  # list or Arrow array: passed through to the encoder
+    ids: Any  # list or Arrow array: passed through to the encoder
     addresses: list
     cities: list | None = None
     zips: list | None = None
@@ -205,7 +206,7 @@ def geocode_join(index: ServiceIndex, records: Records, layers: list[str], as_of
         result = TagResult(layers={k: v for k, v in result.layers.items() if k != CITY_LIMITS},
                            row_errors=result.row_errors,
                            default_versions={k: v for k, v in result.default_versions.items() if k != CITY_LIMITS})
-    if records.x is not None:
+    if records.x is not None and records.y is not None:
         given = prepare(PointBatch(ids=None, x=records.x, y=records.y), WGS84)
         for row, flag in given.flags.items():  # the record's own coordinates: city centroid, 0/0, swapped
             flags[row] = f"{flags[row]},input_{flag.replace(',', ',input_')}" if row in flags else \
@@ -349,14 +350,10 @@ def _flag_cities(flags: dict[int, str], cities: list) -> list[int]:
 
 # ---- answers ----------------------------------------------------------------------------------------------------
 
-def _none_for_nan(values: np.ndarray) -> list:
-    return np.where(np.isnan(values), None, values).tolist()
-
-
 def geocode_lists(joined: Joined) -> list[tuple[str, list]]:
     g = joined.geocoded
     n = len(g)
-    return [("lon", _none_for_nan(joined.prepared.lon)), ("lat", _none_for_nan(joined.prepared.lat)),
+    return [("lon", results.none_for_nan(joined.prepared.lon)), ("lat", results.none_for_nan(joined.prepared.lat)),
             ("match", g.match.tolist()), ("score", g.score.tolist()), ("matched_address", g.matched),
             ("reason", results.sparse_list(n, g.reason))]
 
@@ -371,7 +368,7 @@ def geocode_arrays(joined: Joined) -> list[tuple[str, pa.Array]]:
             ("reason", results.sparse_arrow(n, g.reason))]
 
 
-def rows(ids: object, joined: Joined) -> list[dict]:
+def rows(ids: Any, joined: Joined) -> list[dict]:
     """One dict per record, in input order: id, the geocode, the layer tags, flags, error."""
     if ids is None:
         ids = [None] * len(joined.geocoded)
@@ -395,7 +392,7 @@ def _with_candidates(columns: list[tuple], joined: Joined, make) -> list[tuple]:
     return out
 
 
-def answer_table(table: pa.Table | None, ids: object, joined: Joined, prefix: str = COLLISION_PREFIX) -> pa.Table:
+def answer_table(table: pa.Table | None, ids: Any, joined: Joined, prefix: str = COLLISION_PREFIX) -> pa.Table:
     """The input table, untouched, with the geocode columns, then the layer columns, appended (results.append_results:
     a result column named like an input column gets `prefix` in front)."""
     if table is None:

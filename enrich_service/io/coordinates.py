@@ -55,10 +55,12 @@ def with_geometry(table: pa.Table, lon_col: str, lat_col: str, *, crs: str | Non
                   members: dict | None = None, json_columns: list[str] | None = None,
                   errors: dict[int, tuple[str, str]] | None = None) -> pa.Table:
     """The table with what a GeoJSON answer needs in its schema metadata: which columns are the geometry (and the
-    feature ids), the collection's members, the CRS of the coordinates when not lon/lat."""
-    meta = {"lon": lon_col, "lat": lat_col, "id": id_col, "members": members or {},
-            "json_columns": json_columns or [], "errors": {str(k): list(v) for k, v in (errors or {}).items()}}
-    if crs and not members:
+    feature ids), the collection's members, the CRS of the coordinates when not lon/lat. Other points for a GeoJSON
+    body (a geocode's) keep what its metadata says of the rest."""
+    meta = geometry_meta(table) or {"id": id_col, "members": members or {}, "json_columns": json_columns or [],
+                                    "errors": {str(k): list(v) for k, v in (errors or {}).items()}}
+    meta.update(lon=lon_col, lat=lat_col)
+    if crs and not meta["members"]:
         meta["members"] = {"crs": {"type": "name", "properties": {"name": crs}}}
     return table.replace_schema_metadata({**(table.schema.metadata or {}), METADATA_KEY: orjson.dumps(meta)})
 

@@ -16,7 +16,7 @@ import pyarrow.csv as pacsv
 
 from ..errors import MalformedBody, NotAcceptable, UnsupportedMediaType
 from .csv_safety import formula_safe_table
-from .dialect import DELIMITER_KEY, sniff_delimiter
+from .dialect import DELIMITER_KEY, parse_delimiter, sniff_delimiter
 from .media import ARROW
 from .tables import check_names, is_text
 
@@ -125,7 +125,7 @@ def encode_csv(table: pa.Table, formula_escape: str | None = None, raw_columns=N
     delimiter = (table.schema.metadata or {}).get(DELIMITER_KEY, b",").decode()
     table = formula_safe_table(table, formula_escape, raw_columns)
     header = _csv_cells(pa.array(table.column_names, _CSV_TEXT), delimiter=delimiter)
-    lines = [delimiter.join(header.to_pylist()).encode() + b"\n"]
+    lines: list[bytes | memoryview] = [delimiter.join(header.to_pylist()).encode() + b"\n"]
     if table.num_rows:
         cells = [_csv_cells(col, name, delimiter) for name, col in zip(table.column_names, table.columns)]
         rows = pc.binary_join_element_wise(*cells, pa.scalar(delimiter, _CSV_TEXT))  # the last argument: the separator
@@ -163,5 +163,6 @@ def _csv_cells(col: pa.Array | pa.ChunkedArray, name: str = "", delimiter: str =
 
 
 def read_csv_body(body: bytes, content_type: str | None = None, delimiter: str | None = None) -> pa.Table:
-    """The registry's table decoder (formats.py): the text in the charset the Content-Type declares."""
-    return decode_csv(body, csv_charset(content_type), delimiter)
+    """The registry's table decoder (formats.py): the text in the charset the Content-Type declares, split by the
+    `delimiter` parameter (a name or the character; None: sniffed)."""
+    return decode_csv(body, csv_charset(content_type), parse_delimiter(delimiter))

@@ -120,6 +120,6 @@ def parse_dates(values: list, field_name: str, errors: dict[int, tuple[str, str]
             else:
                 errors.setdefault(i, (field_name, f"must be a date string YYYY-MM-DD, got {type(v).__name__}"))
     days, bad = text_days(pa.array(texts, pa.string()))
-    for i in np.flatnonzero(bad):
-        errors.setdefault(int(i), (field_name, f"{values[i]!r} {_NOT_A_DATE}"))
+    for row in np.flatnonzero(bad):
+        errors.setdefault(int(row), (field_name, f"{values[row]!r} {_NOT_A_DATE}"))
     return days

@@ -5,14 +5,12 @@ from __future__ import annotations
 
 import csv
 import datetime as dt
-from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from ..errors import InvalidInput
-from .media import CSV, JSON, NDJSON
 
 # What Excel and GIS exports use: comma, semicolon (European locales), tab, and pipe.
 DELIMITERS = {"comma": ",", "semicolon": ";", "tab": "\t", "pipe": "|"}
@@ -100,19 +98,3 @@ def formatted_days(col: pa.ChunkedArray | pa.Array, fmt: str, name: str,
         errors.setdefault(int(i), (name, f"{col[int(i)].as_py()[:100]!r} does not match date_format {fmt!r}"))
     return days
 
-
-@dataclass(frozen=True)
-class Dialect:
-    """A bulk request's dialect options, checked against the body they apply to."""
-
-    delimiter: str | None = None
-    date_format: str | None = None
-
-    @classmethod
-    def of(cls, delimiter: str | None, date_format: str | None, kind: str) -> Dialect:
-        if delimiter and kind != CSV:
-            raise InvalidInput(f"delimiter applies to CSV bodies, not {kind}", field="delimiter")
-        if date_format and kind in (JSON, NDJSON):
-            raise InvalidInput(f"date_format applies to table bodies (CSV, Arrow, GeoJSON); {kind} dates are "
-                               f"YYYY-MM-DD or ISO timestamps", field="date_format")
-        return cls(parse_delimiter(delimiter), check_date_format(date_format))

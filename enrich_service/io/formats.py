@@ -18,7 +18,11 @@ from .arrow import encode_arrow, read_arrow_body
 from .csv_text import encode_csv, read_csv_body
 from .geojson import decode_geojson, encode_geojson
 from .media import ARROW, CSV, GEOJSON, JSON, NDJSON
+from .params import Param
 from .responses import ArrowResponse, CSVResponse, EncodedJSONResponse, GeoJSONResponse, NDJSONResponse
+
+# (body, Content-Type, **the values of the format's own query parameters) -> the input table
+TableDecoder = Callable[..., pa.Table]
 
 
 @dataclass(frozen=True)
@@ -27,22 +31,36 @@ class Format:
 
     media_type: str
     response: type[Response]
-    # Table formats: (body, Content-Type) -> the input table, and the answer table -> the answer's bytes.
-    decode_table: Callable[[bytes, str | None], pa.Table] | None = None
+    body_schema: dict | None = None  # the request body in OpenAPI (JSON: each operation's own model)
+    # Table formats: the body to the input table (TableDecoder), the answer table to its bytes.
+    decode_table: TableDecoder | None = None
     encode_table: Callable[[pa.Table], bytes | memoryview] | None = None
     streamed: bool = False  # answered line by line from a spooled body (NDJSON); answered only in its own kind
     aliases: tuple[str, ...] = ()  # other names clients send for it
+    params: tuple[Param, ...] = ()  # query parameters its decoder reads, declared on every bulk route
+    default_answer: str | None = None  # the answer's type when Accept names none (None: this type)
+
+    @property
+    def answers(self) -> bool:
+        """Whether it can be an answer's type: a table format with an encoder, or JSON and NDJSON (written by each
+        operation). A body-only format (a form upload) answers in its default_answer."""
+        return self.encode_table is not None or self.decode_table is None
 
 
+DELIMITER = Param("delimiter", "CSV bodies: comma, semicolon, tab or pipe (default: sniffed from the first lines)")
+_BINARY = {"type": "string", "format": "binary"}
+_TEXT = {"type": "string"}
 FORMATS: dict[str, Format] = {f.media_type: f for f in (
     Format(JSON, EncodedJSONResponse),
-    Format(ARROW, ArrowResponse, read_arrow_body, encode_arrow,
+    Format(ARROW, ArrowResponse, _BINARY, read_arrow_body, encode_arrow,
            aliases=("application/vnd.apache.arrow.file", "application/x-arrow")),
-    Format(CSV, CSVResponse, read_csv_body, encode_csv),
-    Format(GEOJSON, GeoJSONResponse, decode_geojson, encode_geojson),
-    Format(NDJSON, NDJSONResponse, streamed=True),
+    Format(CSV, CSVResponse, _TEXT, read_csv_body, encode_csv, params=(DELIMITER,)),
+    Format(GEOJSON, GeoJSONResponse, {"type": "object", "description": "A FeatureCollection of Points"},
+           decode_geojson, encode_geojson),
+    Format(NDJSON, NDJSONResponse, _TEXT, streamed=True),
 )}
 MEDIA_TYPES = tuple(FORMATS)
+FORMAT_PARAMS = tuple(param for fmt in FORMATS.values() for param in fmt.params)
 _ALIASES = {alias: f.media_type for f in FORMATS.values() for alias in f.aliases}
 
 
@@ -60,24 +78,18 @@ def media_type(content_type: str | None) -> str:
 
 
 def response_type(accept: str | None, request_type: str) -> str:
-    """The first supported type in Accept; the request's own type when Accept is absent or */*."""
+    """The first type in Accept that can answer this request; when Accept is absent or */*, the request's own type
+    (or the one its format names)."""
+    own = FORMATS[request_type]
+    default = own.default_answer or request_type
     if not accept:
-        return request_type
-    streamed = FORMATS[request_type].streamed
+        return default
     for part in accept.split(","):
         base = part.split(";")[0].strip().lower()
         if base in ("*/*", "application/*", ""):
-            return request_type
-        if base in FORMATS and FORMATS[base].streamed == streamed:
+            return default
+        fmt = FORMATS.get(base)
+        if fmt is not None and fmt.answers and fmt.streamed == own.streamed:
             return base
     raise NotAcceptable(f"cannot answer {accept!r} to a {request_type} request", field="Accept")
 
-
-def decode_table(kind: str, body: bytes, content_type: str | None, delimiter: str | None = None) -> pa.Table:
-    """A table body in its registered format; a CSV's delimiter as the request sets it (None: sniffed)."""
-    if kind == CSV:
-        return read_csv_body(body, content_type, delimiter)
-    decode = FORMATS[kind].decode_table
-    if decode is None:
-        raise UnsupportedMediaType(f"{kind} is not a table format", field="Content-Type")
-    return decode(body, content_type)

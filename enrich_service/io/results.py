@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import functools
 import re
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -18,6 +19,8 @@ from ..server.memory import paused_gc
 from .json_body import dumps
 from .json_rows import json_rows
 
+MAX_ROW_ERRORS_LISTED = 1000  # a JSON answer's `errors` list: each row's own `error` column has them all
+
 
 def row_errors(prepared: Prepared, result: TagResult | None) -> dict[int, str]:
     """row -> "field: message", for rows that were not (fully) tagged."""
@@ -27,23 +30,22 @@ def row_errors(prepared: Prepared, result: TagResult | None) -> dict[int, str]:
 
 
 def _index_type(size: int) -> type:
-    # The narrowest index type that holds the dictionary: a 1M-row answer is 3 MB per column lighter in int8.
+    # The narrowest index type that holds the dictionary: a byte per row for most layers.
     return np.int8 if size <= 127 else np.int16 if size <= 32767 else np.int32
 
 
 def _dictionary_column(indices: np.ndarray, valid: np.ndarray, dictionary: pa.Array) -> pa.DictionaryArray:
-    # Straight from the buffers: pa.array(..., mask=...) and the checked from_arrays each pass over a 1M-row column
-    # again (8.8 ms per layer, now 1 ms). Every index is in range by construction, so the check is skipped.
+    # Straight from the buffers: pa.array(..., mask=...) and the checked from_arrays each pass over the column again.
+    # Every index is in range by construction, so the check is skipped.
     bitmap = pa.py_buffer(np.packbits(valid, bitorder="little"))
     arr = pa.Array.from_buffers(pa.from_numpy_dtype(indices.dtype), len(indices), [bitmap, pa.py_buffer(indices)])
     return pa.DictionaryArray.from_arrays(arr, dictionary, safe=False)
 
 
 def sparse_arrow(n: int, values: dict[int, str]) -> pa.Array:
-    """Rare per-row texts (flags, errors) as a dictionary column: a null costs a bit, not a 4-byte string offset
-    (the two columns of a 1M-row answer: 1 MB each instead of 4)."""
+    """Rare per-row texts (flags, errors) as a dictionary column: a null costs a bit, not a 4-byte string offset."""
     distinct = sorted(set(values.values()))
-    indices = np.zeros(n, dtype=_index_type(len(distinct)))
+    indices: np.ndarray = np.zeros(n, dtype=_index_type(len(distinct)))
     valid = np.zeros(n, dtype=bool)
     if values:
         rows = np.fromiter(values, dtype=np.int64, count=len(values))
@@ -53,8 +55,14 @@ def sparse_arrow(n: int, values: dict[int, str]) -> pa.Array:
     return _dictionary_column(indices, valid, pa.array(distinct, type=pa.string()))
 
 
-def sparse_list(n: int, values: dict[int, str]) -> list:
-    out = [None] * n
+def none_for_nan(values: np.ndarray) -> list[float | None]:
+    out = values.astype(object)
+    out[np.isnan(values)] = None
+    return out.tolist()
+
+
+def sparse_list(n: int, values: dict[int, str]) -> list[str | None]:
+    out: list[str | None] = [None] * n
     for row, value in values.items():
         out[row] = value
     return out
@@ -62,7 +70,7 @@ def sparse_list(n: int, values: dict[int, str]) -> list:
 
 @functools.cache
 def _rules() -> pa.Array:
-    # Built on first use, not at import: pyarrow imports pandas on its first array (0.2 s, 40 MB), which a service
+    # Built on first use, not at import: pyarrow imports pandas on its first array (docs/engine.md), which a service
     # answering only single lookups never needs.
     return pa.array(RULE_NAMES.tolist()[1:], type=pa.string())  # "edge", "overlap", "nearest" (0 is null)
 
@@ -95,7 +103,7 @@ def result_lists(prepared: Prepared, result: TagResult) -> list[tuple[str, list]
         out.append((name, tags.keys().tolist()))
         out.append((f"{name}_rule", tags.rule_names().tolist()))
         if tags.distance_m is not None:
-            out.append((f"{name}_distance_m", np.where(np.isnan(tags.distance_m), None, tags.distance_m).tolist()))
+            out.append((f"{name}_distance_m", none_for_nan(tags.distance_m)))
         if tags.version is not None:
             out.append((f"{name}_version", tags.version.tolist()))
     out.append(("flags", sparse_list(n, prepared.flags)))
@@ -103,7 +111,10 @@ def result_lists(prepared: Prepared, result: TagResult) -> list[tuple[str, list]
     return out
 
 
-def error_list(ids: object, prepared: Prepared, result: TagResult | None, limit: int = 1000) -> list[dict]:
+def error_list(ids: Any, prepared: Prepared, result: TagResult | None,
+               limit: int = MAX_ROW_ERRORS_LISTED) -> list[dict]:
+    """The rows not (fully) tagged, first cause first, as the JSON answer lists them (every row's `error` column
+    says it too)."""
     merged = dict(result.row_errors) if result is not None else {}
     merged.update(prepared.errors)
     id_at = (lambda i: ids[i]) if isinstance(ids, list) else (
@@ -116,7 +127,7 @@ def error_list(ids: object, prepared: Prepared, result: TagResult | None, limit:
 def encode_json(ids: list, prepared: Prepared, result: TagResult, extra: dict) -> memoryview:
     rest = dumps({"count": len(prepared), "layers": result.layers_used(),
                   "errors": error_list(ids, prepared, result), **extra})
-    # The rows are written into the answer's own buffer, head and tail included: no copy of 170 MB at the end.
+    # The rows are written into the answer's own buffer, head and tail included: no copy of the whole answer at the end.
     return json_rows([("id", ids)] + result_arrays(prepared, result), b",", head=b'{"results":[',
                      tail=b"]," + rest[1:])
 
@@ -149,7 +160,7 @@ def append_results(table: pa.Table, columns: list[tuple[str, pa.Array]], layers,
     return table
 
 
-def answer_table(table: pa.Table | None, ids: object, prepared: Prepared, result: TagResult,
+def answer_table(table: pa.Table | None, ids: Any, prepared: Prepared, result: TagResult,
                  prefix: str = COLLISION_PREFIX) -> pa.Table:
     """The input table (or just the ids) with the result columns appended; no input column is replaced."""
     if table is None:

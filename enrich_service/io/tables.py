@@ -163,7 +163,7 @@ def _text_numbers(col: pa.ChunkedArray, name: str, errors: dict[int, tuple[str, 
     return values
 
 
-def _to_float(v: object) -> float:
+def _to_float(v: str | None) -> float:
     try:
         return float(v) if v not in (None, "") else np.nan
     except (TypeError, ValueError):

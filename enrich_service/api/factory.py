@@ -32,7 +32,7 @@ from ..errors import EnrichError, NotAcceptable
 from ..index import ServiceIndex, current
 from ..io import coordinates, formats, geojson, multipart, tables
 from ..io.formats import FORMAT_PARAMS, FORMATS
-from ..io.media import GEOJSON, JSON
+from ..io.media import GEOJSON, JSON, MULTIPART
 from ..io.ndjson import has_lines, line_groups, parse_lines
 from ..io.params import Param
 from ..points import WGS84
@@ -50,6 +50,7 @@ def add_bulk_route(router: APIRouter, path: str, op: BulkOperation, *, name: str
     openapi["requestBody"] = {"required": True, "content": {
         media_type: {"schema": inline_schema(json_request) if media_type == JSON else fmt.body_schema}
         for media_type, fmt in FORMATS.items()}}
+    openapi["requestBody"]["content"][MULTIPART] = {"schema": multipart.FORM_SCHEMA}
 
     async def endpoint(request: Request, options: Annotated[QueryOptions, Depends(query_options)]) -> Response:
         return await answer_bulk(request, op, options)

@@ -27,6 +27,9 @@ BY_EXTENSION = {".csv": CSV, ".tsv": CSV, ".tab": CSV, ".txt": CSV, ".geojson": 
 _BY_PART_TYPE = {CSV: CSV, "text/tab-separated-values": CSV, "application/csv": CSV, GEOJSON: GEOJSON,
                  JSON: JSON, ARROW: ARROW, NDJSON: NDJSON}
 _MAX_FIELDS = 50
+# The request body in OpenAPI: the file, and any query parameter of the route as a text field.
+FORM_SCHEMA = {"type": "object", "required": ["file"], "properties": {
+    "file": {"type": "string", "format": "binary", "description": "A CSV, GeoJSON, JSON or Arrow file"}}}
 
 
 @dataclass

@@ -118,7 +118,7 @@ class BulkOperation(ABC, Generic[P, In, Out]):
         """The answer table's columns holding each row's point, for a GeoJSON answer (None: the body's own, or
         none): the input's coordinate columns, unless the operation makes the points."""
         cols = params.columns
-        lon, lat = getattr(cols, "lon", None), getattr(cols, "lat", None)
+        lon, lat = str(getattr(cols, "lon", "")), str(getattr(cols, "lat", ""))
         if table is None or geometry_meta(table) is not None or not {lon, lat} <= set(table.column_names):
             return None
         return lon, lat

@@ -18,9 +18,9 @@ import numpy as np
 from pyproj import CRS, Transformer
 from pyproj.exceptions import CRSError, ProjError
 
+from .crs import WGS84
 from .errors import UnknownCRS
 
-WGS84 = CRS.from_epsg(4326)
 # Where careless geocoders put "San Diego": the generic city centroid.
 CITY_CENTROID = (-117.1610838, 32.715738)
 

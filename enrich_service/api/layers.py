@@ -29,7 +29,7 @@ def describe_index(index) -> dict:
         "built_at": index.built_at.isoformat(),
         "build_seconds": round(index.build_seconds, 3),
         "layers": index.store.describe(),
-        "geocode_reference": geocoder.describe() if (geocoder := index.extras.get("geocoder")) else None,
+        "geocode_reference": index.geocoder.describe() if index.geocoder else None,
     }
 
 

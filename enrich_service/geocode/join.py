@@ -84,7 +84,7 @@ class Joined:
 
 
 def geocoder_of(index: ServiceIndex) -> Geocoder:
-    geocoder = index.extras.get("geocoder")
+    geocoder = index.geocoder
     if geocoder is None:
         raise NotReady("the geocoder has no reference loaded (set ENRICH_REFERENCE_DIR to the folder of the "
                        "address reference CSVs and reload)")

@@ -107,8 +107,8 @@ def records_from_json(records: object, cols: AddressColumns = AddressColumns()) 
     has = lambda key: any(key in r for r in rows)  # noqa: E731
     x = y = None
     if has(cols.lon) or has(cols.lat):
-        x = np.array([json_body.number(r.get(cols.lon)) for r in rows], dtype=np.float64)
-        y = np.array([json_body.number(r.get(cols.lat)) for r in rows], dtype=np.float64)
+        x = json_body.numbers([r.get(cols.lon) for r in rows])
+        y = json_body.numbers([r.get(cols.lat) for r in rows])
     cities = _checked([r.get(cols.city) for r in rows], (str,), cols.city, "text", errors) \
         if has(cols.city) else None
     zips = _checked([r.get(cols.zip) for r in rows], (str, int), cols.zip, "text or a number", errors) \

@@ -156,7 +156,9 @@ def records_from_table(table: pa.Table, cols: AddressColumns) -> Records:
         else:
             dates = parse_dates(col.to_pylist(), cols.date, errors)
     addresses = table.column(cols.address).to_pylist()
-    return Records(ids=table.column(cols.id) if cols.id in names else None, addresses=addresses,
+    # Without an id column, a record's id is its row number (as `errors[].row`), as for points (io/tables.py).
+    ids = table.column(cols.id) if cols.id in names else pa.array(np.arange(table.num_rows))
+    return Records(ids=ids, addresses=addresses,
                    cities=text(cols.city), zips=text(cols.zip), x=x, y=y, dates=dates, errors=errors,
                    untagged=_field_rows(errors, cols.date))
 

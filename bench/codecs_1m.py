@@ -41,8 +41,8 @@ import orjson  # noqa: E402
 import pyarrow as pa  # noqa: E402
 import pyarrow.ipc as ipc  # noqa: E402
 
-from enrich_service import codecs  # noqa: E402
 from enrich_service.engine.tagger import Engine  # noqa: E402
+from enrich_service.io import arrow, csv_text, json_body, results, tables  # noqa: E402
 from enrich_service.layers.store import LayerStore  # noqa: E402
 from enrich_service.points import parse_crs, prepare  # noqa: E402
 
@@ -72,29 +72,29 @@ def main() -> None:
 
     body = orjson.dumps({"points": [{"id": i, "lon": float(x), "lat": float(y)}
                                     for i, (x, y) in enumerate(zip(lon, lat))]})
-    _, batch = codecs.decode_json(body)
+    _, batch = json_body.decode_json(body)
     prepared, result = tag(batch)
     print(f"{ROOT}: {n:,} points, CPU seconds (min / median)")
-    print("  JSON decode  %.3f / %.3f" % timed(lambda: codecs.decode_json(body), 7))
-    print("  JSON encode  %.3f / %.3f" % timed(lambda: codecs.encode_json(batch.ids, prepared, result, {}), 7))
+    print("  JSON decode  %.3f / %.3f" % timed(lambda: json_body.decode_json(body), 7))
+    print("  JSON encode  %.3f / %.3f" % timed(lambda: results.encode_json(batch.ids, prepared, result, {}), 7))
 
     table = pa.table({"id": pa.array([f"A{i:07d}" for i in range(n)]), "lon": lon, "lat": lat})
     sink = io.BytesIO()
     with ipc.new_stream(sink, table.schema) as w:
         w.write_table(table)
-    arrow = sink.getvalue()
+    arrow_body = sink.getvalue()
     print("  Arrow decode %.3f / %.3f" % timed(
-        lambda: codecs.batch_from_table(codecs.decode_arrow(arrow), codecs.Columns()), 7))
+        lambda: tables.batch_from_table(arrow.decode_arrow(arrow_body), tables.Columns()), 7))
 
     text = ("id,name,lon,lat\n" + "".join(f"{i},shop {i % 97},{x:.6f},{y:.6f}\n"
                                           for i, (x, y) in enumerate(zip(lon, lat)))).encode()
-    csv_table = codecs.decode_csv(text)
-    csv_batch = codecs.batch_from_table(csv_table, codecs.Columns())
+    csv_table = csv_text.decode_csv(text)
+    csv_batch = tables.batch_from_table(csv_table, tables.Columns())
     csv_prepared, csv_result = tag(csv_batch)
-    out = codecs.answer_table(csv_table, csv_batch.ids, csv_prepared, csv_result)
+    out = results.answer_table(csv_table, csv_batch.ids, csv_prepared, csv_result)
     print("  CSV decode   %.3f / %.3f" % timed(
-        lambda: codecs.batch_from_table(codecs.decode_csv(text), codecs.Columns()), 5))
-    print("  CSV encode   %.3f / %.3f" % timed(lambda: codecs.encode_csv(out), 5))
+        lambda: tables.batch_from_table(csv_text.decode_csv(text), tables.Columns()), 5))
+    print("  CSV encode   %.3f / %.3f" % timed(lambda: csv_text.encode_csv(out), 5))
 
 
 if __name__ == "__main__":

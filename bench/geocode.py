@@ -125,7 +125,7 @@ def in_process(files, zip_points, index, records: list[str], distinct: list[str]
                         (f"{len(distinct):,} distinct addresses", distinct)):
         geocoder = Geocoder(reference)  # fresh: no fuzzy-name memo from the warm-up
         run(f"geocode {name}", len(batch), geocoder.geocode, batch, None, False)
-    index.extras["geocoder"] = Geocoder(reference)
+    index.geocoder = Geocoder(reference)
     run(f"geocode + tag 3 layers, {len(records):,} records", len(records), geocode_join, index,
         Records(ids=None, addresses=records), LAYERS.split(","), None, None, False)
     cached = Geocoder(reference, ResultCache("bench"))
@@ -224,7 +224,7 @@ def main() -> None:
     t0 = time.perf_counter()
     load_reference(files, zips)
     print(f"machine: {os.cpu_count()} cores; reference build {time.perf_counter() - t0:.2f}s "
-          f"(from the disk cache at start-up: {index.extras['geocoder'].ref.load_seconds:.2f}s)")
+          f"(from the disk cache at start-up: {index.geocoder.ref.load_seconds:.2f}s)")
     if not args.tags_only:
         accuracy(files, zips)
     tagging(index, files)

@@ -31,7 +31,7 @@ import pyarrow.ipc as ipc
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-from enrich_service.arrow_stream import stream_buffer  # noqa: E402
+from enrich_service.io.arrow_stream import stream_buffer  # noqa: E402
 from tests.conftest import ADDRESS, BOUNDARIES, PG_DSN, _free_port  # noqa: E402  (the data's one reader)
 
 LAYERS = [("council_district", 1, "council_districts_2021_datasd.geojson"),

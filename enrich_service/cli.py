@@ -69,26 +69,26 @@ def enrich(args: argparse.Namespace) -> int:
     """Tag a CSV or Parquet file in process (no server): the file's columns plus the layer columns."""
     import pyarrow.parquet as pq
 
-    from . import codecs
-    from .api.common import parse_options
-    from .api.pip import tag_batch
+    from .bulk.options import parse_options
+    from .bulk.tag_points import tag_batch
     from .index import build_index
+    from .io import csv_text, results, tables
 
     settings = get_settings()
     src = Path(args.file)
     # CSV as the service reads it: every cell as text, so the output keeps "00123" and TRUE as they were.
-    table = pq.read_table(src) if src.suffix == ".parquet" else codecs.decode_csv(src.read_bytes())
-    cols = codecs.Columns(id=args.id_col, lon=args.lon_col, lat=args.lat_col, date=args.date_col)
+    table = pq.read_table(src) if src.suffix == ".parquet" else csv_text.decode_csv(src.read_bytes())
+    cols = tables.Columns(id=args.id_col, lon=args.lon_col, lat=args.lat_col, date=args.date_col)
     opts = parse_options({"layers": args.layers, "as_of": args.as_of, "crs": args.crs}, settings)
     index = build_index(settings)
-    batch = codecs.batch_from_table(table, cols)
+    batch = tables.batch_from_table(table, cols)
     prepared, result = tag_batch(index, batch, opts, cols)
-    out = codecs.answer_table(table, batch.ids, prepared, result)
+    out = results.answer_table(table, batch.ids, prepared, result)
     dest = Path(args.out) if args.out else src.with_name(f"{src.stem}_enriched{src.suffix}")
     if dest.suffix == ".parquet":
         pq.write_table(out, dest)
     else:
-        dest.write_bytes(codecs.encode_csv(out))
+        dest.write_bytes(csv_text.encode_csv(out))
     print(json.dumps({"output": str(dest), "rows": out.num_rows, "layers": result.layers_used()}, indent=2))
     return 0
 
@@ -100,14 +100,14 @@ def geocode(args: argparse.Namespace) -> int:
 
     import pyarrow.parquet as pq
 
-    from . import codecs
-    from .api.common import parse_options
+    from .bulk.options import parse_options
     from .geocode import join
     from .index import build_index
+    from .io import csv_text
 
     settings = get_settings()
     src = Path(args.file)
-    table = pq.read_table(src) if src.suffix == ".parquet" else codecs.decode_csv(src.read_bytes())  # cells as text
+    table = pq.read_table(src) if src.suffix == ".parquet" else csv_text.decode_csv(src.read_bytes())  # cells as text
     cols = join.AddressColumns(id=args.id_col, address=args.address_col, city=args.city_col, zip=args.zip_col)
     opts = parse_options({"layers": args.layers, "as_of": args.as_of}, settings)
     index = build_index(settings)
@@ -118,7 +118,7 @@ def geocode(args: argparse.Namespace) -> int:
     if dest.suffix == ".parquet":
         pq.write_table(out, dest)
     else:
-        dest.write_bytes(codecs.encode_csv(out))
+        dest.write_bytes(csv_text.encode_csv(out))
     levels = {str(k): int(v) for k, v in Counter(joined.geocoded.match.tolist()).items()}
     print(json.dumps({"output": str(dest), "rows": out.num_rows, "match_levels": levels,
                       "layers": joined.result.layers_used()}, indent=2))

@@ -32,7 +32,7 @@ ARROW = "application/vnd.apache.arrow.stream"
 API_KEY_HEADER = "X-API-Key"
 
 
-class EnrichError(Exception):
+class ClientError(Exception):
     """Base class: anything the client raises about the service."""
 
     def __init__(self, message: str, status: int | None = None, detail: dict | None = None):
@@ -41,11 +41,11 @@ class EnrichError(Exception):
         self.detail = detail or {}
 
 
-class ServiceUnavailable(EnrichError):
+class ServiceUnavailable(ClientError):
     """The service could not be reached or failed (connection error, timeout, 5xx): retrying may help."""
 
 
-class RequestRejected(EnrichError):
+class RequestRejected(ClientError):
     """The service refused the request (4xx): retrying the same request will not help."""
 
 
@@ -126,7 +126,7 @@ class EnrichClient:
         else:
             results, used = self._tag_json(df, lon, lat, id, date, layers, as_of, crs, nearest_within_m)
         if len(results) != len(df):
-            raise EnrichError(f"the service answered {len(results)} rows for {len(df)}")
+            raise ClientError(f"the service answered {len(results)} rows for {len(df)}")
         results.index = df.index
         out = df.drop(columns=[c for c in results.columns if c in df.columns])
         out = pd.concat([out, results], axis=1)
@@ -186,7 +186,7 @@ class EnrichClient:
         import pyarrow as pa
         import pyarrow.ipc as ipc
 
-        from .arrow_stream import stream_buffer
+        from .io.arrow_stream import stream_buffer
 
         headers = {"content-type": ARROW, "accept": ARROW}
         if expect_layers:
@@ -199,7 +199,7 @@ class EnrichClient:
         try:
             answer = ipc.open_stream(pa.py_buffer(r.content)).read_all()
         except (pa.ArrowInvalid, OSError) as exc:
-            raise EnrichError(f"the service's answer is not an Arrow stream: {exc}", r.status_code) from None
+            raise ClientError(f"the service's answer is not an Arrow stream: {exc}", r.status_code) from None
         return answer, json.loads(r.headers.get("x-enrich-layers", "{}"))
 
     # ---- internals ------------------------------------------------------------------------------------------
@@ -316,7 +316,7 @@ class LocalService:
 
 def merge_layers_used(a: dict, b: dict) -> dict:
     """Two answers' X-Enrich-Layers as one: the same version and sha256 per layer (else the service reloaded in
-    between: EnrichError), points per version added up."""
+    between: ClientError), points per version added up."""
     out = {name: {**u, "versions_used": [dict(v) for v in u.get("versions_used", [])]} for name, u in a.items()}
     for name, u in b.items():
         if name not in out:
@@ -324,7 +324,7 @@ def merge_layers_used(a: dict, b: dict) -> dict:
             continue
         mine = out[name]
         if (mine.get("version"), mine.get("sha256")) != (u.get("version"), u.get("sha256")):
-            raise EnrichError(f"{name}: answers tagged with different layers ({mine.get('version')} "
+            raise ClientError(f"{name}: answers tagged with different layers ({mine.get('version')} "
                               f"{str(mine.get('sha256'))[:12]} and {u.get('version')} {str(u.get('sha256'))[:12]}): "
                               "the service reloaded in between; send the batch again")
         known = {v["version"]: v for v in mine["versions_used"]}
@@ -359,7 +359,7 @@ def _iso_dates(series: pd.Series) -> list:
     timestamp with a zone gives its San Diego day, as the service reads one (the layers' dates are local days)."""
     import pandas as pd
 
-    from .points import LOCAL_TZ
+    from .io.dates import LOCAL_TZ
 
     def local(v):
         return v.tz_convert(LOCAL_TZ) if getattr(v, "tzinfo", None) is not None else v

@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Sequence
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from .responses import JSONResponse
+from .io.responses import JSONResponse
 
 log = logging.getLogger(__name__)
 
@@ -216,14 +218,15 @@ async def _unexpected_error(request: Request, exc: Exception) -> JSONResponse:
                          "field": None}, status_code=500)
 
 
-def _plain(errors: list[dict]) -> list[dict]:
+def _plain(errors: Sequence[Any]) -> list[dict]:
     # Validation errors may carry exception objects or bytes in ctx/input: keep only JSON-safe parts.
     return [{"loc": [str(p) for p in e.get("loc", ())], "msg": str(e.get("msg", "")), "type": str(e.get("type", ""))}
             for e in errors]
 
 
 def install_handlers(app: FastAPI) -> None:
-    app.add_exception_handler(EnrichError, _enrich_error)
-    app.add_exception_handler(RequestValidationError, _validation_error)
-    app.add_exception_handler(StarletteHTTPException, _http_error)
-    app.add_exception_handler(Exception, _unexpected_error)
+    # FastAPI's decorator form: it types each handler with the exception class it takes.
+    app.exception_handler(EnrichError)(_enrich_error)
+    app.exception_handler(RequestValidationError)(_validation_error)
+    app.exception_handler(StarletteHTTPException)(_http_error)
+    app.exception_handler(Exception)(_unexpected_error)

@@ -9,13 +9,14 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 
 from .engine.tagger import Engine
 from .errors import EnrichError, LayersVersionMismatch, NotReady, ReloadRefused
 from .geocode import build_geocoder
+from .geocode.matcher import Geocoder
 from .layers.accepted import set_sha256
 from .layers.store import LayerStore
 from .layers.validate import validate_store
@@ -32,7 +33,7 @@ class ServiceIndex:
     built_at: dt.datetime
     build_seconds: float
     generation: int = 0
-    extras: dict = field(default_factory=dict)  # e.g. the geocoder, built beside the layers
+    geocoder: Geocoder | None = None  # built beside the layers, swapped with them; None: geocoding is off
 
     @cached_property
     def layers_sha256(self) -> str:
@@ -42,9 +43,9 @@ class ServiceIndex:
     def versions(self) -> dict[str, list[dict]]:
         out = {name: [{"version": v.version, "sha256": v.source.sha256} for v in vs]
                for name, vs in self.store.versions.items()}
-        geocoder = self.extras.get("geocoder")
-        if geocoder is not None:  # the geocoder's reference, reported like a layer (version: its sha256 prefix)
-            out["geocode_reference"] = [{"version": geocoder.sha256[:12], "sha256": geocoder.sha256}]
+        if self.geocoder is not None:  # the geocoder's reference, reported like a layer (version: its sha256 prefix)
+            sha = self.geocoder.sha256
+            out["geocode_reference"] = [{"version": sha[:12], "sha256": sha}]
         return out
 
 
@@ -66,7 +67,7 @@ def build_index(settings: Settings, generation: int = 0, previous: ServiceIndex 
         geocoder = None
     index = ServiceIndex(store=store, engine=engine, built_at=dt.datetime.now(dt.UTC),
                          build_seconds=time.perf_counter() - t0, generation=generation,
-                         extras={"geocoder": geocoder})
+                         geocoder=geocoder)
     if index.layers_sha256 not in validated:
         validate(index, previous)
     log.info("index generation %d ready in %.2fs (layers %.2fs, indexes %.2fs, geocoder %.2fs)", generation,
@@ -79,7 +80,7 @@ def validate(index: ServiceIndex, previous: ServiceIndex | None = None) -> None:
     """Refuse an index that cannot be right (layers/validate.py: each check named), compared with `previous`, the
     accepted index it would replace (None: with the manifest only)."""
     validate_store(index.store, index.engine, previous.store if previous is not None else None)
-    geocoder = index.extras.get("geocoder")
+    geocoder = index.geocoder
     if geocoder is not None and (len(geocoder.ref.pt_lon) == 0 or len(geocoder.ref.seg_geom) == 0):
         raise ReloadRefused("the geocoder reference has no address points or no street segments",
                             check="geocode_reference")

@@ -12,8 +12,9 @@ from fastapi.middleware.cors import CORSMiddleware
 
 from . import __version__
 from .api import admin, geocode, health, layers, page, pip
+from .bulk.geocode_join import REFERENCE_HEADER
 from .errors import EnrichError, install_handlers
-from .responses import JSONResponse
+from .io.responses import JSONResponse
 from .server.layer_version import SERVED_HEADER, LayerVersionMiddleware
 from .server.memory import keep_freed_memory
 from .server.observability import ObservabilityMiddleware, configure_logging
@@ -69,7 +70,7 @@ def create_app() -> FastAPI:
     if settings.cors_origins:
         app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["GET", "POST"],
                            allow_headers=["*"],
-                           expose_headers=["X-Enrich-Layers", SERVED_HEADER, "X-Request-ID", geocode.REFERENCE_HEADER])
+                           expose_headers=["X-Enrich-Layers", SERVED_HEADER, "X-Request-ID", REFERENCE_HEADER])
     app.add_middleware(ObservabilityMiddleware, timeout_s=settings.request_timeout_s)
     app.add_middleware(LayerVersionMiddleware)  # X-Enrich-Expect-Layers in, X-Enrich-Layers-Sha256 out
     install_handlers(app)

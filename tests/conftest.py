@@ -211,4 +211,4 @@ def index(store, engine, tmp_path_factory):
 
     settings = Settings(reference_dir=ADDRESS, cache_dir=tmp_path_factory.mktemp("cache"))
     return ServiceIndex(store=store, engine=engine, built_at=dt.datetime.now(dt.UTC), build_seconds=0.0,
-                        extras={"geocoder": build_geocoder(settings, store)})
+                        geocoder=build_geocoder(settings, store))

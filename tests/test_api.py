@@ -263,6 +263,40 @@ def test_openapi_documents_the_routes(client):
     assert ARROW in spec["paths"]["/v1/pip"]["post"]["requestBody"]["content"]
 
 
+def test_bulk_routes_document_every_registered_format_and_exactly_the_parameters_they_accept(client):
+    """Both bulk routes come from one factory: a request body per registered media type, and their query
+    parameters, the ones strict_query accepts (any other is refused, naming it)."""
+    from enrich_service.io.formats import FORMATS
+
+    spec = client.get("/openapi.json").json()
+    common = {"layers", "as_of", "nearest_within_m", "id_col", "lon_col", "lat_col", "date_col", "prefix"}
+    for path, params in (("/v1/pip", common | {"crs"}),
+                         ("/v1/geocode-join", common | {"address_col", "city_col", "zip_col", "min_match"})):
+        post = spec["paths"][path]["post"]
+        assert set(post["requestBody"]["content"]) == set(FORMATS), path
+        assert {p["name"] for p in post["parameters"]} == params, path
+        r = client.post(f"{path}?idcol=x", content=b"id,lon,lat\n1,-117.1627,32.7167\n",
+                        headers={"content-type": "text/csv"})
+        assert r.status_code == 422 and r.json()["field"] == "idcol" and "id_col" in r.json()["detail"], r.text
+    assert {p["name"] for p in spec["paths"]["/v1/geocode"]["get"]["parameters"]} == \
+        {"address", "city", "zip", "layers", "as_of", "nearest_within_m", "min_match"}
+
+
+@pytest.mark.parametrize("method,path,body", [
+    ("GET", "/v1/pip?lon=-117.1627&lat=32.7167&", None),
+    ("GET", "/v1/geocode?address=1200+Third+Ave&", None),
+    ("POST", "/v1/pip?", b"id,lon,lat\n1,-117.1627,32.7167\n"),
+    ("POST", "/v1/geocode-join?", b"id,address\n1,1200 Third Ave\n"),
+])
+@pytest.mark.parametrize("value", ["5001", "-1", "nan", "far"])
+def test_every_route_reads_nearest_within_m_the_same_way(client, method, path, body, value):
+    r = client.request(method, f"{path}nearest_within_m={value}", content=body,
+                       headers={"content-type": "text/csv"} if body else {})
+    assert r.status_code == 422, r.text
+    assert r.json()["field"] == "nearest_within_m"
+    assert ("between 0 and 5000" if value != "far" else "not a number") in r.json()["detail"]
+
+
 def test_json_bodies_take_options_they_leave_out_from_the_query_and_refuse_a_conflict(client):
     records = {"records": [{"id": 1, "address": "4712 Mt St Helens Dr"}]}
     # geocode-join: layers and as_of from the query string (the 2011 lines put this address in district 6)

@@ -248,7 +248,7 @@ def test_formula_cells_are_escaped_in_csv_answers(client):
 
 
 def test_formula_escaping_modes():
-    from enrich_service.codecs import encode_csv
+    from enrich_service.io.csv_text import encode_csv
 
     table = pa.table({"a": ["=1+1", "-5", "x"], "b": ["-5", "@x", "ok"]})
     assert encode_csv(table, "text", ()) == b"a,b\n\"'=1+1\",-5\n-5,\"'@x\"\nx,ok\n"
@@ -436,8 +436,8 @@ def test_work_after_a_timed_out_stage_never_starts(monkeypatch):
     """The request timeout answers 504 and the stages after the one running (tagging, encoding) are not started."""
     import time
 
-    from enrich_service import codecs
-    from enrich_service.api import pip as pip_routes
+    from enrich_service.bulk import tag_points as pip_routes
+    from enrich_service.io import csv_text as codecs
 
     slow_decode, tagged = codecs.decode_csv, []
 

@@ -8,7 +8,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
 
-from enrich_service.json_rows import json_rows
+from enrich_service.io.json_rows import json_rows
 
 NASTY = ['plain', 'quo"te', 'back\\slash', 'new\nline', 'tab\t', '\x01ctl', 'Café Ñ 東京', '', None]
 
@@ -44,7 +44,7 @@ def test_dictionary_columns_side_by_side_write_what_orjson_writes_for_each_row(p
     # combination. Enough rows and distinct values that the combinations are numbered both ways (table and sort);
     # the rows copied by the serial kernel and by the parallel one.
     if parallel:
-        monkeypatch.setattr("enrich_service.json_rows.SERIAL_BELOW", 0)
+        monkeypatch.setattr("enrich_service.io.json_rows.SERIAL_BELOW", 0)
     rng = np.random.default_rng(5)
     n = 20_000
     names = ["plain", 'quo"te', "new\nline", "Café Ñ 東京", ""] + [f"v{i}" for i in range(3000)]
@@ -72,7 +72,7 @@ def test_non_finite_floats_become_null_as_orjson_writes_them():
 
 
 def test_decode_points_takes_plain_bodies_whole_and_still_names_each_odd_row():
-    from enrich_service.codecs import MAX_ID_CHARS, decode_points
+    from enrich_service.io.json_body import MAX_ID_CHARS, decode_points
 
     rng = np.random.default_rng(3)
     lon, lat = rng.uniform(-117.3, -116.9, 1000), rng.uniform(32.5, 33.1, 1000)
@@ -101,7 +101,7 @@ def test_decode_points_takes_plain_bodies_whole_and_still_names_each_odd_row():
 
 
 def _lenient(body: bytes):
-    from enrich_service.codecs import decode_points
+    from enrich_service.io.json_body import decode_points
 
     doc = orjson.loads(body)
     return {k: doc.get(k) for k in ("layers", "as_of", "crs", "nearest_within_m")}, decode_points(doc["points"])
@@ -121,7 +121,7 @@ def _lenient(body: bytes):
     (False, {"points": [{"lon": 1, "lat": 2, "date": 20190304}]}),
 ])
 def test_typed_json_bodies_decode_as_the_lenient_way_does(typed, body):
-    from enrich_service.codecs import _TYPED_BODY, decode_json
+    from enrich_service.io.json_body import _TYPED_BODY, decode_json
 
     raw = orjson.dumps(body)
     try:
@@ -145,8 +145,8 @@ def test_typed_json_bodies_decode_as_the_lenient_way_does(typed, body):
 @pytest.mark.parametrize("body, field", [(b"[1, 2]", "body"), (b'{"layers": "zip"}', "points"),
                                          (b'{"points": 3}', "points"), (b"{nope", "body")])
 def test_json_bodies_without_a_points_list_are_refused_naming_the_field(body, field):
-    from enrich_service.codecs import decode_json
     from enrich_service.errors import EnrichError
+    from enrich_service.io.json_body import decode_json
 
     with pytest.raises(EnrichError) as info:
         decode_json(body)
@@ -170,7 +170,7 @@ NAN = float("nan")
      {0: ("date", "must be a date string YYYY-MM-DD, got int")}, ["NaT"]),
 ])
 def test_lenient_json_bodies_decode_to_the_expected_columns(body, ids, x, y, errors, dates):
-    from enrich_service.codecs import decode_json
+    from enrich_service.io.json_body import decode_json
 
     options, batch = decode_json(orjson.dumps(body))
     assert options == {"layers": None, "as_of": None, "crs": None, "nearest_within_m": None}

@@ -3,16 +3,16 @@
 from __future__ import annotations
 
 import numpy as np
-import psycopg
 import pytest
 import shapely
 
 from enrich_service.engine.exact import ExactIndex
 from enrich_service.engine.rules import RULE_EDGE, RULE_NONE, RULE_OVERLAP
 from enrich_service.layers.store import to_metric
-from enrich_service.postgis import load_layers, table_name
+from enrich_service.postgis import table_name
 
 from .conftest import real_points
+from .test_rule_truth import layers_in_schema
 
 SCHEMA = "test_engine"
 CITY_BBOX = (-117.282, 32.535, -116.905, 33.114)
@@ -20,11 +20,7 @@ CITY_BBOX = (-117.282, 32.535, -116.905, 33.114)
 
 @pytest.fixture(scope="module")
 def pg(pg_dsn, store):
-    with psycopg.connect(pg_dsn) as conn:
-        conn.execute(f"DROP SCHEMA IF EXISTS {SCHEMA} CASCADE")
-        conn.execute(f"CREATE SCHEMA {SCHEMA}")
-        conn.commit()
-        load_layers(conn, store, schema=SCHEMA)
+    with layers_in_schema(pg_dsn, store, SCHEMA) as conn:
         yield conn
 
 

@@ -238,7 +238,7 @@ def test_no_reference_configured_means_no_geocoder(tmp_path, store):
     from enrich_service.settings import Settings
 
     assert build_geocoder(Settings(reference_dir=None, cache_dir=tmp_path), store) is None
-    index = ServiceIndex(store=store, engine=None, built_at=None, build_seconds=0, extras={"geocoder": None})
+    index = ServiceIndex(store=store, engine=None, built_at=None, build_seconds=0, geocoder=None)
     with pytest.raises(NotReady, match="ENRICH_REFERENCE_DIR"):
         geocoder_of(index)
 
@@ -250,9 +250,13 @@ def test_reference_loads_into_postgis_with_the_same_street_keys(pg_dsn, files):
 
     with psycopg.connect(pg_dsn, autocommit=True) as conn:
         conn.execute("CREATE SCHEMA IF NOT EXISTS geocode_test")
-        for _ in range(2):  # idempotent
-            tables = load_reference_postgis(conn, files, schema="geocode_test")
+        load_reference_postgis(conn, files, schema="geocode_test")
+        # A user's view on a reference table survives a reload: the tables are refilled in place, never dropped.
+        conn.execute("CREATE VIEW geocode_test.my_points AS SELECT street_key, number FROM "
+                     "geocode_test.geocode_address_points")
+        tables = load_reference_postgis(conn, files, schema="geocode_test")  # idempotent
         assert tables == ["geocode_address_points", "geocode_street_segments"]
+        assert conn.execute("SELECT count(*) FROM geocode_test.my_points").fetchone()[0] == 7285
         counts = conn.execute("SELECT name, rows, sha256 FROM geocode_test.geocode_reference ORDER BY name").fetchall()
         assert counts == [("address_points", 7285, files.points.sha256), ("street_segments", 20497,
                                                                           files.segments.sha256)]

@@ -150,7 +150,7 @@ def test_an_ambiguous_rule_lists_its_candidates(index):
 
 
 def test_a_crossing_of_a_street_whose_type_is_left_out_includes_every_street_of_that_name(index):
-    geocoder = index.extras["geocoder"]
+    geocoder = index.geocoder
     got = geocoder.geocode(["Mountain View Dr & Copley Ave"], use_cache=False)  # W and E MTN VIEW DR, 900 m apart
     assert got.match[0] == "intersection" and "ambiguous" in got.flags[0]
     assert got.support[0][0] == "nodes" and len(got.support[0][1]) >= 2

@@ -132,7 +132,7 @@ def test_tags_are_given_where_the_match_supports_them(truth):
 def test_an_address_point_near_a_boundary_is_ambiguous(index):
     from enrich_service.geocode.join import Records, geocode_join
 
-    g = index.extras["geocoder"]
+    g = index.geocoder
     ref = g.ref
     joined = geocode_join(index, Records(ids=None, addresses=list(ref.pt_label)), LAYERS,
                           use_cache=False)

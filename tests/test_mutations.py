@@ -29,7 +29,6 @@ from enrich_service.engine.exact import ExactIndex
 from enrich_service.engine.grid import GridIndex
 from enrich_service.errors import NoVersionInForce
 from enrich_service.layers.store import LayerStore
-from enrich_service.postgis import load_layers
 
 from . import test_quality_gate, test_rule_truth, test_versions
 
@@ -54,18 +53,12 @@ def truth(pg_dsn, store):
     """PostGIS's answers (test_rule_truth.rule_in_sql) on the probe points of the planning areas and the 2021
     districts: the layers with overlaps and with shared edges."""
     rng = np.random.default_rng(1717)
-    with psycopg.connect(pg_dsn) as conn:
-        conn.execute(f"DROP SCHEMA IF EXISTS {SCHEMA} CASCADE")
-        conn.execute(f"CREATE SCHEMA {SCHEMA}")
-        conn.commit()
-        load_layers(conn, store, schema=SCHEMA)
-        out = {}
+    out = {}
+    with test_rule_truth.layers_in_schema(pg_dsn, store, SCHEMA) as conn:
         for layer, vi in (("neighborhood", 0), ("council_district", 1)):
             v = store.versions[layer][vi]
             pts = test_rule_truth.probe_points(v, rng, per_kind=500)
             out[layer] = (v, pts, *test_rule_truth.rule_in_sql(conn, v, pts, schema=SCHEMA))
-        conn.execute(f"DROP SCHEMA {SCHEMA} CASCADE")
-        conn.commit()
     return out
 
 
@@ -214,11 +207,13 @@ def test_the_swap_is_atomic_for_a_reader(enriched):
 @pytest.mark.postgis
 def test_a_non_atomic_swap_is_seen_by_a_reader(monkeypatch, enriched):
     from enrich_pipeline import publish
+    from enrich_service.postgis import publish as pg
 
-    # The non-atomic swap as it would be written today: the view dropped and made again, outside a transaction.
-    plant(monkeypatch, publish, "_switch_view",
+    # The non-atomic swap as it would be written today: the view dropped and made again (in the one swap helper
+    # the DAG's _switch_view calls), outside a transaction.
+    plant(monkeypatch, pg, "point_view",
           'conn.execute(sql.SQL("CREATE OR REPLACE VIEW {} AS SELECT {} FROM {}").format(',
-          'conn.execute(sql.SQL("DROP VIEW IF EXISTS {}").format(sql.Identifier(schema, table))); '
+          'conn.execute(sql.SQL("DROP VIEW IF EXISTS {}").format(view)); '
           'conn.execute(sql.SQL("CREATE VIEW {} AS SELECT {} FROM {}").format(')
     plant(monkeypatch, publish, "publish_postgis", "with conn.transaction():", "if True:")
     with pytest.raises(AssertionError, match="UndefinedTable"):

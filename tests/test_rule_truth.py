@@ -17,6 +17,8 @@ every one of them.
 
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
 import psycopg
 import pytest
@@ -36,17 +38,24 @@ NUDGES_DEG = (4e-10, 2e-9, 8e-9)
 DIRECTIONS = np.array([(1, 0), (-1, 0), (0, 1), (0, -1), (1, 1), (1, -1), (-1, 1), (-1, -1)], dtype=float)
 
 
-@pytest.fixture(scope="module")
-def pg(pg_dsn, store):
-    with psycopg.connect(pg_dsn) as conn:
-        conn.execute(f"DROP SCHEMA IF EXISTS {SCHEMA} CASCADE")
-        conn.execute(f"CREATE SCHEMA {SCHEMA}")
+@contextlib.contextmanager
+def layers_in_schema(dsn: str, store, schema: str):
+    """A connection to PostGIS with every layer version loaded into a fresh `schema`, dropped afterwards."""
+    with psycopg.connect(dsn) as conn:
+        conn.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
+        conn.execute(f"CREATE SCHEMA {schema}")
         conn.commit()
-        load_layers(conn, store, schema=SCHEMA)
+        load_layers(conn, store, schema=schema)
         yield conn
         conn.rollback()
-        conn.execute(f"DROP SCHEMA IF EXISTS {SCHEMA} CASCADE")
+        conn.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
         conn.commit()
+
+
+@pytest.fixture(scope="module")
+def pg(pg_dsn, store):
+    with layers_in_schema(pg_dsn, store, SCHEMA) as conn:
+        yield conn
 
 
 def probe_points(version, rng, per_kind: int = 1500) -> np.ndarray:

@@ -34,13 +34,13 @@ def is_internal(name: str) -> bool:
 
 def layers_used(batches: list[dict]) -> dict:
     """The layer versions and sha256 used, identical across batches (else the layers changed mid-run)."""
-    from enrich_service.client import EnrichError, merge_layers_used
+    from enrich_service.client import ClientError, merge_layers_used
 
     used: dict = {}
     for b in batches:
         try:
             used = merge_layers_used(used, b["layers"])
-        except EnrichError as exc:
+        except ClientError as exc:
             raise RuntimeError(f"batch {b['batch']}: {exc}. Clear the run's enrich tasks to tag every batch with "
                                f"the same layers") from None
     return used

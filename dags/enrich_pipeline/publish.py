@@ -290,6 +290,7 @@ def _prepare(conn, spec: DatasetSpec, enriched_path: Path, run: dict) -> dict:
     from psycopg import sql
 
     from enrich_service.postgis import deadline
+    from enrich_service.postgis import publish as pg
 
     p = spec.publish
     schema, table = split_table_name(spec.postgis.table)
@@ -312,26 +313,15 @@ def _prepare(conn, spec: DatasetSpec, enriched_path: Path, run: dict) -> dict:
     pacsv.write_csv(body, buf, pacsv.WriteOptions(include_header=False))
 
     version = f"{_version_prefix(table)}{uuid.uuid4().hex[:10]}"
-    ident = sql.Identifier(schema, version)
-    defs = sql.SQL(", ").join([sql.SQL("{} {}").format(sql.Identifier(c), sql.SQL(t)) for c, t in zip(cols, types)]
-                              + [sql.SQL("{} geometry(Point, 4326)").format(sql.Identifier(GEOM))])
     limit = p.statement_timeout_seconds + min(5.0, p.statement_timeout_seconds)
     with conn.transaction():
-        with deadline(conn, limit, f"{step}: CREATE TABLE {version}"):
-            conn.execute(sql.SQL("CREATE TABLE {} ({})").format(ident, defs))
-        with deadline(conn, limit, f"{step}: COPY into {version}"):
-            with conn.cursor().copy(sql.SQL("COPY {} ({}) FROM STDIN (FORMAT csv)").format(
-                    ident, sql.SQL(", ").join(map(sql.Identifier, cols + [GEOM])))) as copy:
-                view = buf.getbuffer()
-                for start in range(0, len(view), 8 << 20):
-                    copy.write(view[start:start + (8 << 20)])
+        ident = pg.stage(conn, schema, version, [*zip(cols, types), (GEOM, "geometry(Point, 4326)")],
+                         csv=buf.getbuffer(), limit_s=limit, what=step)
         with deadline(conn, limit, f"{step}: indexing {version}"):
-            conn.execute(sql.SQL("CREATE INDEX {} ON {} USING gist ({})").format(
-                sql.Identifier(f"{version}_geom"), ident, sql.Identifier(GEOM)))
+            pg.create_index(conn, f"{version}_geom", ident, [GEOM], gist=True)
             conn.execute(sql.SQL("COMMENT ON TABLE {} IS {}").format(ident, sql.Literal(
                 f"{spec.name}: version loaded by {run['dag_id']} run {run['run_id']}")))
-    with deadline(conn, limit, f"{step}: ANALYZE {version}"):
-        conn.execute(sql.SQL("ANALYZE {}").format(ident))
+    pg.analyze(conn, schema, version, limit, step)
     return {"table": f"{schema}.{table}", "version_table": version, "rows": public.num_rows,
             "with_geometry": int(ok.sum()), "columns": [[c, t] for c, t in zip(cols, types)] + [columns[-1]]}
 
@@ -339,6 +329,8 @@ def _prepare(conn, spec: DatasetSpec, enriched_path: Path, run: dict) -> dict:
 def _switch_view(conn, spec: DatasetSpec, prepared: dict, run: dict) -> None:
     """Within the caller's transaction: point the stable view at the prepared version and record it."""
     from psycopg import sql
+
+    from enrich_service.postgis import publish as pg
 
     schema, table = split_table_name(spec.postgis.table)
     conn.execute(sql.SQL("INSERT INTO {} (table_name) VALUES (%s) ON CONFLICT DO NOTHING").format(
@@ -363,9 +355,7 @@ def _switch_view(conn, spec: DatasetSpec, prepared: dict, run: dict) -> None:
     names = [c for c, _ in prepared["columns"]]
     order = [c for c, _ in (last or {}).get("columns") or [] if c in names] if kind else []
     order += [c for c in names if c not in order]
-    conn.execute(sql.SQL("CREATE OR REPLACE VIEW {} AS SELECT {} FROM {}").format(
-        sql.Identifier(schema, table), sql.SQL(", ").join(map(sql.Identifier, order)),
-        sql.Identifier(schema, version)))
+    pg.point_view(conn, sql.Identifier(schema, table), sql.Identifier(schema, version), order)
     conn.execute(sql.SQL("COMMENT ON VIEW {} IS {}").format(sql.Identifier(schema, table), sql.Literal(
         f"{spec.name}: published by {run['dag_id']} run {run['run_id']} (rows from {version})")))
     conn.execute(sql.SQL("""UPDATE {} SET dataset = %s, dag_id = %s, run_id = %s, logical_date = %s,
@@ -377,26 +367,11 @@ def _switch_view(conn, spec: DatasetSpec, prepared: dict, run: dict) -> None:
 
 def drop_old_versions(conn, spec: DatasetSpec) -> list[str]:
     """Drop the version tables the view no longer reads (no CASCADE: one with users' views on it stays)."""
-    from psycopg import errors as pgerrors
-    from psycopg import sql
+    from enrich_service.postgis.publish import drop_versions
 
     schema, table = split_table_name(spec.postgis.table)
     current = (last_from_postgis(conn, spec.postgis.table) or {}).get("version_table")
-    prefix = _version_prefix(table)
-    names = [r[0] for r in conn.execute(
-        "SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = %s "
-        "AND c.relkind = 'r' AND left(c.relname, %s) = %s", (schema, len(prefix), prefix)).fetchall()]
-    dropped = []
-    for name in names:
-        if name == current:
-            continue
-        try:
-            with conn.transaction():
-                conn.execute(sql.SQL("DROP TABLE {}").format(sql.Identifier(schema, name)))
-            dropped.append(name)
-        except (pgerrors.DependentObjectsStillExist, pgerrors.LockNotAvailable) as exc:
-            log.warning("kept %s.%s: %s", schema, name, str(exc).splitlines()[0])
-    return dropped
+    return drop_versions(conn, schema, _version_prefix(table), keep=current)
 
 
 def publish_postgis(conn, table_name: str, enriched_path: Path, comment: str, spec: DatasetSpec | None = None,
@@ -429,12 +404,9 @@ def _adhoc_spec(table_name: str):
 
 
 def _timeouts(conn, spec: DatasetSpec) -> None:
-    from psycopg import sql
+    from enrich_service.postgis import set_local_timeouts
 
-    p = spec.publish
-    conn.execute(sql.SQL("SET LOCAL lock_timeout = {}").format(sql.Literal(f"{int(p.lock_timeout_seconds * 1000)}ms")))
-    conn.execute(sql.SQL("SET LOCAL statement_timeout = {}").format(
-        sql.Literal(f"{int(p.statement_timeout_seconds * 1000)}ms")))
+    set_local_timeouts(conn, spec.publish.lock_timeout_seconds, spec.publish.statement_timeout_seconds)
 
 
 def has_connection(conn_id: str) -> bool:
@@ -463,7 +435,7 @@ def write_csv(enriched_path: Path, dest: Path) -> Path:
     """The portal CSV; staff open it in Excel, so no cell is written as a live formula (csv_safety)."""
     import pyarrow.csv as pacsv
 
-    from enrich_service.csv_safety import formula_safe_table
+    from enrich_service.io.csv_safety import formula_safe_table
 
     public, _ = public_table(enriched_path)
     with atomic_path(dest) as tmp:

@@ -6,7 +6,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
 from ..errors import redact_paths
-from ..responses import JSONResponse
+from ..io.responses import JSONResponse
 from ..server.observability import metrics_body
 from ..server.reload import accepted_store
 

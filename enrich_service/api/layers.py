@@ -7,8 +7,8 @@ from fastapi.responses import Response
 
 from ..errors import InvalidInput, redact_paths
 from ..index import current
+from ..io.dates import parse_date
 from ..layers.features import display_features
-from ..points import parse_date
 from .common import offload, strict_query
 from .schemas import ERROR_RESPONSES
 
@@ -29,7 +29,7 @@ def describe_index(index) -> dict:
         "built_at": index.built_at.isoformat(),
         "build_seconds": round(index.build_seconds, 3),
         "layers": index.store.describe(),
-        "geocode_reference": geocoder.describe() if (geocoder := index.extras.get("geocoder")) else None,
+        "geocode_reference": index.geocoder.describe() if index.geocoder else None,
     }
 
 

@@ -1,85 +1,32 @@
-"""Point-in-polygon: GET for one point (GIS staff), POST for batches in JSON, Arrow, CSV or streamed NDJSON."""
+"""Point-in-polygon: GET for one point (GIS staff), POST for batches in every registered media type."""
 
 from __future__ import annotations
 
-import dataclasses
-import functools
 from typing import Annotated
 
 import numpy as np
-import orjson
-from fastapi import APIRouter, Depends, Query, Request
-from fastapi.responses import Response
+from fastapi import APIRouter, Depends, Request
 
-from .. import codecs
-from ..codecs import Columns
+from ..bulk.options import OPTION_PARAMS, QueryOptions
+from ..bulk.tag_points import TAG_POINTS, tag_batch
 from ..errors import InvalidInput
-from ..index import ServiceIndex, current
-from ..points import PointBatch, prepare
-from ..responses import ARROW, CSV, JSON, NDJSON, JSONResponse, NDJSONResponse
-from ..server.observability import POINTS
+from ..index import current
+from ..io.params import Param
+from ..io.responses import JSONResponse
+from ..io.tables import Columns
+from ..points import PointBatch
 from ..settings import get_settings
-from .common import (
-    Options,
-    check_batch_size,
-    check_options_usable,
-    merge_options,
-    offload,
-    parse_options,
-    read_body,
-    spool_body,
-    strict_query,
-)
-from .ndjson import answer_stream, has_lines, parse_lines
-from .schemas import ERROR_RESPONSES, PipRequest, PipResponse, PointAnswer, inline_schema
+from .common import declared, offload, query_options, read_query, strict_query
+from .factory import add_bulk_route
+from .schemas import ERROR_RESPONSES, PipRequest, PipResponse, PointAnswer
 
 router = APIRouter(prefix="/v1", tags=["point in polygon"], dependencies=[Depends(strict_query)])
 
-_BULK_BODY = {
-    "requestBody": {
-        "required": True,
-        "content": {
-            JSON: {"schema": inline_schema(PipRequest)},
-            ARROW: {"schema": {"type": "string", "format": "binary"}},
-            CSV: {"schema": {"type": "string"}},
-            NDJSON: {"schema": {"type": "string"}},
-        },
-    }
-}
+LON = Param("lon", "Longitude (or x in `crs`)", {"type": "number"}, required=True, example=-117.1627)
+LAT = Param("lat", "Latitude (or y in `crs`)", {"type": "number"}, required=True, example=32.7167)
 
 
-def tag_batch(index: ServiceIndex, batch: PointBatch, opts: Options, cols: Columns):
-    prepared = prepare(batch, opts.crs, cols.lon, cols.lat)
-    result = index.engine.tag(prepared.lon, prepared.lat, prepared.valid, opts.layers, opts.as_of, batch.dates,
-                              opts.nearest_within_m)
-    tagged = int(prepared.valid.sum())
-    for layer in opts.layers:
-        POINTS.labels(layer).inc(tagged)
-    return prepared, result
-
-
-def _query_param(name: str, schema: dict, description: str, required: bool = False, example=None) -> dict:
-    param = {"name": name, "in": "query", "required": required, "schema": schema, "description": description}
-    if example is not None:
-        param["example"] = example
-    return param
-
-
-# The single lookup reads its query itself, like the bulk bodies: FastAPI's per-parameter validation cost more CPU
-# than the lookup (about 200 us of ~700 us per request), and single lookups are what GIS tools call in bursts.
-# The parameters are declared here for OpenAPI; parse_options and _required_number check them and name the field.
-_SINGLE_PARAMS = {"parameters": [
-    _query_param("lon", {"type": "number"}, "Longitude (or x in `crs`)", True, -117.1627),
-    _query_param("lat", {"type": "number"}, "Latitude (or y in `crs`)", True, 32.7167),
-    _query_param("layers", {"type": "string"}, "Comma-separated layer names"),
-    _query_param("as_of", {"type": "string", "format": "date"}, "YYYY-MM-DD: the layer versions in force that day"),
-    _query_param("crs", {"type": "string"}, "e.g. EPSG:2230; default EPSG:4326"),
-    _query_param("nearest_within_m", {"type": "number", "minimum": 0, "maximum": 5000},
-                 "Outside every polygon: the nearest within this many metres"),
-]}
-
-
-def _required_number(query, name: str) -> float:
+def _required_number(query: dict[str, str | None], name: str) -> float:
     text = query.get(name)
     if text is None or text == "":
         raise InvalidInput(f"{name} is required", field=name)
@@ -89,18 +36,18 @@ def _required_number(query, name: str) -> float:
         raise InvalidInput(f"{name}: {text[:100]!r} is not a number", field=name) from None
 
 
-@router.get("/pip", response_model=PointAnswer, responses=ERROR_RESPONSES, openapi_extra=_SINGLE_PARAMS,
+@router.get("/pip", response_model=PointAnswer, responses=ERROR_RESPONSES,
+            openapi_extra=declared(LON, LAT, *OPTION_PARAMS.values()),
             summary="Tag one point with every requested layer")
-async def get_pip(request: Request):
-    query = request.query_params
+async def get_pip(request: Request, options: Annotated[QueryOptions, Depends(query_options)]):
+    query = read_query(request, (LON, LAT))
     lon, lat = _required_number(query, "lon"), _required_number(query, "lat")
-    settings = get_settings()
     index = current(request.app)
-    opts = parse_options({name: query.get(name) for name in codecs.OPTIONS}, settings)
+    opts = options.parsed(get_settings())
     batch = PointBatch(ids=[None], x=np.array([lon], dtype=float), y=np.array([lat], dtype=float))
     if opts.nearest_within_m is None:
         # One point through the grid takes microseconds: answered on the event loop, since a hop to the threadpool
-        # costs more than the lookup (bench/load.py: about 200 us of CPU per request on this machine).
+        # costs more than the lookup (docs/engine.md).
         prepared, result = tag_batch(index, batch, opts, Columns())
     else:  # a nearest-polygon search waits for the exact index, which a large batch may be holding
         prepared, result = await offload(tag_batch, index, batch, opts, Columns())
@@ -124,77 +71,5 @@ async def get_pip(request: Request):
     return JSONResponse(answer)
 
 
-@router.post("/pip", response_model=PipResponse, responses=ERROR_RESPONSES, openapi_extra=_BULK_BODY,
-             summary="Tag a batch of points (JSON, Arrow IPC stream, CSV or NDJSON)")
-async def post_pip(
-    request: Request,
-    layers: Annotated[str | None, Query(description="Bulk bodies: comma-separated layer names")] = None,
-    as_of: Annotated[str | None, Query(description="Bulk bodies: YYYY-MM-DD")] = None,
-    crs: Annotated[str | None, Query(description="Bulk bodies: CRS of the coordinates")] = None,
-    nearest_within_m: Annotated[float | None, Query(ge=0, le=5000)] = None,
-    id_col: Annotated[str, Query(description="Bulk bodies: the id column")] = "id",
-    lon_col: Annotated[str, Query(description="Bulk bodies: the longitude / x column")] = "lon",
-    lat_col: Annotated[str, Query(description="Bulk bodies: the latitude / y column")] = "lat",
-    date_col: Annotated[str | None, Query(description="Bulk bodies: the date column (default: a column named "
-                                                       "date, if any)")] = None,
-    prefix: Annotated[str, Query(description="CSV/Arrow answers: put in front of a result column named like an "
-                                             "input column; input columns are never replaced")] =
-    codecs.COLLISION_PREFIX,
-):
-    settings = get_settings()
-    prefix = codecs.check_prefix(prefix)
-    index = current(request.app)
-    kind = codecs.media_type(request.headers.get("content-type"))
-    answer_kind = codecs.response_type(request.headers.get("accept"), kind)
-    cols = Columns(id=id_col, lon=lon_col, lat=lat_col, date=date_col)
-    query = {"layers": layers, "as_of": as_of, "crs": crs, "nearest_within_m": nearest_within_m}
-
-    if kind == NDJSON:  # every option checked before the status line goes out
-        opts = parse_options(query, settings)
-        check_options_usable(index, opts)
-        spool = await spool_body(request, settings)
-        if not await offload(has_lines, spool):  # an empty batch, as in every other transport: 422 before any answer
-            spool.close()
-            check_batch_size(0, settings, field="body")
-        chunk = functools.partial(_ndjson_chunk, index, opts=opts, cols=cols)
-        return NDJSONResponse(answer_stream(spool, chunk, settings))
-
-    if kind != JSON:
-        opts = parse_options(query, settings)
-        check_options_usable(index, opts)
-    body = await read_body(request, settings)
-    if kind == JSON:
-        raw, batch = await offload(codecs.decode_json, body, cols)
-        # The body's options; one it leaves out may come from the query string.
-        opts = parse_options(merge_options(raw, {k: query[k] for k in codecs.OPTIONS}, settings), settings)
-        check_batch_size(len(batch), settings)
-        table = None
-    else:
-        charset = codecs.csv_charset(request.headers.get("content-type")) if kind == CSV else None
-        table = await offload(codecs.decode_arrow, body) if kind == ARROW else \
-            await offload(codecs.decode_csv, body, charset)
-        check_batch_size(table.num_rows, settings, field="body")
-        cols = dataclasses.replace(cols, date=codecs.date_column(table, cols.date))
-        codecs.check_answerable(table, answer_kind, cols.id, (cols.lon, cols.lat, cols.date))
-        batch = await offload(codecs.batch_from_table, table, cols)
-    del body
-    prepared, result = await offload(tag_batch, index, batch, opts, cols)
-    layers_header = orjson.dumps(result.layers_used()).decode()
-
-    if answer_kind == JSON:
-        ids = batch.ids if isinstance(batch.ids, list) else (
-            batch.ids.to_pylist() if batch.ids is not None else [None] * len(batch))
-        payload = await offload(codecs.encode_json, ids, prepared, result, {})
-        return Response(payload, media_type=JSON, headers={"X-Enrich-Layers": layers_header})
-    out = await offload(codecs.answer_table, table, batch.ids, prepared, result, prefix)
-    encode = codecs.encode_arrow if answer_kind == ARROW else codecs.encode_csv
-    return Response(await offload(encode, out), media_type=answer_kind, headers={"X-Enrich-Layers": layers_header})
-
-
-def _ndjson_chunk(index: ServiceIndex, lines: list[bytes], first_row: int, opts: Options, cols: Columns) -> bytes:
-    docs, bad = parse_lines(lines, first_row)
-    batch = codecs.decode_points(docs, cols)
-    batch.errors.update(bad)
-    prepared, result = tag_batch(index, batch, opts, cols)
-    return codecs.json_rows([("id", batch.ids)] + codecs.result_arrays(prepared, result), b"\n",
-                            tail=b"\n")
+add_bulk_route(router, "/pip", TAG_POINTS, name="post_pip", json_request=PipRequest, response_model=PipResponse,
+               summary="Tag a batch of points (JSON, Arrow IPC stream, CSV or NDJSON)")

@@ -1,9 +1,15 @@
-"""Request and response shapes for the OpenAPI document. The batch routes parse bodies themselves (a pydantic
+"""Request and response shapes for the OpenAPI document. The bulk routes parse bodies themselves (a pydantic
 model per point costs more than the join); these models describe what they accept and answer."""
 
 from __future__ import annotations
 
+from typing import Any
+
 from pydantic import BaseModel, ConfigDict, Field
+
+from ..bulk.geocode_join import MIN_MATCH
+from ..engine.tagger import MAX_NEAREST_M
+from ..geocode.matcher import LEVELS
 
 LAYER_EXAMPLE = ["council_district", "neighborhood", "zip"]
 
@@ -24,7 +30,7 @@ class PipRequest(BaseModel):
     as_of: str | None = Field(default=None, description="YYYY-MM-DD: the layer versions in force that day")
     crs: str | int | None = Field(default=None, description="CRS of lon/lat, e.g. EPSG:2230 or 2230 "
                                                             "(default EPSG:4326)")
-    nearest_within_m: float | None = Field(default=None, ge=0, le=5000,
+    nearest_within_m: float | None = Field(default=None, ge=0, le=MAX_NEAREST_M,
                                            description="Outside every polygon but within this many metres of "
                                                        "one: that polygon, with the distance")
 
@@ -71,6 +77,51 @@ class PointAnswer(BaseModel):
     layers: dict[str, LayerUsed]
 
 
+class AddressRecord(BaseModel):
+    id: str | int | float | None = Field(default=None, description="Echoed back; any string or number")
+    address: str = Field(description="Street address or intersection", examples=["4608 Gardena Avenue"])
+    city: str | None = Field(default=None, description="Optional; a city other than San Diego is flagged")
+    zip: str | int | None = Field(default=None, description="Optional 5-digit ZIP: disambiguates same-named "
+                                                            "streets and is the fallback location")
+    lon: float | None = Field(default=None, description="Optional coordinates from an earlier geocode, checked "
+                                                        "for the known bad cases (city centroid, 0/0, swapped)")
+    lat: float | None = None
+    date: str | None = Field(default=None, description="YYYY-MM-DD: tag with the layer versions in force that day")
+
+
+class GeocodeJoinRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")  # a misspelled option is refused (422 naming it)
+    records: list[AddressRecord] = Field(min_length=1)
+    layers: list[str] | str | None = Field(default=None, examples=[LAYER_EXAMPLE],
+                                           description="Layers to tag with (default: ENRICH_DEFAULT_LAYERS)")
+    as_of: str | None = Field(default=None, description="YYYY-MM-DD: the layer versions in force that day")
+    nearest_within_m: float | None = Field(default=None, ge=0, le=MAX_NEAREST_M)
+    min_match: str | None = Field(default=None, description=MIN_MATCH.description)
+
+
+class GeocodeRow(BaseModel):
+    """One answer per record, in input order; then `<layer>` and `<layer>_rule` for each layer."""
+
+    model_config = ConfigDict(extra="allow")
+    id: str | int | float | bool | None = None
+    lon: float | None
+    lat: float | None
+    match: str = Field(description=f"One of {', '.join(LEVELS)}")
+    score: float = Field(ge=0, le=1)
+    matched_address: str | None = Field(description="The reference address, block, intersection or street matched")
+    reason: str | None = Field(description="Why the match is not more precise (or none)")
+    flags: str | None = None
+    error: str | None = None
+
+
+class GeocodeJoinResponse(BaseModel):
+    results: list[GeocodeRow]
+    count: int
+    layers: dict[str, LayerUsed]
+    geocode_reference: str = Field(description="sha256 of the reference the geocodes come from")
+    errors: list[RowError]
+
+
 class ErrorBody(BaseModel):
     detail: str
     code: str
@@ -78,7 +129,7 @@ class ErrorBody(BaseModel):
     row: int | None = None
 
 
-ERROR_RESPONSES = {
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     status: {"model": ErrorBody, "description": text}
     for status, text in ((400, "Malformed body"), (406, "Accept not supported, or an input column the answer's "
                                                              "type cannot hold"),

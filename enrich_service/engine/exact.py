@@ -71,7 +71,6 @@ class ExactIndex:
         self.tree = rtree.index.Index(
             (np.arange(len(boxes), dtype=np.int64), boxes[:, :2].copy(), boxes[:, 2:].copy()), properties=props
         )
-        self.n_tiles = len(boxes)
 
     def candidates(self, x: np.ndarray, y: np.ndarray, pad_deg: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
         """Unique (point index, part index) pairs whose boxes hold the point (widened by pad_deg)."""

@@ -230,7 +230,7 @@ def _lookup_serial(x, y, gx0, gy0, cw, ch, cells, start, index, split, seg, seg_
 
 
 # Below this many points one thread is faster: waking the parallel workers costs more than a small batch's lookups
-# (a single GET spent ~15% of its CPU there).
+# (measured: docs/engine.md).
 SERIAL_BELOW = 20_000
 
 

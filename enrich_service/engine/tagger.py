@@ -12,17 +12,15 @@ import time
 from dataclasses import dataclass, field
 
 import numpy as np
-from pyproj import Transformer
 
+from ..crs import TO_METRIC
 from ..errors import InvalidInput
-from ..layers.reader import METRIC, WGS84
 from ..layers.store import LayerStore, LayerVersion
 from .exact import ExactIndex
 from .rules import RULE_NAMES, RULE_NEAREST
 
 log = logging.getLogger(__name__)
 
-_TO_METRIC = Transformer.from_crs(WGS84, METRIC, always_xy=True)
 MAX_NEAREST_M = 5_000.0
 
 
@@ -42,7 +40,7 @@ class LayerTags:
     used: list[dict] = field(default_factory=list)  # [{"version", "sha256", "points"}]
 
     def keys(self) -> np.ndarray:
-        return np.append(self.dictionary, None).astype(object)[self.codes]
+        return np.concatenate([self.dictionary.astype(object), np.array([None], dtype=object)])[self.codes]
 
     def rule_names(self) -> np.ndarray:
         return RULE_NAMES[self.rule]
@@ -130,16 +128,15 @@ class Engine:
         n = len(lon)
         default_versions = {name: self.store.version_on(name, as_of) for name in layers}
         row_errors: dict[int, tuple[str, str]] = {}
-        metric: tuple[np.ndarray, np.ndarray] | None = None
+        metric = _Metric(lon, lat)
         out: dict[str, LayerTags] = {}
 
         for name in layers:
             versions = self.store.versions[name]
             catalog = self._catalog[name]
             default_i = versions.index(default_versions[name])
-            if dates is None:
-                vidx = None  # every row on the default version
-            else:
+            vidx: np.ndarray | None = None  # None: every row on the default version
+            if dates is not None:
                 vidx = self.store.version_index(name, row_days(dates, as_of))
                 for row in np.flatnonzero((vidx < 0) & valid):
                     row_errors.setdefault(int(row), (
@@ -148,6 +145,7 @@ class Engine:
             offsets = catalog.offsets
             distance = np.full(n, np.nan) if nearest_within_m is not None else None
             used = []
+            groups: np.ndarray = np.empty(0, dtype=np.int32)
             if dates is None and nearest_within_m is None and ((name, default_i) in self.grid or valid.all()):
                 # The common case, one version for every row: no gather/scatter of 1M-row columns. Invalid rows
                 # carry NaN coordinates, which the grid answers with "no feature"; they are masked anyway.
@@ -160,7 +158,6 @@ class Engine:
                     rule[~valid] = 0
                 v = versions[i]
                 used.append({"version": v.version, "sha256": v.source.sha256, "points": int(valid.sum())})
-                groups = []
             else:
                 codes = np.full(n, -1, dtype=np.int32)
                 rule = np.zeros(n, dtype=np.int8)
@@ -170,27 +167,14 @@ class Engine:
             for i in groups:
                 rows = np.flatnonzero(valid & (vidx == i))
                 feature, r = self.tag_version(name, int(i), lon[rows], lat[rows])
-                if nearest_within_m is not None and (feature < 0).any():
-                    if metric is None:
-                        metric = tuple(np.asarray(a) for a in _TO_METRIC.transform(lon, lat))
-                    miss = np.flatnonzero(feature < 0)
-                    mrows = rows[miss]
-                    nf, nd = self.exact[name, int(i)].nearest(lon[mrows], lat[mrows], metric[0][mrows],
-                                                             metric[1][mrows], nearest_within_m)
-                    hit = nf >= 0
-                    feature[miss[hit]] = nf[hit]
-                    r[miss[hit]] = RULE_NEAREST
-                    distance[mrows[hit]] = np.round(nd[hit], 2)
-                if nearest_within_m is not None:
-                    # Inside a polygon: 0 m away, in every group (not only those with a miss); no feature within
-                    # reach stays NaN (it was reported as 0 m).
-                    distance[rows[(r != RULE_NEAREST) & (feature >= 0)]] = 0.0
+                if distance is not None and nearest_within_m is not None:
+                    _fill_nearest(self.exact[name, int(i)], metric, rows, feature, r, distance, nearest_within_m)
                 codes[rows] = np.where(feature >= 0, feature + offsets[i], -1)
                 rule[rows] = r
                 v = versions[int(i)]
                 used.append({"version": v.version, "sha256": v.source.sha256, "points": int(len(rows))})
             version_col = None
-            if dates is not None:
+            if dates is not None and vidx is not None:
                 names = np.array([v.version for v in versions] + [None], dtype=object)
                 version_col = names[np.where(valid & (vidx >= 0), vidx, -1)]
             out[name] = LayerTags(
@@ -198,3 +182,34 @@ class Engine:
                 rule=rule,
                 version=version_col, distance_m=distance, used=used)
         return TagResult(layers=out, row_errors=row_errors, default_versions=default_versions)
+
+
+class _Metric:
+    """The batch's points in the metric CRS, projected on first use (only a nearest search needs them)."""
+
+    def __init__(self, lon: np.ndarray, lat: np.ndarray):
+        self.lon, self.lat = lon, lat
+        self._xy: tuple[np.ndarray, np.ndarray] | None = None
+
+    def xy(self) -> tuple[np.ndarray, np.ndarray]:
+        if self._xy is None:
+            x, y = TO_METRIC.transform(self.lon, self.lat)
+            self._xy = (np.asarray(x), np.asarray(y))
+        return self._xy
+
+
+def _fill_nearest(index: ExactIndex, metric: _Metric, rows: np.ndarray, feature: np.ndarray, rule: np.ndarray,
+                  distance: np.ndarray, within_m: float) -> None:
+    """The `rows` of one version group: a row no polygon holds takes the nearest feature within `within_m` metres;
+    a row inside a polygon is 0 m away; one with no feature within reach stays NaN (it was reported as 0 m)."""
+    miss = np.flatnonzero(feature < 0)
+    if len(miss):
+        mrows = rows[miss]
+        xm, ym = metric.xy()
+        nf, nd = index.nearest(metric.lon[mrows], metric.lat[mrows], xm[mrows], ym[mrows], within_m)
+        hit = nf >= 0
+        feature[miss[hit]] = nf[hit]
+        rule[miss[hit]] = RULE_NEAREST
+        distance[mrows[hit]] = np.round(nd[hit], 2)
+    # Inside a polygon: 0 m away, in every group (not only those with a miss).
+    distance[rows[(rule != RULE_NEAREST) & (feature >= 0)]] = 0.0

@@ -83,7 +83,7 @@ def outside_zips(store: LayerStore, reference=None) -> OtherCityZips | frozenset
     v = zips[-1]
     limits = shapely.union_all(city[-1].geoms)
     inside = shapely.area(shapely.intersection(v.geoms, limits)) / np.maximum(shapely.area(v.geoms), 1e-30)
-    held = Counter()
+    held: Counter[str] = Counter()
     if reference is not None:
         held.update(reference.pt_zip_list)
         held.update(reference.seg_zip.tolist())

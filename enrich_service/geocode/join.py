@@ -2,17 +2,17 @@
 
 Records arrive as columns (from JSON records, an Arrow/CSV table or NDJSON lines); the answer is the geocode
 columns (lon, lat, match, score, matched_address, reason) followed by the same layer columns, flags and error
-column as /v1/pip, built by the shared codecs.
+column as /v1/pip, built by the shared encoders (io/results.py).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
 
-from .. import codecs
 from ..engine.rules import (
     RULE_AMBIGUOUS,
     RULE_BELOW_MIN_MATCH,
@@ -25,7 +25,9 @@ from ..engine.rules import (
 from ..engine.tagger import TagResult
 from ..errors import InvalidInput, NotReady
 from ..index import ServiceIndex
-from ..points import WGS84, PointBatch, Prepared, parse_dates, prepare
+from ..io import json_body, results, tables
+from ..io.dates import parse_dates
+from ..points import WGS84, PointBatch, Prepared, prepare
 from ..server.observability import GEOCODES
 from . import support as support_mod
 from .matcher import LEVELS, OTHER_CITY_FACTOR, Geocoded, Geocoder
@@ -33,8 +35,8 @@ from .normalize import city_name
 from .words import SAN_DIEGO_PLACES
 
 ZIP_LAYER = "zip"
-COLLISION_PREFIX = codecs.COLLISION_PREFIX  # the `prefix` option's default: result columns never replace inputs
-check_prefix = codecs.check_prefix
+COLLISION_PREFIX = results.COLLISION_PREFIX  # the `prefix` option's default: result columns never replace inputs
+check_prefix = results.check_prefix
 TAGGED_LEVELS = LEVELS[:-1]  # "exact" ... "zip": what min_match may name
 # min_match -> the levels coarser than it
 COARSER = {level: list(LEVELS[i + 1:-1]) for i, level in enumerate(TAGGED_LEVELS)}
@@ -59,7 +61,7 @@ class AddressColumns:
 
 @dataclass
 class Records:
-    ids: object  # list or Arrow array: passed through to the encoder
+    ids: Any  # list or Arrow array: passed through to the encoder
     addresses: list
     cities: list | None = None
     zips: list | None = None
@@ -76,13 +78,13 @@ class Records:
 @dataclass
 class Joined:
     geocoded: Geocoded
-    prepared: Prepared  # the geocoded lon/lat as the codecs expect them, with every flag
+    prepared: Prepared  # the geocoded lon/lat as the encoders expect them, with every flag
     result: TagResult
     candidates: dict[str, dict[int, str]] = field(default_factory=dict)  # layer -> row -> "3;9" (ambiguous rows)
 
 
 def geocoder_of(index: ServiceIndex) -> Geocoder:
-    geocoder = index.extras.get("geocoder")
+    geocoder = index.geocoder
     if geocoder is None:
         raise NotReady("the geocoder has no reference loaded (set ENRICH_REFERENCE_DIR to the folder of the "
                        "address reference CSVs and reload)")
@@ -101,12 +103,12 @@ def records_from_json(records: object, cols: AddressColumns = AddressColumns()) 
             rows.append({})
             errors[i] = ("records", "each record must be an object with id and address")
     ids = [r.get(cols.id) for r in rows]
-    codecs._check_ids(ids, errors)
+    json_body.check_ids(ids, errors)
     has = lambda key: any(key in r for r in rows)  # noqa: E731
     x = y = None
     if has(cols.lon) or has(cols.lat):
-        x = np.array([codecs._number(r.get(cols.lon)) for r in rows], dtype=np.float64)
-        y = np.array([codecs._number(r.get(cols.lat)) for r in rows], dtype=np.float64)
+        x = np.array([json_body.number(r.get(cols.lon)) for r in rows], dtype=np.float64)
+        y = np.array([json_body.number(r.get(cols.lat)) for r in rows], dtype=np.float64)
     cities = _checked([r.get(cols.city) for r in rows], (str,), cols.city, "text", errors) \
         if has(cols.city) else None
     zips = _checked([r.get(cols.zip) for r in rows], (str, int), cols.zip, "text or a number", errors) \
@@ -143,7 +145,7 @@ def records_from_table(table: pa.Table, cols: AddressColumns) -> Records:
     errors: dict[int, tuple[str, str]] = {}
     x = y = None
     if cols.lon in names and cols.lat in names:  # only checked for flags: their own problems are not errors
-        x, y = codecs._coordinate(table, cols.lon, {}), codecs._coordinate(table, cols.lat, {})
+        x, y = tables.coordinate(table, cols.lon, {}), tables.coordinate(table, cols.lat, {})
     dates = None
     if cols.date:
         if cols.date not in names:
@@ -202,7 +204,7 @@ def geocode_join(index: ServiceIndex, records: Records, layers: list[str], as_of
         result = TagResult(layers={k: v for k, v in result.layers.items() if k != CITY_LIMITS},
                            row_errors=result.row_errors,
                            default_versions={k: v for k, v in result.default_versions.items() if k != CITY_LIMITS})
-    if records.x is not None:
+    if records.x is not None and records.y is not None:
         given = prepare(PointBatch(ids=None, x=records.x, y=records.y), WGS84)
         for row, flag in given.flags.items():  # the record's own coordinates: city centroid, 0/0, swapped
             flags[row] = f"{flags[row]},input_{flag.replace(',', ',input_')}" if row in flags else \
@@ -346,16 +348,12 @@ def _flag_cities(flags: dict[int, str], cities: list) -> list[int]:
 
 # ---- answers ----------------------------------------------------------------------------------------------------
 
-def _none_for_nan(values: np.ndarray) -> list:
-    return np.where(np.isnan(values), None, values).tolist()
-
-
 def geocode_lists(joined: Joined) -> list[tuple[str, list]]:
     g = joined.geocoded
     n = len(g)
-    return [("lon", _none_for_nan(joined.prepared.lon)), ("lat", _none_for_nan(joined.prepared.lat)),
+    return [("lon", results.none_for_nan(joined.prepared.lon)), ("lat", results.none_for_nan(joined.prepared.lat)),
             ("match", g.match.tolist()), ("score", g.score.tolist()), ("matched_address", g.matched),
-            ("reason", codecs._sparse_list(n, g.reason))]
+            ("reason", results.sparse_list(n, g.reason))]
 
 
 def geocode_arrays(joined: Joined) -> list[tuple[str, pa.Array]]:
@@ -365,17 +363,17 @@ def geocode_arrays(joined: Joined) -> list[tuple[str, pa.Array]]:
             ("lat", pa.array(joined.prepared.lat, from_pandas=True)),
             ("match", pa.array(g.match, type=pa.string()).dictionary_encode()), ("score", pa.array(g.score)),
             ("matched_address", pa.array(g.matched, type=pa.string())),
-            ("reason", codecs._sparse_arrow(n, g.reason))]
+            ("reason", results.sparse_arrow(n, g.reason))]
 
 
-def rows(ids: object, joined: Joined) -> list[dict]:
+def rows(ids: Any, joined: Joined) -> list[dict]:
     """One dict per record, in input order: id, the geocode, the layer tags, flags, error."""
     if ids is None:
         ids = [None] * len(joined.geocoded)
     elif not isinstance(ids, list):
         ids = ids.to_pylist()
     columns = [("id", ids)] + geocode_lists(joined) + _with_candidates(
-        codecs.result_lists(joined.prepared, joined.result), joined, lambda n, c: codecs._sparse_list(n, c))
+        results.result_lists(joined.prepared, joined.result), joined, lambda n, c: results.sparse_list(n, c))
     names = [name for name, _ in columns]
     return [dict(zip(names, values)) for values in zip(*(values for _, values in columns))]
 
@@ -392,14 +390,14 @@ def _with_candidates(columns: list[tuple], joined: Joined, make) -> list[tuple]:
     return out
 
 
-def answer_table(table: pa.Table | None, ids: object, joined: Joined, prefix: str = COLLISION_PREFIX) -> pa.Table:
-    """The input table, untouched, with the geocode columns, then the layer columns, appended (codecs.append_results:
+def answer_table(table: pa.Table | None, ids: Any, joined: Joined, prefix: str = COLLISION_PREFIX) -> pa.Table:
+    """The input table, untouched, with the geocode columns, then the layer columns, appended (results.append_results:
     a result column named like an input column gets `prefix` in front)."""
     if table is None:
         table = pa.table({"id": pa.array(ids if ids is not None else [None] * len(joined.geocoded))})
     columns = geocode_arrays(joined) + _with_candidates(
-        codecs.result_arrays(joined.prepared, joined.result), joined, codecs._sparse_arrow)
-    return codecs.append_results(table, columns, joined.result.layers, prefix)
+        results.result_arrays(joined.prepared, joined.result), joined, results.sparse_arrow)
+    return results.append_results(table, columns, joined.result.layers, prefix)
 
 
 def reference_header(index: ServiceIndex) -> str:

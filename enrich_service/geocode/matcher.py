@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import bisect
 import math
+from collections.abc import Container
 from dataclasses import dataclass
 
 import numpy as np
@@ -81,13 +82,13 @@ Result = tuple
 
 
 class Geocoder:
-    def __init__(self, ref: Reference, cache: ResultCache | None = None, outside_zips: frozenset = frozenset()):
+    def __init__(self, ref: Reference, cache: ResultCache | None = None, outside_zips: Container[str] = frozenset()):
         self.ref = ref
         self.cache = cache
         self.outside_zips = outside_zips  # ZIPs wholly outside the city: an address there is another city's
         self.extents = Extents(ref)
         self._fuzzy: dict[str, tuple[int, float] | None] = {}
-        # Fuzzy candidates by first letter: a typo there is rare, and it cuts the comparisons ~20-fold.
+        # Fuzzy candidates by first letter: a typo there is rare, and it cuts the comparisons to a few streets' worth.
         self._by_letter: dict[str, tuple[list[str], list[int]]] = {}
         for name, sid in ref.street_id.items():
             names, ids = self._by_letter.setdefault(name[0], ([], []))
@@ -334,7 +335,7 @@ class Geocoder:
         """The street's nearest known number: the end of the closest range, or the closest address point."""
         ref = self.ref
         entries = _prefer_zip(ref.ranges_of.get(sid, []), zip5) if ref.ranges_of.get(sid) else []
-        best = None
+        best: tuple[int, tuple] | None = None  # (gap to the number, answer)
         if entries:
             gap, e = min(((max(e[0] - number, number - e[1], 0), e) for e in entries), key=lambda g: g[0])
             lo, hi, _, _, seg, z = e
@@ -451,16 +452,17 @@ class Geocoder:
         name = self.ref.streets
         if one and two:
             z = one[2] or two[2]
-            got = ((one[0] + two[0]) / 2, (one[1] + two[1]) / 2, "hundred_block", SCORES["hundred_block"],
-                   f"{name[one[3]]} between {name[one[4]]} and {name[two[4]]}, {z}".rstrip(", "), "", "", z,
-                   ("line", (one[0], one[1], two[0], two[1])))
-            return _finish(got, fs * fa * fb, flag, p)
-        if one or two:
-            lon, lat, z, sa, sb, _ = one or two
+            block = ((one[0] + two[0]) / 2, (one[1] + two[1]) / 2, "hundred_block", SCORES["hundred_block"],
+                     f"{name[one[3]]} between {name[one[4]]} and {name[two[4]]}, {z}".rstrip(", "), "", "", z,
+                     ("line", (one[0], one[1], two[0], two[1])))
+            return _finish(block, fs * fa * fb, flag, p)
+        corner = one or two
+        if corner:
+            lon, lat, z, sa, sb, _ = corner
             missing = p.street3 if one else p.street2
-            got = (lon, lat, "intersection", SCORES["intersection"], f"{name[sa]} & {name[sb]}, {z}".rstrip(", "),
-                   "", "", z, ("nodes", ((lon, lat),)))
-            return _finish(got, fs * 0.9, flag, p, f"{p.street} does not meet {missing} in the reference; "
+            at_corner = (lon, lat, "intersection", SCORES["intersection"],
+                         f"{name[sa]} & {name[sb]}, {z}".rstrip(", "), "", "", z, ("nodes", ((lon, lat),)))
+            return _finish(at_corner, fs * 0.9, flag, p, f"{p.street} does not meet {missing} in the reference; "
                                                    f"placed at the known end of the block")
         got = _beyond(self._street_point(s[0], p.zip), p.zip)
         return _finish(got, fs * 0.8, flag, p, f"{p.street} meets neither {p.street2} nor {p.street3} in the "
@@ -503,10 +505,10 @@ class Geocoder:
             if got is not None and _digits(got[0]) != _digits(street):
                 got = None  # "4TH ST" is not a typo of "49TH ST": a number in a name is never guessed
             self._fuzzy[street] = (ids[got[2]], got[1]) if got else None
-        got = self._fuzzy[street]
-        if got is None:
+        fuzzy = self._fuzzy[street]
+        if fuzzy is None:
             return [], 0.0, ""
-        return [got[0]], 0.9 * got[1] / 100.0, "fuzzy_street"
+        return [fuzzy[0]], 0.9 * fuzzy[1] / 100.0, "fuzzy_street"
 
 
 def _finish(got: tuple, factor: float, flag: str, p: Parsed, reason: str = "") -> Result:

@@ -2,7 +2,7 @@
 
 The fast path is a tokenizer plus the lookup tables of words.py: it labels the addresses city data is made of in a
 few microseconds. What it cannot label (words before the house number, odd orders) goes to usaddress, a CRF parser
-that is ~40x slower, and the answer says so (`parser: "usaddress"`). Nothing here raises on bad input: an address
+that is much slower (docs/geocode.md), and the answer says so (`parser: "usaddress"`). Nothing here raises on bad input: an address
 that cannot be read comes back as kind "none" with the reason.
 """
 
@@ -109,7 +109,7 @@ def parse(address: object, city: object = None, zip_code: object = None, memo: d
                     shape = shape._replace(city=city)
                 memo[key] = shape
             if shape.kind == "address" and shape.number == 1 and shape.parser == "fast":
-                return tuple.__new__(Parsed, ("address", int(m.group(1))) + shape[2:])  # _replace, 5x faster
+                return tuple.__new__(Parsed, ("address", int(m.group(1))) + shape[2:])  # _replace without its keyword handling
     return _parse_text(address, zip5, memo)
 
 

@@ -1,8 +1,9 @@
 """Load the geocoder's reference into PostGIS, so SQL users and the DAGs can see and join the same data.
 
 Two tables, `geocode_address_points` and `geocode_street_segments`, each with the normalized street key the
-geocoder joins on (`street_key`), and a catalog `geocode_reference` with each file's sha256. As for the layers
-(enrich_service/postgis.py), each table is COPYed into a staging table and renamed into place in one transaction.
+geocoder joins on (`street_key`), and a catalog `geocode_reference` with each file's sha256. As for the layers,
+each table is COPYed into a staging table and refilled in place in one transaction (enrich_service/postgis/
+publish.py), so grants and users' views on the tables stay.
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ import logging
 import psycopg
 from psycopg import sql
 
+from ..layers.sources import ResolvedFile
+from ..postgis.publish import analyze, create_table, refill, stage, upsert
 from .normalize import clean_zip
 from .reference import POINTS_FILE, SEGMENTS_FILE, ReferenceFiles, normalize_street, read_points, read_segments
 
@@ -21,6 +24,8 @@ CATALOG = "geocode_reference"
 POINTS_TABLE = "geocode_address_points"
 SEGMENTS_TABLE = "geocode_street_segments"
 
+_CATALOG_COLUMNS = (("name", "text PRIMARY KEY"), ("file", "text"), ("sha256", "text"), ("table_name", "text"),
+                    ("rows", "int"), ("loaded_at", "timestamptz DEFAULT now()"))
 # (column, type) in COPY order.
 _POINTS_COLUMNS = (("osm_node_id", "text"), ("housenumber", "text"), ("number", "int"), ("street", "text"),
                    ("street_key", "text"), ("unit", "text"), ("city", "text"), ("zip", "text"),
@@ -35,9 +40,7 @@ def load_reference_postgis(conn: psycopg.Connection, files: ReferenceFiles, sche
     """Load both reference files; returns the table names. Idempotent: re-running replaces the tables."""
     with conn.transaction():
         conn.execute("CREATE EXTENSION IF NOT EXISTS postgis")
-        conn.execute(sql.SQL("""CREATE TABLE IF NOT EXISTS {}.{} (name text PRIMARY KEY, file text, sha256 text,
-            table_name text, rows int, loaded_at timestamptz DEFAULT now())""").format(
-            sql.Identifier(schema), sql.Identifier(CATALOG)))
+        create_table(conn, sql.Identifier(schema, CATALOG), _CATALOG_COLUMNS, if_not_exists=True)
     keys: dict[str, str] = {}
 
     def key(name: str) -> str:
@@ -66,29 +69,15 @@ def load_reference_postgis(conn: psycopg.Connection, files: ReferenceFiles, sche
     return tables
 
 
-def _load(conn, schema: str, table: str, columns: tuple[tuple[str, str], ...], rows: list[tuple],
-          index_cols: tuple[str, ...], name: str, source) -> str:
-    staging = f"{table}__staging"
-    ident = lambda t: sql.Identifier(schema, t)  # noqa: E731
-    names = [c for c, _ in columns]
-    ddl = sql.SQL(", ").join(sql.SQL("{} " + kind).format(sql.Identifier(c)) for c, kind in columns)
+def _load(conn: psycopg.Connection, schema: str, table: str, columns: tuple[tuple[str, str], ...],
+          rows: list[tuple], index_cols: tuple[str, ...], name: str, source: ResolvedFile) -> str:
     with conn.transaction():
-        conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(ident(staging)))
-        conn.execute(sql.SQL("CREATE TABLE {} ({})").format(ident(staging), ddl))
-        with conn.cursor().copy(sql.SQL("COPY {} ({}) FROM STDIN").format(
-                ident(staging), sql.SQL(", ").join(map(sql.Identifier, names)))) as copy:
-            for row in rows:
-                copy.write_row(row)
-        conn.execute(sql.SQL("CREATE INDEX ON {} USING gist (geom)").format(ident(staging)))
-        conn.execute(sql.SQL("CREATE INDEX ON {} ({})").format(
-            ident(staging), sql.SQL(", ").join(map(sql.Identifier, index_cols))))
-        conn.execute(sql.SQL("DROP TABLE IF EXISTS {} CASCADE").format(ident(table)))
-        conn.execute(sql.SQL("ALTER TABLE {} RENAME TO {}").format(ident(staging), sql.Identifier(table)))
-        conn.execute(sql.SQL("ANALYZE {}").format(ident(table)))
-        conn.execute(sql.SQL("""INSERT INTO {} (name, file, sha256, table_name, rows) VALUES (%s, %s, %s, %s, %s)
-            ON CONFLICT (name) DO UPDATE SET file = EXCLUDED.file, sha256 = EXCLUDED.sha256,
-              table_name = EXCLUDED.table_name, rows = EXCLUDED.rows, loaded_at = now()""").format(ident(CATALOG)),
-                     (name, source.path.name, source.sha256, table, len(rows)))
+        staging = stage(conn, None, f"{table}__staging", columns, rows=rows)
+        refill(conn, schema, table, columns, staging, indexes=(("geom",), index_cols))
+        upsert(conn, sql.Identifier(schema, CATALOG), {"name": name, "file": source.path.name,
+                                                       "sha256": source.sha256, "table_name": table,
+                                                       "rows": len(rows)}, key=("name",), touch="loaded_at")
+    analyze(conn, schema, table)
     log.info("loaded %s (%d rows)", table, len(rows))
     return table
 

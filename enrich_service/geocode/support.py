@@ -105,8 +105,8 @@ class Extents:
                 if whole and len(found) == 1 and found[0] >= 0:
                     out[k] = (int(found[0]), RULE_NONE, ())
                 else:
-                    keys = tuple(sorted({str(version.keys[c - offset]) for c in found.tolist() if c >= 0}))
-                    out[k] = (-1, RULE_AMBIGUOUS if keys else RULE_OUTSIDE, keys)
+                    held = tuple(sorted({str(version.keys[c - offset]) for c in found.tolist() if c >= 0}))
+                    out[k] = (-1, RULE_AMBIGUOUS if held else RULE_OUTSIDE, held)
         if len(self._verdict) > _MAX_CACHE:
             self._verdict.clear()
         for k in todo:
@@ -148,11 +148,11 @@ class Extents:
             _, sid, zip5 = support
             if sid not in ref.segments_of and sid not in ref.points_of:
                 return None  # known only where it crosses other streets: its extent is unknown
-            segs = ref.segments_of.get(sid)
-            if segs is not None and len(segs):
-                if zip5 and (ref.seg_zip[segs] == zip5).any():
-                    segs = segs[ref.seg_zip[segs] == zip5]
-                lines, lengths = list(ref.seg_geom[segs]), ref.vertices.length_m[segs].tolist()
+            street = ref.segments_of.get(sid)
+            if street is not None and len(street):
+                if zip5 and (ref.seg_zip[street] == zip5).any():
+                    street = street[ref.seg_zip[street] == zip5]
+                lines, lengths = list(ref.seg_geom[street]), ref.vertices.length_m[street].tolist()
             rows = ref.points_of.get(sid)
             if rows is not None and len(rows):
                 if zip5 and (ref.pt_zip[rows] == zip5).any():
@@ -160,7 +160,7 @@ class Extents:
                 points = [(ref.pt_lon_list[r], ref.pt_lat_list[r]) for r in rows.tolist()]
         else:
             return None
-        xy = [np.asarray(points, dtype=float).reshape(-1, 2)]
+        parts = [np.asarray(points, dtype=float).reshape(-1, 2)]
         if lines:
             length = np.asarray(lengths, dtype=float)
             cut = np.where(length > 0, np.minimum(0.25, END_TRIM_M / np.maximum(length, 1e-9)), 0.5)
@@ -171,8 +171,8 @@ class Extents:
             geoms = np.empty(len(lines), dtype=object)
             geoms[:] = lines
             at = shapely.line_interpolate_point(geoms[line], fraction, normalized=True)
-            xy.append(shapely.get_coordinates(at))
-        xy = np.concatenate(xy)
+            parts.append(shapely.get_coordinates(at))
+        xy = np.concatenate(parts)
         if not len(xy):
             return None
         ring = np.concatenate([np.zeros((1, 2)), np.column_stack([OFFSET_LON, OFFSET_LAT])])

@@ -82,8 +82,8 @@ def truth_sets(index, files: ReferenceFiles, meters_csv: Path, stops_geojson: Pa
 
     points = read_points(files.points.path)
     held = holdout_mask(points)
-    geocoder = Geocoder(load_reference(files, index.extras["geocoder"].ref.zips, keep_points=~held),
-                        outside_zips=index.extras["geocoder"].outside_zips)
+    serving = index.geocoder
+    geocoder = Geocoder(load_reference(files, serving.ref.zips, keep_points=~held), outside_zips=serving.outside_zips)
     test = points[held & points["housenumber"].str.fullmatch(r"\d+").to_numpy()]
     lon, lat = test["lon"].astype(float).to_numpy(), test["lat"].astype(float).to_numpy()
     zips = test["postcode"].tolist()

@@ -12,14 +12,12 @@ import orjson
 import shapely
 from pyproj import CRS, Transformer
 
+from ..crs import WGS84
 from ..errors import LayerSourceError
 from ..server.disk_cache import cached, code_digest
 
 log = logging.getLogger(__name__)
 
-WGS84 = CRS.from_epsg(4326)
-# Metric CRS for areas and nearest distances: UTM zone 11N covers San Diego with < 0.1% scale error.
-METRIC = CRS.from_epsg(32611)
 _CODE = code_digest(Path(__file__))
 
 
@@ -69,8 +67,8 @@ def read_polygons(path: Path, declared_crs: str, where: str) -> RawLayer:
 
 
 def _read_geojson(path: Path, where: str) -> tuple[str | None, np.ndarray, dict[str, np.ndarray]]:
-    """GeoJSON without GDAL: orjson and shapely read the city's files in a few ms, and the service does not pay
-    for pyogrio's import (it probes for geopandas: about 1 s and 60 MB where geopandas is installed)."""
+    """GeoJSON without GDAL: orjson and shapely read the city's files quickly, and the service does not pay for
+    pyogrio's import, which probes for geopandas (its cost: docs/engine.md, "Measured")."""
     try:
         doc = orjson.loads(path.read_bytes())
         features = doc["features"] if doc.get("type") == "FeatureCollection" else None

@@ -54,29 +54,29 @@ def resolve(spec: FileSpec, folder: Path | None, cache_dir: Path) -> ResolvedFil
         return ResolvedFile(cached, "cache", spec.sha256, True)
     if not spec.url:
         raise LayerSourceError(f"{spec.file}: no folder configured and the manifest has no URL to download it from")
-    _download(spec, cached)
+    _download(spec, spec.url, cached)
     return ResolvedFile(cached, "download", spec.sha256, True)
 
 
-def _download(spec: FileSpec, dest: Path) -> None:
+def _download(spec: FileSpec, url: str, dest: Path) -> None:
     dest.parent.mkdir(parents=True, exist_ok=True)
-    log.info("downloading %s from %s", spec.file, spec.url)
+    log.info("downloading %s from %s", spec.file, url)
     h = hashlib.sha256()
     fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=".part-")
     try:
-        with os.fdopen(fd, "wb") as out, httpx.stream("GET", spec.url, follow_redirects=True, timeout=60) as r:
+        with os.fdopen(fd, "wb") as out, httpx.stream("GET", url, follow_redirects=True, timeout=60) as r:
             r.raise_for_status()
             for chunk in r.iter_bytes():
                 h.update(chunk)
                 out.write(chunk)
         if h.hexdigest() != spec.sha256:
             raise LayerSourceError(
-                f"{spec.file} downloaded from {spec.url} has sha256 {h.hexdigest()}, the manifest pins {spec.sha256}; "
+                f"{spec.file} downloaded from {url} has sha256 {h.hexdigest()}, the manifest pins {spec.sha256}; "
                 "refusing it (update the manifest after checking the new file)"
             )
         os.replace(tmp, dest)
     except httpx.HTTPError as exc:
-        raise LayerSourceError(f"cannot download {spec.file} from {spec.url}: {exc}") from None
+        raise LayerSourceError(f"cannot download {spec.file} from {url}: {exc}") from None
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)

@@ -10,20 +10,19 @@ from pathlib import Path
 
 import numpy as np
 import shapely
-from pyproj import Transformer
 
+from ..crs import TO_METRIC
 from ..errors import LayerSourceError, NoVersionInForce, UnknownLayer
 from .manifest import LayerSpec, Manifest, VersionSpec, load_manifest
-from .reader import METRIC, WGS84, read_polygons_cached
+from .reader import read_polygons_cached
 from .sources import ResolvedFile, resolve
 
 log = logging.getLogger(__name__)
 
-_TO_METRIC = Transformer.from_crs(WGS84, METRIC, always_xy=True)
 
 
 def to_metric(geoms: np.ndarray) -> np.ndarray:
-    return shapely.transform(geoms, lambda xy: np.column_stack(_TO_METRIC.transform(xy[:, 0], xy[:, 1])))
+    return shapely.transform(geoms, lambda xy: np.column_stack(TO_METRIC.transform(xy[:, 0], xy[:, 1])))
 
 
 @dataclass(eq=False)
@@ -49,7 +48,8 @@ class LayerVersion:
     bbox: tuple[float, float, float, float] = field(init=False)
 
     def __post_init__(self) -> None:
-        self.bbox = tuple(float(v) for v in shapely.total_bounds(self.geoms))
+        x0, y0, x1, y1 = (float(v) for v in shapely.total_bounds(self.geoms))
+        self.bbox = (x0, y0, x1, y1)
 
     @property
     def n_features(self) -> int:
@@ -156,10 +156,6 @@ class LayerStore:
     def files(self) -> dict[str, tuple[Path, str]]:
         """Every layer file: name -> (path read, sha256)."""
         return {v.source.path.name: (v.source.path, v.source.sha256) for vs in self.versions.values() for v in vs}
-
-    @property
-    def names(self) -> list[str]:
-        return list(self.versions)
 
     def check_layers(self, layers: list[str]) -> None:
         for name in layers:

@@ -4,12 +4,13 @@ Every row is a few texts laid end to end: `{"id":`, the row's id, then one text 
 (layer keys, rules, flags, error) with their keys and separators. Those columns have few distinct values, so their
 combinations are few (hundreds on real data): each combination's text is built once, and a compiled kernel copies
 each row's texts into place (on every core from 50,000 rows). A column with a value per row (ids, distances) is a
-text per row, made by Arrow. As dicts per row a 1M-row answer took ~1.4 s before orjson saw it; joined in Arrow,
-~0.5 s; here ~0.2 s. Where no value needs a float's formatting, the bytes are exactly what orjson writes for the
-per-row dicts; with floats, the same JSON values (tests/test_codecs.py).
+text per row, made by Arrow (docs/engine.md has the timings). Where no value needs a float's formatting, the bytes
+are exactly what orjson writes for the per-row dicts; with floats, the same JSON values (tests/test_codecs.py).
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 import msgspec
 import numpy as np
@@ -18,34 +19,37 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from numba import njit, prange
 
-from .server.parallel import run_parallel
+from ..server.parallel import run_parallel
+from .tables import is_text
 
 _TEXT = pa.large_string()
+Column = Any  # a list, a numpy array, or an Arrow array (pyarrow has no type stubs)
+Coded = tuple[np.ndarray, pa.Array]  # each row's code, and the JSON text of each code
 _NEEDS_ESCAPE = r'["\\\x00-\x1f]'
 _ROWS_PER_TASK = 16_384
 SERIAL_BELOW = 50_000
 
 
-def json_rows(columns: list[tuple[str, object]], sep: bytes, *, head: bytes = b"", tail: bytes = b"") -> memoryview:
+def json_rows(columns: list[tuple[str, Column]], sep: bytes, *, head: bytes = b"", tail: bytes = b"") -> memoryview:
     """`head`, every row as a JSON object (keys in column order) with `sep` between rows, then `tail`."""
     n = len(columns[0][1])
     if n == 0:
         return memoryview(head + tail)
     table = _TextTable()
     pieces: list[np.ndarray] = []
-    # Consecutive dictionary columns, joined into one text per combination: (label, codes, texts).
-    run: list[tuple[str, np.ndarray | None, pa.Array | None]] = []
+    # Consecutive dictionary columns, joined into one text per combination: (label, (codes, texts) or None).
+    run: list[tuple[str, Coded | None]] = []
     for k, (name, values) in enumerate(columns):
         label = ("{" if k == 0 else ",") + orjson.dumps(name).decode() + ":"
         coded = _codes(values)
         if coded is not None:
-            run.append((label, *coded))
+            run.append((label, coded))
             continue
-        run.append((label, None, None))  # the label alone ends the run; the values follow, one text per row
+        run.append((label, None))  # the label alone ends the run; the values follow, one text per row
         pieces.append(_run_texts(run, n, table))
         run = []
         pieces.append(table.add(_json_texts(values)))
-    run.append(("}" + sep.decode(), None, None))
+    run.append(("}" + sep.decode(), None))
     pieces.append(_run_texts(run, n, table))
 
     offsets, data = table.arrays()
@@ -63,7 +67,7 @@ def json_rows(columns: list[tuple[str, object]], sep: bytes, *, head: bytes = b"
     else:
         run_parallel(_copy_parallel, index, offsets, data, starts, out)
     out[end:end + len(tail)] = np.frombuffer(tail, dtype=np.uint8)
-    return memoryview(out)[:end + len(tail)]
+    return out.data[:end + len(tail)]
 
 
 class _TextTable:
@@ -93,12 +97,12 @@ class _TextTable:
         return np.concatenate(self._offsets), data
 
 
-def _codes(values: object) -> tuple[np.ndarray, pa.Array] | None:
+def _codes(values: Column) -> Coded | None:
     """A column of few distinct values as (each row's code, the JSON text of each code; the last is null): a
     dictionary column, or a string column mostly null (flags, errors as plain strings). Else None."""
     if isinstance(values, pa.ChunkedArray):
         values = values.combine_chunks()
-    if isinstance(values, pa.Array) and _is_text(values.type) and values.null_count > len(values) // 2:
+    if isinstance(values, pa.Array) and is_text(values.type) and values.null_count > len(values) // 2:
         values = pc.dictionary_encode(values)
     if not isinstance(values, pa.DictionaryArray):
         return None
@@ -107,22 +111,22 @@ def _codes(values: object) -> tuple[np.ndarray, pa.Array] | None:
     return codes, texts
 
 
-def _run_texts(run: list[tuple[str, np.ndarray | None, pa.Array | None]], n: int, table: _TextTable) -> np.ndarray:
+def _run_texts(run: list[tuple[str, Coded | None]], n: int, table: _TextTable) -> np.ndarray:
     """One text per distinct combination of the run's columns, each preceded by its label; each row's text number."""
-    if all(codes is None for _, codes, _ in run):
-        return table.add(pa.array(["".join(label for label, _, _ in run)], _TEXT), np.zeros(n, dtype=np.int64))
+    if all(coded is None for _, coded in run):
+        return table.add(pa.array(["".join(label for label, _ in run)], _TEXT), np.zeros(n, dtype=np.int64))
     combo = np.zeros(n, dtype=np.int64)
     count = 1
-    for _, codes, texts in run:
-        if codes is not None:
-            combo, count = _combine(combo, count, codes, len(texts))
+    for _, coded in run:
+        if coded is not None:
+            combo, count = _combine(combo, count, coded[0], len(coded[1]))
     first = np.empty(count, dtype=np.int64)
     first[combo] = np.arange(n, dtype=np.int64)  # one row standing for each combination
     parts = []
-    for label, codes, texts in run:
+    for label, coded in run:
         parts.append(pa.scalar(label, _TEXT))
-        if codes is not None:
-            parts.append(texts.take(pa.array(codes[first])))
+        if coded is not None:
+            parts.append(coded[1].take(pa.array(coded[0][first])))
     joined = pc.binary_join_element_wise(*parts, pa.scalar("", _TEXT))
     return table.add(joined, combo)
 
@@ -166,15 +170,12 @@ def _copy_serial(index, offsets, data, starts, out):
 
 # ---- the JSON text of every value of a column ------------------------------------------------------------------
 
-def _is_text(kind: pa.DataType) -> bool:
-    return pa.types.is_string(kind) or pa.types.is_large_string(kind)
-
 
 def _dictionary_texts(dictionary: pa.Array) -> pa.Array:
     return pa.array([_dumps(v) for v in dictionary.to_pylist()] + ["null"], _TEXT)
 
 
-def _json_texts(values: object) -> pa.Array:
+def _json_texts(values: Column) -> pa.Array:
     """The JSON text of every value of a column ("null" for nulls)."""
     if isinstance(values, pa.ChunkedArray):
         values = values.combine_chunks()
@@ -203,7 +204,7 @@ def _json_texts(values: object) -> pa.Array:
                 point_zero = pc.binary_join_element_wise(texts, pa.scalar(".0", _TEXT), pa.scalar("", _TEXT))
                 texts = pc.if_else(whole, point_zero, texts)
         return texts.fill_null("null")
-    if _is_text(kind) and not pc.any(pc.match_substring_regex(values, _NEEDS_ESCAPE)).as_py():
+    if is_text(kind) and not pc.any(pc.match_substring_regex(values, _NEEDS_ESCAPE)).as_py():
         quote, nothing = pa.scalar('"', _TEXT), pa.scalar("", _TEXT)
         quoted = pc.binary_join_element_wise(quote, pc.cast(values, _TEXT), quote, nothing)
         return quoted.fill_null("null")

@@ -21,15 +21,14 @@ from collections.abc import Iterable
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from .tables import is_text
+
 MODES = ("text", "all", "off")
 # OWASP: cells beginning with these are interpreted as formulas by spreadsheet software.
 FORMULA_CHARS = ["=", "+", "-", "@", "\t", "\r"]
 PLAIN_NUMBER = r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$"
 PREFIX = "'"
 
-
-def _is_text(kind: pa.DataType) -> bool:
-    return pa.types.is_string(kind) or pa.types.is_large_string(kind)
 
 
 def escape_formulas(values: pa.Array | pa.ChunkedArray, mode: str = "text") -> pa.Array | pa.ChunkedArray:
@@ -45,7 +44,7 @@ def escape_formulas(values: pa.Array | pa.ChunkedArray, mode: str = "text") -> p
         dictionary = escape_formulas(values.dictionary, mode)
         return values if dictionary is values.dictionary else \
             pa.DictionaryArray.from_arrays(values.indices, dictionary)
-    if not _is_text(values.type):
+    if not is_text(values.type):
         return values
     first = pc.utf8_slice_codeunits(values, 0, 1)
     risky = pc.is_in(first, value_set=pa.array(FORMULA_CHARS, values.type)).fill_null(False)
@@ -66,7 +65,7 @@ def escape_formulas(values: pa.Array | pa.ChunkedArray, mode: str = "text") -> p
 def formula_safe_table(table: pa.Table, mode: str | None = None, raw_columns: Iterable[str] | None = None) -> pa.Table:
     """The table with every text column escaped (escape_formulas), except `raw_columns`. Defaults: the settings."""
     if mode is None or raw_columns is None:
-        from .settings import get_settings
+        from ..settings import get_settings
 
         settings = get_settings()
         mode = settings.csv_formula_escape if mode is None else mode

@@ -1,16 +1,11 @@
-"""PostGIS publishing helpers: connections that cannot hang, and loads that keep readers, grants and views.
-
-Used by the boundary load (`load_layers`, the CLI and the boundary-refresh DAG) and by the dataset DAGs
-(`dags/enrich_pipeline/publish.py`).
+"""PostGIS connections that cannot hang a publish, and the messages for what a publish meets in production.
 
 - `connect` opens a connection with TCP keepalives, `tcp_user_timeout`, `statement_timeout`, `lock_timeout` and
   `idle_in_transaction_session_timeout`, so neither a dead peer nor a reader's lock holds a publish for hours.
 - `deadline` bounds a blocking step on the client side too: through a half-open connection (something still
   acknowledges the packets, nothing answers) a COPY would block forever, since neither keepalives nor the
   server's statement_timeout reach a client that waits to send.
-- `load_layers` loads every boundary layer version in ONE transaction. A table that exists is refilled in place
-  (DELETE + INSERT from a staged temporary table), never dropped, so users' views and grants on it stay; a
-  failure leaves every table as it was. Nothing here uses CASCADE.
+- `set_local_timeouts` tightens the limits for one transaction (the swap: short lock waits).
 """
 
 from __future__ import annotations
@@ -18,23 +13,16 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import re
 import socket
 import threading
 from collections.abc import Iterator
 
-import numpy as np
-import orjson
 import psycopg
-import shapely
 from psycopg import errors as pgerrors
 from psycopg import sql
 
-from .layers.store import LayerStore, LayerVersion
-
 log = logging.getLogger(__name__)
 
-CATALOG = "boundary_layers"
 # libpq TCP settings for every publishing connection: a silent peer is noticed in ~1 minute, not ~2 hours.
 KEEPALIVES = {"keepalives": 1, "keepalives_idle": 30, "keepalives_interval": 10, "keepalives_count": 3,
               "tcp_user_timeout": 60_000}
@@ -131,67 +119,10 @@ def explain(exc: BaseException, what: str) -> str | None:
     return None
 
 
-# ---- boundary layers ---------------------------------------------------------------------------------------------
-
-def table_name(layer: str, version: str) -> str:
-    return re.sub(r"[^a-z0-9_]", "_", f"boundary_{layer}_{version}".lower())
-
-
-def load_layers(conn: psycopg.Connection, store: LayerStore, schema: str = "public",
-                lock_timeout_s: float = 10) -> list[str]:
-    """Load every version of every layer in one transaction; returns the table names. Idempotent: a re-run
-    refills the same tables."""
-    tables = []
-    with conn.transaction():
-        conn.execute(sql.SQL("SET LOCAL lock_timeout = {}").format(sql.Literal(f"{int(lock_timeout_s * 1000)}ms")))
-        conn.execute("CREATE EXTENSION IF NOT EXISTS postgis")
-        conn.execute(sql.SQL("""CREATE TABLE IF NOT EXISTS {}.{} (
-            layer text, version text, effective_from date, effective_to date, sha256 text, table_name text,
-            features int, loaded_at timestamptz DEFAULT now(), PRIMARY KEY (layer, version))""").format(
-            sql.Identifier(schema), sql.Identifier(CATALOG)))
-        for name, versions in store.versions.items():
-            for v in versions:
-                view = f"boundary_{name}" if v is versions[-1] else None
-                tables.append(_load_version(conn, v, schema, view))
-    for t in tables:
-        conn.execute(sql.SQL("ANALYZE {}").format(sql.Identifier(schema, t)))
-    log.info("loaded %d boundary tables in one transaction", len(tables))
-    return tables
-
-
-def _load_version(conn: psycopg.Connection, v: LayerVersion, schema: str, view: str | None) -> str:
-    """Within the caller's transaction: COPY into a temporary table, then create the table or refill it in place."""
-    table = table_name(v.layer, v.version)
-    staging = f"{table}__load"
-    target = sql.Identifier(schema, table)
-    cols = sql.SQL("fid, key, label, fields, geom")
-    geoms = shapely.to_wkb(np.array([_multi(g) for g in v.geoms], dtype=object), hex=True)
-    conn.execute(sql.SQL("""CREATE TEMP TABLE {} (fid int, key text, label text, fields jsonb,
-        geom geometry(MultiPolygon, 4326)) ON COMMIT DROP""").format(sql.Identifier(staging)))
-    with conn.cursor().copy(sql.SQL("COPY {} ({}) FROM STDIN").format(sql.Identifier(staging), cols)) as copy:
-        for i in range(v.n_features):
-            copy.write_row((i, v.keys[i], v.labels[i], orjson.dumps(v.fields[i]).decode(), f"SRID=4326;{geoms[i]}"))
-    conn.execute(sql.SQL("""CREATE TABLE IF NOT EXISTS {} (fid int PRIMARY KEY, key text NOT NULL, label text,
-        fields jsonb, geom geometry(MultiPolygon, 4326) NOT NULL)""").format(target))
-    conn.execute(sql.SQL("CREATE INDEX IF NOT EXISTS {} ON {} USING gist (geom)").format(
-        sql.Identifier(f"{table}_geom_idx"), target))
-    conn.execute(sql.SQL("CREATE INDEX IF NOT EXISTS {} ON {} (key)").format(
-        sql.Identifier(f"{table}_key_idx"), target))
-    # Refilled in place (same table, same grants, same dependent views): readers see the old rows until commit.
-    conn.execute(sql.SQL("DELETE FROM {}").format(target))
-    conn.execute(sql.SQL("INSERT INTO {} ({}) SELECT {} FROM {}").format(target, cols, cols, sql.Identifier(staging)))
-    if view:
-        conn.execute(sql.SQL("CREATE OR REPLACE VIEW {} AS SELECT * FROM {}").format(sql.Identifier(schema, view),
-                                                                                     target))
-    conn.execute(sql.SQL("""INSERT INTO {} (layer, version, effective_from, effective_to, sha256, table_name,
-        features) VALUES (%s, %s, %s, %s, %s, %s, %s)
-        ON CONFLICT (layer, version) DO UPDATE SET effective_from = EXCLUDED.effective_from,
-          effective_to = EXCLUDED.effective_to, sha256 = EXCLUDED.sha256, table_name = EXCLUDED.table_name,
-          features = EXCLUDED.features, loaded_at = now()""").format(sql.Identifier(schema, CATALOG)),
-                 (v.layer, v.version, v.effective_from, v.effective_to, v.source.sha256, table, v.n_features))
-    log.info("loaded %s (%d features)", table, v.n_features)
-    return table
-
-
-def _multi(geom):
-    return geom if shapely.get_type_id(geom) == 6 else shapely.multipolygons([geom])
+def set_local_timeouts(conn: psycopg.Connection, lock_timeout_s: float, statement_timeout_s: float | None = None,
+                       ) -> None:
+    """Within the caller's transaction: SET LOCAL lock_timeout (and statement_timeout)."""
+    conn.execute(sql.SQL("SET LOCAL lock_timeout = {}").format(sql.Literal(f"{int(lock_timeout_s * 1000)}ms")))
+    if statement_timeout_s is not None:
+        conn.execute(sql.SQL("SET LOCAL statement_timeout = {}").format(
+            sql.Literal(f"{int(statement_timeout_s * 1000)}ms")))

@@ -1,0 +1,122 @@
+"""The endpoint factory: a bulk operation (bulk/) becomes its POST route, in the manner of titiler's factories.
+
+One pipeline for every operation: negotiate the two media types, then either stream NDJSON from a spooled body, or
+read the body, decode it (the operation's JSON reader, or the registered table format), run the operation off the
+event loop, and encode the answer in the negotiated type. Every option is checked before a streamed answer starts.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import AsyncIterator, Callable
+from dataclasses import replace
+from typing import Annotated, Any
+
+import orjson
+from fastapi import APIRouter, Depends, Request
+from pydantic import BaseModel
+from starlette.responses import Response
+
+from ..bulk.operation import BulkOperation
+from ..bulk.options import OPTION_PARAMS, Options, QueryOptions, check_batch_size, check_options_usable
+from ..errors import EnrichError
+from ..index import ServiceIndex, current
+from ..io import formats, tables
+from ..io.formats import FORMAT_PARAMS, FORMATS
+from ..io.media import JSON
+from ..io.ndjson import has_lines, line_groups, parse_lines
+from ..settings import Settings, get_settings
+from .common import declared, offload, query_options, read_body, read_query, spool_body
+from .schemas import ERROR_RESPONSES, inline_schema
+
+CHUNK_ROWS = 50_000  # NDJSON rows answered per step: memory stays bounded whatever the body's size
+
+
+def add_bulk_route(router: APIRouter, path: str, op: BulkOperation, *, name: str, summary: str,
+                   json_request: type[BaseModel], response_model: type[BaseModel]) -> None:
+    """Register POST `path` for `op`: its query parameters and a request body per registered media type."""
+    openapi = declared(*(OPTION_PARAMS[option] for option in op.options), *op.params, *FORMAT_PARAMS)
+    openapi["requestBody"] = {"required": True, "content": {
+        media_type: {"schema": inline_schema(json_request) if media_type == JSON else fmt.body_schema}
+        for media_type, fmt in FORMATS.items()}}
+
+    async def endpoint(request: Request, options: Annotated[QueryOptions, Depends(query_options)]) -> Response:
+        return await answer_bulk(request, op, options)
+
+    router.add_api_route(path, endpoint, methods=["POST"], name=name, summary=summary, response_model=response_model,
+                         responses=ERROR_RESPONSES, openapi_extra=openapi)
+
+
+async def answer_bulk(request: Request, op: BulkOperation, options: QueryOptions) -> Response:
+    """One bulk request through `op`: every check that can fail runs before the body is read where it can, and
+    every step that costs CPU runs in a worker thread (offload: a timed-out request stops its work)."""
+    settings = get_settings()
+    index = current(request.app)
+    op.check_ready(index)
+    content_type = request.headers.get("content-type")
+    kind = formats.media_type(content_type)
+    body_format, answer = FORMATS[kind], FORMATS[formats.response_type(request.headers.get("accept"), kind)]
+    params = op.read_params(read_query(request, op.params))
+
+    if body_format.streamed:  # every option checked before the status line goes out
+        opts = options.parsed(settings)
+        check_options_usable(index, opts)
+        spool = await spool_body(request, settings)
+        if not await offload(has_lines, spool):  # an empty batch, as in every other transport: 422 before any answer
+            spool.close()
+            check_batch_size(0, settings, field="body")
+        chunk = functools.partial(_answer_lines, op, index, opts, params)
+        return answer.response(_stream(spool, chunk, settings), headers=op.stream_headers(index))
+
+    table = None
+    if body_format.decode_table is None:  # a JSON body: its own options, each one it leaves out from the query string
+        body = await read_body(request, settings)
+        opts, params, data = await offload(op.from_json, body, params, options.only(op.options), settings)
+    else:
+        opts = options.parsed(settings)
+        check_options_usable(index, opts)
+        body = await read_body(request, settings)
+        decode = functools.partial(body_format.decode_table, **read_query(request, body_format.params))
+        table = await offload(decode, body, content_type)
+        check_batch_size(table.num_rows, settings, field="body")
+        cols = params.columns
+        params = replace(params, columns=replace(cols, date=tables.date_column(table, cols.date)))
+        tables.check_answerable(table, answer.media_type, params.columns.id, op.reads(params))
+        data = await offload(op.from_table, table, params)
+    del body
+    out = await offload(op.run, index, data, opts, params)
+    headers = op.headers(index, out)
+    if answer.encode_table is None:  # JSON
+        return answer.response(await offload(op.encode_json, index, data, out), headers=headers)
+    answer_table = await offload(op.answer_table, table, data, out, params.prefix)
+    return answer.response(await offload(answer.encode_table, answer_table), headers=headers)
+
+
+def _answer_lines(op: BulkOperation, index: ServiceIndex, opts: Options, params: Any, lines: list[bytes],
+                  first_row: int) -> bytes | memoryview:
+    docs, bad = parse_lines(lines, first_row)
+    data = op.from_lines(docs, params)
+    data.errors.update(bad)
+    return op.encode_lines(index, data, op.run(index, data, opts, params))
+
+
+async def _stream(spool, answer_chunk: Callable[[list[bytes], int], bytes | memoryview],
+                  settings: Settings) -> AsyncIterator[bytes | memoryview]:
+    """`answer_chunk(lines, first_row)` for each chunk of the spool's lines; past the batch limit, one error line."""
+    seen = 0
+    groups = line_groups(spool, CHUNK_ROWS)
+    try:
+        while (lines := await offload(next, groups, None)) is not None:
+            if seen + len(lines) > settings.max_batch:
+                yield orjson.dumps({"error": f"stream exceeds the batch limit of {settings.max_batch} rows; "
+                                             f"rows after {seen} were not answered", "row": seen}) + b"\n"
+                return
+            try:
+                answer = await offload(answer_chunk, lines, seen)
+            except EnrichError as exc:  # the status line is out: the stream ends with a line that says why
+                yield orjson.dumps({"error": exc.message, "field": exc.field, "row": seen}) + b"\n"
+                return
+            yield answer
+            seen += len(lines)
+    finally:
+        spool.close()

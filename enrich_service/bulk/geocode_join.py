@@ -1,0 +1,111 @@
+"""Geocode-join: address records (JSON, a table, NDJSON lines) geocoded, and the places found tagged with every
+requested layer in the same call."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+
+import pyarrow as pa
+
+from ..engine.tagger import TagResult
+from ..errors import InvalidInput
+from ..geocode import join
+from ..geocode.join import AddressColumns, Joined, Records
+from ..index import ServiceIndex
+from ..io import json_body, results
+from ..io.params import Param
+from ..io.tables import with_local_days
+from ..settings import Settings
+from .operation import DATE_COL, ID_COL, PREFIX, BulkOperation, BulkParams, read_columns, read_prefix
+from .options import Options, check_batch_size, merge_options, parse_options
+
+REFERENCE_HEADER = "X-Enrich-Geocode-Reference"
+MIN_MATCH = Param("min_match", f"The coarsest match level to tag ({', '.join(join.TAGGED_LEVELS)}): coarser "
+                               f"matches keep their point and level, their layer keys are null with rule "
+                               f"below_min_match")
+OPTIONS = ("layers", "as_of", "nearest_within_m")
+BODY_KEYS = ("records", *OPTIONS, MIN_MATCH.name)
+
+
+@dataclass(frozen=True)
+class AddressParams(BulkParams[AddressColumns]):
+    min_match: str | None = None
+
+
+def geocode_join(index: ServiceIndex, records: Records, opts: Options, min_match: str | None = None) -> Joined:
+    return join.geocode_join(index, records, opts.layers, opts.as_of, opts.nearest_within_m, min_match=min_match)
+
+
+class GeocodeJoin(BulkOperation[AddressParams, Records, Joined]):
+    options = OPTIONS
+    params = (
+        ID_COL,
+        Param("address_col", "Bulk bodies: the address column", default="address"),
+        Param("city_col", "Bulk bodies: the city column (optional)", default="city"),
+        Param("zip_col", "Bulk bodies: the ZIP column (optional)", default="zip"),
+        Param("lon_col", "Bulk bodies: earlier longitude to check (optional)", default="lon"),
+        Param("lat_col", "Bulk bodies: earlier latitude to check (optional)", default="lat"),
+        DATE_COL,
+        MIN_MATCH,
+        PREFIX,
+    )
+
+    def check_ready(self, index: ServiceIndex) -> None:
+        join.geocoder_of(index)  # 503 before reading a large body when there is no reference
+
+    def read_params(self, query: Mapping[str, str | None]) -> AddressParams:
+        prefix = read_prefix(query)
+        return AddressParams(columns=read_columns(AddressColumns, query), prefix=prefix,
+                             min_match=join.check_min_match(query[MIN_MATCH.name]))
+
+    def from_json(self, body: bytes, params: AddressParams, query_options: dict[str, str | None],
+                  settings: Settings) -> tuple[Options, AddressParams, Records]:
+        doc = json_body.loads(body)
+        if not isinstance(doc, dict):
+            raise InvalidInput("body must be a JSON object with a `records` list", field="body")
+        json_body.check_keys(doc, BODY_KEYS)
+        merged = merge_options(doc, {**query_options, MIN_MATCH.name: params.min_match}, settings,
+                               normalise={MIN_MATCH.name: join.check_min_match})
+        opts = parse_options(merged, settings)
+        params = replace(params, min_match=join.check_min_match(merged[MIN_MATCH.name]))
+        records = doc.get("records")
+        if records is None:
+            raise InvalidInput("records is missing", field="records")
+        if isinstance(records, list):
+            check_batch_size(len(records), settings, field="records")
+        return opts, params, join.records_from_json(records, params.columns)
+
+    def reads(self, params: AddressParams) -> tuple[str | None, ...]:
+        cols = params.columns
+        return cols.address, cols.city, cols.zip, cols.lon, cols.lat, cols.date
+
+    def from_table(self, table: pa.Table, params: AddressParams) -> Records:
+        return join.records_from_table(with_local_days(table, params.columns.date), params.columns)
+
+    def from_lines(self, docs: list, params: AddressParams) -> Records:
+        return join.records_from_json(docs, params.columns)
+
+    def run(self, index: ServiceIndex, data: Records, opts: Options, params: AddressParams) -> Joined:
+        return geocode_join(index, data, opts, params.min_match)
+
+    def result_of(self, out: Joined) -> TagResult:
+        return out.result
+
+    def stream_headers(self, index: ServiceIndex) -> dict[str, str]:
+        return {REFERENCE_HEADER: join.reference_header(index)}
+
+    def encode_json(self, index: ServiceIndex, data: Records, out: Joined) -> bytes:
+        rows = join.rows(data.ids, out)
+        return json_body.dumps({"results": rows, "count": len(rows), "layers": out.result.layers_used(),
+                                "geocode_reference": join.reference_header(index),
+                                "errors": results.error_list(data.ids, out.prepared, out.result)})
+
+    def encode_lines(self, index: ServiceIndex, data: Records, out: Joined) -> bytes:
+        return b"".join(json_body.dumps(row) + b"\n" for row in join.rows(data.ids, out))
+
+    def answer_table(self, table: pa.Table | None, data: Records, out: Joined, prefix: str) -> pa.Table:
+        return join.answer_table(table, data.ids, out, prefix)
+
+
+GEOCODE_JOIN = GeocodeJoin()

@@ -1,0 +1,90 @@
+"""The registry of media types the bulk routes read and answer, and the negotiation of a request's two types.
+
+A table format (Arrow, CSV) is decoded to an Arrow table and answered from one, the same for every bulk operation;
+JSON and NDJSON bodies have a shape of their own per operation (points, records), read by the operation itself.
+Adding a table format is one entry here plus its decoder and encoder.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import pyarrow as pa
+from starlette.responses import Response
+
+from ..errors import NotAcceptable, UnsupportedMediaType
+from .arrow import encode_arrow, read_arrow_body
+from .csv_text import encode_csv, read_csv_body
+from .media import ARROW, CSV, JSON, NDJSON
+from .params import Param
+from .responses import ArrowResponse, CSVResponse, EncodedJSONResponse, NDJSONResponse
+
+# (body, Content-Type, **the values of the format's own query parameters) -> the input table
+TableDecoder = Callable[..., pa.Table]
+
+
+@dataclass(frozen=True)
+class Format:
+    """One media type of the bulk routes."""
+
+    media_type: str
+    response: type[Response]
+    body_schema: dict | None = None  # the request body in OpenAPI (JSON: each operation's own model)
+    # Table formats: the body to the input table (TableDecoder), the answer table to its bytes.
+    decode_table: TableDecoder | None = None
+    encode_table: Callable[[pa.Table], bytes | memoryview] | None = None
+    streamed: bool = False  # answered line by line from a spooled body (NDJSON); answered only in its own kind
+    aliases: tuple[str, ...] = ()  # other names clients send for it
+    params: tuple[Param, ...] = ()  # query parameters its decoder reads, declared on every bulk route
+    default_answer: str | None = None  # the answer's type when Accept names none (None: this type)
+
+    @property
+    def answers(self) -> bool:
+        """Whether it can be an answer's type: a table format with an encoder, or JSON and NDJSON (written by each
+        operation). A body-only format (a form upload) answers in its default_answer."""
+        return self.encode_table is not None or self.decode_table is None
+
+
+_BINARY = {"type": "string", "format": "binary"}
+_TEXT = {"type": "string"}
+FORMATS: dict[str, Format] = {f.media_type: f for f in (
+    Format(JSON, EncodedJSONResponse),
+    Format(ARROW, ArrowResponse, _BINARY, read_arrow_body, encode_arrow,
+           aliases=("application/vnd.apache.arrow.file", "application/x-arrow")),
+    Format(CSV, CSVResponse, _TEXT, read_csv_body, encode_csv),
+    Format(NDJSON, NDJSONResponse, _TEXT, streamed=True),
+)}
+MEDIA_TYPES = tuple(FORMATS)
+FORMAT_PARAMS = tuple(param for fmt in FORMATS.values() for param in fmt.params)
+_ALIASES = {alias: f.media_type for f in FORMATS.values() for alias in f.aliases}
+
+
+def media_type(content_type: str | None) -> str:
+    """The request body's registered media type (none or */*: JSON)."""
+    base = (content_type or JSON).split(";")[0].strip().lower()
+    if base in ("", "*/*"):
+        return JSON
+    base = _ALIASES.get(base, base)
+    if base not in FORMATS:
+        raise UnsupportedMediaType(
+            f"Content-Type {content_type!r} is not supported; use one of {', '.join(MEDIA_TYPES)}",
+            field="Content-Type")
+    return base
+
+
+def response_type(accept: str | None, request_type: str) -> str:
+    """The first type in Accept that can answer this request; when Accept is absent or */*, the request's own type
+    (or the one its format names)."""
+    own = FORMATS[request_type]
+    default = own.default_answer or request_type
+    if not accept:
+        return default
+    for part in accept.split(","):
+        base = part.split(";")[0].strip().lower()
+        if base in ("*/*", "application/*", ""):
+            return default
+        fmt = FORMATS.get(base)
+        if fmt is not None and fmt.answers and fmt.streamed == own.streamed:
+            return base
+    raise NotAcceptable(f"cannot answer {accept!r} to a {request_type} request", field="Accept")

@@ -1,0 +1,168 @@
+"""The result columns of a bulk answer, built once for every answer type: as Arrow arrays (keys and rules
+dictionary-encoded) for Arrow, CSV and streamed JSON rows, as lists for JSON rows built per dict; the per-row error
+list; and the input table with the results appended under the `prefix` rule."""
+
+from __future__ import annotations
+
+import functools
+import re
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from ..engine.rules import RULE_NAMES
+from ..engine.tagger import TagResult
+from ..errors import InvalidInput
+from ..points import Prepared
+from ..server.memory import paused_gc
+from .json_body import dumps
+from .json_rows import json_rows
+
+MAX_ROW_ERRORS_LISTED = 1000  # a JSON answer's `errors` list: each row's own `error` column has them all
+
+
+def row_errors(prepared: Prepared, result: TagResult | None) -> dict[int, str]:
+    """row -> "field: message", for rows that were not (fully) tagged."""
+    merged = dict(result.row_errors) if result is not None else {}
+    merged.update(prepared.errors)  # an input error names the first cause
+    return {row: f"{name}: {message}" for row, (name, message) in merged.items()}
+
+
+def _index_type(size: int) -> type:
+    # The narrowest index type that holds the dictionary: a byte per row for most layers.
+    return np.int8 if size <= 127 else np.int16 if size <= 32767 else np.int32
+
+
+def _dictionary_column(indices: np.ndarray, valid: np.ndarray, dictionary: pa.Array) -> pa.DictionaryArray:
+    # Straight from the buffers: pa.array(..., mask=...) and the checked from_arrays each pass over the column again.
+    # Every index is in range by construction, so the check is skipped.
+    bitmap = pa.py_buffer(np.packbits(valid, bitorder="little"))
+    arr = pa.Array.from_buffers(pa.from_numpy_dtype(indices.dtype), len(indices), [bitmap, pa.py_buffer(indices)])
+    return pa.DictionaryArray.from_arrays(arr, dictionary, safe=False)
+
+
+def sparse_arrow(n: int, values: dict[int, str]) -> pa.Array:
+    """Rare per-row texts (flags, errors) as a dictionary column: a null costs a bit, not a 4-byte string offset."""
+    distinct = sorted(set(values.values()))
+    indices: np.ndarray = np.zeros(n, dtype=_index_type(len(distinct)))
+    valid = np.zeros(n, dtype=bool)
+    if values:
+        rows = np.fromiter(values, dtype=np.int64, count=len(values))
+        position = {text: i for i, text in enumerate(distinct)}
+        indices[rows] = [position[text] for text in values.values()]
+        valid[rows] = True
+    return _dictionary_column(indices, valid, pa.array(distinct, type=pa.string()))
+
+
+def none_for_nan(values: np.ndarray) -> list[float | None]:
+    out = values.astype(object)
+    out[np.isnan(values)] = None
+    return out.tolist()
+
+
+def sparse_list(n: int, values: dict[int, str]) -> list[str | None]:
+    out: list[str | None] = [None] * n
+    for row, value in values.items():
+        out[row] = value
+    return out
+
+
+@functools.cache
+def _rules() -> pa.Array:
+    # Built on first use, not at import: pyarrow imports pandas on its first array (docs/engine.md), which a service
+    # answering only single lookups never needs.
+    return pa.array(RULE_NAMES.tolist()[1:], type=pa.string())  # "edge", "overlap", "nearest" (0 is null)
+
+
+def result_arrays(prepared: Prepared, result: TagResult) -> list[tuple[str, pa.Array]]:
+    """The result columns as Arrow arrays; keys and rules dictionary-encoded: cheap to build, compact to send."""
+    n = len(prepared)
+    out: list[tuple[str, pa.Array]] = []
+    for name, tags in result.layers.items():
+        uniq, inverse = np.unique(tags.dictionary.astype(str), return_inverse=True)
+        index_type = _index_type(len(uniq))
+        lookup = np.append(inverse.astype(index_type), index_type(0))  # code -1 (no feature) takes the last slot
+        out.append((name, _dictionary_column(lookup.take(tags.codes), tags.codes >= 0, pa.array(uniq))))
+        rule_index = np.maximum(tags.rule - np.int8(1), np.int8(0))  # index into _rules(); rule 0 is null
+        out.append((f"{name}_rule", _dictionary_column(rule_index, tags.rule != 0, _rules())))
+        if tags.distance_m is not None:
+            out.append((f"{name}_distance_m", pa.array(tags.distance_m, from_pandas=True)))
+        if tags.version is not None:
+            out.append((f"{name}_version", pa.array(tags.version, type=pa.string())))
+    out.append(("flags", sparse_arrow(n, prepared.flags)))
+    out.append(("error", sparse_arrow(n, row_errors(prepared, result))))
+    return out
+
+
+def result_lists(prepared: Prepared, result: TagResult) -> list[tuple[str, list]]:
+    """The result columns as Python lists, for JSON."""
+    n = len(prepared)
+    out: list[tuple[str, list]] = []
+    for name, tags in result.layers.items():
+        out.append((name, tags.keys().tolist()))
+        out.append((f"{name}_rule", tags.rule_names().tolist()))
+        if tags.distance_m is not None:
+            out.append((f"{name}_distance_m", none_for_nan(tags.distance_m)))
+        if tags.version is not None:
+            out.append((f"{name}_version", tags.version.tolist()))
+    out.append(("flags", sparse_list(n, prepared.flags)))
+    out.append(("error", sparse_list(n, row_errors(prepared, result))))
+    return out
+
+
+def error_list(ids: Any, prepared: Prepared, result: TagResult | None,
+               limit: int = MAX_ROW_ERRORS_LISTED) -> list[dict]:
+    """The rows not (fully) tagged, first cause first, as the JSON answer lists them (every row's `error` column
+    says it too)."""
+    merged = dict(result.row_errors) if result is not None else {}
+    merged.update(prepared.errors)
+    id_at = (lambda i: ids[i]) if isinstance(ids, list) else (
+        (lambda i: ids[i].as_py()) if ids is not None else (lambda i: None))
+    return [{"row": row, "id": id_at(row), "field": name, "detail": f"{name}: {message}"}
+            for row, (name, message) in sorted(merged.items())[:limit]]
+
+
+@paused_gc()
+def encode_json(ids: list, prepared: Prepared, result: TagResult, extra: dict) -> memoryview:
+    rest = dumps({"count": len(prepared), "layers": result.layers_used(),
+                  "errors": error_list(ids, prepared, result), **extra})
+    # The rows are written into the answer's own buffer, head and tail included: no copy of the whole answer at the end.
+    return json_rows([("id", ids)] + result_arrays(prepared, result), b",", head=b'{"results":[',
+                     tail=b"]," + rest[1:])
+
+
+# Result columns named like an input column get this in front (the `prefix` option): inputs are never replaced.
+COLLISION_PREFIX = "enrich_"
+PREFIX_PATTERN = re.compile(r"^[A-Za-z0-9_]{1,32}$")
+
+
+def check_prefix(prefix: object) -> str:
+    if not isinstance(prefix, str) or not PREFIX_PATTERN.match(prefix):
+        raise InvalidInput(f"prefix must be 1-32 letters, digits or underscores (got {prefix!r})", field="prefix")
+    return prefix
+
+
+def append_results(table: pa.Table, columns: list[tuple[str, pa.Array]], layers, prefix: str) -> pa.Table:
+    """The input table, untouched, with the result columns appended. A result column named like an input column
+    gets `prefix` in front (again until the name is free): the caller's own `zip` stays, the zip layer's answer is
+    `enrich_zip`, and a layer that moves keeps its companions together (`enrich_zip_rule`, ...)."""
+    taken = set(table.column_names)
+    moved = [layer for layer in layers if layer in taken]
+    for name, arr in columns:
+        out = name
+        if any(name == layer or name.startswith(f"{layer}_") for layer in moved):
+            out = prefix + name
+        while out in taken:
+            out = prefix + out
+        taken.add(out)
+        table = table.append_column(out, arr)
+    return table
+
+
+def answer_table(table: pa.Table | None, ids: Any, prepared: Prepared, result: TagResult,
+                 prefix: str = COLLISION_PREFIX) -> pa.Table:
+    """The input table (or just the ids) with the result columns appended; no input column is replaced."""
+    if table is None:
+        table = pa.table({"id": pa.array(ids)})
+    return append_results(table, result_arrays(prepared, result), result.layers, prefix)

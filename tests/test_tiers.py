@@ -38,7 +38,9 @@ def run_probe(tmp_path, *args: str, ci: bool = False) -> subprocess.CompletedPro
     if ci:
         env["CI"] = "true"
     return subprocess.run([sys.executable, "-m", "pytest", "-c", str(REPO / "pyproject.toml"), "--rootdir", str(REPO),
-                           "-p", "tests.conftest", "-p", "no:cacheprovider", "-rsfE", *args, str(tmp_path)],
+                           "-p", "tests.conftest", "-p", "no:cacheprovider", "-rsfE", *args, str(tmp_path),
+                           # plugins the probe has no use for, and most of a pytest's start-up
+                           "-p", "no:schemathesis", "-p", "no:hypothesispytest", "-p", "no:anyio"],
                           cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
 
 

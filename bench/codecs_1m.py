@@ -1,24 +1,40 @@
 """CPU time of the bulk codecs on 1M points, in process: JSON decode/encode, Arrow decode, CSV decode/encode.
 
-    .venv/bin/python bench/codecs_1m.py [SOURCE_ROOT]
+    .venv/bin/python bench/codecs_1m.py [SOURCE_ROOT] [--points 1000000] [--smoke]
 
 SOURCE_ROOT (default: this checkout) is a folder holding enrich_service/ and boundaries/, so another version can be
 timed on the same machine in the same hour, e.g. `git archive main enrich_service boundaries | tar -x -C /tmp/base`
 then `bench/codecs_1m.py /tmp/base`. Process CPU time (min and median of the repeats), so a busy shared machine
-moves the figures less than wall time would.
+moves the figures less than wall time would. --smoke: 5,000 points, one repeat each, the same table in seconds (CI
+runs it so the script keeps working: tests/test_bench_smoke.py).
 """
 
 from __future__ import annotations
 
+import argparse
 import gc
 import io
+import os
 import sys
 import time
 from pathlib import Path
 
-ROOT = Path(sys.argv[1] if len(sys.argv) > 1 else Path(__file__).resolve().parents[1])
+
+def _args() -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("source_root", nargs="?", type=Path, default=Path(__file__).resolve().parents[1])
+    ap.add_argument("--points", type=int, default=1_000_000)
+    ap.add_argument("--smoke", action="store_true", help="5,000 points, one repeat: every codec in seconds")
+    args = ap.parse_args()
+    if args.smoke:
+        args.points = 5_000
+    return args
+
+
+ARGS = _args()  # before the imports below: SOURCE_ROOT decides which enrich_service they load
+ROOT = ARGS.source_root
 sys.path.insert(0, str(ROOT))
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+DATA = Path(os.environ.get("ENRICH_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
 
 import numpy as np  # noqa: E402
 import orjson  # noqa: E402
@@ -30,13 +46,12 @@ from enrich_service.io import arrow, csv_text, json_body, results, tables  # noq
 from enrich_service.layers.store import LayerStore  # noqa: E402
 from enrich_service.points import parse_crs, prepare  # noqa: E402
 
-N = 1_000_000
 LAYERS = ["council_district", "neighborhood", "zip"]
 
 
 def timed(fn, repeats: int) -> tuple[float, float]:
     runs = []
-    for _ in range(repeats):
+    for _ in range(1 if ARGS.smoke else repeats):
         gc.collect()
         t = time.process_time()
         fn()
@@ -45,10 +60,11 @@ def timed(fn, repeats: int) -> tuple[float, float]:
 
 
 def main() -> None:
+    n = ARGS.points
     store = LayerStore.load(ROOT / "boundaries" / "manifest.yaml", DATA / "boundaries", ROOT / ".cache" / "layers")
     engine = Engine(store)
     rng = np.random.default_rng(1)
-    lon, lat = rng.uniform(-117.25, -117.0, N), rng.uniform(32.65, 32.95, N)
+    lon, lat = rng.uniform(-117.25, -117.0, n), rng.uniform(32.65, 32.95, n)
 
     def tag(batch):
         prepared = prepare(batch, parse_crs(None))
@@ -58,11 +74,11 @@ def main() -> None:
                                     for i, (x, y) in enumerate(zip(lon, lat))]})
     _, batch = json_body.decode_json(body)
     prepared, result = tag(batch)
-    print(f"{ROOT}: 1M points, CPU seconds (min / median)")
+    print(f"{ROOT}: {n:,} points, CPU seconds (min / median)")
     print("  JSON decode  %.3f / %.3f" % timed(lambda: json_body.decode_json(body), 7))
     print("  JSON encode  %.3f / %.3f" % timed(lambda: results.encode_json(batch.ids, prepared, result, {}), 7))
 
-    table = pa.table({"id": pa.array([f"A{i:07d}" for i in range(N)]), "lon": lon, "lat": lat})
+    table = pa.table({"id": pa.array([f"A{i:07d}" for i in range(n)]), "lon": lon, "lat": lat})
     sink = io.BytesIO()
     with ipc.new_stream(sink, table.schema) as w:
         w.write_table(table)

@@ -1,6 +1,6 @@
 """Geocoder accuracy and speed on the real reference (run by hand):
 
-    .venv/bin/python bench/geocode.py [--records 200000] [--http-batch 10000] [--no-http]
+    .venv/bin/python bench/geocode.py [--records 200000] [--http-batch 10000] [--no-http] [--smoke]
 
 Accuracy: four ground truths, each as a table by match level (count, share, median and 95th-percentile error in
 metres, share within 100 m), plus the issue's floors on what the reference covers:
@@ -11,6 +11,8 @@ metres, share within 100 m), plus the issue's floors on what the reference cover
 Speed: a mixed batch of real addresses (address points in three spellings, numbers inside segment ranges,
 hundred blocks, intersections, junk), in process with the result cache off (warm: imports and first calls done
 on another batch and another Geocoder), then over HTTP on loopback in batches (JSON and Arrow).
+--smoke: 3,000 records (1,000 over HTTP), every table in seconds; its figures mean nothing (CI runs it so the script
+keeps working: tests/test_bench_smoke.py).
 """
 
 from __future__ import annotations
@@ -31,11 +33,10 @@ import pyarrow.ipc as ipc
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-DATA = Path(os.environ.get("ENRICH_SHARED_DATA", REPO.parent / "shared" / "data"))
-ADDRESS = DATA / "address"
-BOUNDARIES = DATA / "boundaries"
-METERS = DATA / "points" / "treas_parking_meters_loc_datasd.csv"
-STOPS = DATA / "points" / "transit_stops_datasd.geojson"
+from tests.conftest import ADDRESS, BOUNDARIES, DATA, POINTS, _free_port  # noqa: E402  (the data's one reader)
+
+METERS = POINTS / "treas_parking_meters_loc_datasd.csv"
+STOPS = POINTS / "transit_stops_datasd.geojson"
 LAYERS = "council_district,neighborhood,zip"
 
 
@@ -202,9 +203,13 @@ def main() -> None:
     ap.add_argument("--http-batch", type=int, default=10_000)
     ap.add_argument("--http-records", type=int, default=100_000)
     ap.add_argument("--no-http", action="store_true")
-    ap.add_argument("--port", type=int, default=8766)
+    ap.add_argument("--port", type=int, help="the service's port (default: a free one)")
     ap.add_argument("--tags-only", action="store_true", help="only the wrong-tag and collisions tables")
+    ap.add_argument("--smoke", action="store_true", help="3,000 records, 1,000 over HTTP: every table in seconds")
     args = ap.parse_args()
+    if args.smoke:
+        args.records, args.http_records, args.http_batch = 3_000, 1_000, 500
+    args.port = args.port or _free_port()
 
     from enrich_service.geocode import zip_points
     from enrich_service.geocode.evaluate import mixed_addresses
@@ -227,6 +232,8 @@ def main() -> None:
     if args.tags_only:
         return
     records, distinct = mixed_addresses(files, METERS, STOPS, args.records)
+    if args.smoke:
+        distinct = distinct[:args.records]
     in_process(files, zips, index, records, distinct)
     if not args.no_http:
         over_http(records[: args.http_records], args.http_batch, args.port)

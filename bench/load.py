@@ -3,6 +3,7 @@
     .venv/bin/python bench/load.py                         # 10 min at 1,000 req/s of mixed lookups and batches
     .venv/bin/python bench/load.py --duration 60 --reloads 20   # the same while the index is reloaded 20 times
     .venv/bin/python bench/load.py --mode throughput --duration 30 --workers 2   # most single lookups/s (wrk)
+    .venv/bin/python bench/load.py --smoke     # both modes and two reloads in seconds (CI: tests/test_bench_smoke.py)
 
 rate mode: an open-loop generator (asyncio + aiohttp, one process) sends requests on a fixed schedule, whatever the
 service's latency: single GET /v1/pip lookups on the real points of ../shared/data/points and, a share of them,
@@ -459,10 +460,21 @@ def main() -> int:
     parser.add_argument("--warmup", type=float, default=4, help="seconds of load before measuring (default 4)")
     parser.add_argument("--log-level", default="info", help="the service's log level (default: info, as deployed)")
     parser.add_argument("--json", type=Path, help="also write the figures to this file")
+    parser.add_argument("--smoke", action="store_true",
+                        help="every path in seconds: 6 s at 150 req/s with two reloads (one corrupt), then 2 s of wrk")
     args = parser.parse_args()
     if args.reloads and args.workers != 1:
         parser.error("--reloads needs --workers 1: POST /v1/admin/reload reaches one worker process only")
+    if not args.smoke:
+        return run(args)
+    rate = argparse.Namespace(**{**vars(args), "mode": "rate", "duration": 6, "rate": 150, "batch_share": 0.1,
+                                 "reloads": 2, "workers": 1, "warmup": 1, "log_level": "warning"})
+    throughput = argparse.Namespace(**{**vars(rate), "mode": "throughput", "duration": 2, "reloads": 0,
+                                       "connections": 8, "json": None})
+    return run(rate) or run(throughput)
 
+
+def run(args: argparse.Namespace) -> int:
     tmp = Path(tempfile.mkdtemp(prefix="enrich-load-"))
     boundary_dir = BOUNDARIES
     versions = None

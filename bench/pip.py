@@ -1,10 +1,12 @@
 """Point-in-polygon throughput, side by side, in ONE run on the real layers (run by hand):
 
-    .venv/bin/python bench/pip.py [--points 1000000] [--postgis-points 200000] [--big 10000000]
+    .venv/bin/python bench/pip.py [--points 1000000] [--postgis-points 200000] [--big 10000000] [--smoke]
 
 Prints, per layer, geopandas.sjoin, PostGIS (plain GiST join and ST_Subdivide(geom, 256)), and the engine in
 process; then the service over HTTP on loopback (client encode + request + decode included) per transport for all
 three layers; start-up time and the service's RSS. Every figure as points/s and as a ratio to geopandas.sjoin.
+--smoke: 3,000 points, one service start and one repeat, the same table in seconds; its figures mean nothing (CI
+runs it so the script keeps working: tests/test_bench_smoke.py).
 """
 
 from __future__ import annotations
@@ -30,13 +32,11 @@ import pyarrow.ipc as ipc
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 from enrich_service.io.arrow_stream import stream_buffer  # noqa: E402
+from tests.conftest import ADDRESS, BOUNDARIES, PG_DSN, _free_port  # noqa: E402  (the data's one reader)
 
-DATA = Path(os.environ.get("ENRICH_SHARED_DATA", REPO.parent / "shared" / "data"))
-BOUNDARIES = DATA / "boundaries"
 LAYERS = [("council_district", 1, "council_districts_2021_datasd.geojson"),
           ("neighborhood", 0, "cmty_plan_datasd.geojson"),
           ("zip", 0, "sd_county_zcta2010.geojson")]
-PG_DSN = os.environ.get("ENRICH_TEST_POSTGIS_DSN", "postgresql://postgres@127.0.0.1:5432/test")
 
 
 def timed(fn, *args, repeat: int = 1):
@@ -166,9 +166,15 @@ def main() -> None:
     ap.add_argument("--postgis-points", type=int, default=200_000,
                     help="points for the PostGIS joins (the plain join manages a few 10k points/s)")
     ap.add_argument("--big", type=int, default=0, help="also stream this many points as NDJSON, watching RSS")
-    ap.add_argument("--port", type=int, default=8765)
+    ap.add_argument("--port", type=int, help="the service's port (default: a free one)")
+    ap.add_argument("--smoke", action="store_true", help="3,000 points, one start, one repeat: every path in seconds")
     args = ap.parse_args()
+    args.port = args.port or _free_port()
+    if args.smoke:
+        args.points, args.postgis_points, args.big = 3_000, 3_000, min(args.big, 3_000)
     n = args.points
+    repeat = 1 if args.smoke else 3
+    starts = 1 if args.smoke else 3
 
     from enrich_service.engine.tagger import Engine
     from enrich_service.layers.store import LayerStore
@@ -196,7 +202,7 @@ def main() -> None:
         t_sj, _ = timed(sjoin, polys, pts)
         sjoin_rate[layer] = n / t_sj
         engine.tag_version(layer, vi, x[:1000], y[:1000])  # warm (JIT, caches)
-        t_en, _ = timed(engine.tag_version, layer, vi, x, y, repeat=3)
+        t_en, _ = timed(engine.tag_version, layer, vi, x, y, repeat=repeat)
         m = min(args.postgis_points, n)
         table = f"bench.{table_name(layer, version.version)}"
         t_pg = postgis(conn, table, x[:m], y[:m], subdivide=False)
@@ -209,18 +215,18 @@ def main() -> None:
     three_layer_sjoin = 1.0 / sum(1.0 / r for r in sjoin_rate.values())
     rows.append(("geopandas.sjoin, 3 layers in turn", three_layer_sjoin, 1.0))
     # Everything loaded, as deployed: the geocoder's reference too (its share of the RSS is in docs/engine.md).
-    env = {"ENRICH_BOUNDARY_DIR": str(BOUNDARIES), "ENRICH_REFERENCE_DIR": str(DATA / "address"),
+    env = {"ENRICH_BOUNDARY_DIR": str(BOUNDARIES), "ENRICH_REFERENCE_DIR": str(ADDRESS),
            "ENRICH_LOG_LEVEL": "WARNING"}
     # Start-up is one number per start and noisy on a shared machine: three starts, the median reported.
     startups = []
-    for _ in range(2):
+    for _ in range(starts - 1):
         proc, t = start_service(args.port, env)
         startups.append(t)
         proc.terminate()
         proc.wait()
     proc, t = start_service(args.port, env)
     startups.append(t)
-    startup = sorted(startups)[1]
+    startup = sorted(startups)[len(startups) // 2]
     url = f"http://127.0.0.1:{args.port}"
     time.sleep(1)
     idle_rss = rss_mb(proc.pid)
@@ -234,7 +240,7 @@ def main() -> None:
             http_arrow(client, url, x[:1000], y[:1000])
             for name, fn in (("HTTP arrow", http_arrow), ("HTTP json (orjson)", http_json),
                              ("HTTP csv", http_csv), ("HTTP ndjson stream", http_ndjson)):
-                t, _ = timed(fn, client, url, x, y, repeat=3)  # best of 3, as for the engine
+                t, _ = timed(fn, client, url, x, y, repeat=repeat)  # best of 3, as for the engine
                 rows.append((f"{name}, 3 layers", n / t, (n / t) / three_layer_sjoin))
             peak = rss_mb(proc.pid)
             big_line = ""
@@ -250,7 +256,7 @@ def main() -> None:
 
     each = ", ".join(f"{t:.2f}" for t in startups)
     print(f"\nservice start-up to ready: {startup:.2f}s (median of {each}); RSS idle {idle_rss:.0f} MB, "
-          f"after the 1M-point requests {peak:.0f} MB")
+          f"after the {n:,}-point requests {peak:.0f} MB")
     if big_line:
         print(big_line)
 

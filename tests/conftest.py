@@ -1,8 +1,16 @@
-"""Shared fixtures: the real San Diego data in ../shared/data, the loaded layers, a real PostGIS."""
+"""Shared fixtures: the real San Diego data in ../shared/data, the loaded layers, a real PostGIS.
+
+Tests marked `data` read the real files, tests marked `postgis` talk to the database; a test using a fixture that
+needs them (`@needs("data")`, directly or through another fixture) is marked too. Where the data or PostGIS is
+missing, those tests skip and say why, so the rest (codecs, specs, parsing) run anywhere in seconds
+(docs/testing.md). In CI (CI=true) and under scripts/test.sh (ENRICH_TEST_REQUIRE_ALL=1) a missing dependency fails
+them instead: there, every test runs.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import time
 from pathlib import Path
@@ -16,9 +24,55 @@ BOUNDARIES = DATA / "boundaries"
 POINTS = DATA / "points"
 ADDRESS = DATA / "address"
 PG_DSN = os.environ.get("ENRICH_TEST_POSTGIS_DSN", "postgresql://postgres@127.0.0.1:5432/test")
+REQUIRE_ALL = (os.environ.get("CI", "").lower() in ("1", "true", "yes")
+               or os.environ.get("ENRICH_TEST_REQUIRE_ALL") == "1")
 
-if not BOUNDARIES.is_dir():
-    raise RuntimeError(f"the real data is expected at {DATA} (set ENRICH_SHARED_DATA)")
+
+
+def needs(*marks: str):
+    """A fixture that reads the real data ("data") or opens PostGIS ("postgis"): every test using it gets the marks.
+    Put it under @pytest.fixture (pytest itself has no marks on fixtures)."""
+
+    def declare(fixture):
+        fixture.enrich_needs = marks
+        return fixture
+
+    return declare
+
+
+@functools.cache
+def data_missing() -> str | None:
+    if BOUNDARIES.is_dir() and POINTS.is_dir() and ADDRESS.is_dir():
+        return None
+    return f"needs the real data at {DATA} (boundaries/, points/, address/; set ENRICH_SHARED_DATA)"
+
+
+@functools.cache
+def postgis_missing() -> str | None:
+    try:
+        with psycopg.connect(PG_DSN, connect_timeout=5, autocommit=True) as conn:
+            conn.execute("CREATE EXTENSION IF NOT EXISTS postgis")
+    except psycopg.Error as exc:
+        return f"needs PostGIS at {PG_DSN} (set ENRICH_TEST_POSTGIS_DSN): {str(exc).strip().splitlines()[0]}"
+    return None
+
+
+@pytest.hookimpl(tryfirst=True)  # before -m selects by these marks
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        info = getattr(item, "_fixtureinfo", None)  # every fixture the test uses, through other fixtures too
+        for defs in info.name2fixturedefs.values() if info else ():
+            for mark in {m for d in defs for m in getattr(d.func, "enrich_needs", ())}:
+                item.add_marker(mark)
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    for mark, missing in (("data", data_missing), ("postgis", postgis_missing)):
+        why = item.get_closest_marker(mark) and missing()
+        if why and REQUIRE_ALL:
+            pytest.fail(f"{why}. CI runs every test (CI / ENRICH_TEST_REQUIRE_ALL is set)", pytrace=False)
+        if why:
+            pytest.skip(why)
 
 
 @contextlib.contextmanager
@@ -56,6 +110,7 @@ def ready_app(env: dict, timeout_s: float = 90):
 
 
 @pytest.fixture(scope="session")
+@needs("data")
 def store():
     from enrich_service.layers.store import LayerStore
     from enrich_service.settings import REPO_ROOT
@@ -64,9 +119,9 @@ def store():
 
 
 @pytest.fixture(scope="session")
+@needs("postgis")
 def pg_dsn() -> str:
-    with psycopg.connect(PG_DSN, autocommit=True) as conn:
-        conn.execute("CREATE EXTENSION IF NOT EXISTS postgis")
+    """The test database (postgis_missing, checked before every postgis test, has created the extension)."""
     return PG_DSN
 
 
@@ -110,6 +165,7 @@ def start_service(env: dict | None = None, port: int | None = None, workers: int
 
 
 @pytest.fixture(scope="session")
+@needs("data")
 def live_service():
     """Base URL of a live service (admin key: test-admin-key)."""
     proc, url = start_service()

@@ -16,6 +16,8 @@ from pyproj import Transformer
 
 from .conftest import ADDRESS, BOUNDARIES, ready_app
 
+pytestmark = pytest.mark.data
+
 CITY_HALL = (-117.1627, 32.7167)
 ARROW = "application/vnd.apache.arrow.stream"
 

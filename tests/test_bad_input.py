@@ -15,7 +15,7 @@ import pyarrow.csv as pacsv
 import pyarrow.ipc as ipc
 import pytest
 
-from .conftest import ADDRESS, BOUNDARIES, ready_app
+from .conftest import ADDRESS, BOUNDARIES, needs, ready_app
 
 CITY_HALL = (-117.1627, 32.7167)
 ARROW = "application/vnd.apache.arrow.stream"
@@ -26,6 +26,7 @@ DEEP = "[" * 10_000 + "]" * 10_000
 
 
 @pytest.fixture(scope="module")
+@needs("data")
 def client():
     env = {"ENRICH_BOUNDARY_DIR": str(BOUNDARIES), "ENRICH_REFERENCE_DIR": str(ADDRESS), "ENRICH_MAX_BATCH": "1000",
            "ENRICH_MAX_BODY_BYTES": str(2_000_000), "ENRICH_API_KEYS": "test-admin-key"}
@@ -309,6 +310,7 @@ print("airflow" in sys.modules)
 
 # ---- the smaller items -----------------------------------------------------------------------------------------
 
+@pytest.mark.data
 def test_point_lookups_answer_while_the_geocoder_reference_is_missing(tmp_path):
     env = {"ENRICH_BOUNDARY_DIR": str(BOUNDARIES), "ENRICH_REFERENCE_DIR": str(tmp_path / "nowhere"),
            "ENRICH_CACHE_DIR": str(tmp_path / "cache")}
@@ -429,6 +431,7 @@ def test_file_paths_are_shown_on_admin_routes_only(client):
     assert redact_paths("cannot read /srv/data/boundaries/zips.geojson: gone") == "cannot read zips.geojson: gone"
 
 
+@pytest.mark.data
 def test_work_after_a_timed_out_stage_never_starts(monkeypatch):
     """The request timeout answers 504 and the stages after the one running (tagging, encoding) are not started."""
     import time
@@ -453,6 +456,7 @@ def test_work_after_a_timed_out_stage_never_starts(monkeypatch):
 
 
 
+@pytest.mark.data
 def test_a_timed_out_request_stops_its_running_work(monkeypatch):
     """The stage already running when the request times out stops too: matching 3,000 addresses at 2 ms each would
     take 6 s; the 504 comes at the timeout and the matching stops within a few hundred addresses of it (it ran to

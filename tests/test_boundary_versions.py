@@ -23,7 +23,7 @@ from enrich_service.index import build_index
 from enrich_service.layers.accepted import AcceptedStore
 from enrich_service.settings import Settings
 
-from .conftest import BOUNDARIES, REPO, start_service
+from .conftest import BOUNDARIES, REPO, needs, start_service
 
 if str(REPO / "dags") not in sys.path:  # enrich_pipeline lives beside the DAG files (as Airflow sees it)
     sys.path.append(str(REPO / "dags"))
@@ -77,6 +77,7 @@ def shifted(doc: dict, metres: float) -> dict:
 
 
 @pytest.fixture(scope="module")
+@needs("data")
 def accepted_index(tmp_path_factory):
     """The real files' index: the accepted set the wrong files are compared with."""
     tmp = tmp_path_factory.mktemp("accepted")
@@ -143,6 +144,7 @@ def _readyz(url: str) -> dict:
         return c.get(f"{url}/readyz").json()
 
 
+@pytest.mark.data
 def test_replicas_follow_the_accepted_set_and_a_batch_names_its_set(tmp_path):
     """Two replicas share the accepted folder: a reload accepted by one reaches the other within seconds; a request
     expecting another set gets 409; a refused file is refused on a replica and never reaches the other."""

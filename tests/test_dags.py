@@ -687,6 +687,7 @@ def test_client_arrow_and_json_agree_and_errors_are_typed(live_service):
         EnrichClient(f"http://127.0.0.1:{_free_port()}", timeout=2).layers()
 
 
+@pytest.mark.data
 def test_client_sends_a_table_over_the_services_batch_limit_in_parts():
     import pyarrow as pa
 

@@ -22,6 +22,8 @@ from hypothesis import strategies as st
 
 from .conftest import ADDRESS, BOUNDARIES, ready_app
 
+pytestmark = pytest.mark.data
+
 CASES = int(os.environ.get("ENRICH_FUZZ_CASES", "50"))
 FUZZ = settings(max_examples=CASES, deadline=None, database=None, derandomize="ENRICH_FUZZ_CASES" not in os.environ,
                 suppress_health_check=list(HealthCheck))

@@ -13,7 +13,7 @@ import pyarrow.csv as pacsv
 import pyarrow.ipc as ipc
 import pytest
 
-from .conftest import ADDRESS, BOUNDARIES, POINTS, ready_app
+from .conftest import ADDRESS, BOUNDARIES, POINTS, needs, ready_app
 
 METERS = POINTS / "treas_parking_meters_loc_datasd.csv"
 STOPS = POINTS / "transit_stops_datasd.geojson"
@@ -22,6 +22,7 @@ ARROW = "application/vnd.apache.arrow.stream"
 
 
 @pytest.fixture(scope="module")
+@needs("data")
 def files():
     from enrich_service.geocode.reference import resolve_reference
     from enrich_service.settings import Settings
@@ -274,6 +275,7 @@ def test_reference_loads_into_postgis_with_the_same_street_keys(pg_dsn, files):
 # ---- over HTTP -----------------------------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
+@needs("data")
 def client():
     env = {"ENRICH_BOUNDARY_DIR": str(BOUNDARIES), "ENRICH_REFERENCE_DIR": str(ADDRESS), "ENRICH_MAX_BATCH": "1000",
            "ENRICH_API_KEYS": "test-admin-key"}
@@ -416,6 +418,7 @@ def test_geocodes_are_counted_by_level(client):
     assert 'enrich_geocode_matches_total{level="none"}' in metrics
 
 
+@pytest.mark.data
 def test_a_changed_reference_reloads_with_the_layers_and_empties_the_cache(tmp_path):
     """Reload swaps layers and reference together; a new reference sha256 means a new cache; a broken reference
     file is refused and the old reference keeps answering."""

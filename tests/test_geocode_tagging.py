@@ -178,6 +178,7 @@ def test_min_match_refuses_coarse_matches(index):
         answer(index, ["x"], min_match="house")
 
 
+@pytest.mark.data
 def test_the_cli_geocodes_a_file_with_the_same_rule(tmp_path, monkeypatch, capsys):
     import pyarrow.csv as pacsv
 

@@ -52,6 +52,7 @@ def test_ordering_check_catches_answers_from_the_wrong_side_of_the_swap():
     assert any("started after its reload answered" in p for p in problems), problems
 
 
+@pytest.mark.data
 @pytest.mark.timeout(180)
 def test_a_short_load_run_with_reloads_has_no_error_and_refuses_the_corrupt_file(tmp_path):
     """About 15 s: the real service, real points, single GETs and 1,000-point batches, two reloads (one corrupt)."""

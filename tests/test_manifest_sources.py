@@ -25,6 +25,8 @@ import yaml
 
 from .conftest import BOUNDARIES, REPO
 
+pytestmark = pytest.mark.data
+
 MANIFEST = yaml.safe_load((REPO / "boundaries" / "manifest.yaml").read_text())
 PUBLISHERS = {"seshat.datasd.org": "City of San Diego open data portal", "www2.census.gov": "US Census Bureau"}
 # URL file name -> local file name, where the portal names the same file differently, and why

@@ -199,10 +199,12 @@ def enriched(live_service, tmp_path_factory):
     return tmp / "enriched.parquet"
 
 
+@pytest.mark.postgis
 def test_the_swap_is_atomic_for_a_reader(enriched):
     check_swap_is_atomic(enriched)
 
 
+@pytest.mark.postgis
 def test_a_non_atomic_swap_is_seen_by_a_reader(monkeypatch, enriched):
     from enrich_pipeline import publish
     from enrich_service.postgis import publish as pg

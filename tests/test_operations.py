@@ -18,6 +18,8 @@ from enrich_service.layers.sources import sha256_of
 
 from .conftest import BOUNDARIES, start_service
 
+pytestmark = pytest.mark.data
+
 KEY = {"X-API-Key": "test-admin-key"}
 CITY_HALL = {"lon": -117.1627, "lat": 32.7167}
 DISTRICTS_2021 = "council_districts_2021_datasd.geojson"

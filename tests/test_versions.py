@@ -28,7 +28,7 @@ import yaml
 from enrich_service.errors import NoVersionInForce
 from enrich_service.settings import REPO_ROOT
 
-from .conftest import ADDRESS, BOUNDARIES, ready_app
+from .conftest import ADDRESS, BOUNDARIES, needs, ready_app
 
 ARROW = "application/vnd.apache.arrow.stream"
 # as_of -> the district version in force that day (None: none is)
@@ -113,6 +113,7 @@ def test_engine_mixed_batch(store, engine, probe, as_of, use_grid):
 # ---- the HTTP API: GET and every bulk form -----------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
+@needs("data")
 def client():
     env = {"ENRICH_BOUNDARY_DIR": str(BOUNDARIES), "ENRICH_REFERENCE_DIR": str(ADDRESS),
            "ENRICH_API_KEYS": "test-admin-key"}

@@ -15,7 +15,7 @@ import pyarrow as pa
 import pyarrow.ipc as ipc
 import pytest
 
-from .conftest import ADDRESS, BOUNDARIES, ready_app
+from .conftest import ADDRESS, BOUNDARIES, needs, ready_app
 
 LON, LAT = -117.22312715117752, 32.86948674738745
 ARROW = "application/vnd.apache.arrow.stream"
@@ -33,6 +33,7 @@ CASES = {
 
 
 @pytest.fixture(scope="module")
+@needs("data")
 def client():
     env = {"ENRICH_BOUNDARY_DIR": str(BOUNDARIES), "ENRICH_REFERENCE_DIR": str(ADDRESS), "ENRICH_MAX_BATCH": "1000"}
     with ready_app(env) as c:

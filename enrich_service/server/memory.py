@@ -10,6 +10,7 @@ import ctypes.util
 import gc
 from collections.abc import Iterator
 
+_libc: ctypes.CDLL | None
 try:
     _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
 except OSError:  # no C library by that name (Windows, where the client may run): nothing to tune

@@ -21,7 +21,7 @@ PROTOCOL = "enrich_service.server.slow_clients:HeaderDeadlineProtocol"  # uvicor
 class HeaderDeadlineProtocol(HttpToolsProtocol):
     _head_timer: asyncio.TimerHandle | None = None
 
-    def connection_made(self, transport) -> None:  # type: ignore[override]
+    def connection_made(self, transport) -> None:
         super().connection_made(transport)
         self._start_head_timer()
 

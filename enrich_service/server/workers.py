@@ -77,7 +77,8 @@ def run(config: Config) -> None:
         sys.exit(STARTUP_FAILURE)
     log.info("listening on %s:%d with %d workers, one socket each", config.host, sock.getsockname()[1],
              config.workers)
-    multiprocess.Process = _OwnSocketWorker  # the supervisor makes its workers by this module-level name
+    # The supervisor makes its workers by this module-level name (a class attribute mypy won't let us assign).
+    multiprocess.Process = _OwnSocketWorker  # type: ignore[misc]
     os.environ[SUPERVISOR_ENV] = str(os.getpid())  # the workers' POST /v1/admin/reload asks us to pass SIGHUP on
     try:
         _Supervisor(config, sockets=[sock]).run()

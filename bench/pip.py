@@ -1,10 +1,13 @@
 """Point-in-polygon throughput, side by side, in ONE run on the real layers (run by hand):
 
     .venv/bin/python bench/pip.py [--points 1000000] [--postgis-points 200000] [--big 10000000]
+    .venv/bin/python bench/pip.py --voronoi 5000,50000   # layers of many small polygons only (issue 21)
 
 Prints, per layer, geopandas.sjoin, PostGIS (plain GiST join and ST_Subdivide(geom, 256)), and the engine in
 process; then the service over HTTP on loopback (client encode + request + decode included) per transport for all
 three layers; start-up time and the service's RSS. Every figure as points/s and as a ratio to geopandas.sjoin.
+With --voronoi, the same comparison on synthetic layers of that many Voronoi cells over the city's bounding box,
+added through a copy of the manifest, and the service's start-up with them.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ from __future__ import annotations
 import argparse
 import gc
 import io
+import json
 import os
 import subprocess
 import sys
@@ -151,6 +155,97 @@ def http_ndjson(client, url, x, y):
     return rows
 
 
+def voronoi_layer(folder: Path, bbox, cells: int) -> Path:
+    """A GeoJSON of `cells` Voronoi cells over `bbox` (seeded: the same file, and sha256, every run)."""
+    import shapely
+
+    path = folder / f"voronoi_{cells}.geojson"
+    if path.is_file():
+        return path
+    x, y = uniform(bbox, cells, seed=cells)
+    box = shapely.box(*bbox)
+    polys = shapely.get_parts(shapely.voronoi_polygons(shapely.multipoints(np.column_stack([x, y])), extend_to=box))
+    polys = shapely.intersection(polys, box)
+    features = [{"type": "Feature", "properties": {"cell": i}, "geometry": json.loads(shapely.to_geojson(g))}
+                for i, g in enumerate(polys)]
+    path.write_bytes(orjson.dumps({"type": "FeatureCollection", "features": features}))
+    return path
+
+
+def voronoi_manifest(folder: Path, bbox, counts: list[int]) -> tuple[Path, list[str]]:
+    """A copy of the manifest with a `voronoi_<n>` layer per count, and a boundary folder holding the real layer
+    files (linked) and the synthetic ones: no code change is needed for a new layer."""
+    import hashlib
+
+    import yaml
+
+    from enrich_service.settings import Settings
+
+    folder.mkdir(parents=True, exist_ok=True)
+    manifest = yaml.safe_load(Settings().manifest.read_text())
+    names = []
+    for n in counts:
+        path = voronoi_layer(folder, bbox, n)
+        names.append(f"voronoi_{n}")
+        manifest["layers"][names[-1]] = {
+            "description": f"{n:,} synthetic Voronoi cells over the city's bounding box (bench only)", "key": "cell",
+            "versions": [{"version": "synthetic", "effective_from": "1900-01-01", "file": path.name,
+                          "sha256": hashlib.sha256(path.read_bytes()).hexdigest(), "crs": "EPSG:4326"}]}
+    for src in BOUNDARIES.iterdir():
+        link = folder / src.name
+        if not link.exists():
+            link.symlink_to(src)
+    out = folder / "manifest.yaml"
+    out.write_text(yaml.safe_dump(manifest, sort_keys=False))
+    return out, names
+
+
+def voronoi_bench(counts: list[int], n: int, port: int) -> None:
+    """sjoin and the engine in process on each synthetic layer, then the service's start-up with all of them."""
+    from enrich_service.engine.tagger import Engine
+    from enrich_service.layers.store import LayerStore
+    from enrich_service.settings import Settings
+
+    settings = Settings(boundary_dir=BOUNDARIES)
+    city = LayerStore.load(settings.manifest, BOUNDARIES, settings.cache_dir).versions["city_limits"][0].bbox
+    folder = Path(settings.cache_dir) / "bench-voronoi"
+    manifest, names = voronoi_manifest(folder, city, counts)
+    print(f"machine: {os.cpu_count()} cores; {n:,} uniform points over the city's bounding box per layer\n")
+    print(f"{'':44} {'points/s':>14} {'x sjoin':>9}", flush=True)
+    rows = Rows()
+    for name, cells in zip(names, counts):
+        t0 = time.perf_counter()
+        store = LayerStore.load(manifest, folder, settings.cache_dir)
+        only = LayerStore(specs={name: store.specs[name]}, versions={name: store.versions[name]},
+                          manifest=store.manifest, source_mode=store.source_mode, load_seconds=0.0)
+        t_load = time.perf_counter() - t0
+        t_build, engine = timed(Engine, only, settings.grid_cells, settings.use_grid)
+        x, y = uniform(city, n, seed=17)
+        polys = gpd.read_file(folder / f"{name}.geojson")
+        pts = gpd.GeoDataFrame(geometry=gpd.points_from_xy(x, y), crs=4326)
+        t_sj, joined = timed(sjoin, polys, pts)
+        engine.tag_version(name, 0, x[:1000], y[:1000])  # warm (JIT, caches)
+        t_en, (feature, _) = timed(engine.tag_version, name, 0, x, y, repeat=3)
+        assert (feature >= 0).sum() >= len(joined.index.unique()) * 0.999  # the same join, not an empty one
+        print(f"{name}: {cells:,} cells; all layers read in {t_load:.2f}s, this one's indexes built in "
+              f"{t_build:.2f}s", flush=True)
+        rows.append((f"geopandas.sjoin {name}", n / t_sj, 1.0))
+        rows.append((f"engine in process {name}", n / t_en, t_sj / t_en))
+        del engine, only, store, polys, pts, joined
+        gc.collect()
+    env = {"ENRICH_BOUNDARY_DIR": str(folder), "ENRICH_MANIFEST": str(manifest), "ENRICH_LOG_LEVEL": "WARNING",
+           "ENRICH_REFERENCE_DIR": str(DATA / "address")}
+    startups = []
+    for _ in range(3):  # the first start may build the caches; the median is reported
+        proc, t = start_service(port, env)
+        startups.append(t)
+        proc.terminate()
+        proc.wait()
+    each = ", ".join(f"{t:.2f}" for t in startups)
+    print(f"\nservice start-up to ready with the real layers and {', '.join(names)}: {sorted(startups)[1]:.2f}s "
+          f"(median of {each})")
+
+
 class Rows(list):
     """The table, printed row by row as it is measured (a long run shows its figures as it goes)."""
 
@@ -167,8 +262,13 @@ def main() -> None:
                     help="points for the PostGIS joins (the plain join manages a few 10k points/s)")
     ap.add_argument("--big", type=int, default=0, help="also stream this many points as NDJSON, watching RSS")
     ap.add_argument("--port", type=int, default=8765)
+    ap.add_argument("--voronoi", default="", help="comma-separated cell counts: bench synthetic layers of that many "
+                                                  "Voronoi cells instead of the real layers (e.g. 5000,50000)")
     args = ap.parse_args()
     n = args.points
+    if args.voronoi:
+        voronoi_bench([int(c) for c in args.voronoi.split(",")], n, args.port)
+        return
 
     from enrich_service.engine.tagger import Engine
     from enrich_service.layers.store import LayerStore

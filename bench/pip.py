@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import gc
 import io
-import json
 import os
 import subprocess
 import sys
@@ -33,6 +32,7 @@ import pyarrow.ipc as ipc
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+from bench.voronoi import voronoi_manifest  # noqa: E402
 from enrich_service.io.arrow_stream import stream_buffer  # noqa: E402
 
 DATA = Path(os.environ.get("ENRICH_SHARED_DATA", REPO.parent / "shared" / "data"))
@@ -155,51 +155,6 @@ def http_ndjson(client, url, x, y):
     return rows
 
 
-def voronoi_layer(folder: Path, bbox, cells: int) -> Path:
-    """A GeoJSON of `cells` Voronoi cells over `bbox` (seeded: the same file, and sha256, every run)."""
-    import shapely
-
-    path = folder / f"voronoi_{cells}.geojson"
-    if path.is_file():
-        return path
-    x, y = uniform(bbox, cells, seed=cells)
-    box = shapely.box(*bbox)
-    polys = shapely.get_parts(shapely.voronoi_polygons(shapely.multipoints(np.column_stack([x, y])), extend_to=box))
-    polys = shapely.intersection(polys, box)
-    features = [{"type": "Feature", "properties": {"cell": i}, "geometry": json.loads(shapely.to_geojson(g))}
-                for i, g in enumerate(polys)]
-    path.write_bytes(orjson.dumps({"type": "FeatureCollection", "features": features}))
-    return path
-
-
-def voronoi_manifest(folder: Path, bbox, counts: list[int]) -> tuple[Path, list[str]]:
-    """A copy of the manifest with a `voronoi_<n>` layer per count, and a boundary folder holding the real layer
-    files (linked) and the synthetic ones: no code change is needed for a new layer."""
-    import hashlib
-
-    import yaml
-
-    from enrich_service.settings import Settings
-
-    folder.mkdir(parents=True, exist_ok=True)
-    manifest = yaml.safe_load(Settings().manifest.read_text())
-    names = []
-    for n in counts:
-        path = voronoi_layer(folder, bbox, n)
-        names.append(f"voronoi_{n}")
-        manifest["layers"][names[-1]] = {
-            "description": f"{n:,} synthetic Voronoi cells over the city's bounding box (bench only)", "key": "cell",
-            "versions": [{"version": "synthetic", "effective_from": "1900-01-01", "file": path.name,
-                          "sha256": hashlib.sha256(path.read_bytes()).hexdigest(), "crs": "EPSG:4326"}]}
-    for src in BOUNDARIES.iterdir():
-        link = folder / src.name
-        if not link.exists():
-            link.symlink_to(src)
-    out = folder / "manifest.yaml"
-    out.write_text(yaml.safe_dump(manifest, sort_keys=False))
-    return out, names
-
-
 def voronoi_bench(counts: list[int], n: int, port: int) -> None:
     """sjoin and the engine in process on each synthetic layer, then the service's start-up with all of them."""
     from enrich_service.engine.tagger import Engine
@@ -209,7 +164,7 @@ def voronoi_bench(counts: list[int], n: int, port: int) -> None:
     settings = Settings(boundary_dir=BOUNDARIES)
     city = LayerStore.load(settings.manifest, BOUNDARIES, settings.cache_dir).versions["city_limits"][0].bbox
     folder = Path(settings.cache_dir) / "bench-voronoi"
-    manifest, names = voronoi_manifest(folder, city, counts)
+    manifest, names = voronoi_manifest(folder, settings.manifest, BOUNDARIES, city, counts)
     print(f"machine: {os.cpu_count()} cores; {n:,} uniform points over the city's bounding box per layer\n")
     print(f"{'':44} {'points/s':>14} {'x sjoin':>9}", flush=True)
     rows = Rows()

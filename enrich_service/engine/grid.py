@@ -26,6 +26,7 @@ from .rules import RULE_OVERLAP
 # Far above float64 error at these coordinates (~1e-14 deg), far below any real feature (1e-9 deg is 0.1 mm).
 EPS = 1e-9
 NONE, EDGE = -1, -2
+SLOT0 = -3  # an int32 cell below EDGE is a special cell holding its slot: SLOT0 - slot
 WALK_RIGHT, WALK_LEFT, WALK_BAND = 0, 1, 2  # how a point in a special cell is answered (_walk_choice)
 OVERLAP_CODE = np.int8(RULE_OVERLAP)
 
@@ -281,7 +282,7 @@ def _walk_test(px, py, i, j, s, step, gx0, cw, cells, cell_start, cell_seg, seg,
         if c < 0 or c >= n:  # past the padded bbox: outside every feature
             break
         v = cells[j, c]
-        if v != EDGE:
+        if v >= NONE:  # resolved: a feature or none
             if v >= 0:
                 n_touched = _toggle(v, parity, touched, n_touched)
             break
@@ -313,13 +314,15 @@ def _lookup_range(lo, hi, x, y, gx0, gy0, cw, ch, cells, row_start, edge_col, wa
             feature[p] = NONE
             rule[p] = 0
         else:
-            a, b = row_start[j], row_start[j + 1]  # this special cell's slot: binary search in its row
-            while a < b:
-                mid = (a + b) // 2
-                if edge_col[mid] < i:
-                    a = mid + 1
-                else:
-                    b = mid
+            a = np.int64(SLOT0 - v)  # int32 cells hold their special cell's slot
+            if v == EDGE:  # int8 and int16 cells cannot: binary search in the row's special cells
+                a, b = row_start[j], row_start[j + 1]
+                while a < b:
+                    mid = (a + b) // 2
+                    if edge_col[mid] < i:
+                        a = mid + 1
+                    else:
+                        b = mid
             how = walk[a]
             if how == WALK_BAND:
                 f, o, u = _band_test(x[p], y[p], j, start, index, split, seg, seg_feature, rank, parity, touched)
@@ -363,7 +366,10 @@ class GridIndex:
         pad = max(x1 - x0, y1 - y0) * 1e-6 + 10 * EPS
         self.x0, self.y0 = x0 - pad, y0 - pad
         self.cw, self.ch = (x1 - x0 + 2 * pad) / cells, (y1 - y0 + 2 * pad) / cells
-        self.seg, self.seg_feature = np.ascontiguousarray(seg), seg_feature
+        # Edges in row-major order of their midpoints' cells: a walk's few edges lie near each other in memory.
+        mid_row = np.floor(((seg[:, 1] + seg[:, 3]) / 2 - self.y0) / self.ch)
+        order = np.lexsort(((seg[:, 0] + seg[:, 2]) / 2, mid_row))
+        self.seg, self.seg_feature = np.ascontiguousarray(seg[order]), np.ascontiguousarray(seg_feature[order])
         self.rank = version.rank.astype(np.int32)
         self.n_features = version.n_features
         # Each cell's edge list (cells no edge comes within EPS of have none): counted, then filled.
@@ -378,8 +384,9 @@ class GridIndex:
         self.cell_seg = np.empty(int(start[-1]), dtype=np.int32)
         _mark_edges(self.seg, self.x0, self.y0, self.cw, self.ch, cells, False, count, slot, start[:-1].copy(),
                     self.cell_seg)
-        # A cell holds a feature, NONE or EDGE: int8 up to 127 features (a quarter of int32's cache footprint).
-        dtype = np.int8 if self.n_features <= 127 else np.int16 if self.n_features <= 32767 else np.int32
+        # A cell holds a feature, NONE or EDGE: int8 up to 127 features (a quarter of int32's cache footprint);
+        # int32 beyond, where a special cell holds its slot too.
+        dtype = np.int8 if self.n_features <= 127 else np.int32
         self.cells = np.empty((cells, cells), dtype=dtype)
         _classify_runs(self.x0, self.y0, self.cw, self.ch, slot, start, self.cell_seg, self.seg, self.seg_feature,
                        self.n_features, self.cells)
@@ -393,6 +400,8 @@ class GridIndex:
         self.edge_share = float(marked.mean())
         del count, marked
         self.band_start, self.band_index, self.band_split = _bands(self.seg, self.y0, self.ch, cells)
+        if self.cells.dtype == np.int32:  # room for the slot itself: no binary search per point
+            self.cells.ravel()[special] = SLOT0 - np.arange(len(special), dtype=np.int32)
         self.walk = np.empty(len(special), dtype=np.int8)
         _walk_choice(self.row_start, self.edge_col, self.cell_start, self.band_start, self.band_index,
                      self.band_split, self.seg, self.x0, self.cw, self.walk)

@@ -1,6 +1,7 @@
 """A dataset DAG's work at scale, stage by stage (run by hand):
 
     .venv/bin/python bench/pipeline.py [--rows 1000000] [--batch-rows 250000] [--workers 2] [--no-postgis]
+    .venv/bin/python bench/pipeline.py --smoke      # 3,000 rows in batches of 1,000: that it runs, in seconds (CI)
 
 Synthesizes a meters-like CSV of --rows rows from the real points in ../shared/data/points (parking meters and
 transit stops, resampled and jittered by ~30 m, 0.1% with the 32.0,-117.0 placeholder), then runs the same pipeline
@@ -80,6 +81,23 @@ def synthesize(n: int, dest: Path, seed: int = 7) -> None:
     pacsv.write_csv(table, dest)
 
 
+def drop_publication(table: str) -> None:
+    """The published view, its version tables and its catalog row (publish_postgis publishes a view on a version
+    table, recorded in enrich_publications)."""
+    import psycopg
+    from psycopg import sql
+
+    schema, name = table.split(".")
+    with psycopg.connect(PG_DSN, autocommit=True) as conn:
+        conn.execute(sql.SQL("DROP VIEW IF EXISTS {}").format(sql.Identifier(schema, name)))
+        for (version,) in conn.execute("SELECT tablename FROM pg_tables WHERE schemaname = %s AND tablename LIKE %s",
+                                       (schema, f"{name}\\_\\_p%")).fetchall():
+            conn.execute(sql.SQL("DROP TABLE {}").format(sql.Identifier(schema, version)))
+        if conn.execute("SELECT to_regclass(%s) IS NOT NULL", (f"{schema}.enrich_publications",)).fetchone() == (True,):
+            conn.execute(sql.SQL("DELETE FROM {} WHERE table_name = %s").format(
+                sql.Identifier(schema, "enrich_publications")), (table,))
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rows", type=int, default=1_000_000)
@@ -87,17 +105,22 @@ def main() -> int:
     ap.add_argument("--workers", type=int, default=2, help="batches enriched at once (default: %(default)s)")
     ap.add_argument("--no-postgis", action="store_true")
     ap.add_argument("--keep", action="store_true", help="keep the temporary folder and print it")
+    ap.add_argument("--smoke", action="store_true",
+                    help="a few thousand rows (3,000 in batches of 1,000): checks that every stage runs, in seconds")
     args = ap.parse_args()
+    if args.smoke:
+        args.rows, args.batch_rows = 3_000, 1_000
 
     import psycopg
 
-    from enrich_pipeline.assemble import assemble
+    from enrich_pipeline.assemble import assemble, plausible_area
     from enrich_pipeline.enrich import enrich_batch, plan_batches
     from enrich_pipeline.extract import extract
-    from enrich_pipeline.publish import publish_postgis, sha256, unmatched, write_csv, write_metadata, write_spatial
+    from enrich_pipeline.publish import publish_postgis, unmatched, write_csv, write_metadata, write_spatial
     from enrich_pipeline.quality import check, measure
     from enrich_pipeline.spec import load_spec
     from enrich_service.client import EnrichClient, LocalService
+    from enrich_service.layers.sources import sha256_of
 
     root = Path(tempfile.mkdtemp(prefix="bench-pipeline-"))
     work, publish = root / "work", root / "publish"
@@ -110,6 +133,8 @@ def main() -> int:
     spec_path = root / "bench_pipeline.yaml"
     spec_path.write_text(SPEC.format(source=source, batch_rows=args.batch_rows, publish=publish))
     spec = load_spec(spec_path)
+    assert spec.postgis is not None
+    table = spec.postgis.table
 
     t = time.perf_counter()
     service = LocalService({"ENRICH_BOUNDARY_DIR": str(DATA / "boundaries")}, log=str(root / "service.log")).start()
@@ -137,7 +162,9 @@ def main() -> int:
                 return list(pool.map(one, plan_batches(path)))
 
         batches = stage("enrich", enrich_all, lambda r: f"{len(r)} batches, {args.workers} at a time, Arrow")
-        assembled = stage("assemble", lambda: assemble(spec, path, work, batches, work / "enriched.parquet"))
+        with EnrichClient(service.url) as client:  # the DAG's assemble asks the service connection for this
+            area = plausible_area(spec, client.layers())
+        assembled = stage("assemble", lambda: assemble(spec, path, work, batches, work / "enriched.parquet", area))
         enriched = Path(assembled["path"])
 
         def gate():
@@ -151,7 +178,7 @@ def main() -> int:
         if not args.no_postgis:
             def to_postgis():
                 with psycopg.connect(PG_DSN, autocommit=True) as conn:
-                    return publish_postgis(conn, spec.postgis.table, enriched, comment="bench/pipeline.py")
+                    return publish_postgis(conn, table, enriched, comment="bench/pipeline.py")
             postgis = stage("publish postgis", to_postgis, lambda r: f"{r['table']} ({PG_DSN.rsplit('/', 1)[-1]})")
         csv = stage("publish csv", lambda: write_csv(enriched, publish / "bench_pipeline_enriched.csv"),
                     lambda p: f"{p.stat().st_size / 1e6:.0f} MB")
@@ -160,15 +187,14 @@ def main() -> int:
                         lambda p: f"{p.stat().st_size / 1e6:.0f} MB")
         stage("metadata", lambda: write_metadata(publish / "bench_pipeline_enriched.metadata.json", {
             "rows": assembled["rows"], "layers": assembled["layers"], "unmatched": unmatched(spec, enriched),
-            "postgis": postgis, "files": {p.name: {"sha256": sha256(p)} for p in (csv, geojson)}}),
+            "postgis": postgis, "files": {p.name: {"sha256": sha256_of(p)} for p in (csv, geojson)}}),
               lambda p: "sha256 of the files")
     finally:
         service.stop()
         if not args.keep:
             shutil.rmtree(root, ignore_errors=True)
             if not args.no_postgis:
-                with psycopg.connect(PG_DSN, autocommit=True) as conn:
-                    conn.execute("DROP TABLE IF EXISTS public.bench_pipeline_enriched")
+                drop_publication(table)
 
     total = sum(s for _, s, _ in stages)
     files = sum(s for n, s, _ in stages if n in ("publish csv", "publish geojson"))

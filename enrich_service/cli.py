@@ -3,12 +3,20 @@
 from __future__ import annotations
 
 import argparse
-import json
+import os
+import re
 import sys
+import time
+from collections import Counter
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, cast
 
 from .server.observability import configure_logging
 from .settings import get_settings
+
+if TYPE_CHECKING:
+    import pyarrow as pa
 
 
 def serve(args: argparse.Namespace) -> int:
@@ -21,7 +29,8 @@ def serve(args: argparse.Namespace) -> int:
     config = uvicorn.Config("enrich_service.main:create_app", factory=True, host=args.host, port=args.port,
                             workers=args.workers, log_config=None, access_log=False,
                             timeout_graceful_shutdown=args.graceful_seconds, http=PROTOCOL,
-                            timeout_keep_alive=settings.keep_alive_timeout_s)
+                            # uvicorn's hint says int; a float works (asyncio timers) and is kept as set
+                            timeout_keep_alive=cast(int, settings.keep_alive_timeout_s))
     if config.workers > 1:
         from .server import workers
 
@@ -65,64 +74,435 @@ def reload(args: argparse.Namespace) -> int:
     return 0 if r.status_code == 200 else 1
 
 
+# ---- enrich: files in, files out ----------------------------------------------------------------------------------
+
+CHUNK_ROWS = 200_000  # rows per chunk: memory stays bounded whatever the file's size (docs/cli.md)
+ROW = "__row"  # the row number sent as the id: the answer is checked to come back in order
+
+
+class CliError(Exception):
+    """A failure told in one line, naming the option to change."""
+
+
+@dataclass
+class Job:
+    """What `enrich` was asked, resolved once against the file: the mode and the columns it reads."""
+
+    geocode: bool
+    lon: str = "lon"
+    lat: str = "lat"
+    date: str | None = None
+    address: str = "address"
+    address_parts: list[str] = field(default_factory=list)  # the file's columns that make up the address
+    city: str | None = None
+    zip: str | None = None
+    crs: str | None = None
+    prefix: str = "enrich_"
+
+
+class LocalTagger:
+    """In process: the service's own code on the service's own index (no server)."""
+
+    def __init__(self, settings, layers: str | None, as_of: str | None, min_match: str | None):
+        from .bulk.options import parse_options
+        from .index import build_index
+
+        self.index = build_index(settings)
+        self.settings = settings
+        self.opts = parse_options({"layers": layers, "as_of": as_of}, settings)
+        self.index.store.check_layers(self.opts.layers)
+        self.min_match = min_match
+
+    def tag(self, attrs: pa.Table, req: pa.Table, job: Job) -> tuple[pa.Table, dict]:
+        import dataclasses
+
+        from .bulk.options import parse_options
+        from .bulk.tag_points import tag_batch
+        from .io import results, tables
+
+        opts = dataclasses.replace(self.opts, crs=parse_options({"crs": job.crs}, self.settings).crs)
+        cols = tables.Columns(id=ROW, lon=job.lon, lat=job.lat, date=job.date)
+        batch = tables.batch_from_table(req, cols)
+        prepared, result = tag_batch(self.index, batch, opts, cols)
+        return results.answer_table(attrs, None, prepared, result, job.prefix), result.layers_used()
+
+    def geocode(self, attrs: pa.Table, req: pa.Table, job: Job) -> tuple[pa.Table, dict]:
+        from .geocode import join
+
+        cols = join.AddressColumns(id=ROW, address=job.address, city=job.city or "", zip=job.zip or "",
+                                   date=job.date)
+        records = join.records_from_table(req, cols)
+        joined = join.geocode_join(self.index, records, self.opts.layers, self.opts.as_of, min_match=self.min_match)
+        return join.answer_table(attrs, None, joined, job.prefix), joined.result.layers_used()
+
+
+class RemoteTagger:
+    """Against a running service (--url), through the project's client: Arrow, in parts, retried, one layer set."""
+
+    def __init__(self, url: str, key: str | None, layers: str | None, as_of: str | None, min_match: str | None,
+                 retries: int):
+        from .client import EnrichClient
+
+        self.client = EnrichClient(url, api_key=key, retries=retries)
+        self.layers, self.as_of, self.min_match = layers, as_of, min_match
+        self.pinned: str | None = None  # the layer set of the first answer: every chunk must come from it
+
+    def _append(self, attrs: pa.Table, req: pa.Table, answer: pa.Table, used: dict, job: Job) -> pa.Table:
+        from .io.results import append_results
+
+        if answer.num_rows != req.num_rows or not answer.column(ROW).equals(req.column(ROW)):
+            raise CliError(f"the service at --url answered {answer.num_rows} rows out of order for {req.num_rows}")
+        self.pinned = self.pinned or self.client.last_layers_sha256
+        columns = [(name, answer.column(name)) for name in answer.column_names[req.num_columns:]]
+        return append_results(attrs, columns, list(used), job.prefix)
+
+    def tag(self, attrs: pa.Table, req: pa.Table, job: Job) -> tuple[pa.Table, dict]:
+        answer, used = self.client.tag_table(req, layers=self.layers, as_of=self.as_of, crs=job.crs, id_col=ROW,
+                                             lon_col=job.lon, lat_col=job.lat, date_col=job.date,
+                                             prefix=job.prefix, expect_layers=self.pinned)
+        return self._append(attrs, req, answer, used, job), used
+
+    def geocode(self, attrs: pa.Table, req: pa.Table, job: Job) -> tuple[pa.Table, dict]:
+        answer, used = self.client.geocode_table(
+            req, layers=self.layers, as_of=self.as_of, min_match=self.min_match, id_col=ROW, address_col=job.address,
+            city_col=job.city or "city", zip_col=job.zip or "zip", date_col=job.date, prefix=job.prefix,
+            expect_layers=self.pinned)
+        return self._append(attrs, req, answer, used, job), used
+
+
+def _resolve_job(args: argparse.Namespace, source) -> Job:
+    names = source.columns
+    explicit_geocode = args.command == "geocode" or args.address_col is not None
+    has_points = source.geometry is not None or (args.lon_col or "lon") in names
+    address = args.address_col or "address"
+    geocode = explicit_geocode or (not has_points and address in names)
+    job = Job(geocode=geocode, date=args.date_col, prefix=args.prefix)
+    if geocode:
+        parts = [name.strip() for name in address.split(",") if name.strip()]
+        for name in parts:
+            if name not in names:
+                raise CliError(f"{source.path} has no column {name!r} (columns: {', '.join(names)}); name the "
+                               f"address column (or columns, comma-separated) with --address-col")
+        job.address_parts = parts
+        job.address = parts[0] if len(parts) == 1 else _free("address", names)
+        job.city = args.city_col or ("city" if "city" in names else None)
+        job.zip = args.zip_col or ("zip" if "zip" in names else None)
+        for option, name in (("--city-col", job.city), ("--zip-col", job.zip)):
+            if name and name not in names:
+                raise CliError(f"{source.path} has no column {name!r}; check {option}")
+    elif source.geometry is not None and not (args.lon_col or args.lat_col):
+        job.lon, job.lat = _free("lon", names), _free("lat", names)
+        job.crs = args.crs or source.crs
+    else:
+        job.lon, job.lat, job.crs = args.lon_col or "lon", args.lat_col or "lat", args.crs
+        missing = [n for n in (job.lon, job.lat) if n not in names]
+        if missing:
+            raise CliError(f"{source.path} has no column {missing[0]!r} (columns: {', '.join(names)}); name the "
+                           f"coordinate columns with --lon-col and --lat-col, or the address column with "
+                           f"--address-col to geocode")
+    if job.date and job.date not in names:
+        raise CliError(f"{source.path} has no column {job.date!r}; check --date-col")
+    return job
+
+
+def _free(name: str, taken) -> str:
+    while name in taken:
+        name = f"_{name}"
+    return name
+
+
+def _request(chunk: pa.Table, start: int, job: Job, source) -> tuple[pa.Table, pa.Table, Any]:
+    """(the file's columns, the columns the tagger reads, the chunk's geometry) for one chunk."""
+    import numpy as np
+    import pyarrow as pa
+
+    geometry = chunk.column(source.geometry) if source.geometry else None
+    attrs = chunk.drop_columns([source.geometry]) if source.geometry else chunk
+    cols: dict[str, Any] = {ROW: pa.array(np.arange(start, start + chunk.num_rows, dtype=np.int64))}
+    if job.geocode:
+        cols[job.address] = _joined_text(attrs, job.address_parts)
+        for name in (job.city, job.zip):
+            if name:
+                cols[name] = attrs.column(name)
+    elif job.lon in attrs.column_names:
+        cols[job.lon], cols[job.lat] = attrs.column(job.lon), attrs.column(job.lat)
+    else:  # points from the geometry
+        from .io.files import point_coordinates
+
+        x, y, others = point_coordinates(geometry)
+        if others == chunk.num_rows:
+            raise CliError(f"{source.path} holds no points (polygons or lines): tag their points, e.g. a "
+                           f"representative point per feature, or name coordinate columns with --lon-col/--lat-col")
+        cols[job.lon], cols[job.lat] = pa.array(x, from_pandas=True), pa.array(y, from_pandas=True)
+    if job.date:
+        cols[job.date] = attrs.column(job.date)
+    return attrs, pa.table(cols), geometry
+
+
+def _joined_text(table: pa.Table, names: list[str]):
+    """The columns' text joined by single spaces, blank parts left out ("5500", " ", "VALERIO", "TRAIL")."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    if len(names) == 1:
+        return table.column(names[0])
+    parts = [pc.utf8_trim_whitespace(table.column(n).cast(pa.string())) for n in names]
+    joined = pc.binary_join_element_wise(*[pc.if_else(pc.equal(p, ""), None, p) for p in parts], " ",
+                                         null_handling="skip")
+    return pc.if_else(pc.equal(joined, ""), None, joined)
+
+
+def _output_geometry(out: pa.Table, width: int, req: pa.Table, geometry, job: Job, source, geo_out: bool):
+    """The geometry the output carries: the file's own; or, for GeoJSON/GeoPackage, points from the geocode or
+    from the coordinate columns (in --crs). `width`: the file's columns, after which the results start."""
+    from .io.files import WGS84_TEXT, points_wkb
+    from .io.tables import coordinate
+
+    if geometry is not None and not job.geocode:
+        return geometry, source.crs
+    if not geo_out:
+        return None, None
+    if job.geocode:  # the geocode columns come first among the results: lon, lat, match, ...
+        x = out.column(width).to_numpy(zero_copy_only=False).astype(float)
+        y = out.column(width + 1).to_numpy(zero_copy_only=False).astype(float)
+        return points_wkb(x, y), WGS84_TEXT
+    x, y = coordinate(req, job.lon, {}), coordinate(req, job.lat, {})
+    return points_wkb(x, y), job.crs or WGS84_TEXT
+
+
+# ---- progress and summary -----------------------------------------------------------------------------------------
+
+PLAIN_EVERY_S = 10.0  # not a terminal (a log): one plain line this often
+
+
+class Progress:
+    """A bar with rows/s and an ETA on a terminal (rich); in a log, a plain line every PLAIN_EVERY_S. CSV files,
+    whose row count is unknown until read, measure progress in bytes."""
+
+    def __init__(self, source, enabled: bool | None):
+        from rich.console import Console
+
+        self.source = source
+        self.console = Console(stderr=True)
+        self.live = self.console.is_terminal if enabled is None else enabled
+        self.total = source.total_rows or source.size_bytes or None
+        self.started = self.last_line = time.monotonic()
+        self.bar: Any = None
+        if self.live:
+            from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeRemainingColumn
+
+            self.bar = Progress(TextColumn("[bold]{task.description}"), BarColumn(), TaskProgressColumn(),
+                                TextColumn("{task.fields[rows]:,} rows"), TextColumn("{task.fields[rate]:,.0f} rows/s"),
+                                TimeRemainingColumn(), console=self.console, transient=True)
+            self.task = self.bar.add_task(source.path.name, total=self.total, rows=0, rate=0.0)
+            self.bar.start()
+
+    def done_units(self, rows: int) -> int:
+        return rows if self.source.total_rows else self.source.bytes_read
+
+    def update(self, rows: int) -> None:
+        now = time.monotonic()
+        rate = rows / max(now - self.started, 1e-9)
+        if self.bar is not None:
+            self.bar.update(self.task, completed=self.done_units(rows), rows=rows, rate=rate)
+        elif now - self.last_line >= PLAIN_EVERY_S:
+            self.last_line = now
+            share = self.done_units(rows) / self.total if self.total else None
+            eta = (now - self.started) * (1 - share) / share if share else None
+            print(f"enrich-service: {rows:,} rows" + (f" ({share:.0%})" if share is not None else "") +
+                  f", {rate:,.0f} rows/s" + (f", about {eta:,.0f} s to go" if eta is not None else ""),
+                  file=sys.stderr, flush=True)
+
+    def stop(self) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+
+
+SHOWN_VALUES = 12  # a layer with more distinct values (neighborhoods) is summed up, not listed
+
+
+class Summary:
+    """Rows per layer value (district), untagged rows, rows with an error, and match levels for geocodes."""
+
+    def __init__(self, prefix: str):
+        self.prefix = prefix
+        self.rows = 0
+        self.counts: dict[str, Counter] = {}
+        self.untagged: Counter = Counter()
+        self.errors = 0
+        self.first_error: str | None = None
+        self.levels: Counter = Counter()
+        self.used: dict = {}
+
+    def _base(self, name: str, known) -> str:
+        while name not in known and name.startswith(self.prefix):
+            name = name[len(self.prefix):]
+        return name
+
+    def add(self, out: pa.Table, width: int, used: dict, start: int) -> None:
+        import pyarrow.compute as pc
+
+        from .client import merge_layers_used
+
+        self.used = merge_layers_used(self.used, used) if self.used else used
+        known = set(used) | {"error", "match"}
+        for name in out.column_names[width:]:
+            base = self._base(name, known)
+            col = out.column(name)
+            if base in used:
+                self.untagged[base] += col.null_count
+                counts = self.counts.setdefault(base, Counter())
+                for item in pc.value_counts(col.drop_null()).to_pylist():
+                    counts[str(item["values"])] += item["counts"]
+            elif base == "match":
+                self.levels.update({str(i["values"]): i["counts"] for i in pc.value_counts(col).to_pylist()})
+            elif base == "error":
+                bad = col.length() - col.null_count
+                if bad and self.first_error is None:
+                    row = int(pc.index(pc.is_valid(col), True).as_py())
+                    self.first_error = f"row {start + row + 1}: {col[row].as_py()}"
+                self.errors += bad
+        self.rows += out.num_rows
+
+    def lines(self, dest: str, seconds: float) -> list[str]:
+        out = [f"{self.rows:,} rows -> {'stdout' if dest == '-' else dest} in {seconds:,.1f} s "
+               f"({self.rows / max(seconds, 1e-9):,.0f} rows/s)"]
+        for layer, counts in self.counts.items():
+            version = self.used.get(layer, {}).get("version")
+            head = f"  {layer}" + (f" ({version})" if version else "") + ": "
+            if len(counts) <= SHOWN_VALUES:
+                order = sorted(counts, key=lambda k: (len(k), k) if k.isdigit() else (1 << 30, k))
+                values = " · ".join(f"{k} {counts[k]:,}" for k in order)
+            else:
+                top, n = counts.most_common(1)[0]
+                values = f"{len(counts)} values, most {top} {n:,}"
+            out.append(head + " · ".join(filter(None, [values, f"none {self.untagged[layer]:,}"])))
+        if self.levels:
+            order = [lv for lv in ("exact", "interpolated", "intersection", "hundred_block", "street", "zip", "none")
+                     if lv in self.levels] + sorted(set(self.levels) - {"exact", "interpolated", "intersection",
+                                                                        "hundred_block", "street", "zip", "none"})
+            out.append("  match levels: " + " · ".join(f"{lv} {self.levels[lv]:,}" for lv in order))
+        out.append(f"  rows with an error: {self.errors:,}" + (f" (first: {self.first_error})" if self.errors else ""))
+        return out
+
+
+# ---- the command --------------------------------------------------------------------------------------------------
+
+def _destination(args: argparse.Namespace, source, geocode: bool) -> tuple[str, str]:
+    from .io.files import READ_FORMATS, STDOUT, WRITE_FORMATS, FileError, format_of
+
+    if args.out == STDOUT:
+        fmt = args.out_format or (source.format if source.format in WRITE_FORMATS else "csv")
+        return STDOUT, format_of(STDOUT, fmt, "--out-format", WRITE_FORMATS)
+    if args.out:
+        dest = args.out
+        fmt = format_of(dest, args.out_format, "--out-format", WRITE_FORMATS)
+    else:
+        fmt = args.out_format or (source.format if source.format in WRITE_FORMATS else "gpkg")
+        fmt = format_of("", fmt, "--out-format", WRITE_FORMATS)
+        suffix = source.path.suffix if source.format == fmt and source.path.suffix else READ_FORMATS[fmt][0]
+        dest = str(source.path.with_name(f"{source.path.stem}_{'geocoded' if geocode else 'enriched'}{suffix}"))
+    if Path(dest).resolve() == source.path.resolve():
+        raise FileError(f"--out {dest} is the input file; name another file")
+    if not Path(dest).resolve().parent.is_dir():
+        raise FileError(f"--out {dest}: folder {Path(dest).parent} does not exist")
+    return dest, fmt
+
+
 def enrich(args: argparse.Namespace) -> int:
-    """Tag a CSV or Parquet file in process (no server): the file's columns plus the layer columns."""
-    import pyarrow.parquet as pq
+    """Tag (or geocode and tag) a file, chunk by chunk, in process or against --url; write the format --out names."""
+    import itertools
 
-    from .bulk.options import parse_options
-    from .bulk.tag_points import tag_batch
-    from .index import build_index
-    from .io import csv_text, results, tables
+    import pyarrow as pa
 
-    settings = get_settings()
-    src = Path(args.file)
-    # CSV as the service reads it: every cell as text, so the output keeps "00123" and TRUE as they were.
-    table = pq.read_table(src) if src.suffix == ".parquet" else csv_text.decode_csv(src.read_bytes())
-    cols = tables.Columns(id=args.id_col, lon=args.lon_col, lat=args.lat_col, date=args.date_col)
-    opts = parse_options({"layers": args.layers, "as_of": args.as_of, "crs": args.crs}, settings)
-    index = build_index(settings)
-    batch = tables.batch_from_table(table, cols)
-    prepared, result = tag_batch(index, batch, opts, cols)
-    out = results.answer_table(table, batch.ids, prepared, result)
-    dest = Path(args.out) if args.out else src.with_name(f"{src.stem}_enriched{src.suffix}")
-    if dest.suffix == ".parquet":
-        pq.write_table(out, dest)
+    from .io.files import STDOUT, Chunk, open_source, write_chunks
+
+    t0 = time.monotonic()
+    if args.chunk_rows < 1:
+        raise CliError("--chunk-rows must be at least 1")
+    source, chunks = open_source(args.file, args.format, chunk_rows=args.chunk_rows, delimiter=args.delimiter,
+                                 encoding=args.encoding, layer=args.layer)
+    first = next(chunks, None)
+    if first is None:  # a header and no rows
+        first = pa.table({name: pa.array([], pa.string()) for name in source.columns})
+    job = _resolve_job(args, source)
+    dest, fmt = _destination(args, source, job.geocode)
+    if args.url:
+        tagger: Any = RemoteTagger(args.url, args.key or os.environ.get("ENRICH_API_KEY"), args.layers, args.as_of,
+                                   args.min_match, args.retries)
     else:
-        dest.write_bytes(csv_text.encode_csv(out))
-    print(json.dumps({"output": str(dest), "rows": out.num_rows, "layers": result.layers_used()}, indent=2))
+        tagger = LocalTagger(get_settings(), args.layers, args.as_of, args.min_match)
+    geo_out = fmt in ("geojson", "gpkg")
+    summary = Summary(job.prefix)
+    progress = Progress(source, args.progress)
+    failure: list[BaseException] = []
+
+    def produce():
+        start = 0
+        try:
+            for chunk in itertools.chain([first], chunks):
+                attrs, req, geometry = _request(chunk, start, job, source)
+                out, used = (tagger.geocode if job.geocode else tagger.tag)(attrs, req, job)
+                geom, crs = _output_geometry(out, attrs.num_columns, req, geometry, job, source, geo_out)
+                summary.add(out, attrs.num_columns, used, start)
+                start += chunk.num_rows
+                progress.update(start)
+                yield Chunk(out, geom, crs)
+        except BaseException as exc:  # raised inside a writer (GDAL) it would come back without its type
+            failure.append(exc)
+            raise
+
+    try:
+        write_chunks(dest, fmt, produce())
+    except BaseException:
+        if dest != STDOUT:
+            Path(dest).unlink(missing_ok=True)  # no half-written output left behind
+        if failure:
+            raise failure[0] from None
+        raise
+    finally:
+        progress.stop()
+    print("\n".join(summary.lines(dest, time.monotonic() - t0)), file=sys.stderr)
     return 0
 
 
-def geocode(args: argparse.Namespace) -> int:
-    """Geocode and tag a CSV or Parquet file of addresses in process (no server), with the service's rule: the
-    file's columns, untouched, plus the geocode and layer columns (colliding names prefixed)."""
-    from collections import Counter
+_SNAKE_OPTIONS = re.compile(r"\b(lon_col|lat_col|id_col|date_col|address_col|city_col|zip_col|min_match|as_of|"
+                            r"nearest_within_m)\b")
+FIELD_OPTIONS = {"layers": "--layers", "as_of": "--as-of", "crs": "--crs", "min_match": "--min-match",
+                 "prefix": "--prefix"}
 
-    import pyarrow.parquet as pq
 
-    from .bulk.options import parse_options
-    from .geocode import join
-    from .index import build_index
-    from .io import csv_text
+def _cli_words(message: str, field: str | None = None) -> str:
+    """A service message in the command line's words: its option names, the file instead of the body."""
+    message = _SNAKE_OPTIONS.sub(lambda m: "--" + m.group(1).replace("_", "-"), message)
+    message = message.replace("in the body", "in the file").replace("the body", "the file")
+    option = FIELD_OPTIONS.get(field or "")
+    if option and option not in message:
+        message += f" (set {option})"
+    return message
 
-    settings = get_settings()
-    src = Path(args.file)
-    table = pq.read_table(src) if src.suffix == ".parquet" else csv_text.decode_csv(src.read_bytes())  # cells as text
-    cols = join.AddressColumns(id=args.id_col, address=args.address_col, city=args.city_col, zip=args.zip_col)
-    opts = parse_options({"layers": args.layers, "as_of": args.as_of}, settings)
-    index = build_index(settings)
-    records = join.records_from_table(table, cols)
-    joined = join.geocode_join(index, records, opts.layers, opts.as_of, min_match=join.check_min_match(args.min_match))
-    out = join.answer_table(table, records.ids, joined, join.check_prefix(args.prefix))
-    dest = Path(args.out) if args.out else src.with_name(f"{src.stem}_geocoded{src.suffix}")
-    if dest.suffix == ".parquet":
-        pq.write_table(out, dest)
-    else:
-        dest.write_bytes(csv_text.encode_csv(out))
-    levels = {str(k): int(v) for k, v in Counter(joined.geocoded.match.tolist()).items()}
-    print(json.dumps({"output": str(dest), "rows": out.num_rows, "match_levels": levels,
-                      "layers": joined.result.layers_used()}, indent=2))
-    return 0
+
+def one_line(exc: BaseException, args: argparse.Namespace) -> str:
+    from . import errors
+    from .client import ClientError, RequestRejected, ServiceUnavailable
+    from .io.files import FileError
+
+    if isinstance(exc, (CliError, FileError)):
+        return str(exc)
+    if isinstance(exc, errors.EnrichError):
+        return _cli_words(exc.message, exc.field)
+    if isinstance(exc, ServiceUnavailable):
+        return f"{exc}; check --url (is the service running?)"
+    if isinstance(exc, RequestRejected):
+        detail = exc.detail.get("detail") or str(exc)
+        if exc.status in (401, 403):
+            return f"the service at {args.url} refused the request ({exc.status} {detail}); set --key"
+        return _cli_words(f"the service at {args.url} refused the request: {detail}", exc.detail.get("field"))
+    if isinstance(exc, ClientError):
+        return f"{exc} (--url {args.url})"
+    if isinstance(exc, OSError) and exc.filename:
+        return f"{exc.filename}: {exc.strerror or exc}"
+    return f"{type(exc).__name__}: {exc} (--verbose shows where)"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -148,39 +528,75 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--key", help="admin API key (default: the first of ENRICH_API_KEYS)")
     p.set_defaults(func=reload)
 
-    p = sub.add_parser("enrich", help="tag a CSV or Parquet file in process")
-    p.add_argument("file")
-    p.add_argument("--out")
-    p.add_argument("--layers")
-    p.add_argument("--as-of")
-    p.add_argument("--crs")
-    p.add_argument("--id-col", default="id")
-    p.add_argument("--lon-col", default="lon")
-    p.add_argument("--lat-col", default="lat")
-    p.add_argument("--date-col")
-    p.set_defaults(func=enrich)
-
-    p = sub.add_parser("geocode", help="geocode and tag a CSV or Parquet file of addresses in process")
-    p.add_argument("file")
-    p.add_argument("--out")
-    p.add_argument("--layers")
-    p.add_argument("--as-of")
-    p.add_argument("--min-match", help="coarser matches keep no tags (exact ... zip)")
-    p.add_argument("--prefix", default="enrich_", help="in front of result columns named like input columns")
-    p.add_argument("--id-col", default="id")
-    p.add_argument("--address-col", default="address")
-    p.add_argument("--city-col", default="city")
-    p.add_argument("--zip-col", default="zip")
-    p.set_defaults(func=geocode)
+    for name, text in (("enrich", "tag a file with the layers (geocoding its addresses when it has no points), in "
+                                  "process or against --url"),
+                       ("geocode", "geocode and tag a file of addresses (enrich --address-col ...)")):
+        p = sub.add_parser(name, help=text, description=text + ". " + FORMATS_HELP)
+        _enrich_arguments(p)
     return parser
+
+
+FORMATS_HELP = ("Reads CSV (any delimiter), Parquet/GeoParquet, GeoJSON, GeoPackage and shapefiles; writes CSV, "
+                "Parquet, GeoJSON or GeoPackage, streamed in chunks.")
+
+
+def _enrich_arguments(p: argparse.ArgumentParser) -> None:
+    from .io.files import READ_FORMATS, WRITE_FORMATS
+
+    p.add_argument("file")
+    p.add_argument("--out", help="the output file, its extension naming the format (.csv .parquet .geojson .gpkg); "
+                                 "'-' for stdout (default: FILE_enriched.EXT beside the input)")
+    p.add_argument("--format", choices=list(READ_FORMATS), help="the input's format (default: from its extension)")
+    p.add_argument("--out-format", choices=list(WRITE_FORMATS), help="the output's format (default: from --out)")
+    p.add_argument("--delimiter", help="CSV: the delimiter (default: sniffed among , ; tab |)")
+    p.add_argument("--encoding", help="CSV, shapefile: the text encoding (default: utf-8), e.g. windows-1252")
+    p.add_argument("--layer", help="GeoPackage: the layer to read (default: the first)")
+    p.add_argument("--layers", help="comma-separated layer names (default: the service's default layers)")
+    p.add_argument("--as-of", help="YYYY-MM-DD: the layer versions in force that day")
+    p.add_argument("--crs", help="the coordinates' CRS, e.g. EPSG:2230 (default: the file's, else EPSG:4326)")
+    p.add_argument("--lon-col", help="the longitude / x column (default: lon; files with a geometry use it)")
+    p.add_argument("--lat-col", help="the latitude / y column (default: lat)")
+    p.add_argument("--date-col", help="each row's date: tagged with the layer versions in force that day")
+    p.add_argument("--address-col", help="geocode this address column, or these comma-separated columns joined "
+                                         "(default: 'address' when the file has no coordinates)")
+    p.add_argument("--city-col", help="geocoding: the city column (default: city, if any)")
+    p.add_argument("--zip-col", help="geocoding: the ZIP column (default: zip, if any)")
+    p.add_argument("--min-match", help="geocoding: coarser matches keep no tags (exact ... zip)")
+    p.add_argument("--prefix", default="enrich_", help="in front of result columns named like input columns")
+    p.add_argument("--url", help="a running service to ask (default: tag in process, no server)")
+    p.add_argument("--key", help="with --url: the API key (default: ENRICH_API_KEY)")
+    p.add_argument("--retries", type=int, default=4, help="with --url: retries of a chunk the service could not "
+                                                         "answer (exponential backoff)")
+    p.add_argument("--chunk-rows", type=int, default=CHUNK_ROWS, help="rows read, tagged and written at a time")
+    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                   help="the progress bar (default: on a terminal; otherwise a plain line every 10 s)")
+    p.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
+                   help="tracebacks and the service's logs")
+    p.set_defaults(func=enrich)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     settings = get_settings()
-    level = "DEBUG" if args.verbose else (getattr(args, "log_level", None) or settings.log_level)
+    files = args.func is enrich
+    level = "DEBUG" if args.verbose else (getattr(args, "log_level", None) or
+                                          ("ERROR" if files else settings.log_level))
     configure_logging(level, json_logs=settings.json_logs and args.command == "serve")
-    return args.func(args)
+    if not files:
+        return args.func(args)
+    try:
+        return args.func(args)
+    except KeyboardInterrupt:
+        print("enrich-service: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:  # `--out - | head`: the reader has what it wanted
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error when Python flushes
+        return 141
+    except Exception as exc:
+        if args.verbose:
+            raise
+        print(f"enrich-service: error: {one_line(exc, args)}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -1,17 +1,24 @@
 """The Python client for the enrichment service: DataFrame in, DataFrame out.
 
     from enrich_service.client import EnrichClient
-    client = EnrichClient("http://127.0.0.1:8080")
+    client = EnrichClient("http://127.0.0.1:8080", retries=4)
     tagged = client.tag(df, lon="lng", lat="lat", layers=["council_district", "zip"])
+    tagged = client.tag(gdf)                       # a GeoDataFrame in any CRS: points from its geometry
+    places = client.geocode(df, address="address", zip="zip")  # a GeoDataFrame of points (EPSG:4326) and tags
     tagged.attrs["enrich_layers"]   # {"council_district": {"version": "2021", "sha256": ...}, ...}
 
-The answer is the input frame (same index, same order) plus, per layer, `<layer>` and `<layer>_rule` (and
-`<layer>_version` when a date column is given), then `flags` and `error`. A row the service could not tag (missing
-or out-of-range coordinates...) has `error` set and null layers; the other rows are still answered.
+`tag()` answers the input frame (same kind, same index, same order, geometry kept) plus, per layer, `<layer>` and
+`<layer>_rule` (and `<layer>_version` when a date column is given), then `enrich_flags` and `error` (the service's
+`flags`, renamed: a column named like a DataFrame attribute, `df.flags`, would be shadowed by it). A row the service
+could not tag (missing or out-of-range coordinates...) has `error` set and null layers; the other rows are still
+answered.
 
-Retrying is the caller's job (Airflow task retries, a notebook re-run): the client makes one attempt and raises
-`ServiceUnavailable` for what a retry can fix (connection refused, timeout, 5xx, 503 while layers load) and
-`RequestRejected` for what it cannot (4xx: unknown layer, bad CRS...), both with the service's message.
+Large frames go in chunks of `chunk_rows` (with a progress bar when there is more than one), every chunk from the
+layer set of the first. The rules are the DAG's: a part the service finds too large (413) is sent again in halves;
+what a retry can fix (connection refused, timeout, 5xx, 503 while layers load, a replica serving another layer set)
+raises `ServiceUnavailable` and is retried `retries` times with exponential backoff (default 0: in the DAGs,
+Airflow's task retries do it); what it cannot (4xx: unknown layer, bad CRS...) raises `RequestRejected` at once,
+with the service's message.
 """
 
 from __future__ import annotations
@@ -25,6 +32,8 @@ import orjson
 from .server.memory import paused_gc
 
 if TYPE_CHECKING:  # pandas and pyarrow are imported when used: `import enrich_service.client` stays cheap.
+    import subprocess
+
     import pandas as pd
     import pyarrow as pa
 
@@ -57,10 +66,20 @@ class LayersVersionMismatch(ServiceUnavailable):
 EXPECT_LAYERS_HEADER = "X-Enrich-Expect-Layers"
 
 
+# A result column named like a DataFrame attribute gets this in front in the frames tag() and geocode() answer, as a
+# result column named like an input column does in the service's tables (its `prefix` option).
+FRAME_PREFIX = "enrich_"
+CHUNK_ROWS = 200_000
+
+
 class EnrichClient:
     def __init__(self, base_url: str, api_key: str | None = None, timeout: float = 300.0,
-                 transport: httpx.BaseTransport | None = None):
+                 transport: httpx.BaseTransport | None = None, *, retries: int = 0, retry_delay: float = 1.0,
+                 max_retry_delay: float = 60.0):
+        """retries: how often a request that failed for a reason a retry can fix (ServiceUnavailable) is sent again,
+        waiting retry_delay, then twice as long each time, at most max_retry_delay."""
         self.base_url = base_url.rstrip("/")
+        self.retries, self.retry_delay, self.max_retry_delay = retries, retry_delay, max_retry_delay
         headers = {API_KEY_HEADER: api_key} if api_key else {}
         self._http = httpx.Client(base_url=self.base_url, headers=headers, transport=transport,
                                   timeout=httpx.Timeout(timeout, connect=min(timeout, 10.0)))
@@ -96,18 +115,22 @@ class EnrichClient:
         """POST /v1/admin/reload (needs the admin API key): rebuild the index from the layer files and swap it in."""
         return self._request("POST", "/v1/admin/reload").json()
 
-    def tag(self, df: pd.DataFrame, *, lon: str = "lon", lat: str = "lat", id: str | None = None,
+    def tag(self, df: pd.DataFrame, *, lon: str | None = None, lat: str | None = None, id: str | None = None,
             date: str | None = None, layers: Iterable[str] | str | None = None, as_of: str | None = None,
             crs: str | None = None, nearest_within_m: float | None = None,
-            transport: Literal["arrow", "json"] = "arrow") -> pd.DataFrame:
-        """Tag every row of `df`; returns a copy of `df` with the result columns appended (replacing any of the
-        same name). `id` names a column echoed back as `id` by the service (default: the row position, which is
-        what the answer is aligned on either way). Results come back in input order."""
+            transport: Literal["arrow", "json"] = "arrow", chunk_rows: int | None = CHUNK_ROWS,
+            progress: bool | None = None) -> pd.DataFrame:
+        """Tag every row of `df`; returns a copy of `df` (a GeoDataFrame stays one, geometry and CRS kept) with the
+        result columns appended (replacing any of the same name). The points: the `lon`/`lat` columns (default
+        lon, lat), or a GeoDataFrame's point geometry in its own CRS (none set: EPSG:4326). `id` names a column
+        echoed back as `id` by the service (default: the row position, which is what the answer is aligned on either
+        way). Results come back in input order."""
         import pandas as pd
 
         if transport not in ("arrow", "json"):
             raise ValueError(f"transport must be 'arrow' or 'json', not {transport!r}")
-        for name in (lon, lat, id, date):
+        x, y, crs = _frame_points(df, lon, lat, crs)
+        for name in (id, date):
             if name is not None and name not in df.columns:
                 raise KeyError(f"column {name!r} not in the frame (columns: {list(df.columns)})")
         if transport == "arrow":
@@ -115,34 +138,82 @@ class EnrichClient:
 
             table = pa.table({
                 "id": pa.array(df[id].to_numpy(), from_pandas=True) if id else pa.array(range(len(df)), pa.int64()),
-                "lon": pa.array(pd.to_numeric(df[lon], errors="coerce").to_numpy(dtype=float), from_pandas=True),
-                "lat": pa.array(pd.to_numeric(df[lat], errors="coerce").to_numpy(dtype=float), from_pandas=True),
+                "lon": pa.array(x, from_pandas=True),
+                "lat": pa.array(y, from_pandas=True),
                 **({"date": pa.array(_iso_dates(df[date]), pa.string())} if date else {}),
             })
-            answer, used = self.tag_table(table, layers=layers, as_of=as_of, crs=crs,
-                                          nearest_within_m=nearest_within_m, date_col="date" if date else None)
+            params = _params(layers=_layer_list(layers), as_of=as_of, crs=crs, nearest_within_m=nearest_within_m,
+                             date_col="date" if date else None)
+            answer, used = self._post_in_chunks("/v1/pip", table, params, chunk_rows, progress)
             results = plain_columns(answer.drop_columns(["id", "lon", "lat"] + (["date"] if date else [])))
             results = results.to_pandas()
         else:
-            results, used = self._tag_json(df, lon, lat, id, date, layers, as_of, crs, nearest_within_m)
+            results, used = self._tag_json(df, x, y, id, date, layers, as_of, crs, nearest_within_m)
         if len(results) != len(df):
             raise ClientError(f"the service answered {len(results)} rows for {len(df)}")
+        results.columns = _frame_names(list(results.columns), (), list(used))
         results.index = df.index
         out = df.drop(columns=[c for c in results.columns if c in df.columns])
         out = pd.concat([out, results], axis=1)
         out.attrs["enrich_layers"] = used
         return out
 
+    def geocode(self, df: pd.DataFrame, *, address: str = "address", city: str | None = None,
+                zip: str | None = None, date: str | None = None, layers: Iterable[str] | str | None = None,
+                as_of: str | None = None, min_match: str | None = None, chunk_rows: int | None = CHUNK_ROWS,
+                progress: bool | None = None):
+        """Geocode the `address` column (with `city` and `zip` when given) and tag the places found: a
+        GeoDataFrame of `df`'s columns, then lon, lat, match, score, matched_address, reason, the layer columns,
+        enrich_flags and error; its geometry the points found (EPSG:4326, None where nothing was). As in the
+        service's tables, a result column named like one of `df`'s gets the prefix `enrich_`: your `zip` stays,
+        the zip layer's answer is `enrich_zip`."""
+        import geopandas as gpd
+        import numpy as np
+        import pandas as pd
+        import pyarrow as pa
+        import shapely
+
+        for name in (address, city, zip, date):
+            if name is not None and name not in df.columns:
+                raise KeyError(f"column {name!r} not in the frame (columns: {list(df.columns)})")
+        # Request columns under names no result has, so the answer's columns come back as the service names them.
+        cols = {"__id": pa.array(range(len(df)), pa.int64()), "__address": _texts(df[address])}
+        if city:
+            cols["__city"] = _texts(df[city])
+        if zip:
+            cols["__zip"] = _texts(df[zip])
+        if date:
+            cols["__date"] = pa.array(_iso_dates(df[date]), pa.string())
+        table = pa.table(cols)
+        params = _params(layers=_layer_list(layers), as_of=as_of, min_match=min_match, id_col="__id",
+                         address_col="__address", city_col="__city", zip_col="__zip",
+                         date_col="__date" if date else None)
+        answer, used = self._post_in_chunks("/v1/geocode-join", table, params, chunk_rows, progress)
+        if answer.num_rows != len(df):
+            raise ClientError(f"the service answered {answer.num_rows} rows for {len(df)}")
+        results = plain_columns(answer.drop_columns(table.column_names)).to_pandas()
+        lon, lat = results["lon"].to_numpy(dtype=float), results["lat"].to_numpy(dtype=float)
+        results.columns = _frame_names(list(results.columns), [str(c) for c in df.columns], list(used))
+        results.index = df.index
+        found = np.isfinite(lon) & np.isfinite(lat)
+        points = np.full(len(df), None, dtype=object)
+        points[found] = shapely.points(lon[found], lat[found])
+        geometry = _frame_names(["geometry"], [str(c) for c in df.columns] + list(results.columns), [])[0]
+        out = gpd.GeoDataFrame(pd.concat([pd.DataFrame(df), results], axis=1),
+                               geometry=gpd.GeoSeries(points, index=df.index, crs="EPSG:4326", name=geometry))
+        out.attrs["enrich_layers"] = used
+        return out
+
     def tag_table(self, table: pa.Table, *, layers: Iterable[str] | str | None = None, as_of: str | None = None,
                   crs: str | None = None, nearest_within_m: float | None = None, id_col: str = "id",
                   lon_col: str = "lon", lat_col: str = "lat", date_col: str | None = None,
-                  expect_layers: str | None = None) -> tuple[pa.Table, dict]:
+                  expect_layers: str | None = None, prefix: str | None = None) -> tuple[pa.Table, dict]:
         """The Arrow path without pandas: POST the table as an Arrow IPC stream; returns (the table the service
         answers: the input columns plus the result columns, layer keys dictionary-encoded; layers used).
         A table over the service's ENRICH_MAX_BATCH or ENRICH_MAX_BODY_BYTES (413) is sent in halves.
         expect_layers: the layer set (sha256) every part must be answered from; another raises LayersVersionMismatch."""
         params = _params(layers=_layer_list(layers), as_of=as_of, crs=crs, nearest_within_m=nearest_within_m,
-                         id_col=id_col, lon_col=lon_col, lat_col=lat_col, date_col=date_col)
+                         id_col=id_col, lon_col=lon_col, lat_col=lat_col, date_col=date_col, prefix=prefix)
         return self._post_arrow_in_parts("/v1/pip", table, params, expect_layers)
 
     def geocode_table(self, table: pa.Table, *, layers: Iterable[str] | str | None = None,
@@ -156,6 +227,30 @@ class EnrichClient:
                          address_col=address_col, city_col=city_col, zip_col=zip_col, date_col=date_col,
                          prefix=prefix)
         return self._post_arrow_in_parts("/v1/geocode-join", table, params, expect_layers)
+
+    def _post_in_chunks(self, path: str, table: pa.Table, params: dict, chunk_rows: int | None,
+                        progress: bool | None, expect_layers: str | None = None) -> tuple[pa.Table, dict]:
+        """POST the table `chunk_rows` rows at a time (each in halves on a 413), every chunk answered from the layer
+        set of the first (X-Enrich-Expect-Layers); a progress bar when there is more than one chunk."""
+        import pyarrow as pa
+
+        n = table.num_rows
+        if not chunk_rows or n <= chunk_rows:
+            return self._post_arrow_in_parts(path, table, params, expect_layers)
+        from rich.progress import Progress
+
+        answers: list[pa.Table] = []
+        used: dict = {}
+        with Progress(disable=progress is False, transient=True) as bar:
+            task = bar.add_task(path, total=n)
+            for start in range(0, n, chunk_rows):
+                answer, part_used = self._post_arrow_in_parts(path, table.slice(start, chunk_rows), params,
+                                                              expect_layers)
+                expect_layers = expect_layers or self.last_layers_sha256
+                answers.append(plain_columns(answer))  # dictionaries differ from chunk to chunk
+                used = merge_layers_used(used, part_used)
+                bar.advance(task, answer.num_rows)
+        return pa.concat_tables(answers, promote_options="permissive"), used
 
     def _post_arrow_in_parts(self, path: str, table: pa.Table, params: dict,
                              expect_layers: str | None) -> tuple[pa.Table, dict]:
@@ -204,12 +299,10 @@ class EnrichClient:
 
     # ---- internals ------------------------------------------------------------------------------------------
 
-    def _tag_json(self, df, lon, lat, id, date, layers, as_of, crs, nearest_within_m):
+    def _tag_json(self, df, xs, ys, id, date, layers, as_of, crs, nearest_within_m):
         import pandas as pd
 
         ids = df[id].tolist() if id else list(range(len(df)))
-        xs = pd.to_numeric(df[lon], errors="coerce").astype(float)
-        ys = pd.to_numeric(df[lat], errors="coerce").astype(float)
         # NaN is not JSON: send null and let the service report the row as missing.
         points = [{"id": i, "lon": None if x != x else x, "lat": None if y != y else y}
                   for i, x, y in zip(ids, xs.tolist(), ys.tolist())]
@@ -225,6 +318,18 @@ class EnrichClient:
         return results.drop(columns=["id"], errors="ignore"), doc.get("layers", {})
 
     def _request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        if not self.retries:
+            return self._request_once(method, path, **kwargs)
+        from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential
+
+        for attempt in Retrying(stop=stop_after_attempt(self.retries + 1), reraise=True,
+                                wait=wait_exponential(multiplier=self.retry_delay, max=self.max_retry_delay),
+                                retry=retry_if_exception_type(ServiceUnavailable)):
+            with attempt:
+                return self._request_once(method, path, **kwargs)
+        raise AssertionError("unreachable: tenacity re-raises the last failure")
+
+    def _request_once(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
         try:
             r = self._http.request(method, path, **kwargs)
         except httpx.TimeoutException as exc:
@@ -260,7 +365,7 @@ class LocalService:
                  ready_timeout: float = 120.0, stop_timeout: float = 30.0):
         self.env, self.port, self.log = dict(env or {}), port, log
         self.ready_timeout, self.stop_timeout = ready_timeout, stop_timeout
-        self.proc = None
+        self.proc: subprocess.Popen | None = None
         self.url = ""
 
     def start(self) -> LocalService:
@@ -284,11 +389,12 @@ class LocalService:
             if out:
                 out.close()
         deadline = time.monotonic() + self.ready_timeout
+        proc = self.proc
         with EnrichClient(self.url, timeout=2) as probe:
             while not probe.ready():
-                if self.proc.poll() is not None:
+                if proc.poll() is not None:
                     where = f" (see {self.log})" if self.log else ""
-                    raise ServiceUnavailable(f"enrich-service exited with {self.proc.returncode} while starting{where}")
+                    raise ServiceUnavailable(f"enrich-service exited with {proc.returncode} while starting{where}")
                 if time.monotonic() > deadline:
                     self.stop()
                     raise ServiceUnavailable(f"enrich-service was not ready within {self.ready_timeout:.0f} s")
@@ -342,6 +448,66 @@ def plain_columns(table: pa.Table) -> pa.Table:
 
     cols = [c.cast(c.type.value_type) if pa.types.is_dictionary(c.type) else c for c in table.columns]
     return pa.table(cols, names=table.column_names)
+
+
+def _frame_points(df: pd.DataFrame, lon: str | None, lat: str | None, crs: str | None):
+    """(x, y, crs) of the frame's points: its lon/lat columns, or a GeoDataFrame's point geometry (its CRS sent as
+    `crs`, or the points turned to EPSG:4326 when the CRS has no code the service could be told)."""
+    import sys
+
+    import numpy as np
+    import pandas as pd
+
+    gpd = sys.modules.get("geopandas")  # a GeoDataFrame means geopandas is imported already
+    if gpd is not None and isinstance(df, gpd.GeoDataFrame) and lon is None and lat is None:
+        import shapely
+
+        geometry = df.geometry
+        if crs is None and geometry.crs is not None:
+            code = geometry.crs.to_epsg()
+            if code:
+                crs = f"EPSG:{code}"
+            else:
+                geometry = geometry.to_crs("EPSG:4326")
+        geoms = np.asarray(geometry.values, dtype=object)
+        other = ~shapely.is_missing(geoms) & (shapely.get_type_id(geoms) != 0)
+        if other.any():
+            kinds = sorted(set(shapely.get_type_id(geoms[other]).tolist()))
+            names = ", ".join(shapely.GeometryType(k).name.title() for k in kinds)
+            raise ValueError(f"tag() takes points: {int(other.sum())} rows hold {names}; pass "
+                             "gdf.set_geometry(gdf.representative_point()) or name lon/lat columns")
+        return shapely.get_x(geoms), shapely.get_y(geoms), crs
+    lon, lat = lon or "lon", lat or "lat"
+    for name in (lon, lat):
+        if name not in df.columns:
+            raise KeyError(f"column {name!r} not in the frame (columns: {list(df.columns)})")
+    x = pd.to_numeric(df[lon], errors="coerce").to_numpy(dtype=float)
+    y = pd.to_numeric(df[lat], errors="coerce").to_numpy(dtype=float)
+    return x, y, crs
+
+
+def _frame_names(names: list[str], taken, layers: list[str]) -> list[str]:
+    """Result column names for a DataFrame: a name taken by a column of `taken`, or by a DataFrame attribute
+    (`flags`), gets FRAME_PREFIX in front, with its layer's companions (the service's rule, io.results.append_results)."""
+    import pandas as pd
+    import pyarrow as pa
+
+    from .io.results import append_results
+
+    taken = list(dict.fromkeys([*taken, *(n for n in names if hasattr(pd.DataFrame, n))]))
+    empty = pa.table([pa.nulls(0)] * len(taken), names=taken)
+    out = append_results(empty, [(n, pa.nulls(0)) for n in names], layers, FRAME_PREFIX)
+    return out.column_names[len(taken):]
+
+
+def _texts(series: pd.Series) -> pa.Array:
+    """A column of addresses, cities or ZIPs as text (None where missing); whole numbers without a '.0'."""
+    import pandas as pd
+    import pyarrow as pa
+
+    if pd.api.types.is_float_dtype(series) and (series.dropna() % 1 == 0).all():
+        series = series.astype("Int64")
+    return pa.array([None if pd.isna(v) else str(v) for v in series], pa.string())
 
 
 def _layer_list(layers: Iterable[str] | str | None) -> str | None:

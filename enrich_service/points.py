@@ -82,6 +82,25 @@ def _to_wgs84(crs: CRS) -> Transformer:
     return Transformer.from_crs(crs, WGS84, always_xy=True)
 
 
+# San Diego County with a margin, in degrees: where State Plane feet sent by mistake would land.
+_SAN_DIEGO = (-118.0, 32.3, -115.8, 33.8)
+STATE_PLANE = "EPSG:2230"
+STATE_PLANE_HINT = f"the numbers look like State Plane feet: send crs={STATE_PLANE}"
+
+
+def looks_like_state_plane(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Per row: would (x, y), read as EPSG:2230 feet, fall in San Diego County? (Degrees are never that large.)"""
+    # Zone 6's false origin is 6,561,667 / 1,640,417 ft: anything within a few hundred miles of it is in the
+    # millions, far beyond any degree; only those rows are transformed.
+    rough = np.isfinite(x) & np.isfinite(y) & (np.abs(x) > 1e5) & (np.abs(y) > 1e5)
+    out = np.zeros(len(x), dtype=bool)
+    if rough.any():
+        lon, lat = _to_wgs84(parse_crs(STATE_PLANE)).transform(x[rough], y[rough])
+        w, s, e, n = _SAN_DIEGO
+        out[rough] = (lon >= w) & (lon <= e) & (lat >= s) & (lat <= n)
+    return out
+
+
 
 def prepare(batch: PointBatch, crs: CRS, x_name: str = "lon", y_name: str = "lat") -> Prepared:
     errors: dict[int, tuple[str, str]] = {}
@@ -106,6 +125,9 @@ def prepare(batch: PointBatch, crs: CRS, x_name: str = "lon", y_name: str = "lat
             lon_bad = finite & (np.abs(lon) > 180)
             swapped = lat_bad & (np.abs(lon) <= 90)
             _set(errors, swapped, y_name, "out of range [-90, 90]; lon and lat look swapped")
+            if lat_bad.any():  # State Plane feet sent without crs: say so, rather than only "out of range"
+                _set(errors, lat_bad & looks_like_state_plane(x, y), y_name,
+                     f"out of range [-90, 90]; {STATE_PLANE_HINT}")
             _set(errors, lat_bad, y_name, "out of range [-90, 90]")
             _set(errors, lon_bad, x_name, "out of range [-180, 180]")
             _flag(flags, swapped, "swapped_lonlat")

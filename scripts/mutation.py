@@ -30,6 +30,7 @@ import tempfile
 import textwrap
 import time
 import traceback
+from collections.abc import Callable
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -48,11 +49,23 @@ TARGETS = [
     ("enrich_service.engine.tagger", "Engine.tag_version", "rule"),
     ("enrich_service.engine.tagger", "row_days", "version"),
     ("enrich_service.engine.tagger", "Engine.tag", "rule"),
+    ("enrich_service.engine.tagger", "_fill_nearest", "rule"),
     ("enrich_service.layers.store", "LayerStore.version_on", "version"),
     ("enrich_service.layers.store", "LayerStore.version_index", "version"),
     ("enrich_pipeline.quality", "measure", "quality"),
     ("enrich_pipeline.quality", "check", "quality"),
+    ("enrich_pipeline.publish", "check_guards", "swap"),
+    ("enrich_pipeline.publish", "_prepare", "swap"),
+    ("enrich_pipeline.publish", "_switch_view", "swap"),
+    ("enrich_pipeline.publish", "drop_old_versions", "swap"),
     ("enrich_pipeline.publish", "publish_postgis", "swap"),
+    ("enrich_service.postgis.publish", "stage", "swap"),
+    ("enrich_service.postgis.publish", "create_table", "swap"),
+    ("enrich_service.postgis.publish", "create_index", "swap"),
+    ("enrich_service.postgis.publish", "refill", "swap"),
+    ("enrich_service.postgis.publish", "point_view", "swap"),
+    ("enrich_service.postgis.publish", "upsert", "swap"),
+    ("enrich_service.postgis.publish", "drop_versions", "swap"),
     ("enrich_service.geocode.join", "geocode_join", "geocode"),
 ]
 
@@ -167,11 +180,19 @@ def planted(tree, index, what, module, owner, name):
     namespace = dict(vars(module))
     exec(compile(mutated, module.__file__, "exec"), namespace)
     original = inspect.getattr_static(owner, name)
+    # Modules that imported the function by name (`from .publish import refill`) hold the original: swap theirs too.
+    holders = [(m, attr) for m in list(sys.modules.values()) if m is not None and m is not owner
+               and getattr(m, "__name__", "").startswith(("enrich_service", "enrich_pipeline"))
+               for attr, value in list(vars(m).items()) if value is original]
     setattr(owner, name, namespace[name])
+    for m, attr in holders:
+        setattr(m, attr, namespace[name])
     try:
         yield
     finally:
         setattr(owner, name, original)
+        for m, attr in holders:
+            setattr(m, attr, original)
 
 
 class Timeout(Exception):
@@ -197,6 +218,7 @@ class Checks:
             conftest,
             test_engine,
             test_grid,
+            test_mutation_kills,
             test_mutations,
             test_quality_gate,
             test_rule_truth,
@@ -209,6 +231,7 @@ class Checks:
                                      REPO / ".cache" / "layers")
         self.engine = Engine(self.store)
         self.probe = test_versions.probe_point(self.store)
+        self.pg_dsn = conftest.PG_DSN
         self.tmp = Path(tempfile.mkdtemp(prefix="mutation-"))
         self.truth = {}
         if "rule" in groups or "version" in groups:
@@ -226,7 +249,10 @@ class Checks:
                 conn.execute(f"DROP SCHEMA {schema} CASCADE")
                 conn.commit()
         self.cases = {}
-        if groups & {"quality", "swap"}:
+        self.m["kills"] = test_mutation_kills
+        if "swap" in groups:  # a small enriched file by hand (test_mutation_kills): no service needed
+            self.enriched = test_mutation_kills.write_enriched(self.tmp / "swap.parquet", test_mutation_kills.rows(9))
+        if "quality" in groups:
             if "AIRFLOW_HOME" not in os.environ:
                 os.environ["AIRFLOW_HOME"] = str(self.tmp / "airflow_home")
             proc, url = conftest.start_service()
@@ -245,7 +271,6 @@ class Checks:
                 for name, test in self.quality_tests():
                     test(None, url, self.tmp / name)
                 test_quality_gate.check_unlocated_gate(url, self.tmp / "unlocated")
-                self.enriched = Path(next(iter(self.cases.values()))[1]["path"])
             finally:
                 proc.terminate()
                 proc.wait(timeout=30)
@@ -267,9 +292,10 @@ class Checks:
         q = self.m["quality"]
         return [(n, getattr(q, n)) for n in dir(q) if n.startswith("test_")]
 
-    def group(self, name: str):
+    def group(self, name: str) -> list[tuple[str, Callable[[], object]]]:
         """[(check name, callable)] for a group, cheapest first."""
         t, v, e = self.m["truth"], self.m["versions"], self.m["engine"]
+        out: list[tuple[str, Callable[[], object]]]
         if name == "rule":
             out = [(f"tiles[{layer}]", (lambda layer=layer, vi=vi: e.test_tiles_cover_every_part_and_stay_small(
                 self.store, layer, vi))) for layer, vi in (("council_district", 1), ("neighborhood", 0))]
@@ -288,6 +314,9 @@ class Checks:
             out = [(f"switch {d}", (lambda d=d: v.test_version_on_the_switch_days(self.store, d))) for d in v.AS_OF]
             out += [(f"mixed {d} grid={g}", (lambda d=d, g=g: v.test_engine_mixed_batch(
                 self.store, self.engine, self.probe, d, g))) for d in v.AS_OF if v.AS_OF[d] for g in (True, False)]
+            k = self.m["kills"]
+            out += [("row dates", lambda: k.check_row_dates_and_invalid_rows(self.engine, self.probe)),
+                    ("nearest bounds", lambda: k.check_nearest_within_bounds(self.engine))]
             out += [("nearest", lambda: e.test_nearest_within_reports_the_distance(self.store, self.engine)),
                     ("overlap", lambda: e.test_overlap_of_mission_valley_and_old_town_is_answered_not_dropped(
                         self.store, self.engine)),
@@ -297,6 +326,8 @@ class Checks:
         if name == "quality":
             out = [(n, (lambda test=test, n=n: test(None, self.url, self.tmp / n))) for n, test in self.quality_tests()]
             out.append(("unlocated gate", lambda: self.m["quality"].check_unlocated_gate(self.url, self.tmp / "u")))
+            out.append(("empty dataset", lambda: self.m["kills"].check_an_empty_dataset_passes_the_gate(self.tmp / "e")))
+            out.append(("address gate", self.m["kills"].check_the_address_gate_runs_in_the_quality_check))
             return out
         if name == "geocode":
             g = self.m["geocode"]
@@ -304,9 +335,18 @@ class Checks:
                     ("bad records", lambda: g.test_one_bad_record_never_fails_the_batch(self.client)),
                     ("flags", lambda: g.test_flags_for_the_known_bad_cases(self.client)),
                     ("dates", lambda: g.test_records_with_a_date_get_the_layer_versions_in_force_that_day(
+                        self.client)),
+                    ("city limits named", lambda: self.m["kills"].check_a_geocode_naming_city_limits_keeps_it(
+                        self.client)),
+                    ("early record", lambda: self.m["kills"].check_a_record_dated_before_the_first_version_gets_no_rule(
                         self.client))]
         if name == "swap":
-            return [("swap atomic", lambda: self.m["mutations"].check_swap_is_atomic(self.enriched))]
+            k = self.m["kills"]
+            return [("read back", lambda: k.check_publications_read_back(self.pg_dsn, self.tmp / "back")),
+                    ("catalog lock", lambda: k.check_a_switch_waits_for_the_publisher_holding_the_catalog_row(
+                        self.pg_dsn, self.tmp / "lock")),
+                    ("swap atomic", lambda: self.m["mutations"].check_swap_is_atomic(self.enriched)),
+                    ("boundary load", lambda: k.check_boundary_loads_refill_in_place(self.pg_dsn, self.store))]
         raise ValueError(name)
 
 

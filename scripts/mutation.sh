@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Mutation score of the functions that decide answers (docs/testing.md): the rule, the exact and grid paths,
-# version selection, the quality gate and the PostGIS swap. On demand, not in CI (about 15-25 minutes on 2 cores).
+# version selection, the quality gate, the PostGIS swap and the geocoder's tagging. On demand, not in CI (about
+# 30 minutes on 2 shared cores; --only publish about 3).
 #   bash scripts/mutation.sh                 # everything
 #   bash scripts/mutation.sh --only rules    # one target (a CI-sized subset: seconds to a minute or two)
 set -euo pipefail

@@ -197,7 +197,7 @@ def test_arrow_in_arrow_out_keeps_the_input_columns(client):
 def test_arrow_bad_bodies(client):
     r = client.post("/v1/pip", content=b"\x00garbage\xff", headers={"content-type": ARROW})
     assert r.status_code == 400 and r.json()["field"] == "body"
-    r = client.post("/v1/pip", content=_arrow(pa.table({"id": [1], "x": [1.0], "lat": [32.7]})),
+    r = client.post("/v1/pip", content=_arrow(pa.table({"id": [1], "easting": [1.0], "lat": [32.7]})),
                     headers={"content-type": ARROW})
     assert r.status_code == 422 and r.json()["field"] == "lon"
     r = client.post("/v1/pip", content=_arrow(pa.table({"lon": [[1.0]], "lat": [32.7]})),
@@ -267,11 +267,11 @@ def test_bulk_routes_document_every_registered_format_and_exactly_the_parameters
     from enrich_service.io.formats import FORMATS
 
     spec = client.get("/openapi.json").json()
-    common = {"layers", "as_of", "nearest_within_m", "id_col", "lon_col", "lat_col", "date_col", "prefix"}
-    for path, params in (("/v1/pip", common | {"crs"}),
+    common = {"layers", "as_of", "nearest_within_m", "id_col", "lon_col", "lat_col", "date_col", "prefix", "delimiter"}
+    for path, params in (("/v1/pip", common | {"crs", "date_format"}),
                          ("/v1/geocode-join", common | {"address_col", "city_col", "zip_col", "min_match"})):
         post = spec["paths"][path]["post"]
-        assert set(post["requestBody"]["content"]) == set(FORMATS), path
+        assert set(post["requestBody"]["content"]) == set(FORMATS) | {"multipart/form-data"}, path
         assert {p["name"] for p in post["parameters"]} == params, path
         r = client.post(f"{path}?idcol=x", content=b"id,lon,lat\n1,-117.1627,32.7167\n",
                         headers={"content-type": "text/csv"})

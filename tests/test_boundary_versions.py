@@ -228,8 +228,8 @@ def test_the_accepted_folder_keeps_the_current_and_previous_files_only(tmp_path)
 def test_a_run_pins_the_first_answered_set_and_replicas_come_from_the_connection(tmp_path):
     from types import SimpleNamespace
 
+    from enrich_pipeline.boundaries import replica_urls
     from enrich_pipeline.enrich import pin_layers, pinned_layers
-    from enrich_pipeline.service import replica_urls
 
     assert pinned_layers(tmp_path) is None
     assert pin_layers(tmp_path, "a" * 64) == "a" * 64

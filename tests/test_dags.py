@@ -651,6 +651,22 @@ def boundary_events(run_id: str) -> list:
 
 # ---- the client --------------------------------------------------------------------------------------------------
 
+def test_the_service_hook_makes_the_client_from_the_connection(airflow, monkeypatch):
+    """EnrichServiceHook: the URL, API key, timeout and replicas come from the Airflow connection; the UI's test
+    asks the service whether it is ready."""
+    from enrich_pipeline.hooks import EnrichServiceHook
+
+    monkeypatch.setenv("AIRFLOW_CONN_SVC_HOOK_TEST", "http://:k3y@svc.invalid:8081?timeout=7&replicas=127.0.0.1%3A9001")
+    hook = EnrichServiceHook("svc_hook_test")
+    with hook.get_conn() as client:
+        assert client.base_url == "http://svc.invalid:8081"
+        assert client._http.headers["X-API-Key"] == "k3y" and client._http.timeout.read == 7
+    assert hook.replica_urls() == ["http://127.0.0.1:9001"]
+    assert EnrichServiceHook().test_connection() == (True, "ready")  # AIRFLOW_CONN_ENRICH_SERVICE: the live service
+    monkeypatch.setenv("AIRFLOW_CONN_SVC_DOWN", f"http://127.0.0.1:{_free_port()}")
+    assert EnrichServiceHook("svc_down").test_connection()[0] is False
+
+
 def test_client_arrow_and_json_agree_and_errors_are_typed(live_service):
     from enrich_service.client import EnrichClient, RequestRejected, ServiceUnavailable
 

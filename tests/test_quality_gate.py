@@ -48,7 +48,7 @@ def run_gate(spec, assembled: dict) -> str | dict:
     task = build_dataset_dag(spec).get_task("quality_gate")
     assert task.retries == 0  # a quality failure is final
     try:
-        return task.python_callable(assembled)
+        return task.python_callable(str(spec.path), assembled)
     except AirflowFailException as exc:
         return str(exc)
 

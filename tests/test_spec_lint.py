@@ -116,3 +116,27 @@ def test_spec_fields_of_this_issue_are_checked(tmp_path, field, value, needle):
     path.write_text(GOOD.replace("owners: [gis-team@sandiego.gov]", f"{field}: {value}"))
     with pytest.raises(SpecError, match=needle):
         load_spec(path)
+
+
+def test_a_geojson_spec_without_coordinates_reads_the_features_points(tmp_path):
+    """A GeoJSON source needs no `coordinates`: the spec defaults to the columns extract writes the features' points
+    into (geometry_lon, geometry_lat), and every transit stop keeps its point."""
+    import json
+
+    import pyarrow.parquet as pq
+
+    from enrich_pipeline.extract import extract
+    from enrich_pipeline.spec import load_spec
+
+    from .conftest import POINTS
+
+    path = tmp_path / "stops_extra.yaml"
+    path.write_text(GOOD.replace("${ENRICH_DATA_DIR}/points", str(POINTS)))
+    spec = load_spec(path)
+    extracted = extract(spec, tmp_path / "extract.parquet")
+    table = pq.read_table(extracted["path"], columns=[spec.coordinates.lon, spec.coordinates.lat])
+    features = json.loads((POINTS / "transit_stops_datasd.geojson").read_text())["features"]
+    assert table.num_rows == len(features)
+    assert table.column(0).to_pylist()[:3] == [f["geometry"]["coordinates"][0] for f in features[:3]]
+    assert table.column(1).to_pylist()[:3] == [f["geometry"]["coordinates"][1] for f in features[:3]]
+    assert table.column(0).null_count == 0

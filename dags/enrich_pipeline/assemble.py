@@ -17,6 +17,7 @@ from pathlib import Path
 
 from .enrich import batch_path
 from .extract import COORD_ERROR, ROW
+from .payloads import Assembled, BatchResult
 from .spec import DatasetSpec
 from .workdir import write_parquet
 
@@ -32,7 +33,7 @@ def is_internal(name: str) -> bool:
     return name.startswith("__")
 
 
-def layers_used(batches: list[dict]) -> dict:
+def layers_used(batches: list[BatchResult]) -> dict:
     """The layer versions and sha256 used, identical across batches (else the layers changed mid-run)."""
     from enrich_service.client import ClientError, merge_layers_used
 
@@ -46,7 +47,7 @@ def layers_used(batches: list[dict]) -> dict:
     return used
 
 
-def plausible_area(spec: DatasetSpec, layers: dict | None = None) -> tuple[float, float, float, float] | None:
+def plausible_area(spec: DatasetSpec, layers: dict | None = None) -> tuple[float, float, float, float]:
     """lon/lat bbox outside which a point is not plausible. `layers`: the service's /v1/layers answer (asked
     for when None and the spec names no area)."""
     import math
@@ -56,9 +57,9 @@ def plausible_area(spec: DatasetSpec, layers: dict | None = None) -> tuple[float
         return q.plausible_area
     layer = q.within or "city_limits"
     if layers is None:
-        from .service import client_for
+        from .hooks import EnrichServiceHook
 
-        with client_for(spec.service_conn_id) as client:
+        with EnrichServiceHook(spec.service_conn_id).get_conn() as client:
             layers = client.layers()
     boxes = [v["bbox"] for v in layers.get("layers", {}).get(layer, {}).get("versions", []) if v.get("bbox")]
     if not boxes:
@@ -71,8 +72,8 @@ def plausible_area(spec: DatasetSpec, layers: dict | None = None) -> tuple[float
     return (x0 - dx, y0 - dy, x1 + dx, y1 + dy)
 
 
-def assemble(spec: DatasetSpec, extract_path: Path, work: Path, batches: list[dict], dest: Path,
-             area: tuple[float, float, float, float] | None = None) -> dict:
+def assemble(spec: DatasetSpec, extract_path: Path, work: Path, batches: list[BatchResult], dest: Path,
+             area: tuple[float, float, float, float] | None = None) -> Assembled:
     import numpy as np
     import pyarrow as pa
     import pyarrow.compute  # noqa: F401  (pa.compute)
@@ -149,6 +150,7 @@ def _wgs84(spec: DatasetSpec, source):
     import pandas as pd
 
     c = spec.coordinates
+    assert c is not None  # address specs take the geocoded point (geocode.point)
     x = pd.to_numeric(source.column(c.lon).to_pandas(), errors="coerce").to_numpy(dtype=float, copy=True)
     y = pd.to_numeric(source.column(c.lat).to_pandas(), errors="coerce").to_numpy(dtype=float, copy=True)
     if c.crs.upper() not in ("EPSG:4326", "4326", "OGC:CRS84"):

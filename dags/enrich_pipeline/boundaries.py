@@ -7,6 +7,10 @@ sha256 per layer version.
 
 from __future__ import annotations
 
+from typing import Any
+
+from .payloads import Fetched, LoadedBoundaries
+
 
 def _store():
     from enrich_service.layers.store import LayerStore
@@ -20,14 +24,14 @@ def _sha256(store) -> dict[str, dict[str, str]]:
     return {name: {v.version: v.source.sha256 for v in vs} for name, vs in store.versions.items()}
 
 
-def fetch() -> dict:
+def fetch() -> Fetched:
     store = _store()
     return {"source": store.source_mode, "sha256": _sha256(store),
             "files": {name: [{"version": v.version, "features": v.n_features, **v.source.describe()} for v in vs]
                       for name, vs in store.versions.items()}}
 
 
-def load_into_postgis(conn, fetched: dict) -> dict:
+def load_into_postgis(conn, fetched: Fetched) -> LoadedBoundaries:
     """Every layer version into PostGIS in ONE transaction: a failure half-way (a lock, a full disk, a constraint)
     leaves every table, view and catalog row as it was, never some layers new and others old. load_layers' own
     per-table transactions become savepoints inside this one (psycopg nests conn.transaction())."""
@@ -51,7 +55,7 @@ def changed_layers(announced: dict | None, loaded: dict[str, dict[str, str]]) ->
     return sorted(name for name in set(loaded) | set(before) if loaded.get(name) != before.get(name))
 
 
-def check_serving(fetched: dict, answer: dict) -> None:
+def check_serving(fetched: Fetched, answer: dict) -> None:
     """The service's reload answer lists per layer its versions and sha256: they must be the files this refresh
     read (and will load into PostGIS)."""
     serving = {name: {v["version"]: v["sha256"] for v in vs} for name, vs in answer.get("versions", {}).items()}
@@ -59,6 +63,30 @@ def check_serving(fetched: dict, answer: dict) -> None:
     if differ:
         raise RuntimeError(f"the service serves other layer files than this refresh read for {differ}: "
                            f"point both at the same ENRICH_BOUNDARY_DIR (or cache)")
+
+
+def replica_urls(conn: Any) -> list[str]:
+    """The service's replicas, each asked itself (the boundary refresh waits for all of them): the connection extra
+    `replicas`, a list or a comma-separated string of URLs or host:port. A name that resolves to several addresses
+    (compose's `enrich-service`, a headless Kubernetes service) stands for each of them. Empty: not configured."""
+    import socket
+
+    raw = conn.extra_dejson.get("replicas") or []
+    entries = [e.strip() for e in (raw.split(",") if isinstance(raw, str) else raw) if str(e).strip()]
+    urls: list[str] = []
+    for entry in entries:
+        scheme, _, rest = entry.rpartition("://")
+        host, _, port = rest.rstrip("/").rpartition(":")
+        if not host:
+            host, port = rest.rstrip("/"), "8080"
+        try:
+            addrs = sorted({str(a[4][0]) for a in socket.getaddrinfo(host, int(port), type=socket.SOCK_STREAM)})
+        except socket.gaierror:
+            addrs = [host]  # reported as unreachable by the wait, by name
+        for addr in addrs:
+            shown = f"[{addr}]" if ":" in addr else addr
+            urls.append(f"{scheme or 'http'}://{shown}:{port}")
+    return sorted(set(urls))
 
 
 def wait_for_replicas(replicas: list[str], expected: str, timeout_s: float = 120.0, probes: int = 6,

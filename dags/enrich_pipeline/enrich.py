@@ -11,6 +11,7 @@ import os
 from pathlib import Path
 
 from .extract import ROW
+from .payloads import BatchPlan, BatchResult
 from .spec import DatasetSpec
 from .workdir import write_parquet
 
@@ -46,11 +47,11 @@ def check_pinned(work: Path, batch: int, expected: str | None, served: str | Non
         from enrich_service.client import LayersVersionMismatch
 
         raise LayersVersionMismatch(f"batch {batch}: answered from layer set {served[:12]}, another batch of this "
-                                    f"run pinned {pinned_layers(work)[:12]}; retrying", 409)
+                                    f"run pinned {(pinned_layers(work) or '')[:12]}; retrying", 409)
     return served
 
 
-def plan_batches(extract_path: Path) -> list[dict]:
+def plan_batches(extract_path: Path) -> list[BatchPlan]:
     import pyarrow.parquet as pq
 
     (extract_path.parent / LAYERS_PIN).unlink(missing_ok=True)  # a cleared run pins afresh
@@ -70,6 +71,7 @@ def request_table(spec: DatasetSpec, extract_path: Path, batch: int):
     import pyarrow.parquet as pq
 
     c = spec.coordinates
+    assert c is not None  # address specs send geocode.request_table
     names = [ROW, c.lon, c.lat] + ([spec.as_of_column] if spec.as_of_column else [])
     part = pq.ParquetFile(extract_path).read_row_group(batch, columns=names)
     lon, lat = part.column(c.lon), part.column(c.lat)
@@ -87,7 +89,7 @@ def request_table(spec: DatasetSpec, extract_path: Path, batch: int):
     return pa.table(cols)
 
 
-def enrich_batch(spec: DatasetSpec, extract_path: Path, work: Path, batch: int, client) -> dict:
+def enrich_batch(spec: DatasetSpec, extract_path: Path, work: Path, batch: int, client) -> BatchResult:
     """Tag batch `batch`; writes batches/batch-NNNNN.parquet (source_row + result columns). Returns a summary
     with the layers used (version, sha256)."""
     if spec.coordinates is None:  # address-only: POST /v1/geocode-join
@@ -103,7 +105,7 @@ def enrich_batch(spec: DatasetSpec, extract_path: Path, work: Path, batch: int, 
                                                                           client.last_layers_sha256))
 
 
-def write_batch_result(work: Path, batch: int, req, answer, used: dict, served: str | None) -> dict:
+def write_batch_result(work: Path, batch: int, req, answer, used: dict, served: str | None) -> BatchResult:
     """Check the service's answer against the request, keep its result columns (by source_row) in
     batches/batch-NNNNN.parquet, and return the batch's summary with the layers used."""
     from enrich_service.client import plain_columns

@@ -14,7 +14,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .spec import DatasetSpec, resolve
+from .payloads import Extracted
+from .spec import GEOMETRY_LAT, GEOMETRY_LON, DatasetSpec, resolve
 from .workdir import atomic_path, write_parquet
 
 ROW = "source_row"
@@ -23,10 +24,9 @@ COORD_ERROR = "__coordinate_error"
 
 class SourceUnreadable(ValueError):
     """The source is there but is not what the spec says (a corrupt file, a value of the wrong type)."""
-GEOMETRY_LON, GEOMETRY_LAT = "geometry_lon", "geometry_lat"  # a GeoJSON source's point coordinates
 
 
-def extract(spec: DatasetSpec, dest: Path) -> dict:
+def extract(spec: DatasetSpec, dest: Path) -> Extracted:
     table = read_source(spec, dest.parent)
     if ROW in table.column_names:
         table = table.drop_columns([ROW])
@@ -42,7 +42,9 @@ def extract(spec: DatasetSpec, dest: Path) -> dict:
 def read_source(spec: DatasetSpec, scratch: Path):
     src = spec.source
     if src.kind == "sql":
+        assert src.sql is not None and src.conn_id is not None  # the spec requires them for kind sql
         return _read_sql(src.sql, src.conn_id)
+    assert src.path is not None  # the spec requires it for the file kinds
     location = resolve(src.path)
     path = _fetch(location, scratch) if location.startswith(("http://", "https://")) else Path(location)
     if not path.exists():
@@ -118,8 +120,8 @@ def _read_geojson(path: Path):
     import shapely
 
     meta, table = pyogrio.read_arrow(path)
-    geom_col = [f.name for f in table.schema if f.metadata and b"geoarrow.wkb" in f.metadata.values()]
-    geom_col = geom_col[0] if geom_col else "wkb_geometry"
+    wkb = [f.name for f in table.schema if f.metadata and b"geoarrow.wkb" in f.metadata.values()]
+    geom_col = wkb[0] if wkb else "wkb_geometry"
     geoms = shapely.from_wkb(table.column(geom_col).to_numpy(zero_copy_only=False))
     if meta.get("crs") not in (None, "EPSG:4326", "OGC:CRS84"):
         import pyproj

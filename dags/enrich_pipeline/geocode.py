@@ -9,9 +9,11 @@ street_type and the same for the cross street. `compose` turns a row into what t
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 from .extract import ROW
+from .payloads import BatchResult, MatchLevel, QualityStats
 from .spec import DatasetSpec
 
 # Request columns (named so that no result column collides with them).
@@ -29,7 +31,7 @@ def _text(value) -> str:
     return "" if text in ("", "0", "0.0", "nan", "None") else text
 
 
-def compose_one(number, street: list, cross: list, number_is_block: bool) -> str:
+def compose_one(number, street: Sequence, cross: Sequence, number_is_block: bool) -> str:
     name = " ".join(t for t in map(_text, street) if t)
     if not name:
         return ""
@@ -47,6 +49,7 @@ def compose_one(number, street: list, cross: list, number_is_block: bool) -> str
 def compose(spec: DatasetSpec, table) -> list[str]:
     """One address text per row, from the spec's address columns."""
     a = spec.address
+    assert a is not None  # only address specs come here
     n = table.num_rows
     get = lambda col: table.column(col).to_pylist()  # noqa: E731
     numbers = get(a.number) if a.number else [None] * n
@@ -60,6 +63,7 @@ def request_table(spec: DatasetSpec, extract_path: Path, batch: int):
     import pyarrow.parquet as pq
 
     a = spec.address
+    assert a is not None  # only address specs come here
     names = [ROW, *(c for c in (a.number, *a.street, *a.cross_street, a.city, a.zip) if c)]
     if spec.as_of_column:
         names.append(spec.as_of_column)
@@ -74,14 +78,14 @@ def request_table(spec: DatasetSpec, extract_path: Path, batch: int):
     return pa.table(cols)
 
 
-def enrich_batch(spec: DatasetSpec, extract_path: Path, work: Path, batch: int, client) -> dict:
+def enrich_batch(spec: DatasetSpec, extract_path: Path, work: Path, batch: int, client) -> BatchResult:
     """Geocode and tag batch `batch`; writes batches/batch-NNNNN.parquet (source_row + result columns)."""
     from .enrich import check_pinned, pinned_layers, write_batch_result
 
     req = request_table(spec, extract_path, batch)
-    expected = pinned_layers(work)  # one layer set for the whole run (issue 15), as for coordinates
+    expected = pinned_layers(work)  # one layer set for the whole run, as for coordinates (enrich.check_pinned)
     answer, used = client.geocode_table(req, layers=spec.request_layers, as_of=spec.as_of,
-                                        min_match=spec.address.min_match, id_col="id", address_col=ADDRESS,
+                                        min_match=spec.address.min_match if spec.address else None, id_col="id", address_col=ADDRESS,
                                         city_col=CITY, zip_col=ZIP, date_col=DATE if spec.as_of_column else None,
                                         expect_layers=expected)
     return write_batch_result(work, batch, req, answer, used, check_pinned(work, batch, expected,
@@ -107,9 +111,9 @@ def point(results):
 
 # ---- quality gate ------------------------------------------------------------------------------------------------
 
-def match_quality(levels: list, keys: list, rules: list) -> list[dict]:
+def match_quality(levels: list, keys: list, rules: list) -> list[MatchLevel]:
     """Per match level: rows, tagged (a key given), ambiguous, other nulls; with shares of the level's rows."""
-    out = []
+    out: list[MatchLevel] = []
     total = len(levels) or 1
     for level in MATCH_LEVELS:
         at = [i for i, lv in enumerate(levels) if lv == level]
@@ -123,18 +127,19 @@ def match_quality(levels: list, keys: list, rules: list) -> list[dict]:
     return out
 
 
-def measure(spec: DatasetSpec, table) -> dict:
-    column = spec.column_for(spec.quality.layer)
+def measure(spec: DatasetSpec, table) -> tuple[list[MatchLevel], float]:
+    """Per match level, the rows carrying a `quality.layer` key; and the share of all rows that do."""
+    column = spec.layers.get(spec.quality.layer, spec.quality.layer)
     rule = f"{column}_rule" if f"{column}_rule" in table.column_names else None
     keys = table.column(column).to_pylist() if column in table.column_names else [None] * table.num_rows
     rules = table.column(rule).to_pylist() if rule else [None] * table.num_rows
     levels = table.column(GEOCODE_COLUMNS["match"]).to_pylist()
     by_level = match_quality(levels, keys, rules)
     tagged = sum(r["tagged"] for r in by_level)
-    return {"match_levels": by_level, "tagged_share": round(tagged / table.num_rows, 4) if table.num_rows else 0.0}
+    return by_level, round(tagged / table.num_rows, 4) if table.num_rows else 0.0
 
 
-def problems(spec: DatasetSpec, stats: dict) -> list[str]:
+def problems(spec: DatasetSpec, stats: QualityStats) -> list[str]:
     out = []
     floors = spec.quality.min_tagged_share
     for row in stats.get("match_levels", []):
@@ -150,14 +155,15 @@ def problems(spec: DatasetSpec, stats: dict) -> list[str]:
 
 # ---- report ------------------------------------------------------------------------------------------------------
 
-def report_quality(spec: DatasetSpec, read_columns) -> list[dict]:
+def report_quality(spec: DatasetSpec, read_columns) -> list[MatchLevel]:
     """Match quality of the published rows for the report's first layer; `read_columns(names)` -> {name: list}."""
+    assert spec.report is not None
     column = spec.layers[spec.report.by[0]]
     cols = read_columns([GEOCODE_COLUMNS["match"], column, f"{column}_rule"])
     return match_quality(cols[GEOCODE_COLUMNS["match"]], cols[column], cols[f"{column}_rule"])
 
 
-def quality_html(rows: list[dict], layer: str) -> str:
+def quality_html(rows: list[MatchLevel], layer: str) -> str:
     import html
 
     title = html.escape(layer.replace("_", " "))

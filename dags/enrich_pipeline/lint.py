@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import re
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 if __package__ in (None, ""):  # run as a script: the package is the folder beside this file
@@ -40,7 +41,7 @@ def _conn_ids(spec: DatasetSpec) -> dict[str, str]:
     return out
 
 
-def lint_spec(spec: DatasetSpec, env_files: list[Path] = (), secrets_example: Path | None = None) -> list[str]:
+def lint_spec(spec: DatasetSpec, env_files: Sequence[Path] = (), secrets_example: Path | None = None) -> list[str]:
     where = f"{spec.path}: "
     problems = []
     if not spec.owners:
@@ -63,7 +64,7 @@ def lint_spec(spec: DatasetSpec, env_files: list[Path] = (), secrets_example: Pa
     return problems
 
 
-def lint(dirs: list[Path], env_files: list[Path] = (), secrets_example: Path | None = None) -> list[str]:
+def lint(dirs: list[Path], env_files: Sequence[Path] = (), secrets_example: Path | None = None) -> list[str]:
     specs, errors = load_specs_and_errors(dirs)
     problems = [str(e) for e in errors]
     if not specs and not errors:

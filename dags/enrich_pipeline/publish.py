@@ -30,6 +30,7 @@ from datetime import datetime
 from pathlib import Path
 
 from .assemble import LAT, LON, is_internal
+from .payloads import PostgisLoaded, StagedFile, StagedFiles
 from .spec import DatasetSpec
 from .workdir import atomic_path
 
@@ -275,8 +276,9 @@ def prepare_postgis(conn, spec: DatasetSpec, enriched_path: Path, run: dict) -> 
     try:
         return _prepare(conn, spec, enriched_path, run)
     except OperationalError as exc:
-        message = explain(exc, f"{spec.name}: loading {spec.postgis.table}") or (
-            f"{spec.name}: lost the connection to PostGIS while loading {spec.postgis.table} "
+        table = spec.postgis.table if spec.postgis else "?"
+        message = explain(exc, f"{spec.name}: loading {table}") or (
+            f"{spec.name}: lost the connection to PostGIS while loading {table} "
             f"({type(exc).__name__}: {str(exc).strip()}); nothing was published, the last publication is unchanged")
         raise RuntimeError(message) from exc
 
@@ -395,12 +397,13 @@ def publish_postgis(conn, table_name: str, enriched_path: Path, comment: str, sp
     return {k: v for k, v in prepared.items() if k != "columns"}
 
 
-def _adhoc_spec(table_name: str):
-    from .spec import DatasetSpec, Quality, Source
+def _adhoc_spec(table_name: str) -> DatasetSpec:
+    """A spec for publishing an enriched file outside a DAG: only the table and the default publish settings."""
+    from .spec import Coordinates, PostgisOutput, Source
 
-    return DatasetSpec(name=table_name.rpartition(".")[2], description="", path=Path("."),
-                       source=Source(kind="parquet", path="."), id=(), coordinates=None, address=None, layers={},
-                       as_of_column=None, as_of=None, quality=Quality(), postgis=None, portal=None, report=None)
+    return DatasetSpec(name=table_name.rpartition(".")[2], path=Path("."), source=Source(kind="parquet", path="."),
+                       coordinates=Coordinates(lon="lon", lat="lat"), layers={},
+                       postgis=PostgisOutput(table=table_name))
 
 
 def _timeouts(conn, spec: DatasetSpec) -> None:
@@ -490,7 +493,7 @@ def portal_folder(spec: DatasetSpec) -> Path | None:
 
 def metadata_path(spec: DatasetSpec) -> Path | None:
     folder = portal_folder(spec)
-    return folder / f"{spec.portal.basename}.metadata.json" if folder else None
+    return folder / f"{spec.portal.basename}.metadata.json" if folder and spec.portal else None
 
 
 def _run_tag(run: dict) -> str:
@@ -509,28 +512,30 @@ def _clear_staged(folder: Path, run: dict) -> None:
             p.unlink(missing_ok=True)
 
 
-def stage_files(spec: DatasetSpec, enriched_path: Path, run: dict) -> dict:
+def stage_files(spec: DatasetSpec, enriched_path: Path, run: dict) -> StagedFiles:
     """The portal files under hidden staged names; the published ones are not touched. Returns name -> staged."""
     from enrich_service.layers.sources import sha256_of
 
     folder = portal_folder(spec)
+    assert folder is not None and spec.portal is not None  # only specs with a portal output stage files
     base = spec.portal.basename
     folder.mkdir(parents=True, exist_ok=True)
     wanted = {folder / f"{base}.csv": lambda p: write_csv(enriched_path, p),
               folder / f"{base}.geojson": lambda p: write_spatial(enriched_path, p, "GeoJSON", layer=base)}
     _clear_staged(folder, run)
-    files = {}
+    files: dict[str, StagedFile] = {}
     for dest, write in wanted.items():
         staged = write(staged_name(dest, run))
         files[dest.name] = {"staged": str(staged), "bytes": staged.stat().st_size, "sha256": sha256_of(staged)}
     return {"folder": str(folder), "files": files}
 
 
-def stage_geopackage(spec: DatasetSpec, enriched_path: Path, run: dict, folder: Path) -> dict:
+def stage_geopackage(spec: DatasetSpec, enriched_path: Path, run: dict, folder: Path) -> PostgisLoaded:
     """No PostGIS connection: the rows and points as `<basename>.gpkg`, staged like the portal files."""
     from enrich_service.layers.sources import sha256_of
 
     name = spec.portal.basename if spec.portal else spec.name
+    assert spec.postgis is not None  # the GeoPackage stands in for the PostGIS output
     dest = folder / f"{name}.gpkg"
     staged = write_spatial(enriched_path, staged_name(dest, run), "GPKG", layer=spec.postgis.table.rpartition(".")[2])
     return {"geopackage": str(dest), "rows": None, "staged": str(staged), "sha256": sha256_of(staged)}
@@ -650,12 +655,14 @@ def commit(spec: DatasetSpec, run: dict, postgis: dict, files: dict, doc: dict) 
 
 def _committed(spec: DatasetSpec, run: dict, postgis: dict) -> bool:
     """After an error around COMMIT: did the switch commit after all? (False when PostGIS cannot say.)"""
+    if spec.postgis is None:
+        return False
     try:
         with connect(spec, "enrich-commit-check") as conn:
             last = last_from_postgis(conn, spec.postgis.table)
     except Exception:
         return False
-    return bool(last) and last["version_table"] == postgis["version_table"] and last["run_id"] == run["run_id"]
+    return last is not None and last["version_table"] == postgis["version_table"] and last["run_id"] == run["run_id"]
 
 
 def guard_files_only(spec: DatasetSpec, run: dict, doc: dict) -> None:

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from .assemble import ERROR, internal
 from .extract import ROW
+from .payloads import QualityStats
 from .spec import DatasetSpec
 
 
@@ -20,7 +21,7 @@ class QualityGateFailed(Exception):
     pass
 
 
-def measure(spec: DatasetSpec, enriched_path: Path) -> dict:
+def measure(spec: DatasetSpec, enriched_path: Path) -> QualityStats:
     import numpy as np
     import pyarrow.parquet as pq
 
@@ -38,7 +39,7 @@ def measure(spec: DatasetSpec, enriched_path: Path) -> dict:
     failing = inside & ~has
     unlocated = table.column(ERROR).is_valid().to_numpy(zero_copy_only=False)
     should = int(inside.sum())
-    stats = {
+    stats: QualityStats = {
         "rows": n,
         "should_match": should,
         "unmatched": int(failing.sum()),
@@ -48,18 +49,18 @@ def measure(spec: DatasetSpec, enriched_path: Path) -> dict:
         "outside_area": int(pc_count(table.column(ERROR), "outside the plausible area")),
         "max_unmatched_share": q.max_unmatched_share,
         "max_unlocated_share": q.max_unlocated_share,
+        "unmatched_ids": _ids(spec, table, np.flatnonzero(failing)[: q.show]),
+        "unlocated_ids": _ids(spec, table, np.flatnonzero(unlocated)[: q.show]),
     }
     if spec.address is not None:  # the share tagged per match level (dags/enrich_pipeline/geocode.py)
         from .geocode import measure as measure_geocode
 
-        stats.update(measure_geocode(spec, table))
-    rows = np.flatnonzero(failing)[: q.show]
-    stats["unmatched_ids"] = _ids(spec, table, rows)
-    stats["unlocated_ids"] = _ids(spec, table, np.flatnonzero(unlocated)[: q.show])
+        levels, tagged = measure_geocode(spec, table)
+        stats["match_levels"], stats["tagged_share"] = levels, tagged
     return stats
 
 
-def check(spec: DatasetSpec, stats: dict) -> None:
+def check(spec: DatasetSpec, stats: QualityStats) -> None:
     q = spec.quality
     problems = []
     if stats["unmatched_share"] > q.max_unmatched_share:

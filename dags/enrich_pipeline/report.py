@@ -17,12 +17,32 @@ import html
 import json
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
-from .spec import DatasetSpec, resolve
+from .spec import DatasetSpec, Report, resolve
 
 NONE_LABEL = "No district"
 ERROR_COL = "enrich_error"  # set on published rows without a usable location (assemble.ERROR)
 HISTORY_KEEP = 60
+
+
+def _report(spec: DatasetSpec) -> Report:
+    """The spec's report section (a report DAG exists only for specs that have one)."""
+    if spec.report is None:
+        raise ValueError(f"{spec.name}: the spec has no report section")
+    return spec.report
+
+
+def _table(spec: DatasetSpec) -> str:
+    assert spec.postgis is not None  # callers check spec.postgis first
+    return spec.postgis.table
+
+
+def _portal_csv(spec: DatasetSpec) -> Path:
+    """The published CSV, which holds the same rows as the table."""
+    if spec.portal is None:
+        raise ValueError(f"{spec.name}: published neither to PostGIS nor to the portal")
+    return Path(resolve(spec.portal.folder)) / f"{spec.portal.basename}.csv"
 
 
 # ---- counting -----------------------------------------------------------------------------------------------------
@@ -32,7 +52,7 @@ def _key_sql(spec: DatasetSpec):
 
     from .publish import pg_columns
 
-    ids = pg_columns(list(spec.report.entity_id))
+    ids = pg_columns(list(_report(spec).entity_id))
     if not ids:
         return sql.SQL("count(*)")
     if len(ids) == 1:
@@ -45,20 +65,21 @@ def counts_from_postgis(conn, spec: DatasetSpec) -> dict:
 
     from .publish import pg_columns, split_table_name
 
-    schema, name = split_table_name(spec.postgis.table)
+    schema, name = split_table_name(_table(spec))
     table = sql.Identifier(schema, name)
     n = _key_sql(spec)
-    out = {"by": {}}
-    for layer in spec.report.by:
+    out: dict[str, Any] = {"by": {}}
+    for layer in _report(spec).by:
         col = sql.Identifier(pg_columns([spec.layers[layer]])[0])
         out["by"][layer] = [list(r) for r in conn.execute(
             sql.SQL("SELECT {c}::text, {n} FROM {t} GROUP BY 1").format(c=col, n=n, t=table)).fetchall()]
-    first = sql.Identifier(pg_columns([spec.layers[spec.report.by[0]]])[0])
+    first = sql.Identifier(pg_columns([spec.layers[_report(spec).by[0]]])[0])
     out["total"], out["unlocated"] = conn.execute(sql.SQL(
         "SELECT {n}, (SELECT {n} FROM {t} WHERE {c} IS NULL AND {e} IS NOT NULL) FROM {t}").format(
         n=n, t=table, c=first, e=sql.Identifier(ERROR_COL))).fetchone()
-    if spec.report.date_column:
-        d = sql.Identifier(pg_columns([spec.report.date_column])[0])
+    date_column = _report(spec).date_column
+    if date_column:
+        d = sql.Identifier(pg_columns([date_column])[0])
         lo, hi = conn.execute(sql.SQL("SELECT min({d})::text, max({d})::text FROM {t}").format(d=d, t=table)).fetchone()
         out["dates"] = [lo[:10], hi[:10]] if lo else None
     return out
@@ -69,12 +90,12 @@ def counts_from_csv(path: Path, spec: DatasetSpec) -> dict:
     import pyarrow.compute as pc
     import pyarrow.csv as pacsv
 
-    cols = list(dict.fromkeys([spec.layers[layer] for layer in spec.report.by] + list(spec.report.entity_id)
-                              + [ERROR_COL] + ([spec.report.date_column] if spec.report.date_column else [])))
-    text = {c: pa.string() for c in cols if c != spec.report.date_column}
+    cols = list(dict.fromkeys([spec.layers[layer] for layer in _report(spec).by] + list(_report(spec).entity_id)
+                              + [ERROR_COL] + ([_report(spec).date_column] if _report(spec).date_column else [])))
+    text = {c: pa.string() for c in cols if c != _report(spec).date_column}
     table = pacsv.read_csv(path, convert_options=pacsv.ConvertOptions(  # an empty cell is "no district"
         include_columns=cols, column_types=text, strings_can_be_null=True))
-    ids = list(spec.report.entity_id)
+    ids = list(_report(spec).entity_id)
     key = (table.column(ids[0]) if len(ids) == 1 else
            pc.binary_join_element_wise(*[pc.fill_null(table.column(c), "") for c in ids], "\x1f")) if ids else None
     table = table.append_column("__key", key if key is not None else pa.array(range(table.num_rows)))
@@ -82,16 +103,16 @@ def counts_from_csv(path: Path, spec: DatasetSpec) -> dict:
     def count(t) -> int:
         return len(pc.unique(t.column("__key"))) if ids else t.num_rows
 
-    out = {"by": {}, "total": count(table)}
-    for layer in spec.report.by:
+    out: dict[str, Any] = {"by": {}, "total": count(table)}
+    for layer in _report(spec).by:
         g = table.group_by(spec.layers[layer]).aggregate([("__key", "count_distinct")])
         out["by"][layer] = [list(r) for r in zip(g.column(spec.layers[layer]).to_pylist(),
                                                  g.column("__key_count_distinct").to_pylist())]
-    first = spec.layers[spec.report.by[0]]
+    first = spec.layers[_report(spec).by[0]]
     out["unlocated"] = count(table.filter(pc.and_(pc.is_null(table.column(first)),
                                                    pc.is_valid(table.column(ERROR_COL)))))
-    if spec.report.date_column:
-        mm = pc.min_max(table.column(spec.report.date_column))
+    if _report(spec).date_column:
+        mm = pc.min_max(table.column(_report(spec).date_column))
         lo, hi = mm["min"].as_py(), mm["max"].as_py()
         out["dates"] = [str(lo)[:10], str(hi)[:10]] if lo is not None else None
     return out
@@ -119,14 +140,14 @@ def aggregate(spec: DatasetSpec) -> dict:
     """{"by": {layer: [[value or None, count]]}, "all": {layer: [every value]}, "total", "unlocated", "dates"}."""
     from .publish import has_connection, postgis_hook_connection
 
-    layers = list(spec.report.by)
+    layers = list(_report(spec).by)
     # Without the database (published as a GeoPackage instead), the portal CSV holds the same rows.
     if spec.postgis and (has_connection(spec.postgis.conn_id) or not spec.portal):
         with postgis_hook_connection(spec.postgis.conn_id) as conn:
             out = counts_from_postgis(conn, spec)
             every = {layer: all_values_from_postgis(conn, layer) for layer in layers}
     else:
-        out = counts_from_csv(Path(resolve(spec.portal.folder)) / f"{spec.portal.basename}.csv", spec)
+        out = counts_from_csv(_portal_csv(spec), spec)
         every = {layer: None for layer in layers}
     missing = [layer for layer, values in every.items() if values is None]
     if missing:
@@ -152,7 +173,7 @@ def _published_columns(spec: DatasetSpec, names: list[str]) -> dict[str, list]:
 
         from .publish import pg_columns, split_table_name
 
-        schema, name = split_table_name(spec.postgis.table)
+        schema, name = split_table_name(_table(spec))
         with postgis_hook_connection(spec.postgis.conn_id) as conn:
             rows = conn.execute(sql.SQL("SELECT {} FROM {}").format(
                 sql.SQL(", ").join(map(sql.Identifier, pg_columns(names))), sql.Identifier(schema, name))).fetchall()
@@ -160,7 +181,7 @@ def _published_columns(spec: DatasetSpec, names: list[str]) -> dict[str, list]:
     import pyarrow as pa
     import pyarrow.csv as pacsv
 
-    csv = Path(resolve(spec.portal.folder)) / f"{spec.portal.basename}.csv"
+    csv = _portal_csv(spec)
     table = pacsv.read_csv(csv, convert_options=pacsv.ConvertOptions(
         include_columns=names, column_types={n: pa.string() for n in names}, strings_can_be_null=True))
     return {n: table.column(n).to_pylist() for n in names}
@@ -196,14 +217,15 @@ def previous_report(spec: DatasetSpec, run_id: str) -> dict | None:
 
 
 def remember(spec: DatasetSpec, run_id: str, at: str, counts: dict) -> None:
-    from .workdir import write_bytes
+    from .workdir import atomic_path
 
     path = history_path(spec)
     entries = [e for e in (json.loads(path.read_text()) if path.exists() else []) if e["run_id"] != run_id]
     entries.append({"run_id": run_id, "at": at, "total": counts["total"],
                     "by": {layer: {("" if v is None else v): c for v, c in rows}
                            for layer, rows in counts["by"].items()}})
-    write_bytes(json.dumps(entries[-HISTORY_KEEP:], indent=1).encode(), path)
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(entries[-HISTORY_KEEP:], indent=1))
 
 
 # ---- rendering --------------------------------------------------------------------------------------------------
@@ -234,16 +256,16 @@ def render_chart(spec: DatasetSpec, counts: dict, dest: Path) -> Path:
 
     from .workdir import atomic_path
 
-    layer = spec.report.by[0]
+    layer = _report(spec).by[0]
     rows = table_rows(counts, layer)
     fig, ax = plt.subplots(figsize=(7.5, 3.8), dpi=100)
     labels = [_label(layer, r["value"]).replace("District ", "") if r["value"] is not None else "no district"
               for r in rows]
     ax.bar(labels, [r["count"] for r in rows],
            color=["#9aa" if r["value"] is None else "#1f5f8b" for r in rows])
-    ax.set_title(f"{spec.report.entity.capitalize()} per {layer.replace('_', ' ')}")
+    ax.set_title(f"{_report(spec).entity.capitalize()} per {layer.replace('_', ' ')}")
     ax.set_xlabel(layer.replace("_", " "))
-    ax.set_ylabel(spec.report.entity)
+    ax.set_ylabel(_report(spec).entity)
     for i, r in enumerate(rows):
         ax.annotate(f"{r['count']:,}", (i, r["count"]), ha="center", va="bottom", fontsize=8)
     fig.tight_layout()
@@ -255,7 +277,7 @@ def render_chart(spec: DatasetSpec, counts: dict, dest: Path) -> Path:
 
 def render_html(spec: DatasetSpec, counts: dict, as_of: str, previous: dict | None, chart_cid: str) -> str:
     """The message body. `as_of`: when the counted publication was made (ISO); `previous`: the last report."""
-    rep = spec.report
+    rep = _report(spec)
     what = rep.entity
     first = rep.by[0]
     e = html.escape
@@ -271,7 +293,7 @@ def render_html(spec: DatasetSpec, counts: dict, as_of: str, previous: dict | No
         period += " (the first report: no earlier figures to compare with)"
         trend = None
     parts.append(f"<p>{period}.</p>")
-    if counts.get("dates"):
+    if counts.get("dates") and rep.date_column:
         lo, hi = counts["dates"]
         parts.append(f"<p>Dates in the data ({e(rep.date_column.replace('_', ' '))}): {e(_day(lo))} "
                      f"to {e(_day(hi))}.</p>")
@@ -327,7 +349,7 @@ def render_html(spec: DatasetSpec, counts: dict, as_of: str, previous: dict | No
     if counts.get("match_quality"):
         from .geocode import quality_html
 
-        parts.append(quality_html(counts["match_quality"], spec.report.by[0]))
+        parts.append(quality_html(counts["match_quality"], _report(spec).by[0]))
     return "\n".join(parts)
 
 
@@ -341,14 +363,14 @@ def send(spec: DatasetSpec, subject: str, html_body: str, chart: Path) -> None:
 
     class InlineChartHook(SmtpHook):
         # The provider attaches files (Content-Disposition: attachment); the chart is part of the text instead.
-        def _build_mime_message(self, **kwargs):
-            msg, recipients = super()._build_mime_message(**kwargs)
+        def _build_mime_message(self, *args, **kwargs):
+            msg, recipients = super()._build_mime_message(*args, **kwargs)
             image = MIMEImage(Path(chart).read_bytes(), "png")
             image.add_header("Content-ID", f"<{chart.name}>")
             image.add_header("Content-Disposition", "inline", filename=chart.name)
             msg.attach(image)
             return msg, recipients
 
-    with InlineChartHook(smtp_conn_id=spec.report.conn_id) as hook:
-        hook.send_email_smtp(to=list(spec.report.recipients), subject=subject, html_content=html_body,
+    with InlineChartHook(smtp_conn_id=_report(spec).conn_id) as hook:
+        hook.send_email_smtp(to=list(_report(spec).recipients), subject=subject, html_content=html_body,
                              mime_subtype="related")

@@ -1,6 +1,10 @@
 """Dataset specs: one small YAML file per dataset (dags/datasets/*.yaml) describes everything a dataset DAG does.
 
-Parsing a spec is cheap and touches nothing but the YAML file (DAG files parse them at import). Values may hold
+The format is a set of pydantic dataclasses: parsing validates it and names the file and the field of any mistake
+(`bad.yaml: layers: unknown layer 'wards' (known: ...)`). The layer names come from the service's layer manifest
+(boundaries/manifest.yaml, or ENRICH_MANIFEST), so a layer added there is known here too.
+
+Parsing a spec is cheap and touches nothing but the YAML files (DAG files parse them at import). Values may hold
 `${NAME}` or `${NAME:-default}` placeholders; they are resolved when a task runs (`resolve`), from the environment
 first, then from the Airflow Variable NAME, so tests and production point the same spec at different places.
 """
@@ -9,71 +13,172 @@ from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from functools import lru_cache
 from pathlib import Path
+from typing import Annotated, Any, Literal
 
 import yaml
+from pydantic import (
+    AfterValidator,
+    AliasPath,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    TypeAdapter,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic.dataclasses import dataclass
+from pydantic_core import PydanticCustomError
 
 SPECS_DIR = Path(__file__).resolve().parents[1] / "datasets"
 SPECS_ENV = "ENRICH_SPECS_DIRS"  # extra folders of specs (os.pathsep-separated), e.g. for tests
-KNOWN_LAYERS = ("council_district", "neighborhood", "zip", "city_limits")
+GEOMETRY_LON, GEOMETRY_LAT = "geometry_lon", "geometry_lat"  # where extract puts a GeoJSON source's points
 _NAME = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
+_TABLE = re.compile(r"^([a-z_][a-z0-9_]*\.)?[a-z_][a-z0-9_]*$")
+_EMAIL = re.compile(r"[^@\s,]+@[^@\s,]+")
 _PLACEHOLDER = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+_SOURCE_KINDS = {"json": "geojson", "geojson": "geojson", "csv": "csv", "parquet": "parquet"}
+_REQUIRED = "is required"
 
 
 class SpecError(ValueError):
     """A spec file is malformed; the message names the file and the field."""
 
 
-@dataclass(frozen=True)
+@lru_cache(maxsize=4)
+def _manifest_layers(manifest: str) -> tuple[str, ...]:
+    from enrich_service.layers.manifest import load_manifest
+
+    return tuple(load_manifest(Path(manifest)).layers)
+
+
+def known_layers() -> tuple[str, ...]:
+    """The layers the service can tag with: the names in its manifest."""
+    from enrich_service.settings import Settings
+
+    return _manifest_layers(str(Settings().manifest))
+
+
+def default_layers() -> dict[str, str]:
+    """Published when a spec names no layers: the service's default layers, each under its own name."""
+    from enrich_service.settings import Settings
+
+    return {name: name for name in Settings().default_layers}
+
+
+def _one_or_many(value: Any) -> Any:
+    """`id: pole` and `id: [pole, config_id]` both mean a tuple of names; null means none."""
+    if value is None:
+        return ()
+    return (value,) if isinstance(value, str) else value
+
+
+def _required(value: Any) -> Any:
+    if value is None or value == "":
+        raise ValueError(_REQUIRED)
+    return value
+
+
+def _key_error(key: str, message: str) -> PydanticCustomError:
+    """A mistake a section's own check finds in one of its keys: reported as `<section>.<key> <message>`."""
+    return PydanticCustomError("spec_key", "{key} {message}", {"key": key, "message": message})
+
+
+def _text(value: Any) -> Any:
+    """YAML reads `as_of: 2020-01-01` as a date and `id: 7` as a number: the spec means the text."""
+    return value if value is None or isinstance(value, str) else str(value)
+
+
+def _source_kind(source: dict) -> Any:
+    """The kind a source names, else `sql` for a query, else the one its path's suffix says (None: unknown)."""
+    if source.get("kind") is not None:
+        return source["kind"]
+    if source.get("sql"):
+        return "sql"
+    return _SOURCE_KINDS.get(str(source.get("path") or "").lower().rsplit(".", 1)[-1])
+
+
+def _matching(pattern: re.Pattern, rule: str) -> AfterValidator:
+    def check(value: str) -> str:
+        if not pattern.match(value):
+            raise ValueError(f"{value!r} must be {rule}")
+        return value
+
+    return AfterValidator(check)
+
+
+Names = Annotated[tuple[str, ...], BeforeValidator(_one_or_many)]
+Required = Annotated[str, BeforeValidator(_required), BeforeValidator(_text)]
+Text = Annotated[str | None, BeforeValidator(_text)]
+_LOOSE = ConfigDict(frozen=True, extra="ignore", populate_by_name=True)
+_STRICT = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
+
+
+@dataclass(config=_LOOSE)
 class Source:
-    kind: str  # csv | geojson | parquet | sql
-    path: str | None = None  # file path or http(s) URL (csv, geojson, parquet); may hold ${...}
-    sql: str | None = None
-    conn_id: str | None = None  # Postgres connection for kind: sql
-    column_types: dict[str, str] = field(default_factory=dict)  # csv: force a column's type (e.g. string)
+    kind: Literal["csv", "geojson", "parquet", "sql"]
+    path: Text = None  # file path or http(s) URL (csv, geojson, parquet); may hold ${...}
+    sql: Text = None
+    conn_id: Text = None  # Postgres connection for kind: sql
+    column_types: dict[str, str] = Field(default_factory=dict)  # csv: force a column's type (e.g. string)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _kind(cls, doc: Any) -> Any:
+        """The kind from `sql`, else from the path's suffix; then what that kind needs."""
+        if not isinstance(doc, dict):
+            return doc
+        doc = dict(doc)
+        if doc.get("kind") is None and not doc.get("sql"):
+            _required_key(doc, "path")  # the kind comes from its suffix
+        kind = _source_kind(doc)
+        if kind not in ("csv", "geojson", "parquet", "sql"):
+            raise _key_error("kind", f"must be csv, geojson, parquet or sql (got {kind!r})")
+        _required_key(doc, "sql" if kind == "sql" else "path")
+        if kind == "sql":
+            doc.setdefault("conn_id", "enrich_postgis")
+        doc["column_types"] = doc.get("column_types") or {}
+        return {**doc, "kind": kind}
 
 
-@dataclass(frozen=True)
+@dataclass(config=_LOOSE)
 class Coordinates:
-    lon: str
-    lat: str
-    crs: str = "EPSG:4326"
-    placeholders: tuple[tuple[float, float], ...] = ()  # (lon, lat) pairs that mean "no location"
+    lon: Required
+    lat: Required
+    crs: Annotated[str, BeforeValidator(_text)] = "EPSG:4326"
+    placeholders: Annotated[tuple[tuple[float, float], ...],
+                            BeforeValidator(_one_or_many)] = ()  # (lon, lat) pairs that mean "no location"
 
 
-@dataclass(frozen=True)
+@dataclass(config=_STRICT)
 class Address:
     """Address columns for geocode-join (POST /v1/geocode-join): the street from one column or composed from several
     (number, direction, name, type), an optional cross street (police records: number 0 and a cross street is an
     intersection), city and zip. dags/enrich_pipeline/geocode.py composes them."""
 
-    street: tuple[str, ...]  # columns joined with spaces: [street_dir, street_name, street_type], or one column
-    number: str | None = None  # the house number column, when not part of `street`
+    street: Annotated[Names, BeforeValidator(_required)]  # columns joined with spaces, or one column
+    number: Text = None  # the house number column, when not part of `street`
     number_is_block: bool = False  # the number names a hundred block (police: "5500" is the 5500 block)
-    cross_street: tuple[str, ...] = ()
-    city: str | None = None
-    zip: str | None = None
-    min_match: str | None = None  # coarser matches keep no tags (geocode-join's min_match)
-
-    @classmethod
-    def of(cls, doc: dict, where: str) -> Address:
-        def cols(value) -> tuple[str, ...]:
-            return tuple([value] if isinstance(value, str) else (value or ()))
-
-        street = cols(_need(doc, "street", where + "address."))
-        unknown = set(doc) - {"street", "number", "number_is_block", "cross_street", "city", "zip", "min_match"}
-        if unknown:
-            raise SpecError(f"{where}address: unknown keys {sorted(unknown)}")
-        return cls(street=street, number=doc.get("number"), number_is_block=bool(doc.get("number_is_block", False)),
-                   cross_street=cols(doc.get("cross_street")), city=doc.get("city"), zip=doc.get("zip"),
-                   min_match=doc.get("min_match"))
+    cross_street: Names = ()
+    city: Text = None
+    zip: Text = None
+    min_match: Text = None  # coarser matches keep no tags (geocode-join's min_match)
 
 
-@dataclass(frozen=True)
+def _layer(name: str | None) -> str | None:
+    if name is not None and name not in known_layers():
+        raise ValueError(f"unknown layer {name!r} (known: {', '.join(known_layers())})")
+    return name
+
+
+@dataclass(config=_LOOSE)
 class Quality:
-    layer: str = "council_district"  # the layer every row inside `within` must have
-    within: str | None = "city_limits"  # rows that should have it: those this layer tags (None: every row)
+    layer: Annotated[str, BeforeValidator(_layer)] = "council_district"  # every row inside `within` must have it
+    # rows that should have it: those this layer tags (None: every row)
+    within: Annotated[str | None, BeforeValidator(_layer)] = "city_limits"
     max_unmatched_share: float = 0.0
     max_unlocated_share: float | None = None  # rows with no usable coordinates (None: not checked)
     # lon/lat bbox of plausible locations (EPSG:4326); a point outside is a row error, counted as unlocated.
@@ -83,68 +188,141 @@ class Quality:
     show: int = 20  # ids listed in the failure message
     # Address specs: the least share of rows of each match level that must carry a `layer` key ({level: share};
     # levels not named are not checked). The gate fails below it (dags/enrich_pipeline/geocode.py).
-    min_tagged_share: dict[str, float] = field(default_factory=dict)
+    min_tagged_share: dict[str, float] = Field(default_factory=dict)
+
+    @field_validator("plausible_area", mode="before")
+    @classmethod
+    def _bbox(cls, value: Any) -> Any:
+        if value is not None and (not isinstance(value, list | tuple) or len(value) != 4
+                                  or float(value[0]) >= float(value[2]) or float(value[1]) >= float(value[3])):
+            raise ValueError("must be [min_lon, min_lat, max_lon, max_lat]")
+        return value
 
 
-@dataclass(frozen=True)
+@dataclass(config=_STRICT)
 class Publish:
     """Guards and time limits of publishing (spec section `publish`)."""
 
     max_row_change_share: float | None = 0.2  # rows may change by this share against the last publication
-    lock_timeout_seconds: float = 10  # the swap waits this long for a reader's lock, then fails
-    statement_timeout_seconds: float = 900  # any one statement of the publishing connection
-    task_timeout_minutes: float = 60  # execution_timeout of every task
-    run_timeout_minutes: float = 360  # dagrun_timeout
+    lock_timeout_seconds: Annotated[float, Field(gt=0)] = 10  # the swap waits this long for a reader's lock
+    statement_timeout_seconds: Annotated[float, Field(gt=0)] = 900  # any one statement of the publishing connection
+    task_timeout_minutes: Annotated[float, Field(gt=0)] = 60  # execution_timeout of every task
+    run_timeout_minutes: Annotated[float, Field(gt=0)] = 360  # dagrun_timeout
 
 
-@dataclass(frozen=True)
+@dataclass(config=_LOOSE)
 class PostgisOutput:
-    table: str  # "schema.table" or "table" (public)
+    table: Annotated[Required, _matching(_TABLE, "[schema.]table in lower case")]  # "schema.table" or "table"
     conn_id: str = "enrich_postgis"
 
 
-@dataclass(frozen=True)
+@dataclass(config=_LOOSE)
 class PortalOutput:
-    folder: str  # may hold ${...}
-    basename: str
+    folder: Required  # may hold ${...}
+    basename: str  # default: the dataset's name (DatasetSpec fills it in)
 
 
-@dataclass(frozen=True)
+@dataclass(config=_LOOSE)
 class Report:
-    recipients: tuple[str, ...]
-    by: tuple[str, ...] = ("council_district", "neighborhood")  # service layers to aggregate by
-    subject: str | None = None
+    recipients: Names
+    by: Names = ("council_district", "neighborhood")  # service layers to aggregate by
+    subject: Text = None
     conn_id: str = "smtp_default"
     top: int = 15  # rows of the second (neighborhood) table
-    entity_id: tuple[str, ...] = ()  # id columns naming one counted thing (a meter: pole); () counts rows
+    entity_id: Names = ()  # id columns naming one counted thing (a meter: pole); () counts rows
     entity: str = "rows"  # what is counted, in words ("meters")
-    date_column: str | None = None  # optional: the report states the dates the data covers
+    date_column: Text = None  # optional: the report states the dates the data covers
+
+    @model_validator(mode="before")
+    @classmethod
+    def _defaults(cls, doc: Any) -> Any:
+        if isinstance(doc, dict):
+            doc = {k: v for k, v in doc.items() if v is not None or k in ("subject", "date_column")}
+            doc.setdefault("entity", "entities" if doc.get("entity_id") else "rows")
+            if not doc.get("by"):
+                doc.pop("by", None)
+        return doc
+
+    @field_validator("recipients")
+    @classmethod
+    def _someone(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        if not value:
+            raise ValueError("is empty")
+        return value
 
 
-@dataclass(frozen=True)
+@dataclass(config=_LOOSE)
 class DatasetSpec:
-    name: str
-    description: str
-    path: Path
+    name: Annotated[Required, _matching(_NAME, "lower_snake_case (it names the DAG and the table)")]
+    path: Path  # the spec file (not a YAML key: load_spec sets it)
     source: Source
-    id: tuple[str, ...]
-    coordinates: Coordinates | None
-    address: Address | None
-    layers: dict[str, str]  # service layer -> output column
-    as_of_column: str | None
-    as_of: str | None
-    quality: Quality
-    postgis: PostgisOutput | None
-    portal: PortalOutput | None
-    report: Report | None
-    schedule: str | None = None
+    description: Annotated[str, BeforeValidator(lambda v: "" if v is None else str(v))] = ""
+    id: Names = ()
+    coordinates: Coordinates | None = None
+    address: Address | None = None
+    layers: dict[str, str] = Field(default_factory=default_layers)  # service layer -> output column
+    as_of_column: Text = None
+    as_of: Text = None
+    quality: Quality = Field(default_factory=Quality)
+    postgis: PostgisOutput | None = Field(default=None, validation_alias=AliasPath("outputs", "postgis"))
+    portal: PortalOutput | None = Field(default=None, validation_alias=AliasPath("outputs", "portal"))
+    report: Report | None = None
+    schedule: Text = None
     reenrich_on_boundary_change: bool = True
     batch_rows: int = 50_000
     service_conn_id: str = "enrich_service"
-    tags: tuple[str, ...] = ()
-    owners: tuple[str, ...] = ()  # e-mail addresses told when a run fails (factory: alerts)
+    tags: Names = ()
+    owners: Names = ()  # e-mail addresses told when a run fails (factory: alerts)
     alert_conn_id: str = "smtp_default"  # the SMTP connection the failure e-mails go through
-    publish: Publish = field(default_factory=Publish)
+    publish: Publish = Field(default_factory=Publish)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _defaults(cls, doc: Any) -> Any:
+        """Defaults that depend on other keys: a GeoJSON source's points, the portal's basename."""
+        if not isinstance(doc, dict):
+            return doc
+        doc = {k: v for k, v in doc.items() if v is not None or k in ("coordinates", "address")}
+        source = doc.get("source")
+        geojson = isinstance(source, dict) and _source_kind(source) == "geojson"
+        if geojson and not doc.get("coordinates") and not doc.get("address"):
+            doc["coordinates"] = {"lon": GEOMETRY_LON, "lat": GEOMETRY_LAT}  # extract's columns for the points
+        outputs = doc.get("outputs")
+        portal = outputs.get("portal") if isinstance(outputs, dict) else None
+        if isinstance(portal, dict) and not portal.get("basename"):
+            outputs = {**outputs, "portal": {**portal, "basename": doc.get("name")}}
+            doc["outputs"] = outputs
+        if isinstance(doc.get("layers"), list):
+            doc["layers"] = {name: name for name in doc["layers"]}
+        if not doc.get("layers"):
+            doc.pop("layers", None)
+        return doc
+
+    @field_validator("layers")
+    @classmethod
+    def _layers(cls, value: dict[str, str]) -> dict[str, str]:
+        for layer in value:
+            _layer(layer)
+        return value
+
+    @field_validator("owners")
+    @classmethod
+    def _owners(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for owner in value:
+            if not _EMAIL.fullmatch(owner):
+                raise ValueError(f"{owner!r} is not an e-mail address")
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> DatasetSpec:
+        if self.coordinates is None and self.address is None:
+            raise ValueError("give coordinates (lon, lat, crs) or address columns")
+        if self.postgis is None and self.portal is None:
+            raise ValueError("outputs: give postgis and/or portal")
+        for layer in self.report.by if self.report else ():
+            if layer not in self.layers:
+                raise ValueError(f"report.by: {layer!r} is not one of the published layers")
+        return self
 
     @property
     def dag_id(self) -> str:
@@ -167,24 +345,51 @@ class DatasetSpec:
                 wanted.append(extra)
         return wanted
 
-    def column_for(self, layer: str) -> str:
-        """The output column of a service layer (its own name when it is not published)."""
-        return self.layers.get(layer, layer)
+
+def _required_key(doc: dict, key: str) -> Any:
+    if doc.get(key) in (None, ""):
+        raise _key_error(key, _REQUIRED)
+    return doc[key]
+
+
+_SPEC = TypeAdapter(DatasetSpec)
+
+
+def _problems(errors: list[Any]) -> list[str]:
+    """pydantic's errors in the spec's words: `layers: unknown layer 'wards' (...)`, `source.path is required`,
+    `address: unknown keys ['house']`."""
+    out: list[str] = []
+    unknown: dict[str, list[str]] = {}
+    for error in errors:
+        where = ".".join(str(p) for p in error["loc"])
+        message = str(error["msg"]).removeprefix("Value error, ")
+        if error["type"] in ("extra_forbidden", "unexpected_keyword_argument"):
+            section, _, key = where.rpartition(".")
+            unknown.setdefault(section, []).append(key)
+        elif error["type"] == "spec_key":
+            out.append(f"{where}.{error['ctx']['key']} {error['ctx']['message']}")
+        elif error["type"] == "missing":
+            out.append(f"{where} {_REQUIRED}")
+        elif message.startswith(("is ", "must ")):
+            out.append(f"{where} {message}")
+        else:
+            out.append(f"{where}: {message}" if where else message)
+    out += [f"{section}: unknown keys {sorted(keys)}" for section, keys in unknown.items()]
+    return list(dict.fromkeys(out))
 
 
 def load_spec(path: Path) -> DatasetSpec:
+    path = Path(path)
     try:
-        doc = yaml.safe_load(Path(path).read_text())
+        doc = yaml.safe_load(path.read_text())
     except yaml.YAMLError as exc:
         raise SpecError(f"{path}: not valid YAML: {exc}") from None
     if not isinstance(doc, dict):
         raise SpecError(f"{path}: a spec is a mapping")
     try:
-        return _build(Path(path), doc)
-    except (KeyError, TypeError, ValueError) as exc:
-        if isinstance(exc, SpecError):
-            raise
-        raise SpecError(f"{path}: {exc!r}") from None
+        return _SPEC.validate_python({**doc, "path": path})
+    except ValidationError as exc:
+        raise SpecError(f"{path}: " + "; ".join(_problems(exc.errors(include_url=False)))) from None
 
 
 def spec_dirs() -> list[Path]:
@@ -224,7 +429,7 @@ def find_spec(name: str) -> DatasetSpec:
     raise SpecError(f"no dataset spec named {name!r} in {', '.join(map(str, spec_dirs()))}")
 
 
-def resolve(value: str, lookup=None) -> str:
+def resolve(value: str, lookup: Callable[[str], str | None] | None = None) -> str:
     """Replace ${NAME} / ${NAME:-default} from the environment, then Airflow Variables (at task run time)."""
 
     def sub(m: re.Match) -> str:
@@ -248,136 +453,3 @@ def _variable(name: str) -> str | None:
         return Variable.get(name, default=None)
     except Exception:  # outside a task (no Airflow context): only the environment counts
         return None
-
-
-def _need(doc: dict, key: str, where: str = ""):
-    if key not in doc or doc[key] in (None, ""):
-        raise SpecError(f"{where}{key} is required")
-    return doc[key]
-
-
-def _build(path: Path, doc: dict) -> DatasetSpec:
-    where = f"{path}: "
-    name = str(_need(doc, "name", where))
-    if not _NAME.match(name):
-        raise SpecError(f"{where}name {name!r} must be lower_snake_case (it names the DAG and the table)")
-
-    src = _need(doc, "source", where)
-    kind = src.get("kind")
-    if kind is None:
-        if src.get("sql"):
-            kind = "sql"
-        else:
-            suffix = str(_need(src, "path", where + "source.")).lower().rsplit(".", 1)[-1]
-            kind = {"json": "geojson", "geojson": "geojson", "csv": "csv", "parquet": "parquet"}.get(suffix)
-    if kind not in ("csv", "geojson", "parquet", "sql"):
-        raise SpecError(f"{where}source.kind must be csv, geojson, parquet or sql (got {kind!r})")
-    if kind == "sql":
-        _need(src, "sql", where + "source.")
-    else:
-        _need(src, "path", where + "source.")
-    source = Source(kind=kind, path=src.get("path"), sql=src.get("sql"),
-                    conn_id=src.get("conn_id", "enrich_postgis" if kind == "sql" else None),
-                    column_types=dict(src.get("column_types") or {}))
-
-    ids = doc.get("id") or []
-    ids = tuple([ids] if isinstance(ids, str) else ids)
-
-    coords = doc.get("coordinates")
-    address = doc.get("address")
-    if kind == "geojson" and coords is None:
-        coords = {"lon": "lon", "lat": "lat"}  # the features' point geometry, read into lon/lat
-    if not coords and not address:
-        raise SpecError(f"{where}give coordinates (lon, lat, crs) or address columns")
-    coordinates = None
-    if coords:
-        placeholders = tuple((float(p[0]), float(p[1])) for p in coords.get("placeholders") or [])
-        coordinates = Coordinates(lon=_need(coords, "lon", where + "coordinates."),
-                                  lat=_need(coords, "lat", where + "coordinates."),
-                                  crs=str(coords.get("crs", "EPSG:4326")), placeholders=placeholders)
-    addr = Address.of(address, where) if address else None
-
-    layers = doc.get("layers") or {"council_district": "council_district", "neighborhood": "neighborhood",
-                                   "zip": "zip"}
-    if isinstance(layers, list):
-        layers = {name: name for name in layers}
-    for layer in layers:
-        if layer not in KNOWN_LAYERS:
-            raise SpecError(f"{where}layers: unknown layer {layer!r} (known: {', '.join(KNOWN_LAYERS)})")
-
-    q = doc.get("quality") or {}
-    quality = Quality(layer=q.get("layer", "council_district"), within=q.get("within", "city_limits"),
-                      max_unmatched_share=float(q.get("max_unmatched_share", 0.0)),
-                      max_unlocated_share=(None if q.get("max_unlocated_share") is None
-                                           else float(q["max_unlocated_share"])),
-                      show=int(q.get("show", 20)),
-                      min_tagged_share={str(k): float(v) for k, v in (q.get("min_tagged_share") or {}).items()},
-                      plausible_area=(None if q.get("plausible_area") is None
-                                      else tuple(float(v) for v in q["plausible_area"])),
-                      area_margin_km=float(q.get("area_margin_km", 20.0)))
-    if quality.plausible_area is not None and (len(quality.plausible_area) != 4
-                                               or quality.plausible_area[0] >= quality.plausible_area[2]
-                                               or quality.plausible_area[1] >= quality.plausible_area[3]):
-        raise SpecError(f"{where}quality.plausible_area must be [min_lon, min_lat, max_lon, max_lat]")
-    for layer in (quality.layer, quality.within):
-        if layer is not None and layer not in KNOWN_LAYERS:
-            raise SpecError(f"{where}quality: unknown layer {layer!r}")
-
-    out = doc.get("outputs") or {}
-    pg = out.get("postgis")
-    portal = out.get("portal")
-    if not pg and not portal:
-        raise SpecError(f"{where}outputs: give postgis and/or portal")
-    postgis = PostgisOutput(table=_need(pg, "table", where + "outputs.postgis."),
-                            conn_id=pg.get("conn_id", "enrich_postgis")) if pg else None
-    if postgis and not re.match(r"^([a-z_][a-z0-9_]*\.)?[a-z_][a-z0-9_]*$", postgis.table):
-        raise SpecError(f"{where}outputs.postgis.table {postgis.table!r} must be [schema.]table in lower case")
-    portal_out = PortalOutput(folder=_need(portal, "folder", where + "outputs.portal."),
-                              basename=portal.get("basename", name)) if portal else None
-
-    rep = doc.get("report")
-    report = None
-    if rep:
-        recipients = rep.get("recipients") or []
-        report = Report(recipients=tuple([recipients] if isinstance(recipients, str) else recipients),
-                        by=tuple(rep.get("by") or ("council_district", "neighborhood")),
-                        subject=rep.get("subject"), conn_id=rep.get("conn_id", "smtp_default"),
-                        top=int(rep.get("top", 15)),
-                        entity_id=tuple([rep["entity_id"]] if isinstance(rep.get("entity_id"), str)
-                                        else rep.get("entity_id") or ()),
-                        entity=str(rep.get("entity") or ("rows" if not rep.get("entity_id") else "entities")),
-                        date_column=rep.get("date_column"))
-        if not report.recipients:
-            raise SpecError(f"{where}report.recipients is empty")
-        for layer in report.by:
-            if layer not in layers:
-                raise SpecError(f"{where}report.by: {layer!r} is not one of the published layers")
-
-    owners = doc.get("owners") or []
-    owners = tuple([owners] if isinstance(owners, str) else owners)
-    for owner in owners:
-        if not re.fullmatch(r"[^@\s,]+@[^@\s,]+", str(owner)):
-            raise SpecError(f"{where}owners: {owner!r} is not an e-mail address")
-
-    return DatasetSpec(
-        name=name, description=str(doc.get("description", "")), path=path, source=source, id=ids,
-        coordinates=coordinates, address=addr, layers=dict(layers), as_of_column=doc.get("as_of_column"),
-        as_of=None if doc.get("as_of") is None else str(doc["as_of"]), quality=quality, postgis=postgis,
-        portal=portal_out, report=report, schedule=doc.get("schedule"),
-        reenrich_on_boundary_change=bool(doc.get("reenrich_on_boundary_change", True)),
-        batch_rows=int(doc.get("batch_rows", 50_000)),
-        service_conn_id=doc.get("service_conn_id", "enrich_service"), tags=tuple(doc.get("tags") or ()),
-        owners=owners, alert_conn_id=str(doc.get("alert_conn_id", "smtp_default")),
-        publish=_publish(doc.get("publish") or {}, where))
-
-
-def _publish(p: dict, where: str) -> Publish:
-    known = set(Publish.__dataclass_fields__)
-    unknown = sorted(set(p) - known)
-    if unknown:
-        raise SpecError(f"{where}publish: unknown setting(s) {unknown} (known: {sorted(known)})")
-    out = Publish(**{k: (None if v is None else float(v)) for k, v in p.items()})
-    for k in known - {"max_row_change_share"}:
-        if getattr(out, k) is None or getattr(out, k) <= 0:
-            raise SpecError(f"{where}publish.{k} must be a positive number")
-    return out

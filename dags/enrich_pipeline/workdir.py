@@ -59,9 +59,3 @@ def write_parquet(table, dest: Path, **kwargs) -> Path:
     with atomic_path(dest) as tmp:
         pq.write_table(table, tmp, **kwargs)
     return Path(dest)
-
-
-def write_bytes(data: bytes, dest: Path) -> Path:
-    with atomic_path(dest) as tmp:
-        tmp.write_bytes(data)
-    return Path(dest)

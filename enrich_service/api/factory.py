@@ -8,25 +8,36 @@ event loop, and encode the answer in the negotiated type. Every option is checke
 from __future__ import annotations
 
 import functools
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from dataclasses import replace
 from typing import Annotated, Any
 
 import orjson
+import pyarrow as pa
 from fastapi import APIRouter, Depends, Request
 from pydantic import BaseModel
 from starlette.responses import Response
 
 from ..bulk.operation import BulkOperation
-from ..bulk.options import OPTION_PARAMS, Options, QueryOptions, check_batch_size, check_options_usable
-from ..errors import EnrichError
+from ..bulk.options import (
+    OPTION_PARAMS,
+    Options,
+    QueryOptions,
+    check_batch_size,
+    check_options_usable,
+    merge_options,
+    parse_options,
+)
+from ..errors import EnrichError, NotAcceptable
 from ..index import ServiceIndex, current
-from ..io import formats, tables
+from ..io import coordinates, formats, geojson, multipart, tables
 from ..io.formats import FORMAT_PARAMS, FORMATS
-from ..io.media import JSON
+from ..io.media import GEOJSON, JSON, MULTIPART
 from ..io.ndjson import has_lines, line_groups, parse_lines
+from ..io.params import Param
+from ..points import WGS84
 from ..settings import Settings, get_settings
-from .common import declared, offload, query_options, read_body, read_query, spool_body
+from .common import declared, offload, query_options, read_body, route_query_names, spool_body
 from .schemas import ERROR_RESPONSES, inline_schema
 
 CHUNK_ROWS = 50_000  # NDJSON rows answered per step: memory stays bounded whatever the body's size
@@ -39,6 +50,7 @@ def add_bulk_route(router: APIRouter, path: str, op: BulkOperation, *, name: str
     openapi["requestBody"] = {"required": True, "content": {
         media_type: {"schema": inline_schema(json_request) if media_type == JSON else fmt.body_schema}
         for media_type, fmt in FORMATS.items()}}
+    openapi["requestBody"]["content"][MULTIPART] = {"schema": multipart.FORM_SCHEMA}
 
     async def endpoint(request: Request, options: Annotated[QueryOptions, Depends(query_options)]) -> Response:
         return await answer_bulk(request, op, options)
@@ -53,10 +65,19 @@ async def answer_bulk(request: Request, op: BulkOperation, options: QueryOptions
     settings = get_settings()
     index = current(request.app)
     op.check_ready(index)
-    content_type = request.headers.get("content-type")
-    kind = formats.media_type(content_type)
+    # A browser form or curl -F: the file is the body, and the form's fields are parameters like the query's.
+    upload, content_type, kind, query = await multipart.unwrap(
+        request.headers.get("content-type"), functools.partial(read_body, request, settings),
+        request.query_params, route_query_names(request))
+    if upload is not None:
+        options = QueryOptions({name: query.get(name) for name in options.given})
+    body = upload.data if upload is not None else None
+    if kind == JSON:  # GeoJSON sent as application/json, as many tools do
+        body = body if body is not None else await read_body(request, settings)
+        if geojson.looks_like_geojson(body):
+            kind = GEOJSON
     body_format, answer = FORMATS[kind], FORMATS[formats.response_type(request.headers.get("accept"), kind)]
-    params = op.read_params(read_query(request, op.params))
+    params = op.read_params(_values(query, op.params))
 
     if body_format.streamed:  # every option checked before the status line goes out
         opts = options.parsed(settings)
@@ -70,26 +91,50 @@ async def answer_bulk(request: Request, op: BulkOperation, options: QueryOptions
 
     table = None
     if body_format.decode_table is None:  # a JSON body: its own options, each one it leaves out from the query string
-        body = await read_body(request, settings)
+        if answer.media_type == GEOJSON:
+            raise NotAcceptable(f"a {GEOJSON} answer needs the points as a table: send GeoJSON, CSV or Arrow",
+                                field="Accept")
+        body = body if body is not None else await read_body(request, settings)
         opts, params, data = await offload(op.from_json, body, params, options.only(op.options), settings)
     else:
         opts = options.parsed(settings)
         check_options_usable(index, opts)
-        body = await read_body(request, settings)
-        decode = functools.partial(body_format.decode_table, **read_query(request, body_format.params))
+        body = body if body is not None else await read_body(request, settings)
+        decode = functools.partial(body_format.decode_table, **_values(query, body_format.params))
         table = await offload(decode, body, content_type)
         check_batch_size(table.num_rows, settings, field="body")
-        cols = params.columns
-        params = replace(params, columns=replace(cols, date=tables.date_column(table, cols.date)))
+        declared_crs = coordinates.declared_crs(table)  # an old-style GeoJSON `crs` member
+        if declared_crs and "crs" in op.options:
+            opts = parse_options(merge_options({"crs": declared_crs}, options.given, settings), settings)
+        params = replace(params, columns=_table_columns(table, params.columns, query))
         tables.check_answerable(table, answer.media_type, params.columns.id, op.reads(params))
         data = await offload(op.from_table, table, params)
     del body
     out = await offload(op.run, index, data, opts, params)
     headers = op.headers(index, out)
+    if upload is not None and (disposition := multipart.content_disposition(upload.filename, answer.media_type)):
+        headers["Content-Disposition"] = disposition
     if answer.encode_table is None:  # JSON
         return answer.response(await offload(op.encode_json, index, data, out), headers=headers)
     answer_table = await offload(op.answer_table, table, data, out, params.prefix)
+    if answer.media_type == GEOJSON:
+        points = op.answer_points(table, answer_table, params)
+        if points is not None:  # None: a GeoJSON body's own points, or none (the encoder refuses: 406)
+            crs = None if opts.crs == WGS84 or "crs" not in op.options else str(opts.crs)
+            answer_table = coordinates.with_geometry(answer_table, *points, crs=crs)
     return answer.response(await offload(answer.encode_table, answer_table), headers=headers)
+
+
+def _values(query: Mapping[str, str | None], params: Iterable[Param]) -> dict[str, str | None]:
+    """The declared parameters' values from the query string (or a form's fields), the default where absent."""
+    return {param.name: query.get(param.name, param.default) for param in params}
+
+
+def _table_columns(table: pa.Table, cols: Any, query: Mapping[str, str | None]) -> Any:
+    """The columns a table body is read by: its date column, and the coordinate columns (as named, a GeoJSON
+    body's geometry, or found by their usual names: coordinates.py)."""
+    lon, lat = coordinates.table_coordinates(table, query.get("lon_col"), query.get("lat_col"))
+    return replace(cols, date=tables.date_column(table, cols.date), lon=lon, lat=lat)
 
 
 def _answer_lines(op: BulkOperation, index: ServiceIndex, opts: Options, params: Any, lines: list[bytes],

@@ -107,5 +107,9 @@ class GeocodeJoin(BulkOperation[AddressParams, Records, Joined]):
     def answer_table(self, table: pa.Table | None, data: Records, out: Joined, prefix: str) -> pa.Table:
         return join.answer_table(table, data.ids, out, prefix)
 
+    def answer_points(self, table: pa.Table | None, answer: pa.Table, params: AddressParams) -> tuple[str, str]:
+        first = table.num_columns if table is not None else 1  # the geocode's lon, lat: the first columns appended
+        return answer.column_names[first], answer.column_names[first + 1]
+
 
 GEOCODE_JOIN = GeocodeJoin()

@@ -15,6 +15,7 @@ import pyarrow as pa
 
 from ..engine.tagger import TagResult
 from ..index import ServiceIndex
+from ..io.coordinates import geometry_meta
 from ..io.params import Param
 from ..io.results import COLLISION_PREFIX, check_prefix
 from ..settings import Settings
@@ -113,6 +114,15 @@ class BulkOperation(ABC, Generic[P, In, Out]):
     def answer_table(self, table: pa.Table | None, data: In, out: Out, prefix: str) -> pa.Table:
         """The input table (or the ids, for a JSON body), untouched, with the answer's columns appended."""
 
+    def answer_points(self, table: pa.Table | None, answer: pa.Table, params: P) -> tuple[str, str] | None:
+        """The answer table's columns holding each row's point, for a GeoJSON answer (None: the body's own, or
+        none): the input's coordinate columns, unless the operation makes the points."""
+        cols = params.columns
+        lon, lat = str(getattr(cols, "lon", "")), str(getattr(cols, "lat", ""))
+        if table is None or geometry_meta(table) is not None or not {lon, lat} <= set(table.column_names):
+            return None
+        return lon, lat
+
 
 def read_prefix(query: Mapping[str, str | None]) -> str:
     return check_prefix(query[PREFIX.name])
@@ -120,4 +130,4 @@ def read_prefix(query: Mapping[str, str | None]) -> str:
 
 def read_columns(kind: type[C], query: Mapping[str, str | None]) -> C:
     """The column names from their parameters: field `lon` from `lon_col`, and so on."""
-    return kind(**{f.name: query[f"{f.name}_col"] for f in fields(kind)})
+    return kind(**{f.name: query[f"{f.name}_col"] for f in fields(kind) if f"{f.name}_col" in query})

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import replace
 
 import pyarrow as pa
 
 from ..engine.tagger import TagResult
+from ..errors import InvalidInput
 from ..index import ServiceIndex
 from ..io import json_body, json_rows, results, tables
+from ..io.dialect import check_date_format
 from ..io.params import Param
 from ..io.tables import Columns
 from ..points import PointBatch, Prepared, prepare
@@ -38,15 +41,18 @@ class TagPoints(BulkOperation[PointParams, PointBatch, Tagged]):
         Param("lon_col", "Bulk bodies: the longitude / x column", default="lon"),
         Param("lat_col", "Bulk bodies: the latitude / y column", default="lat"),
         DATE_COL,
+        Param("date_format", "Table bodies: strptime format of the dates, e.g. %m/%d/%Y (default: ISO YYYY-MM-DD)"),
         PREFIX,
     )
 
     def read_params(self, query: Mapping[str, str | None]) -> PointParams:
         prefix = read_prefix(query)
-        return PointParams(columns=read_columns(Columns, query), prefix=prefix)
+        columns = replace(read_columns(Columns, query), date_format=check_date_format(query["date_format"]))
+        return PointParams(columns=columns, prefix=prefix)
 
     def from_json(self, body: bytes, params: PointParams, query_options: dict[str, str | None],
                   settings: Settings) -> tuple[Options, PointParams, PointBatch]:
+        _check_no_date_format(params)
         raw, batch = json_body.decode_json(body, params.columns)
         opts = parse_options(merge_options(raw, query_options, settings), settings)
         check_batch_size(len(batch), settings)
@@ -59,6 +65,7 @@ class TagPoints(BulkOperation[PointParams, PointBatch, Tagged]):
         return tables.batch_from_table(table, params.columns)
 
     def from_lines(self, docs: list, params: PointParams) -> PointBatch:
+        _check_no_date_format(params)
         return json_body.decode_points(docs, params.columns)
 
     def run(self, index: ServiceIndex, data: PointBatch, opts: Options, params: PointParams) -> Tagged:
@@ -77,6 +84,12 @@ class TagPoints(BulkOperation[PointParams, PointBatch, Tagged]):
 
     def answer_table(self, table: pa.Table | None, data: PointBatch, out: Tagged, prefix: str) -> pa.Table:
         return results.answer_table(table, data.ids, *out, prefix)
+
+
+def _check_no_date_format(params: PointParams) -> None:
+    if params.columns.date_format:
+        raise InvalidInput("date_format applies to table bodies (CSV, Arrow, GeoJSON); JSON dates are YYYY-MM-DD "
+                           "or ISO timestamps", field="date_format")
 
 
 TAG_POINTS = TagPoints()

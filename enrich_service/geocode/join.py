@@ -107,8 +107,8 @@ def records_from_json(records: object, cols: AddressColumns = AddressColumns()) 
     has = lambda key: any(key in r for r in rows)  # noqa: E731
     x = y = None
     if has(cols.lon) or has(cols.lat):
-        x = np.array([json_body.number(r.get(cols.lon)) for r in rows], dtype=np.float64)
-        y = np.array([json_body.number(r.get(cols.lat)) for r in rows], dtype=np.float64)
+        x = json_body.numbers([r.get(cols.lon) for r in rows])
+        y = json_body.numbers([r.get(cols.lat) for r in rows])
     cities = _checked([r.get(cols.city) for r in rows], (str,), cols.city, "text", errors) \
         if has(cols.city) else None
     zips = _checked([r.get(cols.zip) for r in rows], (str, int), cols.zip, "text or a number", errors) \
@@ -156,7 +156,9 @@ def records_from_table(table: pa.Table, cols: AddressColumns) -> Records:
         else:
             dates = parse_dates(col.to_pylist(), cols.date, errors)
     addresses = table.column(cols.address).to_pylist()
-    return Records(ids=table.column(cols.id) if cols.id in names else None, addresses=addresses,
+    # Without an id column, a record's id is its row number (as `errors[].row`), as for points (io/tables.py).
+    ids = table.column(cols.id) if cols.id in names else pa.array(np.arange(table.num_rows))
+    return Records(ids=ids, addresses=addresses,
                    cities=text(cols.city), zips=text(cols.zip), x=x, y=y, dates=dates, errors=errors,
                    untagged=_field_rows(errors, cols.date))
 

@@ -16,6 +16,7 @@ import pyarrow.csv as pacsv
 
 from ..errors import MalformedBody, NotAcceptable, UnsupportedMediaType
 from .csv_safety import formula_safe_table
+from .dialect import DELIMITER_KEY, parse_delimiter, sniff_delimiter
 from .media import ARROW
 from .tables import check_names, is_text
 
@@ -37,15 +38,22 @@ def csv_charset(content_type: str | None) -> str | None:
 _HEADER_PROBE = 1 << 16
 
 
-def decode_csv(body: bytes, charset: str | None = None) -> pa.Table:
+def decode_csv(body: bytes, charset: str | None = None, delimiter: str | None = None) -> pa.Table:
     """A CSV body (header row first) with every column as text: the input's cells pass through exactly as sent
-    ("00123", TRUE, 2^70), and only the coordinate and date columns are read as numbers and dates."""
+    ("00123", TRUE, 2^70), and only the coordinate and date columns are read as numbers and dates. The delimiter
+    (comma, semicolon, tab, pipe) is sniffed from the first lines unless given (dialect.py)."""
     encoding = charset or "utf-8"
     if encoding in ("utf-8", "utf-8-sig"):  # Excel's "CSV UTF-8" starts with a byte order mark
         encoding = "utf-8"
         if body.startswith(codecs.BOM_UTF8):
             body = body[len(codecs.BOM_UTF8):]
-    names = _csv_header(body, encoding, charset)
+    names, delimiter = _csv_header(body, encoding, charset, delimiter)
+    if delimiter != ",":  # the answer is written with the body's own delimiter (encode_csv)
+        return _read(body, names, encoding, delimiter).replace_schema_metadata({DELIMITER_KEY: delimiter.encode()})
+    return _read(body, names, encoding, delimiter)
+
+
+def _read(body: bytes, names: list[str], encoding: str, delimiter: str) -> pa.Table:
     check_names(names)
     head = body.rstrip(b"\r\n")
     if b"\n" not in head and b"\r" not in head:  # the header row alone: no rows (Arrow's reader refuses an
@@ -55,7 +63,7 @@ def decode_csv(body: bytes, charset: str | None = None) -> pa.Table:
     convert = pacsv.ConvertOptions(column_types={name: pa.string() for name in names}, strings_can_be_null=False)
     # A blank line is a row of one empty cell when there is one column (an address list with a blank address),
     # and nothing when there are more (it cannot be a row of them).
-    parse = pacsv.ParseOptions(ignore_empty_lines=len(names) > 1)
+    parse = pacsv.ParseOptions(delimiter=delimiter, ignore_empty_lines=len(names) > 1)
     try:
         return pacsv.read_csv(io.BytesIO(body), read_options=read, parse_options=parse, convert_options=convert)
     except (pa.ArrowInvalid, OSError, UnicodeDecodeError) as exc:
@@ -82,7 +90,7 @@ def _cell_at(text_before: str) -> tuple[str, str]:
     return name, f"column {name!r} (data row {len(rows) - 1})"
 
 
-def _csv_header(body: bytes, encoding: str, declared: str | None) -> list[str]:
+def _csv_header(body: bytes, encoding: str, declared: str | None, delimiter: str | None) -> tuple[list[str], str]:
     probe = body[:_HEADER_PROBE]
     try:
         text = probe.decode(encoding, errors="strict")
@@ -96,13 +104,14 @@ def _csv_header(body: bytes, encoding: str, declared: str | None) -> list[str]:
                 f"{where} is not UTF-8 (byte {exc.start}); declare the file's encoding, e.g. "
                 f"Content-Type: text/csv; charset=windows-1252", field=field) from None
         text = probe[:exc.start].decode(encoding)
+    delimiter = delimiter or sniff_delimiter(text)
     try:
-        header = next(csv.reader(io.StringIO(text)), None)
+        header = next(csv.reader(io.StringIO(text), delimiter=delimiter), None)
     except csv.Error as exc:
         raise MalformedBody(f"the CSV header row cannot be read: {exc}", field="body") from None
     if not header or header == [""]:
         raise MalformedBody("body is not a CSV with a header row: it is empty", field="body")
-    return header
+    return header, delimiter
 
 
 _CSV_NEEDS_QUOTES = r'[",\r\n]|^\''
@@ -111,13 +120,15 @@ _CSV_TEXT = pa.large_string()
 
 def encode_csv(table: pa.Table, formula_escape: str | None = None, raw_columns=None) -> bytes:
     """The table as CSV with text cells exactly as they are (quoted only where CSV needs it), so a CSV body comes
-    back byte-for-byte in its own columns; text a spreadsheet would run escaped (csv_safety)."""
+    back byte-for-byte in its own columns, with its own delimiter; text a spreadsheet would run escaped
+    (csv_safety)."""
+    delimiter = (table.schema.metadata or {}).get(DELIMITER_KEY, b",").decode()
     table = formula_safe_table(table, formula_escape, raw_columns)
-    header = _csv_cells(pa.array(table.column_names, _CSV_TEXT))
-    lines: list[bytes | memoryview] = [b",".join(v.encode() for v in header.to_pylist()) + b"\n"]
+    header = _csv_cells(pa.array(table.column_names, _CSV_TEXT), delimiter=delimiter)
+    lines: list[bytes | memoryview] = [delimiter.join(header.to_pylist()).encode() + b"\n"]
     if table.num_rows:
-        cells = [_csv_cells(col, name) for name, col in zip(table.column_names, table.columns)]
-        rows = pc.binary_join_element_wise(*cells, pa.scalar(",", _CSV_TEXT))  # the last argument: the separator
+        cells = [_csv_cells(col, name, delimiter) for name, col in zip(table.column_names, table.columns)]
+        rows = pc.binary_join_element_wise(*cells, pa.scalar(delimiter, _CSV_TEXT))  # the last argument: the separator
         rows = pc.binary_join_element_wise(rows, pa.scalar("", _CSV_TEXT), pa.scalar("\n", _CSV_TEXT))
         offsets = np.frombuffer(rows.buffers()[1], dtype=np.int64)
         start, end = offsets[rows.offset], offsets[rows.offset + len(rows)]
@@ -125,15 +136,15 @@ def encode_csv(table: pa.Table, formula_escape: str | None = None, raw_columns=N
     return b"".join(lines)
 
 
-def _csv_cells(col: pa.Array | pa.ChunkedArray, name: str = "") -> pa.Array:
+def _csv_cells(col: pa.Array | pa.ChunkedArray, name: str = "", delimiter: str = ",") -> pa.Array:
     """Each value's CSV text, "" for null."""
     if isinstance(col, pa.ChunkedArray):
         col = col.combine_chunks()
     if pa.types.is_dictionary(col.type):  # the texts of the few distinct values, then each row's
-        return _csv_cells(col.dictionary, name).take(col.indices).fill_null("")
+        return _csv_cells(col.dictionary, name, delimiter).take(col.indices).fill_null("")
     if is_text(col.type):
         text = col.cast(_CSV_TEXT)
-        quote = pc.match_substring_regex(text, _CSV_NEEDS_QUOTES).fill_null(False)
+        quote = pc.match_substring_regex(text, _CSV_NEEDS_QUOTES.replace(",", re.escape(delimiter))).fill_null(False)
         if pc.any(quote).as_py():
             q, nothing = pa.scalar('"', _CSV_TEXT), pa.scalar("", _CSV_TEXT)
             quoted = pc.binary_join_element_wise(q, pc.replace_substring(text, '"', '""'), q, nothing)
@@ -151,6 +162,7 @@ def _csv_cells(col: pa.Array | pa.ChunkedArray, name: str = "") -> pa.Array:
                             f"(Accept: {ARROW}) or leave the column out", field=name) from None
 
 
-def read_csv_body(body: bytes, content_type: str | None = None) -> pa.Table:
-    """The registry's table decoder (formats.py): the text in the charset the Content-Type declares."""
-    return decode_csv(body, csv_charset(content_type))
+def read_csv_body(body: bytes, content_type: str | None = None, delimiter: str | None = None) -> pa.Table:
+    """The registry's table decoder (formats.py): the text in the charset the Content-Type declares, split by the
+    `delimiter` parameter (a name or the character; None: sniffed)."""
+    return decode_csv(body, csv_charset(content_type), parse_delimiter(delimiter))

@@ -1,6 +1,6 @@
 """The registry of media types the bulk routes read and answer, and the negotiation of a request's two types.
 
-A table format (Arrow, CSV) is decoded to an Arrow table and answered from one, the same for every bulk operation;
+A table format (Arrow, CSV, GeoJSON) is decoded to an Arrow table and answered from one, the same for every bulk operation;
 JSON and NDJSON bodies have a shape of their own per operation (points, records), read by the operation itself.
 Adding a table format is one entry here plus its decoder and encoder.
 """
@@ -16,9 +16,10 @@ from starlette.responses import Response
 from ..errors import NotAcceptable, UnsupportedMediaType
 from .arrow import encode_arrow, read_arrow_body
 from .csv_text import encode_csv, read_csv_body
-from .media import ARROW, CSV, JSON, NDJSON
+from .geojson import decode_geojson, encode_geojson
+from .media import ARROW, CSV, GEOJSON, JSON, NDJSON
 from .params import Param
-from .responses import ArrowResponse, CSVResponse, EncodedJSONResponse, NDJSONResponse
+from .responses import ArrowResponse, CSVResponse, EncodedJSONResponse, GeoJSONResponse, NDJSONResponse
 
 # (body, Content-Type, **the values of the format's own query parameters) -> the input table
 TableDecoder = Callable[..., pa.Table]
@@ -46,13 +47,16 @@ class Format:
         return self.encode_table is not None or self.decode_table is None
 
 
+DELIMITER = Param("delimiter", "CSV bodies: comma, semicolon, tab or pipe (default: sniffed from the first lines)")
 _BINARY = {"type": "string", "format": "binary"}
 _TEXT = {"type": "string"}
 FORMATS: dict[str, Format] = {f.media_type: f for f in (
     Format(JSON, EncodedJSONResponse),
     Format(ARROW, ArrowResponse, _BINARY, read_arrow_body, encode_arrow,
            aliases=("application/vnd.apache.arrow.file", "application/x-arrow")),
-    Format(CSV, CSVResponse, _TEXT, read_csv_body, encode_csv),
+    Format(CSV, CSVResponse, _TEXT, read_csv_body, encode_csv, params=(DELIMITER,)),
+    Format(GEOJSON, GeoJSONResponse, {"type": "object", "description": "A FeatureCollection of Points"},
+           decode_geojson, encode_geojson),
     Format(NDJSON, NDJSONResponse, _TEXT, streamed=True),
 )}
 MEDIA_TYPES = tuple(FORMATS)
@@ -88,3 +92,4 @@ def response_type(accept: str | None, request_type: str) -> str:
         if fmt is not None and fmt.answers and fmt.streamed == own.streamed:
             return base
     raise NotAcceptable(f"cannot answer {accept!r} to a {request_type} request", field="Accept")
+

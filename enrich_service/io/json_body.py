@@ -21,8 +21,8 @@ from .tables import Columns
 MAX_ID_CHARS = 1_000
 
 
-def number(v: object) -> float:
-    # bool is an int subclass: true/false are not coordinates.
+def _number(v: object) -> float:
+    """A JSON number as a float, anything else NaN. bool is an int subclass: true/false are not coordinates."""
     return float(v) if (v.__class__ is float or v.__class__ is int) else np.nan
 
 
@@ -30,7 +30,7 @@ def numbers(values: list) -> np.ndarray:
     """Floats and ints as float64, anything else NaN (its row's error is named by the caller)."""
     if set(map(type, values)) <= {float, int}:  # the usual body: numpy converts the list in one call
         return np.array(values, dtype=np.float64)
-    return np.fromiter((number(v) for v in values), dtype=np.float64, count=len(values))
+    return np.fromiter((_number(v) for v in values), dtype=np.float64, count=len(values))
 
 
 @paused_gc()
@@ -77,6 +77,8 @@ _PLAIN_IDS = {int, float, bool, type(None)}
 
 
 def check_ids(ids: list, errors: dict[int, tuple[str, str]]) -> None:
+    """Ids must be strings, numbers or null, and at most MAX_ID_CHARS long: each other one is that row's error (a
+    long one is cut, a wrong type becomes null); the row is still answered."""
     kinds = set(map(type, ids))
     if kinds <= _PLAIN_IDS or (kinds <= _PLAIN_IDS | {str} and
                                max((len(v) for v in ids if v.__class__ is str), default=0) <= MAX_ID_CHARS):

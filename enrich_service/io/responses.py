@@ -6,7 +6,7 @@ import orjson
 from starlette.responses import JSONResponse as _StarletteJSON
 from starlette.responses import Response, StreamingResponse
 
-from .media import ARROW, CSV, JSON, NDJSON
+from .media import ARROW, CSV, GEOJSON, JSON, NDJSON
 
 
 class JSONResponse(_StarletteJSON):
@@ -30,6 +30,10 @@ class ArrowResponse(Response):
 
 class CSVResponse(Response):
     media_type = CSV
+
+
+class GeoJSONResponse(Response):
+    media_type = GEOJSON
 
 
 class NDJSONResponse(StreamingResponse):

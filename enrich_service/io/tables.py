@@ -4,6 +4,7 @@ table before any work (duplicate names, invalid Arrow data, an answer type that 
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 import numpy as np
@@ -12,7 +13,9 @@ import pyarrow.compute as pc
 
 from ..errors import InvalidInput, MalformedBody, NotAcceptable
 from ..points import PointBatch
+from .coordinates import row_errors
 from .dates import text_days, timestamp_days
+from .dialect import decimal_comma, formatted_days
 from .media import ARROW, CSV, JSON, NDJSON
 
 
@@ -24,6 +27,7 @@ class Columns:
     lon: str = "lon"
     lat: str = "lat"
     date: str | None = None
+    date_format: str | None = None  # strptime format of text dates (dialect.py); None: ISO
 
 
 def validate_columns(table: pa.Table, names) -> None:
@@ -53,22 +57,33 @@ def batch_from_table(table: pa.Table, cols: Columns) -> PointBatch:
         if cols.date not in table.column_names:
             raise InvalidInput(f"date column {cols.date!r} not in the body (columns: {table.column_names})",
                                field=cols.date)
-        dates = table_dates(table.column(cols.date), cols.date, errors)
-    ids = table.column(cols.id) if cols.id in table.column_names else None
+        dates = table_dates(table.column(cols.date), cols.date, errors, cols.date_format)
+    errors.update(row_errors(table))  # a GeoJSON feature without a point says why, rather than "missing"
+    # Without an id column, a row's id is its number (as `errors[].row`): a JSON answer says which row is which.
+    ids = table.column(cols.id) if cols.id in table.column_names else pa.array(np.arange(table.num_rows))
     return PointBatch(ids=ids, x=x, y=y, dates=dates, errors=errors)
 
 
-def table_dates(col: pa.ChunkedArray, name: str, errors: dict[int, tuple[str, str]]) -> np.ndarray:
+_SLASHED = re.compile(r"\s*\d{1,2}[/.-]\d{1,2}[/.-]\d{2,4}\b")  # US and European dates: date_format reads them
+
+
+def table_dates(col: pa.ChunkedArray, name: str, errors: dict[int, tuple[str, str]],
+                date_format: str | None = None) -> np.ndarray:
     """A date column (dates, timestamps, or text as CSV sends it) as San Diego days (datetime64[D]); bad cells named
-    per row. Timestamps with a zone (Arrow's tz, or text ending Z / +hh:mm) are converted to local time first."""
+    per row. Timestamps with a zone (Arrow's tz, or text ending Z / +hh:mm) are converted to local time first.
+    Text in another shape (US 05/01/2016) is read by its `date_format`."""
     if pa.types.is_date(col.type) or pa.types.is_timestamp(col.type):
         return timestamp_days(col)
     if pa.types.is_null(col.type):
         return np.full(len(col), np.datetime64("NaT"), dtype="datetime64[D]")
+    if is_text(col.type) and date_format:
+        return formatted_days(col, date_format, name, errors)
     if is_text(col.type):
         days, bad = text_days(col)
         for i in np.flatnonzero(bad):
-            errors.setdefault(int(i), (name, f"{col[int(i)].as_py()!r} is not a date (YYYY-MM-DD)"))
+            text = col[int(i)].as_py()
+            hint = "; set date_format, e.g. %m/%d/%Y" if _SLASHED.match(text) else ""
+            errors.setdefault(int(i), (name, f"{text!r} is not a date (YYYY-MM-DD){hint}"))
         return days
     raise InvalidInput(f"column {name!r} has type {col.type}; dates must be text (YYYY-MM-DD) or dates", field=name)
 
@@ -106,7 +121,11 @@ def coordinate(table: pa.Table, name: str, errors: dict[int, tuple[str, str]]) -
     if pa.types.is_integer(col.type) or pa.types.is_floating(col.type) or pa.types.is_decimal(col.type):
         # Unchecked: a value beyond float64's exact range (2^63 - 1, a uint64 max) is still a number, out of range.
         arr = pc.cast(col, pa.float64(), safe=False)
-    elif is_text(col.type) or pa.types.is_null(col.type):
+    elif is_text(col.type):
+        if decimal_comma(table):  # "32,7159": a semicolon CSV from a spreadsheet in a decimal-comma locale
+            col = pc.replace_substring_regex(col, r"^(\s*[+-]?\d+),(\d+\s*)$", r"\1.\2")
+        return _text_numbers(col, name, errors)
+    elif pa.types.is_null(col.type):
         return _text_numbers(col, name, errors)
     else:
         raise InvalidInput(f"column {name!r} has type {col.type}; coordinates must be numbers", field=name)

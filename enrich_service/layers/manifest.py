@@ -8,7 +8,13 @@ from pathlib import Path
 
 import yaml
 
-from ..errors import LayerSourceError
+
+def _error(message: str) -> Exception:
+    """A LayerSourceError, imported when raised: errors.py brings FastAPI, which reading the manifest (the DAGs do at
+    parse time) does not need."""
+    from ..errors import LayerSourceError
+
+    return LayerSourceError(message)
 
 
 @dataclass(frozen=True)
@@ -68,14 +74,14 @@ def _file_spec(raw: dict, where: str) -> FileSpec:
     try:
         return FileSpec(file=str(raw["file"]), sha256=str(raw["sha256"]).lower(), url=raw.get("url"))
     except KeyError as exc:
-        raise LayerSourceError(f"manifest: {where} lacks {exc.args[0]!r}") from None
+        raise _error(f"manifest: {where} lacks {exc.args[0]!r}") from None
 
 
 def load_manifest(path: Path) -> Manifest:
     try:
         raw = yaml.safe_load(Path(path).read_text())
     except (OSError, yaml.YAMLError) as exc:
-        raise LayerSourceError(f"cannot read layer manifest {path}: {exc}") from None
+        raise _error(f"cannot read layer manifest {path}: {exc}") from None
     layers: dict[str, LayerSpec] = {}
     for name, spec in (raw.get("layers") or {}).items():
         versions = []
@@ -93,7 +99,7 @@ def load_manifest(path: Path) -> Manifest:
                 )
             )
         if not versions:
-            raise LayerSourceError(f"manifest: layer {name} has no versions")
+            raise _error(f"manifest: layer {name} has no versions")
         versions.sort(key=lambda v: v.effective_from)
         layers[name] = LayerSpec(
             name=name,

@@ -20,7 +20,6 @@ from .rules import RULE_EDGE, RULE_NEAREST, RULE_NONE, RULE_OVERLAP
 # a candidate for every point. Tiles only narrow candidates; the exact test always runs on the whole part.
 _TILES_PER_SIDE = 16
 _MIN_TILE_DEG = 0.005
-_SINGLE_TILE_TILES = 4  # parts up to 0.02 deg (~2 km) a side are not tiled
 
 # Degrees per metre, bounded above for San Diego's latitudes (1 deg lon = 93 km at 33N): candidate boxes for
 # nearest_within_m are widened by this much so no polygon within the distance is missed.
@@ -39,10 +38,9 @@ def _tile_edges(lo: float, hi: float, step: float) -> np.ndarray:
 def _tile_boxes(parts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(part index, box bounds) of the tiles of each part's bbox that intersect the part."""
     bounds = shapely.bounds(parts)
-    # A part within a few tiles each way is one tile, its bbox: the many small polygons of a layer of census blocks
-    # or parcels, done in one step (a Python loop over 50,000 parts took seconds at start-up).
-    small = _SINGLE_TILE_TILES * _MIN_TILE_DEG
-    single = ((bounds[:, 2] - bounds[:, 0]) <= small) & ((bounds[:, 3] - bounds[:, 1]) <= small)
+    # A part no wider or taller than a tile is one tile, its bbox: the many small polygons of a layer of census
+    # blocks or parcels, done in one step (a Python loop over 50,000 parts took seconds at start-up).
+    single = ((bounds[:, 2] - bounds[:, 0]) <= _MIN_TILE_DEG) & ((bounds[:, 3] - bounds[:, 1]) <= _MIN_TILE_DEG)
     owners, boxes = [np.flatnonzero(single)], [bounds[single]]
     for i in np.flatnonzero(~single):
         x0, y0, x1, y1 = bounds[i]

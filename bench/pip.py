@@ -1,12 +1,15 @@
 """Point-in-polygon throughput, side by side, in ONE run on the real layers (run by hand):
 
     .venv/bin/python bench/pip.py [--points 1000000] [--postgis-points 200000] [--big 10000000] [--smoke]
+    .venv/bin/python bench/pip.py --voronoi 5000,50000   # layers of many small polygons only (issue 21)
 
 Prints, per layer, geopandas.sjoin, PostGIS (plain GiST join and ST_Subdivide(geom, 256)), and the engine in
 process; then the service over HTTP on loopback (client encode + request + decode included) per transport for all
 three layers; start-up time and the service's RSS. Every figure as points/s and as a ratio to geopandas.sjoin.
 --smoke: 3,000 points, one service start and one repeat, the same table in seconds; its figures mean nothing (CI
 runs it so the script keeps working: tests/test_bench_smoke.py).
+With --voronoi, the same comparison on synthetic layers of that many Voronoi cells over the city's bounding box,
+added through a copy of the manifest, and the service's start-up with them.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ import pyarrow.ipc as ipc
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+from bench.voronoi import voronoi_manifest  # noqa: E402
 from enrich_service.io.arrow_stream import stream_buffer  # noqa: E402
 from tests.conftest import ADDRESS, BOUNDARIES, PG_DSN, _free_port  # noqa: E402  (the data's one reader)
 
@@ -151,6 +155,52 @@ def http_ndjson(client, url, x, y):
     return rows
 
 
+def voronoi_bench(counts: list[int], n: int, port: int) -> None:
+    """sjoin and the engine in process on each synthetic layer, then the service's start-up with all of them."""
+    from enrich_service.engine.tagger import Engine
+    from enrich_service.layers.store import LayerStore
+    from enrich_service.settings import Settings
+
+    settings = Settings(boundary_dir=BOUNDARIES)
+    city = LayerStore.load(settings.manifest, BOUNDARIES, settings.cache_dir).versions["city_limits"][0].bbox
+    folder = Path(settings.cache_dir) / "bench-voronoi"
+    manifest, names = voronoi_manifest(folder, settings.manifest, BOUNDARIES, city, counts)
+    print(f"machine: {os.cpu_count()} cores; {n:,} uniform points over the city's bounding box per layer\n")
+    print(f"{'':44} {'points/s':>14} {'x sjoin':>9}", flush=True)
+    rows = Rows()
+    for name, cells in zip(names, counts):
+        t0 = time.perf_counter()
+        store = LayerStore.load(manifest, folder, settings.cache_dir)
+        only = LayerStore(specs={name: store.specs[name]}, versions={name: store.versions[name]},
+                          manifest=store.manifest, source_mode=store.source_mode, load_seconds=0.0)
+        t_load = time.perf_counter() - t0
+        t_build, engine = timed(Engine, only, settings.grid_cells, settings.use_grid)
+        x, y = uniform(city, n, seed=17)
+        polys = gpd.read_file(folder / f"{name}.geojson")
+        pts = gpd.GeoDataFrame(geometry=gpd.points_from_xy(x, y), crs=4326)
+        t_sj, joined = timed(sjoin, polys, pts)
+        engine.tag_version(name, 0, x[:1000], y[:1000])  # warm (JIT, caches)
+        t_en, (feature, _) = timed(engine.tag_version, name, 0, x, y, repeat=3)
+        assert (feature >= 0).sum() >= len(joined.index.unique()) * 0.999  # the same join, not an empty one
+        print(f"{name}: {cells:,} cells; all layers read in {t_load:.2f}s, this one's indexes built in "
+              f"{t_build:.2f}s", flush=True)
+        rows.append((f"geopandas.sjoin {name}", n / t_sj, 1.0))
+        rows.append((f"engine in process {name}", n / t_en, t_sj / t_en))
+        del engine, only, store, polys, pts, joined
+        gc.collect()
+    env = {"ENRICH_BOUNDARY_DIR": str(folder), "ENRICH_MANIFEST": str(manifest), "ENRICH_LOG_LEVEL": "WARNING",
+           "ENRICH_REFERENCE_DIR": str(DATA / "address")}
+    startups = []
+    for _ in range(3):  # the first start may build the caches; the median is reported
+        proc, t = start_service(port, env)
+        startups.append(t)
+        proc.terminate()
+        proc.wait()
+    each = ", ".join(f"{t:.2f}" for t in startups)
+    print(f"\nservice start-up to ready with the real layers and {', '.join(names)}: {sorted(startups)[1]:.2f}s "
+          f"(median of {each})")
+
+
 class Rows(list):
     """The table, printed row by row as it is measured (a long run shows its figures as it goes)."""
 
@@ -168,6 +218,8 @@ def main() -> None:
     ap.add_argument("--big", type=int, default=0, help="also stream this many points as NDJSON, watching RSS")
     ap.add_argument("--port", type=int, help="the service's port (default: a free one)")
     ap.add_argument("--smoke", action="store_true", help="3,000 points, one start, one repeat: every path in seconds")
+    ap.add_argument("--voronoi", default="", help="comma-separated cell counts: bench synthetic layers of that many "
+                                                  "Voronoi cells instead of the real layers (e.g. 5000,50000)")
     args = ap.parse_args()
     args.port = args.port or _free_port()
     if args.smoke:
@@ -175,6 +227,9 @@ def main() -> None:
     n = args.points
     repeat = 1 if args.smoke else 3
     starts = 1 if args.smoke else 3
+    if args.voronoi:
+        voronoi_bench([int(c) for c in args.voronoi.split(",")], n, args.port)
+        return
 
     from enrich_service.engine.tagger import Engine
     from enrich_service.layers.store import LayerStore

@@ -27,6 +27,15 @@ def adversarial(version, rng) -> tuple[np.ndarray, np.ndarray]:
     return pts[:, 0], pts[:, 1]
 
 
+def lookup_as_exact(grid, exact, name, x, y) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The grid's answers, asserted equal to the exact path's on every point the grid decides."""
+    feature, rule, undecided = grid.lookup(x, y)
+    want, want_rule = exact.tag(x, y)
+    wrong = np.flatnonzero(~undecided & ((feature != want) | (rule != want_rule)))
+    assert wrong.size == 0, (name, wrong[:5], x[wrong[:5]], y[wrong[:5]])
+    return feature, rule, undecided
+
+
 @pytest.mark.parametrize("layer,vi", VERSIONS)
 def test_grid_agrees_with_exact_path(store, layer, vi):
     version = store.versions[layer][vi]
@@ -37,11 +46,7 @@ def test_grid_agrees_with_exact_path(store, layer, vi):
     px, py = real_points()
     ax, ay = adversarial(version, rng)
     for name, x, y in (("random", rx, ry), ("real", px, py), ("edges", ax, ay)):
-        feature, rule, undecided = grid.lookup(x, y)
-        want, want_rule = exact.tag(x, y)
-        decided = ~undecided
-        wrong = np.flatnonzero(decided & ((feature != want) | (rule != want_rule)))
-        assert wrong.size == 0, (name, wrong[:5], x[wrong[:5]], y[wrong[:5]])
+        feature, rule, undecided = lookup_as_exact(grid, exact, name, x, y)
         if name == "random":
             # The grid must do the work, not hand it to the exact path.
             assert undecided.mean() < 0.001

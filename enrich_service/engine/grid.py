@@ -26,6 +26,8 @@ from .rules import RULE_OVERLAP
 # Far above float64 error at these coordinates (~1e-14 deg), far below any real feature (1e-9 deg is 0.1 mm).
 EPS = 1e-9
 NONE, EDGE = -1, -2
+SLOT0 = -3  # an int32 cell below EDGE is a special cell holding its slot: SLOT0 - slot
+WALK_RIGHT, WALK_LEFT, WALK_BAND = 0, 1, 2  # how a point in a special cell is answered (_walk_choice)
 OVERLAP_CODE = np.int8(RULE_OVERLAP)
 
 
@@ -74,16 +76,23 @@ def _touches(ax, ay, bx, by, x0, y0, x1, y1):
 
 
 @njit(cache=True)
-def _mark_edges(seg, gx0, gy0, cw, ch, n, edge):
+def _mark_edges(seg, gx0, gy0, cw, ch, n, counting, count, slot, fill, cell_seg):
+    """Every edge into the cells it passes within EPS of, in two passes. Counting: count[j, i] += 1. Then: the
+    edge's index into cell_seg, the edge lists of the marked cells end to end (slot[j, i]: the cell's list, whose
+    next free place is fill[slot])."""
     for k in range(seg.shape[0]):
         ax, ay, bx, by = seg[k, 0], seg[k, 1], seg[k, 2], seg[k, 3]
         i0, i1 = _cell_range(min(ax, bx), max(ax, bx), gx0, cw, n)
         j0, j1 = _cell_range(min(ay, by), max(ay, by), gy0, ch, n)
         for j in range(j0, j1 + 1):
             for i in range(i0, i1 + 1):
-                if not edge[j, i] and _touches(ax, ay, bx, by, gx0 + i * cw, gy0 + j * ch,
-                                               gx0 + (i + 1) * cw, gy0 + (j + 1) * ch):
-                    edge[j, i] = True
+                if _touches(ax, ay, bx, by, gx0 + i * cw, gy0 + j * ch, gx0 + (i + 1) * cw, gy0 + (j + 1) * ch):
+                    if counting:
+                        count[j, i] += 1
+                    else:
+                        s = slot[j, i]
+                        cell_seg[fill[s]] = k
+                        fill[s] += 1
 
 
 @njit(cache=True)
@@ -143,49 +152,148 @@ def _band_test(px, py, j, start, index, split, seg, seg_feature, rank, parity, t
         if (ay > py) != (by > py):
             xint = ax + (py - ay) * (bx - ax) / (by - ay)
             if (xint > px) if rightward else (xint < px):
-                f = seg_feature[k]
-                if parity[f] == 0:
-                    touched[n_touched] = f
-                    n_touched += 1
-                parity[f] ^= 1
+                n_touched = _toggle(seg_feature[k], parity, touched, n_touched)
+    best, overlap = _verdict(rank, parity, touched, n_touched)
+    return best, overlap, undecided
+
+
+@njit(cache=True)
+def _toggle(f, parity, touched, n_touched):
+    """Flip feature f's crossing parity (bit 0); bit 1 marks it listed in touched, so each is listed once."""
+    if parity[f] < 2:
+        parity[f] = 2
+        touched[n_touched] = f
+        n_touched += 1
+    parity[f] ^= 1
+    return n_touched
+
+
+@njit(cache=True)
+def _verdict(rank, parity, touched, n_touched):
+    """(the lowest-ranked feature with odd parity or NONE, two or more of them); parity is left all zero."""
     best, inside = NONE, 0
     for t in range(n_touched):
         f = touched[t]
-        if parity[f] == 1:
+        if parity[f] & 1:
             inside += 1
             if best == NONE or rank[f] < rank[best]:
                 best = f
         parity[f] = 0
-    return best, inside >= 2, undecided
+    return best, inside >= 2
 
 
 @njit(cache=True)
-def _classify_runs(edge, gx0, gy0, cw, ch, start, index, split, seg, seg_feature, rank, n_features, cells):
-    """Fill `cells`: one band test per run of unmarked cells along a row."""
-    n = edge.shape[0]
+def _classify_runs(gx0, gy0, cw, ch, slot, start, cell_seg, seg, seg_feature, n_features, cells):
+    """Fill `cells`, row by row from the right, where the row is outside every feature: the crossings of each marked
+    cell's edges with the row's centre line flip the features' parities, and an unmarked cell holds the features of
+    odd parity (a feature, NONE, or EDGE where two or more overlap: the walk or band test names the winner)."""
+    n = slot.shape[0]
     parity = np.zeros(n_features, dtype=np.uint8)
-    touched = np.empty(n_features, dtype=np.int32)
     for j in range(n):
-        value = EDGE
-        for i in range(n):
-            if edge[j, i]:
-                cells[j, i] = EDGE
-                value = EDGE
+        yc = gy0 + (j + 0.5) * ch
+        odd, xor = 0, 0  # how many features hold the current cell, and their ids xor-ed (the one, when odd == 1)
+        for i in range(n - 1, -1, -1):
+            s = slot[j, i]
+            if s < 0:
+                cells[j, i] = NONE if odd == 0 else (xor if odd == 1 else EDGE)
                 continue
-            if value == EDGE:  # a new run: classify its first cell's centre
-                f, overlap, undecided = _band_test(gx0 + (i + 0.5) * cw, gy0 + (j + 0.5) * ch, j, start, index,
-                                                   split, seg, seg_feature, rank, parity, touched)
-                # A run where features overlap is left to the band test, which names the winner and the overlap:
-                # rare in real layers, and a cell then holds just a feature (int8 up to 127 features).
-                value = NONE if f == NONE else (EDGE if overlap else f)
-                if undecided:  # cannot happen for an unmarked cell's centre; be safe all the same
-                    value = EDGE
-            cells[j, i] = value
+            cells[j, i] = EDGE
+            for e in range(start[s], start[s + 1]):
+                k = cell_seg[e]
+                ax, ay, bx, by = seg[k, 0], seg[k, 1], seg[k, 2], seg[k, 3]
+                if (ay > yc) != (by > yc):
+                    xint = ax + (yc - ay) * (bx - ax) / (by - ay)
+                    if int((xint - gx0) / cw) == i:  # each crossing counted in one cell only
+                        f = seg_feature[k]
+                        parity[f] ^= 1
+                        odd += 1 if parity[f] else -1
+                        xor ^= f
+        if odd:  # every ring is crossed an even number of times; be safe all the same
+            parity[:] = 0
 
 
 @njit(cache=True)
-def _lookup_range(lo, hi, x, y, gx0, gy0, cw, ch, cells, start, index, split, seg, seg_feature, rank, n_features,
-                  feature, rule, undecided):
+def _walk_choice(row_start, edge_col, cell_start, band_start, band_index, split, seg, gx0, cw, walk):
+    """Per special cell, the cheaper way to answer a point in it: walk right or left along the row to the nearest
+    resolved cell, counting the edges of the cells passed, or the band test (each edge of one side of the band)."""
+    n = row_start.shape[0] - 1
+    for j in range(n):
+        lo, hi = row_start[j], row_start[j + 1]
+        if hi == lo:
+            continue
+        right = np.empty(hi - lo, dtype=np.int64)
+        left = np.empty(hi - lo, dtype=np.int64)
+        for s in range(hi - 1, lo - 1, -1):
+            right[s - lo] = 1 + cell_start[s + 1] - cell_start[s]
+            if s + 1 < hi and edge_col[s + 1] == edge_col[s] + 1:
+                right[s - lo] += right[s + 1 - lo]
+        for s in range(lo, hi):
+            left[s - lo] = 1 + cell_start[s + 1] - cell_start[s]
+            if s > lo and edge_col[s - 1] == edge_col[s] - 1:
+                left[s - lo] += left[s - 1 - lo]
+        b0, b1 = band_start[j], band_start[j + 1]
+        for s in range(lo, hi):
+            cx = gx0 + (edge_col[s] + 0.5) * cw
+            # The band test's cost: the edges it scans before its early stop, on the side it picks.
+            order = band_index[0] if cx >= split[j] else band_index[1]
+            a, b = b0, b1
+            while a < b:
+                mid = (a + b) // 2
+                k = order[mid]
+                past = (max(seg[k, 0], seg[k, 2]) < cx - cw) if cx >= split[j] else (min(seg[k, 0], seg[k, 2]) > cx + cw)
+                if past:
+                    b = mid
+                else:
+                    a = mid + 1
+            band = a - b0
+            if band < right[s - lo] and band < left[s - lo]:
+                walk[s] = WALK_BAND
+            else:
+                walk[s] = WALK_RIGHT if right[s - lo] <= left[s - lo] else WALK_LEFT
+
+
+@njit(cache=True)
+def _walk_test(px, py, i, j, s, step, gx0, cw, cells, cell_start, cell_seg, seg, seg_feature, rank, parity,
+               touched):
+    """(feature or NONE, overlap flag, undecided flag) for a point in special cell (j, i) with slot s: the crossings
+    of the ray from the point along the row (step +1: rightward, -1: leftward) with the edges of the special cells it
+    passes, up to the first resolved cell, whose features start the parities. Every edge within EPS of the point
+    is in its own cell's list: a point that near one is undecided."""
+    n = cells.shape[1]
+    for e in range(cell_start[s], cell_start[s + 1]):
+        k = cell_seg[e]
+        ax, ay, bx, by = seg[k, 0], seg[k, 1], seg[k, 2], seg[k, 3]
+        if min(ax, bx) - EPS <= px <= max(ax, bx) + EPS and min(ay, by) - EPS <= py <= max(ay, by) + EPS:
+            dx, dy = bx - ax, by - ay
+            cross = dx * (py - ay) - dy * (px - ax)
+            if cross * cross <= EPS * EPS * (dx * dx + dy * dy):
+                return NONE, False, True
+    n_touched = 0
+    c = i
+    while True:
+        for e in range(cell_start[s], cell_start[s + 1]):
+            k = cell_seg[e]
+            ax, ay, bx, by = seg[k, 0], seg[k, 1], seg[k, 2], seg[k, 3]
+            if (ay > py) != (by > py):
+                xint = ax + (py - ay) * (bx - ax) / (by - ay)
+                if ((xint > px) if step > 0 else (xint < px)) and int((xint - gx0) / cw) == c:
+                    n_touched = _toggle(seg_feature[k], parity, touched, n_touched)
+        c += step
+        if c < 0 or c >= n:  # past the padded bbox: outside every feature
+            break
+        v = cells[j, c]
+        if v >= NONE:  # resolved: a feature or none
+            if v >= 0:
+                n_touched = _toggle(v, parity, touched, n_touched)
+            break
+        s += step
+    best, overlap = _verdict(rank, parity, touched, n_touched)
+    return best, overlap, False
+
+
+@njit(cache=True)
+def _lookup_range(lo, hi, x, y, gx0, gy0, cw, ch, cells, walk, cell_start, cell_seg, start,
+                  index, split, seg, seg_feature, rank, n_features, feature, rule, undecided):
     n = cells.shape[0]
     parity = np.zeros(n_features, dtype=np.uint8)
     touched = np.empty(n_features, dtype=np.int32)
@@ -206,27 +314,36 @@ def _lookup_range(lo, hi, x, y, gx0, gy0, cw, ch, cells, start, index, split, se
             feature[p] = NONE
             rule[p] = 0
         else:
-            f, o, u = _band_test(x[p], y[p], j, start, index, split, seg, seg_feature, rank, parity, touched)
+            if v == EDGE:  # int8 cells (up to 127 features): the band test, faster there than a walk (measured)
+                f, o, u = _band_test(x[p], y[p], j, start, index, split, seg, seg_feature, rank, parity, touched)
+            else:  # int32 cells hold their special cell's slot: the walk or the band test, whichever is cheaper
+                a = SLOT0 - v
+                if walk[a] == WALK_BAND:
+                    f, o, u = _band_test(x[p], y[p], j, start, index, split, seg, seg_feature, rank, parity,
+                                         touched)
+                else:
+                    f, o, u = _walk_test(x[p], y[p], i, j, a, 1 if walk[a] == WALK_RIGHT else -1, gx0, cw, cells,
+                                         cell_start, cell_seg, seg, seg_feature, rank, parity, touched)
             feature[p] = f
             rule[p] = OVERLAP_CODE if o else 0
             undecided[p] = u
 
 
 @njit(parallel=True, cache=True)
-def _lookup_parallel(x, y, gx0, gy0, cw, ch, cells, start, index, split, seg, seg_feature, rank, n_features, feature,
-                     rule, undecided):
+def _lookup_parallel(x, y, gx0, gy0, cw, ch, cells, walk, cell_start, cell_seg, start, index,
+                     split, seg, seg_feature, rank, n_features, feature, rule, undecided):
     m = x.shape[0]
     chunks = 64
     for c in prange(chunks):
-        _lookup_range(c * m // chunks, (c + 1) * m // chunks, x, y, gx0, gy0, cw, ch, cells, start, index, split,
-                      seg, seg_feature, rank, n_features, feature, rule, undecided)
+        _lookup_range(c * m // chunks, (c + 1) * m // chunks, x, y, gx0, gy0, cw, ch, cells, walk, cell_start,
+                      cell_seg, start, index, split, seg, seg_feature, rank, n_features, feature, rule, undecided)
 
 
 @njit(cache=True)
-def _lookup_serial(x, y, gx0, gy0, cw, ch, cells, start, index, split, seg, seg_feature, rank, n_features, feature,
-                   rule, undecided):
-    _lookup_range(0, x.shape[0], x, y, gx0, gy0, cw, ch, cells, start, index, split, seg, seg_feature, rank,
-                  n_features, feature, rule, undecided)
+def _lookup_serial(x, y, gx0, gy0, cw, ch, cells, walk, cell_start, cell_seg, start, index,
+                   split, seg, seg_feature, rank, n_features, feature, rule, undecided):
+    _lookup_range(0, x.shape[0], x, y, gx0, gy0, cw, ch, cells, walk, cell_start, cell_seg,
+                  start, index, split, seg, seg_feature, rank, n_features, feature, rule, undecided)
 
 
 # Below this many points one thread is faster: waking the parallel workers costs more than a small batch's lookups
@@ -243,17 +360,45 @@ class GridIndex:
         pad = max(x1 - x0, y1 - y0) * 1e-6 + 10 * EPS
         self.x0, self.y0 = x0 - pad, y0 - pad
         self.cw, self.ch = (x1 - x0 + 2 * pad) / cells, (y1 - y0 + 2 * pad) / cells
-        self.seg, self.seg_feature = np.ascontiguousarray(seg), seg_feature
+        # Edges in row-major order of their midpoints' cells: a walk's few edges lie near each other in memory.
+        mid_row = np.floor(((seg[:, 1] + seg[:, 3]) / 2 - self.y0) / self.ch)
+        order = np.lexsort(((seg[:, 0] + seg[:, 2]) / 2, mid_row))
+        self.seg, self.seg_feature = np.ascontiguousarray(seg[order]), np.ascontiguousarray(seg_feature[order])
         self.rank = version.rank.astype(np.int32)
         self.n_features = version.n_features
-        edge = np.zeros((cells, cells), dtype=np.bool_)
-        _mark_edges(self.seg, self.x0, self.y0, self.cw, self.ch, cells, edge)
+        # Each cell's edge list (cells no edge comes within EPS of have none): counted, then filled.
+        count = np.zeros((cells, cells), dtype=np.int32)
+        none = np.empty((1, 1), dtype=np.int32)
+        _mark_edges(self.seg, self.x0, self.y0, self.cw, self.ch, cells, True, count, none, none[0], none[0])
+        marked = count.ravel() > 0
+        slot = np.cumsum(marked, dtype=np.int32).reshape(cells, cells) - 1
+        slot[count == 0] = -1
+        start = np.zeros(int(marked.sum()) + 1, dtype=np.int64)
+        np.cumsum(count.ravel()[marked], out=start[1:])
+        self.cell_seg = np.empty(int(start[-1]), dtype=np.int32)
+        _mark_edges(self.seg, self.x0, self.y0, self.cw, self.ch, cells, False, count, slot, start[:-1].copy(),
+                    self.cell_seg)
+        # A cell holds a feature, NONE or EDGE: int8 up to 127 features (a quarter of int32's cache footprint);
+        # int32 beyond, where a special cell holds its slot too.
+        dtype = np.int8 if self.n_features <= 127 else np.int32
+        self.cells = np.empty((cells, cells), dtype=dtype)
+        _classify_runs(self.x0, self.y0, self.cw, self.ch, slot, start, self.cell_seg, self.seg, self.seg_feature,
+                       self.n_features, self.cells)
+        del slot
+        # The special cells (marked, or where features overlap), row-major: a row's are found by binary search.
+        special = np.flatnonzero(self.cells.ravel() == EDGE)
+        self.row_start = np.searchsorted(special, np.arange(cells + 1, dtype=np.int64) * cells)
+        self.edge_col = (special % cells).astype(np.int16 if cells <= 32767 else np.int32)
+        self.cell_start = np.zeros(len(special) + 1, dtype=np.int64)
+        np.cumsum(count.ravel()[special], out=self.cell_start[1:])  # the marked cells' lists keep their order
+        self.edge_share = float(marked.mean())
+        del count, marked
         self.band_start, self.band_index, self.band_split = _bands(self.seg, self.y0, self.ch, cells)
-        # A cell holds a feature, NONE or EDGE: int8 up to 127 features (a quarter of int32's cache footprint).
-        self.cells = np.empty((cells, cells), dtype=np.int8 if self.n_features <= 127 else np.int16)
-        _classify_runs(edge, self.x0, self.y0, self.cw, self.ch, self.band_start, self.band_index, self.band_split,
-                       self.seg, self.seg_feature, self.rank, self.n_features, self.cells)
-        self.edge_share = float(edge.mean())
+        if self.cells.dtype == np.int32:  # room for the slot itself: no binary search per point
+            self.cells.ravel()[special] = SLOT0 - np.arange(len(special), dtype=np.int32)
+        self.walk = np.empty(len(special), dtype=np.int8)
+        _walk_choice(self.row_start, self.edge_col, self.cell_start, self.band_start, self.band_index,
+                     self.band_split, self.seg, self.x0, self.cw, self.walk)
 
     @classmethod
     def build(cls, version: LayerVersion, cells: int = 2048) -> GridIndex:
@@ -261,8 +406,9 @@ class GridIndex:
 
     @property
     def nbytes(self) -> int:
-        return (self.cells.nbytes + self.seg.nbytes + self.band_index.nbytes + self.band_start.nbytes
-                + self.band_split.nbytes)
+        return sum(a.nbytes for a in (self.cells, self.seg, self.seg_feature, self.band_index, self.band_start,
+                                      self.band_split, self.row_start, self.edge_col, self.walk, self.cell_start,
+                                      self.cell_seg))
 
     def lookup(self, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         m = len(x)
@@ -271,8 +417,9 @@ class GridIndex:
         rule = np.empty(m, dtype=np.int8)
         undecided = np.empty(m, dtype=np.bool_)
         args = (np.ascontiguousarray(x, dtype=np.float64), np.ascontiguousarray(y, dtype=np.float64), self.x0,
-                self.y0, self.cw, self.ch, self.cells, self.band_start, self.band_index, self.band_split, self.seg,
-                self.seg_feature, self.rank, self.n_features, feature, rule, undecided)
+                self.y0, self.cw, self.ch, self.cells, self.walk, self.cell_start,
+                self.cell_seg, self.band_start, self.band_index, self.band_split, self.seg, self.seg_feature,
+                self.rank, self.n_features, feature, rule, undecided)
         if m < SERIAL_BELOW:
             _lookup_serial(*args)
         else:

@@ -189,7 +189,7 @@ def voronoi_bench(counts: list[int], n: int, port: int) -> None:
         del engine, only, store, polys, pts, joined
         gc.collect()
     env = {"ENRICH_BOUNDARY_DIR": str(folder), "ENRICH_MANIFEST": str(manifest), "ENRICH_LOG_LEVEL": "WARNING",
-           "ENRICH_REFERENCE_DIR": str(DATA / "address")}
+           "ENRICH_REFERENCE_DIR": str(ADDRESS)}
     startups = []
     for _ in range(3):  # the first start may build the caches; the median is reported
         proc, t = start_service(port, env)

@@ -658,3 +658,34 @@ def test_a_semicolon_csv_with_decimal_commas_comes_back_with_its_coordinates_as_
     got = list(csv.DictReader(io.StringIO(r.text), delimiter=";"))
     assert r.status_code in (200,), r.text
     assert [(g["lng"], g["lat"]) for g in got] == [(row["lng"], row["lat"]) for row in rows]
+
+
+def test_geocode_join_joins_several_address_columns_in_order_and_names_an_unknown_one(client):
+    whole = [{"address": a} for a in ("4712 Mt St Helens Dr", "1200 Third Ave", "3990 Old Town Ave")]
+    split = [dict(zip(("number", "street", "suffix"), row["address"].split(" ", 1) + [""])) for row in whole]
+    split = [{"number": s["number"], "street": s["street"].rsplit(" ", 1)[0],
+              "suffix": s["street"].rsplit(" ", 1)[1]} for s in split]
+    query = {"layers": "council_district"}
+    json_accept = {"accept": "application/json"}
+    one = client.post("/v1/geocode-join", params=query, content=write_csv(whole).encode(),
+                      headers={"content-type": "text/csv", **json_accept})
+    assert one.status_code == 200, one.text
+    assert sum(row["match"] != "none" for row in one.json()["results"]) >= 2, one.text
+    several = {**query, "address_col": "number,street,suffix"}
+    r = client.post("/v1/geocode-join", params=several, content=write_csv(split).encode(),
+                    headers={"content-type": "text/csv", **json_accept})
+    assert r.status_code == 200, r.text
+    assert r.json()["results"] == one.json()["results"]
+    csv_answer = client.post("/v1/geocode-join", params=several, content=write_csv(split).encode(),
+                             headers={"content-type": "text/csv"})
+    assert list(csv.DictReader(io.StringIO(csv_answer.text)))[0]["number"] == "4712"  # the body's own columns
+    r = client.post("/v1/geocode-join", params=several, content=orjson.dumps({"records": split}),
+                    headers={"content-type": "application/json"})
+    assert r.status_code == 200, r.text
+    assert [row["council_district"] for row in r.json()["results"]] == \
+        [row["council_district"] for row in one.json()["results"]]
+    for body, content_type in ((write_csv(split).encode(), "text/csv"), (orjson.dumps({"records": split}),
+                                                                           "application/json")):
+        r = client.post("/v1/geocode-join", params={**query, "address_col": "number,stret"}, content=body,
+                        headers={"content-type": content_type})
+        assert r.status_code == 422 and r.json()["field"] == "address_col" and "stret" in r.json()["detail"], r.text

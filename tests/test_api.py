@@ -269,7 +269,8 @@ def test_bulk_routes_document_every_registered_format_and_exactly_the_parameters
     from enrich_service.io.formats import FORMATS
 
     spec = client.get("/openapi.json").json()
-    common = {"layers", "as_of", "nearest_within_m", "id_col", "lon_col", "lat_col", "date_col", "prefix", "delimiter"}
+    common = {"layers", "as_of", "nearest_within_m", "id_col", "lon_col", "lat_col", "date_col", "prefix", "delimiter",
+              "charset"}
     for path, params in (("/v1/pip", common | {"crs", "date_format"}),
                          ("/v1/geocode-join", common | {"address_col", "city_col", "zip_col", "min_match"})):
         post = spec["paths"][path]["post"]

@@ -17,6 +17,7 @@ from pyproj import Transformer
 
 from enrich_service.errors import InvalidInput, NotAcceptable, UnsupportedMediaType
 from enrich_service.io.coordinates import coordinate_columns, declared_crs, geometry_columns, row_errors
+from enrich_service.io.csv_safety import escape_formulas
 from enrich_service.io.dialect import check_date_format, formatted_days, parse_delimiter, sniff_delimiter
 from enrich_service.io.geojson import decode_geojson, encode_geojson, looks_like_geojson
 from enrich_service.io.media import GEOJSON
@@ -574,3 +575,117 @@ def test_geocode_join_answers_a_geojson_of_stop_intersections_with_the_geocoded_
         assert abs(lon - p["stop_lon"]) < 0.005 and abs(lat - p["stop_lat"]) < 0.005, (p["stop_name"], lon, lat)
     r = pip(client, orjson.dumps({"points": [{"lon": -117.16, "lat": 32.72}]}), "application/json", accept=GEOJSON)
     assert r.status_code == 406 and r.json()["field"] == "Accept"
+
+
+# ---- issue 19: what a README-only tester met -------------------------------------------------------------------
+
+BOM = b"\xef\xbb\xbf"
+
+
+@pytest.mark.parametrize("content_type", [GEOJSON, "application/json"])
+def test_a_geojson_body_with_a_byte_order_mark_is_read_as_without_one(client, content_type):
+    doc = stops_collection(30)
+    r = pip(client, BOM + orjson.dumps(doc), content_type)
+    assert r.status_code == 200, r.text
+    assert tags_of([f["properties"] for f in r.json()["features"]]) == plain_tags(client, *stops_lonlat(doc))
+
+
+def test_a_json_points_body_with_a_byte_order_mark_is_read_as_without_one(client):
+    rows = meter_rows(20)
+    points = [{"id": i, "lon": float(r["lng"]), "lat": float(r["lat"])} for i, r in enumerate(rows)]
+    r = pip(client, BOM + orjson.dumps({"points": points}), "application/json")
+    assert r.status_code == 200, r.text
+    assert tags_of(r.json()["results"]) == plain_tags(client, *meter_lonlat(rows))
+
+
+def test_an_uploaded_geojson_with_a_byte_order_mark_is_recognised_by_its_bytes():
+    data = BOM + orjson.dumps(stops_collection(3))
+    body, content_type = form({"file": ("blob", data, "application/octet-stream")})
+    assert asyncio.run(read_upload(body, content_type)).media_type == GEOJSON
+
+
+def cp1252_meters(n: int = 40) -> tuple[list[dict], bytes]:
+    """Real meters with an accented street name in one cell, as Excel saves a CSV on Windows (cp1252)."""
+    rows = meter_rows(n)
+    rows[3]["sub_area"] = "Peñasquitos Café"
+    return rows, write_csv(rows).encode("cp1252")
+
+
+def test_a_cp1252_csv_uploaded_by_a_browser_form_declares_its_charset_as_a_field(client):
+    rows, data = cp1252_meters()
+    query = {"layers": ",".join(LAYERS), "lon_col": "lng", "lat_col": "lat"}
+    r = client.post("/v1/pip", params=query, files={"file": ("meters.csv", data, "application/vnd.ms-excel")})
+    assert r.status_code == 415 and "charset" in r.json()["detail"], r.text
+    for how in ("form", "query"):
+        r = client.post("/v1/pip", params={**query, **({"charset": "windows-1252"} if how == "query" else {})},
+                        files={"file": ("meters.csv", data, "application/vnd.ms-excel")},
+                        data={"charset": "windows-1252"} if how == "form" else None)
+        got = read_csv_answer(r)
+        assert [g["sub_area"] for g in got] == [row["sub_area"] for row in rows], how
+        assert tags_of(got) == [{k: v or "" for k, v in t.items()} for t in plain_tags(client, *meter_lonlat(rows))]
+
+
+def test_a_csv_body_takes_the_charset_parameter_and_an_unknown_one_is_refused_naming_it(client):
+    rows, data = cp1252_meters()
+    r = pip(client, data, "text/csv", lon_col="lng", lat_col="lat", charset="cp1252")
+    assert [g["sub_area"] for g in read_csv_answer(r)] == [row["sub_area"] for row in rows]
+    r = pip(client, data, "text/csv", lon_col="lng", lat_col="lat", charset="klingon-8")
+    assert r.status_code == 422 and r.json()["field"] == "charset", r.text
+    r = pip(client, data, "text/csv; charset=utf-8", lon_col="lng", lat_col="lat", charset="cp1252")
+    assert r.status_code == 422 and r.json()["field"] == "charset", r.text
+
+
+def test_the_charset_parameter_is_documented_beside_delimiter(client):
+    params = client.get("/openapi.json").json()["paths"]["/v1/pip"]["post"]["parameters"]
+    assert {"delimiter", "charset"} <= {p["name"] for p in params}
+
+
+@pytest.mark.parametrize("cell", ["-117,1627", "32,7157", "+1,5", "-0,25e3"])
+def test_a_decimal_comma_number_is_not_escaped_as_a_formula(cell):
+    assert escape_formulas(pa.array([cell, "=A1"])).to_pylist() == [cell, "'=A1"]
+
+
+@pytest.mark.parametrize("cell", ["-1+2", "=A1", "+1,5+cmd|' /C calc'!A0", "-1,2,3", "@SUM(1,2)"])
+def test_a_formula_is_still_escaped(cell):
+    assert escape_formulas(pa.array([cell, "-117,16"])).to_pylist() == ["'" + cell, "-117,16"]
+
+
+def test_a_semicolon_csv_with_decimal_commas_comes_back_with_its_coordinates_as_sent(client):
+    rows = meter_rows(30)
+    for row in rows:
+        row["lng"], row["lat"] = row["lng"].replace(".", ","), row["lat"].replace(".", ",")
+    r = pip(client, write_csv(rows, ";").encode(), "text/csv", lon_col="lng", lat_col="lat", delimiter=";")
+    got = list(csv.DictReader(io.StringIO(r.text), delimiter=";"))
+    assert r.status_code in (200,), r.text
+    assert [(g["lng"], g["lat"]) for g in got] == [(row["lng"], row["lat"]) for row in rows]
+
+
+def test_geocode_join_joins_several_address_columns_in_order_and_names_an_unknown_one(client):
+    whole = [{"address": a} for a in ("4712 Mt St Helens Dr", "1200 Third Ave", "3990 Old Town Ave")]
+    split = [dict(zip(("number", "street", "suffix"), row["address"].split(" ", 1) + [""])) for row in whole]
+    split = [{"number": s["number"], "street": s["street"].rsplit(" ", 1)[0],
+              "suffix": s["street"].rsplit(" ", 1)[1]} for s in split]
+    query = {"layers": "council_district"}
+    json_accept = {"accept": "application/json"}
+    one = client.post("/v1/geocode-join", params=query, content=write_csv(whole).encode(),
+                      headers={"content-type": "text/csv", **json_accept})
+    assert one.status_code == 200, one.text
+    assert sum(row["match"] != "none" for row in one.json()["results"]) >= 2, one.text
+    several = {**query, "address_col": "number,street,suffix"}
+    r = client.post("/v1/geocode-join", params=several, content=write_csv(split).encode(),
+                    headers={"content-type": "text/csv", **json_accept})
+    assert r.status_code == 200, r.text
+    assert r.json()["results"] == one.json()["results"]
+    csv_answer = client.post("/v1/geocode-join", params=several, content=write_csv(split).encode(),
+                             headers={"content-type": "text/csv"})
+    assert list(csv.DictReader(io.StringIO(csv_answer.text)))[0]["number"] == "4712"  # the body's own columns
+    r = client.post("/v1/geocode-join", params=several, content=orjson.dumps({"records": split}),
+                    headers={"content-type": "application/json"})
+    assert r.status_code == 200, r.text
+    assert [row["council_district"] for row in r.json()["results"]] == \
+        [row["council_district"] for row in one.json()["results"]]
+    for body, content_type in ((write_csv(split).encode(), "text/csv"), (orjson.dumps({"records": split}),
+                                                                           "application/json")):
+        r = client.post("/v1/geocode-join", params={**query, "address_col": "number,stret"}, content=body,
+                        headers={"content-type": content_type})
+        assert r.status_code == 422 and r.json()["field"] == "address_col" and "stret" in r.json()["detail"], r.text

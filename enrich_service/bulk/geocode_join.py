@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, replace
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from ..engine.tagger import TagResult
 from ..errors import InvalidInput
@@ -41,7 +42,8 @@ class GeocodeJoin(BulkOperation[AddressParams, Records, Joined]):
     options = OPTIONS
     params = (
         ID_COL,
-        Param("address_col", "Bulk bodies: the address column", default="address"),
+        Param("address_col", "Bulk bodies: the address column, or several comma-separated (`number,street,unit`), "
+                             "joined with spaces in that order", default="address"),
         Param("city_col", "Bulk bodies: the city column (optional)", default="city"),
         Param("zip_col", "Bulk bodies: the ZIP column (optional)", default="zip"),
         Param("lon_col", "Bulk bodies: earlier longitude to check (optional)", default="lon"),
@@ -74,6 +76,8 @@ class GeocodeJoin(BulkOperation[AddressParams, Records, Joined]):
             raise InvalidInput("records is missing", field="records")
         if isinstance(records, list):
             check_batch_size(len(records), settings, field="records")
+        if isinstance(records, list):
+            records = _joined_records(records, params.columns.address)
         return opts, params, join.records_from_json(records, params.columns)
 
     def reads(self, params: AddressParams) -> tuple[str | None, ...]:
@@ -81,10 +85,11 @@ class GeocodeJoin(BulkOperation[AddressParams, Records, Joined]):
         return cols.address, cols.city, cols.zip, cols.lon, cols.lat, cols.date
 
     def from_table(self, table: pa.Table, params: AddressParams) -> Records:
+        table = _joined_column(table, params.columns.address)
         return join.records_from_table(with_local_days(table, params.columns.date), params.columns)
 
     def from_lines(self, docs: list, params: AddressParams) -> Records:
-        return join.records_from_json(docs, params.columns)
+        return join.records_from_json(_joined_records(docs, params.columns.address), params.columns)
 
     def run(self, index: ServiceIndex, data: Records, opts: Options, params: AddressParams) -> Joined:
         return geocode_join(index, data, opts, params.min_match)
@@ -110,6 +115,51 @@ class GeocodeJoin(BulkOperation[AddressParams, Records, Joined]):
     def answer_points(self, table: pa.Table | None, answer: pa.Table, params: AddressParams) -> tuple[str, str]:
         first = table.num_columns if table is not None else 1  # the geocode's lon, lat: the first columns appended
         return answer.column_names[first], answer.column_names[first + 1]
+
+
+def address_parts(address_col: str, names: list[str] | None = None) -> list[str] | None:
+    """The columns of an `address_col` naming several (comma-separated), each checked against `names` when
+    given (422 on address_col naming the unknown one); None when it names one column, or a column of that name."""
+    if "," not in address_col or (names is not None and address_col in names):
+        return None
+    parts = [name.strip() for name in address_col.split(",") if name.strip()]
+    for name in parts:
+        if names is not None and name not in names:
+            raise InvalidInput(f"address_col names column {name!r}, which is not in the body (columns: "
+                               f"{', '.join(names)[:300]})", field="address_col")
+    return parts
+
+
+def _joined_column(table: pa.Table, address_col: str) -> pa.Table:
+    """The table with a column named `address_col` joining its parts' text by single spaces, blank parts left out
+    (as the CLI's --address-col a,b,c); the answer is built from the body's own table, without it."""
+    parts = address_parts(address_col, table.column_names)
+    if parts is None:
+        return table
+    texts = [pc.utf8_trim_whitespace(table.column(n).cast(pa.string())) for n in parts]
+    joined = pc.binary_join_element_wise(*[pc.if_else(pc.equal(t, ""), None, t) for t in texts], " ",
+                                         null_handling="skip")
+    return table.append_column(address_col, pc.if_else(pc.equal(joined, ""), None, joined))
+
+
+def _joined_records(records: list, address_col: str) -> list:
+    """JSON records with `address_col` (several comma-separated keys) set to their values joined by spaces; a key
+    that no record has: 422 on address_col."""
+    parts = address_parts(address_col)
+    if parts is None or not records:
+        return records
+    dicts = [r for r in records if isinstance(r, dict)]
+    if dicts and any(address_col in r for r in dicts):
+        return records
+    present = {key for r in dicts for key in r}
+    address_parts(address_col, sorted(present))  # names the key no record has
+    out = []
+    for r in records:
+        if isinstance(r, dict):
+            words = [str(r[k]).strip() for k in parts if r.get(k) is not None and str(r[k]).strip()]
+            r = {**r, address_col: " ".join(words) or None}
+        out.append(r)
+    return out
 
 
 GEOCODE_JOIN = GeocodeJoin()

@@ -5,8 +5,9 @@ Staff open the service's CSV answers and the portal's CSV files in Excel, where 
 CSV-injection guidance, such a cell gets a leading single quote (and the CSV writer quotes it): Excel shows the text
 instead of running it. Modes (ENRICH_CSV_FORMULA_ESCAPE):
 
-- `text` (the default): every such cell is escaped except one that is a plain number (`-117.16`, `+1e-5`): a number
-  cannot carry a formula, and the coordinates and negative values staff sort and sum stay numbers;
+- `text` (the default): every such cell is escaped except one that is a plain number (`-117.16`, `+1e-5`, or with a
+  decimal comma as semicolon files write it, `-117,16`): a number cannot carry a formula, and the coordinates and
+  negative values staff sort and sum stay numbers;
 - `all`: every such cell, numbers included (OWASP's strictest reading);
 - `off`: nothing is escaped (a consumer that is not a spreadsheet).
 
@@ -26,7 +27,7 @@ from .tables import is_text
 MODES = ("text", "all", "off")
 # OWASP: cells beginning with these are interpreted as formulas by spreadsheet software.
 FORMULA_CHARS = ["=", "+", "-", "@", "\t", "\r"]
-PLAIN_NUMBER = r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$"
+PLAIN_NUMBER = r"^[+-]?(\d+[.,]?\d*|[.,]\d+)([eE][+-]?\d+)?$"  # a decimal comma too (-117,1627)
 PREFIX = "'"
 
 

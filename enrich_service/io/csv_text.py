@@ -14,7 +14,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
-from ..errors import MalformedBody, NotAcceptable, UnsupportedMediaType
+from ..errors import InvalidInput, MalformedBody, NotAcceptable, UnsupportedMediaType
 from .csv_safety import formula_safe_table
 from .dialect import DELIMITER_KEY, parse_delimiter, sniff_delimiter
 from .media import ARROW
@@ -33,6 +33,22 @@ def csv_charset(content_type: str | None) -> str | None:
                 raise UnsupportedMediaType(f"charset {name[:40]!r} is not an encoding this service knows; use "
                                            f"e.g. utf-8 or windows-1252", field="Content-Type") from None
     return None
+
+
+def parse_charset(value: str | None) -> str | None:
+    """The `charset` option (a query parameter or form field: a browser form cannot set its file's Content-Type),
+    checked against Python's codecs; None or empty: not given."""
+    if not value:
+        return None
+    try:
+        return codecs.lookup(value.strip().strip('"').lower()).name
+    except LookupError:
+        raise InvalidInput(f"charset {value[:40]!r} is not an encoding this service knows; use e.g. utf-8 or "
+                           f"windows-1252", field="charset") from None
+
+
+_DECLARE = "declare the file's encoding: charset=windows-1252 (a query parameter or form field), or Content-Type: " \
+           "text/csv; charset=windows-1252"
 
 
 _HEADER_PROBE = 1 << 16
@@ -72,8 +88,7 @@ def _read(body: bytes, names: list[str], encoding: str, delimiter: str) -> pa.Ta
         field = names[int(column.group(1))] if column and int(column.group(1)) < len(names) else "body"
         if "UTF8" in message or "UTF-8" in message:
             raise UnsupportedMediaType(
-                f"column {field!r} holds text that is not UTF-8; declare the file's encoding, e.g. "
-                f"Content-Type: text/csv; charset=windows-1252", field=field) from None
+                f"column {field!r} holds text that is not UTF-8; {_DECLARE}", field=field) from None
         raise MalformedBody(f"body is not a CSV with a header row: {message}", field=field) from None
 
 
@@ -101,8 +116,7 @@ def _csv_header(body: bytes, encoding: str, declared: str | None, delimiter: str
                                     field="body") from None
             field, where = _cell_at(probe[:exc.start].decode(encoding))
             raise UnsupportedMediaType(
-                f"{where} is not UTF-8 (byte {exc.start}); declare the file's encoding, e.g. "
-                f"Content-Type: text/csv; charset=windows-1252", field=field) from None
+                f"{where} is not UTF-8 (byte {exc.start}); {_DECLARE}", field=field) from None
         text = probe[:exc.start].decode(encoding)
     delimiter = delimiter or sniff_delimiter(text)
     try:
@@ -162,7 +176,13 @@ def _csv_cells(col: pa.Array | pa.ChunkedArray, name: str = "", delimiter: str =
                             f"(Accept: {ARROW}) or leave the column out", field=name) from None
 
 
-def read_csv_body(body: bytes, content_type: str | None = None, delimiter: str | None = None) -> pa.Table:
-    """The registry's table decoder (formats.py): the text in the charset the Content-Type declares, split by the
-    `delimiter` parameter (a name or the character; None: sniffed)."""
-    return decode_csv(body, csv_charset(content_type), parse_delimiter(delimiter))
+def read_csv_body(body: bytes, content_type: str | None = None, delimiter: str | None = None,
+                  charset: str | None = None) -> pa.Table:
+    """The registry's table decoder (formats.py): the text in the charset the Content-Type or the `charset`
+    parameter declares (refused when they differ), split by the `delimiter` parameter (a name or the character;
+    None: sniffed)."""
+    declared, given = csv_charset(content_type), parse_charset(charset)
+    if declared and given and declared != given:
+        raise InvalidInput(f"charset {charset!r} differs from the Content-Type's charset {declared!r}; give one",
+                           field="charset")
+    return decode_csv(body, given or declared, parse_delimiter(delimiter))

@@ -48,13 +48,15 @@ class Format:
 
 
 DELIMITER = Param("delimiter", "CSV bodies: comma, semicolon, tab or pipe (default: sniffed from the first lines)")
+CHARSET = Param("charset", "CSV bodies and uploaded CSV files: the text's encoding, e.g. windows-1252 for a CSV "
+                           "saved by Excel on Windows (default: the Content-Type's charset, else UTF-8)")
 _BINARY = {"type": "string", "format": "binary"}
 _TEXT = {"type": "string"}
 FORMATS: dict[str, Format] = {f.media_type: f for f in (
     Format(JSON, EncodedJSONResponse),
     Format(ARROW, ArrowResponse, _BINARY, read_arrow_body, encode_arrow,
            aliases=("application/vnd.apache.arrow.file", "application/x-arrow")),
-    Format(CSV, CSVResponse, _TEXT, read_csv_body, encode_csv, params=(DELIMITER,)),
+    Format(CSV, CSVResponse, _TEXT, read_csv_body, encode_csv, params=(DELIMITER, CHARSET)),
     Format(GEOJSON, GeoJSONResponse, {"type": "object", "description": "A FeatureCollection of Points"},
            decode_geojson, encode_geojson),
     Format(NDJSON, NDJSONResponse, _TEXT, streamed=True),

@@ -19,6 +19,13 @@ from .dates import parse_dates
 from .tables import Columns
 
 MAX_ID_CHARS = 1_000
+_BOM = b"\xef\xbb\xbf"
+
+
+def without_bom(body: bytes) -> bytes:
+    """The body without a leading UTF-8 byte order mark, which RFC 8259 lets a parser ignore (Windows tools write
+    one; the CSV reader drops it too)."""
+    return body[len(_BOM):] if bytes(body[:len(_BOM)]) == _BOM else body
 
 
 def _number(v: object) -> float:
@@ -129,6 +136,7 @@ def decode_json(body: bytes, cols: Columns = Columns()) -> tuple[dict, PointBatc
     """A JSON body {points: [{id, lon, lat, date?}, ...], layers?, as_of?, crs?, nearest_within_m?} as (its
     options, its points as columns). `cols` renames the point keys (id_col, lon_col, lat_col, date_col), as for
     NDJSON and tables."""
+    body = without_bom(body)
     try:
         if (cols.id, cols.lon, cols.lat, cols.date or "date") != ("id", "lon", "lat", "date"):  # renamed keys:
             # the lenient way, which reads any
@@ -170,6 +178,7 @@ _KEY_BEFORE = re.compile(rb'"([^"\\]{1,100})"\s*:\s*("[^"]*)?$')
 def loads(body: bytes, field: str = "body") -> object:
     """JSON to Python, integers exact at any size (ids such as 2^70 come back as sent); every failure a 400 naming
     what it can: the key whose text is not UTF-8, the field nested too deep."""
+    body = without_bom(body)
     try:
         with paused_gc():
             return msgspec.json.decode(body)

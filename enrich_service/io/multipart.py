@@ -20,6 +20,7 @@ from starlette.formparsers import MultiPartException, MultiPartParser
 from ..errors import InvalidInput, MalformedBody, UnknownParameter, UnsupportedMediaType
 from .formats import media_type
 from .geojson import looks_like_geojson
+from .json_body import without_bom
 from .media import ARROW, CSV, GEOJSON, JSON, MULTIPART, NDJSON
 
 BY_EXTENSION = {".csv": CSV, ".tsv": CSV, ".tab": CSV, ".txt": CSV, ".geojson": GEOJSON, ".json": JSON,
@@ -101,7 +102,7 @@ def file_media_type(filename: str | None, part_type: str, data: bytes, field: st
         if suffix not in ("", ".dat", ".bin"):
             raise UnsupportedMediaType(f"file {filename!r}: {suffix} files are not read here; upload a CSV, "
                                        f"GeoJSON, JSON or Arrow file", field=field)
-        head = data[:64].lstrip()
+        head = without_bom(data[:64]).lstrip()
         kind = JSON if head.startswith((b"{", b"[")) else CSV
     if kind == JSON and looks_like_geojson(data):
         kind = GEOJSON

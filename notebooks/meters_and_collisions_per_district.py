@@ -84,6 +84,8 @@ collisions["address"] = np.select(
     ["", street + " & " + cross, number + " block of " + street, number + " " + street],
     default=street)
 
+# Today's lines, as for the meters. `date="date_time"` would tag each collision with the lines in force on its day
+# (the 2011 districts, for 2017), adding a `council_district_version` column.
 places = client.geocode(collisions, address="address", layers=["council_district"])
 places[["report_id", "address", "match", "score", "matched_address", "council_district",
         "council_district_rule"]].head()

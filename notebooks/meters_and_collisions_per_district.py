@@ -21,7 +21,7 @@
 # - the **police collisions** have only an address (a hundred block or a crossing): `client.geocode()` finds the
 #   place and tags it in the same call.
 #
-# It talks to the service at `ENRICH_SERVICE_URL` (the Jupyter of the compose file has it); without one it starts
+# It talks to the service at `ENRICH_SERVICE_URL` (the compose file's Jupyter has it); without one it starts
 # a service of its own on the data. The data is read where `ENRICH_DATA_DIR` says (default `/work/shared/data`).
 # The client is described in `docs/cli.md`, the geocoder's rules in `docs/geocode.md`.
 
@@ -48,7 +48,7 @@ client = EnrichClient(URL, retries=4)
 # ## Parking meters: points
 #
 # The file has one row per meter *configuration* (a pole with a Sunday mode has two rows): a meter is a pole.
-# A few poles carry placeholder coordinates (32.0, -117.0 in the sea; 90, 180) or a longitude that lost its sign:
+# A few poles carry placeholder coordinates (32.0, -117.0; 90, 180) or a longitude that lost its sign:
 # the service answers those rows with no district rather than guess.
 
 # %%

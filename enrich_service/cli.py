@@ -290,6 +290,21 @@ def _joined_text(table: pa.Table, names: list[str]):
     return pc.if_else(pc.equal(joined, ""), None, joined)
 
 
+def _option_words(out: pa.Table, width: int) -> pa.Table:
+    """Row errors naming the service's parameter (send crs=EPSG:2230) name the command line's option (--crs)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    for i, name in enumerate(out.column_names[width:], start=width):
+        col = out.column(i)
+        if name.endswith("error") and pa.types.is_dictionary(col.type):
+            col = col.cast(col.type.value_type)
+        if (name.endswith("error") and pa.types.is_string(col.type)
+                and pc.any(pc.match_substring(col, "send crs=")).as_py()):
+            out = out.set_column(i, name, pc.replace_substring(col, "send crs=", "set --crs "))
+    return out
+
+
 def _output_geometry(out: pa.Table, width: int, req: pa.Table, geometry, job: Job, source, geo_out: bool):
     """The geometry the output carries: the file's own; or, for GeoJSON/GeoPackage, points from the geocode or
     from the coordinate columns (in --crs). `width`: the file's columns, after which the results start."""
@@ -490,6 +505,7 @@ def enrich(args: argparse.Namespace) -> int:
             for chunk in itertools.chain([first], chunks):
                 attrs, req, geometry = _request(chunk, start, job, source)
                 out, used = (tagger.geocode if job.geocode else tagger.tag)(attrs, req, job)
+                out = _option_words(out, attrs.num_columns)
                 geom, crs = _output_geometry(out, attrs.num_columns, req, geometry, job, source, geo_out)
                 summary.add(out, attrs.num_columns, used, start)
                 start += chunk.num_rows

@@ -314,3 +314,18 @@ def test_stdout_hints_and_a_closed_pipe(tmp_path, stops):
     stops.iloc[:5].to_file(gpkg)
     done = subprocess.run([*cmd[:4], str(gpkg), "--out", "-"], env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 1 and "--out-format" in done.stderr
+
+
+def test_a_row_hint_names_the_option(run, tmp_path):
+    """State Plane feet sent without a CRS: the row's error names --crs, the CLI's option (#19)."""
+    import pyproj
+
+    rows = pacsv.read_csv(METERS).slice(0, 20)
+    x, y = pyproj.Transformer.from_crs("EPSG:4326", "EPSG:2230", always_xy=True).transform(
+        rows.column("lng").to_numpy(), rows.column("lat").to_numpy())
+    src = tmp_path / "feet.csv"
+    pacsv.write_csv(pa.table({"lon": x, "lat": y}), src)
+    code, err = run("enrich", src, "--out", tmp_path / "f.csv", "--layers", "council_district")
+    assert code == 0, err
+    errors = pacsv.read_csv(tmp_path / "f.csv").column("error").to_pylist()
+    assert all("--crs EPSG:2230" in e and "crs=" not in e for e in errors), errors[:2]

@@ -130,6 +130,7 @@ class EnrichClient:
 
         if transport not in ("arrow", "json"):
             raise ValueError(f"transport must be 'arrow' or 'json', not {transport!r}")
+        transport = transport if len(df) else "arrow"
         x, y, crs, empty = _frame_points(df, lon, lat, crs)
         date = date or ("date" if "date" in df.columns else None)  # the service's default date column
         for name in (id, date):
@@ -149,9 +150,13 @@ class EnrichClient:
 
                 table = with_geometry(table, "lon", "lat",
                                       errors={int(i): ("geometry", "empty") for i in np.flatnonzero(empty)})
+            if not len(df):  # the service refuses an empty body: one row without a point gives the columns
+                table = pa.table({name: pa.nulls(1, pa.int64() if name == "id" else col.type)
+                                  for name, col in zip(table.column_names, table.columns)})
             params = _params(layers=_layer_list(layers), as_of=as_of, crs=crs, nearest_within_m=nearest_within_m,
                              date_col="date" if date else None)
             answer, used = self._post_in_chunks("/v1/pip", table, params, chunk_rows, progress)
+            answer = answer.slice(0, len(df))
             results = plain_columns(answer.drop_columns(["id", "lon", "lat"] + (["date"] if date else [])))
             results = results.to_pandas()
         else:

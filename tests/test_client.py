@@ -128,3 +128,15 @@ def test_empty_points_and_a_date_column_are_read_as_the_service_reads_them(live_
         tagged = client.tag(gdf, layers=["council_district"])
     assert "empty" in tagged.loc[2, "error"] and tagged["error"].isna().sum() == 19
     assert set(tagged["council_district_version"].dropna()) == {"2011"}
+
+
+def test_coordinates_found_by_name_and_an_empty_frame(live_service, meters):
+    """lng/lat found as the service finds them; an empty frame answers an empty frame, not a 422 (#19)."""
+    from enrich_service.client import EnrichClient
+
+    with EnrichClient(live_service) as client:
+        found = client.tag(meters, layers=LAYERS)
+        named = client.tag(meters, lon="lng", lat="lat", layers=LAYERS)
+        empty = client.tag(meters.iloc[:0], layers=LAYERS)
+    assert found["council_district"].tolist() == named["council_district"].tolist()
+    assert len(empty) == 0 and "council_district" in empty.columns and list(empty.columns) == list(named.columns)

@@ -179,7 +179,9 @@ def _resolve_job(args: argparse.Namespace, source) -> Job:
 
     names = source.columns
     explicit_geocode = args.command == "geocode" or args.address_col is not None
-    lon, lat = coordinate_columns(names, args.lon_col, args.lat_col)  # lon/lng/x..., lat/y..., as the service
+    lon, lat = args.lon_col or "lon", args.lat_col or "lat"
+    if not explicit_geocode and (source.geometry is None or args.lon_col or args.lat_col):
+        lon, lat = coordinate_columns(names, args.lon_col, args.lat_col)  # lon/lng/x..., lat/y..., as the service
     has_points = source.geometry is not None or lon in names
     address = args.address_col or "address"
     geocode = explicit_geocode or (not has_points and address in names)

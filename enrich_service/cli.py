@@ -92,8 +92,11 @@ class Job:
     lon: str = "lon"
     lat: str = "lat"
     date: str | None = None
+    date_format: str | None = None  # strptime format of text dates (--date-format); None: ISO
     address: str = "address"
     address_parts: list[str] = field(default_factory=list)  # the file's columns that make up the address
+    cross_parts: list[str] = field(default_factory=list)  # --cross-street-col: address_parts[0] is the number
+    number_is_block: bool = False
     city: str | None = None
     zip: str | None = None
     crs: str | None = None
@@ -121,7 +124,7 @@ class LocalTagger:
         from .io import results, tables
 
         opts = dataclasses.replace(self.opts, crs=parse_options({"crs": job.crs}, self.settings).crs)
-        cols = tables.Columns(id=ROW, lon=job.lon, lat=job.lat, date=job.date)
+        cols = tables.Columns(id=ROW, lon=job.lon, lat=job.lat, date=job.date, date_format=job.date_format)
         batch = tables.batch_from_table(req, cols)
         prepared, result = tag_batch(self.index, batch, opts, cols)
         return results.answer_table(attrs, None, prepared, result, job.prefix), result.layers_used()
@@ -159,6 +162,7 @@ class RemoteTagger:
     def tag(self, attrs: pa.Table, req: pa.Table, job: Job) -> tuple[pa.Table, dict]:
         answer, used = self.client.tag_table(req, layers=self.layers, as_of=self.as_of, crs=job.crs, id_col=ROW,
                                              lon_col=job.lon, lat_col=job.lat, date_col=job.date,
+                                             date_format=job.date_format,
                                              prefix=job.prefix, expect_layers=self.pinned)
         return self._append(attrs, req, answer, used, job), used
 
@@ -171,19 +175,33 @@ class RemoteTagger:
 
 
 def _resolve_job(args: argparse.Namespace, source) -> Job:
+    from .io.coordinates import coordinate_columns
+
     names = source.columns
     explicit_geocode = args.command == "geocode" or args.address_col is not None
-    has_points = source.geometry is not None or (args.lon_col or "lon") in names
+    lon, lat = args.lon_col or "lon", args.lat_col or "lat"
+    if not explicit_geocode and (source.geometry is None or args.lon_col or args.lat_col):
+        lon, lat = coordinate_columns(names, args.lon_col, args.lat_col)  # lon/lng/x..., lat/y..., as the service
+    has_points = source.geometry is not None or lon in names
     address = args.address_col or "address"
     geocode = explicit_geocode or (not has_points and address in names)
-    job = Job(geocode=geocode, date=args.date_col, prefix=args.prefix)
+    from .io.dialect import check_date_format
+    from .io.tables import DATE_COLUMN
+
+    job = Job(geocode=geocode, date=args.date_col or (DATE_COLUMN if DATE_COLUMN in names else None),
+              date_format=check_date_format(args.date_format), prefix=args.prefix)
     if geocode:
         parts = [name.strip() for name in address.split(",") if name.strip()]
-        for name in parts:
+        cross = [name.strip() for name in (args.cross_street_col or "").split(",") if name.strip()]
+        for name in parts + cross:
             if name not in names:
                 raise CliError(f"{source.path} has no column {name!r} (columns: {', '.join(names)}); name the "
                                f"address column (or columns, comma-separated) with --address-col")
-        job.address_parts = parts
+        if (cross or args.number_is_block) and len(parts) < 2:
+            raise CliError("--cross-street-col and --number-is-block read the number from the first --address-col "
+                           "column and the street from the others: name both, e.g. --address-col "
+                           "street_no,street_name")
+        job.address_parts, job.cross_parts, job.number_is_block = parts, cross, args.number_is_block
         job.address = parts[0] if len(parts) == 1 else _free("address", names)
         job.city = args.city_col or ("city" if "city" in names else None)
         job.zip = args.zip_col or ("zip" if "zip" in names else None)
@@ -194,7 +212,7 @@ def _resolve_job(args: argparse.Namespace, source) -> Job:
         job.lon, job.lat = _free("lon", names), _free("lat", names)
         job.crs = args.crs or source.crs
     else:
-        job.lon, job.lat, job.crs = args.lon_col or "lon", args.lat_col or "lat", args.crs
+        job.lon, job.lat, job.crs = lon, lat, args.crs
         missing = [n for n in (job.lon, job.lat) if n not in names]
         if missing:
             raise CliError(f"{source.path} has no column {missing[0]!r} (columns: {', '.join(names)}); name the "
@@ -219,8 +237,15 @@ def _request(chunk: pa.Table, start: int, job: Job, source) -> tuple[pa.Table, p
     geometry = chunk.column(source.geometry) if source.geometry else None
     attrs = chunk.drop_columns([source.geometry]) if source.geometry else chunk
     cols: dict[str, Any] = {ROW: pa.array(np.arange(start, start + chunk.num_rows, dtype=np.int64))}
-    if job.geocode:
+    if job.geocode and (job.cross_parts or job.number_is_block):  # police records: number, street, cross street
+        from .geocode.compose import compose_columns
+
+        parts = job.address_parts
+        cols[job.address] = pa.array(compose_columns(attrs, parts[0], parts[1:], job.cross_parts, job.number_is_block),
+                                     pa.string())
+    elif job.geocode:
         cols[job.address] = _joined_text(attrs, job.address_parts)
+    if job.geocode:
         for name in (job.city, job.zip):
             if name:
                 cols[name] = attrs.column(name)
@@ -229,14 +254,29 @@ def _request(chunk: pa.Table, start: int, job: Job, source) -> tuple[pa.Table, p
     else:  # points from the geometry
         from .io.files import point_coordinates
 
-        x, y, others = point_coordinates(geometry)
+        x, y, others, empty = point_coordinates(geometry)
         if others == chunk.num_rows:
             raise CliError(f"{source.path} holds no points (polygons or lines): tag their points, e.g. a "
                            f"representative point per feature, or name coordinate columns with --lon-col/--lat-col")
         cols[job.lon], cols[job.lat] = pa.array(x, from_pandas=True), pa.array(y, from_pandas=True)
+        if empty.any():  # POINT EMPTY: that row's error says so, rather than "lon: missing"
+            errors = {int(i): ("geometry", "empty") for i in np.flatnonzero(empty)}
+            return attrs, with_row_errors(pa.table(cols), job, errors), geometry
     if job.date:
         cols[job.date] = attrs.column(job.date)
+        if job.geocode and job.date_format:  # geocode-join reads ISO dates only: read them here
+            from .io.dialect import formatted_days
+
+            days = formatted_days(attrs.column(job.date), job.date_format, job.date, {})
+            cols[job.date] = pa.array(days, pa.date32())
     return attrs, pa.table(cols), geometry
+
+
+def with_row_errors(req: pa.Table, job: Job, errors: dict[int, tuple[str, str]]) -> pa.Table:
+    """The request table carrying rows' errors in its metadata, read by the service as a GeoJSON body's are."""
+    from .io.coordinates import with_geometry
+
+    return with_geometry(req, job.lon, job.lat, errors=errors)
 
 
 def _joined_text(table: pa.Table, names: list[str]):
@@ -250,6 +290,21 @@ def _joined_text(table: pa.Table, names: list[str]):
     joined = pc.binary_join_element_wise(*[pc.if_else(pc.equal(p, ""), None, p) for p in parts], " ",
                                          null_handling="skip")
     return pc.if_else(pc.equal(joined, ""), None, joined)
+
+
+def _option_words(out: pa.Table, width: int) -> pa.Table:
+    """Row errors naming the service's parameter (send crs=EPSG:2230) name the command line's option (--crs)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    for i, name in enumerate(out.column_names[width:], start=width):
+        col = out.column(i)
+        if name.endswith("error") and pa.types.is_dictionary(col.type):
+            col = col.cast(col.type.value_type)
+        if (name.endswith("error") and pa.types.is_string(col.type)
+                and pc.any(pc.match_substring(col, "send crs=")).as_py()):
+            out = out.set_column(i, name, pc.replace_substring(col, "send crs=", "set --crs "))
+    return out
 
 
 def _output_geometry(out: pa.Table, width: int, req: pa.Table, geometry, job: Job, source, geo_out: bool):
@@ -364,12 +419,21 @@ class Summary:
                 self.errors += bad
         self.rows += out.num_rows
 
+    def _versions(self, layer: str) -> str:
+        """The versions the rows were tagged with: one (2011), or each with its rows (2011 1,020 · 2021 6)."""
+        used = self.used.get(layer, {})
+        per = [v for v in used.get("versions_used", []) if v.get("points")]
+        if len(per) == 1:
+            return str(per[0]["version"])
+        if per:
+            return " · ".join(f"{v['version']} {v['points']:,}" for v in sorted(per, key=lambda v: str(v["version"])))
+        return str(used.get("version") or "")
+
     def lines(self, dest: str, seconds: float) -> list[str]:
         out = [f"{self.rows:,} rows -> {'stdout' if dest == '-' else dest} in {seconds:,.1f} s "
                f"({self.rows / max(seconds, 1e-9):,.0f} rows/s)"]
         for layer, counts in self.counts.items():
-            version = self.used.get(layer, {}).get("version")
-            head = f"  {layer}" + (f" ({version})" if version else "") + ": "
+            head = f"  {layer}" + (f" ({self._versions(layer)})" if self._versions(layer) else "") + ": "
             if len(counts) <= SHOWN_VALUES:
                 order = sorted(counts, key=lambda k: (len(k), k) if k.isdigit() else (1 << 30, k))
                 values = " · ".join(f"{k} {counts[k]:,}" for k in order)
@@ -443,6 +507,7 @@ def enrich(args: argparse.Namespace) -> int:
             for chunk in itertools.chain([first], chunks):
                 attrs, req, geometry = _request(chunk, start, job, source)
                 out, used = (tagger.geocode if job.geocode else tagger.tag)(attrs, req, job)
+                out = _option_words(out, attrs.num_columns)
                 geom, crs = _output_geometry(out, attrs.num_columns, req, geometry, job, source, geo_out)
                 summary.add(out, attrs.num_columns, used, start)
                 start += chunk.num_rows
@@ -466,15 +531,16 @@ def enrich(args: argparse.Namespace) -> int:
     return 0
 
 
-_SNAKE_OPTIONS = re.compile(r"\b(lon_col|lat_col|id_col|date_col|address_col|city_col|zip_col|min_match|as_of|"
+_SNAKE_OPTIONS = re.compile(r"\b(lon_col|lat_col|id_col|date_col|date_format|address_col|city_col|zip_col|min_match|as_of|"
                             r"nearest_within_m)\b")
 FIELD_OPTIONS = {"layers": "--layers", "as_of": "--as-of", "crs": "--crs", "min_match": "--min-match",
-                 "prefix": "--prefix"}
+                 "prefix": "--prefix", "date_format": "--date-format"}
 
 
 def _cli_words(message: str, field: str | None = None) -> str:
     """A service message in the command line's words: its option names, the file instead of the body."""
     message = _SNAKE_OPTIONS.sub(lambda m: "--" + m.group(1).replace("_", "-"), message)
+    message = re.sub(r"\bcrs=", "--crs ", message)
     message = message.replace("in the body", "in the file").replace("the body", "the file")
     option = FIELD_OPTIONS.get(field or "")
     if option and option not in message:
@@ -556,9 +622,15 @@ def _enrich_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--crs", help="the coordinates' CRS, e.g. EPSG:2230 (default: the file's, else EPSG:4326)")
     p.add_argument("--lon-col", help="the longitude / x column (default: lon; files with a geometry use it)")
     p.add_argument("--lat-col", help="the latitude / y column (default: lat)")
-    p.add_argument("--date-col", help="each row's date: tagged with the layer versions in force that day")
+    p.add_argument("--date-col", help="each row's date: tagged with the layer versions in force that day "
+                                      "(default: a column named 'date', as the service)")
+    p.add_argument("--date-format", help="the dates' strptime format when not ISO YYYY-MM-DD, e.g. %%m/%%d/%%Y")
     p.add_argument("--address-col", help="geocode this address column, or these comma-separated columns joined "
                                          "(default: 'address' when the file has no coordinates)")
+    p.add_argument("--cross-street-col", help="geocoding: the cross street's comma-separated columns; the first "
+                                              "--address-col column is then the number (0: an intersection)")
+    p.add_argument("--number-is-block", action="store_true",
+                   help="geocoding: the number is a hundred block (police records), matched as '5500 block of ...'")
     p.add_argument("--city-col", help="geocoding: the city column (default: city, if any)")
     p.add_argument("--zip-col", help="geocoding: the ZIP column (default: zip, if any)")
     p.add_argument("--min-match", help="geocoding: coarser matches keep no tags (exact ... zip)")

@@ -125,11 +125,14 @@ class EnrichClient:
         lon, lat), or a GeoDataFrame's point geometry in its own CRS (none set: EPSG:4326). `id` names a column
         echoed back as `id` by the service (default: the row position, which is what the answer is aligned on either
         way). Results come back in input order."""
+        import numpy as np
         import pandas as pd
 
         if transport not in ("arrow", "json"):
             raise ValueError(f"transport must be 'arrow' or 'json', not {transport!r}")
-        x, y, crs = _frame_points(df, lon, lat, crs)
+        transport = transport if len(df) else "arrow"
+        x, y, crs, empty = _frame_points(df, lon, lat, crs)
+        date = date or ("date" if "date" in df.columns else None)  # the service's default date column
         for name in (id, date):
             if name is not None and name not in df.columns:
                 raise KeyError(f"column {name!r} not in the frame (columns: {list(df.columns)})")
@@ -142,9 +145,18 @@ class EnrichClient:
                 "lat": pa.array(y, from_pandas=True),
                 **({"date": pa.array(_iso_dates(df[date]), pa.string())} if date else {}),
             })
+            if empty.any():  # POINT EMPTY: that row's error says so, rather than "lon: missing"
+                from .io.coordinates import with_geometry
+
+                table = with_geometry(table, "lon", "lat",
+                                      errors={int(i): ("geometry", "empty") for i in np.flatnonzero(empty)})
+            if not len(df):  # the service refuses an empty body: one row without a point gives the columns
+                table = pa.table({name: pa.nulls(1, pa.int64() if name == "id" else col.type)
+                                  for name, col in zip(table.column_names, table.columns)})
             params = _params(layers=_layer_list(layers), as_of=as_of, crs=crs, nearest_within_m=nearest_within_m,
                              date_col="date" if date else None)
             answer, used = self._post_in_chunks("/v1/pip", table, params, chunk_rows, progress)
+            answer = answer.slice(0, len(df))
             results = plain_columns(answer.drop_columns(["id", "lon", "lat"] + (["date"] if date else [])))
             results = results.to_pandas()
         else:
@@ -173,6 +185,7 @@ class EnrichClient:
         import pyarrow as pa
         import shapely
 
+        date = date or ("date" if "date" in df.columns else None)  # the service's default date column
         for name in (address, city, zip, date):
             if name is not None and name not in df.columns:
                 raise KeyError(f"column {name!r} not in the frame (columns: {list(df.columns)})")
@@ -207,13 +220,14 @@ class EnrichClient:
     def tag_table(self, table: pa.Table, *, layers: Iterable[str] | str | None = None, as_of: str | None = None,
                   crs: str | None = None, nearest_within_m: float | None = None, id_col: str = "id",
                   lon_col: str = "lon", lat_col: str = "lat", date_col: str | None = None,
-                  expect_layers: str | None = None, prefix: str | None = None) -> tuple[pa.Table, dict]:
+                  date_format: str | None = None, expect_layers: str | None = None, prefix: str | None = None) -> tuple[pa.Table, dict]:
         """The Arrow path without pandas: POST the table as an Arrow IPC stream; returns (the table the service
         answers: the input columns plus the result columns, layer keys dictionary-encoded; layers used).
         A table over the service's ENRICH_MAX_BATCH or ENRICH_MAX_BODY_BYTES (413) is sent in halves.
         expect_layers: the layer set (sha256) every part must be answered from; another raises LayersVersionMismatch."""
         params = _params(layers=_layer_list(layers), as_of=as_of, crs=crs, nearest_within_m=nearest_within_m,
-                         id_col=id_col, lon_col=lon_col, lat_col=lat_col, date_col=date_col, prefix=prefix)
+                         id_col=id_col, lon_col=lon_col, lat_col=lat_col, date_col=date_col,
+                         date_format=date_format, prefix=prefix)
         return self._post_arrow_in_parts("/v1/pip", table, params, expect_layers)
 
     def geocode_table(self, table: pa.Table, *, layers: Iterable[str] | str | None = None,
@@ -471,19 +485,25 @@ def _frame_points(df: pd.DataFrame, lon: str | None, lat: str | None, crs: str |
                 geometry = geometry.to_crs("EPSG:4326")
         geoms = np.asarray(geometry.values, dtype=object)
         other = ~shapely.is_missing(geoms) & (shapely.get_type_id(geoms) != 0)
+        empty = (shapely.get_type_id(geoms) == 0) & shapely.is_empty(geoms)
         if other.any():
             kinds = sorted(set(shapely.get_type_id(geoms[other]).tolist()))
             names = ", ".join(shapely.GeometryType(k).name.title() for k in kinds)
             raise ValueError(f"tag() takes points: {int(other.sum())} rows hold {names}; pass "
                              "gdf.set_geometry(gdf.representative_point()) or name lon/lat columns")
-        return shapely.get_x(geoms), shapely.get_y(geoms), crs
-    lon, lat = lon or "lon", lat or "lat"
+        x, y = np.full(len(geoms), np.nan), np.full(len(geoms), np.nan)
+        ok = (shapely.get_type_id(geoms) == 0) & ~empty
+        x[ok], y[ok] = shapely.get_x(geoms[ok]), shapely.get_y(geoms[ok])
+        return x, y, crs, empty
+    from .io.coordinates import coordinate_columns
+
+    lon, lat = coordinate_columns([str(c) for c in df.columns], lon, lat)  # lng, Longitude, x...: as the service
     for name in (lon, lat):
         if name not in df.columns:
             raise KeyError(f"column {name!r} not in the frame (columns: {list(df.columns)})")
     x = pd.to_numeric(df[lon], errors="coerce").to_numpy(dtype=float)
     y = pd.to_numeric(df[lat], errors="coerce").to_numpy(dtype=float)
-    return x, y, crs
+    return x, y, crs, np.zeros(len(df), dtype=bool)
 
 
 def _frame_names(names: list[str], taken, layers: list[str]) -> list[str]:

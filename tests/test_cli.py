@@ -105,9 +105,11 @@ def test_every_format_in_and_out_gives_the_same_tags(run, stops, truth, tmp_path
     assert sum(v is not None for v in got.values()) > 200 and sum(v is None for v in got.values()) > 100
     if x is not None:  # the geometry: the file's own (its CRS kept), or points from the CSV's columns
         want = gdf.geometry if in_ext != ".csv" else None
+        if out_ext == ".geojson":  # RFC 7946: lon/lat whatever the input's CRS (#19)
+            want = None if want is None else stops.geometry
         if want is not None:
             assert np.allclose(x, want.x.to_numpy(), atol=1e-6) and np.allclose(y, want.y.to_numpy(), atol=1e-6)
-            assert str(crs).endswith("2230") == (in_ext == ".gpkg")
+            assert str(crs).endswith("2230") == (in_ext == ".gpkg" and out_ext != ".geojson")
         else:
             assert np.allclose(x, stops.lng.to_numpy()) and np.allclose(y, stops.lat.to_numpy())
     elif out_ext == ".csv" and in_ext != ".csv":
@@ -168,7 +170,7 @@ def test_an_address_file_is_geocoded_and_summed_up(run, tmp_path):
 def test_errors_are_one_line_naming_the_option(run, tmp_path):
     polygons = BOUNDARIES / "Community_Plan_SD_sangis_epsg2230.zip"
     cases = [
-        (["enrich", METERS, "--out", tmp_path / "a.csv"], "--lon-col"),
+        (["enrich", METERS, "--lon-col", "nope", "--out", tmp_path / "a.csv"], "--lon-col"),
         (["enrich", METERS, "--lon-col", "lng", "--layers", "wards", "--out", tmp_path / "a.csv"], "--layers"),
         (["enrich", METERS, "--lon-col", "lng", "--out", tmp_path / "a.xlsx"], "--out-format"),
         (["enrich", METERS, "--lon-col", "lng", "--crs", "EPSG:1", "--out", tmp_path / "a.csv"], "--crs"),
@@ -240,3 +242,90 @@ def test_millions_of_rows_in_bounded_memory(tmp_path):
     assert out.column("id").to_pylist()[-3:] == ["2999997", "2999998", "2999999"]  # in order, to the end (as text)
     assert out.column("council_district").null_count < 100_000
     assert big - small < 350, (small, big)
+
+
+def test_police_intersections_are_geocoded_with_the_cross_street(run, tmp_path):
+    """The README's example: number 0 and a cross street is an intersection, the number a hundred block (#19)."""
+    import pyarrow.compute as pc
+
+    table = pacsv.read_csv(COLLISIONS, convert_options=pacsv.ConvertOptions(column_types={"street_no": pa.string()}))
+    crossing = table.filter(pc.equal(table.column("street_no"), "0")).slice(0, 60)
+    blocks = table.filter(pc.not_equal(table.column("street_no"), "0")).slice(0, 40)
+    src = tmp_path / "collisions.csv"
+    pacsv.write_csv(pa.concat_tables([crossing, blocks]), src)
+    dest = tmp_path / "c.parquet"
+    code, err = run("enrich", src, "--address-col", "street_no,street_dir,street_name,street_type",
+                    "--cross-street-col", "cross_st_dir,cross_st_name,cross_st_type", "--number-is-block",
+                    "--layers", "council_district", "--out", dest)
+    assert code == 0, err
+    match = pq.read_table(dest).column("match").to_pylist()
+    assert match[:60].count("intersection") >= 12, match[:60]  # the DAG: 294 of 1,026 (docs/geocode.md)
+    assert match[60:].count("hundred_block") >= 8, match[60:]  # the DAG: 3,093 of 9,157
+
+
+def test_the_date_column_is_read_as_the_service_reads_it(run, tmp_path):
+    """A column named `date` is each row's date by default; --date-format reads US dates (#19)."""
+    rows = pacsv.read_csv(METERS).slice(0, 50).select(["lng", "lat"])
+    for text, extra in (("2016-06-01", []), ("06/01/2016", ["--date-format", "%m/%d/%Y"])):
+        src = tmp_path / "dated.csv"
+        pacsv.write_csv(rows.append_column("date", pa.array([text] * rows.num_rows)), src)
+        dest = tmp_path / "dated_out.csv"
+        code, err = run("enrich", src, "--lon-col", "lng", "--lat-col", "lat", "--layers", "council_district",
+                        "--out", dest, *extra)
+        assert code == 0, err
+        out = pacsv.read_csv(dest)
+        assert set(map(str, out.column("council_district_version").to_pylist())) == {"2011"}, err
+        assert "council_district (2011)" in err  # the versions used, not the newest (#19)
+
+
+def test_an_empty_point_is_a_row_error_not_a_crash(run, stops, tmp_path):
+    import shapely
+
+    gdf = stops.iloc[:20].copy()
+    gdf.loc[3, "geometry"] = shapely.Point()
+    src, dest = tmp_path / "stops.gpkg", tmp_path / "out.csv"
+    gdf.to_file(src)
+    code, err = run("enrich", src, "--out", dest, "--layers", "council_district")
+    assert code == 0, err
+    errors = pacsv.read_csv(dest, convert_options=pacsv.ConvertOptions(strings_can_be_null=True)).column("error")
+    assert errors.null_count == 19 and "empty" in errors[3].as_py()
+
+
+def test_coordinate_columns_are_found_by_their_usual_names(run, tmp_path):
+    """lng/lat as the portal names them, without --lon-col, as the service finds them (#19)."""
+    src = tmp_path / "meters.csv"
+    pacsv.write_csv(pacsv.read_csv(METERS).slice(0, 100), src)
+    code, err = run("enrich", src, "--out", tmp_path / "m.csv", "--layers", "council_district")
+    assert code == 0, err
+    assert pacsv.read_csv(tmp_path / "m.csv").column("council_district").null_count < 20
+
+
+def test_stdout_hints_and_a_closed_pipe(tmp_path, stops):
+    """GeoJSON to a closed pipe exits quietly as CSV does; a GeoPackage to stdout names --out-format (#19)."""
+    src = tmp_path / "stops.geojson"
+    stops.to_file(src)
+    env = {**os.environ, **ENV}
+    cmd = [sys.executable, "-m", "enrich_service.cli", "enrich", str(src), "--layers", "council_district",
+           "--out", "-", "--chunk-rows", "50"]
+    done = subprocess.run(" ".join(cmd) + " | head -c 100 > /dev/null; echo ${PIPESTATUS[0]}", shell=True,
+                          executable="/bin/bash", env=env, capture_output=True, text=True, timeout=300)
+    assert done.stdout.strip() == "141" and "error" not in done.stderr, done.stderr
+    gpkg = tmp_path / "stops.gpkg"
+    stops.iloc[:5].to_file(gpkg)
+    done = subprocess.run([*cmd[:4], str(gpkg), "--out", "-"], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 1 and "--out-format" in done.stderr
+
+
+def test_a_row_hint_names_the_option(run, tmp_path):
+    """State Plane feet sent without a CRS: the row's error names --crs, the CLI's option (#19)."""
+    import pyproj
+
+    rows = pacsv.read_csv(METERS).slice(0, 20)
+    x, y = pyproj.Transformer.from_crs("EPSG:4326", "EPSG:2230", always_xy=True).transform(
+        rows.column("lng").to_numpy(), rows.column("lat").to_numpy())
+    src = tmp_path / "feet.csv"
+    pacsv.write_csv(pa.table({"lon": x, "lat": y}), src)
+    code, err = run("enrich", src, "--out", tmp_path / "f.csv", "--layers", "council_district")
+    assert code == 0, err
+    errors = pacsv.read_csv(tmp_path / "f.csv").column("error").to_pylist()
+    assert all("--crs EPSG:2230" in e and "crs=" not in e for e in errors), errors[:2]

@@ -111,3 +111,32 @@ def test_chunks_are_retried_and_a_rejected_request_is_not(live_service, meters):
             pytest.raises(RequestRejected, match="wards"):
         client.tag(meters, lon="lng", lat="lat", layers=["wards"])
     assert counted.requests == 1  # a 4xx is not retried
+
+
+def test_empty_points_and_a_date_column_are_read_as_the_service_reads_them(live_service, meters):
+    """POINT EMPTY is that row's error; a column named `date` gives each row its versions (#19)."""
+    import geopandas as gpd
+    import shapely
+
+    from enrich_service.client import EnrichClient
+
+    gdf = gpd.GeoDataFrame(meters.iloc[:20], geometry=gpd.points_from_xy(meters.lng[:20], meters.lat[:20]),
+                           crs="EPSG:4326")
+    gdf.loc[2, "geometry"] = shapely.Point()
+    gdf["date"] = "2016-06-01"
+    with EnrichClient(live_service) as client:
+        tagged = client.tag(gdf, layers=["council_district"])
+    assert "empty" in tagged.loc[2, "error"] and tagged["error"].isna().sum() == 19
+    assert set(tagged["council_district_version"].dropna()) == {"2011"}
+
+
+def test_coordinates_found_by_name_and_an_empty_frame(live_service, meters):
+    """lng/lat found as the service finds them; an empty frame answers an empty frame, not a 422 (#19)."""
+    from enrich_service.client import EnrichClient
+
+    with EnrichClient(live_service) as client:
+        found = client.tag(meters, layers=LAYERS)
+        named = client.tag(meters, lon="lng", lat="lat", layers=LAYERS)
+        empty = client.tag(meters.iloc[:0], layers=LAYERS)
+    assert found["council_district"].tolist() == named["council_district"].tolist()
+    assert len(empty) == 0 and "council_district" in empty.columns and list(empty.columns) == list(named.columns)

@@ -21,7 +21,7 @@ if str(REPO / "dags") not in sys.path:
     ("0", [" ", " ", " "], [" ", "A", "ST"], ""),
 ])
 def test_police_split_fields_compose_to_blocks_and_intersections(number, street, cross, text):
-    from enrich_pipeline.geocode import compose_one
+    from enrich_service.geocode.compose import compose_one
 
     assert compose_one(number, street, cross, number_is_block=True) == text
 

@@ -9,7 +9,6 @@ street_type and the same for the cross street. `compose` turns a row into what t
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from pathlib import Path
 
 from .extract import ROW
@@ -24,38 +23,13 @@ GEOCODE_COLUMNS = {"match": "geocode_match", "score": "geocode_score", "matched_
 MATCH_LEVELS = ("exact", "interpolated", "intersection", "hundred_block", "street", "zip", "none")
 
 
-def _text(value) -> str:
-    if value is None:
-        return ""
-    text = str(value).strip()
-    return "" if text in ("", "0", "0.0", "nan", "None") else text
-
-
-def compose_one(number, street: Sequence, cross: Sequence, number_is_block: bool) -> str:
-    name = " ".join(t for t in map(_text, street) if t)
-    if not name:
-        return ""
-    n = _text(number)
-    if n.endswith(".0"):
-        n = n[:-2]
-    other = " ".join(t for t in map(_text, cross) if t)
-    if not n and other:
-        return f"{name} & {other}"  # police: number 0 with a cross street is the intersection
-    if n:
-        return f"{n} block of {name}" if number_is_block and n.isdigit() else f"{n} {name}"
-    return name
-
-
 def compose(spec: DatasetSpec, table) -> list[str]:
     """One address text per row, from the spec's address columns."""
+    from enrich_service.geocode.compose import compose_columns
+
     a = spec.address
     assert a is not None  # only address specs come here
-    n = table.num_rows
-    get = lambda col: table.column(col).to_pylist()  # noqa: E731
-    numbers = get(a.number) if a.number else [None] * n
-    streets = list(zip(*(get(c) for c in a.street)))
-    crosses = list(zip(*(get(c) for c in a.cross_street))) if a.cross_street else [()] * n
-    return [compose_one(num, s, c, a.number_is_block) for num, s, c in zip(numbers, streets, crosses)]
+    return compose_columns(table, a.number, a.street, a.cross_street or [], a.number_is_block)
 
 
 def request_table(spec: DatasetSpec, extract_path: Path, batch: int):

@@ -201,19 +201,21 @@ def _ogr_chunks(source: Source, chunk_rows: int, layer: str | None, encoding: st
 
 # ---- geometry -----------------------------------------------------------------------------------------------------
 
-def point_coordinates(wkb: pa.ChunkedArray | pa.Array) -> tuple[np.ndarray, np.ndarray, int]:
-    """x, y of each point geometry (NaN for a missing or empty one), and how many rows hold another geometry
-    type (also NaN: the row is reported as missing its coordinates)."""
+def point_coordinates(wkb: pa.ChunkedArray | pa.Array) -> tuple[np.ndarray, np.ndarray, int, np.ndarray]:
+    """x, y of each point geometry (NaN for a missing or empty one), how many rows hold another geometry
+    type (also NaN: the row is reported as missing its coordinates), and which rows hold an empty point."""
     import shapely
 
     geoms = shapely.from_wkb(np.asarray(wkb.to_numpy(zero_copy_only=False), dtype=object))
-    points = shapely.get_type_id(geoms) == 0
+    kinds = shapely.get_type_id(geoms)
+    empty = (kinds == 0) & shapely.is_empty(geoms)
+    points = (kinds == 0) & ~empty
     x = np.full(len(geoms), np.nan)
     y = np.full(len(geoms), np.nan)
     x[points] = shapely.get_x(geoms[points])
     y[points] = shapely.get_y(geoms[points])
-    others = int(((~points) & ~shapely.is_missing(geoms)).sum())
-    return x, y, others
+    others = int(((kinds != 0) & ~shapely.is_missing(geoms)).sum())
+    return x, y, others, empty
 
 
 def points_wkb(x: np.ndarray, y: np.ndarray) -> pa.Array:
@@ -323,7 +325,12 @@ def _write_ogr(dest: str, fmt: str, first: Chunk, rest: Iterator[Chunk]) -> None
     if first.geometry is None:
         raise FileError(f"{fmt} needs a geometry: the input has none")
     if dest == STDOUT and fmt == "gpkg":
-        raise FileError("a GeoPackage cannot be written to stdout; name a file with --out")
+        raise FileError("a GeoPackage cannot be written to stdout; name a file with --out, or choose another "
+                        "format with --out-format (geojson, csv, parquet)")
+    crs = first.crs or WGS84_TEXT
+    if fmt == "geojson" and crs != WGS84_TEXT:  # RFC 7946: GeoJSON is lon/lat WGS84, without a `crs` member
+        given = crs
+        first, rest, crs = _to_wgs84(first, given), (_to_wgs84(c, given) for c in rest), WGS84_TEXT
     table = _with_geometry(first)
     name = table.column_names[-1]
     fields = [f.with_metadata({b"ARROW:extension:name": b"geoarrow.wkb"}) if f.name == name else f
@@ -337,6 +344,35 @@ def _write_ogr(dest: str, fmt: str, first: Chunk, rest: Iterator[Chunk]) -> None
 
     if dest != STDOUT:
         Path(dest).unlink(missing_ok=True)  # GDAL will not overwrite a GeoJSON file
-    pyogrio.write_arrow(pa.RecordBatchReader.from_batches(schema, batches()),
-                        "/vsistdout/" if dest == STDOUT else dest, driver=_OGR_DRIVERS[fmt],
-                        geometry_name=name, geometry_type="Point", crs=first.crs or WGS84_TEXT)
+    try:
+        pyogrio.write_arrow(pa.RecordBatchReader.from_batches(schema, batches()),
+                            "/vsistdout/" if dest == STDOUT else dest, driver=_OGR_DRIVERS[fmt],
+                            geometry_name=name, geometry_type="Point", crs=crs)
+    except Exception:
+        if dest == STDOUT and _stdout_closed():  # `--out - | head`: as for CSV and Parquet
+            raise BrokenPipeError("stdout was closed") from None
+        raise
+
+
+def _stdout_closed() -> bool:
+    """Whether the reader of stdout (a pipe) has gone: GDAL writes there itself and reports it as any failure."""
+    import select
+
+    try:
+        poll = select.poll()
+        poll.register(sys.stdout.fileno(), select.POLLOUT)
+        return any(ev & (select.POLLERR | select.POLLHUP) for _, ev in poll.poll(0))
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def _to_wgs84(chunk: Chunk, crs: str) -> Chunk:
+    """The chunk's points turned from `crs` to lon/lat."""
+    import shapely
+    from pyproj import Transformer
+
+    assert chunk.geometry is not None
+    to = Transformer.from_crs(crs, WGS84_TEXT, always_xy=True)
+    geoms = shapely.from_wkb(np.asarray(chunk.geometry.to_numpy(zero_copy_only=False), dtype=object))
+    moved = shapely.transform(geoms, lambda xy: np.column_stack(to.transform(xy[:, 0], xy[:, 1])))
+    return Chunk(chunk.table, pa.array(shapely.to_wkb(moved), pa.binary()), WGS84_TEXT)

@@ -237,14 +237,14 @@ def _request(chunk: pa.Table, start: int, job: Job, source) -> tuple[pa.Table, p
     geometry = chunk.column(source.geometry) if source.geometry else None
     attrs = chunk.drop_columns([source.geometry]) if source.geometry else chunk
     cols: dict[str, Any] = {ROW: pa.array(np.arange(start, start + chunk.num_rows, dtype=np.int64))}
-    if job.geocode and (job.cross_parts or job.number_is_block):  # police records: number, street, cross street
-        from .geocode.compose import compose_columns
+    from .geocode.compose import compose_columns, joined_text
 
+    if job.geocode and (job.cross_parts or job.number_is_block):  # police records: number, street, cross street
         parts = job.address_parts
         cols[job.address] = pa.array(compose_columns(attrs, parts[0], parts[1:], job.cross_parts, job.number_is_block),
                                      pa.string())
     elif job.geocode:
-        cols[job.address] = _joined_text(attrs, job.address_parts)
+        cols[job.address] = joined_text(attrs, job.address_parts)
     if job.geocode:
         for name in (job.city, job.zip):
             if name:
@@ -277,19 +277,6 @@ def with_row_errors(req: pa.Table, job: Job, errors: dict[int, tuple[str, str]])
     from .io.coordinates import with_geometry
 
     return with_geometry(req, job.lon, job.lat, errors=errors)
-
-
-def _joined_text(table: pa.Table, names: list[str]):
-    """The columns' text joined by single spaces, blank parts left out ("5500", " ", "VALERIO", "TRAIL")."""
-    import pyarrow as pa
-    import pyarrow.compute as pc
-
-    if len(names) == 1:
-        return table.column(names[0])
-    parts = [pc.utf8_trim_whitespace(table.column(n).cast(pa.string())) for n in names]
-    joined = pc.binary_join_element_wise(*[pc.if_else(pc.equal(p, ""), None, p) for p in parts], " ",
-                                         null_handling="skip")
-    return pc.if_else(pc.equal(joined, ""), None, joined)
 
 
 def _option_words(out: pa.Table, width: int) -> pa.Table:

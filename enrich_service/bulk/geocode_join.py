@@ -7,11 +7,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass, replace
 
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from ..engine.tagger import TagResult
 from ..errors import InvalidInput
 from ..geocode import join
+from ..geocode.compose import joined_text
 from ..geocode.join import AddressColumns, Joined, Records
 from ..index import ServiceIndex
 from ..io import json_body, results
@@ -136,10 +136,7 @@ def _joined_column(table: pa.Table, address_col: str) -> pa.Table:
     parts = address_parts(address_col, table.column_names)
     if parts is None:
         return table
-    texts = [pc.utf8_trim_whitespace(table.column(n).cast(pa.string())) for n in parts]
-    joined = pc.binary_join_element_wise(*[pc.if_else(pc.equal(t, ""), None, t) for t in texts], " ",
-                                         null_handling="skip")
-    return table.append_column(address_col, pc.if_else(pc.equal(joined, ""), None, joined))
+    return table.append_column(address_col, joined_text(table, parts))
 
 
 def _joined_records(records: list, address_col: str) -> list:

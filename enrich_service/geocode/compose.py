@@ -38,3 +38,18 @@ def compose_columns(table, number: str | None, street: Sequence[str], cross: Seq
     streets = list(zip(*(get(c) for c in street))) if street else [()] * n
     crosses = list(zip(*(get(c) for c in cross))) if cross else [()] * n
     return [compose_one(num, s, c, number_is_block) for num, s, c in zip(numbers, streets, crosses)]
+
+
+def joined_text(table, names: Sequence[str]):
+    """An address spread over several columns (--address-col a,b,c; address_col=a,b,c) as one text column: the
+    parts' text joined by single spaces, blank parts left out ("5500", " ", "VALERIO", "TRAIL" -> "5500 VALERIO
+    TRAIL"); a row with no part is null."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    if len(names) == 1:
+        return table.column(names[0])
+    parts = [pc.utf8_trim_whitespace(table.column(n).cast(pa.string())) for n in names]
+    joined = pc.binary_join_element_wise(*[pc.if_else(pc.equal(p, ""), None, p) for p in parts], " ",
+                                         null_handling="skip")
+    return pc.if_else(pc.equal(joined, ""), None, joined)

@@ -64,7 +64,8 @@ TABLES: dict[str, list[str]] = {
     ],
     "pipeline.py": [rf"^  {re.escape(stage)}\s+[\d.]+ s\s+[\d,]+ rows/s" for stage in PIPELINE_STAGES],
 }
-SCRIPTS = sorted(p.name for p in BENCH.glob("*.py"))
+# Scripts are the files run as programs; a module they share (voronoi.py, the synthetic layers) is not one.
+SCRIPTS = sorted(p.name for p in BENCH.glob("*.py") if '__name__ == "__main__"' in p.read_text())
 
 
 def test_every_bench_script_has_its_table_listed():
@@ -82,3 +83,15 @@ def test_bench_script_smoke_run_prints_its_table(script):
     lines = proc.stdout.splitlines()
     missing = [want for want in TABLES.get(script, []) if not any(re.search(want, line) for line in lines)]
     assert not missing, f"bench/{script} --smoke did not print lines matching {missing}:\n{proc.stdout}"
+
+
+@pytest.mark.timeout(300)
+def test_pip_voronoi_smoke_run_prints_its_table():
+    """bench/pip.py --voronoi (many-polygon layers, issue 21) takes its own path through the script."""
+    proc = subprocess.run([sys.executable, str(BENCH / "pip.py"), "--smoke", "--voronoi", "300"], cwd=REPO,
+                          capture_output=True, text=True, timeout=280)
+    assert proc.returncode == 0, f"bench/pip.py --voronoi exited {proc.returncode}:\n{proc.stderr[-6000:]}"
+    lines = proc.stdout.splitlines()
+    for want in (rf"^geopandas.sjoin voronoi_300{RATE}", rf"^engine in process voronoi_300{RATE}",
+                 r"^service start-up to ready with the real layers and voronoi_300: [\d.]+s"):
+        assert any(re.search(want, line) for line in lines), f"no line matching {want}:\n{proc.stdout}"

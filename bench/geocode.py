@@ -185,7 +185,8 @@ def over_http(records: list[str], batch: int, port: int) -> None:
                             r.raise_for_status()
                             assert ipc.open_stream(r.content).read_all().num_rows == len(chunk)
                     rate = len(records) / (time.perf_counter() - t0)
-                    server = len(records) / (cpu_seconds(proc.pid) - server0)
+                    # /proc counts CPU in clock ticks (10 ms): a smoke batch can take less than one
+                    server = len(records) / max(cpu_seconds(proc.pid) - server0, 1 / os.sysconf("SC_CLK_TCK"))
                     print(f"{transport:6} {attempt:12} {rate:12,.0f} records/s {server:12,.0f} per server CPU-s",
                           flush=True)
                     if transport == "json" and attempt == "warm cache":

@@ -21,6 +21,7 @@ import argparse
 import ast
 import contextlib
 import copy
+import functools
 import inspect
 import json
 import os
@@ -350,6 +351,53 @@ class Checks:
         raise ValueError(name)
 
 
+def _run_mutant(checks, group, timeout, tree, index, what, mod, owner, name) -> str | None:
+    """Plant one mutant and run its group's checks: what killed it, or None when it survived."""
+    killed_by = None
+    signal.alarm(timeout)
+    try:
+        with planted(tree, index, what, mod, owner, name):
+            for check, run in checks.group(group):
+                try:
+                    run()
+                except Timeout:
+                    raise
+                except BaseException as exc:  # noqa: BLE001 - any failure of a check kills the mutant
+                    killed_by = f"{check}: {type(exc).__name__}"
+                    break
+    except Timeout:
+        killed_by = "timeout"
+    except Exception as exc:  # the mutant does not even compile or load
+        killed_by = f"invalid: {type(exc).__name__}: {exc}"
+    finally:
+        signal.alarm(0)
+    return killed_by
+
+
+def _in_child(run) -> str | None:
+    """Run one mutant in a forked child, so a mutant that crashes the process (a compiled kernel following a bad
+    index out of bounds) counts as killed instead of ending the run. The child shares the fixtures built once and
+    leaves with os._exit, so it never closes the parent's database connections."""
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.close(read)
+        try:
+            outcome = run()
+            os.write(write, json.dumps({"killed_by": outcome}).encode())
+        finally:
+            os._exit(0)
+    os.close(write)
+    with os.fdopen(read, "rb") as pipe:
+        data = pipe.read()
+    _, status = os.waitpid(pid, 0)
+    if os.WIFSIGNALED(status):
+        return f"crash: signal {os.WTERMSIG(status)}"
+    if not data:
+        return f"crash: exit {os.waitstatus_to_exitcode(status)}"
+    return json.loads(data)["killed_by"]
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--only", help="run the targets whose name contains this (comma-separated: any of these)")
@@ -375,25 +423,9 @@ def main() -> int:
     for module, qualname, group in targets:
         for index, what, line, tree, mod, owner, name in mutants(module, qualname):
             site = f"{module}.{qualname}:{line} {what}"
-            killed_by = None
             t1 = time.monotonic()
-            signal.alarm(args.timeout)
-            try:
-                with planted(tree, index, what, mod, owner, name):
-                    for check, run in checks.group(group):
-                        try:
-                            run()
-                        except Timeout:
-                            raise
-                        except BaseException as exc:  # noqa: BLE001 - any failure of a check kills the mutant
-                            killed_by = f"{check}: {type(exc).__name__}"
-                            break
-            except Timeout:
-                killed_by = "timeout"
-            except Exception as exc:  # the mutant does not even compile or load
-                killed_by = f"invalid: {type(exc).__name__}: {exc}"
-            finally:
-                signal.alarm(0)
+            killed_by = _in_child(functools.partial(_run_mutant, checks, group, args.timeout, tree, index, what, mod,
+                                                    owner, name))
             results.append({"site": site, "killed_by": killed_by, "seconds": round(time.monotonic() - t1, 1)})
             print(("KILLED   " if killed_by else "SURVIVED ") + site + (f"  [{killed_by}]" if killed_by else ""),
                   flush=True)

@@ -19,6 +19,7 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from .csv_text import encode_csv
+from .dialect import sniff_delimiter
 
 # format -> file extensions; the first of each is what a default output name uses.
 READ_FORMATS = {
@@ -109,11 +110,8 @@ def _csv_chunks(source: Source, chunk_rows: int, delimiter: str | None, encoding
         text = probe[:exc.start].decode("utf-8-sig" if enc in ("utf-8", "utf8") else enc)
     except LookupError:
         raise FileError(f"--encoding {encoding!r} is not an encoding Python knows (e.g. utf-8, windows-1252)") from None
-    if delimiter is None:
-        try:  # Excel writes ';' where the decimal separator is ','; tab-separated exports are common too
-            delimiter = csv.Sniffer().sniff(text.split("\n", 20)[0] if text else ",", delimiters=",;\t|").delimiter
-        except csv.Error:
-            delimiter = ","
+    if delimiter is None:  # the service's own sniffing, so a file reads the same through the CLI as uploaded
+        delimiter = sniff_delimiter(text)
     if len(delimiter) != 1:
         raise FileError(f"--delimiter must be one character (got {delimiter!r})")
     header = next(csv.reader(io.StringIO(text), delimiter=delimiter), None)

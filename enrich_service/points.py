@@ -69,7 +69,7 @@ def parse_crs(value: str | int | None) -> CRS:
     if crs.is_geocentric or crs.is_vertical:
         raise UnknownCRS(f"crs {str(value)[:100]!r} is not a horizontal CRS", field="crs")
     try:  # known is not enough: it must transform to lon/lat (not a CRS of Mars, not one without a datum)
-        _to_wgs84(crs)
+        to_wgs84(crs)
     except (ProjError, CRSError) as exc:
         why = re.search(r"proj_create_operations: (.*?)(\.\s|\)?$)", str(exc))
         raise UnknownCRS(f"crs {str(value)[:100]!r} cannot be transformed to EPSG:4326"
@@ -78,7 +78,7 @@ def parse_crs(value: str | int | None) -> CRS:
 
 
 @lru_cache(maxsize=64)
-def _to_wgs84(crs: CRS) -> Transformer:
+def to_wgs84(crs: CRS) -> Transformer:
     return Transformer.from_crs(crs, WGS84, always_xy=True)
 
 
@@ -95,7 +95,7 @@ def looks_like_state_plane(x: np.ndarray, y: np.ndarray) -> np.ndarray:
     rough = np.isfinite(x) & np.isfinite(y) & (np.abs(x) > 1e5) & (np.abs(y) > 1e5)
     out = np.zeros(len(x), dtype=bool)
     if rough.any():
-        lon, lat = _to_wgs84(parse_crs(STATE_PLANE)).transform(x[rough], y[rough])
+        lon, lat = to_wgs84(parse_crs(STATE_PLANE)).transform(x[rough], y[rough])
         w, s, e, n = _SAN_DIEGO
         out[rough] = (lon >= w) & (lon <= e) & (lat >= s) & (lat <= n)
     return out
@@ -132,7 +132,7 @@ def prepare(batch: PointBatch, crs: CRS, x_name: str = "lon", y_name: str = "lat
             _set(errors, lon_bad, x_name, "out of range [-180, 180]")
             _flag(flags, swapped, "swapped_lonlat")
     else:
-        lon, lat = _to_wgs84(crs).transform(np.where(finite, x, 0.0), np.where(finite, y, 0.0))
+        lon, lat = to_wgs84(crs).transform(np.where(finite, x, 0.0), np.where(finite, y, 0.0))
         lon, lat = np.asarray(lon, dtype=np.float64), np.asarray(lat, dtype=np.float64)
         lost = finite & ~(np.isfinite(lon) & np.isfinite(lat) & (np.abs(lon) <= 180) & (np.abs(lat) <= 90))
         _set(errors, lost, x_name, f"outside the area where {crs.to_string()} is defined")

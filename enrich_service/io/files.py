@@ -18,6 +18,7 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
+from ..client import plain_columns
 from .csv_text import encode_csv
 from .dialect import sniff_delimiter
 
@@ -235,12 +236,6 @@ class Chunk:
     crs: str | None = None
 
 
-def _plain(table: pa.Table) -> pa.Table:
-    """Dictionary columns as their values: every chunk has the same schema, and every format can hold them."""
-    cols = [c.cast(c.type.value_type) if pa.types.is_dictionary(c.type) else c for c in table.columns]
-    return pa.table(cols, names=table.column_names)
-
-
 GEOMETRY = "geometry"
 
 
@@ -265,7 +260,7 @@ def write_chunks(dest: str, fmt: str, chunks: Iterator[Chunk]) -> None:
 
 
 def _csv_table(chunk: Chunk) -> pa.Table:
-    table = _plain(chunk.table)
+    table = plain_columns(chunk.table)  # every chunk the same schema, every format able to hold it
     if chunk.geometry is not None:  # a geometry read from the file: as WKT, which GIS tools read back
         import shapely
 
@@ -298,7 +293,7 @@ def _geo_metadata(name: str, crs: str | None) -> bytes:
 
 
 def _with_geometry(chunk: Chunk) -> pa.Table:
-    table = _plain(chunk.table)
+    table = plain_columns(chunk.table)  # every chunk the same schema, every format able to hold it
     if chunk.geometry is None:
         return table
     return table.append_column(_geometry_name(table), chunk.geometry)
@@ -367,10 +362,11 @@ def _stdout_closed() -> bool:
 def _to_wgs84(chunk: Chunk, crs: str) -> Chunk:
     """The chunk's points turned from `crs` to lon/lat."""
     import shapely
-    from pyproj import Transformer
+
+    from ..points import parse_crs, to_wgs84
 
     assert chunk.geometry is not None
-    to = Transformer.from_crs(crs, WGS84_TEXT, always_xy=True)
+    to = to_wgs84(parse_crs(crs))  # cached: one transformer for every chunk
     geoms = shapely.from_wkb(np.asarray(chunk.geometry.to_numpy(zero_copy_only=False), dtype=object))
     moved = shapely.transform(geoms, lambda xy: np.column_stack(to.transform(xy[:, 0], xy[:, 1])))
     return Chunk(chunk.table, pa.array(shapely.to_wkb(moved), pa.binary()), WGS84_TEXT)

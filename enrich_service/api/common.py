@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import tempfile
 import threading
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Iterable, Mapping
 
 import anyio
 from fastapi import Request
@@ -42,11 +42,10 @@ async def strict_query(request: Request) -> None:
                 raise UnknownParameter.of(name, names)
 
 
-def read_query(request: Request, params: Iterable[Param]) -> dict[str, str | None]:
-    """The declared parameters' values as sent (the default where absent). Read by hand rather than by FastAPI's
-    per-parameter validation, which costs more CPU than a single lookup; each value is checked where it is read,
-    naming its field."""
-    query = request.query_params
+def read_query(query: Mapping[str, str | None], params: Iterable[Param]) -> dict[str, str | None]:
+    """The declared parameters' values as sent in a query string (or a form's fields), the default where absent.
+    Read by hand rather than by FastAPI's per-parameter validation, which costs more CPU than a single lookup; each
+    value is checked where it is read, naming its field."""
     return {param.name: query.get(param.name, param.default) for param in params}
 
 

@@ -8,7 +8,7 @@ event loop, and encode the answer in the negotiated type. Every option is checke
 from __future__ import annotations
 
 import functools
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import replace
 from typing import Annotated, Any
 
@@ -34,10 +34,9 @@ from ..io import coordinates, formats, geojson, multipart, tables
 from ..io.formats import FORMAT_PARAMS, FORMATS
 from ..io.media import GEOJSON, JSON, MULTIPART
 from ..io.ndjson import has_lines, line_groups, parse_lines
-from ..io.params import Param
 from ..points import WGS84
 from ..settings import Settings, get_settings
-from .common import declared, offload, query_options, read_body, route_query_names, spool_body
+from .common import declared, offload, query_options, read_body, read_query, route_query_names, spool_body
 from .schemas import ERROR_RESPONSES, inline_schema
 
 CHUNK_ROWS = 50_000  # NDJSON rows answered per step: memory stays bounded whatever the body's size
@@ -77,7 +76,7 @@ async def answer_bulk(request: Request, op: BulkOperation, options: QueryOptions
         if geojson.looks_like_geojson(body):
             kind = GEOJSON
     body_format, answer = FORMATS[kind], FORMATS[formats.response_type(request.headers.get("accept"), kind)]
-    params = op.read_params(_values(query, op.params))
+    params = op.read_params(read_query(query, op.params))
 
     if body_format.streamed:  # every option checked before the status line goes out
         opts = options.parsed(settings)
@@ -100,7 +99,7 @@ async def answer_bulk(request: Request, op: BulkOperation, options: QueryOptions
         opts = options.parsed(settings)
         check_options_usable(index, opts)
         body = body if body is not None else await read_body(request, settings)
-        decode = functools.partial(body_format.decode_table, **_values(query, body_format.params))
+        decode = functools.partial(body_format.decode_table, **read_query(query, body_format.params))
         table = await offload(decode, body, content_type)
         check_batch_size(table.num_rows, settings, field="body")
         declared_crs = coordinates.declared_crs(table)  # an old-style GeoJSON `crs` member
@@ -123,11 +122,6 @@ async def answer_bulk(request: Request, op: BulkOperation, options: QueryOptions
             crs = None if opts.crs == WGS84 or "crs" not in op.options else str(opts.crs)
             answer_table = coordinates.with_geometry(answer_table, *points, crs=crs)
     return answer.response(await offload(answer.encode_table, answer_table), headers=headers)
-
-
-def _values(query: Mapping[str, str | None], params: Iterable[Param]) -> dict[str, str | None]:
-    """The declared parameters' values from the query string (or a form's fields), the default where absent."""
-    return {param.name: query.get(param.name, param.default) for param in params}
 
 
 def _table_columns(table: pa.Table, cols: Any, query: Mapping[str, str | None]) -> Any:

@@ -37,7 +37,7 @@ _SINGLE = (ADDRESS, CITY, ZIP, MIN_MATCH)
                                    MIN_MATCH),
             summary="Geocode one address and tag it with every requested layer")
 def get_geocode(request: Request, options: Annotated[QueryOptions, Depends(query_options)]):
-    query = read_query(request, _SINGLE)
+    query = read_query(request.query_params, _SINGLE)
     address, city, zip_code = query[ADDRESS.name], query[CITY.name], query[ZIP.name]
     if address is None:
         raise InvalidInput("address is required", field="address")

@@ -40,7 +40,7 @@ def _required_number(query: dict[str, str | None], name: str) -> float:
             openapi_extra=declared(LON, LAT, *OPTION_PARAMS.values()),
             summary="Tag one point with every requested layer")
 async def get_pip(request: Request, options: Annotated[QueryOptions, Depends(query_options)]):
-    query = read_query(request, (LON, LAT))
+    query = read_query(request.query_params, (LON, LAT))
     lon, lat = _required_number(query, "lon"), _required_number(query, "lat")
     index = current(request.app)
     opts = options.parsed(get_settings())

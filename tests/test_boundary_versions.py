@@ -243,3 +243,6 @@ def test_a_run_pins_the_first_answered_set_and_replicas_come_from_the_connection
     assert replica_urls(SimpleNamespace(extra_dejson={"replicas": ["localhost:9000"]})) in (
         ["http://127.0.0.1:9000"], ["http://127.0.0.1:9000", "http://[::1]:9000"])
     assert replica_urls(SimpleNamespace(extra_dejson={})) == []
+    # An entry without scheme or port takes them from the connection, as the hook's base URL does (not http:8080).
+    tls = SimpleNamespace(extra_dejson={"replicas": "10.0.0.5, [::1]:9000"}, schema="https", port=8443)
+    assert replica_urls(tls) == ["https://10.0.0.5:8443", "https://[::1]:9000"]

@@ -67,25 +67,27 @@ def check_serving(fetched: Fetched, answer: dict) -> None:
 
 def replica_urls(conn: Any) -> list[str]:
     """The service's replicas, each asked itself (the boundary refresh waits for all of them): the connection extra
-    `replicas`, a list or a comma-separated string of URLs or host:port. A name that resolves to several addresses
+    `replicas`, a list or a comma-separated string of URLs or host:port. An entry without a scheme or port takes the
+    connection's (as EnrichServiceHook.base_url does), else http and 8080. A name that resolves to several addresses
     (compose's `enrich-service`, a headless Kubernetes service) stands for each of them. Empty: not configured."""
     import socket
+    from urllib.parse import urlsplit
 
     raw = conn.extra_dejson.get("replicas") or []
     entries = [e.strip() for e in (raw.split(",") if isinstance(raw, str) else raw) if str(e).strip()]
+    default_scheme = getattr(conn, "schema", None) or "http"
+    default_port = getattr(conn, "port", None) or 8080
     urls: list[str] = []
     for entry in entries:
-        scheme, _, rest = entry.rpartition("://")
-        host, _, port = rest.rstrip("/").rpartition(":")
-        if not host:
-            host, port = rest.rstrip("/"), "8080"
+        parts = urlsplit(entry if "://" in entry else f"//{entry}")
+        scheme, host, port = parts.scheme or default_scheme, parts.hostname or "", parts.port or default_port
         try:
-            addrs = sorted({str(a[4][0]) for a in socket.getaddrinfo(host, int(port), type=socket.SOCK_STREAM)})
+            addrs = sorted({str(a[4][0]) for a in socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)})
         except socket.gaierror:
             addrs = [host]  # reported as unreachable by the wait, by name
         for addr in addrs:
             shown = f"[{addr}]" if ":" in addr else addr
-            urls.append(f"{scheme or 'http'}://{shown}:{port}")
+            urls.append(f"{scheme}://{shown}:{port}")
     return sorted(set(urls))
 
 

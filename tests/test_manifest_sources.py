@@ -23,7 +23,10 @@ from urllib.parse import urlsplit
 import pytest
 import yaml
 
-from .conftest import BOUNDARIES, REPO
+from enrich_service.layers.manifest import FileSpec
+from enrich_service.layers.sources import LayerSourceError, resolve, sha256_of
+
+from .conftest import BOUNDARIES, REPO, _free_port
 
 pytestmark = pytest.mark.data
 
@@ -43,12 +46,6 @@ def versions():
             yield pytest.param(layer, v, id=f"{layer}-{v['version']}")
 
 
-def sha256_of(path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 @pytest.mark.parametrize("layer,version", versions())
@@ -95,3 +92,15 @@ def test_each_url_serves_its_sha256_online(layer, version):
         for chunk in r.iter_bytes():
             h.update(chunk)
     assert h.hexdigest() == version["sha256"], f"{version['url']} now serves another file"
+
+
+def test_a_layer_that_cannot_be_downloaded_names_the_url_and_the_folder_setting(tmp_path):
+    """Offline without ENRICH_BOUNDARY_DIR, the refusal says both where it tried and what to set instead."""
+    url = f"http://127.0.0.1:{_free_port()}/council_districts_datasd.geojson"
+    spec = FileSpec("council_districts_2021_datasd.geojson", "0" * 64, url)
+    with pytest.raises(LayerSourceError) as refused:
+        resolve(spec, None, tmp_path)
+    assert url in str(refused.value) and "ENRICH_BOUNDARY_DIR" in str(refused.value)
+    with pytest.raises(LayerSourceError, match="ENRICH_BOUNDARY_DIR"):
+        resolve(FileSpec("sd_county_zcta2010.geojson", "0" * 64), None, tmp_path)
+    assert list(tmp_path.rglob("*")) == [tmp_path / ("0" * 64)]  # no partial file left behind

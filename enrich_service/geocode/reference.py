@@ -73,8 +73,8 @@ def resolve_reference(settings: Settings) -> ReferenceFiles:
         raise LayerSourceError(f"manifest {settings.manifest}: geocode_reference lacks {sorted(missing)}")
     folder = settings.reference_dir
     cache = Path(settings.cache_dir) / "reference"
-    return ReferenceFiles(points=resolve(specs[POINTS_FILE], folder, cache),
-                          segments=resolve(specs[SEGMENTS_FILE], folder, cache))
+    return ReferenceFiles(points=resolve(specs[POINTS_FILE], folder, cache, "ENRICH_REFERENCE_DIR"),
+                          segments=resolve(specs[SEGMENTS_FILE], folder, cache, "ENRICH_REFERENCE_DIR"))
 
 
 def normalize_street(name: object) -> tuple[str, str]:

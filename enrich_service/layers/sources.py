@@ -37,13 +37,15 @@ def sha256_of(path: Path) -> str:
     return h.hexdigest()
 
 
-def resolve(spec: FileSpec, folder: Path | None, cache_dir: Path) -> ResolvedFile:
+def resolve(spec: FileSpec, folder: Path | None, cache_dir: Path,
+            setting: str = "ENRICH_BOUNDARY_DIR") -> ResolvedFile:
     """Find `spec`'s file: in `folder` when one is configured (used as is, its sha256 reported), else in the cache,
-    else download it from the manifest URL. A downloaded or cached file whose sha256 differs is refused."""
+    else download it from the manifest URL. A downloaded or cached file whose sha256 differs is refused. `setting`
+    names the folder's environment variable in errors: what to set when a file can be neither found nor fetched."""
     if folder is not None:
         path = Path(folder) / spec.file
         if not path.is_file():
-            raise LayerSourceError(f"{spec.file} not found in {folder} (ENRICH_BOUNDARY_DIR / reference folder)")
+            raise LayerSourceError(f"{spec.file} not found in {folder} ({setting})")
         digest = sha256_of(path)
         if digest != spec.sha256:
             log.warning("%s: sha256 %s differs from the manifest's %s; using the local file", path, digest, spec.sha256)
@@ -53,12 +55,13 @@ def resolve(spec: FileSpec, folder: Path | None, cache_dir: Path) -> ResolvedFil
     if cached.is_file() and sha256_of(cached) == spec.sha256:
         return ResolvedFile(cached, "cache", spec.sha256, True)
     if not spec.url:
-        raise LayerSourceError(f"{spec.file}: no folder configured and the manifest has no URL to download it from")
-    _download(spec, spec.url, cached)
+        raise LayerSourceError(f"{spec.file}: no folder configured and the manifest has no URL to download it from; "
+                               f"set {setting} to a folder that holds it")
+    _download(spec, spec.url, cached, setting)
     return ResolvedFile(cached, "download", spec.sha256, True)
 
 
-def _download(spec: FileSpec, url: str, dest: Path) -> None:
+def _download(spec: FileSpec, url: str, dest: Path, setting: str) -> None:
     dest.parent.mkdir(parents=True, exist_ok=True)
     log.info("downloading %s from %s", spec.file, url)
     h = hashlib.sha256()
@@ -76,7 +79,8 @@ def _download(spec: FileSpec, url: str, dest: Path) -> None:
             )
         os.replace(tmp, dest)
     except httpx.HTTPError as exc:
-        raise LayerSourceError(f"cannot download {spec.file} from {url}: {exc}") from None
+        raise LayerSourceError(f"cannot download {spec.file} from {url}: {exc}; "
+                               f"or set {setting} to a folder that holds it") from None
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)

@@ -40,7 +40,6 @@ sys.path[:0] = [str(REPO), str(REPO / "dags")]
 # (module, qualified name, check group)
 TARGETS = [
     ("enrich_service.engine.rules", "winners", "rule"),
-    ("enrich_service.engine.exact", "_tile_edges", "rule"),
     ("enrich_service.engine.exact", "_tile_boxes", "rule"),
     ("enrich_service.engine.exact", "ExactIndex.candidates", "rule"),
     ("enrich_service.engine.exact", "ExactIndex._tag", "rule"),

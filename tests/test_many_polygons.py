@@ -57,12 +57,76 @@ def test_grid_agrees_with_exact_path_on_many_polygons(version):
             assert (~undecided).mean() > 0.99
 
 
-@pytest.mark.parametrize("cells", [256, 2048])
+@pytest.mark.parametrize("cells", [64, 256, 2048])
 def test_grid_resolution_does_not_change_answers(version, cells):
-    """Coarse cells hold tens of small polygons each (long walks, the band test); fine ones a few."""
+    """The coarsest grid has a row's cells nearly all special (runs of hundreds of edges: the band test), a finer one
+    short runs; fine cells hold a few polygons each."""
     grid, exact = GridIndex.build(version, cells=cells), ExactIndex(version)
     rng = np.random.default_rng(cells)
     x0, y0, x1, y1 = version.bbox
     x, y = rng.uniform(x0, x1, 100_000), rng.uniform(y0, y1, 100_000)
     undecided = lookup_as_exact(grid, exact, "random", x, y)[2]
     assert undecided.mean() < 0.001
+    if cells == 64:  # runs of more edges than a record holds: some special cells take the band test instead
+        i, j = ((x - grid.x0) / grid.cw).astype(int), ((y - grid.y0) / grid.ch).astype(int)
+        v = grid.cells[j, i]
+        assert (grid.rec[-3 - v[v < -1]] < 0).sum() > 20
+
+
+def special_points(grid, version, rng, n) -> tuple[np.ndarray, np.ndarray]:
+    """Random points in the grid's special cells (those answered by a record or the band test, not one read)."""
+    x0, y0, x1, y1 = version.bbox
+    x, y = rng.uniform(x0, x1, n * 8), rng.uniform(y0, y1, n * 8)
+    i, j = ((x - grid.x0) / grid.cw).astype(int), ((y - grid.y0) / grid.ch).astype(int)
+    special = grid.cells[j, i] < -1
+    return x[special][:n], y[special][:n]
+
+
+def test_points_level_with_vertices(version):
+    """A ray along the row through a vertex shared by two or three cells: points at exactly the height of every
+    vertex, a fraction of a grid cell to a few cells either side of it, so the run's crossing count meets the
+    vertex (the half-open rule must count it once), plus random points in special cells."""
+    grid, exact = GridIndex.build(version), ExactIndex(version)
+    rng = np.random.default_rng(2122)
+    xy = np.unique(shapely.get_coordinates(shapely.get_rings(version.parts)), axis=0)
+    xy = xy[(xy[:, 1] > version.bbox[1]) & (xy[:, 1] < version.bbox[3])]  # not along the bbox's own edges
+    offsets = rng.choice([-3.0, -1.0, -0.5, -0.1, 0.1, 0.5, 1.0, 3.0], len(xy)) * grid.cw
+    x, y = xy[:, 0] + offsets, xy[:, 1].copy()
+    sx, sy = special_points(grid, version, rng, 100_000)
+    for name, px, py in (("level", x, y), ("special", sx, sy)):
+        undecided = lookup_as_exact(grid, exact, name, px, py)[2]
+        assert undecided.mean() < 0.01, name  # answered by the grid, not handed back
+
+
+def test_points_on_grid_lines(version):
+    """Points on the grid's own cell boundaries and centres, where a run's crossings are split between cells."""
+    grid, exact = GridIndex.build(version), ExactIndex(version)
+    rng = np.random.default_rng(2123)
+    n = 100_000
+    i, j = rng.integers(0, 2048, n), rng.integers(0, 2048, n)
+    frac = rng.choice([0.0, 0.5], (2, n))
+    x, y = grid.x0 + (i + frac[0]) * grid.cw, grid.y0 + (j + frac[1]) * grid.ch
+    undecided = lookup_as_exact(grid, exact, "grid lines", x, y)[2]
+    assert undecided.mean() < 0.001
+
+
+def test_grid_from_the_disk_cache_agrees_with_exact_path(version, tmp_path, monkeypatch):
+    """The second build of the same geometry reads the first one's file (building again would fail here), and what
+    it reads answers as the exact path does."""
+    GridIndex.build(version, cache_dir=tmp_path)
+    files = list((tmp_path / "grids").glob("*.pickle"))
+    assert len(files) == 1 and version.source.sha256[:16] in files[0].name
+
+    def no_build(*args, **kwargs):
+        raise AssertionError("built again instead of read from the cache")
+
+    monkeypatch.setattr(GridIndex, "__init__", no_build)
+    grid, exact = GridIndex.build(version, cache_dir=tmp_path), ExactIndex(version)
+    rng = np.random.default_rng(2124)
+    x0, y0, x1, y1 = version.bbox
+    rx, ry = rng.uniform(x0, x1, 200_000), rng.uniform(y0, y1, 200_000)
+    ax, ay = adversarial(version, rng)
+    for name, x, y in (("random", rx, ry), ("edges", ax, ay)):
+        undecided = lookup_as_exact(grid, exact, name, x, y)[2]
+        if name == "random":
+            assert undecided.mean() < 0.001

@@ -1,4 +1,4 @@
-"""The application: routers, the lifespan that builds the index, error handlers. Nothing else."""
+"""The application: routers, the lifespan that builds the index, error handlers, middleware. Nothing else."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from .api import admin, geocode, health, layers, page, pip
 from .bulk.geocode_join import REFERENCE_HEADER
 from .errors import EnrichError, install_handlers
 from .io.responses import JSONResponse
+from .server.fast_path import FastPath, FastRoute
 from .server.layer_version import SERVED_HEADER, LayerVersionMiddleware
 from .server.memory import keep_freed_memory
 from .server.observability import ObservabilityMiddleware, configure_logging
@@ -73,5 +74,8 @@ def create_app() -> FastAPI:
                            expose_headers=["X-Enrich-Layers", SERVED_HEADER, "X-Request-ID", REFERENCE_HEADER])
     app.add_middleware(ObservabilityMiddleware, timeout_s=settings.request_timeout_s)
     app.add_middleware(LayerVersionMiddleware)  # X-Enrich-Expect-Layers in, X-Enrich-Layers-Sha256 out
+    # Outermost: an ordinary single lookup is answered before the stack above, anything else passes through.
+    app.add_middleware(FastPath, routes=(
+        FastRoute("/v1/pip", frozenset(param.name for param in pip.GET_PARAMS), pip.get_pip_fast),))
     install_handlers(app)
     return app

@@ -197,3 +197,11 @@ def test_the_access_log_line_is_the_one_json_shape(apps):
     assert made.pop("ts")[:13] == expected.pop("ts")[:13]
     assert made == expected
     assert list(made) == ["level", "logger", "msg", "request_id", "method", "route", "status", "ms"]
+
+
+def test_a_worker_hands_the_gil_to_its_event_loop_within_a_millisecond(apps):
+    """Batches run in threads holding the GIL; at Python's default 5 ms switch interval a single lookup waited up to
+    that long per hand-over (main.create_app sets it for every worker)."""
+    import sys
+
+    assert sys.getswitchinterval() <= 0.001

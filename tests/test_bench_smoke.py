@@ -56,6 +56,9 @@ TABLES: dict[str, list[str]] = {
         r"^== enrich-service load, mode throughput",
         r"^  single GET latency \(closed loop, 8 connections\): p50 [\d.]+ ms",
         r"^CPU per request: service [\d.]+ us",
+        r"^  answers checked \d+, wrong 0$",
+        r"^target single lookups >= 8,000/s: [\d,]+/s .*: (met|NOT MET)$",
+        r"^target single GET p99 <= 5 ms at 150 req/s mixed .*: (met|NOT MET)$",
     ],
     "codecs_1m.py": [
         r": 5,000 points, CPU seconds \(min / median\)$",

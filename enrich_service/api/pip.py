@@ -2,19 +2,22 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Annotated
 
 import numpy as np
 from fastapi import APIRouter, Depends, Request
 
-from ..bulk.options import OPTION_PARAMS, QueryOptions
+from ..bulk.options import OPTION_PARAMS, Options, QueryOptions
 from ..bulk.tag_points import TAG_POINTS, tag_batch
-from ..errors import InvalidInput
-from ..index import current
+from ..engine.tagger import TagResult
+from ..errors import EnrichError, InvalidInput
+from ..index import ServiceIndex, current
+from ..io.json_body import OPTIONS
 from ..io.params import Param
 from ..io.responses import JSONResponse
 from ..io.tables import Columns
-from ..points import PointBatch
+from ..points import PointBatch, Prepared
 from ..settings import get_settings
 from .common import declared, offload, query_options, read_query, strict_query
 from .factory import add_bulk_route
@@ -24,9 +27,10 @@ router = APIRouter(prefix="/v1", tags=["point in polygon"], dependencies=[Depend
 
 LON = Param("lon", "Longitude (or x in `crs`)", {"type": "number"}, required=True, example=-117.1627)
 LAT = Param("lat", "Latitude (or y in `crs`)", {"type": "number"}, required=True, example=32.7167)
+GET_PARAMS = (LON, LAT, *OPTION_PARAMS.values())  # every query parameter GET /v1/pip takes
 
 
-def _required_number(query: dict[str, str | None], name: str) -> float:
+def _required_number(query: Mapping[str, str | None], name: str) -> float:
     text = query.get(name)
     if text is None or text == "":
         raise InvalidInput(f"{name} is required", field=name)
@@ -37,20 +41,40 @@ def _required_number(query: dict[str, str | None], name: str) -> float:
 
 
 @router.get("/pip", response_model=PointAnswer, responses=ERROR_RESPONSES,
-            openapi_extra=declared(LON, LAT, *OPTION_PARAMS.values()),
-            summary="Tag one point with every requested layer")
+            openapi_extra=declared(*GET_PARAMS), summary="Tag one point with every requested layer")
 async def get_pip(request: Request, options: Annotated[QueryOptions, Depends(query_options)]):
-    query = read_query(request.query_params, (LON, LAT))
-    lon, lat = _required_number(query, "lon"), _required_number(query, "lat")
+    batch = _one_point(read_query(request.query_params, (LON, LAT)))
     index = current(request.app)
     opts = options.parsed(get_settings())
-    batch = PointBatch(ids=[None], x=np.array([lon], dtype=float), y=np.array([lat], dtype=float))
     if opts.nearest_within_m is None:
         # One point through the grid takes microseconds: answered on the event loop, since a hop to the threadpool
         # costs more than the lookup (docs/engine.md).
-        prepared, result = tag_batch(index, batch, opts, Columns())
+        tagged = tag_batch(index, batch, opts, Columns())
     else:  # a nearest-polygon search waits for the exact index, which a large batch may be holding
-        prepared, result = await offload(tag_batch, index, batch, opts, Columns())
+        tagged = await offload(tag_batch, index, batch, opts, Columns())
+    return JSONResponse(_answer(*tagged, opts))
+
+
+def get_pip_fast(index: ServiceIndex, query: Mapping[str, str]) -> JSONResponse | None:
+    """GET /v1/pip without the framework stack (server/fast_path.py): the same steps as get_pip on a query already
+    checked against GET_PARAMS. None where get_pip must answer: a nearest-polygon search (it runs in a thread) and
+    every request it refuses, so each error comes from one place, in its order of checks."""
+    try:
+        batch = _one_point({name: query.get(name) for name in ("lon", "lat")})
+        opts = QueryOptions({name: query.get(name) for name in OPTIONS}).parsed(get_settings())
+        if opts.nearest_within_m is not None:
+            return None
+        return JSONResponse(_answer(*tag_batch(index, batch, opts, Columns()), opts))
+    except EnrichError:
+        return None
+
+
+def _one_point(query: Mapping[str, str | None]) -> PointBatch:
+    lon, lat = _required_number(query, "lon"), _required_number(query, "lat")
+    return PointBatch(ids=[None], x=np.array([lon], dtype=float), y=np.array([lat], dtype=float))
+
+
+def _answer(prepared: Prepared, result: TagResult, opts: Options) -> dict:
     if not prepared.valid[0]:
         name, message = prepared.errors.get(0, ("lon", "not a finite number"))
         raise InvalidInput(f"{name}: {message}", field=name)
@@ -68,7 +92,7 @@ async def get_pip(request: Request, options: Annotated[QueryOptions, Depends(que
                   flags=prepared.flags[0].split(",") if 0 in prepared.flags else [], layers=result.layers_used())
     if opts.nearest_within_m is not None:
         answer["distance_m"] = distances
-    return JSONResponse(answer)
+    return answer
 
 
 add_bulk_route(router, "/pip", TAG_POINTS, name="post_pip", json_request=PipRequest, response_model=PipResponse,

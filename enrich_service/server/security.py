@@ -27,8 +27,8 @@ def configured_keys(settings: Settings) -> list[str]:
     return keys
 
 
-def _check(request: Request, settings: Settings) -> None:
-    given = request.headers.get(HEADER, "")
+def check_key(given: str, settings: Settings) -> None:
+    """Refuses (401, naming the header) unless `given` is one of the configured keys."""
     keys = configured_keys(settings)
     if not keys:
         raise Unauthorized("no API keys are configured on this service (ENRICH_API_KEYS)", field=HEADER)
@@ -43,10 +43,10 @@ def _check(request: Request, settings: Settings) -> None:
 # Async on purpose: FastAPI runs a plain-def dependency in the threadpool, a hop that cost a single lookup more
 # than the lookup itself (~150 us of CPU). These only compare a few strings (and read a short keys file).
 async def require_admin_key(request: Request) -> None:
-    _check(request, get_settings())
+    check_key(request.headers.get(HEADER, ""), get_settings())
 
 
 async def require_read_key(request: Request) -> None:
     settings = get_settings()
     if settings.read_requires_key:
-        _check(request, settings)
+        check_key(request.headers.get(HEADER, ""), settings)

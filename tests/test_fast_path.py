@@ -1,0 +1,207 @@
+"""GET /v1/pip answered in front of the framework (server/fast_path.py) is the full route's answer, byte for byte.
+
+Two apps on the same layers: one as served, whose fast answers are counted, and one whose fast path declines every
+request, so the full FastAPI route answers it. Every request goes to both: same status, same headers in the same
+order (the request id given, so it is the same), same body. The fast path must have answered the ordinary ones
+itself, and left every error to the route, so each error is written in one place.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+
+import numpy as np
+import orjson
+import pytest
+from pyproj import Transformer
+
+from enrich_service.api import pip
+from enrich_service.settings import get_settings
+
+from .conftest import ADDRESS, BOUNDARIES, ready_app, real_points
+
+pytestmark = pytest.mark.data
+
+CITY_HALL = (-117.1627, 32.7167)
+ENV = {"ENRICH_BOUNDARY_DIR": str(BOUNDARIES), "ENRICH_REFERENCE_DIR": str(ADDRESS), "ENRICH_API_KEYS": "read-key"}
+
+
+@pytest.fixture(scope="module")
+def apps():
+    """(fast client, full-route client, list of the fast path's outcomes: True answered, False declined)."""
+    outcomes: list[bool] = []
+    real = pip.get_pip_fast
+
+    def counted(index, query):
+        response = real(index, query)
+        outcomes.append(response is not None)
+        return response
+
+    with contextlib.ExitStack() as stack:
+        patch = stack.enter_context(pytest.MonkeyPatch.context())
+        patch.setattr(pip, "get_pip_fast", counted)
+        fast = stack.enter_context(ready_app(ENV))
+        patch.setattr(pip, "get_pip_fast", lambda index, query: None)
+        full = stack.enter_context(ready_app(ENV))
+        patch.undo()
+        yield fast, full, outcomes
+
+
+def both(apps, query: str, headers: dict | None = None) -> tuple[bool | None, object]:
+    """GET /v1/pip?query on both apps; asserts the answers are the same; returns the fast path's outcome and the
+    answer."""
+    fast, full, outcomes = apps
+    headers = {"X-Request-ID": "same-id", **(headers or {})}
+    seen = len(outcomes)
+    a = fast.get(f"/v1/pip?{query}", headers=headers)
+    b = full.get(f"/v1/pip?{query}", headers=headers)
+    assert a.status_code == b.status_code, (query, a.text, b.text)
+    assert a.headers.raw == b.headers.raw, query
+    assert a.content == b.content, query
+    return (outcomes[seen] if len(outcomes) > seen else None), a
+
+
+def test_real_points_are_answered_on_the_fast_path_exactly_as_by_the_route(apps):
+    lon, lat = real_points()
+    pick = np.random.default_rng(3).choice(len(lon), 150, replace=False)
+    inside = 0
+    for x, y in zip(lon[pick].tolist(), lat[pick].tolist()):
+        taken, r = both(apps, f"lon={x!r}&lat={y!r}")
+        assert taken is True and r.status_code == 200
+        inside += r.json()["council_district"] is not None
+    assert 0 < inside < 150  # points inside and outside the city both compared
+    taken, r = both(apps, f"lon={CITY_HALL[0]}&lat={CITY_HALL[1]}")
+    assert taken and r.json()["council_district"] == "3"
+    assert r.headers["x-request-id"] == "same-id" and len(r.headers["x-enrich-layers-sha256"]) == 64
+
+
+@pytest.mark.parametrize("options", [
+    "layers=council_district,zip",
+    "layers=zip,%20zip",
+    "layers=",
+    "as_of=2016-05-01",
+    "as_of=2023-01-01&layers=council_district",
+    "crs=EPSG:4326",
+    "nearest_within_m=",
+])
+def test_options_are_read_the_same_way(apps, options):
+    taken, r = both(apps, f"lon={CITY_HALL[0]}&lat={CITY_HALL[1]}&{options}")
+    assert taken is True and r.status_code == 200, r.text
+
+
+def test_a_projected_point_and_the_flags_are_the_same(apps):
+    x, y = Transformer.from_crs(4326, 2230, always_xy=True).transform(*CITY_HALL)
+    taken, r = both(apps, f"lon={x!r}&lat={y!r}&crs=EPSG:2230")
+    assert taken and r.json()["zip"] == "92101"
+    taken, r = both(apps, "lon=0&lat=0")
+    assert taken and r.json()["flags"] == ["zero_coordinates"]
+    taken, r = both(apps, "lon=-117.1610838&lat=32.715738")
+    assert taken and r.json()["flags"] == ["city_centroid"]
+
+
+def test_a_nearest_search_is_left_to_the_route_and_answers_the_same(apps):
+    taken, r = both(apps, "lon=-117.2870&lat=32.7000&nearest_within_m=3000&layers=zip")
+    assert taken is False and r.status_code == 200 and "distance_m" in r.json()
+
+
+@pytest.mark.parametrize("query,status,field", [
+    ("lat=32.7", 422, "lon"),
+    ("lon=&lat=32.7", 422, "lon"),
+    ("lon=abc&lat=32.7", 422, "lon"),
+    ("lon=nan&lat=32.7", 422, "lon"),
+    ("lon=-117.1&lat=-inf", 422, "lat"),
+    ("lon=-117.1&lat=95", 422, "lat"),
+    ("lon=32.7&lat=-117.1", 422, "lat"),
+    ("lon=6287000&lat=1840000", 422, "lat"),
+    ("lon=-117.1&lat=32.7&asof=2016-01-01", 422, "asof"),
+    ("lon=-117.1&lat=32.7&layers=council_district,wards", 422, "layers"),
+    ("lon=-117.1&lat=32.7&crs=EPSG:999999", 422, "crs"),
+    ("lon=-117.1&lat=32.7&as_of=2000-01-01", 422, "as_of"),
+    ("lon=-117.1&lat=32.7&as_of=yesterday", 422, "as_of"),
+    ("lon=-117.1&lat=32.7&nearest_within_m=-1", 422, "nearest_within_m"),
+    ("", 422, "lon"),
+])
+def test_bad_input_gets_the_routes_own_error(apps, query, status, field):
+    taken, r = both(apps, query)
+    assert taken is not True
+    assert r.status_code == status and r.json()["field"] == field, r.text
+
+
+def test_another_expected_layer_set_gets_the_routes_409_and_the_same_set_is_answered(apps):
+    sha = apps[0].get("/v1/pip", params=dict(zip(("lon", "lat"), CITY_HALL))).headers["x-enrich-layers-sha256"]
+    query = f"lon={CITY_HALL[0]}&lat={CITY_HALL[1]}"
+    taken, r = both(apps, query, {"X-Enrich-Expect-Layers": sha.upper()})
+    assert taken is True and r.status_code == 200
+    taken, r = both(apps, query, {"X-Enrich-Expect-Layers": "0" * 64})
+    assert taken is not True and r.status_code == 409 and r.json()["field"] == "X-Enrich-Expect-Layers"
+
+
+def test_the_read_key_is_enforced_the_same_way(apps, monkeypatch):
+    monkeypatch.setenv("ENRICH_READ_REQUIRES_KEY", "true")
+    get_settings.cache_clear()
+    try:
+        query = f"lon={CITY_HALL[0]}&lat={CITY_HALL[1]}"
+        for headers in ({}, {"X-API-Key": "wrong"}, {"X-API-Key": ""}):
+            taken, r = both(apps, query, headers)
+            assert taken is None and r.status_code == 401 and r.json()["field"] == "X-API-Key", r.text
+            assert r.headers["www-authenticate"] == "ApiKey"
+        taken, r = both(apps, query, {"X-API-Key": "read-key"})
+        assert taken is True and r.status_code == 200
+    finally:
+        monkeypatch.delenv("ENRICH_READ_REQUIRES_KEY")
+        get_settings.cache_clear()
+
+
+def test_a_request_id_is_made_when_none_is_given(apps):
+    fast = apps[0]
+    ids = {fast.get("/v1/pip", params=dict(zip(("lon", "lat"), CITY_HALL))).headers["x-request-id"]
+           for _ in range(3)}
+    assert len(ids) == 3 and all(len(i) == 32 for i in ids)
+    long_id = "x" * 300
+    assert fast.get("/v1/pip", params=dict(zip(("lon", "lat"), CITY_HALL)),
+                    headers={"X-Request-ID": long_id}).headers["x-request-id"] == long_id[:128]
+
+
+def test_fast_answers_are_counted_and_logged(apps, caplog):
+    fast, _, outcomes = apps
+    sample = 'enrich_requests_total{method="GET",route="/v1/pip",status="200"}'
+    points = 'enrich_points_tagged_total{layer="zip"}'
+
+    def value(name: str) -> float:
+        line = next((ln for ln in fast.get("/metrics").text.splitlines() if ln.startswith(name + " ")), None)
+        return float(line.rsplit(" ", 1)[1]) if line else 0.0
+
+    before, tagged = value(sample), value(points)
+    seen = len(outcomes)
+    with caplog.at_level(logging.INFO, logger="enrich_service.access"):
+        for _ in range(3):
+            fast.get("/v1/pip", params={"lon": CITY_HALL[0], "lat": CITY_HALL[1], "layers": "zip"},
+                     headers={"X-Request-ID": "counted"})
+    assert outcomes[seen:] == [True] * 3
+    assert value(sample) - before == 3 and value(points) - tagged == 3
+    lines = [r for r in caplog.records if r.name == "enrich_service.access" and getattr(r, "request_id", "") == "counted"]
+    assert len(lines) == 3
+    assert {(r.getMessage(), r.method, r.route, r.status) for r in lines} == {("request", "GET", "/v1/pip", 200)}
+    assert all(r.ms >= 0 for r in lines)
+
+
+def test_the_access_log_line_is_the_one_json_shape(apps):
+    from enrich_service.server.observability import JSONFormatter, _access_record
+
+    record = _access_record({"request_id": "r1", "method": "GET", "route": "/v1/pip", "status": 200, "ms": 0.3})
+    slow = logging.getLogger("enrich_service.access").makeRecord(
+        "enrich_service.access", logging.INFO, __file__, 0, "request", (), None,
+        extra={"request_id": "r1", "method": "GET", "route": "/v1/pip", "status": 200, "ms": 0.3})
+    made, expected = orjson.loads(JSONFormatter().format(record)), orjson.loads(JSONFormatter().format(slow))
+    assert made.pop("ts")[:13] == expected.pop("ts")[:13]
+    assert made == expected
+    assert list(made) == ["level", "logger", "msg", "request_id", "method", "route", "status", "ms"]
+
+
+def test_a_worker_hands_the_gil_to_its_event_loop_within_a_millisecond(apps):
+    """Batches run in threads holding the GIL; at Python's default 5 ms switch interval a single lookup waited up to
+    that long per hand-over (main.create_app sets it for every worker)."""
+    import sys
+
+    assert sys.getswitchinterval() <= 0.001

@@ -8,7 +8,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
 
-from enrich_service.io.json_rows import json_rows
+from enrich_service.io.json_rows import json_columns, json_rows
 
 NASTY = ['plain', 'quo"te', 'back\\slash', 'new\nline', 'tab\t', '\x01ctl', 'Café Ñ 東京', '', None]
 
@@ -63,6 +63,32 @@ def test_dictionary_columns_side_by_side_write_what_orjson_writes_for_each_row(p
     no_floats = [c for c in columns if c[0] != "d_m"]
     assert bytes(json_rows(no_floats, b"\n", tail=b"\n")) == b"".join(
         orjson.dumps({k: v for k, v in row.items() if k != "d_m"}) + b"\n" for row in rows)
+
+
+@pytest.mark.parametrize("parallel", [False, True])
+@pytest.mark.parametrize("ids", [list(range(9)), NASTY, [1, "two", 3.5, None, True, False, 2**64 - 1, -0.0, "x"]])
+def test_json_columns_hold_what_the_rows_hold_column_by_column(ids, parallel, monkeypatch):
+    # shape=columns: the same values as json_rows writes, one array per column, the keys in order; each column
+    # copied by the serial and the parallel kernel.
+    if parallel:
+        monkeypatch.setattr("enrich_service.io.json_rows.SERIAL_BELOW", 0)
+    key = pa.DictionaryArray.from_arrays(pa.array([0, 1, None, 2, 0, 1, 2, None, 0], pa.int32()),
+                                         pa.array(["3", 'Mission "Valley"', "Café"]))
+    columns = [("id", ids), ("council_district", key),
+               ("d_m", pa.array([1.25, None, 0.0, 1e20, 3.0, np.nan, 7.5, 0.1 + 0.2, 2.0], from_pandas=False)),
+               ("flags", pc.dictionary_encode(pa.array(NASTY))), ("error", pa.array(NASTY)),
+               ("none", pa.nulls(9))]
+    body = json_columns(columns, head=b'{"results":', tail=b',"count":9}')
+    doc = orjson.loads(body)
+    rows = orjson.loads(bytes(json_rows(columns, b",", head=b"[", tail=b"]")))
+    assert list(doc["results"]) == [name for name, _ in columns] and doc["count"] == 9
+    assert doc["results"] == {name: [row[name] for row in rows] for name, _ in columns}
+    assert doc["results"]["d_m"][5] is None  # NaN is not JSON: null, as in the rows
+
+
+def test_json_columns_of_no_rows_are_empty_arrays():
+    assert orjson.loads(json_columns([("id", []), ("zip", pa.array([], pa.string()).dictionary_encode())])) == \
+        {"id": [], "zip": []}
 
 
 def test_non_finite_floats_become_null_as_orjson_writes_them():

@@ -51,7 +51,38 @@ def json_rows(columns: list[tuple[str, Column]], sep: bytes, *, head: bytes = b"
         pieces.append(table.add(_json_texts(values)))
     run.append(("}" + sep.decode(), None))
     pieces.append(_run_texts(run, n, table))
+    return _assemble(table, pieces, n, sep, head, tail)
 
+
+def json_columns(columns: list[tuple[str, Column]], *, head: bytes = b"", tail: bytes = b"") -> bytes:
+    """`head`, then one JSON object holding an array per column ({"id":[...],"zip":[...]}), then `tail`: the same
+    values as json_rows writes, without repeating every key on every row (an answer a third the size, and a client
+    parses arrays of values faster than a dict per row)."""
+    parts: list[bytes | memoryview] = [head, b"{"]
+    for k, (name, values) in enumerate(columns):
+        parts.append((b"," if k else b"") + orjson.dumps(name) + b":")
+        parts.append(json_array(values))
+    parts.append(b"}" + tail)
+    return b"".join(parts)
+
+
+def json_array(values: Column) -> memoryview:
+    """One column as a JSON array: each distinct value of a dictionary column written once, each row's text copied
+    into place (as json_rows does); any other column a text per row made by Arrow."""
+    n = len(values)
+    if n == 0:
+        return memoryview(b"[]")
+    table = _TextTable()
+    coded = _codes(values)
+    texts = table.add(coded[1], coded[0].astype(np.int64)) if coded is not None else table.add(_json_texts(values))
+    comma = table.add(pa.array([","], _TEXT), np.zeros(n, dtype=np.int64))
+    return _assemble(table, [texts, comma], n, b",", head=b"[", tail=b"]")
+
+
+def _assemble(table: _TextTable, pieces: list[np.ndarray], n: int, sep: bytes, head: bytes,
+              tail: bytes) -> memoryview:
+    """`head`, then row i as the texts pieces[0][i], pieces[1][i], ... (the last of them ending in `sep`), then
+    `tail` in place of the last row's `sep`: one buffer, written by a compiled kernel."""
     offsets, data = table.arrays()
     index = np.vstack(pieces)
     lengths = np.diff(offsets)[index].sum(axis=0)

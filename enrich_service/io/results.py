@@ -17,7 +17,7 @@ from ..errors import InvalidInput
 from ..points import Prepared
 from ..server.memory import paused_gc
 from .json_body import dumps
-from .json_rows import json_rows
+from .json_rows import json_columns, json_rows
 
 MAX_ROW_ERRORS_LISTED = 1000  # a JSON answer's `errors` list: each row's own `error` column has them all
 
@@ -123,10 +123,23 @@ def error_list(ids: Any, prepared: Prepared, result: TagResult | None,
             for row, (name, message) in sorted(merged.items())[:limit]]
 
 
+def _json_members(ids: list, prepared: Prepared, result: TagResult, extra: dict) -> bytes:
+    """The JSON answer's members after `results`, as one object."""
+    return dumps({"count": len(prepared), "layers": result.layers_used(),
+                  "errors": error_list(ids, prepared, result), **extra})
+
+
+@paused_gc()
+def encode_json_columns(ids: list, prepared: Prepared, result: TagResult, extra: dict) -> bytes:
+    """As encode_json, with `results` as {"id": [...], "<layer>": [...], ...}: the same columns and values."""
+    rest = _json_members(ids, prepared, result, extra)
+    return json_columns([("id", ids)] + result_arrays(prepared, result), head=b'{"results":',
+                        tail=b"," + rest[1:])
+
+
 @paused_gc()
 def encode_json(ids: list, prepared: Prepared, result: TagResult, extra: dict) -> memoryview:
-    rest = dumps({"count": len(prepared), "layers": result.layers_used(),
-                  "errors": error_list(ids, prepared, result), **extra})
+    rest = _json_members(ids, prepared, result, extra)
     # The rows are written into the answer's own buffer, head and tail included: no copy of the whole answer at the end.
     return json_rows([("id", ids)] + result_arrays(prepared, result), b",", head=b'{"results":[',
                      tail=b"]," + rest[1:])

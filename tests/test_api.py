@@ -214,6 +214,25 @@ def test_a_json_answer_in_columns_holds_the_rows_values_chosen_by_parameter_or_a
     assert r.json()["results"]["error"] == [None, "lon: missing"]
 
 
+def test_points_sent_as_columns_are_answered_as_the_same_points_sent_as_rows(client):
+    points = [{"id": "a", "lon": CITY_HALL[0], "lat": CITY_HALL[1]}, {"id": 2, "lon": None, "lat": 32.7},
+              {"id": 3, "lon": -117.1949, "lat": 32.8244}]
+    rows = client.post("/v1/pip?layers=zip,council_district", content=orjson.dumps({"points": points}),
+                       headers={"content-type": "application/json"}).json()
+    columns = {k: [p[k] for p in points] for k in ("id", "lon", "lat")}
+    for shape in ("rows", "columns"):
+        r = client.post(f"/v1/pip?shape={shape}", content=orjson.dumps({"points": columns,
+                                                                         "layers": ["zip", "council_district"]}),
+                        headers={"content-type": "application/json"})
+        assert r.status_code == 200, r.text
+        want = rows if shape == "rows" else {**rows, "results": _as_columns(rows["results"])}
+        assert r.json() == want
+    assert rows["results"][1]["error"] == "lon: missing" and rows["results"][0]["zip"] == "92101"
+    r = client.post("/v1/pip", content=orjson.dumps({"points": {"lon": [1.0, 2.0], "lat": [3.0]}}),
+                    headers={"content-type": "application/json"})
+    assert r.status_code == 422 and r.json()["field"] == "lat", r.text
+
+
 def test_geocode_join_answers_json_columns_too(client):
     records = {"records": [{"id": 1, "address": "4712 Mt St Helens Dr"}, {"id": "b", "address": "1200 Third Ave"},
                            {"id": 3, "address": ""}]}

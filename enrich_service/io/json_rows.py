@@ -60,23 +60,29 @@ def json_columns(columns: list[tuple[str, Column]], *, head: bytes = b"", tail: 
     parses arrays of values faster than a dict per row)."""
     parts: list[bytes | memoryview] = [head, b"{"]
     for k, (name, values) in enumerate(columns):
-        parts.append((b"," if k else b"") + orjson.dumps(name) + b":")
-        parts.append(json_array(values))
+        parts.append((b"," if k else b"") + orjson.dumps(name) + b":[")
+        parts.append(_array_items(values))
+        parts.append(b"]")
     parts.append(b"}" + tail)
     return b"".join(parts)
 
 
-def json_array(values: Column) -> memoryview:
-    """One column as a JSON array: each distinct value of a dictionary column written once, each row's text copied
-    into place (as json_rows does); any other column a text per row made by Arrow."""
-    n = len(values)
-    if n == 0:
-        return memoryview(b"[]")
-    table = _TextTable()
+def _array_items(values: Column) -> memoryview:
+    """A column's values as JSON texts separated by commas (the inside of its array). Each row's text followed by
+    a comma, as one Arrow string array: its data buffer is the array's text, laid end to end by Arrow (a dictionary
+    column: each distinct text made once, then taken per row)."""
+    if len(values) == 0:
+        return memoryview(b"")
+    comma, nothing = pa.scalar(",", _TEXT), pa.scalar("", _TEXT)
     coded = _codes(values)
-    texts = table.add(coded[1], coded[0].astype(np.int64)) if coded is not None else table.add(_json_texts(values))
-    comma = table.add(pa.array([","], _TEXT), np.zeros(n, dtype=np.int64))
-    return _assemble(table, [texts, comma], n, b",", head=b"[", tail=b"]")
+    if coded is not None:
+        codes, texts = coded
+        items = pc.binary_join_element_wise(texts, comma, nothing).take(pa.array(codes))
+    else:
+        items = pc.binary_join_element_wise(_json_texts(values), comma, nothing)
+    offsets = np.frombuffer(items.buffers()[1], dtype=np.int64)
+    first, last = int(offsets[items.offset]), int(offsets[items.offset + len(items)])
+    return memoryview(items.buffers()[2])[first:last - 1]  # the last comma left out
 
 
 def _assemble(table: _TextTable, pieces: list[np.ndarray], n: int, sep: bytes, head: bytes,

@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+from numba import njit
 
 from ..engine.rules import RULE_NAMES
 from ..engine.tagger import TagResult
@@ -40,6 +41,15 @@ def _dictionary_column(indices: np.ndarray, valid: np.ndarray, dictionary: pa.Ar
     bitmap = pa.py_buffer(np.packbits(valid, bitorder="little"))
     arr = pa.Array.from_buffers(pa.from_numpy_dtype(indices.dtype), len(indices), [bitmap, pa.py_buffer(indices)])
     return pa.DictionaryArray.from_arrays(arr, dictionary, safe=False)
+
+
+@njit(cache=True)
+def _remap(codes, lookup, out):
+    # Each row's feature code to its key's index, in one pass (numpy's take converts the codes to 64-bit first);
+    # a row without a feature (-1) gets 0, masked as null.
+    for i in range(codes.shape[0]):
+        code = codes[i]
+        out[i] = lookup[code] if code >= 0 else 0
 
 
 def sparse_arrow(n: int, values: dict[int, str]) -> pa.Array:
@@ -81,9 +91,9 @@ def result_arrays(prepared: Prepared, result: TagResult) -> list[tuple[str, pa.A
     out: list[tuple[str, pa.Array]] = []
     for name, tags in result.layers.items():
         uniq, inverse = np.unique(tags.dictionary.astype(str), return_inverse=True)
-        index_type = _index_type(len(uniq))
-        lookup = np.append(inverse.astype(index_type), index_type(0))  # code -1 (no feature) takes the last slot
-        out.append((name, _dictionary_column(lookup.take(tags.codes), tags.codes >= 0, pa.array(uniq))))
+        indices: np.ndarray = np.empty(n, dtype=_index_type(len(uniq)))
+        _remap(tags.codes, inverse.astype(indices.dtype), indices)
+        out.append((name, _dictionary_column(indices, tags.codes >= 0, pa.array(uniq))))
         rule_index = np.maximum(tags.rule - np.int8(1), np.int8(0))  # index into _rules(); rule 0 is null
         out.append((f"{name}_rule", _dictionary_column(rule_index, tags.rule != 0, _rules())))
         if tags.distance_m is not None:

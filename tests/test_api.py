@@ -212,6 +212,14 @@ def test_a_json_answer_in_columns_holds_the_rows_values_chosen_by_parameter_or_a
                     headers={"content-type": "text/csv", "accept": "application/json"})
     assert r.json()["results"] == _as_columns(csv_rows["results"]), r.text
     assert r.json()["results"]["error"] == [None, "lon: missing"]
+    # an Arrow body's id column is written as it is: numbers stay numbers, as in the rows
+    arrow_body = _arrow(pa.table({"id": pa.array([7, None], pa.int64()), "lon": [CITY_HALL[0], -117.25],
+                                  "lat": [CITY_HALL[1], 32.85]}))
+    arrow_rows = client.post("/v1/pip", content=arrow_body,
+                             headers={"content-type": ARROW, "accept": "application/json"}).json()
+    r = client.post("/v1/pip?shape=columns", content=arrow_body,
+                    headers={"content-type": ARROW, "accept": "application/json"})
+    assert r.json()["results"] == _as_columns(arrow_rows["results"]) and r.json()["results"]["id"] == [7, None]
 
 
 def test_points_sent_as_columns_are_answered_as_the_same_points_sent_as_rows(client):

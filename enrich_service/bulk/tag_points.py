@@ -78,7 +78,9 @@ class TagPoints(BulkOperation[PointParams, PointBatch, Tagged]):
         return results.encode_json(_id_list(data), *out, {})
 
     def encode_json_columns(self, index: ServiceIndex, data: PointBatch, out: Tagged) -> bytes:
-        return results.encode_json_columns(_id_list(data), *out, {})
+        # A table's id column is written as it is (no Python object per id), as a JSON body's list is
+        ids = data.ids if data.ids is not None else [None] * len(data)
+        return results.encode_json_columns(ids, *out, {})
 
     def encode_lines(self, index: ServiceIndex, data: PointBatch, out: Tagged) -> memoryview:
         return json_rows.json_rows([("id", data.ids)] + results.result_arrays(*out), b"\n", tail=b"\n")

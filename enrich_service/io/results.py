@@ -133,14 +133,14 @@ def error_list(ids: Any, prepared: Prepared, result: TagResult | None,
             for row, (name, message) in sorted(merged.items())[:limit]]
 
 
-def _json_members(ids: list, prepared: Prepared, result: TagResult, extra: dict) -> bytes:
+def _json_members(ids: Any, prepared: Prepared, result: TagResult, extra: dict) -> bytes:
     """The JSON answer's members after `results`, as one object."""
     return dumps({"count": len(prepared), "layers": result.layers_used(),
                   "errors": error_list(ids, prepared, result), **extra})
 
 
 @paused_gc()
-def encode_json_columns(ids: list, prepared: Prepared, result: TagResult, extra: dict) -> bytes:
+def encode_json_columns(ids: Any, prepared: Prepared, result: TagResult, extra: dict) -> bytes:
     """As encode_json, with `results` as {"id": [...], "<layer>": [...], ...}: the same columns and values."""
     rest = _json_members(ids, prepared, result, extra)
     return json_columns([("id", ids)] + result_arrays(prepared, result), head=b'{"results":',

@@ -202,6 +202,10 @@ def test_a_json_answer_in_columns_holds_the_rows_values_chosen_by_parameter_or_a
         assert doc["results"] == _as_columns(rows["results"]), (query, accept)
         assert list(doc["results"]) == list(rows["results"][0])  # the columns in the rows' key order
         assert _without_results(doc) == _without_results(rows)
+    # Accept's shape belongs to its JSON entry: a CSV answer chosen first is not refused for it
+    r = client.post("/v1/pip", content=b"id,lon,lat\n1,-117.1627,32.7167\n",
+                    headers={"content-type": "text/csv", "accept": "text/csv, application/json; shape=columns"})
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/csv"), r.text
     # rows stays the default, and can be asked for by name; a CSV body answered in JSON columns
     assert client.post("/v1/pip?shape=rows", content=body, headers={"content-type": "application/json"}).json() \
         == rows

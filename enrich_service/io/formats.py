@@ -100,13 +100,12 @@ def response_type(accept: str | None, request_type: str) -> str:
     raise NotAcceptable(f"cannot answer {accept!r} to a {request_type} request", field="Accept")
 
 
-
 def json_shape(accept: str | None, answer_type: str, given: str | None) -> str:
     """A JSON answer's shape: rows or columns, from the `shape` parameter, else from the `shape` parameter of
-    application/json in Accept, else rows. Checked before the body is read; columns with another answer type is
-    refused rather than ignored."""
+    application/json in Accept (when JSON is the answer), else rows. Checked before the body is read; the parameter
+    asking for columns with another answer type is refused rather than ignored."""
     shape = given
-    if shape is None and accept:
+    if shape is None and accept and answer_type == JSON:
         for part in accept.split(","):
             base, *media_params = part.split(";")
             if base.strip().lower() == JSON:

@@ -75,7 +75,7 @@ def body_parts(body: bytes | memoryview | Any) -> tuple[list[memoryview], dict[s
     """A request body as 1 MB views with its Content-Length header, for httpx's `content` and `headers`.
 
     httpcore sends a bytes body as `buffer = buffer[sent:]` after each socket send, copying the rest every time:
-    quadratic in the body's size (a 24 MB body copied ~1 GB). Parts bound each copy to 1 MB, and a list (not a
+    quadratic in the body's size (docs/engine.md). Parts bound each copy to 1 MB, and a list (not a
     generator) is sent again as it is when a request is retried. Accepts bytes, a memoryview or a pyarrow Buffer."""
     view = memoryview(body).cast("B")
     parts = [view[i:i + BODY_PART_BYTES] for i in range(0, len(view), BODY_PART_BYTES)]

@@ -1,4 +1,5 @@
-"""CPU time of the bulk codecs on 1M points, in process: JSON decode/encode, Arrow decode, CSV decode/encode.
+"""CPU time of the bulk codecs on 1M points, in process: JSON decode/encode (rows, and columns each way), Arrow
+decode and answer, CSV decode/encode.
 
     .venv/bin/python bench/codecs_1m.py [SOURCE_ROOT] [--points 1000000] [--smoke]
 
@@ -77,6 +78,14 @@ def main() -> None:
     print(f"{ROOT}: {n:,} points, CPU seconds (min / median)")
     print("  JSON decode  %.3f / %.3f" % timed(lambda: json_body.decode_json(body), 7))
     print("  JSON encode  %.3f / %.3f" % timed(lambda: results.encode_json(batch.ids, prepared, result, {}), 7))
+    if hasattr(results, "encode_json_columns"):  # shape=columns (issue 21); an older SOURCE_ROOT has none
+        columns_body = orjson.dumps({"points": {"id": np.arange(n), "lon": lon, "lat": lat}},
+                                    option=orjson.OPT_SERIALIZE_NUMPY)
+        print("  JSON columns decode %.3f / %.3f" % timed(lambda: json_body.decode_json(columns_body), 7))
+        print("  JSON columns encode %.3f / %.3f" % timed(
+            lambda: results.encode_json_columns(batch.ids, prepared, result, {}), 7))
+    print("  Arrow answer %.3f / %.3f" % timed(
+        lambda: arrow.encode_arrow(results.answer_table(None, batch.ids, prepared, result)), 7))
 
     table = pa.table({"id": pa.array([f"A{i:07d}" for i in range(n)]), "lon": lon, "lat": lat})
     sink = io.BytesIO()

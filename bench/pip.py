@@ -5,7 +5,11 @@
 
 Prints, per layer, geopandas.sjoin, PostGIS (plain GiST join and ST_Subdivide(geom, 256)), and the engine in
 process; then the service over HTTP on loopback (client encode + request + decode included) per transport for all
-three layers; start-up time and the service's RSS. Every figure as points/s and as a ratio to geopandas.sjoin.
+three layers (JSON both as rows and as columns, each way); where the Arrow request's time goes, stage by stage
+(the client's encode and decode, the server's stages from its Server-Timing header with the process's CPU, the
+transfer) and the server's CPU seconds per request; start-up time and the service's RSS; last, issue 21's targets
+(Arrow >= 30x, JSON >= 1.5x sjoin of the 3 layers) as met or NOT MET next to the measured ratios, with the load
+average. Every figure as points/s and as a ratio to geopandas.sjoin.
 --smoke: 3,000 points, one service start and one repeat, the same table in seconds; its figures mean nothing (CI
 runs it so the script keeps working: tests/test_bench_smoke.py).
 With --voronoi, the same comparison on synthetic layers of that many Voronoi cells over the city's bounding box,
@@ -35,9 +39,11 @@ import pyarrow.ipc as ipc
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 from bench.voronoi import voronoi_manifest  # noqa: E402
+from enrich_service.client import body_parts  # noqa: E402
 from enrich_service.io.arrow_stream import stream_buffer  # noqa: E402
 from tests.conftest import ADDRESS, BOUNDARIES, PG_DSN, _free_port  # noqa: E402  (the data's one reader)
 
+ARROW_TARGET, JSON_TARGET = 30.0, 1.5  # issue 21: over HTTP, against sjoin of the same 3 layers
 LAYERS = [("council_district", 1, "council_districts_2021_datasd.geojson"),
           ("neighborhood", 0, "cmty_plan_datasd.geojson"),
           ("zip", 0, "sd_county_zcta2010.geojson")]
@@ -108,24 +114,89 @@ def start_service(port: int, env: dict) -> tuple[subprocess.Popen, float]:
         time.sleep(0.05)
 
 
-def arrow_bytes(table: pa.Table) -> bytes:
-    return stream_buffer(table).to_pybytes()  # as enrich_service.client sends it
-
-
-def http_arrow(client, url, x, y):
-    body = arrow_bytes(pa.table({"id": np.arange(len(x)), "lon": x, "lat": y}))
-    r = client.post(f"{url}/v1/pip?layers=council_district,neighborhood,zip", content=body,
-                    headers={"content-type": "application/vnd.apache.arrow.stream"})
+def http_arrow(client, url, x, y, stages: dict | None = None):
+    """As enrich_service.client sends a table: one Arrow stream, in 1 MB parts (body_parts)."""
+    t0 = time.perf_counter()
+    parts, length = body_parts(stream_buffer(pa.table({"id": np.arange(len(x)), "lon": x, "lat": y})))
+    t1 = time.perf_counter()
+    r = client.post(f"{url}/v1/pip?layers=council_district,neighborhood,zip", content=parts,
+                    headers={"content-type": "application/vnd.apache.arrow.stream", **length})
+    t2 = time.perf_counter()
     r.raise_for_status()
-    return ipc.open_stream(r.content).read_all()
+    out = ipc.open_stream(pa.py_buffer(r.content)).read_all()
+    if stages is not None:
+        stages.update(client_encode=t1 - t0, request=t2 - t1, client_decode=time.perf_counter() - t2,
+                      server=server_timing(r.headers.get("server-timing", "")),
+                      sizes=(sum(map(len, parts)), len(r.content)))
+    return out
 
 
 def http_json(client, url, x, y):
+    """The row form both ways: a list of {id, lon, lat} objects in, a list of objects out."""
     points = [{"id": i, "lon": a, "lat": b} for i, (a, b) in enumerate(zip(x.tolist(), y.tolist()))]
-    r = client.post(f"{url}/v1/pip", content=orjson.dumps({"points": points}),
-                    headers={"content-type": "application/json"})
+    parts, length = body_parts(orjson.dumps({"points": points}))
+    r = client.post(f"{url}/v1/pip", content=parts, headers={"content-type": "application/json", **length})
     r.raise_for_status()
     return orjson.loads(r.content)["results"]
+
+
+def http_json_columns(client, url, x, y):
+    """The columnar form both ways, as enrich_service.client sends JSON: {points: {id, lon, lat}} (arrays) in,
+    shape=columns out."""
+    body = orjson.dumps({"points": {"id": np.arange(len(x)), "lon": x, "lat": y}}, option=orjson.OPT_SERIALIZE_NUMPY)
+    parts, length = body_parts(body)
+    r = client.post(f"{url}/v1/pip?shape=columns", content=parts,
+                    headers={"content-type": "application/json", **length})
+    r.raise_for_status()
+    return orjson.loads(r.content)["results"]
+
+
+def server_timing(header: str) -> dict[str, tuple[float, float]]:
+    """Server-Timing (read;dur=..;desc="cpu .."): stage -> (wall s, process CPU s)."""
+    out = {}
+    for part in filter(None, (p.strip() for p in header.split(","))):
+        name, *fields = part.split(";")
+        values = dict(f.split("=", 1) for f in fields)
+        out[name] = (float(values.get("dur", "nan")) / 1000,
+                     float(values.get("desc", '"cpu nan"').strip('"').split()[-1]) / 1000)
+    return out
+
+
+def cpu_seconds(pid: int) -> float:
+    """The process's user + system CPU time (/proc/<pid>/stat, in clock ticks)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def arrow_breakdown(client, url, x, y, pid: int, repeat: int) -> None:
+    """Where the Arrow request's time goes, the fastest of `repeat`: the client's encode and decode, the server's
+    stages (Server-Timing: wall and the process's CPU), and the rest (both bodies in transit, HTTP parsing, the
+    framework); then the server's CPU seconds per request, from /proc, over the same requests."""
+    runs = []
+    cpu = []
+    for _ in range(repeat):
+        stages: dict = {}
+        c0 = cpu_seconds(pid)
+        http_arrow(client, url, x, y, stages)
+        cpu.append(cpu_seconds(pid) - c0)
+        runs.append(stages)
+    best = min(runs, key=lambda s: s["client_encode"] + s["request"] + s["client_decode"])
+    server = best["server"]
+    in_server = sum(wall for wall, _ in server.values())
+    total = best["client_encode"] + best["request"] + best["client_decode"]
+    print(f"\nHTTP arrow, {len(x):,} points, 3 layers: where the time goes (fastest of {repeat}; "
+          f"body {best['sizes'][0] / 1e6:.1f} MB in, {best['sizes'][1] / 1e6:.1f} MB out)")
+    print(f"  {'stage':44} {'wall ms':>9} {'server CPU ms':>14}")
+    print(f"  {'client encode (Arrow stream)':44} {best['client_encode'] * 1000:9.1f}")
+    for name, (wall, stage_cpu) in server.items():
+        label = {"read": "server: body arrives (transfer in)", "decode": "server: decode + checks",
+                 "tag": "server: prepare + tag", "encode": "server: answer table + Arrow stream"}.get(name, name)
+        print(f"  {label:44} {wall * 1000:9.1f} {stage_cpu * 1000:14.1f}")
+    print(f"  {'answer transfer, HTTP, framework (the rest)':44} {(best['request'] - in_server) * 1000:9.1f}")
+    print(f"  {'client decode (Arrow stream)':44} {best['client_decode'] * 1000:9.1f}")
+    print(f"  {'total':44} {total * 1000:9.1f}")
+    print(f"  server process CPU per request (/proc, all of it): min {min(cpu) * 1000:.0f} ms, "
+          f"median {sorted(cpu)[len(cpu) // 2] * 1000:.0f} ms")
 
 
 def http_csv(client, url, x, y):
@@ -311,10 +382,15 @@ def main() -> None:
     try:
         with httpx.Client(timeout=600) as client:
             http_arrow(client, url, x[:1000], y[:1000])
-            for name, fn in (("HTTP arrow", http_arrow), ("HTTP json (orjson)", http_json),
+            http_json_columns(client, url, x[:1000], y[:1000])
+            ratio = {}
+            for name, fn in (("HTTP arrow", http_arrow), ("HTTP json rows (orjson)", http_json),
+                             ("HTTP json columns (orjson)", http_json_columns),
                              ("HTTP csv", http_csv), ("HTTP ndjson stream", http_ndjson)):
                 t, _ = timed(fn, client, url, x, y, repeat=repeat)  # best of 3, as for the engine
                 rows.append((f"{name}, 3 layers", n / t, (n / t) / three_layer_sjoin))
+                ratio[name] = (n / t) / three_layer_sjoin
+            arrow_breakdown(client, url, x, y, proc.pid, repeat)
             peak = rss_mb(proc.pid)
             big_line = ""
             if args.big:
@@ -332,6 +408,12 @@ def main() -> None:
           f"after the {n:,}-point requests {peak:.0f} MB")
     if big_line:
         print(big_line)
+    json_best = max(ratio["HTTP json rows (orjson)"], ratio["HTTP json columns (orjson)"])
+    print(f"\ntargets (issue 21), against geopandas.sjoin of the 3 layers; load average "
+          f"{', '.join(f'{v:.2f}' for v in os.getloadavg())}{' (--smoke: figures mean nothing)' if args.smoke else ''}")
+    for name, measured, target in ((f"HTTP arrow, {n:,} points, 3 layers", ratio["HTTP arrow"], ARROW_TARGET),
+                                   ("HTTP json (the faster of rows and columns)", json_best, JSON_TARGET)):
+        print(f"  {name:44} {measured:6.2f}x  target >= {target:g}x: {'met' if measured >= target else 'NOT MET'}")
 
 
 if __name__ == "__main__":

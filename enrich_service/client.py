@@ -29,8 +29,6 @@ from typing import TYPE_CHECKING, Any, Literal
 import httpx
 import orjson
 
-from .server.memory import paused_gc
-
 if TYPE_CHECKING:  # pandas and pyarrow are imported when used: `import enrich_service.client` stays cheap.
     import subprocess
 
@@ -70,6 +68,18 @@ EXPECT_LAYERS_HEADER = "X-Enrich-Expect-Layers"
 # result column named like an input column does in the service's tables (its `prefix` option).
 FRAME_PREFIX = "enrich_"
 CHUNK_ROWS = 200_000
+BODY_PART_BYTES = 1 << 20
+
+
+def body_parts(body: bytes | memoryview | Any) -> tuple[list[memoryview], dict[str, str]]:
+    """A request body as 1 MB views with its Content-Length header, for httpx's `content` and `headers`.
+
+    httpcore sends a bytes body as `buffer = buffer[sent:]` after each socket send, copying the rest every time:
+    quadratic in the body's size (docs/engine.md). Parts bound each copy to 1 MB, and a list (not a
+    generator) is sent again as it is when a request is retried. Accepts bytes, a memoryview or a pyarrow Buffer."""
+    view = memoryview(body).cast("B")
+    parts = [view[i:i + BODY_PART_BYTES] for i in range(0, len(view), BODY_PART_BYTES)]
+    return parts, {"content-length": str(len(view))}
 
 
 class EnrichClient:
@@ -297,10 +307,11 @@ class EnrichClient:
 
         from .io.arrow_stream import stream_buffer
 
-        headers = {"content-type": ARROW, "accept": ARROW}
+        parts, length = body_parts(stream_buffer(table))
+        headers = {"content-type": ARROW, "accept": ARROW, **length}
         if expect_layers:
             headers[EXPECT_LAYERS_HEADER] = expect_layers
-        r = self._request("POST", path, params=params, content=stream_buffer(table).to_pybytes(), headers=headers)
+        r = self._request("POST", path, params=params, content=parts, headers=headers)
         served = r.headers.get("x-enrich-layers-sha256")
         if expect_layers and served != expect_layers:  # a service too old to check the header itself
             raise LayersVersionMismatch(f"answered from layer set {served}, expected {expect_layers}", 409)
@@ -314,20 +325,22 @@ class EnrichClient:
     # ---- internals ------------------------------------------------------------------------------------------
 
     def _tag_json(self, df, xs, ys, id, date, layers, as_of, crs, nearest_within_m):
+        import numpy as np
         import pandas as pd
 
-        ids = df[id].tolist() if id else list(range(len(df)))
-        # NaN is not JSON: send null and let the service report the row as missing.
-        points = [{"id": i, "lon": None if x != x else x, "lat": None if y != y else y}
-                  for i, x, y in zip(ids, xs.tolist(), ys.tolist())]
+        # Points as columns and the answer as columns (shape=columns): no object per row on either side. NaN is not
+        # JSON: orjson writes it as null, and the service reports the row as missing.
+        points: dict[str, Any] = {"id": df[id].tolist() if id else np.arange(len(df)),
+                                  "lon": np.ascontiguousarray(xs, dtype=np.float64),
+                                  "lat": np.ascontiguousarray(ys, dtype=np.float64)}
         if date:
-            for p, d in zip(points, _iso_dates(df[date])):
-                p["date"] = d
+            points["date"] = _iso_dates(df[date])
         body = {"points": points, **_params(layers=_layer_list(layers), as_of=as_of, crs=crs,
                                             nearest_within_m=nearest_within_m)}
-        r = self._request("POST", "/v1/pip", content=orjson.dumps(body), headers={"content-type": "application/json"})
-        with paused_gc():  # a 1M-row answer is millions of objects that all stay alive: nothing to collect
-            doc = orjson.loads(r.content)
+        parts, length = body_parts(orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY))
+        r = self._request("POST", "/v1/pip", params={"shape": "columns"}, content=parts,
+                          headers={"content-type": "application/json", **length})
+        doc = orjson.loads(r.content)
         results = pd.DataFrame(doc["results"])
         return results.drop(columns=["id"], errors="ignore"), doc.get("layers", {})
 

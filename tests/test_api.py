@@ -177,6 +177,107 @@ def test_wrong_media_type_is_415_and_unacceptable_accept_is_406(client):
     assert r.status_code == 406 and r.json()["field"] == "Accept"
 
 
+def _without_results(doc: dict) -> dict:
+    return {k: v for k, v in doc.items() if k != "results"}
+
+
+def _as_columns(rows: list[dict]) -> dict:
+    return {name: [row[name] for row in rows] for name in rows[0]}
+
+
+def test_a_json_answer_in_columns_holds_the_rows_values_chosen_by_parameter_or_accept(client):
+    # City hall, a row dated under the 2011 lines, a bad coordinate (that row's error) and a zero point (a flag).
+    points = [{"id": "a", "lon": CITY_HALL[0], "lat": CITY_HALL[1]},
+              {"id": 2, "lon": -117.1949, "lat": 32.8244, "date": "2015-06-01"},
+              {"id": None, "lon": "x", "lat": 32.7}, {"id": 4, "lon": 0, "lat": 0}]
+    body = orjson.dumps({"points": points})
+    rows = client.post("/v1/pip", content=body, headers={"content-type": "application/json"}).json()
+    assert rows["results"][0]["zip"] == "92101" and rows["errors"][0]["row"] == 2, rows
+    for query, accept in (("?shape=columns", None), ("", "application/json; shape=columns"),
+                          ("", 'text/html;q=0.9, application/json;shape="columns"')):
+        r = client.post(f"/v1/pip{query}", content=body,
+                        headers={"content-type": "application/json", **({"accept": accept} if accept else {})})
+        assert r.status_code == 200 and r.headers["content-type"] == "application/json", r.text
+        doc = r.json()
+        assert doc["results"] == _as_columns(rows["results"]), (query, accept)
+        assert list(doc["results"]) == list(rows["results"][0])  # the columns in the rows' key order
+        assert _without_results(doc) == _without_results(rows)
+    # Accept's shape belongs to its JSON entry: a CSV answer chosen first is not refused for it
+    r = client.post("/v1/pip", content=b"id,lon,lat\n1,-117.1627,32.7167\n",
+                    headers={"content-type": "text/csv", "accept": "text/csv, application/json; shape=columns"})
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/csv"), r.text
+    # rows stays the default, and can be asked for by name; a CSV body answered in JSON columns
+    assert client.post("/v1/pip?shape=rows", content=body, headers={"content-type": "application/json"}).json() \
+        == rows
+    csv_body = b"id,lon,lat\n1,-117.1627,32.7167\n2,,32.7\n"
+    csv_rows = client.post("/v1/pip", content=csv_body,
+                           headers={"content-type": "text/csv", "accept": "application/json"}).json()
+    r = client.post("/v1/pip?shape=columns", content=csv_body,
+                    headers={"content-type": "text/csv", "accept": "application/json"})
+    assert r.json()["results"] == _as_columns(csv_rows["results"]), r.text
+    assert r.json()["results"]["error"] == [None, "lon: missing"]
+    # an Arrow body's id column is written as it is: numbers stay numbers, as in the rows
+    arrow_body = _arrow(pa.table({"id": pa.array([7, None], pa.int64()), "lon": [CITY_HALL[0], -117.25],
+                                  "lat": [CITY_HALL[1], 32.85]}))
+    arrow_rows = client.post("/v1/pip", content=arrow_body,
+                             headers={"content-type": ARROW, "accept": "application/json"}).json()
+    r = client.post("/v1/pip?shape=columns", content=arrow_body,
+                    headers={"content-type": ARROW, "accept": "application/json"})
+    assert r.json()["results"] == _as_columns(arrow_rows["results"]) and r.json()["results"]["id"] == [7, None]
+
+
+def test_points_sent_as_columns_are_answered_as_the_same_points_sent_as_rows(client):
+    points = [{"id": "a", "lon": CITY_HALL[0], "lat": CITY_HALL[1]}, {"id": 2, "lon": None, "lat": 32.7},
+              {"id": 3, "lon": -117.1949, "lat": 32.8244}]
+    rows = client.post("/v1/pip?layers=zip,council_district", content=orjson.dumps({"points": points}),
+                       headers={"content-type": "application/json"}).json()
+    columns = {k: [p[k] for p in points] for k in ("id", "lon", "lat")}
+    for shape in ("rows", "columns"):
+        r = client.post(f"/v1/pip?shape={shape}", content=orjson.dumps({"points": columns,
+                                                                         "layers": ["zip", "council_district"]}),
+                        headers={"content-type": "application/json"})
+        assert r.status_code == 200, r.text
+        want = rows if shape == "rows" else {**rows, "results": _as_columns(rows["results"])}
+        assert r.json() == want
+    assert rows["results"][1]["error"] == "lon: missing" and rows["results"][0]["zip"] == "92101"
+    r = client.post("/v1/pip", content=orjson.dumps({"points": {"lon": [1.0, 2.0], "lat": [3.0]}}),
+                    headers={"content-type": "application/json"})
+    assert r.status_code == 422 and r.json()["field"] == "lat", r.text
+
+
+def test_geocode_join_answers_json_columns_too(client):
+    records = {"records": [{"id": 1, "address": "4712 Mt St Helens Dr"}, {"id": "b", "address": "1200 Third Ave"},
+                           {"id": 3, "address": ""}]}
+    rows = client.post("/v1/geocode-join", content=orjson.dumps(records),
+                       headers={"content-type": "application/json"}).json()
+    doc = client.post("/v1/geocode-join?shape=columns", content=orjson.dumps(records),
+                      headers={"content-type": "application/json"}).json()
+    assert doc["results"] == _as_columns(rows["results"]) and _without_results(doc) == _without_results(rows)
+    assert doc["results"]["council_district"][0] and doc["results"]["id"] == [1, "b", 3]
+
+
+@pytest.mark.parametrize("query, accept, status", [
+    ("shape=wide", None, 422), ("shape=", None, 422), ("", "application/json; shape=table", 422),
+    ("shape=columns", "text/csv", 406), ("shape=columns", ARROW, 406),
+])
+def test_a_bad_or_unanswerable_shape_is_refused_naming_it(client, query, accept, status):
+    r = client.post(f"/v1/pip?{query}", content=b"id,lon,lat\n1,-117.1627,32.7167\n",
+                    headers={"content-type": "text/csv", **({"accept": accept} if accept else {})})
+    assert r.status_code == status and r.json()["field"] == "shape", r.text
+
+
+def test_a_bulk_answer_says_where_its_time_went(client):
+    # Server-Timing: read, decode, tag, encode, each with the process's CPU time over it (bench/pip.py prints them).
+    for content_type, body in (("text/csv", b"id,lon,lat\n1,-117.1627,32.7167\n"),
+                               ("application/json", orjson.dumps({"points": [{"lon": -117.1627, "lat": 32.7167}]}))):
+        r = client.post("/v1/pip", content=body, headers={"content-type": content_type})
+        assert r.status_code == 200, r.text
+        stages = [part.strip().split(";") for part in r.headers["server-timing"].split(",")]
+        assert [s[0] for s in stages] == ["read", "decode", "tag", "encode"], stages
+        for _, dur, desc in stages:
+            assert float(dur.removeprefix("dur=")) >= 0 and desc.startswith('desc="cpu '), stages
+
+
 def _arrow(table: pa.Table) -> bytes:
     sink = pa.BufferOutputStream()
     with ipc.new_stream(sink, table.schema) as w:
@@ -270,7 +371,7 @@ def test_bulk_routes_document_every_registered_format_and_exactly_the_parameters
 
     spec = client.get("/openapi.json").json()
     common = {"layers", "as_of", "nearest_within_m", "id_col", "lon_col", "lat_col", "date_col", "prefix", "delimiter",
-              "charset"}
+              "charset", "shape"}
     for path, params in (("/v1/pip", common | {"crs", "date_format"}),
                          ("/v1/geocode-join", common | {"address_col", "city_col", "zip_col", "min_match"})):
         post = spec["paths"][path]["post"]

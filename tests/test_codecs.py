@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import msgspec
 import numpy as np
 import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
 
-from enrich_service.io.json_rows import json_rows
+from enrich_service.io.json_rows import json_columns, json_rows
 
 NASTY = ['plain', 'quo"te', 'back\\slash', 'new\nline', 'tab\t', '\x01ctl', 'Café Ñ 東京', '', None]
 
@@ -63,6 +64,32 @@ def test_dictionary_columns_side_by_side_write_what_orjson_writes_for_each_row(p
     no_floats = [c for c in columns if c[0] != "d_m"]
     assert bytes(json_rows(no_floats, b"\n", tail=b"\n")) == b"".join(
         orjson.dumps({k: v for k, v in row.items() if k != "d_m"}) + b"\n" for row in rows)
+
+
+@pytest.mark.parametrize("parallel", [False, True])
+@pytest.mark.parametrize("ids", [list(range(9)), NASTY, [1, "two", 3.5, None, True, False, 2**64 - 1, -0.0, "x"]])
+def test_json_columns_hold_what_the_rows_hold_column_by_column(ids, parallel, monkeypatch):
+    # shape=columns: the same values as json_rows writes, one array per column, the keys in order; each column
+    # copied by the serial and the parallel kernel.
+    if parallel:
+        monkeypatch.setattr("enrich_service.io.json_rows.SERIAL_BELOW", 0)
+    key = pa.DictionaryArray.from_arrays(pa.array([0, 1, None, 2, 0, 1, 2, None, 0], pa.int32()),
+                                         pa.array(["3", 'Mission "Valley"', "Café"]))
+    columns = [("id", ids), ("council_district", key),
+               ("d_m", pa.array([1.25, None, 0.0, 1e20, 3.0, np.nan, 7.5, 0.1 + 0.2, 2.0], from_pandas=False)),
+               ("flags", pc.dictionary_encode(pa.array(NASTY))), ("error", pa.array(NASTY)),
+               ("none", pa.nulls(9))]
+    body = json_columns(columns, head=b'{"results":', tail=b',"count":9}')
+    doc = orjson.loads(body)
+    rows = orjson.loads(bytes(json_rows(columns, b",", head=b"[", tail=b"]")))
+    assert list(doc["results"]) == [name for name, _ in columns] and doc["count"] == 9
+    assert doc["results"] == {name: [row[name] for row in rows] for name, _ in columns}
+    assert doc["results"]["d_m"][5] is None  # NaN is not JSON: null, as in the rows
+
+
+def test_json_columns_of_no_rows_are_empty_arrays():
+    assert orjson.loads(json_columns([("id", []), ("zip", pa.array([], pa.string()).dictionary_encode())])) == \
+        {"id": [], "zip": []}
 
 
 def test_non_finite_floats_become_null_as_orjson_writes_them():
@@ -140,6 +167,58 @@ def test_typed_json_bodies_decode_as_the_lenient_way_does(typed, body):
     assert (batch.dates is None) == (want.dates is None)
     if want.dates is not None:
         np.testing.assert_array_equal(batch.dates, want.dates)
+
+
+def _columns_of(points: list[dict]) -> dict:
+    keys = dict.fromkeys(k for p in points for k in p)
+    return {k: [p.get(k) for p in points] for k in keys}
+
+
+@pytest.mark.parametrize("typed, points", [
+    (True, [{"id": 1, "lon": -117.1, "lat": 32.7}, {"id": "P-2", "lon": -117, "lat": 33}]),
+    (True, [{"id": 2.5, "lon": 1, "lat": 2, "date": "2019-03-04"}, {"id": -0.0, "lon": 1, "lat": 2, "date": None},
+            {"id": "x" * 1001, "lon": 1, "lat": 2, "date": "2019-02-30"}]),
+    (True, [{"lon": 1.5, "lat": 2.5}]),
+    (False, [{"id": True, "lon": 1, "lat": 2}, {"id": 2**63, "lon": 1, "lat": 2}]),
+    (False, [{"id": 1, "lon": "1", "lat": 2}, {"id": 2, "lon": None, "lat": False}, {"id": 3, "lon": 1, "lat": 2}]),
+])
+def test_points_sent_as_columns_decode_as_the_same_points_sent_as_rows(typed, points):
+    # {"points": {"id": [...], "lon": [...], "lat": [...]}}: the cheap body to write; every per-row check holds.
+    from enrich_service.io.json_body import _TYPED_BODY, decode_json
+
+    raw = msgspec.json.encode({"points": _columns_of(points), "layers": "zip"})
+    try:
+        _TYPED_BODY.decode(raw)
+        took_typed = True
+    except msgspec.MsgspecError:
+        took_typed = False
+    assert took_typed == typed
+    options, batch = decode_json(raw)
+    want_options, want = decode_json(msgspec.json.encode({"points": points, "layers": "zip"}))
+    assert options == want_options and options["layers"] == "zip"
+    assert batch.ids == want.ids and [type(i) for i in batch.ids] == [type(i) for i in want.ids]
+    assert batch.errors == want.errors
+    np.testing.assert_array_equal(batch.x, want.x)
+    np.testing.assert_array_equal(batch.y, want.y)
+    assert (batch.dates is None) == (want.dates is None)
+    if want.dates is not None:
+        np.testing.assert_array_equal(batch.dates, want.dates)
+
+
+@pytest.mark.parametrize("points, field, says", [
+    ({"lon": [1.0, 2.0], "lat": [3.0]}, "lat", "has 1 values"),
+    ({"id": [1], "lon": [1.0, 2.0], "lat": [3.0, 4.0]}, "id", "has 1 values"),
+    ({"lon": [1.0], "lat": [2.0], "idd": [1]}, "idd", "did you mean id?"),
+    ({"lon": [1.0]}, "lat", "is missing"),
+    ({"lon": 1.0, "lat": [2.0]}, "lon", "must be an array"),
+])
+def test_points_as_columns_of_other_lengths_or_unknown_keys_are_refused_naming_the_column(points, field, says):
+    from enrich_service.errors import InvalidInput
+    from enrich_service.io.json_body import decode_json
+
+    with pytest.raises(InvalidInput) as exc:
+        decode_json(orjson.dumps({"points": points}))
+    assert exc.value.field == field and says in exc.value.message
 
 
 @pytest.mark.parametrize("body, field", [(b"[1, 2]", "body"), (b'{"layers": "zip"}', "points"),

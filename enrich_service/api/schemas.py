@@ -21,9 +21,20 @@ class PointIn(BaseModel):
     date: str | None = Field(default=None, description="YYYY-MM-DD: picks the layer versions in force that day")
 
 
+class PointColumnsIn(BaseModel):
+    """The points as one array per key, each with a value per point: the cheapest JSON body to write and read."""
+
+    model_config = ConfigDict(extra="forbid")
+    id: list[str | int | float | None] | None = Field(default=None, description="Echoed back; any strings or numbers")
+    lon: list[float | None] = Field(description="Longitudes, or x in the request CRS", examples=[[-117.1627]])
+    lat: list[float | None] = Field(description="Latitudes, or y in the request CRS", examples=[[32.7167]])
+    date: list[str | None] | None = Field(default=None, description="YYYY-MM-DD per point")
+
+
 class PipRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")  # a misspelled option is refused (422 naming it), never ignored
-    points: list[PointIn] = Field(min_length=1)
+    points: list[PointIn] | PointColumnsIn = Field(
+        description="A list of {id, lon, lat, date?} objects, or an object of arrays {id, lon, lat, date?}")
     layers: list[str] | str | None = Field(default=None, examples=[LAYER_EXAMPLE],
                                            description="Layers to tag with, a list or a comma-separated string "
                                                        "(default: ENRICH_DEFAULT_LAYERS)")

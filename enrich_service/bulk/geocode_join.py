@@ -14,7 +14,7 @@ from ..geocode import join
 from ..geocode.compose import joined_text
 from ..geocode.join import AddressColumns, Joined, Records
 from ..index import ServiceIndex
-from ..io import json_body, results
+from ..io import json_body, json_rows, results
 from ..io.params import Param
 from ..io.tables import with_local_days
 from ..settings import Settings
@@ -105,6 +105,17 @@ class GeocodeJoin(BulkOperation[AddressParams, Records, Joined]):
         return json_body.dumps({"results": rows, "count": len(rows), "layers": out.result.layers_used(),
                                 "geocode_reference": join.reference_header(index),
                                 "errors": results.error_list(data.ids, out.prepared, out.result)})
+
+    def encode_json_columns(self, index: ServiceIndex, data: Records, out: Joined) -> bytes:
+        ids = data.ids if isinstance(data.ids, list) else (
+            data.ids.to_pylist() if data.ids is not None else [None] * len(data.addresses))
+        # The table answer's columns (the same names and values as the rows), the ids as the body sent them.
+        answered = join.answer_table(pa.table({"id": pa.nulls(len(ids))}), None, out)
+        rest = json_body.dumps({"count": len(ids), "layers": out.result.layers_used(),
+                                "geocode_reference": join.reference_header(index),
+                                "errors": results.error_list(data.ids, out.prepared, out.result)})
+        columns = [("id", ids)] + [(name, answered.column(name)) for name in answered.column_names[1:]]
+        return json_rows.json_columns(columns, head=b'{"results":', tail=b"," + rest[1:])
 
     def encode_lines(self, index: ServiceIndex, data: Records, out: Joined) -> bytes:
         return b"".join(json_body.dumps(row) + b"\n" for row in join.rows(data.ids, out))

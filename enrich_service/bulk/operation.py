@@ -58,7 +58,8 @@ PREFIX = Param("prefix", "CSV/Arrow answers: put in front of a result column nam
 
 
 class BulkOperation(ABC, Generic[P, In, Out]):
-    """decode (from_json | from_table | from_lines) -> run -> encode (encode_json | answer_table | encode_lines).
+    """decode (from_json | from_table | from_lines) -> run -> encode (encode_json | encode_json_columns |
+    answer_table | encode_lines).
 
     The input (`In`) carries per-row errors in `.errors` (row -> (field, message)): NDJSON lines that are not JSON
     are added there, and answered as rows like the others."""
@@ -106,6 +107,11 @@ class BulkOperation(ABC, Generic[P, In, Out]):
 
     @abstractmethod
     def encode_json(self, index: ServiceIndex, data: In, out: Out) -> bytes | memoryview: ...
+
+    @abstractmethod
+    def encode_json_columns(self, index: ServiceIndex, data: In, out: Out) -> bytes | memoryview:
+        """The JSON answer with `results` as one array per column (shape=columns); the other members as
+        encode_json writes them."""
 
     @abstractmethod
     def encode_lines(self, index: ServiceIndex, data: In, out: Out) -> bytes | memoryview: ...

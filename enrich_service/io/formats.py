@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import pyarrow as pa
 from starlette.responses import Response
 
-from ..errors import NotAcceptable, UnsupportedMediaType
+from ..errors import InvalidInput, NotAcceptable, UnsupportedMediaType
 from .arrow import encode_arrow, read_arrow_body
 from .csv_text import encode_csv, read_csv_body
 from .geojson import decode_geojson, encode_geojson
@@ -50,6 +50,9 @@ class Format:
 DELIMITER = Param("delimiter", "CSV bodies: comma, semicolon, tab or pipe (default: sniffed from the first lines)")
 CHARSET = Param("charset", "CSV bodies and uploaded CSV files: the text's encoding, e.g. windows-1252 for a CSV "
                            "saved by Excel on Windows (default: the Content-Type's charset, else UTF-8)")
+ROWS, COLUMNS = "rows", "columns"
+SHAPE = Param("shape", "JSON answers: rows (default), a list of objects, one per row; or columns, one array per "
+                       "column under `results` (also chosen by Accept: application/json; shape=columns)")
 _BINARY = {"type": "string", "format": "binary"}
 _TEXT = {"type": "string"}
 FORMATS: dict[str, Format] = {f.media_type: f for f in (
@@ -63,6 +66,7 @@ FORMATS: dict[str, Format] = {f.media_type: f for f in (
 )}
 MEDIA_TYPES = tuple(FORMATS)
 FORMAT_PARAMS = tuple(param for fmt in FORMATS.values() for param in fmt.params)
+ANSWER_PARAMS = (SHAPE,)  # parameters of the answer, declared on every bulk route
 _ALIASES = {alias: f.media_type for f in FORMATS.values() for alias in f.aliases}
 
 
@@ -95,3 +99,25 @@ def response_type(accept: str | None, request_type: str) -> str:
             return base
     raise NotAcceptable(f"cannot answer {accept!r} to a {request_type} request", field="Accept")
 
+
+def json_shape(accept: str | None, answer_type: str, given: str | None) -> str:
+    """A JSON answer's shape: rows or columns, from the `shape` parameter, else from the `shape` parameter of
+    application/json in Accept (when JSON is the answer), else rows. Checked before the body is read; the parameter
+    asking for columns with another answer type is refused rather than ignored."""
+    shape = given
+    if shape is None and accept and answer_type == JSON:
+        for part in accept.split(","):
+            base, *media_params = part.split(";")
+            if base.strip().lower() == JSON:
+                for param in media_params:
+                    key, _, value = param.partition("=")
+                    if key.strip().lower() == SHAPE.name:
+                        shape = value.strip().strip('"').lower()
+                break
+    if shape is None:
+        return ROWS
+    if shape not in (ROWS, COLUMNS):
+        raise InvalidInput(f"shape must be {ROWS} or {COLUMNS} (got {shape!r})", field=SHAPE.name)
+    if shape == COLUMNS and answer_type != JSON:
+        raise NotAcceptable(f"shape={COLUMNS} applies to JSON answers; this one is {answer_type}", field=SHAPE.name)
+    return shape

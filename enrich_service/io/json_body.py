@@ -42,9 +42,13 @@ def numbers(values: list) -> np.ndarray:
 
 @paused_gc()
 def decode_points(points: object, cols: Columns = Columns()) -> PointBatch:
-    """JSON `points` (a list of objects) to columns; a malformed row is recorded, the others decoded."""
+    """JSON `points` (a list of objects, or an object of equally long arrays: {"id": [...], "lon": [...], "lat":
+    [...]}) to columns; a malformed row is recorded, the others decoded."""
+    if isinstance(points, dict):
+        return _decode_point_columns(points, cols)
     if not isinstance(points, list):
-        raise InvalidInput("points must be a list of {id, lon, lat} objects", field="points")
+        raise InvalidInput("points must be a list of {id, lon, lat} objects, or an object of arrays "
+                           "{id: [...], lon: [...], lat: [...]}", field="points")
     # map() over C-level methods rather than comprehensions: no Python frame per row.
     errors: dict[int, tuple[str, str]] = {}
     rows = points
@@ -54,6 +58,38 @@ def decode_points(points: object, cols: Columns = Columns()) -> PointBatch:
             errors[i] = ("points", "each point must be an object with id, lon and lat")
     xs = list(map(dict.get, rows, repeat(cols.lon)))
     ys = list(map(dict.get, rows, repeat(cols.lat)))
+    ids = list(map(dict.get, rows, repeat(cols.id)))
+    date_key = cols.date or "date"
+    dates = None
+    if any(map(dict.__contains__, rows, repeat(date_key))):
+        dates = list(map(dict.get, rows, repeat(date_key)))
+    return _checked_points(ids, xs, ys, dates, date_key, cols, errors)
+
+
+def _decode_point_columns(points: dict, cols: Columns) -> PointBatch:
+    """`points` as one array per key: the same checks as rows, each odd cell its row's error."""
+    date_key = cols.date or "date"
+    check_keys(points, (cols.id, cols.lon, cols.lat, date_key))
+    if cols.lon not in points or cols.lat not in points:
+        missing = cols.lon if cols.lon not in points else cols.lat
+        raise InvalidInput(f"points.{missing} is missing: columns of points need {cols.lon} and {cols.lat}",
+                           field=missing)
+    for key, values in points.items():
+        if not isinstance(values, list):
+            raise InvalidInput(f"points.{key} must be an array (one value per point)", field=key)
+    n = len(points[cols.lon])
+    for key, values in points.items():
+        if len(values) != n:
+            raise InvalidInput(f"points.{key} has {len(values)} values, points.{cols.lon} has {n}: every column "
+                               f"of points has one value per point", field=key)
+    ids = list(points[cols.id]) if cols.id in points else [None] * len(points[cols.lon])
+    return _checked_points(ids, points[cols.lon], points[cols.lat], points.get(date_key), date_key, cols, {})
+
+
+def _checked_points(ids: list, xs: list, ys: list, dates: list | None, date_key: str, cols: Columns,
+                    errors: dict[int, tuple[str, str]]) -> PointBatch:
+    """Points as lists (the rows' values, or the columns as sent) to a batch: a coordinate that is not a number
+    is its row's error."""
     x, y = numbers(xs), numbers(ys)
     for name, raw, arr in ((cols.lon, xs, x), (cols.lat, ys, y)):
         for row in np.flatnonzero(np.isnan(arr)).tolist():  # only the odd rows are looked at one by one
@@ -64,11 +100,6 @@ def decode_points(points: object, cols: Columns = Columns()) -> PointBatch:
                 errors[row] = (name, "missing")
             elif not (v.__class__ is float or v.__class__ is int):
                 errors[row] = (name, f"must be a number, got {type(v).__name__}")
-    ids = list(map(dict.get, rows, repeat(cols.id)))
-    date_key = cols.date or "date"
-    dates = None
-    if any(map(dict.__contains__, rows, repeat(date_key))):
-        dates = list(map(dict.get, rows, repeat(date_key)))
     return _point_batch(ids, x, y, dates, date_key, errors)
 
 
@@ -115,8 +146,15 @@ class _Point(msgspec.Struct, gc=False):
     date: str | None | msgspec.UnsetType = msgspec.UNSET
 
 
+class _PointColumns(msgspec.Struct, gc=False, forbid_unknown_fields=True):
+    lon: list[float]
+    lat: list[float]
+    id: list[_Id] | msgspec.UnsetType = msgspec.UNSET
+    date: list[str | None] | msgspec.UnsetType = msgspec.UNSET
+
+
 class _Body(msgspec.Struct, gc=False, forbid_unknown_fields=True):
-    points: list[_Point]
+    points: list[_Point] | _PointColumns
     layers: list[str] | str | None = None
     as_of: str | None = None
     crs: str | int | None = None
@@ -155,6 +193,8 @@ def decode_json(body: bytes, cols: Columns = Columns()) -> tuple[dict, PointBatc
         if doc.get("points") is None:
             raise InvalidInput("points is missing", field="points") from None
         return {name: doc.get(name) for name in OPTIONS}, decode_points(doc["points"], cols)
+    if isinstance(typed.points, _PointColumns):
+        return {name: getattr(typed, name) for name in OPTIONS}, _typed_columns(typed.points, cols)
     rows = typed.points
     x = np.fromiter(map(attrgetter("lon"), rows), dtype=np.float64, count=len(rows))
     y = np.fromiter(map(attrgetter("lat"), rows), dtype=np.float64, count=len(rows))
@@ -164,6 +204,18 @@ def decode_json(body: bytes, cols: Columns = Columns()) -> tuple[dict, PointBatc
         dates = [None if d is msgspec.UNSET else d for d in given]
     batch = _point_batch(list(map(attrgetter("id"), rows)), x, y, dates, "date", {})
     return {name: getattr(typed, name) for name in OPTIONS}, batch
+
+
+def _typed_columns(points: _PointColumns, cols: Columns) -> PointBatch:
+    """Columns msgspec has typed: numbers already, only the lengths to check (the lenient reader names a mismatch)."""
+    given = {"lon": points.lon, "lat": points.lat, "id": points.id, "date": points.date}
+    if len({len(v) for v in given.values() if v is not msgspec.UNSET}) > 1:
+        return _decode_point_columns({k: v for k, v in given.items() if v is not msgspec.UNSET}, cols)
+    n = len(points.lon)
+    ids = [None] * n if points.id is msgspec.UNSET else points.id
+    dates = None if points.date is msgspec.UNSET else points.date
+    return _point_batch(ids, np.array(points.lon, dtype=np.float64), np.array(points.lat, dtype=np.float64), dates,
+                        "date", {})
 
 
 def check_keys(doc: dict, known: tuple[str, ...]) -> None:

@@ -51,7 +51,44 @@ def json_rows(columns: list[tuple[str, Column]], sep: bytes, *, head: bytes = b"
         pieces.append(table.add(_json_texts(values)))
     run.append(("}" + sep.decode(), None))
     pieces.append(_run_texts(run, n, table))
+    return _assemble(table, pieces, n, sep, head, tail)
 
+
+def json_columns(columns: list[tuple[str, Column]], *, head: bytes = b"", tail: bytes = b"") -> bytes:
+    """`head`, then one JSON object holding an array per column ({"id":[...],"zip":[...]}), then `tail`: the same
+    values as json_rows writes, without repeating every key on every row (an answer a third the size, and a client
+    parses arrays of values faster than a dict per row)."""
+    parts: list[bytes | memoryview] = [head, b"{"]
+    for k, (name, values) in enumerate(columns):
+        parts.append((b"," if k else b"") + orjson.dumps(name) + b":[")
+        parts.append(_array_items(values))
+        parts.append(b"]")
+    parts.append(b"}" + tail)
+    return b"".join(parts)
+
+
+def _array_items(values: Column) -> memoryview:
+    """A column's values as JSON texts separated by commas (the inside of its array). Each row's text followed by
+    a comma, as one Arrow string array: its data buffer is the array's text, laid end to end by Arrow (a dictionary
+    column: each distinct text made once, then taken per row)."""
+    if len(values) == 0:
+        return memoryview(b"")
+    comma, nothing = pa.scalar(",", _TEXT), pa.scalar("", _TEXT)
+    coded = _codes(values)
+    if coded is not None:
+        codes, texts = coded
+        items = pc.binary_join_element_wise(texts, comma, nothing).take(pa.array(codes))
+    else:
+        items = pc.binary_join_element_wise(_json_texts(values), comma, nothing)
+    offsets = np.frombuffer(items.buffers()[1], dtype=np.int64)
+    first, last = int(offsets[items.offset]), int(offsets[items.offset + len(items)])
+    return memoryview(items.buffers()[2])[first:last - 1]  # the last comma left out
+
+
+def _assemble(table: _TextTable, pieces: list[np.ndarray], n: int, sep: bytes, head: bytes,
+              tail: bytes) -> memoryview:
+    """`head`, then row i as the texts pieces[0][i], pieces[1][i], ... (the last of them ending in `sep`), then
+    `tail` in place of the last row's `sep`: one buffer, written by a compiled kernel."""
     offsets, data = table.arrays()
     index = np.vstack(pieces)
     lengths = np.diff(offsets)[index].sum(axis=0)

@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+from numba import njit
 
 from ..engine.rules import RULE_NAMES
 from ..engine.tagger import TagResult
@@ -17,7 +18,7 @@ from ..errors import InvalidInput
 from ..points import Prepared
 from ..server.memory import paused_gc
 from .json_body import dumps
-from .json_rows import json_rows
+from .json_rows import json_columns, json_rows
 
 MAX_ROW_ERRORS_LISTED = 1000  # a JSON answer's `errors` list: each row's own `error` column has them all
 
@@ -40,6 +41,15 @@ def _dictionary_column(indices: np.ndarray, valid: np.ndarray, dictionary: pa.Ar
     bitmap = pa.py_buffer(np.packbits(valid, bitorder="little"))
     arr = pa.Array.from_buffers(pa.from_numpy_dtype(indices.dtype), len(indices), [bitmap, pa.py_buffer(indices)])
     return pa.DictionaryArray.from_arrays(arr, dictionary, safe=False)
+
+
+@njit(cache=True)
+def _remap(codes, lookup, out):
+    # Each row's feature code to its key's index, in one pass (numpy's take converts the codes to 64-bit first);
+    # a row without a feature (-1) gets 0, masked as null.
+    for i in range(codes.shape[0]):
+        code = codes[i]
+        out[i] = lookup[code] if code >= 0 else 0
 
 
 def sparse_arrow(n: int, values: dict[int, str]) -> pa.Array:
@@ -81,9 +91,9 @@ def result_arrays(prepared: Prepared, result: TagResult) -> list[tuple[str, pa.A
     out: list[tuple[str, pa.Array]] = []
     for name, tags in result.layers.items():
         uniq, inverse = np.unique(tags.dictionary.astype(str), return_inverse=True)
-        index_type = _index_type(len(uniq))
-        lookup = np.append(inverse.astype(index_type), index_type(0))  # code -1 (no feature) takes the last slot
-        out.append((name, _dictionary_column(lookup.take(tags.codes), tags.codes >= 0, pa.array(uniq))))
+        indices: np.ndarray = np.empty(n, dtype=_index_type(len(uniq)))
+        _remap(tags.codes, inverse.astype(indices.dtype), indices)
+        out.append((name, _dictionary_column(indices, tags.codes >= 0, pa.array(uniq))))
         rule_index = np.maximum(tags.rule - np.int8(1), np.int8(0))  # index into _rules(); rule 0 is null
         out.append((f"{name}_rule", _dictionary_column(rule_index, tags.rule != 0, _rules())))
         if tags.distance_m is not None:
@@ -123,10 +133,23 @@ def error_list(ids: Any, prepared: Prepared, result: TagResult | None,
             for row, (name, message) in sorted(merged.items())[:limit]]
 
 
+def _json_members(ids: Any, prepared: Prepared, result: TagResult, extra: dict) -> bytes:
+    """The JSON answer's members after `results`, as one object."""
+    return dumps({"count": len(prepared), "layers": result.layers_used(),
+                  "errors": error_list(ids, prepared, result), **extra})
+
+
+@paused_gc()
+def encode_json_columns(ids: Any, prepared: Prepared, result: TagResult, extra: dict) -> bytes:
+    """As encode_json, with `results` as {"id": [...], "<layer>": [...], ...}: the same columns and values."""
+    rest = _json_members(ids, prepared, result, extra)
+    return json_columns([("id", ids)] + result_arrays(prepared, result), head=b'{"results":',
+                        tail=b"," + rest[1:])
+
+
 @paused_gc()
 def encode_json(ids: list, prepared: Prepared, result: TagResult, extra: dict) -> memoryview:
-    rest = dumps({"count": len(prepared), "layers": result.layers_used(),
-                  "errors": error_list(ids, prepared, result), **extra})
+    rest = _json_members(ids, prepared, result, extra)
     # The rows are written into the answer's own buffer, head and tail included: no copy of the whole answer at the end.
     return json_rows([("id", ids)] + result_arrays(prepared, result), b",", head=b'{"results":[',
                      tail=b"]," + rest[1:])

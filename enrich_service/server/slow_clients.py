@@ -16,6 +16,10 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from ..settings import get_settings
 
 PROTOCOL = "enrich_service.server.slow_clients:HeaderDeadlineProtocol"  # uvicorn.Config(http=...)
+# uvicorn stops reading a request's body once 64 KB wait for the app, so a 24 MB body arrives in hundreds of
+# pause/resume steps, each a trip through the event loop while the client's sends block. Up to this much is
+# buffered per request instead: a bulk body arrives in a few steps, memory per connection stays bounded.
+BODY_BUFFER_BYTES = 4 << 20
 
 
 class HeaderDeadlineProtocol(HttpToolsProtocol):
@@ -28,6 +32,15 @@ class HeaderDeadlineProtocol(HttpToolsProtocol):
     def on_message_begin(self) -> None:
         super().on_message_begin()
         self._start_head_timer()
+
+    def on_body(self, body: bytes) -> None:
+        # uvicorn's own on_body, with BODY_BUFFER_BYTES for its 64 KB limit
+        if (self.parser.should_upgrade() and self._should_upgrade()) or self.cycle.response_complete:
+            return
+        self.cycle.body += body
+        if len(self.cycle.body) > BODY_BUFFER_BYTES:
+            self.flow.pause_reading()
+        self.cycle.message_event.set()
 
     def on_headers_complete(self) -> None:
         self._cancel_head_timer()

@@ -1,0 +1,122 @@
+"""Large request bodies through the service's HTTP protocol and the client's body parts (issue 21): a bulk body
+arrives in few steps, memory per connection stays bounded, and not a byte is lost. No real data needed."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import socket
+import threading
+import time
+
+import pytest
+
+
+@pytest.fixture
+def body_server():
+    """uvicorn with the service's protocol class and an app that waits `wait` seconds before reading the body,
+    then records the size of every chunk it receives and answers the body's sha256."""
+    import uvicorn
+
+    from enrich_service.server.slow_clients import PROTOCOL
+
+    from .conftest import _free_port
+
+    chunks: list[int] = []
+
+    async def app(scope, receive, send):
+        if scope["type"] != "http":
+            return
+        await asyncio.sleep(1.0)  # the client sends meanwhile: what the protocol buffered is the first chunk
+        digest = hashlib.sha256()
+        more = True
+        while more:
+            message = await receive()
+            chunks.append(len(message["body"]))
+            digest.update(message["body"])
+            more = message.get("more_body", False)
+        answer = digest.hexdigest().encode()
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [(b"content-length", str(len(answer)).encode())]})
+        await send({"type": "http.response.body", "body": answer})
+
+    port = _free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, http=PROTOCOL, log_config=None,
+                                           lifespan="off"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not server.started:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    try:
+        yield f"http://127.0.0.1:{port}", chunks
+    finally:
+        server.should_exit = True
+        thread.join(10)
+
+
+def test_a_large_body_is_buffered_in_megabytes_not_64_kb_steps_and_arrives_whole(body_server):
+    import httpx
+
+    from enrich_service.client import BODY_PART_BYTES, body_parts
+    from enrich_service.server.slow_clients import BODY_BUFFER_BYTES
+
+    url, chunks = body_server
+    body = bytes(range(256)) * (24 * 4096)  # 24 MB, as a 1M-point Arrow body
+    parts, length = body_parts(body)
+    assert len(parts) == 24 and all(len(p) == BODY_PART_BYTES for p in parts) and length == {
+        "content-length": str(len(body))}
+    r = httpx.post(url, content=parts, headers=length, timeout=60)
+    assert r.status_code == 200 and r.text == hashlib.sha256(body).hexdigest()
+    assert sum(chunks) == len(body)
+    # uvicorn alone stops reading at 64 KB: its first chunk would be one socket read at most (~256 KB)
+    assert chunks[0] > 1 << 20, chunks[:5]
+    assert chunks[0] <= BODY_BUFFER_BYTES + (1 << 20), chunks[:5]  # still bounded: reading pauses past the buffer
+
+
+def test_body_parts_are_views_of_the_body_sent_again_on_a_retry():
+    import pyarrow as pa
+
+    from enrich_service.client import body_parts
+
+    buffer = pa.py_buffer(b"x" * 2_500_000)
+    parts, length = body_parts(buffer)
+    assert [len(p) for p in parts] == [1 << 20, 1 << 20, 2_500_000 - (2 << 20)] and length["content-length"] == \
+        "2500000"
+    assert b"".join(parts) == b"x" * 2_500_000 and b"".join(parts) == b"".join(parts)  # a list: iterable twice
+    assert body_parts(b"") == ([], {"content-length": "0"})
+
+
+def test_a_body_sent_in_parts_reaches_the_socket_in_order():
+    # A plain socket reading the request httpx writes from the parts: the Content-Length framing, no chunked encoding.
+    import httpx
+
+    from enrich_service.client import body_parts
+
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+    received = bytearray()
+
+    def serve():
+        conn, _ = listener.accept()
+        with conn:
+            while b"\r\n\r\n" not in received:
+                received.extend(conn.recv(65536))
+            head, _, rest = bytes(received).partition(b"\r\n\r\n")
+            size = int([line.split(b":")[1] for line in head.split(b"\r\n") if line.lower().startswith(
+                b"content-length")][0])
+            while len(rest) < size:
+                rest += conn.recv(1 << 20)
+            received[:] = head + b"\r\n\r\n" + rest
+            conn.sendall(b"HTTP/1.1 204 No Content\r\nContent-Length: 0\r\n\r\n")
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    body = bytes(range(256)) * 9000
+    parts, length = body_parts(body)
+    assert httpx.post(f"http://127.0.0.1:{port}/", content=parts, headers=length, timeout=30).status_code == 204
+    thread.join(10)
+    listener.close()
+    head, _, sent = bytes(received).partition(b"\r\n\r\n")
+    assert sent == body and b"transfer-encoding" not in head.lower()

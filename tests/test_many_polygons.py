@@ -104,7 +104,9 @@ def exact_answers(exact, probes) -> dict[str, tuple[np.ndarray, np.ndarray]]:
 def check_grid_walks_follow_the_exact_path(version, probes, truth, exact, cells: int) -> None:
     grid = GridIndex.build(version, cells=cells)
     check_cells_hold_what_the_geometry_says(version, grid, exact, np.random.default_rng(cells))
-    # What the check is for: int32 cells holding slots, and points answered by walks both ways and the band test.
+    # What the check is for: int32 cells holding slots, and special cells answered by walks both ways and the band
+    # test, each where it is the cheapest (a choice that never walks left, or leaves values unset, is the choice's
+    # inputs broken: row_start, edge_col).
     assert grid.cells.dtype == np.int32 and (grid.cells <= SLOT0).any()
     assert set(np.unique(grid.walk).tolist()) == {WALK_RIGHT, WALK_LEFT, WALK_BAND}
     for name, (x, y) in probes.items():

@@ -56,7 +56,8 @@ def build_index(settings: Settings, generation: int = 0, previous: ServiceIndex 
     passed validation before, so not validated again (the files are the same bytes)."""
     t0 = time.perf_counter()
     store = LayerStore.load(settings.manifest, settings.boundary_dir, settings.cache_dir, folders)
-    engine = Engine(store, grid_cells=settings.grid_cells, use_grid=settings.use_grid)
+    engine = Engine(store, grid_cells=settings.grid_cells, use_grid=settings.use_grid,
+                    cache_dir=settings.cache_dir)
     try:
         geocoder = build_geocoder(settings, store)  # beside the layers: a reload swaps both at once
     except EnrichError as exc:

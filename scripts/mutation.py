@@ -40,7 +40,6 @@ sys.path[:0] = [str(REPO), str(REPO / "dags")]
 # (module, qualified name, check group)
 TARGETS = [
     ("enrich_service.engine.rules", "winners", "rule"),
-    ("enrich_service.engine.exact", "_tile_edges", "rule"),
     ("enrich_service.engine.exact", "_tile_boxes", "rule"),
     ("enrich_service.engine.exact", "ExactIndex.candidates", "rule"),
     ("enrich_service.engine.exact", "ExactIndex._tag", "rule"),
@@ -251,21 +250,21 @@ class Checks:
                     self.truth[layer, vi] = (pts, *test_rule_truth.rule_in_sql(conn, v, pts))
                 conn.execute(f"DROP SCHEMA {schema} CASCADE")
                 conn.commit()
-        if "grid" in groups:  # a layer of 3,003 features (int32 cells, the walk), answered by the exact path once
+        if "grid" in groups:  # a layer of 3,003 features (int32 cells, the records), answered by the exact path once
             from tests import test_many_polygons
 
             self.m["many"] = test_many_polygons
             self.voronoi = test_many_polygons.many_polygons(self.store, self.tmp)
-            probes = test_many_polygons.walk_probes(self.voronoi, np.random.default_rng(3121))
+            probes = test_many_polygons.run_probes(self.voronoi, np.random.default_rng(3121))
             exact = ExactIndex(self.voronoi)  # the grid's targets leave the exact path as it is: built once
-            self.walk_truth = probes, test_many_polygons.exact_answers(exact, probes), exact
+            self.run_truth = probes, test_many_polygons.exact_answers(exact, probes), exact
             self.exact = {(layer, vi): ExactIndex(self.store.versions[layer][vi]) for layer, vi in test_rule_truth.VERSIONS}
             small = {place: test_grid.small_layer(Path(tempfile.mkdtemp(dir=self.tmp)), centre)
                      for place, centre in test_grid.PLACES.items()}
             self.small = {place: (v, ExactIndex(v)) for place, v in small.items()}
             # The kernels compiled (or read from numba's cache) here, not in every child; serially: a parallel
             # kernel would start OpenMP's threads in this process, and a forked child using them aborts.
-            for cells in test_many_polygons.WALK_RESOLUTIONS:
+            for cells in test_many_polygons.RUN_RESOLUTIONS:
                 GridIndex.build(self.voronoi, cells).lookup(*(c[:1000] for c in probes["random"]))
         self.cases = {}
         self.m["kills"] = test_mutation_kills
@@ -329,12 +328,12 @@ class Checks:
                 self.store, self.engine, self.truth)))
             out += self.group("version")
             return out
-        if name == "grid":  # the many-feature walk and the cells (a second or two each), then the rule's checks
+        if name == "grid":  # the many-feature runs and the cells (a second or two each), then the rule's checks
             import numpy as np
 
             many, grid = self.m["many"], self.m["grid"]
-            out = [(f"walks[{cells}]", (lambda cells=cells: many.check_grid_walks_follow_the_exact_path(
-                self.voronoi, *self.walk_truth, cells))) for cells in many.WALK_RESOLUTIONS]
+            out = [(f"runs[{cells}]", (lambda cells=cells: many.check_grid_runs_follow_the_exact_path(
+                self.voronoi, *self.run_truth, cells))) for cells in many.RUN_RESOLUTIONS]
             out += [(f"cells[{layer},{vi}]", (lambda layer=layer, vi=vi: grid.check_cells_hold_what_the_geometry_says(
                 self.store.versions[layer][vi], grid.GridIndex.build(self.store.versions[layer][vi]),
                 self.exact[layer, vi], np.random.default_rng(29)))) for layer, vi in t.VERSIONS]

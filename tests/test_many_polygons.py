@@ -14,7 +14,7 @@ import yaml
 
 from bench.voronoi import add_to_manifest, voronoi_cells, write_layer
 from enrich_service.engine.exact import ExactIndex
-from enrich_service.engine.grid import SLOT0, WALK_BAND, WALK_LEFT, WALK_RIGHT, GridIndex
+from enrich_service.engine.grid import SLOT0, GridIndex
 from enrich_service.engine.rules import RULE_OVERLAP
 from enrich_service.layers.store import LayerStore, LayerVersion
 
@@ -72,18 +72,82 @@ def test_grid_resolution_does_not_change_answers(version, cells):
     x, y = rng.uniform(x0, x1, 100_000), rng.uniform(y0, y1, 100_000)
     undecided = lookup_as_exact(grid, exact, "random", x, y)[2]
     assert undecided.mean() < 0.001
+    if cells == 256:  # runs of more edges than a record holds: some special cells take the band test instead
+        i, j = ((x - grid.x0) / grid.cw).astype(int), ((y - grid.y0) / grid.ch).astype(int)
+        v = grid.cells[j, i]
+        assert (grid.rec[-3 - v[v < -1]] < 0).sum() > 100
 
 
-# The walk (int32 cells: a special cell holds its slot, and a point there walks along its row to the nearest resolved
-# cell, or takes the band test) and the cells themselves held to the exact path and shapely at three resolutions: a few polygons per cell (2048, the
-# default), tens (256: long walks) and hundreds (64: mostly the band test). Lean enough for the mutation run
-# (scripts/mutation.py builds the layer and the exact answers once, then runs the check per mutant).
-WALK_RESOLUTIONS = (2048, 256, 64)
+def special_points(grid, version, rng, n) -> tuple[np.ndarray, np.ndarray]:
+    """Random points in the grid's special cells (those answered by a record or the band test, not one read)."""
+    x0, y0, x1, y1 = version.bbox
+    x, y = rng.uniform(x0, x1, n * 8), rng.uniform(y0, y1, n * 8)
+    i, j = ((x - grid.x0) / grid.cw).astype(int), ((y - grid.y0) / grid.ch).astype(int)
+    special = grid.cells[j, i] < -1
+    return x[special][:n], y[special][:n]
 
 
-def walk_probes(version, rng) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+def test_points_level_with_vertices(version):
+    """A ray along the row through a vertex shared by two or three cells: points at exactly the height of every
+    vertex, a fraction of a grid cell to a few cells either side of it, so the run's crossing count meets the
+    vertex (the half-open rule must count it once), plus random points in special cells."""
+    grid, exact = GridIndex.build(version), ExactIndex(version)
+    rng = np.random.default_rng(2122)
+    xy = np.unique(shapely.get_coordinates(shapely.get_rings(version.parts)), axis=0)
+    xy = xy[(xy[:, 1] > version.bbox[1]) & (xy[:, 1] < version.bbox[3])]  # not along the bbox's own edges
+    offsets = rng.choice([-3.0, -1.0, -0.5, -0.1, 0.1, 0.5, 1.0, 3.0], len(xy)) * grid.cw
+    x, y = xy[:, 0] + offsets, xy[:, 1].copy()
+    sx, sy = special_points(grid, version, rng, 100_000)
+    for name, px, py in (("level", x, y), ("special", sx, sy)):
+        undecided = lookup_as_exact(grid, exact, name, px, py)[2]
+        assert undecided.mean() < 0.01, name  # answered by the grid, not handed back
+
+
+def test_points_on_grid_lines(version):
+    """Points on the grid's own cell boundaries and centres, where a run's crossings are split between cells."""
+    grid, exact = GridIndex.build(version), ExactIndex(version)
+    rng = np.random.default_rng(2123)
+    n = 100_000
+    i, j = rng.integers(0, 2048, n), rng.integers(0, 2048, n)
+    frac = rng.choice([0.0, 0.5], (2, n))
+    x, y = grid.x0 + (i + frac[0]) * grid.cw, grid.y0 + (j + frac[1]) * grid.ch
+    undecided = lookup_as_exact(grid, exact, "grid lines", x, y)[2]
+    assert undecided.mean() < 0.001
+
+
+def test_grid_from_the_disk_cache_agrees_with_exact_path(version, tmp_path, monkeypatch):
+    """The second build of the same geometry reads the first one's file (building again would fail here), and what
+    it reads answers as the exact path does."""
+    GridIndex.build(version, cache_dir=tmp_path)
+    files = list((tmp_path / "grids").glob("*.pickle"))
+    assert len(files) == 1 and version.source.sha256[:16] in files[0].name
+
+    def no_build(*args, **kwargs):
+        raise AssertionError("built again instead of read from the cache")
+
+    monkeypatch.setattr(GridIndex, "__init__", no_build)
+    grid, exact = GridIndex.build(version, cache_dir=tmp_path), ExactIndex(version)
+    rng = np.random.default_rng(2124)
+    x0, y0, x1, y1 = version.bbox
+    rx, ry = rng.uniform(x0, x1, 200_000), rng.uniform(y0, y1, 200_000)
+    ax, ay = adversarial(version, rng)
+    for name, x, y in (("random", rx, ry), ("edges", ax, ay)):
+        undecided = lookup_as_exact(grid, exact, name, x, y)[2]
+        if name == "random":
+            assert undecided.mean() < 0.001
+
+
+# The records (int32 cells: a special cell holds the place of its record, the edges of the run of special cells from
+# it to the nearest resolved cell along the row, or -1 for the band test) and the cells themselves, held to the exact
+# path and shapely at three resolutions: a few polygons per cell (2048, the default), tens (256: long runs) and
+# hundreds (64: mostly the band test). Lean enough for the mutation run (scripts/mutation.py builds the layer and
+# the exact answers once, then runs the check per mutant).
+RUN_RESOLUTIONS = (2048, 256, 64)
+
+
+def run_probes(version, rng) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """Random points over the bbox, points within a micrometre either side of the bbox's sides (in the grid's
-    padding: walks that run off the grid's end), every vertex and edge midpoint and points a hair either side of
+    padding: runs that end off the grid), every vertex and edge midpoint and points a hair either side of
     each edge (adversarial), and a point inside each feature."""
     x0, y0, x1, y1 = version.bbox
     along, across = rng.uniform(0, 1, 20_000), rng.uniform(-1e-6, 1e-6, 20_000)
@@ -101,14 +165,19 @@ def exact_answers(exact, probes) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     return {name: exact.tag(x, y) for name, (x, y) in probes.items()}
 
 
-def check_grid_walks_follow_the_exact_path(version, probes, truth, exact, cells: int) -> None:
+def check_grid_runs_follow_the_exact_path(version, probes, truth, exact, cells: int) -> None:
     grid = GridIndex.build(version, cells=cells)
     check_cells_hold_what_the_geometry_says(version, grid, exact, np.random.default_rng(cells))
-    # What the check is for: int32 cells holding slots, and special cells answered by walks both ways and the band
-    # test, each where it is the cheapest (a choice that never walks left, or leaves values unset, is the choice's
-    # inputs broken: row_start, edge_col).
-    assert grid.cells.dtype == np.int32 and (grid.cells <= SLOT0).any()
-    assert set(np.unique(grid.walk).tolist()) == {WALK_RIGHT, WALK_LEFT, WALK_BAND}
+    # What the check is for: int32 cells holding records' places, and records running right, left, and giving way
+    # to the band test, each where it is the cheapest (records that never run left are the choice's inputs broken:
+    # row_start, edge_col).
+    assert grid.cells.dtype == np.int32
+    special = np.flatnonzero(grid.cells.ravel() <= SLOT0)
+    place = SLOT0 - grid.cells.ravel()[special].astype(np.int64)
+    count, end, col = grid.rec[place], grid.rec[place + 2], special % cells
+    ways = {"band": (count < 0).sum(), "right": ((count >= 0) & (end > col)).sum(),
+            "left": ((count >= 0) & (end < col)).sum()}
+    assert min(ways.values()) > 0, ways
     for name, (x, y) in probes.items():
         feature, rule, undecided = grid.lookup(x, y)
         want, want_rule = truth[name]
@@ -127,11 +196,11 @@ def check_grid_walks_follow_the_exact_path(version, probes, truth, exact, cells:
 
 
 @pytest.fixture(scope="module")
-def walk_truth(version):
-    probes, exact = walk_probes(version, np.random.default_rng(3121)), ExactIndex(version)
+def run_truth(version):
+    probes, exact = run_probes(version, np.random.default_rng(3121)), ExactIndex(version)
     return probes, exact_answers(exact, probes), exact
 
 
-@pytest.mark.parametrize("cells", WALK_RESOLUTIONS)
-def test_grid_walks_follow_the_exact_path(version, walk_truth, cells):
-    check_grid_walks_follow_the_exact_path(version, *walk_truth, cells)
+@pytest.mark.parametrize("cells", RUN_RESOLUTIONS)
+def test_grid_runs_follow_the_exact_path(version, run_truth, cells):
+    check_grid_runs_follow_the_exact_path(version, *run_truth, cells)

@@ -4,8 +4,10 @@ How it agrees with the exact path (exact.py), by construction:
 - Every polygon edge marks the cells it passes within EPS of. A run of unmarked cells along a row touches no
   boundary, so every point in it has the same answer: one representative per run is classified and the run filled
   (a run inside two or more features is left to the band test instead, so a cell holds just one feature).
-- A point in a marked cell gets a crossing-number test against the edges of its row band (every edge that crosses
-  the horizontal ray through the point lies in that band): per feature, the parity of crossings to the right.
+- A point in a marked cell gets a crossing-number test along its row (every edge that crosses the horizontal ray
+  through the point lies in that row band): per feature, the parity of crossings. Layers of up to 127 features
+  count against the band's edges on one side; larger ones hold, per special cell, a record of the edges of the run
+  of special cells from it to the nearest resolved cell along the row, whose answer starts the parities.
   Edges use the half-open rule (an edge counts when exactly one end lies above the ray), so a shared vertex is
   counted once, never twice or not at all.
 - A point within EPS of any edge is *undecided*: the exact path (GEOS's robust predicates) answers it. Every point
@@ -15,19 +17,25 @@ How it agrees with the exact path (exact.py), by construction:
 
 from __future__ import annotations
 
+import hashlib
+from pathlib import Path
+
 import numpy as np
 import shapely
 from numba import njit, prange
 
 from ..layers.store import LayerVersion
+from ..server.disk_cache import cached, code_digest
 from ..server.parallel import run_parallel
 from .rules import RULE_OVERLAP
+
+_CODE = code_digest(Path(__file__))
 
 # Far above float64 error at these coordinates (~1e-14 deg), far below any real feature (1e-9 deg is 0.1 mm).
 EPS = 1e-9
 NONE, EDGE = -1, -2
-SLOT0 = -3  # an int32 cell below EDGE is a special cell holding its slot: SLOT0 - slot
-WALK_RIGHT, WALK_LEFT, WALK_BAND = 0, 1, 2  # how a point in a special cell is answered (_walk_choice)
+SLOT0 = -3  # an int32 cell below EDGE is a special cell holding its record's place: SLOT0 - place
+MAX_RUN_EDGES = 64  # a run listing more edges than this takes the band test instead
 OVERLAP_CODE = np.int8(RULE_OVERLAP)
 
 
@@ -213,137 +221,209 @@ def _classify_runs(gx0, gy0, cw, ch, slot, start, cell_seg, seg, seg_feature, n_
 
 
 @njit(cache=True)
-def _walk_choice(row_start, edge_col, cell_start, band_start, band_index, split, seg, gx0, cw, walk):
-    """Per special cell, the cheaper way to answer a point in it: walk right or left along the row to the nearest
-    resolved cell, counting the edges of the cells passed, or the band test (each edge of one side of the band)."""
-    n = row_start.shape[0] - 1
-    for j in range(n):
+def _band_cost(cx, cw, j, band_start, band_index, split, seg):
+    """How many edges the band test scans for a point at x = cx (± a cell) in row band j before its early stop."""
+    b0, b1 = band_start[j], band_start[j + 1]
+    rightward = cx >= split[j]
+    order = band_index[0] if rightward else band_index[1]
+    a, b = b0, b1
+    while a < b:
+        mid = (a + b) // 2
+        k = order[mid]
+        past = (max(seg[k, 0], seg[k, 2]) < cx - cw) if rightward else (min(seg[k, 0], seg[k, 2]) > cx + cw)
+        if past:
+            b = mid
+        else:
+            a = mid + 1
+    return a - b0
+
+
+@njit(cache=True)
+def _run_edges(s, step, lo, hi, edge_col, cell_start, cell_seg, stamp, mark, out, limit):
+    """The distinct edges of special cell s and the special cells after it along its row (step +1: rightward, -1:
+    leftward) up to the first resolved cell: (their count, that cell's column). Stops once more than `limit` are
+    found. `out`, where it has room, receives them; stamp[k] == mark flags edge k as listed (mark: new per call)."""
+    count = 0
+    t = s
+    while True:
+        for e in range(cell_start[t], cell_start[t + 1]):
+            k = cell_seg[e]
+            if stamp[k] != mark:
+                stamp[k] = mark
+                if count < out.shape[0]:
+                    out[count] = k
+                count += 1
+        if count > limit:
+            return count, -1
+        nxt = t + step
+        if nxt < lo or nxt >= hi or edge_col[nxt] != edge_col[t] + step:
+            return count, edge_col[t] + step
+        t = nxt
+
+
+@njit(cache=True)
+def _run_records(row_start, edge_col, cell_start, cell_seg, n_seg, cells, band_start, band_index, split, seg, gx0,
+                 cw, max_edges, filling, pos, rec):
+    """Per special cell, a record answering any point in it from one block of memory (no walk from cell to cell):
+    rec[pos] = how many edges, or -1 for the band test; rec[pos + 1] the resolved cell ending the run (its feature
+    or NONE); rec[pos + 2] that cell's column; then the run's distinct edges. A run goes right or left along the row
+    from the cell to the nearest resolved cell, whichever lists fewer edges, unless the band test scans fewer.
+    Counting pass (filling False): pos[s + 1] = the record's length. Filling pass: the records at pos[s]."""
+    n = cells.shape[1]
+    stamp = np.full(n_seg, -1, dtype=np.int64)
+    none = np.empty(0, dtype=np.int32)
+    mark = 0
+    for j in range(row_start.shape[0] - 1):
         lo, hi = row_start[j], row_start[j + 1]
-        if hi == lo:
-            continue
-        right = np.empty(hi - lo, dtype=np.int64)
-        left = np.empty(hi - lo, dtype=np.int64)
-        for s in range(hi - 1, lo - 1, -1):
-            right[s - lo] = 1 + cell_start[s + 1] - cell_start[s]
-            if s + 1 < hi and edge_col[s + 1] == edge_col[s] + 1:
-                right[s - lo] += right[s + 1 - lo]
-        for s in range(lo, hi):
-            left[s - lo] = 1 + cell_start[s + 1] - cell_start[s]
-            if s > lo and edge_col[s - 1] == edge_col[s] - 1:
-                left[s - lo] += left[s - 1 - lo]
-        b0, b1 = band_start[j], band_start[j + 1]
         for s in range(lo, hi):
             cx = gx0 + (edge_col[s] + 0.5) * cw
-            # The band test's cost: the edges it scans before its early stop, on the side it picks.
-            order = band_index[0] if cx >= split[j] else band_index[1]
-            a, b = b0, b1
-            while a < b:
-                mid = (a + b) // 2
-                k = order[mid]
-                past = (max(seg[k, 0], seg[k, 2]) < cx - cw) if cx >= split[j] else (min(seg[k, 0], seg[k, 2]) > cx + cw)
-                if past:
-                    b = mid
-                else:
-                    a = mid + 1
-            band = a - b0
-            if band < right[s - lo] and band < left[s - lo]:
-                walk[s] = WALK_BAND
+            limit = min(max_edges, _band_cost(cx, cw, j, band_start, band_index, split, seg))
+            right = _run_edges(s, 1, lo, hi, edge_col, cell_start, cell_seg, stamp, mark, none, limit)[0]
+            left = _run_edges(s, -1, lo, hi, edge_col, cell_start, cell_seg, stamp, mark + 1, none, limit)[0]
+            mark += 2
+            if min(right, left) > limit:
+                step, count = 0, -1
+            elif right <= left:
+                step, count = 1, right
             else:
-                walk[s] = WALK_RIGHT if right[s - lo] <= left[s - lo] else WALK_LEFT
+                step, count = -1, left
+            if not filling:
+                pos[s + 1] = 3 + max(count, 0)
+                continue
+            p = pos[s]
+            rec[p] = count
+            rec[p + 1] = NONE
+            rec[p + 2] = -1
+            if step != 0:
+                end = _run_edges(s, step, lo, hi, edge_col, cell_start, cell_seg, stamp, mark,
+                                 rec[p + 3:p + 3 + count], count)[1]
+                mark += 1
+                rec[p + 1] = cells[j, end] if 0 <= end < n else NONE
+                rec[p + 2] = end
 
 
-@njit(cache=True)
-def _walk_test(px, py, i, j, s, step, gx0, cw, cells, cell_start, cell_seg, seg, seg_feature, rank, parity,
-               touched):
-    """(feature or NONE, overlap flag, undecided flag) for a point in special cell (j, i) with slot s: the crossings
-    of the ray from the point along the row (step +1: rightward, -1: leftward) with the edges of the special cells it
-    passes, up to the first resolved cell, whose features start the parities. Every edge within EPS of the point
-    is in its own cell's list: a point that near one is undecided."""
-    n = cells.shape[1]
-    for e in range(cell_start[s], cell_start[s + 1]):
-        k = cell_seg[e]
+@njit(cache=True, inline="always")
+def _run_test(px, py, p, gx0, cw, rec, seg, seg_feature, rank, found):
+    """(feature or NONE, overlap flag, undecided flag) for a point in the special cell whose record is at rec[p]:
+    the crossings of the ray from the point along its row to the centre of the run's resolved cell with the run's
+    edges, and that cell's feature, give each feature's parity. Every edge crossing the ray lies within EPS of a
+    cell of the run, so it is listed; every edge within EPS of the point is in its own cell's list, which is part
+    of the run: a point that near one is undecided.
+    Written without branches on the geometry (a mispredicted branch also discards the next points' memory reads,
+    which is what a special point cost): each edge's crossing appends its feature to `found` or is overwritten."""
+    xb = gx0 + (rec[p + 2] + 0.5) * cw
+    rightward = xb > px
+    near = False
+    m = 0
+    for e in range(p + 3, p + 3 + rec[p]):
+        k = rec[e]
         ax, ay, bx, by = seg[k, 0], seg[k, 1], seg[k, 2], seg[k, 3]
-        if min(ax, bx) - EPS <= px <= max(ax, bx) + EPS and min(ay, by) - EPS <= py <= max(ay, by) + EPS:
-            dx, dy = bx - ax, by - ay
-            cross = dx * (py - ay) - dy * (px - ax)
-            if cross * cross <= EPS * EPS * (dx * dx + dy * dy):
-                return NONE, False, True
-    n_touched = 0
-    c = i
-    while True:
-        for e in range(cell_start[s], cell_start[s + 1]):
-            k = cell_seg[e]
-            ax, ay, bx, by = seg[k, 0], seg[k, 1], seg[k, 2], seg[k, 3]
-            if (ay > py) != (by > py):
-                xint = ax + (py - ay) * (bx - ax) / (by - ay)
-                if ((xint > px) if step > 0 else (xint < px)) and int((xint - gx0) / cw) == c:
-                    n_touched = _toggle(seg_feature[k], parity, touched, n_touched)
-        c += step
-        if c < 0 or c >= n:  # past the padded bbox: outside every feature
-            break
-        v = cells[j, c]
-        if v >= NONE:  # resolved: a feature or none
-            if v >= 0:
-                n_touched = _toggle(v, parity, touched, n_touched)
-            break
-        s += step
-    best, overlap = _verdict(rank, parity, touched, n_touched)
-    return best, overlap, False
+        dx, dy = bx - ax, by - ay
+        u = dx * (py - ay)
+        cross = u - dy * (px - ax)  # (x where the edge meets the row's line - px) * dy
+        cross_b = u - dy * (xb - ax)  # the same against xb, which no edge comes within EPS of
+        # Within EPS of the edge's line (a superset of within EPS of the edge): undecided.
+        near |= cross * cross <= EPS * EPS * (dx * dx + dy * dy)
+        beyond_p = (cross > 0.0) == (dy > 0.0)
+        beyond_b = (cross_b > 0.0) == (dy > 0.0)
+        found[m] = seg_feature[k]
+        m += ((ay > py) != (by > py)) & (beyond_p != beyond_b) & (beyond_p == rightward)
+    if near:
+        return NONE, False, True
+    found[m] = rec[p + 1]
+    m += rec[p + 1] >= 0
+    if m <= 1:  # most points: the run's own feature, no crossing
+        return (found[0] if m else NONE), False, False
+    # The features found an odd number of times hold the point; the lowest rank wins.
+    best, inside = NONE, 0
+    for a in range(m):
+        f = found[a]
+        times, first = 0, True
+        for b in range(m):
+            times += found[b] == f
+            first &= not (b < a and found[b] == f)
+        if first and times & 1:
+            inside += 1
+            if best == NONE or rank[f] < rank[best]:
+                best = f
+    return best, inside >= 2, False
+
+
+BLOCK = 256  # points per block: every cell read first, then the special points, whose memory reads then overlap
 
 
 @njit(cache=True)
-def _lookup_range(lo, hi, x, y, gx0, gy0, cw, ch, cells, walk, cell_start, cell_seg, start,
-                  index, split, seg, seg_feature, rank, n_features, feature, rule, undecided):
+def _lookup_range(lo, hi, x, y, gx0, gy0, cw, ch, cells, rec, start, index, split, seg, seg_feature, rank,
+                  n_features, feature, rule, undecided):
     n = cells.shape[0]
     parity = np.zeros(n_features, dtype=np.uint8)
     touched = np.empty(n_features, dtype=np.int32)
-    for p in range(lo, hi):
-        fi = (x[p] - gx0) / cw
-        fj = (y[p] - gy0) / ch
-        undecided[p] = False
-        if not (0.0 <= fi < n and 0.0 <= fj < n):  # outside the padded bbox: no feature
-            feature[p] = NONE
+    found = np.empty(MAX_RUN_EDGES + 2, dtype=np.int32)
+    queue = np.empty(BLOCK, dtype=np.int64)
+    where = np.empty(BLOCK, dtype=np.int64)
+    value = np.empty(BLOCK, dtype=np.int64)
+    flat = cells.reshape(-1)
+    for b0 in range(lo, hi, BLOCK):
+        b1 = min(b0 + BLOCK, hi)
+        for p in range(b0, b1):
+            fi = (x[p] - gx0) / cw
+            fj = (y[p] - gy0) / ch
+            inside = (fi >= 0.0) & (fi < n) & (fj >= 0.0) & (fj < n)  # outside the padded bbox: no feature
+            value[p - b0] = int(fj) * n + int(fi) if inside else -1
+        for q in range(b1 - b0):  # the cell reads alone: nothing waits on them, so they overlap
+            c = value[q]
+            value[q] = flat[c] if c >= 0 else NONE
+        nq = 0
+        for p in range(b0, b1):
+            v = value[p - b0]
+            feature[p] = v if v >= NONE else NONE
             rule[p] = 0
-            continue
-        i, j = int(fi), int(fj)
-        v = cells[j, i]
-        if v >= 0:
-            feature[p] = v
-            rule[p] = 0
-        elif v == NONE:
-            feature[p] = NONE
-            rule[p] = 0
-        else:
-            if v == EDGE:  # int8 cells (up to 127 features): the band test, faster there than a walk (measured)
+            undecided[p] = False
+            queue[nq] = p
+            where[nq] = v
+            nq += v < NONE
+        # Read ahead what the special points will test: the loads of these short loops overlap, where the test's
+        # own loop would wait for each in turn (a special point cost several memory latencies).
+        sink = 0.0
+        for q in range(nq):
+            if where[q] < EDGE:
+                sink += rec[SLOT0 - where[q]]
+        for q in range(nq):
+            if where[q] < EDGE:
+                a = SLOT0 - where[q]
+                if rec[a] > 0:  # a run's edges lie near each other (edges are stored in row-major order)
+                    sink += seg[rec[a + 3], 1] + seg[rec[a + 2 + rec[a]], 1]
+        for q in range(nq):
+            p, v = queue[q], where[q]
+            j = int((y[p] - gy0) / ch)
+            # int8 cells (up to 127 features): the band test, measured faster there than records. int32 cells hold
+            # the place of their special cell's record, which says whether a run or the band test answers.
+            if v == EDGE or rec[SLOT0 - v] < 0:
                 f, o, u = _band_test(x[p], y[p], j, start, index, split, seg, seg_feature, rank, parity, touched)
-            else:  # int32 cells hold their special cell's slot: the walk or the band test, whichever is cheaper
-                a = SLOT0 - v
-                if walk[a] == WALK_BAND:
-                    f, o, u = _band_test(x[p], y[p], j, start, index, split, seg, seg_feature, rank, parity,
-                                         touched)
-                else:
-                    f, o, u = _walk_test(x[p], y[p], i, j, a, 1 if walk[a] == WALK_RIGHT else -1, gx0, cw, cells,
-                                         cell_start, cell_seg, seg, seg_feature, rank, parity, touched)
+            else:
+                f, o, u = _run_test(x[p], y[p], SLOT0 - v, gx0, cw, rec, seg, seg_feature, rank, found)
             feature[p] = f
             rule[p] = OVERLAP_CODE if o else 0
             undecided[p] = u
+        if sink == 1e300:  # never: keeps the reads ahead from being optimized away (and would only cost a retest)
+            undecided[b0] = True
 
 
 @njit(parallel=True, cache=True)
-def _lookup_parallel(x, y, gx0, gy0, cw, ch, cells, walk, cell_start, cell_seg, start, index,
-                     split, seg, seg_feature, rank, n_features, feature, rule, undecided):
+def _lookup_parallel(x, y, gx0, gy0, cw, ch, cells, rec, start, index, split, seg, seg_feature, rank, n_features,
+                     feature, rule, undecided):
     m = x.shape[0]
     chunks = 64
     for c in prange(chunks):
-        _lookup_range(c * m // chunks, (c + 1) * m // chunks, x, y, gx0, gy0, cw, ch, cells, walk, cell_start,
-                      cell_seg, start, index, split, seg, seg_feature, rank, n_features, feature, rule, undecided)
+        _lookup_range(c * m // chunks, (c + 1) * m // chunks, x, y, gx0, gy0, cw, ch, cells, rec, start, index,
+                      split, seg, seg_feature, rank, n_features, feature, rule, undecided)
 
 
 @njit(cache=True)
-def _lookup_serial(x, y, gx0, gy0, cw, ch, cells, walk, cell_start, cell_seg, start, index,
-                   split, seg, seg_feature, rank, n_features, feature, rule, undecided):
-    _lookup_range(0, x.shape[0], x, y, gx0, gy0, cw, ch, cells, walk, cell_start, cell_seg,
-                  start, index, split, seg, seg_feature, rank, n_features, feature, rule, undecided)
+def _lookup_serial(x, y, gx0, gy0, cw, ch, cells, rec, start, index, split, seg, seg_feature, rank, n_features,
+                   feature, rule, undecided):
+    _lookup_range(0, x.shape[0], x, y, gx0, gy0, cw, ch, cells, rec, start, index, split, seg, seg_feature, rank,
+                  n_features, feature, rule, undecided)
 
 
 # Below this many points one thread is faster: waking the parallel workers costs more than a small batch's lookups
@@ -375,40 +455,58 @@ class GridIndex:
         slot[count == 0] = -1
         start = np.zeros(int(marked.sum()) + 1, dtype=np.int64)
         np.cumsum(count.ravel()[marked], out=start[1:])
-        self.cell_seg = np.empty(int(start[-1]), dtype=np.int32)
+        cell_seg = np.empty(int(start[-1]), dtype=np.int32)
         _mark_edges(self.seg, self.x0, self.y0, self.cw, self.ch, cells, False, count, slot, start[:-1].copy(),
-                    self.cell_seg)
+                    cell_seg)
         # A cell holds a feature, NONE or EDGE: int8 up to 127 features (a quarter of int32's cache footprint);
         # int32 beyond, where a special cell holds its slot too.
         dtype = np.int8 if self.n_features <= 127 else np.int32
         self.cells = np.empty((cells, cells), dtype=dtype)
-        _classify_runs(self.x0, self.y0, self.cw, self.ch, slot, start, self.cell_seg, self.seg, self.seg_feature,
+        _classify_runs(self.x0, self.y0, self.cw, self.ch, slot, start, cell_seg, self.seg, self.seg_feature,
                        self.n_features, self.cells)
         del slot
-        # The special cells (marked, or where features overlap), row-major: a row's are found by binary search.
-        special = np.flatnonzero(self.cells.ravel() == EDGE)
-        self.row_start = np.searchsorted(special, np.arange(cells + 1, dtype=np.int64) * cells)
-        self.edge_col = (special % cells).astype(np.int16 if cells <= 32767 else np.int32)
-        self.cell_start = np.zeros(len(special) + 1, dtype=np.int64)
-        np.cumsum(count.ravel()[special], out=self.cell_start[1:])  # the marked cells' lists keep their order
         self.edge_share = float(marked.mean())
-        del count, marked
         self.band_start, self.band_index, self.band_split = _bands(self.seg, self.y0, self.ch, cells)
-        if self.cells.dtype == np.int32:  # room for the slot itself: no binary search per point
-            self.cells.ravel()[special] = SLOT0 - np.arange(len(special), dtype=np.int32)
-        self.walk = np.empty(len(special), dtype=np.int8)
-        _walk_choice(self.row_start, self.edge_col, self.cell_start, self.band_start, self.band_index,
-                     self.band_split, self.seg, self.x0, self.cw, self.walk)
+        self.rec = np.empty(0, dtype=np.int32)
+        if self.cells.dtype == np.int32:
+            # The special cells (marked, or where features overlap), row-major, each with its edge list; a record
+            # per special cell, whose place the cell holds: one read leads a point to everything that answers it.
+            special = np.flatnonzero(self.cells.ravel() == EDGE)
+            row_start = np.searchsorted(special, np.arange(cells + 1, dtype=np.int64) * cells)
+            edge_col = (special % cells).astype(np.int32)
+            cell_start = np.zeros(len(special) + 1, dtype=np.int64)
+            np.cumsum(count.ravel()[special], out=cell_start[1:])  # the marked cells' lists keep their order
+            pos = np.zeros(len(special) + 1, dtype=np.int64)
+            args = (row_start, edge_col, cell_start, cell_seg, len(self.seg), self.cells, self.band_start,
+                    self.band_index, self.band_split, self.seg, self.x0, self.cw, MAX_RUN_EDGES)
+            _run_records(*args, False, pos, self.rec)
+            np.cumsum(pos, out=pos)
+            if pos[-1] >= -(np.iinfo(np.int32).min - SLOT0):
+                raise ValueError(f"{version.layer}: too many edges in special cells for int32 records")
+            self.rec = np.empty(int(pos[-1]), dtype=np.int32)
+            _run_records(*args, True, pos, self.rec)
+            self.cells.ravel()[special] = (SLOT0 - pos[:-1]).astype(np.int32)
+        del count, marked, cell_seg  # the per-cell lists served the build only
 
     @classmethod
-    def build(cls, version: LayerVersion, cells: int = 2048) -> GridIndex:
-        return cls(version, cells)
+    def build(cls, version: LayerVersion, cells: int = 2048, cache_dir: Path | None = None) -> GridIndex:
+        """The grid, read from the disk cache when `cache_dir` holds one built from the same geometry by the same
+        code (a layer of 50,000 small polygons takes about a second of CPU to build, a few ms to read)."""
+        if cache_dir is None:
+            return cls(version, cells)
+        h = hashlib.sha256(b"%d|%d|" % (cells, version.n_features))
+        h.update(np.ascontiguousarray(version.part_feature, dtype=np.int64).tobytes())
+        for wkb in shapely.to_wkb(version.parts):  # what the grid is built from, whatever made it from the file
+            h.update(wkb)
+        key = f"{version.source.sha256[:16]}-{h.hexdigest()[:24]}-{_CODE}"
+        grid, _ = cached(Path(cache_dir) / "grids" / f"{key}.pickle", lambda: cls(version, cells))
+        grid.rank = version.rank.astype(np.int32)  # the rule's order, not the geometry: always the version's own
+        return grid
 
     @property
     def nbytes(self) -> int:
         return sum(a.nbytes for a in (self.cells, self.seg, self.seg_feature, self.band_index, self.band_start,
-                                      self.band_split, self.row_start, self.edge_col, self.walk, self.cell_start,
-                                      self.cell_seg))
+                                      self.band_split, self.rec))
 
     def lookup(self, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         m = len(x)
@@ -417,8 +515,8 @@ class GridIndex:
         rule = np.empty(m, dtype=np.int8)
         undecided = np.empty(m, dtype=np.bool_)
         args = (np.ascontiguousarray(x, dtype=np.float64), np.ascontiguousarray(y, dtype=np.float64), self.x0,
-                self.y0, self.cw, self.ch, self.cells, self.walk, self.cell_start,
-                self.cell_seg, self.band_start, self.band_index, self.band_split, self.seg, self.seg_feature,
+                self.y0, self.cw, self.ch, self.cells, self.rec, self.band_start, self.band_index, self.band_split,
+                self.seg, self.seg_feature,
                 self.rank, self.n_features, feature, rule, undecided)
         if m < SERIAL_BELOW:
             _lookup_serial(*args)

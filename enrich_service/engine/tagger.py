@@ -10,6 +10,7 @@ import datetime as dt
 import logging
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
@@ -79,7 +80,8 @@ class _Catalog:
 class Engine:
     """The indexes of every version of every layer in a LayerStore. Immutable: a reload builds a new Engine."""
 
-    def __init__(self, store: LayerStore, grid_cells: int = 2048, use_grid: bool = True):
+    def __init__(self, store: LayerStore, grid_cells: int = 2048, use_grid: bool = True,
+                 cache_dir: Path | None = None):
         t0 = time.perf_counter()
         self.store = store
         self.exact: dict[tuple[str, int], ExactIndex] = {}
@@ -90,7 +92,7 @@ class Engine:
             for i, version in enumerate(versions):
                 self.exact[name, i] = ExactIndex(version)
                 if use_grid:
-                    self.grid[name, i] = GridIndex.build(version, cells=grid_cells)
+                    self.grid[name, i] = GridIndex.build(version, cells=grid_cells, cache_dir=cache_dir)
         # Per layer, all versions' features end to end (codes index into these): built once, not per request.
         self._catalog = {
             name: _Catalog(offsets=np.cumsum([0] + [v.n_features for v in versions]),

@@ -35,7 +35,7 @@ _CODE = code_digest(Path(__file__))
 EPS = 1e-9
 NONE, EDGE = -1, -2
 SLOT0 = -3  # an int32 cell below EDGE is a special cell holding its record's place: SLOT0 - place
-MAX_RUN_EDGES = 64  # a run listing more edges than this takes the band test instead
+MAX_RUN_EDGES = 256  # a run listing more edges than this takes the band test instead
 OVERLAP_CODE = np.int8(RULE_OVERLAP)
 
 

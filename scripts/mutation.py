@@ -43,9 +43,9 @@ TARGETS = [
     ("enrich_service.engine.exact", "_tile_boxes", "rule"),
     ("enrich_service.engine.exact", "ExactIndex.candidates", "rule"),
     ("enrich_service.engine.exact", "ExactIndex._tag", "rule"),
-    ("enrich_service.engine.grid", "_segments", "rule"),
-    ("enrich_service.engine.grid", "GridIndex.__init__", "rule"),
-    ("enrich_service.engine.grid", "GridIndex.lookup", "rule"),
+    ("enrich_service.engine.grid", "_segments", "grid"),
+    ("enrich_service.engine.grid", "GridIndex.__init__", "grid"),
+    ("enrich_service.engine.grid", "GridIndex.lookup", "grid"),
     ("enrich_service.engine.tagger", "Engine.tag_version", "rule"),
     ("enrich_service.engine.tagger", "row_days", "version"),
     ("enrich_service.engine.tagger", "Engine.tag", "rule"),
@@ -210,6 +210,8 @@ class Checks:
         import numpy as np
         import psycopg
 
+        from enrich_service.engine.exact import ExactIndex
+        from enrich_service.engine.grid import GridIndex
         from enrich_service.engine.tagger import Engine
         from enrich_service.layers.store import LayerStore
         from enrich_service.postgis import load_layers
@@ -234,7 +236,7 @@ class Checks:
         self.pg_dsn = conftest.PG_DSN
         self.tmp = Path(tempfile.mkdtemp(prefix="mutation-"))
         self.truth = {}
-        if "rule" in groups or "version" in groups:
+        if groups & {"rule", "version", "grid"}:
             rng = np.random.default_rng(17)
             with psycopg.connect(conftest.PG_DSN) as conn:
                 schema = test_rule_truth.SCHEMA
@@ -248,6 +250,22 @@ class Checks:
                     self.truth[layer, vi] = (pts, *test_rule_truth.rule_in_sql(conn, v, pts))
                 conn.execute(f"DROP SCHEMA {schema} CASCADE")
                 conn.commit()
+        if "grid" in groups:  # a layer of 3,003 features (int32 cells, the records), answered by the exact path once
+            from tests import test_many_polygons
+
+            self.m["many"] = test_many_polygons
+            self.voronoi = test_many_polygons.many_polygons(self.store, self.tmp)
+            probes = test_many_polygons.run_probes(self.voronoi, np.random.default_rng(3121))
+            exact = ExactIndex(self.voronoi)  # the grid's targets leave the exact path as it is: built once
+            self.run_truth = probes, test_many_polygons.exact_answers(exact, probes), exact
+            self.exact = {(layer, vi): ExactIndex(self.store.versions[layer][vi]) for layer, vi in test_rule_truth.VERSIONS}
+            small = {place: test_grid.small_layer(Path(tempfile.mkdtemp(dir=self.tmp)), centre)
+                     for place, centre in test_grid.PLACES.items()}
+            self.small = {place: (v, ExactIndex(v)) for place, v in small.items()}
+            # The kernels compiled (or read from numba's cache) here, not in every child; serially: a parallel
+            # kernel would start OpenMP's threads in this process, and a forked child using them aborts.
+            for cells in test_many_polygons.RUN_RESOLUTIONS:
+                GridIndex.build(self.voronoi, cells).lookup(*(c[:1000] for c in probes["random"]))
         self.cases = {}
         self.m["kills"] = test_mutation_kills
         if "swap" in groups:  # a small enriched file by hand (test_mutation_kills): no service needed
@@ -310,6 +328,18 @@ class Checks:
                 self.store, self.engine, self.truth)))
             out += self.group("version")
             return out
+        if name == "grid":  # the many-feature runs and the cells (a second or two each), then the rule's checks
+            import numpy as np
+
+            many, grid = self.m["many"], self.m["grid"]
+            out = [(f"runs[{cells}]", (lambda cells=cells: many.check_grid_runs_follow_the_exact_path(
+                self.voronoi, *self.run_truth, cells))) for cells in many.RUN_RESOLUTIONS]
+            out += [(f"cells[{layer},{vi}]", (lambda layer=layer, vi=vi: grid.check_cells_hold_what_the_geometry_says(
+                self.store.versions[layer][vi], grid.GridIndex.build(self.store.versions[layer][vi]),
+                self.exact[layer, vi], np.random.default_rng(29)))) for layer, vi in t.VERSIONS]
+            out += [(f"small[{place}]", (lambda place=place: grid.check_a_small_layer(*self.small[place])))
+                    for place in grid.PLACES]
+            return out + self.group("rule")
         if name == "version":
             out = [(f"switch {d}", (lambda d=d: v.test_version_on_the_switch_days(self.store, d))) for d in v.AS_OF]
             out += [(f"mixed {d} grid={g}", (lambda d=d, g=g: v.test_engine_mixed_batch(
@@ -350,12 +380,13 @@ class Checks:
         raise ValueError(name)
 
 
-def _run_mutant(checks, group, timeout, tree, index, what, mod, owner, name) -> str | None:
-    """Plant one mutant and run its group's checks: what killed it, or None when it survived."""
+def _run_mutant(checks, group, timeout, *mutant) -> str | None:
+    """Plant one mutant (none: the code as it is) and run its group's checks: what killed it, or None when it
+    survived."""
     killed_by = None
     signal.alarm(timeout)
     try:
-        with planted(tree, index, what, mod, owner, name):
+        with planted(*mutant) if mutant else contextlib.nullcontext():
             for check, run in checks.group(group):
                 try:
                     run()
@@ -419,6 +450,14 @@ def main() -> int:
     print(f"fixtures ready in {time.monotonic() - t0:.0f}s", flush=True)
     results = []
     signal.signal(signal.SIGALRM, _alarm)
+    # Each group must pass on the code as it is, in a child like the mutants: otherwise every mutant would count as
+    # killed (e.g. a fixture that started OpenMP's threads in this process makes every child that uses them abort).
+    for group in dict.fromkeys(g for _, _, g in targets):
+        failed = _in_child(functools.partial(_run_mutant, checks, group, args.timeout))
+        if failed:
+            print(f"the {group} checks fail without any mutant ({failed}): no score", flush=True)
+            return 1
+    print(f"checks pass unmutated ({time.monotonic() - t0:.0f}s)", flush=True)
     for module, qualname, group in targets:
         for index, what, line, tree, mod, owner, name in mutants(module, qualname):
             site = f"{module}.{qualname}:{line} {what}"

@@ -5,6 +5,8 @@ random; and it must still do the work itself."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import shapely
@@ -12,18 +14,22 @@ import yaml
 
 from bench.voronoi import add_to_manifest, voronoi_cells, write_layer
 from enrich_service.engine.exact import ExactIndex
-from enrich_service.engine.grid import GridIndex
+from enrich_service.engine.grid import SLOT0, GridIndex
 from enrich_service.engine.rules import RULE_OVERLAP
-from enrich_service.layers.store import LayerStore
+from enrich_service.layers.store import LayerStore, LayerVersion
 
-from .test_grid import adversarial, lookup_as_exact
+from .test_grid import adversarial, check_cells_hold_what_the_geometry_says, lookup_as_exact
 
 CELLS = 3000
 
 
 @pytest.fixture(scope="module")
 def version(store, tmp_path_factory):
-    folder = tmp_path_factory.mktemp("many_polygons")
+    return many_polygons(store, tmp_path_factory.mktemp("many_polygons"))
+
+
+def many_polygons(store, folder: Path) -> LayerVersion:
+    """The layer, written into folder (also built by scripts/mutation.py, without pytest)."""
     city = store.versions["city_limits"][0].bbox
     polygons = voronoi_cells(city, CELLS, seed=21)
     # Discs over several cells each: points in two features' interiors (the overlap rule), away from any edge.
@@ -130,3 +136,74 @@ def test_grid_from_the_disk_cache_agrees_with_exact_path(version, tmp_path, monk
         undecided = lookup_as_exact(grid, exact, name, x, y)[2]
         if name == "random":
             assert undecided.mean() < 0.001
+
+
+# The records (int32 cells: a special cell holds the place of its record, the edges of the run of special cells from
+# it to the nearest resolved cell along the row, or -1 for the band test) and the cells themselves, held to the exact
+# path and shapely at three resolutions: a few polygons per cell (2048, the default), tens (256: long runs) and
+# hundreds (64: runs of hundreds of edges, a few longer than a record holds: the band test). Lean enough for the mutation run (scripts/mutation.py builds the layer and
+# the exact answers once, then runs the check per mutant).
+RUN_RESOLUTIONS = (2048, 256, 64)
+
+
+def run_probes(version, rng) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Random points over the bbox, points within a micrometre either side of the bbox's sides (in the grid's
+    padding: runs that end off the grid), every vertex and edge midpoint and points a hair either side of
+    each edge (adversarial), and a point inside each feature."""
+    x0, y0, x1, y1 = version.bbox
+    along, across = rng.uniform(0, 1, 20_000), rng.uniform(-1e-6, 1e-6, 20_000)
+    side = np.arange(20_000) % 4
+    mx = np.select([side == 0, side == 1], [x0 + across, x1 + across], x0 + along * (x1 - x0))
+    my = np.select([side == 2, side == 3], [y0 + across, y1 + across], y0 + along * (y1 - y0))
+    inner = shapely.get_coordinates(shapely.point_on_surface(version.geoms))
+    return {"random": (rng.uniform(x0, x1, 100_000), rng.uniform(y0, y1, 100_000)), "margin": (mx, my),
+            "edges": adversarial(version, rng),
+            "inside": (inner[:, 0], inner[:, 1])}
+
+
+def exact_answers(exact, probes) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """The exact path's (feature, rule) per probe: shapely's covers and contains with the rule (rules.winners)."""
+    return {name: exact.tag(x, y) for name, (x, y) in probes.items()}
+
+
+def check_grid_runs_follow_the_exact_path(version, probes, truth, exact, cells: int) -> None:
+    grid = GridIndex.build(version, cells=cells)
+    check_cells_hold_what_the_geometry_says(version, grid, exact, np.random.default_rng(cells))
+    # What the check is for: int32 cells holding records' places, and records running right and left (and, on the
+    # coarsest grid, giving way to the band test), each where it is the cheapest (records that never run left are the choice's inputs broken:
+    # row_start, edge_col).
+    assert grid.cells.dtype == np.int32
+    special = np.flatnonzero(grid.cells.ravel() <= SLOT0)
+    place = SLOT0 - grid.cells.ravel()[special].astype(np.int64)
+    count, end, col = grid.rec[place], grid.rec[place + 2], special % cells
+    ways = {"band": (count < 0).sum(), "right": ((count >= 0) & (end > col)).sum(),
+            "left": ((count >= 0) & (end < col)).sum()}
+    assert ways["right"] > 0 and ways["left"] > 0, ways
+    if cells == min(RUN_RESOLUTIONS):  # only there are runs longer than a record holds
+        assert ways["band"] > 0, ways
+    for name, (x, y) in probes.items():
+        feature, rule, undecided = grid.lookup(x, y)
+        want, want_rule = truth[name]
+        wrong = np.flatnonzero(~undecided & ((feature != want) | (rule != want_rule)))
+        assert wrong.size == 0, (cells, name, wrong.size, x[wrong[:3]], y[wrong[:3]], feature[wrong[:3]],
+                                 want[wrong[:3]])
+        if name == "random":
+            assert undecided.mean() < 0.001
+            assert (rule == RULE_OVERLAP).sum() > 300  # the discs' overlaps, answered by the grid
+        if name == "margin":
+            assert undecided.mean() < 0.01 and (feature < 0).sum() > 5000  # outside the bbox: no feature
+        if name == "edges":
+            assert undecided[: len(shapely.get_coordinates(shapely.get_rings(version.parts)))].all()
+        if name == "inside":
+            assert (~undecided).mean() > 0.99
+
+
+@pytest.fixture(scope="module")
+def run_truth(version):
+    probes, exact = run_probes(version, np.random.default_rng(3121)), ExactIndex(version)
+    return probes, exact_answers(exact, probes), exact
+
+
+@pytest.mark.parametrize("cells", RUN_RESOLUTIONS)
+def test_grid_runs_follow_the_exact_path(version, run_truth, cells):
+    check_grid_runs_follow_the_exact_path(version, *run_truth, cells)

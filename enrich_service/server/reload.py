@@ -26,6 +26,7 @@ from ..layers.sources import sha256_of
 from ..settings import accepted_dir, get_settings
 from .memory import release_freed_memory
 from .observability import RELOADS, record_index
+from .warm_up import warm_up
 from .workers import SUPERVISOR_ENV
 
 log = logging.getLogger(__name__)
@@ -128,6 +129,8 @@ async def reload_index(app, source: str = "disk") -> ServiceIndex:
         app.state.load_error = None
         RELOADS.labels("swapped").inc()
         record_index(index)
+        if old is None:  # the first index: warmed before the worker listens (the lifespan waits for this)
+            app.state.warm_up_seconds = await warm_up(app, index)
         _release_in_background(app)
         if old is None or old.layers_sha256 != index.layers_sha256:
             log.warning("serving layer set %s (generation %d, from %s)", index.layers_sha256[:12], generation,

@@ -1,0 +1,103 @@
+"""Start-up (issue 21): every bulk path is warmed before a worker answers anything, and what is no longer imported
+at start-up still works on its first use. Timings and sizes are measured by bench/memory.py, not here."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+import time
+
+import httpx
+import pytest
+
+from .conftest import BOUNDARIES, REPO
+
+pytestmark = pytest.mark.data
+
+
+def _log_lines(path) -> list[dict]:
+    out = []
+    for line in path.read_text().splitlines():
+        try:
+            out.append(json.loads(line))
+        except ValueError:
+            pass  # uvicorn's own plain lines
+    return out
+
+
+def test_every_bulk_path_is_warmed_before_the_first_answer(tmp_path):
+    """The warm-up runs inside the start-up: when /readyz first answers, the log already says it is done, with every
+    bulk path (each body format), the single lookups and the geocoder answering 200; the geocoder's result cache
+    holds none of its addresses afterwards."""
+    log_path = tmp_path / "service.log"
+    with open(log_path, "wb") as log:
+        proc, url = _start_logging(log)
+        try:
+            warmed = [rec for rec in _log_lines(log_path) if rec.get("msg", "").startswith("warm-up done")]
+            cache = httpx.get(f"{url}/v1/layers", timeout=10).json()
+        finally:
+            proc.terminate()
+            proc.wait(timeout=30)
+    assert warmed, f"/readyz answered before the warm-up was done:\n{log_path.read_text()[-3000:]}"
+    failed = [rec for rec in _log_lines(log_path) if rec.get("logger", "").endswith("warm_up") and rec["level"] != "INFO"]
+    assert not failed, failed
+    routes = warmed[0]["msg"]
+    for path in ("POST /v1/pip application/json", "POST /v1/pip application/vnd.apache.arrow.stream",
+                 "POST /v1/pip text/csv", "POST /v1/pip application/geo+json", "POST /v1/pip application/x-ndjson",
+                 "GET /v1/pip", "POST /v1/geocode-join application/json",
+                 "POST /v1/geocode-join application/vnd.apache.arrow.stream", "GET /v1/geocode"):
+        assert f"{path}: 200" in routes, routes
+    assert cache["geocode_reference"]["cache"]["entries"] == 0, cache["geocode_reference"]["cache"]
+
+
+def _start_logging(log):
+    import os
+
+    from .conftest import ADDRESS, _free_port
+
+    port = _free_port()
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("ENRICH_")},
+           "ENRICH_BOUNDARY_DIR": str(BOUNDARIES), "ENRICH_REFERENCE_DIR": str(ADDRESS), "ENRICH_LOG_LEVEL": "INFO"}
+    proc = subprocess.Popen([sys.executable, "-m", "enrich_service.cli", "serve", "--host", "127.0.0.1",
+                             "--port", str(port), "--log-level", "info"], env=env, stdout=log, stderr=log)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, f"enrich-service exited with {proc.returncode}"
+        try:
+            if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
+                return proc, url
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.02)
+    proc.kill()
+    raise AssertionError("enrich-service did not become ready in 90 s")
+
+
+def test_a_layer_download_works_although_its_client_is_not_imported_at_start(tmp_path):
+    """httpx (and the rich/click/pygments it pulls in) is imported on the first download, not by the service's
+    start: a fresh process shows it absent after importing the app, then downloads a real layer file from a local
+    server, checked against the manifest's sha256."""
+    layer = next(BOUNDARIES.glob("*.geojson"))
+    script = textwrap.dedent(f"""
+        import functools, http.server, sys, threading
+        from pathlib import Path
+        import enrich_service.main
+        assert "httpx" not in sys.modules, "httpx imported at start"
+        from enrich_service.layers.manifest import FileSpec
+        from enrich_service.layers.sources import resolve, sha256_of
+        handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory={str(layer.parent)!r})
+        server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        url = f"http://127.0.0.1:{{server.server_address[1]}}/{layer.name}"
+        spec = FileSpec({layer.name!r}, sha256_of(Path({str(layer)!r})), url)
+        got = resolve(spec, None, Path({str(tmp_path)!r}))
+        assert got.origin == "download" and sha256_of(got.path) == spec.sha256, got
+        server.shutdown()
+        print("downloaded", got.path)
+    """)
+    proc = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "downloaded" in proc.stdout

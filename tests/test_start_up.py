@@ -101,3 +101,31 @@ def test_a_layer_download_works_although_its_client_is_not_imported_at_start(tmp
     proc = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "downloaded" in proc.stdout
+
+
+def test_llvm_still_compiles_after_its_start_up_pages_are_released():
+    """The pages of libllvmlite.so that start-up touched are unmapped once the worker is warm; numba compiling a new
+    function afterwards (LLVM running again) must map them back and work, and what was compiled before still runs."""
+    script = textwrap.dedent("""
+        import numpy as np
+        from numba import njit
+        from enrich_service.server.memory import release_startup_library_pages
+
+        @njit
+        def before(a):
+            return a.sum()
+
+        assert before(np.arange(10)) == 45
+        released = release_startup_library_pages()
+        assert released > 0, "nothing of libllvmlite.so was released"
+
+        @njit
+        def after(a, k):
+            return (a * k).sum()
+
+        assert after(np.arange(10.0), 2.0) == 90.0 and before(np.arange(5)) == 10
+        print("released", released)
+    """)
+    proc = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "released" in proc.stdout

@@ -24,7 +24,7 @@ from ..layers.accepted import AcceptedStore
 from ..layers.manifest import load_manifest
 from ..layers.sources import sha256_of
 from ..settings import accepted_dir, get_settings
-from .memory import release_freed_memory
+from .memory import release_freed_memory, release_startup_library_pages
 from .observability import RELOADS, record_index
 from .warm_up import warm_up
 from .workers import SUPERVISOR_ENV
@@ -131,6 +131,8 @@ async def reload_index(app, source: str = "disk") -> ServiceIndex:
         record_index(index)
         if old is None:  # the first index: warmed before the worker listens (the lifespan waits for this)
             app.state.warm_up_seconds = await warm_up(app, index)
+            released = release_startup_library_pages()
+            log.info("start-up only library pages released: %.0f MB", released / 2**20)
         _release_in_background(app)
         if old is None or old.layers_sha256 != index.layers_sha256:
             log.warning("serving layer set %s (generation %d, from %s)", index.layers_sha256[:12], generation,

@@ -117,7 +117,11 @@ def breakdown_child() -> None:
     from enrich_service.geocode import build_geocoder
     from enrich_service.index import ServiceIndex
     from enrich_service.layers.store import LayerStore
-    from enrich_service.server.memory import release_freed_memory, release_startup_library_pages
+    from enrich_service.server.memory import (
+        keep_pandas_out_of_pyarrow,
+        release_freed_memory,
+        release_startup_library_pages,
+    )
     from enrich_service.server.warm_up import warm_up
     from enrich_service.settings import get_settings
 
@@ -144,9 +148,9 @@ def breakdown_child() -> None:
                          geocoder=geocoder)
     app.state.index = index
     t0 = time.perf_counter()
-    import pandas  # noqa: F401  (what pyarrow's first conversion to numpy imports: the warm-up's first step)
-
-    report("pandas (imported by pyarrow's first conversion)", t0)
+    if not keep_pandas_out_of_pyarrow(only_when_served=False):  # as a served worker does first
+        import pandas  # noqa: F401  (what pyarrow's first conversion would have imported)
+    report("pandas " + ("imported (by pyarrow)" if "pandas" in sys.modules else "kept out of pyarrow"), t0)
     import asyncio
 
     t0 = time.perf_counter()
@@ -156,6 +160,7 @@ def breakdown_child() -> None:
     release_freed_memory()
     released = release_startup_library_pages() / 2**20
     report(f"start-up's release: freed heap, {released:.0f} MB of libllvmlite.so", t0)
+    not_imported = [m for m in not_imported if m not in sys.modules]
     print(json.dumps({"not_imported": not_imported}), flush=True)
 
 
@@ -329,7 +334,7 @@ def main() -> int:
         (w0, c0), rest = runs[0], runs[1:]
         wm, cm = statistics.median(w for w, _ in rest), statistics.median(c for _, c in rest)
         tick = 1 / os.sysconf("SC_CLK_TCK")
-        ok = c0 <= max(c for _, c in rest) + tick  # the server's CPU, counted in clock ticks
+        ok = round(c0 / tick) <= round(max(c for _, c in rest) / tick) + 1  # the server's CPU, in clock ticks
         verdicts.append(ok)
         print(f"{name}: first {w0 * 1000:.0f} ms (server CPU {c0 * 1000:.0f} ms), next five median "
               f"{wm * 1000:.0f} ms (server CPU {cm * 1000:.0f} ms): first/later {w0 / wm:.2f}x wall, "
@@ -339,7 +344,7 @@ def main() -> int:
         return "met" if ok else "NOT met"
 
     print(f"\ntarget idle RSS < {RSS_TARGET_MB} MB (1 worker): {idle['VmRSS']:.0f} MB, {verdict(idle['VmRSS'] < RSS_TARGET_MB)}")
-    print(f"target first bulk request <= the later ones (server CPU within the next five's): "
+    print(f"target first bulk request <= the later ones (server CPU within the next five's, +1 clock tick): "
           f"{verdict(all(verdicts))}")
     print(f"target start-up < {STARTUP_TARGET_S:g} s: {median_start:.2f}s, {verdict(median_start < STARTUP_TARGET_S)}"
           f" (load average {os.getloadavg()[0]:.2f}: time figures need a quiet machine)")

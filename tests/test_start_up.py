@@ -12,7 +12,7 @@ import time
 import httpx
 import pytest
 
-from .conftest import BOUNDARIES, REPO
+from .conftest import BOUNDARIES, REPO, start_service
 
 pytestmark = pytest.mark.data
 
@@ -129,3 +129,56 @@ def test_llvm_still_compiles_after_its_start_up_pages_are_released():
     proc = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "released" in proc.stdout
+
+
+def _maps(pid: int) -> str:
+    from pathlib import Path
+
+    return Path(f"/proc/{pid}/maps").read_text()
+
+
+def test_a_served_worker_answers_bulk_requests_without_loading_pandas(tmp_path):
+    """pyarrow imports pandas on its first conversion unless told, once, that it is absent (memory.py): a worker of
+    `enrich-service serve` answers Arrow, JSON and CSV batches and never maps pandas' libraries. Its geocoder, built
+    from the reference CSVs with pandas on a cold cache (the first start here), is the same reference as one built
+    in a process where pyarrow has pandas."""
+    import pickle
+
+    import numpy as np
+
+    from .conftest import ADDRESS
+
+    cache_dir = tmp_path / "cache"
+    proc, url = start_service({"ENRICH_CACHE_DIR": str(cache_dir)})  # cold: the geocoder is built, with pandas
+    proc.terminate()
+    proc.wait(timeout=30)
+    proc, url = start_service({"ENRICH_CACHE_DIR": str(cache_dir)})  # as a worker usually starts: from the cache
+    try:
+        csv = b"id,lon,lat\n1,-117.16,32.72\n2,-117.1,32.8\n"
+        arrow = httpx.post(f"{url}/v1/pip", content=csv, timeout=60, headers={
+            "content-type": "text/csv", "accept": "application/vnd.apache.arrow.stream"})
+        answers = [arrow] + [httpx.post(f"{url}/v1/pip", content=body, headers={"content-type": kind}, timeout=60)
+                             for kind, body in (("text/csv", csv), ("application/vnd.apache.arrow.stream",
+                                                                    arrow.content),
+                                                ("application/json", json.dumps({"points": [
+                                                    {"id": 1, "lon": -117.16, "lat": 32.72}]}).encode()))]
+        assert [r.status_code for r in answers] == [200] * 4, [r.text[:200] for r in answers]
+        maps = _maps(proc.pid)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+    assert "pyarrow/libarrow" in maps
+    assert "/pandas/_libs" not in maps, "the served worker loaded pandas"
+
+    from enrich_service.geocode.reference import load_reference, resolve_reference
+    from enrich_service.settings import Settings
+
+    [cached] = (cache_dir / "geocoder").glob("*.pickle")
+    with open(cached, "rb") as f:
+        served = pickle.load(f)
+    here = load_reference(resolve_reference(Settings(reference_dir=ADDRESS)))
+    for name in ("streets", "street_id", "by_base", "street_zips", "pt_label", "exact", "ranges_of",
+                 "ranges_by_block", "intersections", "crossings_of", "zip_medians", "pt_zip_list"):
+        assert getattr(served, name) == getattr(here, name), name
+    for name in ("pt_lon", "pt_lat", "pt_number", "pt_street", "seg_street", "seg_mid"):
+        assert np.array_equal(getattr(served, name), getattr(here, name)), name

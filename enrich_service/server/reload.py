@@ -24,7 +24,7 @@ from ..layers.accepted import AcceptedStore
 from ..layers.manifest import load_manifest
 from ..layers.sources import sha256_of
 from ..settings import accepted_dir, get_settings
-from .memory import release_freed_memory, release_startup_library_pages
+from .memory import keep_pandas_out_of_pyarrow, release_freed_memory, release_startup_library_pages
 from .observability import RELOADS, record_index
 from .warm_up import warm_up
 from .workers import SUPERVISOR_ENV
@@ -95,6 +95,8 @@ async def reload_index(app, source: str = "disk") -> ServiceIndex:
     accepted set) or "start" (the accepted set; the boundary folder only when there is none yet)."""
     async with _lock(app):
         old = getattr(app.state, "index", None)
+        if source == "start":
+            keep_pandas_out_of_pyarrow()
         generation = (old.generation + 1) if old is not None else 0
         settings = get_settings()
         if source == "accepted" and old is not None:

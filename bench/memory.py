@@ -197,8 +197,14 @@ def bodies(n_arrow: int, n_json: int) -> tuple[bytes, bytes]:
     return arrow, orjson.dumps({"points": pts})
 
 
+def page_faults(pid: int) -> int:
+    """Minor page faults so far (/proc/<pid>/stat): a page touched for the first time."""
+    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[7])
+
+
 def first_and_next(url: str, pid: int, content: bytes, content_type: str, repeat: int = 6) -> list[tuple]:
-    """(wall s, server CPU s) of `repeat` identical requests in a row, the first right after start-up."""
+    """(wall s, server CPU s, page faults) of `repeat` identical requests in a row, the first right after
+    start-up."""
     import httpx
 
     from bench.load import cpu_seconds
@@ -206,11 +212,11 @@ def first_and_next(url: str, pid: int, content: bytes, content_type: str, repeat
     out = []
     with httpx.Client(timeout=600) as client:
         for _ in range(repeat):
-            cpu0, t0 = cpu_seconds([pid]), time.perf_counter()
+            cpu0, faults0, t0 = cpu_seconds([pid]), page_faults(pid), time.perf_counter()
             r = client.post(f"{url}/v1/pip?layers={LAYERS}", content=content, headers={"content-type": content_type})
             wall = time.perf_counter() - t0
             r.raise_for_status()
-            out.append((wall, cpu_seconds([pid]) - cpu0))
+            out.append((wall, cpu_seconds([pid]) - cpu0, page_faults(pid) - faults0))
     return out
 
 
@@ -331,14 +337,15 @@ def main() -> int:
     verdicts = []
     for name, runs in ((f"HTTP arrow, {args.arrow_points:,} points", arrow_runs),
                        (f"HTTP json, {args.json_points:,} points", json_runs)):
-        (w0, c0), rest = runs[0], runs[1:]
-        wm, cm = statistics.median(w for w, _ in rest), statistics.median(c for _, c in rest)
+        (w0, c0, f0), rest = runs[0], runs[1:]
+        wm, cm = statistics.median(r[0] for r in rest), statistics.median(r[1] for r in rest)
+        fm = statistics.median(r[2] for r in rest)
         tick = 1 / os.sysconf("SC_CLK_TCK")
-        ok = round(c0 / tick) <= round(max(c for _, c in rest) / tick) + 1  # the server's CPU, in clock ticks
+        ok = round(c0 / tick) <= round(max(r[1] for r in rest) / tick) + 1  # the server's CPU, in clock ticks
         verdicts.append(ok)
-        print(f"{name}: first {w0 * 1000:.0f} ms (server CPU {c0 * 1000:.0f} ms), next five median "
-              f"{wm * 1000:.0f} ms (server CPU {cm * 1000:.0f} ms): first/later {w0 / wm:.2f}x wall, "
-              f"{c0 / max(cm, tick):.2f}x CPU")
+        print(f"{name}: first {w0 * 1000:.0f} ms (server CPU {c0 * 1000:.0f} ms, {f0:,} page faults), next five "
+              f"median {wm * 1000:.0f} ms (server CPU {cm * 1000:.0f} ms, {fm:,.0f} page faults): first/later "
+              f"{w0 / wm:.2f}x wall, {c0 / max(cm, tick):.2f}x CPU")
 
     def verdict(ok: bool) -> str:
         return "met" if ok else "NOT met"

@@ -26,29 +26,33 @@ import orjson
 log = logging.getLogger(__name__)
 
 
-def _body_requests(lon: float, lat: float, address: str | None) -> Iterable[tuple[str, str, str, bytes]]:
-    """(method, path with query, content type, body) for every route and media type worth warming."""
+def _body_requests(lon: float, lat: float, address: str | None,
+                   layers: list[str]) -> Iterable[tuple[str, str, str, bytes]]:
+    """(method, path with query, content type, body) for every route and media type worth warming, asking for
+    every layer (each grid's kernels are compiled per cell type)."""
     import pyarrow as pa
 
     from ..io.arrow_stream import stream_buffer
     from ..io.media import ARROW, CSV, GEOJSON, JSON, NDJSON
 
     pts = [(1, lon, lat), (2, lon + 1e-4, lat + 1e-4)]
+    pip = "/v1/pip?" + urlencode({"layers": ",".join(layers)})
+    join = "/v1/geocode-join?" + urlencode({"layers": ",".join(layers)})
     table = pa.table({"id": pa.array([i for i, _, _ in pts], pa.int64()), "lon": pa.array([x for _, x, _ in pts]),
                       "lat": pa.array([y for _, _, y in pts])})
-    yield "POST", "/v1/pip", JSON, orjson.dumps({"points": [{"id": i, "lon": x, "lat": y} for i, x, y in pts]})
-    yield "POST", "/v1/pip", ARROW, stream_buffer(table).to_pybytes()
-    yield "POST", "/v1/pip", CSV, b"id,lon,lat\n" + b"".join(f"{i},{x!r},{y!r}\n".encode() for i, x, y in pts)
-    yield "POST", "/v1/pip", GEOJSON, orjson.dumps({"type": "FeatureCollection", "features": [
+    yield "POST", pip, JSON, orjson.dumps({"points": [{"id": i, "lon": x, "lat": y} for i, x, y in pts]})
+    yield "POST", pip, ARROW, stream_buffer(table).to_pybytes()
+    yield "POST", pip, CSV, b"id,lon,lat\n" + b"".join(f"{i},{x!r},{y!r}\n".encode() for i, x, y in pts)
+    yield "POST", pip, GEOJSON, orjson.dumps({"type": "FeatureCollection", "features": [
         {"type": "Feature", "properties": {"id": i}, "geometry": {"type": "Point", "coordinates": [x, y]}}
         for i, x, y in pts]})
-    yield "POST", "/v1/pip", NDJSON, b"".join(orjson.dumps({"id": i, "lon": x, "lat": y}) + b"\n" for i, x, y in pts)
-    yield "GET", "/v1/pip?" + urlencode({"lon": repr(lon), "lat": repr(lat)}), "", b""
+    yield "POST", pip, NDJSON, b"".join(orjson.dumps({"id": i, "lon": x, "lat": y}) + b"\n" for i, x, y in pts)
+    yield "GET", "/v1/pip?" + urlencode({"lon": repr(lon), "lat": repr(lat), "layers": ",".join(layers)}), "", b""
     if address is None:
         return
     records = [{"id": 1, "address": address}, {"id": 2, "address": "1 Nowhere Strete"}]
-    yield "POST", "/v1/geocode-join", JSON, orjson.dumps({"records": records})
-    yield "POST", "/v1/geocode-join", ARROW, stream_buffer(pa.Table.from_pylist(records)).to_pybytes()
+    yield "POST", join, JSON, orjson.dumps({"records": records})
+    yield "POST", join, ARROW, stream_buffer(pa.Table.from_pylist(records)).to_pybytes()
     yield "GET", "/v1/geocode?" + urlencode({"address": address}), "", b""
 
 
@@ -119,7 +123,7 @@ async def warm_up(app, index) -> float:
     try:
         if index.engine.grid:
             await run_in_threadpool(_warm_parallel_kernels, index)
-        for method, target, content_type, body in _body_requests((x0 + x1) / 2, (y0 + y1) / 2, address):
+        for method, target, content_type, body in _body_requests((x0 + x1) / 2, (y0 + y1) / 2, address, layers):
             status = await _call(app, method, target, content_type, body, key)
             name = " ".join(filter(None, (method, target.split("?")[0], content_type)))
             answered.append(f"{name}: {status}")

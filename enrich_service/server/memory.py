@@ -154,7 +154,8 @@ def keep_pandas_out_of_pyarrow(only_when_served: bool = True) -> bool:
     finder = _NoPandas()
     sys.meta_path.insert(0, finder)
     try:
-        _ = pa.lib._pandas_api.have_pandas  # the Python side's one look
+        with contextlib.suppress(AttributeError):  # pyarrow's private shim: if it is gone, the C++ side still asks
+            _ = pa.lib._pandas_api.have_pandas  # the Python side's one look
         pa.array([0.0]).to_numpy(zero_copy_only=False)  # the C++ side's one look
     finally:
         sys.meta_path.remove(finder)

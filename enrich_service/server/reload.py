@@ -24,7 +24,12 @@ from ..layers.accepted import AcceptedStore
 from ..layers.manifest import load_manifest
 from ..layers.sources import sha256_of
 from ..settings import accepted_dir, get_settings
-from .memory import keep_pandas_out_of_pyarrow, release_freed_memory, release_startup_library_pages
+from .memory import (
+    keep_pandas_out_of_pyarrow,
+    release_freed_memory,
+    release_startup_library_pages,
+    served_by_enrich_service,
+)
 from .observability import RELOADS, record_index
 from .warm_up import warm_up
 from .workers import SUPERVISOR_ENV
@@ -131,7 +136,9 @@ async def reload_index(app, source: str = "disk") -> ServiceIndex:
         app.state.load_error = None
         RELOADS.labels("swapped").inc()
         record_index(index)
-        if old is None:  # the first index: warmed before the worker listens (the lifespan waits for this)
+        # The first index of a worker of `enrich-service serve`: warmed before it listens (the lifespan waits for
+        # this). An app started in process (tests, notebooks) is not: its first requests are its own.
+        if old is None and served_by_enrich_service():
             app.state.warm_up_seconds = await warm_up(app, index)
             released = release_startup_library_pages()
             log.info("start-up only library pages released: %.0f MB", released / 2**20)

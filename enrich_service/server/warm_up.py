@@ -1,5 +1,5 @@
-"""Warm-up before a worker listens: a few requests through the app's own routes, so the first client's request costs
-what the later ones do.
+"""Warm-up before a worker of `enrich-service serve` listens: a few requests through the app's own routes, so the
+first client's request costs what the later ones do (an app started in process, by a test, is not warmed).
 
 Much of what a request uses is made on first use: numba loads each compiled kernel from its cache when first
 called (and starts its thread pool on the first parallel call), pyarrow imports pandas on its first conversion to

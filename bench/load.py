@@ -57,7 +57,8 @@ KINDS = {SINGLE: "single GET", BATCH: "batch POST"}
 
 # ---------------------------------------------------------------------------------------------------- the service
 
-def launch(workers: int, env: dict, log_path: Path, log_level: str) -> tuple[subprocess.Popen, str]:
+def launch(workers: int, env: dict, log_path: Path, log_level: str,
+           poll_s: float = 0.2) -> tuple[subprocess.Popen, str]:
     """`enrich-service serve` on a free loopback port, as tests/conftest.py starts it, once /readyz says ready."""
     import httpx
 
@@ -77,7 +78,7 @@ def launch(workers: int, env: dict, log_path: Path, log_level: str) -> tuple[sub
                 if workers > 1:  # each worker builds its own index: wait until every one answers
                     _wait_all_workers(proc.pid, workers, deadline)
                 return proc, url
-        time.sleep(0.2)
+        time.sleep(poll_s)
     for pid in reversed(process_tree(proc.pid)):  # the workers too: killing only the supervisor orphans them
         with contextlib.suppress(OSError):
             os.kill(pid, signal.SIGKILL)

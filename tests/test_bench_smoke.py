@@ -74,6 +74,19 @@ TABLES: dict[str, list[str]] = {
           for name in ("JSON decode", "JSON encode", "JSON columns decode", "JSON columns encode", "Arrow answer",
                        "Arrow decode", "CSV decode", "CSV encode")),
     ],
+    "memory.py": [
+        r"^where the idle memory goes",
+        r"^  numba, llvmlite \(import\)\s+\d+\s+[+-]\d+",
+        r"^  warm-up \(kernels, codecs, geocoder\)\s+\d+",
+        r"^service, 1 worker, idle: RSS \d+ MB = anonymous \d+ MB \+ file-backed \d+ MB; PSS \d+ MB",
+        r"^2 workers, worker 2: RSS \d+ MB .*PSS \d+ MB",
+        r"^start-up to ready, 1 worker: [\d.]+s \(median of ",
+        r"^HTTP arrow, [\d,]+ points: first \d+ ms .*next five median \d+ ms",
+        r"^HTTP json, [\d,]+ points: first \d+ ms .*next five median \d+ ms",
+        r"^target idle RSS < 400 MB \(1 worker\): \d+ MB, (met|NOT met)$",
+        r"^target first bulk request <= the later ones .*: (met|NOT met)$",
+        r"^target start-up < 2 s: [\d.]+s, (met|NOT met)",
+    ],
     "pipeline.py": [rf"^  {re.escape(stage)}\s+[\d.]+ s\s+[\d,]+ rows/s" for stage in PIPELINE_STAGES],
 }
 # Scripts are the files run as programs; a module they share (voronoi.py, the synthetic layers) is not one.

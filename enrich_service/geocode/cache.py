@@ -86,6 +86,12 @@ class ResultCache:
                 self._bytes += entry[1] - (old[1] if old is not None else 0)
                 self._data[key] = entry
 
+    def clear(self) -> None:
+        """Empty, counts too (after the start-up warm-up's own lookups)."""
+        with self._lock:
+            self._data, self._bytes = {}, 0
+            self.hits = self.misses = 0
+
     def count(self, hits: int, misses: int) -> None:
         self.hits += hits
         self.misses += misses

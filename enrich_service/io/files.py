@@ -16,9 +16,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.csv as pacsv
-import pyarrow.parquet as pq
 
-from ..client import plain_columns
 from .csv_text import encode_csv
 from .dialect import sniff_delimiter
 
@@ -156,6 +154,8 @@ def _csv_chunks(source: Source, chunk_rows: int, delimiter: str | None, encoding
 # ---- Parquet and GeoParquet ---------------------------------------------------------------------------------------
 
 def _parquet_chunks(source: Source, chunk_rows: int) -> Iterator[pa.Table]:
+    import pyarrow.parquet as pq
+
     try:
         pf = pq.ParquetFile(source.path)
     except (pa.ArrowInvalid, OSError) as exc:
@@ -260,6 +260,8 @@ def write_chunks(dest: str, fmt: str, chunks: Iterator[Chunk]) -> None:
 
 
 def _csv_table(chunk: Chunk) -> pa.Table:
+    from ..client import plain_columns
+
     table = plain_columns(chunk.table)  # every chunk the same schema, every format able to hold it
     if chunk.geometry is not None:  # a geometry read from the file: as WKT, which GIS tools read back
         import shapely
@@ -293,6 +295,8 @@ def _geo_metadata(name: str, crs: str | None) -> bytes:
 
 
 def _with_geometry(chunk: Chunk) -> pa.Table:
+    from ..client import plain_columns
+
     table = plain_columns(chunk.table)  # every chunk the same schema, every format able to hold it
     if chunk.geometry is None:
         return table
@@ -300,6 +304,8 @@ def _with_geometry(chunk: Chunk) -> pa.Table:
 
 
 def _write_parquet(dest: str, first: Chunk, rest: Iterator[Chunk]) -> None:
+    import pyarrow.parquet as pq
+
     table = _with_geometry(first)
     schema = table.schema
     if first.geometry is not None:  # GeoParquet: the geometry column named in the file's metadata

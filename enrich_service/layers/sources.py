@@ -9,8 +9,6 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
-
 from ..errors import LayerSourceError
 from .manifest import FileSpec
 
@@ -62,6 +60,8 @@ def resolve(spec: FileSpec, folder: Path | None, cache_dir: Path,
 
 
 def _download(spec: FileSpec, url: str, dest: Path, setting: str) -> None:
+    import httpx  # only when downloading: a start from local files is spared its import (and rich's, click's)
+
     dest.parent.mkdir(parents=True, exist_ok=True)
     log.info("downloading %s from %s", spec.file, url)
     h = hashlib.sha256()

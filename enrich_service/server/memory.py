@@ -8,6 +8,8 @@ import contextlib
 import ctypes
 import ctypes.util
 import gc
+import os
+import sys
 from collections.abc import Iterator
 
 _libc: ctypes.CDLL | None
@@ -15,7 +17,7 @@ try:
     _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
 except OSError:  # no C library by that name (Windows, where the client may run): nothing to tune
     _libc = None
-_M_TRIM_THRESHOLD, _M_TOP_PAD, _M_MMAP_THRESHOLD = -1, -2, -3
+_M_TRIM_THRESHOLD, _M_TOP_PAD, _M_MMAP_THRESHOLD, _M_ARENA_MAX = -1, -2, -3, -8
 
 
 def keep_freed_memory(keep_mb: int) -> None:
@@ -23,9 +25,16 @@ def keep_freed_memory(keep_mb: int) -> None:
     top, so every 1M-point request faulted in and zeroed tens of MB of new pages: reading its 24 MB body took
     ~40 ms instead of ~14 and the Arrow round trip 170-250 ms instead of ~135 (bench/pip.py). Buffers up to 32 MB
     (glibc's ceiling for this) now come from the heap, and up to `keep_mb` of freed heap waits for the next
-    request. 0 keeps glibc's defaults."""
+    request. 0 keeps glibc's defaults for this.
+
+    Whatever `keep_mb`, the process keeps one malloc arena per core instead of glibc's eight: each thread that
+    allocates (the threadpool's, numba's) otherwise got an arena of its own, and the start-up's and warm-up's
+    garbage stayed scattered over them, ~30 MB of the idle RSS (bench/memory.py)."""
     mallopt = getattr(_libc, "mallopt", None)
-    if mallopt is None or keep_mb <= 0:
+    if mallopt is None:
+        return
+    mallopt(_M_ARENA_MAX, max(2, os.cpu_count() or 2))
+    if keep_mb <= 0:
         return
     mallopt(_M_MMAP_THRESHOLD, 32 << 20)
     mallopt(_M_TRIM_THRESHOLD, keep_mb << 20)
@@ -66,3 +75,88 @@ def release_freed_memory() -> None:
     trim = getattr(_libc, "malloc_trim", None)
     if trim is not None:
         trim(0)
+
+
+_MADV_DONTNEED = 4
+# numba's LLVM: start-up runs it (its static initialisers at import, then loading each compiled kernel from numba's
+# cache), serving never does once the warm-up has loaded every kernel.
+STARTUP_ONLY_LIBRARIES = ("libllvmlite",)
+
+
+def release_startup_library_pages(names: tuple[str, ...] = STARTUP_ONLY_LIBRARIES) -> int:
+    """Unmap the pages of these libraries that start-up touched, and return how many bytes that was.
+
+    Loading libllvmlite.so (LLVM, 170 MB) and numba's kernels maps in 70-110 MB of its code, more when the page
+    cache holds the whole file (right after `pip install`): about a quarter of the idle RSS, none of it used again
+    by a warmed worker. Only read-only mappings without a private (copied-on-write) page are released, so nothing
+    is lost: the pages stay in the page cache, shared, and a later use (numba compiling a new signature) maps them
+    back. Linux only; elsewhere nothing happens."""
+    madvise = getattr(_libc, "madvise", None)
+    try:
+        smaps = open("/proc/self/smaps").read().splitlines()
+    except OSError:
+        return 0
+    if madvise is None:
+        return 0
+    madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+    chosen: list[tuple[int, int, int]] = []  # start, end, resident kB
+    span, wanted, rss_kb = (0, 0), False, 0
+    for line in smaps:
+        head = line.split(maxsplit=5)
+        if len(head) >= 5 and "-" in head[0] and not head[0].endswith(":"):  # a mapping's header line
+            lo, hi = (int(a, 16) for a in head[0].split("-"))
+            span = (lo, hi)
+            wanted = "w" not in head[1] and len(head) == 6 and any(name in head[5] for name in names)
+        elif wanted and head[0] == "Rss:":
+            rss_kb = int(head[1])
+        elif wanted and head[0] == "Anonymous:" and head[1] == "0" and rss_kb > 0:
+            chosen.append((*span, rss_kb))
+    released = 0
+    for lo, hi, kb in chosen:
+        if madvise(lo, hi - lo, _MADV_DONTNEED) == 0:
+            released += kb << 10
+    return released
+
+
+class _NoPandas:
+    """A meta path finder that refuses pandas: installed for one call below."""
+
+    def find_spec(self, name, path=None, target=None):
+        if name == "pandas":
+            raise ModuleNotFoundError("pandas is not for pyarrow in a served worker", name="pandas")
+        return None
+
+
+def served_by_enrich_service() -> bool:
+    """This process is a worker of `enrich-service serve` (not a test, a notebook or the CLI's in-process mode)."""
+    from .workers import SUPERVISOR_ENV
+
+    main = sys.modules.get("__main__")
+    spec = getattr(main, "__spec__", None)
+    return (os.environ.get(SUPERVISOR_ENV) == str(os.getppid())  # one of several workers
+            or (spec is not None and spec.name == "enrich_service.cli")  # python -m enrich_service.cli serve
+            or os.path.basename(sys.argv[0]) == "enrich-service")  # the console script
+
+
+def keep_pandas_out_of_pyarrow(only_when_served: bool = True) -> bool:
+    """Have pyarrow settle, once, that pandas is not installed; True when it did.
+
+    pyarrow imports pandas on its first conversion to or from numpy, to recognise pandas objects that a worker never
+    hands it: 25-30 MB of the idle RSS and ~0.3 s of the first bulk request (or of the warm-up). pyarrow looks for
+    pandas once per process and remembers the answer; it is asked here while pandas cannot be found. pandas itself
+    stays importable (the geocoder reads its reference CSVs with it when its cache is cold). Only in a worker of
+    `enrich-service serve`, before anything converts: a process that passes pandas objects to pyarrow (the client,
+    tests, notebooks) keeps pyarrow's pandas support, and nothing changes where pandas is imported already."""
+    if "pandas" in sys.modules or (only_when_served and not served_by_enrich_service()):
+        return False
+    import pyarrow as pa
+
+    finder = _NoPandas()
+    sys.meta_path.insert(0, finder)
+    try:
+        with contextlib.suppress(AttributeError):  # pyarrow's private shim: if it is gone, the C++ side still asks
+            _ = pa.lib._pandas_api.have_pandas  # the Python side's one look
+        pa.array([0.0]).to_numpy(zero_copy_only=False)  # the C++ side's one look
+    finally:
+        sys.meta_path.remove(finder)
+    return "pandas" not in sys.modules

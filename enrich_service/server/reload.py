@@ -24,8 +24,14 @@ from ..layers.accepted import AcceptedStore
 from ..layers.manifest import load_manifest
 from ..layers.sources import sha256_of
 from ..settings import accepted_dir, get_settings
-from .memory import release_freed_memory
+from .memory import (
+    keep_pandas_out_of_pyarrow,
+    release_freed_memory,
+    release_startup_library_pages,
+    served_by_enrich_service,
+)
 from .observability import RELOADS, record_index
+from .warm_up import warm_up
 from .workers import SUPERVISOR_ENV
 
 log = logging.getLogger(__name__)
@@ -94,6 +100,8 @@ async def reload_index(app, source: str = "disk") -> ServiceIndex:
     accepted set) or "start" (the accepted set; the boundary folder only when there is none yet)."""
     async with _lock(app):
         old = getattr(app.state, "index", None)
+        if source == "start":
+            keep_pandas_out_of_pyarrow()
         generation = (old.generation + 1) if old is not None else 0
         settings = get_settings()
         if source == "accepted" and old is not None:
@@ -128,6 +136,12 @@ async def reload_index(app, source: str = "disk") -> ServiceIndex:
         app.state.load_error = None
         RELOADS.labels("swapped").inc()
         record_index(index)
+        # The first index of a worker of `enrich-service serve`: warmed before it listens (the lifespan waits for
+        # this). An app started in process (tests, notebooks) is not: its first requests are its own.
+        if old is None and served_by_enrich_service():
+            app.state.warm_up_seconds = await warm_up(app, index)
+            released = release_startup_library_pages()
+            log.info("start-up only library pages released: %.0f MB", released / 2**20)
         _release_in_background(app)
         if old is None or old.layers_sha256 != index.layers_sha256:
             log.warning("serving layer set %s (generation %d, from %s)", index.layers_sha256[:12], generation,

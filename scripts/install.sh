@@ -22,7 +22,7 @@ command -v "$PY" >/dev/null || PY=python3
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
 .venv/bin/pip install -q --upgrade pip
 # The same pins as both Dockerfiles (constraints.txt).
-.venv/bin/pip install -q -c constraints.txt -e '.[airflow,dev]'
+.venv/bin/pip install -q --no-compile -c constraints.txt -e '.[airflow,dev]'
 
 # The page's front-end packages (Leaflet, Papa Parse, Swagger UI, ReDoc) from the npm registry, exactly as
 # package-lock.json pins them, into node_modules/ (served by the service: ENRICH_WEB_ASSETS_DIR). --ignore-scripts: no

@@ -133,8 +133,10 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_service(env: dict | None = None, port: int | None = None, workers: int = 1):
-    """A real `enrich-service serve` on loopback with the real layers; returns (process, base_url) once ready."""
+def start_service(env: dict | None = None, port: int | None = None, workers: int = 1, log=None,
+                  log_level: str = "warning"):
+    """A real `enrich-service serve` on loopback with the real layers; returns (process, base_url) once ready.
+    `log`: a file its output goes to (else this process's)."""
     import subprocess
     import sys
     import time
@@ -148,12 +150,13 @@ def start_service(env: dict | None = None, port: int | None = None, workers: int
     full_env = {**inherited, "ENRICH_BOUNDARY_DIR": str(BOUNDARIES), "ENRICH_REFERENCE_DIR": str(ADDRESS),
                 "ENRICH_API_KEYS": "test-admin-key", **(env or {})}
     proc = subprocess.Popen([sys.executable, "-m", "enrich_service.cli", "serve", "--host", "127.0.0.1",
-                             "--port", str(port), "--workers", str(workers), "--log-level", "warning"], env=full_env)
+                             "--port", str(port), "--workers", str(workers), "--log-level", log_level], env=full_env,
+                            stdout=log, stderr=log)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise RuntimeError(f"enrich-service exited with {proc.returncode}")
+            raise RuntimeError(f"enrich-service exited with {proc.returncode}" + (f"; see {log.name}" if log else ""))
         try:
             if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
                 return proc, url

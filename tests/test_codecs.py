@@ -160,6 +160,11 @@ def test_typed_json_bodies_decode_as_the_lenient_way_does(typed, body):
     options, batch = decode_json(raw)
     want_options, want = _lenient(raw)
     assert options == want_options
+    _assert_same_points(batch, want)
+
+
+def _assert_same_points(batch, want) -> None:
+    """The same points: ids with their types, per-row errors, coordinates and dates."""
     assert batch.ids == want.ids and [type(i) for i in batch.ids] == [type(i) for i in want.ids]
     assert batch.errors == want.errors
     np.testing.assert_array_equal(batch.x, want.x)
@@ -196,13 +201,7 @@ def test_points_sent_as_columns_decode_as_the_same_points_sent_as_rows(typed, po
     options, batch = decode_json(raw)
     want_options, want = decode_json(msgspec.json.encode({"points": points, "layers": "zip"}))
     assert options == want_options and options["layers"] == "zip"
-    assert batch.ids == want.ids and [type(i) for i in batch.ids] == [type(i) for i in want.ids]
-    assert batch.errors == want.errors
-    np.testing.assert_array_equal(batch.x, want.x)
-    np.testing.assert_array_equal(batch.y, want.y)
-    assert (batch.dates is None) == (want.dates is None)
-    if want.dates is not None:
-        np.testing.assert_array_equal(batch.dates, want.dates)
+    _assert_same_points(batch, want)
 
 
 @pytest.mark.parametrize("points, field, says", [

@@ -7,7 +7,6 @@ import json
 import subprocess
 import sys
 import textwrap
-import time
 
 import httpx
 import pytest
@@ -33,7 +32,7 @@ def test_every_bulk_path_is_warmed_before_the_first_answer(tmp_path):
     holds none of its addresses afterwards."""
     log_path = tmp_path / "service.log"
     with open(log_path, "wb") as log:
-        proc, url = _start_logging(log)
+        proc, url = start_service({"ENRICH_LOG_LEVEL": "INFO"}, log=log, log_level="info")
         try:
             warmed = [rec for rec in _log_lines(log_path) if rec.get("msg", "").startswith("warm-up done")]
             cache = httpx.get(f"{url}/v1/layers", timeout=10).json()
@@ -50,30 +49,6 @@ def test_every_bulk_path_is_warmed_before_the_first_answer(tmp_path):
                  "POST /v1/geocode-join application/vnd.apache.arrow.stream", "GET /v1/geocode"):
         assert f"{path}: 200" in routes, routes
     assert cache["geocode_reference"]["cache"]["entries"] == 0, cache["geocode_reference"]["cache"]
-
-
-def _start_logging(log):
-    import os
-
-    from .conftest import ADDRESS, _free_port
-
-    port = _free_port()
-    env = {**{k: v for k, v in os.environ.items() if not k.startswith("ENRICH_")},
-           "ENRICH_BOUNDARY_DIR": str(BOUNDARIES), "ENRICH_REFERENCE_DIR": str(ADDRESS), "ENRICH_LOG_LEVEL": "INFO"}
-    proc = subprocess.Popen([sys.executable, "-m", "enrich_service.cli", "serve", "--host", "127.0.0.1",
-                             "--port", str(port), "--log-level", "info"], env=env, stdout=log, stderr=log)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 90
-    while time.monotonic() < deadline:
-        assert proc.poll() is None, f"enrich-service exited with {proc.returncode}"
-        try:
-            if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
-                return proc, url
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.02)
-    proc.kill()
-    raise AssertionError("enrich-service did not become ready in 90 s")
 
 
 def test_a_layer_download_works_although_its_client_is_not_imported_at_start(tmp_path):

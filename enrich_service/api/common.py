@@ -51,7 +51,11 @@ def read_query(query: Mapping[str, str | None], params: Iterable[Param]) -> dict
 
 async def query_options(request: Request) -> QueryOptions:
     """Route dependency: the request options as the query string gives them, for every route the same way."""
-    query = request.query_params
+    return options_from(request.query_params)
+
+
+def options_from(query: Mapping[str, str]) -> QueryOptions:
+    """The request options a query mapping gives (the route dependency's and the GET fast path's one reading)."""
     return QueryOptions({name: query.get(name) for name in OPTIONS})
 
 

@@ -13,13 +13,12 @@ from ..bulk.tag_points import TAG_POINTS, tag_batch
 from ..engine.tagger import TagResult
 from ..errors import EnrichError, InvalidInput
 from ..index import ServiceIndex, current
-from ..io.json_body import OPTIONS
 from ..io.params import Param
 from ..io.responses import JSONResponse
 from ..io.tables import Columns
 from ..points import PointBatch, Prepared
 from ..settings import get_settings
-from .common import declared, offload, query_options, read_query, strict_query
+from .common import declared, offload, options_from, query_options, read_query, strict_query
 from .factory import add_bulk_route
 from .schemas import ERROR_RESPONSES, PipRequest, PipResponse, PointAnswer
 
@@ -61,7 +60,7 @@ def get_pip_fast(index: ServiceIndex, query: Mapping[str, str]) -> JSONResponse 
     every request it refuses, so each error comes from one place, in its order of checks."""
     try:
         batch = _one_point({name: query.get(name) for name in ("lon", "lat")})
-        opts = QueryOptions({name: query.get(name) for name in OPTIONS}).parsed(get_settings())
+        opts = options_from(query).parsed(get_settings())
         if opts.nearest_within_m is not None:
             return None
         return JSONResponse(_answer(*tag_batch(index, batch, opts, Columns()), opts))

@@ -107,8 +107,7 @@ class GeocodeJoin(BulkOperation[AddressParams, Records, Joined]):
                                 "errors": results.error_list(data.ids, out.prepared, out.result)})
 
     def encode_json_columns(self, index: ServiceIndex, data: Records, out: Joined) -> bytes:
-        ids = data.ids if isinstance(data.ids, list) else (
-            data.ids.to_pylist() if data.ids is not None else [None] * len(data.addresses))
+        ids = results.id_list(data.ids, len(data.addresses))
         # The table answer's columns (the same names and values as the rows), the ids as the body sent them.
         answered = join.answer_table(pa.table({"id": pa.nulls(len(ids))}), None, out)
         rest = json_body.dumps({"count": len(ids), "layers": out.result.layers_used(),

@@ -75,7 +75,7 @@ class TagPoints(BulkOperation[PointParams, PointBatch, Tagged]):
         return out[1]
 
     def encode_json(self, index: ServiceIndex, data: PointBatch, out: Tagged) -> memoryview:
-        return results.encode_json(_id_list(data), *out, {})
+        return results.encode_json(results.id_list(data.ids, len(data)), *out, {})
 
     def encode_json_columns(self, index: ServiceIndex, data: PointBatch, out: Tagged) -> bytes:
         # A table's id column is written as it is (no Python object per id), as a JSON body's list is
@@ -87,11 +87,6 @@ class TagPoints(BulkOperation[PointParams, PointBatch, Tagged]):
 
     def answer_table(self, table: pa.Table | None, data: PointBatch, out: Tagged, prefix: str) -> pa.Table:
         return results.answer_table(table, data.ids, *out, prefix)
-
-
-def _id_list(data: PointBatch) -> list:
-    return data.ids if isinstance(data.ids, list) else (
-        data.ids.to_pylist() if data.ids is not None else [None] * len(data))
 
 
 def _check_no_date_format(params: PointParams) -> None:

@@ -465,7 +465,6 @@ class GridIndex:
         _classify_runs(self.x0, self.y0, self.cw, self.ch, slot, start, cell_seg, self.seg, self.seg_feature,
                        self.n_features, self.cells)
         del slot
-        self.edge_share = float(marked.mean())
         self.band_start, self.band_index, self.band_split = _bands(self.seg, self.y0, self.ch, cells)
         self.rec = np.empty(0, dtype=np.int32)
         if self.cells.dtype == np.int32:

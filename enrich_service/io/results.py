@@ -23,6 +23,11 @@ from .json_rows import json_columns, json_rows
 MAX_ROW_ERRORS_LISTED = 1000  # a JSON answer's `errors` list: each row's own `error` column has them all
 
 
+
+def id_list(ids: Any, n: int) -> list:
+    """The row ids as a Python list: as the body sent them (a list or an Arrow column), or n Nones."""
+    return ids if isinstance(ids, list) else (ids.to_pylist() if ids is not None else [None] * n)
+
 def row_errors(prepared: Prepared, result: TagResult | None) -> dict[int, str]:
     """row -> "field: message", for rows that were not (fully) tagged."""
     merged = dict(result.row_errors) if result is not None else {}

@@ -92,11 +92,11 @@ def release_startup_library_pages(names: tuple[str, ...] = STARTUP_ONLY_LIBRARIE
     is lost: the pages stay in the page cache, shared, and a later use (numba compiling a new signature) maps them
     back. Linux only; elsewhere nothing happens."""
     madvise = getattr(_libc, "madvise", None)
+    if madvise is None:
+        return 0
     try:
         smaps = open("/proc/self/smaps").read().splitlines()
     except OSError:
-        return 0
-    if madvise is None:
         return 0
     madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
     chosen: list[tuple[int, int, int]] = []  # start, end, resident kB

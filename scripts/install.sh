@@ -23,6 +23,12 @@ command -v "$PY" >/dev/null || PY=python3
 .venv/bin/pip install -q --upgrade pip
 # The same pins as both Dockerfiles (constraints.txt).
 .venv/bin/pip install -q --no-compile -c constraints.txt -e '.[airflow,dev]'
+# Bytecode for every module, compiled once here on all cores: with PYTHONDONTWRITEBYTECODE set (as on these
+# machines) Python never writes it, and every process (each service start, Airflow task, bench run) would compile
+# its imports from source again. Only what changed is compiled on a second run.
+site_packages=$(.venv/bin/python -c 'import sysconfig; print(sysconfig.get_path("purelib"))')
+.venv/bin/python -m compileall -q -j 0 "$site_packages" enrich_service dags bench scripts tests >/dev/null \
+  || echo "compileall: some files did not compile (python -m compileall names them)" >&2
 
 # The page's front-end packages (Leaflet, Papa Parse, Swagger UI, ReDoc) from the npm registry, exactly as
 # package-lock.json pins them, into node_modules/ (served by the service: ENRICH_WEB_ASSETS_DIR). --ignore-scripts: no

@@ -24,6 +24,26 @@ BOUNDARIES = DATA / "boundaries"
 POINTS = DATA / "points"
 ADDRESS = DATA / "address"
 PG_DSN = os.environ.get("ENRICH_TEST_POSTGIS_DSN", "postgresql://postgres@127.0.0.1:5432/test")
+
+
+def _dsn_with_database(dsn: str, database: str) -> str:
+    """The same DSN naming another database, in the same form (a URL stays a URL: Airflow's connections need one)."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    if "://" in dsn:
+        return urlunsplit(urlsplit(dsn)._replace(path=f"/{database}"))
+    return psycopg.conninfo.make_conninfo(dsn, dbname=database)
+
+
+# Under pytest-xdist (scripts/test.sh: -n 2) each worker has a database of its own, `<database>_gw0` and so on, so
+# two files loading the same tables never meet; the bench scripts the tests start inherit it through the variable.
+XDIST_WORKER = os.environ.get("PYTEST_XDIST_WORKER", "")
+PG_SERVER_DSN = PG_DSN
+_database = psycopg.conninfo.conninfo_to_dict(PG_DSN).get("dbname") or "postgres"
+WORKER_DATABASE = bool(XDIST_WORKER) and not _database.endswith(f"_{XDIST_WORKER}")  # not again in a bench script
+if WORKER_DATABASE:
+    PG_DSN = _dsn_with_database(PG_DSN, f"{_database}_{XDIST_WORKER}")
+    os.environ["ENRICH_TEST_POSTGIS_DSN"] = PG_DSN
 REQUIRE_ALL = (os.environ.get("CI", "").lower() in ("1", "true", "yes")
                or os.environ.get("ENRICH_TEST_REQUIRE_ALL") == "1")
 
@@ -50,6 +70,8 @@ def data_missing() -> str | None:
 @functools.cache
 def postgis_missing() -> str | None:
     try:
+        if WORKER_DATABASE:
+            _create_worker_database()
         with psycopg.connect(PG_DSN, connect_timeout=5, autocommit=True) as conn:
             conn.execute("CREATE EXTENSION IF NOT EXISTS postgis")
     except psycopg.Error as exc:
@@ -57,13 +79,55 @@ def postgis_missing() -> str | None:
     return None
 
 
+def _create_worker_database() -> None:
+    from psycopg import sql
+
+    name = psycopg.conninfo.conninfo_to_dict(PG_DSN)["dbname"]
+    with psycopg.connect(PG_SERVER_DSN, connect_timeout=5, autocommit=True) as conn:
+        if not conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone():
+            with contextlib.suppress(psycopg.errors.DuplicateDatabase):  # the other worker, at the same moment
+                conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+
+
+# The files that import Airflow in this process share one xdist worker, in this (the collection) order:
+# tests/test_dags.py gives the process its throwaway AIRFLOW_HOME before any of the others imports Airflow.
+AIRFLOW_FILES = ("test_dags", "test_dags_ops", "test_geocode_dag", "test_mutation_kills", "test_mutations",
+                 "test_notebook", "test_publish_faults", "test_quality_gate", "test_versions")
+# Units (a file, or the Airflow files together) that take the longest start first, so no worker is left running
+# one of them alone at the end; the rest follow in collection order. From `pytest --durations` (docs/testing.md).
+LONGEST_FIRST = ("test_scaleout", "airflow", "test_operations", "test_engine", "test_bench_smoke", "test_grid",
+                 "test_start_up", "test_load", "test_cli", "test_reload_switch", "test_many_polygons", "test_page",
+                 "test_fuzz")
+
+
+def _unit(path: str) -> str:
+    """The unit of scheduling of a test file: its module name, or "airflow" for the Airflow files."""
+    module = Path(path.split("::")[0]).stem
+    return "airflow" if module in AIRFLOW_FILES else module
+
+
+def pytest_xdist_make_scheduler(config: pytest.Config, log):
+    """xdist's load-by-scope with our units as the scopes. (Its `loadgroup` marks do not take on pytest 9, whose
+    node ids xdist can no longer rename.)"""
+    from xdist.scheduler import LoadScopeScheduling
+
+    class ByUnit(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return _unit(nodeid)
+
+    return ByUnit(config, log)
+
+
 @pytest.hookimpl(tryfirst=True)  # before -m selects by these marks
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     for item in items:
         info = getattr(item, "_fixtureinfo", None)  # every fixture the test uses, through other fixtures too
         for defs in info.name2fixturedefs.values() if info else ():
             for mark in {m for d in defs for m in getattr(d.func, "enrich_needs", ())}:
                 item.add_marker(mark)
+    if hasattr(config, "workerinput"):  # an xdist worker: the longest units first (every worker sorts the same)
+        rank = {unit: i for i, unit in enumerate(LONGEST_FIRST)}
+        items.sort(key=lambda item: rank.get(_unit(item.nodeid), len(rank)))  # stable: collection order in a unit
 
 
 def pytest_runtest_setup(item: pytest.Item) -> None:
@@ -107,6 +171,21 @@ def ready_app(env: dict, timeout_s: float = 90):
             assert time.monotonic() < deadline, c.get("/readyz").json()
             time.sleep(0.1)
         yield c
+
+
+def cache_dir_sharing_layers(path: Path) -> Path:
+    """A cache folder whose own caches (geocoder reference, accepted sets, results) start empty, but whose layer and
+    grid caches are the user's default ones, as every service the tests start uses: those are keyed by the files'
+    sha256 and the code, so never stale, and reading five layers and building their grids cold costs seconds a
+    start that no test here is about."""
+    from enrich_service.settings import Settings
+
+    shared = Path(Settings.model_fields["cache_dir"].default)
+    path.mkdir(parents=True, exist_ok=True)
+    for part in ("layers", "grids"):
+        (shared / part).mkdir(parents=True, exist_ok=True)
+        (path / part).symlink_to(shared / part)
+    return path
 
 
 @pytest.fixture(scope="session")

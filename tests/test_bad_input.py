@@ -15,7 +15,7 @@ import pyarrow.csv as pacsv
 import pyarrow.ipc as ipc
 import pytest
 
-from .conftest import ADDRESS, BOUNDARIES, needs, ready_app
+from .conftest import ADDRESS, BOUNDARIES, cache_dir_sharing_layers, needs, ready_app
 
 CITY_HALL = (-117.1627, 32.7167)
 ARROW = "application/vnd.apache.arrow.stream"
@@ -313,7 +313,7 @@ print("airflow" in sys.modules)
 @pytest.mark.data
 def test_point_lookups_answer_while_the_geocoder_reference_is_missing(tmp_path):
     env = {"ENRICH_BOUNDARY_DIR": str(BOUNDARIES), "ENRICH_REFERENCE_DIR": str(tmp_path / "nowhere"),
-           "ENRICH_CACHE_DIR": str(tmp_path / "cache")}
+           "ENRICH_CACHE_DIR": str(cache_dir_sharing_layers(tmp_path / "cache"))}
     with ready_app(env) as c:
         r = c.get("/v1/pip", params={"lon": CITY_HALL[0], "lat": CITY_HALL[1]})
         assert r.status_code == 200 and r.json()["council_district"] == "3"

@@ -23,7 +23,7 @@ from enrich_service.index import build_index
 from enrich_service.layers.accepted import AcceptedStore
 from enrich_service.settings import Settings
 
-from .conftest import BOUNDARIES, REPO, needs, start_service
+from .conftest import BOUNDARIES, REPO, cache_dir_sharing_layers, needs, start_service
 
 if str(REPO / "dags") not in sys.path:  # enrich_pipeline lives beside the DAG files (as Airflow sees it)
     sys.path.append(str(REPO / "dags"))
@@ -81,8 +81,8 @@ def shifted(doc: dict, metres: float) -> dict:
 def accepted_index(tmp_path_factory):
     """The real files' index: the accepted set the wrong files are compared with."""
     tmp = tmp_path_factory.mktemp("accepted")
-    settings = Settings(boundary_dir=BOUNDARIES, cache_dir=tmp / "cache", manifest=MANIFEST)
-    return build_index(settings), tmp / "cache"
+    cache = cache_dir_sharing_layers(tmp / "cache")
+    return build_index(Settings(boundary_dir=BOUNDARIES, cache_dir=cache, manifest=MANIFEST)), cache
 
 
 def _refusal(tmp: Path, cache: Path, previous, name: str, doc: dict, manifest: Path = MANIFEST) -> ReloadRefused:

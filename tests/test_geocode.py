@@ -13,7 +13,7 @@ import pyarrow.csv as pacsv
 import pyarrow.ipc as ipc
 import pytest
 
-from .conftest import ADDRESS, BOUNDARIES, POINTS, needs, ready_app
+from .conftest import ADDRESS, BOUNDARIES, POINTS, cache_dir_sharing_layers, needs, ready_app
 
 METERS = POINTS / "treas_parking_meters_loc_datasd.csv"
 STOPS = POINTS / "transit_stops_datasd.geojson"
@@ -428,7 +428,7 @@ def test_a_changed_reference_reloads_with_the_layers_and_empties_the_cache(tmp_p
         shutil.copy(ADDRESS / name, tmp_path / name)
     points = tmp_path / "sd_osm_sangis_address_points_sample.csv"
     env = {"ENRICH_BOUNDARY_DIR": str(BOUNDARIES), "ENRICH_REFERENCE_DIR": str(tmp_path),
-           "ENRICH_API_KEYS": "test-admin-key", "ENRICH_CACHE_DIR": str(tmp_path / "cache")}
+           "ENRICH_API_KEYS": "test-admin-key", "ENRICH_CACHE_DIR": str(cache_dir_sharing_layers(tmp_path / "cache"))}
     admin = {"X-API-Key": "test-admin-key"}
     with ready_app(env) as c:
         ask = lambda: c.get("/v1/geocode", params={"address": "4608 Gardena Avenue"})  # noqa: E731

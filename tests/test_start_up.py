@@ -11,7 +11,7 @@ import textwrap
 import httpx
 import pytest
 
-from .conftest import BOUNDARIES, REPO, start_service
+from .conftest import BOUNDARIES, REPO, cache_dir_sharing_layers, start_service
 
 pytestmark = pytest.mark.data
 
@@ -123,7 +123,7 @@ def test_a_served_worker_answers_bulk_requests_without_loading_pandas(tmp_path):
 
     from .conftest import ADDRESS
 
-    cache_dir = tmp_path / "cache"
+    cache_dir = cache_dir_sharing_layers(tmp_path / "cache")
     proc, url = start_service({"ENRICH_CACHE_DIR": str(cache_dir)})  # cold: the geocoder is built, with pandas
     proc.terminate()
     proc.wait(timeout=30)

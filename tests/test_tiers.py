@@ -33,7 +33,9 @@ NO_POSTGIS = "postgresql://postgres@127.0.0.1:1/nowhere"
 
 def run_probe(tmp_path, *args: str, ci: bool = False) -> subprocess.CompletedProcess:
     (tmp_path / "test_probe.py").write_text(PROBE)
-    env = {k: v for k, v in os.environ.items() if k not in ("CI", "ENRICH_TEST_REQUIRE_ALL")}
+    # a pytest of its own: not CI, and not an xdist worker even when this one is
+    env = {k: v for k, v in os.environ.items() if k not in ("CI", "ENRICH_TEST_REQUIRE_ALL")
+           and not k.startswith("PYTEST_XDIST")}
     env.update(ENRICH_SHARED_DATA=NO_DATA, ENRICH_TEST_POSTGIS_DSN=NO_POSTGIS, PYTHONPATH=str(REPO))
     if ci:
         env["CI"] = "true"

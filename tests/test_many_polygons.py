@@ -5,6 +5,7 @@ random; and it must still do the work itself."""
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +17,7 @@ from bench.voronoi import add_to_manifest, voronoi_cells, write_layer
 from enrich_service.engine.exact import ExactIndex
 from enrich_service.engine.grid import SLOT0, GridIndex
 from enrich_service.engine.rules import RULE_OVERLAP
+from enrich_service.layers.reader import geometry_sha256, read_polygons_cached
 from enrich_service.layers.store import LayerStore, LayerVersion
 
 from .test_grid import adversarial, check_cells_hold_what_the_geometry_says, lookup_as_exact
@@ -136,6 +138,27 @@ def test_grid_from_the_disk_cache_agrees_with_exact_path(version, tmp_path, monk
         undecided = lookup_as_exact(grid, exact, name, x, y)[2]
         if name == "random":
             assert undecided.mean() < 0.001
+
+
+def test_grid_cache_is_keyed_by_the_geometry_read(version, tmp_path):
+    """The disk cache's key is the digest of the geometry the reader returned (kept in its own cache with it, read
+    back bit for bit), not a pass over the polygons: the same file read afresh or from the cache names the same
+    geometry, and other geometry under the same file sha256 (a reader change, say) gets a grid of its own."""
+    fresh = read_polygons_cached(version.source.path, version.source.sha256, "EPSG:4326", "test", tmp_path)
+    again = read_polygons_cached(version.source.path, version.source.sha256, "EPSG:4326", "test", tmp_path)
+    assert fresh.geometry_sha256 == again.geometry_sha256 == version.geometry_sha256
+    assert version.geometry_sha256 == geometry_sha256(shapely.to_wkb(version.geoms))
+
+    GridIndex.build(version, cache_dir=tmp_path)
+    moved = dataclasses.replace(version, geoms=shapely.transform(version.geoms, lambda xy: xy + [1e-4, 0]),
+                                parts=shapely.transform(version.parts, lambda xy: xy + [1e-4, 0]))
+    moved.geometry_sha256 = geometry_sha256(shapely.to_wkb(moved.geoms))
+    shapely.prepare(moved.parts)
+    grid = GridIndex.build(moved, cache_dir=tmp_path)
+    assert len(list((tmp_path / "grids").glob("*.pickle"))) == 2
+    rng = np.random.default_rng(2125)
+    x0, y0, x1, y1 = moved.bbox
+    lookup_as_exact(grid, ExactIndex(moved), "random", rng.uniform(x0, x1, 50_000), rng.uniform(y0, y1, 50_000))
 
 
 # The records (int32 cells: a special cell holds the place of its record, the edges of the run of special cells from

@@ -24,12 +24,14 @@ import numpy as np
 import shapely
 from numba import njit, prange
 
+from ..layers import store
 from ..layers.store import LayerVersion
 from ..server.disk_cache import cached, code_digest
 from ..server.parallel import run_parallel
 from .rules import RULE_OVERLAP
 
-_CODE = code_digest(Path(__file__))
+# The grid's code, and the code making a version's parts from the geometry read (layers/store.py): the disk cache's key.
+_CODE = code_digest(Path(__file__), Path(store.__file__))
 
 # Far above float64 error at these coordinates (~1e-14 deg), far below any real feature (1e-9 deg is 0.1 mm).
 EPS = 1e-9
@@ -490,14 +492,15 @@ class GridIndex:
     @classmethod
     def build(cls, version: LayerVersion, cells: int = 2048, cache_dir: Path | None = None) -> GridIndex:
         """The grid, read from the disk cache when `cache_dir` holds one built from the same geometry by the same
-        code (a layer of 50,000 small polygons takes about a second of CPU to build, a few ms to read)."""
-        if cache_dir is None:
+        code (a layer of 50,000 small polygons takes about a second of CPU to build, a few ms to read). The key is
+        the digest of the geometry read (worked out once, when the file was read, and cached with it), the code
+        making the parts from it and the grid's own, and the libraries doing both: no pass over the polygons."""
+        if cache_dir is None or not version.geometry_sha256:
             return cls(version, cells)
-        h = hashlib.sha256(b"%d|%d|" % (cells, version.n_features))
-        h.update(np.ascontiguousarray(version.part_feature, dtype=np.int64).tobytes())
-        for wkb in shapely.to_wkb(version.parts):  # what the grid is built from, whatever made it from the file
-            h.update(wkb)
-        key = f"{version.source.sha256[:16]}-{h.hexdigest()[:24]}-{_CODE}"
+        inputs = (version.geometry_sha256, str(cells), str(version.n_features), shapely.__version__,
+                  shapely.geos_version_string, np.__version__)
+        digest = hashlib.sha256("|".join(inputs).encode()).hexdigest()[:24]
+        key = f"{version.source.sha256[:16]}-{digest}-{_CODE}"
         grid, _ = cached(Path(cache_dir) / "grids" / f"{key}.pickle", lambda: cls(version, cells))
         grid.rank = version.rank.astype(np.int32)  # the rule's order, not the geometry: always the version's own
         return grid

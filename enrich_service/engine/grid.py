@@ -17,21 +17,18 @@ How it agrees with the exact path (exact.py), by construction:
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 import numpy as np
 import shapely
 from numba import njit, prange
 
-from ..layers import store
 from ..layers.store import LayerVersion
 from ..server.disk_cache import cached, code_digest
 from ..server.parallel import run_parallel
 from .rules import RULE_OVERLAP
 
-# The grid's code, and the code making a version's parts from the geometry read (layers/store.py): the disk cache's key.
-_CODE = code_digest(Path(__file__), Path(store.__file__))
+_CODE = code_digest(Path(__file__))
 
 # Far above float64 error at these coordinates (~1e-14 deg), far below any real feature (1e-9 deg is 0.1 mm).
 EPS = 1e-9
@@ -492,15 +489,11 @@ class GridIndex:
     @classmethod
     def build(cls, version: LayerVersion, cells: int = 2048, cache_dir: Path | None = None) -> GridIndex:
         """The grid, read from the disk cache when `cache_dir` holds one built from the same geometry by the same
-        code (a layer of 50,000 small polygons takes about a second of CPU to build, a few ms to read). The key is
-        the digest of the geometry read (worked out once, when the file was read, and cached with it), the code
-        making the parts from it and the grid's own, and the libraries doing both: no pass over the polygons."""
-        if cache_dir is None or not version.geometry_sha256:
+        code (a layer of 50,000 small polygons takes about a second of CPU to build, a few ms to read). Keyed by
+        LayerVersion.cache_key: the digest of the geometry read, not a pass over the polygons at each start."""
+        key = version.cache_key(_CODE, cells, version.n_features) if cache_dir is not None else None
+        if cache_dir is None or key is None:
             return cls(version, cells)
-        inputs = (version.geometry_sha256, str(cells), str(version.n_features), shapely.__version__,
-                  shapely.geos_version_string, np.__version__)
-        digest = hashlib.sha256("|".join(inputs).encode()).hexdigest()[:24]
-        key = f"{version.source.sha256[:16]}-{digest}-{_CODE}"
         grid, _ = cached(Path(cache_dir) / "grids" / f"{key}.pickle", lambda: cls(version, cells))
         grid.rank = version.rank.astype(np.int32)  # the rule's order, not the geometry: always the version's own
         return grid

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import logging
 import time
 from dataclasses import dataclass, field
@@ -13,11 +14,14 @@ import shapely
 
 from ..crs import TO_METRIC
 from ..errors import LayerSourceError, NoVersionInForce, UnknownLayer
+from ..server.disk_cache import code_digest
 from .manifest import LayerSpec, Manifest, VersionSpec, load_manifest
 from .reader import read_polygons_cached
 from .sources import ResolvedFile, resolve
 
 log = logging.getLogger(__name__)
+
+_CODE = code_digest(Path(__file__))
 
 
 
@@ -55,6 +59,17 @@ class LayerVersion:
     @property
     def n_features(self) -> int:
         return len(self.keys)
+
+    def cache_key(self, code: str, *params: object) -> str | None:
+        """The disk cache's key for what `code` (a code digest) derives from this version's parts: the digest of the
+        geometry read, this module's code (which makes the parts from it), the libraries, and `params`. None when
+        the geometry's digest is unknown: build afresh rather than risk a stale file."""
+        if not self.geometry_sha256:
+            return None
+        inputs = (self.geometry_sha256, _CODE, shapely.__version__, shapely.geos_version_string, np.__version__,
+                  *map(str, params))
+        digest = hashlib.sha256("|".join(inputs).encode()).hexdigest()[:24]
+        return f"{self.source.sha256[:16]}-{digest}-{code}"
 
     def describe(self) -> dict:
         return {

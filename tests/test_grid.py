@@ -13,7 +13,7 @@ import yaml
 from enrich_service.engine.exact import ExactIndex
 from enrich_service.engine.grid import EDGE, EPS, SLOT0, GridIndex
 from enrich_service.engine.rules import RULE_OVERLAP
-from enrich_service.layers.store import LayerStore
+from enrich_service.layers.store import LayerStore, to_metric
 
 from .conftest import real_points
 
@@ -112,6 +112,17 @@ def test_cells_hold_what_the_geometry_says(store, layer, vi):
     version = store.versions[layer][vi]
     check_cells_hold_what_the_geometry_says(version, GridIndex.build(version), ExactIndex(version),
                                             np.random.default_rng(29))
+
+
+def test_feature_areas_are_the_features_own(store):
+    """A feature's area (the rule's tie-break) is summed from its parts, projected once for nearest distances too:
+    the same float as the area of the whole feature projected, multipolygons included."""
+    multi = 0
+    for layer, vi in VERSIONS:
+        v = store.versions[layer][vi]
+        assert np.array_equal(v.area_m2, shapely.area(to_metric(v.geoms))), (layer, vi)
+        multi += int((shapely.get_num_geometries(v.geoms) > 1).sum())
+    assert multi > 0  # features of several parts, where the sum is a sum
 
 
 # A layer far smaller than the real ones (300 m across: a park, a few blocks), in San Diego and moved south of the

@@ -5,6 +5,7 @@ random; and it must still do the work itself."""
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -13,9 +14,11 @@ import shapely
 import yaml
 
 from bench.voronoi import add_to_manifest, voronoi_cells, write_layer
+from enrich_service.engine import exact as exact_module
 from enrich_service.engine.exact import ExactIndex
 from enrich_service.engine.grid import SLOT0, GridIndex
 from enrich_service.engine.rules import RULE_OVERLAP
+from enrich_service.layers.reader import geometry_sha256, read_polygons_cached
 from enrich_service.layers.store import LayerStore, LayerVersion
 
 from .test_grid import adversarial, check_cells_hold_what_the_geometry_says, lookup_as_exact
@@ -136,6 +139,43 @@ def test_grid_from_the_disk_cache_agrees_with_exact_path(version, tmp_path, monk
         undecided = lookup_as_exact(grid, exact, name, x, y)[2]
         if name == "random":
             assert undecided.mean() < 0.001
+
+
+def test_grid_cache_is_keyed_by_the_geometry_read(version, tmp_path, monkeypatch):
+    """The disk cache's key is the digest of the geometry the reader returned (kept in its own cache with it, read
+    back bit for bit), not a pass over the polygons: the same file read afresh or from the cache names the same
+    geometry, and other geometry under the same file sha256 (a reader change, say) gets a grid and tiles of its
+    own, never the cached ones."""
+    fresh = read_polygons_cached(version.source.path, version.source.sha256, "EPSG:4326", "test", tmp_path)
+    again = read_polygons_cached(version.source.path, version.source.sha256, "EPSG:4326", "test", tmp_path)
+    assert fresh.geometry_sha256 == again.geometry_sha256 == version.geometry_sha256
+    assert version.geometry_sha256 == geometry_sha256(shapely.to_wkb(version.geoms))
+
+    moved = dataclasses.replace(version, geoms=shapely.transform(version.geoms, lambda xy: xy + [1e-4, 0]),
+                                parts=shapely.transform(version.parts, lambda xy: xy + [1e-4, 0]))
+    moved.geometry_sha256 = geometry_sha256(shapely.to_wkb(moved.geoms))
+    shapely.prepare(moved.parts)
+    built = []  # which geometry each grid was built from (a stand-in build: what is read or built is the point)
+    monkeypatch.setattr(GridIndex, "__init__", lambda grid, v, cells: built.append(v.bbox))
+    for v in (version, moved, version, moved):
+        GridIndex.build(v, cache_dir=tmp_path)
+        ExactIndex(v, cache_dir=tmp_path)
+    assert built == [version.bbox, moved.bbox]
+    assert len(list((tmp_path / "grids").glob("*.pickle"))) == len(list((tmp_path / "tiles").glob("*.pickle"))) == 2
+    rng = np.random.default_rng(2125)
+    x0, y0, x1, y1 = moved.bbox
+    x, y = rng.uniform(x0, x1, 5_000), rng.uniform(y0, y1, 5_000)
+    cached_tiles, fresh_tiles = ExactIndex(moved, cache_dir=tmp_path), ExactIndex(moved)
+    assert all(np.array_equal(a, b) for a, b in zip(cached_tiles.tag(x, y), fresh_tiles.tag(x, y)))
+
+
+def test_exact_tiles_from_the_disk_cache(version, tmp_path, monkeypatch):
+    """The exact path's tiles, read back from the cache, are the ones it works out."""
+    built = ExactIndex(version, cache_dir=tmp_path)
+    monkeypatch.setattr(exact_module, "_tile_boxes", lambda parts: pytest.fail("tiles worked out again"))
+    read = ExactIndex(version, cache_dir=tmp_path)
+    assert np.array_equal(built._tile_part, read._tile_part)
+    assert len(read._tile_part) > len(version.parts)  # parts of several tiles among them
 
 
 # The records (int32 cells: a special cell holds the place of its record, the edges of the run of special cells from

@@ -17,7 +17,6 @@ How it agrees with the exact path (exact.py), by construction:
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 import numpy as np
@@ -490,14 +489,11 @@ class GridIndex:
     @classmethod
     def build(cls, version: LayerVersion, cells: int = 2048, cache_dir: Path | None = None) -> GridIndex:
         """The grid, read from the disk cache when `cache_dir` holds one built from the same geometry by the same
-        code (a layer of 50,000 small polygons takes about a second of CPU to build, a few ms to read)."""
-        if cache_dir is None:
+        code (a layer of 50,000 small polygons takes about a second of CPU to build, a few ms to read). Keyed by
+        LayerVersion.cache_key: the digest of the geometry read, not a pass over the polygons at each start."""
+        key = version.cache_key(_CODE, cells, version.n_features) if cache_dir is not None else None
+        if cache_dir is None or key is None:
             return cls(version, cells)
-        h = hashlib.sha256(b"%d|%d|" % (cells, version.n_features))
-        h.update(np.ascontiguousarray(version.part_feature, dtype=np.int64).tobytes())
-        for wkb in shapely.to_wkb(version.parts):  # what the grid is built from, whatever made it from the file
-            h.update(wkb)
-        key = f"{version.source.sha256[:16]}-{h.hexdigest()[:24]}-{_CODE}"
         grid, _ = cached(Path(cache_dir) / "grids" / f"{key}.pickle", lambda: cls(version, cells))
         grid.rank = version.rank.astype(np.int32)  # the rule's order, not the geometry: always the version's own
         return grid

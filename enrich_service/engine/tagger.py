@@ -90,7 +90,7 @@ class Engine:
             from .grid import GridIndex  # numba: loaded only when the fast path is on
         for name, versions in store.versions.items():
             for i, version in enumerate(versions):
-                self.exact[name, i] = ExactIndex(version)
+                self.exact[name, i] = ExactIndex(version, cache_dir)
                 if use_grid:
                     self.grid[name, i] = GridIndex.build(version, cells=grid_cells, cache_dir=cache_dir)
         # Per layer, all versions' features end to end (codes index into these): built once, not per request.

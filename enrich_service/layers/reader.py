@@ -27,6 +27,16 @@ class RawLayer:
     properties: dict[str, np.ndarray]
     source_crs: str
     repairs: tuple[str, ...]
+    # sha256 of the geometry as WKB, worked out when it was read from the file and kept in the cache with it: what
+    # the grid's disk cache is keyed by, without a pass over every polygon at each start.
+    geometry_sha256: str = ""
+
+
+def geometry_sha256(wkb: np.ndarray) -> str:
+    h = hashlib.sha256()
+    for item in wkb:
+        h.update(item)
+    return h.hexdigest()
 
 
 def read_polygons_cached(path: Path, sha256: str, declared_crs: str, where: str, cache_dir: Path) -> RawLayer:
@@ -42,13 +52,16 @@ def read_polygons_cached(path: Path, sha256: str, declared_crs: str, where: str,
 
 
 def _pack(raw: RawLayer) -> dict:
-    return {"wkb": shapely.to_wkb(raw.geoms), "properties": raw.properties, "source_crs": raw.source_crs,
-            "repairs": raw.repairs}
+    wkb = shapely.to_wkb(raw.geoms)
+    return {"wkb": wkb, "properties": raw.properties, "source_crs": raw.source_crs, "repairs": raw.repairs,
+            "geometry_sha256": geometry_sha256(wkb)}
 
 
 def _unpack(packed: dict) -> RawLayer:
+    """The geometry as read back from the WKB its digest was worked out from: the same coordinates, bit for bit."""
     return RawLayer(geoms=shapely.from_wkb(packed["wkb"]), properties=packed["properties"],
-                    source_crs=packed["source_crs"], repairs=tuple(packed["repairs"]))
+                    source_crs=packed["source_crs"], repairs=tuple(packed["repairs"]),
+                    geometry_sha256=packed["geometry_sha256"])
 
 
 def read_polygons(path: Path, declared_crs: str, where: str) -> RawLayer:
@@ -63,7 +76,8 @@ def read_polygons(path: Path, declared_crs: str, where: str) -> RawLayer:
         geoms = shapely.transform(geoms, lambda xy: np.column_stack(to_wgs84.transform(xy[:, 0], xy[:, 1])))
 
     geoms, repairs = _repair(geoms, where)
-    return RawLayer(geoms=geoms, properties=properties, source_crs=source_crs.to_string(), repairs=repairs)
+    return RawLayer(geoms=geoms, properties=properties, source_crs=source_crs.to_string(), repairs=repairs,
+                    geometry_sha256=geometry_sha256(shapely.to_wkb(geoms)))
 
 
 def _read_geojson(path: Path, where: str) -> tuple[str | None, np.ndarray, dict[str, np.ndarray]]:

@@ -39,8 +39,8 @@ import pyarrow.ipc as ipc
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 from bench.voronoi import voronoi_manifest  # noqa: E402
-from enrich_service.client import body_parts  # noqa: E402
-from enrich_service.io.arrow_stream import stream_buffer  # noqa: E402
+from enrich_service.client import body_parts, read_answer  # noqa: E402
+from enrich_service.io.arrow_stream import stream_parts  # noqa: E402
 from tests.conftest import ADDRESS, BOUNDARIES, PG_DSN, _free_port  # noqa: E402  (the data's one reader)
 
 ARROW_TARGET, JSON_TARGET = 30.0, 1.5  # issue 21: over HTTP, against sjoin of the same 3 layers
@@ -115,19 +115,21 @@ def start_service(port: int, env: dict) -> tuple[subprocess.Popen, float]:
 
 
 def http_arrow(client, url, x, y, stages: dict | None = None):
-    """As enrich_service.client sends a table: one Arrow stream, in 1 MB parts (body_parts)."""
+    """As enrich_service.client sends a table and reads the answer: the Arrow stream's parts over the table's own
+    columns (stream_parts), in 1 MB views (body_parts); the answer read into one buffer (read_answer)."""
     t0 = time.perf_counter()
-    parts, length = body_parts(stream_buffer(pa.table({"id": np.arange(len(x)), "lon": x, "lat": y})))
+    parts, length = body_parts(stream_parts(pa.table({"id": np.arange(len(x)), "lon": x, "lat": y})))
     t1 = time.perf_counter()
-    r = client.post(f"{url}/v1/pip?layers=council_district,neighborhood,zip", content=parts,
-                    headers={"content-type": "application/vnd.apache.arrow.stream", **length})
+    with client.stream("POST", f"{url}/v1/pip?layers=council_district,neighborhood,zip", content=parts,
+                       headers={"content-type": "application/vnd.apache.arrow.stream", **length}) as r:
+        r.raise_for_status()
+        body = read_answer(r)
     t2 = time.perf_counter()
-    r.raise_for_status()
-    out = ipc.open_stream(pa.py_buffer(r.content)).read_all()
+    out = ipc.open_stream(pa.py_buffer(body)).read_all()
     if stages is not None:
         stages.update(client_encode=t1 - t0, request=t2 - t1, client_decode=time.perf_counter() - t2,
                       server=server_timing(r.headers.get("server-timing", "")),
-                      sizes=(sum(map(len, parts)), len(r.content)))
+                      sizes=(sum(map(len, parts)), len(body)))
     return out
 
 
@@ -145,10 +147,10 @@ def http_json_columns(client, url, x, y):
     shape=columns out."""
     body = orjson.dumps({"points": {"id": np.arange(len(x)), "lon": x, "lat": y}}, option=orjson.OPT_SERIALIZE_NUMPY)
     parts, length = body_parts(body)
-    r = client.post(f"{url}/v1/pip?shape=columns", content=parts,
-                    headers={"content-type": "application/json", **length})
-    r.raise_for_status()
-    return orjson.loads(r.content)["results"]
+    with client.stream("POST", f"{url}/v1/pip?shape=columns", content=parts,
+                       headers={"content-type": "application/json", **length}) as r:
+        r.raise_for_status()
+        return orjson.loads(read_answer(r))["results"]
 
 
 def server_timing(header: str) -> dict[str, tuple[float, float]]:

@@ -76,10 +76,30 @@ def body_parts(body: bytes | memoryview | Any) -> tuple[list[memoryview], dict[s
 
     httpcore sends a bytes body as `buffer = buffer[sent:]` after each socket send, copying the rest every time:
     quadratic in the body's size (docs/engine.md). Parts bound each copy to 1 MB, and a list (not a
-    generator) is sent again as it is when a request is retried. Accepts bytes, a memoryview or a pyarrow Buffer."""
-    view = memoryview(body).cast("B")
-    parts = [view[i:i + BODY_PART_BYTES] for i in range(0, len(view), BODY_PART_BYTES)]
-    return parts, {"content-length": str(len(view))}
+    generator) is sent again as it is when a request is retried. Accepts bytes, a memoryview, a pyarrow Buffer, or a
+    list of them (an Arrow stream's parts, arrow_stream.stream_parts), sent in order."""
+    pieces = body if isinstance(body, list) else [body]
+    parts: list[memoryview] = []
+    for piece in pieces:
+        view = memoryview(piece).cast("B")
+        parts.extend(view[i:i + BODY_PART_BYTES] for i in range(0, len(view), BODY_PART_BYTES))
+    return parts, {"content-length": str(sum(len(part) for part in parts))}
+
+
+def read_answer(response: httpx.Response) -> bytes | bytearray:
+    """A streamed response's body, read into one buffer of its Content-Length as the socket reads arrive: httpx's
+    read() keeps each 64 KB read, then joins them into a new bytes object, a second copy of a large answer in fresh
+    memory (docs/engine.md). Without a Content-Length (or with a Content-Encoding to undo), httpx reads it."""
+    size = response.headers.get("content-length", "")
+    if not size.isdigit() or response.headers.get("content-encoding", "identity") != "identity":
+        return response.read()
+    buffer = bytearray(int(size))
+    view = memoryview(buffer)
+    at = 0
+    for chunk in response.iter_raw():  # h11 holds the server to its Content-Length: no more, no less arrives
+        view[at:at + len(chunk)] = chunk
+        at += len(chunk)
+    return buffer
 
 
 class EnrichClient:
@@ -112,7 +132,7 @@ class EnrichClient:
 
     def layers(self) -> dict:
         """GET /v1/layers: layers, versions, effective dates, sources and sha256."""
-        return self._request("GET", "/v1/layers").json()
+        return orjson.loads(self._request("GET", "/v1/layers")[1])
 
     def ready(self) -> bool:
         """True when /readyz answers 200 (layers loaded); False when it answers 503 or cannot be reached."""
@@ -123,7 +143,7 @@ class EnrichClient:
 
     def reload(self) -> dict:
         """POST /v1/admin/reload (needs the admin API key): rebuild the index from the layer files and swap it in."""
-        return self._request("POST", "/v1/admin/reload").json()
+        return orjson.loads(self._request("POST", "/v1/admin/reload")[1])
 
     def tag(self, df: pd.DataFrame, *, lon: str | None = None, lat: str | None = None, id: str | None = None,
             date: str | None = None, layers: Iterable[str] | str | None = None, as_of: str | None = None,
@@ -305,19 +325,19 @@ class EnrichClient:
         import pyarrow as pa
         import pyarrow.ipc as ipc
 
-        from .io.arrow_stream import stream_buffer
+        from .io.arrow_stream import stream_parts
 
-        parts, length = body_parts(stream_buffer(table))
+        parts, length = body_parts(stream_parts(table))  # the table's own columns, not a copy of them
         headers = {"content-type": ARROW, "accept": ARROW, **length}
         if expect_layers:
             headers[EXPECT_LAYERS_HEADER] = expect_layers
-        r = self._request("POST", path, params=params, content=parts, headers=headers)
+        r, body = self._request("POST", path, params=params, content=parts, headers=headers)
         served = r.headers.get("x-enrich-layers-sha256")
         if expect_layers and served != expect_layers:  # a service too old to check the header itself
             raise LayersVersionMismatch(f"answered from layer set {served}, expected {expect_layers}", 409)
         self.last_layers_sha256 = served
         try:
-            answer = ipc.open_stream(pa.py_buffer(r.content)).read_all()
+            answer = ipc.open_stream(pa.py_buffer(body)).read_all()
         except (pa.ArrowInvalid, OSError) as exc:
             raise ClientError(f"the service's answer is not an Arrow stream: {exc}", r.status_code) from None
         return answer, json.loads(r.headers.get("x-enrich-layers", "{}"))
@@ -335,16 +355,17 @@ class EnrichClient:
                                   "lat": np.ascontiguousarray(ys, dtype=np.float64)}
         if date:
             points["date"] = _iso_dates(df[date])
-        body = {"points": points, **_params(layers=_layer_list(layers), as_of=as_of, crs=crs,
-                                            nearest_within_m=nearest_within_m)}
-        parts, length = body_parts(orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY))
-        r = self._request("POST", "/v1/pip", params={"shape": "columns"}, content=parts,
-                          headers={"content-type": "application/json", **length})
-        doc = orjson.loads(r.content)
+        request = {"points": points, **_params(layers=_layer_list(layers), as_of=as_of, crs=crs,
+                                               nearest_within_m=nearest_within_m)}
+        parts, length = body_parts(orjson.dumps(request, option=orjson.OPT_SERIALIZE_NUMPY))
+        _, answer = self._request("POST", "/v1/pip", params={"shape": "columns"}, content=parts,
+                                  headers={"content-type": "application/json", **length})
+        doc = orjson.loads(answer)
         results = pd.DataFrame(doc["results"])
         return results.drop(columns=["id"], errors="ignore"), doc.get("layers", {})
 
-    def _request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+    def _request(self, method: str, path: str, **kwargs: Any) -> tuple[httpx.Response, bytes | bytearray]:
+        """The response (its headers) and its body (read_answer), retried as the client is configured."""
         if not self.retries:
             return self._request_once(method, path, **kwargs)
         from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential
@@ -356,15 +377,16 @@ class EnrichClient:
                 return self._request_once(method, path, **kwargs)
         raise AssertionError("unreachable: tenacity re-raises the last failure")
 
-    def _request_once(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+    def _request_once(self, method: str, path: str, **kwargs: Any) -> tuple[httpx.Response, bytes | bytearray]:
         try:
-            r = self._http.request(method, path, **kwargs)
+            with self._http.stream(method, path, **kwargs) as r:
+                body = read_answer(r) if r.status_code < 400 else r.read()
         except httpx.TimeoutException as exc:
             raise ServiceUnavailable(f"{method} {self.base_url}{path}: timed out ({exc})") from exc
         except httpx.TransportError as exc:
             raise ServiceUnavailable(f"{method} {self.base_url}{path}: cannot reach the service ({exc})") from exc
         if r.status_code < 400:
-            return r
+            return r, body
         try:
             detail = r.json()
         except ValueError:

@@ -15,6 +15,7 @@ from functools import lru_cache
 from typing import Any
 
 import numpy as np
+from numba import njit
 from pyproj import CRS, Transformer
 from pyproj.exceptions import CRSError, ProjError
 
@@ -102,16 +103,32 @@ def looks_like_state_plane(x: np.ndarray, y: np.ndarray) -> np.ndarray:
 
 
 
+@njit(cache=True)
+def _scan_lonlat(lon, lat, plausible):
+    """One pass over lon/lat for what `prepare` asks of every row: in range (NaN and inf are not), and whether any
+    row is at 0/0 or at the city centroid. Without a branch per row; numpy took a dozen passes and temporaries."""
+    all_plausible, zero, near = True, False, False
+    for i in range(lon.shape[0]):
+        a, b = lon[i], lat[i]
+        ok = (abs(a) <= 180.0) & (abs(b) <= 90.0)
+        plausible[i] = ok
+        all_plausible &= ok
+        zero |= (a == 0.0) & (b == 0.0)
+        near |= (abs(a - CITY_CENTROID[0]) < 1e-6) & (abs(b - CITY_CENTROID[1]) < 1e-6)
+    return all_plausible, zero, near
+
+
 def prepare(batch: PointBatch, crs: CRS, x_name: str = "lon", y_name: str = "lat") -> Prepared:
     errors: dict[int, tuple[str, str]] = {}
     flags: dict[int, str] = {}
     x, y = batch.x, batch.y
     wgs84 = crs.equals(WGS84, ignore_axis_order=True)
     all_plausible = False
+    zero = near_centroid = True  # whether any row may be at 0/0 or at the city centroid: checked below
     if wgs84:  # the common case answers with one pass when every row is fine
         lon, lat = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)  # no copy; see `errors` below
-        plausible = (np.abs(lon) <= 180) & (np.abs(lat) <= 90)  # False for NaN and inf too
-        all_plausible = bool(plausible.all())
+        plausible = np.empty(len(lon), dtype=bool)  # False for NaN and inf too
+        all_plausible, zero, near_centroid = _scan_lonlat(lon, lat, plausible)
     finite = plausible if all_plausible else np.isfinite(x) & np.isfinite(y)
 
     if not finite.all():
@@ -138,10 +155,12 @@ def prepare(batch: PointBatch, crs: CRS, x_name: str = "lon", y_name: str = "lat
         _set(errors, lost, x_name, f"outside the area where {crs.to_string()} is defined")
 
     errors.update(batch.errors)  # decoder errors win: they name the real cause
-    _flag(flags, (x == 0) & (y == 0), "zero_coordinates")  # NaN and inf are never 0
-    near = np.abs(lon - CITY_CENTROID[0]) < 1e-6
-    if near.any():
-        _flag(flags, near & (np.abs(lat - CITY_CENTROID[1]) < 1e-6), "city_centroid")
+    if zero:
+        _flag(flags, (x == 0) & (y == 0), "zero_coordinates")  # NaN and inf are never 0
+    if near_centroid:
+        near = np.abs(lon - CITY_CENTROID[0]) < 1e-6
+        if near.any():
+            _flag(flags, near & (np.abs(lat - CITY_CENTROID[1]) < 1e-6), "city_centroid")
     valid = finite.copy()
     if errors:  # blank the rows not to tag, in copies: lon/lat may be the request's own (read-only) buffers
         valid[np.fromiter(errors, dtype=np.int64, count=len(errors))] = False

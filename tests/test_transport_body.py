@@ -120,3 +120,83 @@ def test_a_body_sent_in_parts_reaches_the_socket_in_order():
     listener.close()
     head, _, sent = bytes(received).partition(b"\r\n\r\n")
     assert sent == body and b"transfer-encoding" not in head.lower()
+
+
+def test_an_arrow_streams_parts_are_the_stream_and_its_columns_are_not_copied():
+    import numpy as np
+    import pyarrow as pa
+
+    from enrich_service.io.arrow_stream import SMALL_PART_BYTES, stream_buffer, stream_parts
+
+    n = 300_001  # odd: every bitmap and narrow column needs padding
+    lon = np.linspace(-117.3, -116.9, n)
+    keys = pa.DictionaryArray.from_arrays(pa.array(np.arange(n) % 7, pa.int8()), pa.array(list("abcdefg")))
+    flags = pa.array([None, "x"] * (n // 2) + [None])
+    table = pa.table({"id": np.arange(n), "lon": lon, "zip": keys, "flags": flags})
+    for t in (table, table.slice(5, 200_000), pa.concat_tables([table, table.slice(1, 3)]), table.slice(0, 0)):
+        parts = stream_parts(t)
+        assert b"".join(parts) == stream_buffer(t).to_pybytes()
+        sizes = [p.nbytes for p in parts]  # small pieces (message headers, padding) joined: never two in a row
+        assert not any(a < SMALL_PART_BYTES and b < SMALL_PART_BYTES for a, b in zip(sizes, sizes[1:])), sizes
+    # The float column is sent from the array itself: a part lies over its memory, not a copy of it.
+    addresses = {np.frombuffer(p, dtype=np.uint8).ctypes.data for p in stream_parts(table)}
+    assert lon.ctypes.data in addresses
+
+
+@pytest.fixture
+def answer_server():
+    """uvicorn with the service's protocol class answering the service's ArrowResponse from parts (path /parts,
+    with Content-Length) or a chunked stream without one (path /chunked)."""
+    import uvicorn
+    from starlette.responses import StreamingResponse
+
+    from enrich_service.io.responses import ArrowResponse
+    from enrich_service.server.slow_clients import PROTOCOL
+
+    from .conftest import _free_port
+
+    parts = [b"head", bytes(range(256)) * 40_000, b"", memoryview(b"tail" * 5)]
+
+    async def app(scope, receive, send):
+        if scope["type"] != "http":
+            return
+        if scope["path"] == "/parts":
+            response = ArrowResponse(parts, headers={"x-parts": str(len(parts))})
+        else:
+            async def chunks():
+                for part in parts:
+                    yield bytes(part)
+            response = StreamingResponse(chunks())
+        await response(scope, receive, send)
+
+    port = _free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, http=PROTOCOL, log_config=None,
+                                           lifespan="off"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not server.started:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    try:
+        yield f"http://127.0.0.1:{port}", b"".join(parts)
+    finally:
+        server.should_exit = True
+        thread.join(10)
+
+
+def test_an_answer_sent_in_parts_arrives_whole_with_its_length_and_is_read_into_one_buffer(answer_server):
+    import httpx
+
+    from enrich_service.client import read_answer
+
+    url, whole = answer_server
+    with httpx.Client(timeout=30) as client:
+        for _ in range(2):  # the connection is kept and reused: the parts ended the response exactly
+            with client.stream("GET", f"{url}/parts") as r:
+                body = read_answer(r)
+            assert r.headers["content-length"] == str(len(whole)) and "transfer-encoding" not in r.headers
+            assert isinstance(body, bytearray) and body == whole and r.headers["x-parts"] == "4"
+        with client.stream("GET", f"{url}/chunked") as r:  # no Content-Length: httpx reads it
+            body = read_answer(r)
+        assert r.headers["transfer-encoding"] == "chunked" and body == whole

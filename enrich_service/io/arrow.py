@@ -6,7 +6,7 @@ import pyarrow as pa
 import pyarrow.ipc as ipc
 
 from ..errors import MalformedBody
-from .arrow_stream import stream_buffer
+from .arrow_stream import stream_parts
 from .tables import check_names
 
 
@@ -19,8 +19,10 @@ def decode_arrow(body: bytes) -> pa.Table:
     return table
 
 
-def encode_arrow(table: pa.Table) -> memoryview:
-    return memoryview(stream_buffer(table))  # the response sends the buffer itself, with no copy into bytes
+def encode_arrow(table: pa.Table) -> list[memoryview]:
+    # The stream as parts over the answer table's own columns (ArrowResponse sends them one by one): the input
+    # columns passed through and the result columns are written to the socket without being copied first.
+    return stream_parts(table)
 
 
 def read_arrow_body(body: bytes, content_type: str | None = None) -> pa.Table:

@@ -34,7 +34,7 @@ class Format:
     body_schema: dict | None = None  # the request body in OpenAPI (JSON: each operation's own model)
     # Table formats: the body to the input table (TableDecoder), the answer table to its bytes.
     decode_table: TableDecoder | None = None
-    encode_table: Callable[[pa.Table], bytes | memoryview] | None = None
+    encode_table: Callable[[pa.Table], bytes | memoryview | list[memoryview]] | None = None
     streamed: bool = False  # answered line by line from a spooled body (NDJSON); answered only in its own kind
     aliases: tuple[str, ...] = ()  # other names clients send for it
     params: tuple[Param, ...] = ()  # query parameters its decoder reads, declared on every bulk route

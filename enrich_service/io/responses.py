@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import orjson
+from starlette.background import BackgroundTask
 from starlette.responses import JSONResponse as _StarletteJSON
 from starlette.responses import Response, StreamingResponse
+from starlette.types import Receive, Scope, Send
 
 from .media import ARROW, CSV, GEOJSON, JSON, NDJSON
 
@@ -25,7 +29,31 @@ class EncodedJSONResponse(Response):
 
 
 class ArrowResponse(Response):
+    """An Arrow IPC stream; given as a list of parts (io/arrow_stream.stream_parts), each part is sent as it is, the
+    answer table's own column buffers among them, with Content-Length: no copy of the whole stream is made."""
+
     media_type = ARROW
+    parts: list[memoryview] | None = None
+
+    def __init__(self, content: object = None, status_code: int = 200, headers: Mapping[str, str] | None = None,
+                 media_type: str | None = None, background: BackgroundTask | None = None) -> None:
+        if isinstance(content, list):
+            self.parts = [memoryview(part).cast("B") for part in content]
+            headers = {**(headers or {}), "content-length": str(sum(part.nbytes for part in self.parts))}
+            content = None
+        super().__init__(content, status_code, headers, media_type, background)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if self.parts is None:
+            return await super().__call__(scope, receive, send)
+        await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
+        last = len(self.parts) - 1
+        for i, part in enumerate(self.parts):
+            await send({"type": "http.response.body", "body": part, "more_body": i < last})
+        if not self.parts:
+            await send({"type": "http.response.body", "body": b""})
+        if self.background is not None:
+            await self.background()
 
 
 class CSVResponse(Response):

@@ -241,3 +241,23 @@ def test_a_worker_hands_the_gil_to_its_event_loop_within_a_millisecond(apps):
     import sys
 
     assert sys.getswitchinterval() <= 0.001
+
+
+def test_the_grid_kernels_release_the_gil():
+    """A batch's grid lookup runs in a thread: without nogil its kernel would keep the event loop, and so every single
+    lookup on that worker, waiting for as long as it runs."""
+    from enrich_service.engine import grid
+
+    assert grid._lookup_serial.targetoptions.get("nogil") is True
+    assert grid._lookup_parallel.targetoptions.get("nogil") is True
+
+
+@pytest.mark.parametrize("query", ["", "lon=1&lat=2", "lon=1&lon=3&lat=2", "lon", "lon=&lat=", "=1&&lat=2", "a=b=c",
+                                   "lon=-117.1&lat=32.7&layers=zip,%20council_district", "layers=a+b", "x=%ZZ&y=é",
+                                   "a=1;b=2"])
+def test_the_fronts_query_split_reads_as_parse_qsl(query):
+    from urllib.parse import parse_qsl
+
+    from enrich_service.server.fast_path import _query
+
+    assert _query(query) == dict(parse_qsl(query, keep_blank_values=True))

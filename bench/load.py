@@ -57,6 +57,10 @@ KINDS = {SINGLE: "single GET", BATCH: "batch POST"}
 
 # ---------------------------------------------------------------------------------------------------- the service
 
+# Generous: a first start after an engine file changed compiles numba's kernels in every worker, which on a busy
+# shared machine takes minutes (docs/operations.md, "Load").
+READY_TIMEOUT_S = 300
+
 def launch(workers: int, env: dict, log_path: Path, log_level: str,
            poll_s: float = 0.2) -> tuple[subprocess.Popen, str]:
     """`enrich-service serve` on a free loopback port, as tests/conftest.py starts it, once /readyz says ready."""
@@ -69,7 +73,7 @@ def launch(workers: int, env: dict, log_path: Path, log_level: str,
                             env={**os.environ, **env}, stdout=log, stderr=subprocess.STDOUT,
                             cwd=log_path.parent)  # not the repo: PYTHONPATH may point at another checkout
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
+    deadline = time.monotonic() + READY_TIMEOUT_S
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise SystemExit(f"enrich-service exited with {proc.returncode}; see {log_path}")
@@ -82,7 +86,7 @@ def launch(workers: int, env: dict, log_path: Path, log_level: str,
     for pid in reversed(process_tree(proc.pid)):  # the workers too: killing only the supervisor orphans them
         with contextlib.suppress(OSError):
             os.kill(pid, signal.SIGKILL)
-    raise SystemExit("enrich-service did not become ready in 120 s")
+    raise SystemExit(f"enrich-service did not become ready in {READY_TIMEOUT_S} s")
 
 
 def _wait_all_workers(pid: int, workers: int, deadline: float) -> None:

@@ -102,6 +102,13 @@ def looks_like_state_plane(x: np.ndarray, y: np.ndarray) -> np.ndarray:
     return out
 
 
+def plain_lonlat(lon: float, lat: float) -> bool:
+    """True when `prepare` would make this EPSG:4326 point a valid row with no error and no flag, so a single lookup
+    can skip its array passes (api/pip.get_pip_fast). The same rules as prepare's, on one point; anything else is
+    left to prepare (tests/test_fast_path.py holds the two together)."""
+    return (abs(lon) <= 180 and abs(lat) <= 90 and not (lon == 0 and lat == 0)  # NaN fails the comparisons
+            and not (abs(lon - CITY_CENTROID[0]) < 1e-6 and abs(lat - CITY_CENTROID[1]) < 1e-6))
+
 
 @njit(cache=True)
 def _scan_lonlat(lon, lat, plausible):

@@ -76,6 +76,42 @@ def test_real_points_are_answered_on_the_fast_path_exactly_as_by_the_route(apps)
     assert r.headers["x-request-id"] == "same-id" and len(r.headers["x-enrich-layers-sha256"]) == 64
 
 
+@pytest.mark.parametrize("as_of", [None, "2016-05-01"])  # the newest council districts, and the 2011 ones
+def test_single_lookups_answer_as_the_rows_of_one_batch(apps, as_of):
+    """A single lookup goes through the engine's one-point steps (server and route alike); a batch through its
+    array steps. The same points must get the same tags and rules both ways."""
+    fast = apps[0]
+    lon, lat = real_points()
+    pick = np.random.default_rng(5).choice(len(lon), 60, replace=False)
+    points = [{"id": int(i), "lon": x, "lat": y} for i, x, y in zip(pick, lon[pick].tolist(), lat[pick].tolist())]
+    options = {"as_of": as_of} if as_of else {}
+    rows = fast.post("/v1/pip", json={"points": points, **options}).json()["results"]
+    layers = ("council_district", "neighborhood", "zip")
+    for point, row in zip(points, rows):
+        one = fast.get("/v1/pip", params={"lon": point["lon"], "lat": point["lat"], **options}).json()
+        assert {name: one[name] for name in layers} == {name: row[name] for name in layers}, point
+        assert one["rules"] == {name: row[f"{name}_rule"] for name in layers}, point
+    assert {row["council_district"] for row in rows} - {None}  # some points inside the city
+
+
+def test_a_plain_point_is_one_prepare_finds_valid_and_unflagged():
+    """points.plain_lonlat lets a single lookup skip prepare: it must say yes exactly where prepare finds a valid
+    row with no error and no flag."""
+    from enrich_service.crs import WGS84
+    from enrich_service.points import CITY_CENTROID, PointBatch, plain_lonlat, prepare
+
+    cx, cy = CITY_CENTROID
+    lon, lat = real_points()
+    xs = [0.0, 0.0, 1e-9, cx, cx + 2e-6, cx + 5e-7, 180.0, -180.0, 180.0001, 45.0, float("nan"), float("inf"), -117.1,
+          6287000.0, *lon[:200].tolist()]
+    ys = [0.0, 1e-9, 0.0, cy, cy, cy - 5e-7, 90.0, -90.0, 32.7, 100.0, 32.7, 32.7, -float("inf"), 1840000.0,
+          *lat[:200].tolist()]
+    prepared = prepare(PointBatch(ids=None, x=np.array(xs), y=np.array(ys)), WGS84)
+    for row, (x, y) in enumerate(zip(xs, ys)):
+        clean = bool(prepared.valid[row]) and row not in prepared.errors and row not in prepared.flags
+        assert plain_lonlat(x, y) == clean, (x, y)
+
+
 @pytest.mark.parametrize("options", [
     "layers=council_district,zip",
     "layers=zip,%20zip",
@@ -205,3 +241,23 @@ def test_a_worker_hands_the_gil_to_its_event_loop_within_a_millisecond(apps):
     import sys
 
     assert sys.getswitchinterval() <= 0.001
+
+
+def test_the_grid_kernels_release_the_gil():
+    """A batch's grid lookup runs in a thread: without nogil its kernel would keep the event loop, and so every single
+    lookup on that worker, waiting for as long as it runs."""
+    from enrich_service.engine import grid
+
+    assert grid._lookup_serial.targetoptions.get("nogil") is True
+    assert grid._lookup_parallel.targetoptions.get("nogil") is True
+
+
+@pytest.mark.parametrize("query", ["", "lon=1&lat=2", "lon=1&lon=3&lat=2", "lon", "lon=&lat=", "=1&&lat=2", "a=b=c",
+                                   "lon=-117.1&lat=32.7&layers=zip,%20council_district", "layers=a+b", "x=%ZZ&y=é",
+                                   "a=1;b=2"])
+def test_the_fronts_query_split_reads_as_parse_qsl(query):
+    from urllib.parse import parse_qsl
+
+    from enrich_service.server.fast_path import _query
+
+    assert _query(query) == dict(parse_qsl(query, keep_blank_values=True))

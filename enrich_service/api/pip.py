@@ -10,13 +10,16 @@ from fastapi import APIRouter, Depends, Request
 
 from ..bulk.options import OPTION_PARAMS, Options, QueryOptions
 from ..bulk.tag_points import TAG_POINTS, tag_batch
+from ..crs import WGS84
+from ..engine.rules import RULE_NAMES
 from ..engine.tagger import TagResult
 from ..errors import EnrichError, InvalidInput
 from ..index import ServiceIndex, current
 from ..io.params import Param
 from ..io.responses import JSONResponse
 from ..io.tables import Columns
-from ..points import PointBatch, Prepared
+from ..points import PointBatch, Prepared, plain_lonlat
+from ..server.observability import count_points
 from ..settings import get_settings
 from .common import declared, offload, options_from, query_options, read_query, strict_query
 from .factory import add_bulk_route
@@ -59,13 +62,23 @@ def get_pip_fast(index: ServiceIndex, query: Mapping[str, str]) -> JSONResponse 
     checked against GET_PARAMS. None where get_pip must answer: a nearest-polygon search (it runs in a thread) and
     every request it refuses, so each error comes from one place, in its order of checks."""
     try:
-        batch = _one_point({name: query.get(name) for name in ("lon", "lat")})
         opts = options_from(query).parsed(get_settings())
         if opts.nearest_within_m is not None:
             return None
+        lon, lat = _required_number(query, "lon"), _required_number(query, "lat")
+        if opts.crs is WGS84 and plain_lonlat(lon, lat):
+            # The usual lookup: a valid point with nothing to flag, tagged without prepare's array passes.
+            result = index.engine.tag(np.array([lon]), np.array([lat]), _ONE_VALID, opts.layers, opts.as_of)
+            count_points(opts.layers, 1)
+            return JSONResponse(_point_answer(lon, lat, [], result, opts))
+        batch = PointBatch(ids=[None], x=np.array([lon]), y=np.array([lat]))
         return JSONResponse(_answer(*tag_batch(index, batch, opts, Columns()), opts))
     except EnrichError:
         return None
+
+
+_ONE_VALID = np.ones(1, dtype=bool)
+_ONE_VALID.flags.writeable = False  # shared by every fast lookup: the engine only reads it
 
 
 def _one_point(query: Mapping[str, str | None]) -> PointBatch:
@@ -77,18 +90,22 @@ def _answer(prepared: Prepared, result: TagResult, opts: Options) -> dict:
     if not prepared.valid[0]:
         name, message = prepared.errors.get(0, ("lon", "not a finite number"))
         raise InvalidInput(f"{name}: {message}", field=name)
-    answer: dict = {"lon": float(prepared.lon[0]), "lat": float(prepared.lat[0])}
+    flags = prepared.flags[0].split(",") if 0 in prepared.flags else []
+    return _point_answer(float(prepared.lon[0]), float(prepared.lat[0]), flags, result, opts)
+
+
+def _point_answer(lon: float, lat: float, flags: list[str], result: TagResult, opts: Options) -> dict:
+    answer: dict = {"lon": lon, "lat": lat}
     labels, rules, details, distances = {}, {}, {}, {}
     for name, tags in result.layers.items():
         code = int(tags.codes[0])
         answer[name] = tags.dictionary[code] if code >= 0 else None
         labels[name] = tags.labels[code] if code >= 0 else None
         details[name] = tags.fields[code] if code >= 0 else {}
-        rules[name] = tags.rule_names()[0]
+        rules[name] = RULE_NAMES[tags.rule[0]]
         if tags.distance_m is not None:
             distances[name] = None if np.isnan(tags.distance_m[0]) else float(tags.distance_m[0])
-    answer.update(labels=labels, rules=rules, details=details,
-                  flags=prepared.flags[0].split(",") if 0 in prepared.flags else [], layers=result.layers_used())
+    answer.update(labels=labels, rules=rules, details=details, flags=flags, layers=result.layers_used())
     if opts.nearest_within_m is not None:
         answer["distance_m"] = distances
     return answer

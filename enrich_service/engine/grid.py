@@ -408,7 +408,7 @@ def _lookup_range(lo, hi, x, y, gx0, gy0, cw, ch, cells, rec, start, index, spli
             undecided[b0] = True
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, cache=True, nogil=True)  # nogil: the event loop answers single lookups meanwhile
 def _lookup_parallel(x, y, gx0, gy0, cw, ch, cells, rec, start, index, split, seg, seg_feature, rank, n_features,
                      feature, rule, undecided):
     m = x.shape[0]
@@ -418,7 +418,7 @@ def _lookup_parallel(x, y, gx0, gy0, cw, ch, cells, rec, start, index, split, se
                       split, seg, seg_feature, rank, n_features, feature, rule, undecided)
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _lookup_serial(x, y, gx0, gy0, cw, ch, cells, rec, start, index, split, seg, seg_feature, rank, n_features,
                    feature, rule, undecided):
     _lookup_range(0, x.shape[0], x, y, gx0, gy0, cw, ch, cells, rec, start, index, split, seg, seg_feature, rank,

@@ -9,6 +9,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -132,6 +133,9 @@ class Engine:
         row_errors: dict[int, tuple[str, str]] = {}
         metric = _Metric(lon, lat)
         out: dict[str, LayerTags] = {}
+        # Read once for every layer: on a single lookup each numpy call costs more than the grid's answer.
+        all_valid = bool(valid.all())
+        n_valid = n if all_valid else int(valid.sum())
 
         for name in layers:
             versions = self.store.versions[name]
@@ -147,19 +151,23 @@ class Engine:
             offsets = catalog.offsets
             distance = np.full(n, np.nan) if nearest_within_m is not None else None
             used = []
-            groups: np.ndarray = np.empty(0, dtype=np.int32)
-            if dates is None and nearest_within_m is None and ((name, default_i) in self.grid or valid.all()):
+            groups: Iterable = ()
+            if dates is None and nearest_within_m is None and ((name, default_i) in self.grid or all_valid):
                 # The common case, one version for every row: no gather/scatter of 1M-row columns. Invalid rows
                 # carry NaN coordinates, which the grid answers with "no feature"; they are masked anyway.
                 i = default_i
                 codes, rule = self.tag_version(name, i, lon, lat)
                 if offsets[i]:
-                    np.add(codes, np.int32(offsets[i]), out=codes, where=codes >= 0)
-                if not valid.all():
+                    if n == 1:  # a single lookup: the ufunc's set-up costs more than the point
+                        if codes[0] >= 0:
+                            codes[0] += offsets[i]
+                    else:
+                        np.add(codes, np.int32(offsets[i]), out=codes, where=codes >= 0)
+                if not all_valid:
                     codes[~valid] = -1
                     rule[~valid] = 0
                 v = versions[i]
-                used.append({"version": v.version, "sha256": v.source.sha256, "points": int(valid.sum())})
+                used.append({"version": v.version, "sha256": v.source.sha256, "points": n_valid})
             else:
                 codes = np.full(n, -1, dtype=np.int32)
                 rule = np.zeros(n, dtype=np.int8)

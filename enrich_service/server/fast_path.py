@@ -75,7 +75,7 @@ class FastPath:
             return False
         if expected is not None and expected.decode("latin-1").strip().lower() not in ("", index.layers_sha256):
             return False
-        query = dict(parse_qsl(scope["query_string"].decode("latin-1"), keep_blank_values=True))
+        query = _query(scope["query_string"].decode("latin-1"))
         if not query.keys() <= route.params:
             return False
         try:
@@ -93,3 +93,16 @@ class FastPath:
         finally:
             observe(route.path, "GET", response.status_code, time.perf_counter() - started, request_id)
         return True
+
+
+def _query(text: str) -> dict[str, str]:
+    """The query string as a dict, as parse_qsl(text, keep_blank_values=True) reads it (the last value of a name
+    wins, as in the dict the route reads): without an escape to decode, a split costs a fifth of parse_qsl."""
+    if "%" in text or "+" in text:
+        return dict(parse_qsl(text, keep_blank_values=True))
+    out = {}
+    for pair in text.split("&"):
+        if pair:
+            name, _, value = pair.partition("=")
+            out[name] = value
+    return out

@@ -43,6 +43,17 @@ def record_index(index) -> None:
             LAYER_VERSION.labels(layer, v["version"], v["sha256"]).set(1)
 
 
+_points_counted: dict[str, Counter] = {}  # layer -> its POINTS child (labels() builds its key and locks per call)
+
+
+def count_points(layers: list[str], n: int) -> None:
+    for layer in layers:
+        child = _points_counted.get(layer)
+        if child is None:
+            child = _points_counted[layer] = POINTS.labels(layer)
+        child.inc(n)
+
+
 def metrics_body() -> tuple[bytes, str]:
     return generate_latest(REGISTRY), CONTENT_TYPE_LATEST
 

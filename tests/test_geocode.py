@@ -12,6 +12,7 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.ipc as ipc
 import pytest
+import shapely
 
 from .conftest import ADDRESS, BOUNDARIES, POINTS, needs, ready_app
 
@@ -226,6 +227,9 @@ def test_reference_index_is_cached_on_disk_by_sha256(files, tmp_path):
     assert path.name.startswith(files.sha256[:32])
     again = load_reference_cached(files, tmp_path)
     assert again.street_id == built.street_id and len(again.intersections) == len(built.intersections)
+    # the lines come back from their WKB array (Reference.__getstate__) as the same lines, of the same type
+    assert shapely.equals_exact(again.seg_geom, built.seg_geom, tolerance=0).all()
+    assert (shapely.get_type_id(again.seg_geom) == shapely.get_type_id(built.seg_geom)).all()
     path.write_bytes(b"not a pickle")
     assert load_reference_cached(files, tmp_path).street_id == built.street_id  # rebuilt, not fatal
 

@@ -244,7 +244,7 @@ def test_zip_shares_inside_the_city_are_cached_on_disk_and_read_back_the_same(tm
     zips, city = store.versions[ZIP_LAYER][-1], store.versions[CITY_LIMITS][-1]
     computed = inside_share(zips, city)
     assert inside_share(zips, city, tmp_path).tolist() == computed.tolist()  # built, then written
-    [path] = (tmp_path / "geocoder").glob("zip-share-*.pickle")
+    [path] = (tmp_path / "zip-share").glob("*.pickle")
     assert inside_share(zips, city, tmp_path).tolist() == computed.tolist()  # read back
     share = dict(zip(map(str, zips.keys), computed.tolist()))
     assert share["92025"] < 0.5 < share["92101"]  # Escondido's mostly outside, downtown's inside

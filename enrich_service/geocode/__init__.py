@@ -90,7 +90,7 @@ def inside_share(zips: LayerVersion, city: LayerVersion, cache_dir: Path | None 
     here = Path(__file__).parent
     digest = code_digest(here / "__init__.py", here.parent / "layers" / "store.py")
     key = hashlib.sha256(f"{zips.source.sha256}:{city.source.sha256}".encode()).hexdigest()[:32]
-    return cached(Path(cache_dir) / "geocoder" / f"zip-share-{key}-{digest}.pickle", build)[0]
+    return cached(Path(cache_dir) / "zip-share" / f"{key}-{digest}.pickle", build)[0]
 
 
 def outside_zips(store: LayerStore, reference=None, cache_dir: Path | None = None) -> OtherCityZips | frozenset:

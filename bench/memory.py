@@ -81,14 +81,31 @@ def breakdown_child() -> None:
     """Run in a fresh process: the service's start-up, one step at a time, one JSON line per step."""
     import ctypes
     import gc
+    import importlib.machinery
 
     trim = ctypes.CDLL("libc.so.6").malloc_trim
+    compiled = [0, 0.0]  # modules compiled from source (no bytecode to read), their CPU seconds
+    loader = importlib.machinery.SourceFileLoader
+    source_to_code = loader.source_to_code
+
+    def counted(self, data, path, *, _optimize=-1):
+        t = time.process_time()
+        code = source_to_code(self, data, path, _optimize=_optimize)
+        compiled[0] += 1
+        compiled[1] += time.process_time() - t
+        return code
+
+    loader.source_to_code = counted  # type: ignore[method-assign]
+
+    cpu = [time.process_time()]
 
     def report(step: str, t0: float) -> None:
+        now = time.process_time()  # every thread's CPU: steadier than the wall time on a shared machine
         gc.collect()
         trim(0)
         m = memory(os.getpid())
-        print(json.dumps({"step": step, "seconds": time.perf_counter() - t0, **m}), flush=True)
+        print(json.dumps({"step": step, "seconds": time.perf_counter() - t0, "cpu": now - cpu[0], **m}), flush=True)
+        cpu[0] = time.process_time()
 
     t0 = time.perf_counter()
     report("python", t0)
@@ -161,7 +178,7 @@ def breakdown_child() -> None:
     released = release_startup_library_pages() / 2**20
     report(f"start-up's release: freed heap, {released:.0f} MB of libllvmlite.so", t0)
     not_imported = [m for m in not_imported if m not in sys.modules]
-    print(json.dumps({"not_imported": not_imported}), flush=True)
+    print(json.dumps({"not_imported": not_imported, "compiled": compiled}), flush=True)
 
 
 def breakdown(env: dict) -> tuple[list[dict], list[str]]:
@@ -169,7 +186,7 @@ def breakdown(env: dict) -> tuple[list[dict], list[str]]:
                           env={**os.environ, **env}, capture_output=True, text=True, timeout=300, cwd=REPO)
     if proc.returncode != 0:
         raise SystemExit(f"the breakdown process failed:\n{proc.stderr[-3000:]}")
-    rows, spared = [], []
+    rows, spared, compiled = [], [], [0, 0.0]
     for line in proc.stdout.splitlines():
         if not line.startswith("{"):
             continue
@@ -177,8 +194,8 @@ def breakdown(env: dict) -> tuple[list[dict], list[str]]:
         if "step" in rec:
             rows.append(rec)
         elif "not_imported" in rec:
-            spared = rec["not_imported"]
-    return rows, spared
+            spared, compiled = rec["not_imported"], rec["compiled"]
+    return rows, spared, compiled
 
 
 # ---------------------------------------------------------------------------------------------------- requests
@@ -275,7 +292,7 @@ def main() -> int:
 
     from bench.load import stop
 
-    steps, spared = breakdown(service_env())
+    steps, spared, compiled = breakdown(service_env())
 
     startups: list[float] = []
     proc, url, t = start(1, tmp, "arrow")  # start 1: idle memory, then the Arrow requests
@@ -317,14 +334,16 @@ def main() -> int:
     print(f"== enrich-service memory and start-up, {os.cpu_count()} cores, load average before "
           f"{[round(x, 2) for x in load0]} after {[round(x, 2) for x in load1]}")
     print("\nwhere the idle memory goes (a fresh process taking the start-up's steps; MB after each step, + its share)")
-    print(f"  {'step':62s} {'RSS':>6s} {'+':>6s} {'anon':>6s} {'+':>6s} {'file':>6s} {'+':>6s} {'s':>5s}")
+    print(f"  {'step':62s} {'RSS':>6s} {'+':>6s} {'anon':>6s} {'+':>6s} {'file':>6s} {'+':>6s} {'s':>5s} {'CPU s':>5s}")
     prev = {"VmRSS": 0.0, "RssAnon": 0.0, "RssFile": 0.0}
     for rec in steps:
         d = {k: rec[k] - prev[k] for k in prev}
         print(f"  {rec['step']:62s} {rec['VmRSS']:6.0f} {d['VmRSS']:+6.0f} {rec['RssAnon']:6.0f} {d['RssAnon']:+6.0f} "
-              f"{rec['RssFile']:6.0f} {d['RssFile']:+6.0f} {rec['seconds']:5.2f}")
+              f"{rec['RssFile']:6.0f} {d['RssFile']:+6.0f} {rec['seconds']:5.2f} {rec['cpu']:5.2f}")
         prev = {k: rec[k] for k in prev}
     print(f"  not imported by the service: {', '.join(spared) or '-'}")
+    print(f"  modules compiled from source (no bytecode; scripts/install.sh writes it): {compiled[0]}, "
+          f"{compiled[1]:.2f}s CPU")
 
     print(f"\nservice, 1 worker, idle: RSS {idle['VmRSS']:.0f} MB = anonymous {idle['RssAnon']:.0f} MB + file-backed "
           f"{idle['RssFile']:.0f} MB; PSS {idle['Pss']:.0f} MB (libllvmlite.so resident {llvm_idle:.0f} MB, "

@@ -78,6 +78,7 @@ TABLES: dict[str, list[str]] = {
         r"^where the idle memory goes",
         r"^  numba, llvmlite \(import\)\s+\d+\s+[+-]\d+",
         r"^  warm-up \(kernels, codecs, geocoder\)\s+\d+",
+        r"^  modules compiled from source \(no bytecode; .*\): \d+, [\d.]+s CPU$",
         r"^service, 1 worker, idle: RSS \d+ MB = anonymous \d+ MB \+ file-backed \d+ MB; PSS \d+ MB",
         r"^2 workers, worker 2: RSS \d+ MB .*PSS \d+ MB",
         r"^start-up to ready, 1 worker: [\d.]+s \(median of ",

@@ -12,6 +12,7 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.ipc as ipc
 import pytest
+import shapely
 
 from .conftest import ADDRESS, BOUNDARIES, POINTS, cache_dir_sharing_layers, needs, ready_app
 
@@ -226,8 +227,27 @@ def test_reference_index_is_cached_on_disk_by_sha256(files, tmp_path):
     assert path.name.startswith(files.sha256[:32])
     again = load_reference_cached(files, tmp_path)
     assert again.street_id == built.street_id and len(again.intersections) == len(built.intersections)
+    # the lines come back from their WKB array (Reference.__getstate__) as the same lines, of the same type
+    assert shapely.equals_exact(again.seg_geom, built.seg_geom, tolerance=0).all()
+    assert (shapely.get_type_id(again.seg_geom) == shapely.get_type_id(built.seg_geom)).all()
     path.write_bytes(b"not a pickle")
     assert load_reference_cached(files, tmp_path).street_id == built.street_id  # rebuilt, not fatal
+
+
+@needs("data")
+def test_zip_shares_inside_the_city_are_cached_on_disk_and_read_back_the_same(tmp_path):
+    from enrich_service.geocode import CITY_LIMITS, ZIP_LAYER, inside_share
+    from enrich_service.layers.store import LayerStore
+    from enrich_service.settings import Settings
+
+    store = LayerStore.load(Settings().manifest, BOUNDARIES, tmp_path)
+    zips, city = store.versions[ZIP_LAYER][-1], store.versions[CITY_LIMITS][-1]
+    computed = inside_share(zips, city)
+    assert inside_share(zips, city, tmp_path).tolist() == computed.tolist()  # built, then written
+    [path] = (tmp_path / "zip-share").glob("*.pickle")
+    assert inside_share(zips, city, tmp_path).tolist() == computed.tolist()  # read back
+    share = dict(zip(map(str, zips.keys), computed.tolist()))
+    assert share["92025"] < 0.5 < share["92101"]  # Escondido's mostly outside, downtown's inside
 
 
 def test_no_reference_configured_means_no_geocoder(tmp_path, store):

@@ -4,13 +4,16 @@ evaluation (evaluate.py). `build_geocoder` is what the service index calls, besi
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections import Counter
+from pathlib import Path
 
 import numpy as np
 import shapely
 
-from ..layers.store import LayerStore
+from ..layers.store import LayerStore, LayerVersion
+from ..server.disk_cache import cached, code_digest
 from ..settings import Settings
 from .cache import cache_for
 from .matcher import Geocoder
@@ -41,7 +44,7 @@ def build_geocoder(settings: Settings, store: LayerStore) -> Geocoder | None:
         return None
     files = resolve_reference(settings)
     reference = load_reference_cached(files, settings.cache_dir, zip_points(store))
-    return Geocoder(reference, cache_for(reference.sha256), outside_zips(store, reference))
+    return Geocoder(reference, cache_for(reference.sha256), outside_zips(store, reference, settings.cache_dir))
 
 
 # A postal ZIP is another city's when its ZCTA lies mostly outside the city limits (less than this share of its area
@@ -74,15 +77,30 @@ class OtherCityZips:
         return iter(sorted(self.outside))
 
 
-def outside_zips(store: LayerStore, reference=None) -> OtherCityZips | frozenset:
+def inside_share(zips: LayerVersion, city: LayerVersion, cache_dir: Path | None = None) -> np.ndarray:
+    """Each ZIP's share of its area inside the city limits. With `cache_dir`, read from the service's disk cache when
+    both layer files (and the code that reads them) are unchanged: intersecting the ZIP areas with the limits took
+    ~0.2 s of CPU of every start (docs/engine.md, "Start-up and memory")."""
+    def build() -> np.ndarray:
+        limits = shapely.union_all(city.geoms)
+        return shapely.area(shapely.intersection(zips.geoms, limits)) / np.maximum(shapely.area(zips.geoms), 1e-30)
+
+    if cache_dir is None:
+        return build()
+    here = Path(__file__).parent
+    digest = code_digest(here / "__init__.py", here.parent / "layers" / "store.py")
+    key = hashlib.sha256(f"{zips.source.sha256}:{city.source.sha256}".encode()).hexdigest()[:32]
+    return cached(Path(cache_dir) / "zip-share" / f"{key}-{digest}.pickle", build)[0]
+
+
+def outside_zips(store: LayerStore, reference=None, cache_dir: Path | None = None) -> OtherCityZips | frozenset:
     """The ZIPs of another city: an address given with one of them is that city's ("1200 Orange Ave, 92118" is
     Coronado, "4608 Gardena Ave 92020" El Cajon), whatever same-named street San Diego has."""
     zips, city = store.versions.get(ZIP_LAYER), store.versions.get(CITY_LIMITS)
     if not zips or not city:
         return frozenset()
     v = zips[-1]
-    limits = shapely.union_all(city[-1].geoms)
-    inside = shapely.area(shapely.intersection(v.geoms, limits)) / np.maximum(shapely.area(v.geoms), 1e-30)
+    inside = inside_share(v, city[-1], cache_dir)
     held: Counter[str] = Counter()
     if reference is not None:
         held.update(reference.pt_zip_list)

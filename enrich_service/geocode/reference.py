@@ -173,6 +173,14 @@ class Reference:
     def sha256(self) -> str:
         return self.files.sha256
 
+    def __getstate__(self) -> dict:
+        # The disk cache (load_reference_cached): pickled one by one, the segments' lines took most of a start's read
+        # of the cache; as one WKB array they are read back in one vectorized call (docs/geocode.md, "Measured").
+        return {**self.__dict__, "seg_geom": shapely.to_wkb(self.seg_geom)}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state, seg_geom=shapely.from_wkb(state["seg_geom"]))
+
     def describe(self) -> dict:
         return {**self.files.describe(),
                 "counts": {"address_points": len(self.pt_lon), "street_segments": len(self.seg_geom),

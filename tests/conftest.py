@@ -130,6 +130,21 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         items.sort(key=lambda item: rank.get(_unit(item.nodeid), len(rank)))  # stable: collection order in a unit
 
 
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """Under xdist, before the workers start: fill the layer, grid and geocoder caches once, as a service start fills
+    them. Else the first services of both workers (and the scale-out's replicas) build the same cold caches side by
+    side, after any change to the code they are keyed by, and miss their start deadline."""
+    import subprocess
+    import sys
+
+    if hasattr(session.config, "workerinput") or not session.config.getoption("numprocesses", None) or data_missing():
+        return
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ENRICH_")}
+    fill = ("from enrich_service.index import build_index; from enrich_service.settings import Settings; "
+            f"build_index(Settings(boundary_dir={str(BOUNDARIES)!r}, reference_dir={str(ADDRESS)!r}))")
+    subprocess.run([sys.executable, "-c", fill], env=env, timeout=600, check=False)
+
+
 def pytest_runtest_setup(item: pytest.Item) -> None:
     for mark, missing in (("data", data_missing), ("postgis", postgis_missing)):
         why = item.get_closest_marker(mark) and missing()
@@ -232,7 +247,7 @@ def start_service(env: dict | None = None, port: int | None = None, workers: int
                              "--port", str(port), "--workers", str(workers), "--log-level", log_level], env=full_env,
                             stdout=log, stderr=log)
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
+    deadline = time.monotonic() + 120  # a cold start on a loaded machine (two test workers) takes a minute
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise RuntimeError(f"enrich-service exited with {proc.returncode}" + (f"; see {log.name}" if log else ""))
@@ -243,7 +258,7 @@ def start_service(env: dict | None = None, port: int | None = None, workers: int
             pass
         time.sleep(0.2)
     proc.kill()
-    raise RuntimeError("enrich-service did not become ready in 60 s")
+    raise RuntimeError("enrich-service did not become ready in 120 s")
 
 
 @pytest.fixture(scope="session")

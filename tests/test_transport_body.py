@@ -4,6 +4,7 @@ arrives in few steps, memory per connection stays bounded, and not a byte is los
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import socket
 import threading
@@ -12,15 +13,37 @@ import time
 import pytest
 
 
-@pytest.fixture
-def body_server():
-    """uvicorn with the service's protocol class and an app that waits `wait` seconds before reading the body,
-    then records the size of every chunk it receives and answers the body's sha256."""
+@contextlib.contextmanager
+def serving(app):
+    """`app` served by uvicorn with the service's protocol class on a free loopback port, in a thread."""
     import uvicorn
 
     from enrich_service.server.slow_clients import PROTOCOL
 
     from .conftest import _free_port
+
+    port = _free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, http=PROTOCOL, log_config=None,
+                                           lifespan="off"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not server.started:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(10)
+
+
+@pytest.fixture
+def body_server():
+    """uvicorn with the service's protocol class and an app that waits `wait` seconds before reading the body,
+    then records the size of every chunk it receives and answers the body's sha256."""
+
+
 
     chunks: list[int] = []
 
@@ -40,20 +63,8 @@ def body_server():
                     "headers": [(b"content-length", str(len(answer)).encode())]})
         await send({"type": "http.response.body", "body": answer})
 
-    port = _free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, http=PROTOCOL, log_config=None,
-                                           lifespan="off"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started:
-        assert time.monotonic() < deadline
-        time.sleep(0.05)
-    try:
-        yield f"http://127.0.0.1:{port}", chunks
-    finally:
-        server.should_exit = True
-        thread.join(10)
+    with serving(app) as url:
+        yield url, chunks
 
 
 def test_a_large_body_is_buffered_in_megabytes_not_64_kb_steps_and_arrives_whole(body_server):
@@ -147,13 +158,10 @@ def test_an_arrow_streams_parts_are_the_stream_and_its_columns_are_not_copied():
 def answer_server():
     """uvicorn with the service's protocol class answering the service's ArrowResponse from parts (path /parts,
     with Content-Length) or a chunked stream without one (path /chunked)."""
-    import uvicorn
     from starlette.responses import StreamingResponse
 
     from enrich_service.io.responses import ArrowResponse
-    from enrich_service.server.slow_clients import PROTOCOL
 
-    from .conftest import _free_port
 
     parts = [b"head", bytes(range(256)) * 40_000, b"", memoryview(b"tail" * 5)]
 
@@ -169,20 +177,8 @@ def answer_server():
             response = StreamingResponse(chunks())
         await response(scope, receive, send)
 
-    port = _free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, http=PROTOCOL, log_config=None,
-                                           lifespan="off"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started:
-        assert time.monotonic() < deadline
-        time.sleep(0.05)
-    try:
-        yield f"http://127.0.0.1:{port}", b"".join(parts)
-    finally:
-        server.should_exit = True
-        thread.join(10)
+    with serving(app) as url:
+        yield url, b"".join(parts)
 
 
 def test_an_answer_sent_in_parts_arrives_whole_with_its_length_and_is_read_into_one_buffer(answer_server):

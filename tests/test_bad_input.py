@@ -138,6 +138,21 @@ def test_int64_max_longitude_in_csv_is_that_rows_error(client):
     assert "lon" in rows[0]["error"] and rows[1]["council_district"] == "3"
 
 
+@pytest.mark.parametrize("points", [
+    b'[{"id": 1, "lon": -117.1627, "lat": 1e400}, {"id": 2, "lon": -117.1627, "lat": 32.7167}]',
+    b'{"id": [1, 2], "lon": [-117.1627, -117.1627], "lat": [-1e400, 32.7167]}'])
+def test_a_json_number_beyond_a_double_is_that_rows_error(client, points):
+    """1e400 is valid JSON that no float holds: it reads as infinity, out of range for that row alone."""
+    r = client.post("/v1/pip", content=b'{"points": ' + points + b"}", headers={"content-type": "application/json"})
+    assert r.status_code == 200, r.text
+    rows = r.json()["results"]
+    assert "lat" in rows[0]["error"] and rows[0]["council_district"] is None
+    assert rows[1]["council_district"] == "3" and rows[1]["error"] is None
+    ndjson = b'{"id":1,"lon":1e400,"lat":32.7167}\n{"id":2,"lon":-117.1627,"lat":32.7167}\n'
+    lines = [orjson.loads(line) for line in client.post("/v1/pip", content=ndjson, headers=NDJSON_H).content.splitlines()]
+    assert "lon" in lines[0]["error"] and lines[1]["council_district"] == "3"
+
+
 def test_uint64_max_longitude_in_arrow_is_that_rows_error(client):
     table = pa.table({"id": [1, 2], "lon": pa.array([2**64 - 1, 0], pa.uint64()), "lat": [32.7167, 32.7167]})
     r = client.post("/v1/pip", content=arrow_body(table), headers={"content-type": ARROW})

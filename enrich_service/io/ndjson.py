@@ -7,6 +7,8 @@ from collections.abc import Iterator
 
 import msgspec
 
+from .json_body import decode_value
+
 SPOOL_READ_BYTES = 4 * 1024 * 1024
 
 
@@ -53,7 +55,7 @@ def parse_lines(lines: list[bytes], first_row: int) -> tuple[list, dict]:
     docs, bad = [], {}
     for i, line in enumerate(lines):
         try:
-            doc = msgspec.json.decode(line)
+            doc = decode_value(line)
         except _BAD_LINE as exc:
             doc, bad[i] = None, ("body", f"line {first_row + i + 1} is not valid JSON: {_why(exc)}")
         docs.append(doc)

@@ -71,8 +71,7 @@ def get_pip_fast(index: ServiceIndex, query: Mapping[str, str]) -> JSONResponse 
             result = index.engine.tag(np.array([lon]), np.array([lat]), _ONE_VALID, opts.layers, opts.as_of)
             count_points(opts.layers, 1)
             return JSONResponse(_point_answer(lon, lat, [], result, opts))
-        batch = PointBatch(ids=[None], x=np.array([lon]), y=np.array([lat]))
-        return JSONResponse(_answer(*tag_batch(index, batch, opts, Columns()), opts))
+        return JSONResponse(_answer(*tag_batch(index, _point_batch(lon, lat), opts, Columns()), opts))
     except EnrichError:
         return None
 
@@ -82,7 +81,10 @@ _ONE_VALID.flags.writeable = False  # shared by every fast lookup: the engine on
 
 
 def _one_point(query: Mapping[str, str | None]) -> PointBatch:
-    lon, lat = _required_number(query, "lon"), _required_number(query, "lat")
+    return _point_batch(_required_number(query, "lon"), _required_number(query, "lat"))
+
+
+def _point_batch(lon: float, lat: float) -> PointBatch:
     return PointBatch(ids=[None], x=np.array([lon], dtype=float), y=np.array([lat], dtype=float))
 
 

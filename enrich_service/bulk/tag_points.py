@@ -15,7 +15,7 @@ from ..io.dialect import check_date_format
 from ..io.params import Param
 from ..io.tables import Columns
 from ..points import PointBatch, Prepared, prepare
-from ..server.observability import POINTS
+from ..server.observability import count_points
 from ..settings import Settings
 from .operation import DATE_COL, ID_COL, PREFIX, BulkOperation, BulkParams, read_columns, read_prefix
 from .options import Options, check_batch_size, merge_options, parse_options
@@ -28,9 +28,7 @@ def tag_batch(index: ServiceIndex, batch: PointBatch, opts: Options, cols: Colum
     prepared = prepare(batch, opts.crs, cols.lon, cols.lat)
     result = index.engine.tag(prepared.lon, prepared.lat, prepared.valid, opts.layers, opts.as_of, batch.dates,
                               opts.nearest_within_m)
-    tagged = int(prepared.valid.sum())
-    for layer in opts.layers:
-        POINTS.labels(layer).inc(tagged)
+    count_points(opts.layers, int(prepared.valid.sum()))
     return prepared, result
 
 

@@ -54,7 +54,7 @@ def read_polygons_cached(path: Path, sha256: str, declared_crs: str, where: str,
 def _pack(raw: RawLayer) -> dict:
     wkb = shapely.to_wkb(raw.geoms)
     return {"wkb": wkb, "properties": raw.properties, "source_crs": raw.source_crs, "repairs": raw.repairs,
-            "geometry_sha256": geometry_sha256(wkb)}
+            "geometry_sha256": raw.geometry_sha256 or geometry_sha256(wkb)}  # read_polygons worked it out
 
 
 def _unpack(packed: dict) -> RawLayer:

@@ -87,15 +87,14 @@ async def _call(app, method: str, target: str, content_type: str, body: bytes, k
     return status
 
 
-def _warm_parallel_kernels(index) -> None:
+def _warm_parallel_kernels(index, layers: list[str], bbox: tuple[float, float, float, float]) -> None:
     """The engine and the JSON row writer once above the sizes where they go parallel (numba loads the parallel
     kernels and starts its threads on the first such call); no route counts these points."""
     from ..engine import grid
     from ..io import json_rows
 
-    n = max(getattr(grid, "SERIAL_BELOW", 0), getattr(json_rows, "SERIAL_BELOW", 0), 1)
-    layers = list(index.store.versions)
-    x0, y0, x1, y1 = index.store.versions[layers[0]][-1].bbox
+    n = max(grid.SERIAL_BELOW, json_rows.SERIAL_BELOW)
+    x0, y0, x1, y1 = bbox
     rng = np.random.default_rng(0)
     lon, lat = rng.uniform(x0, x1, n), rng.uniform(y0, y1, n)
     index.engine.tag(lon, lat, np.ones(n, dtype=bool), layers)
@@ -122,7 +121,7 @@ async def warm_up(app, index) -> float:
     answered: list[str] = []
     try:
         if index.engine.grid:
-            await run_in_threadpool(_warm_parallel_kernels, index)
+            await run_in_threadpool(_warm_parallel_kernels, index, layers, (x0, y0, x1, y1))
         for method, target, content_type, body in _body_requests((x0 + x1) / 2, (y0 + y1) / 2, address, layers):
             status = await _call(app, method, target, content_type, body, key)
             name = " ".join(filter(None, (method, target.split("?")[0], content_type)))

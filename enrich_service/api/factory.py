@@ -36,6 +36,7 @@ from ..io.formats import ANSWER_PARAMS, COLUMNS, FORMAT_PARAMS, FORMATS, SHAPE
 from ..io.media import GEOJSON, JSON, MULTIPART
 from ..io.ndjson import has_lines, line_groups, parse_lines
 from ..points import WGS84
+from ..server.cancellation import raise_if_cancelled
 from ..settings import Settings, get_settings
 from .common import declared, offload, query_options, read_body, read_query, route_query_names, spool_body
 from .schemas import ERROR_RESPONSES, inline_schema
@@ -110,48 +111,56 @@ async def answer_bulk(request: Request, op: BulkOperation, options: QueryOptions
         chunk = functools.partial(_answer_lines, op, index, opts, params)
         return answer.response(_stream(spool, chunk, settings), headers=op.stream_headers(index))
 
-    table = None
-    if body_format.decode_table is None:  # a JSON body: its own options, each one it leaves out from the query string
-        if answer.media_type == GEOJSON:
-            raise NotAcceptable(f"a {GEOJSON} answer needs the points as a table: send GeoJSON, CSV or Arrow",
-                                field="Accept")
-        body = body if body is not None else await read_body(request, settings)
-        stages.mark("read")
-        opts, params, data = await offload(op.from_json, body, params, options.only(op.options), settings)
-    else:
+    if body_format.decode_table is None and answer.media_type == GEOJSON:  # a JSON body answered as GeoJSON
+        raise NotAcceptable(f"a {GEOJSON} answer needs the points as a table: send GeoJSON, CSV or Arrow",
+                            field="Accept")
+    if body_format.decode_table is not None:  # a JSON body brings options of its own: checked once decoded
         opts = options.parsed(settings)
         check_options_usable(index, opts)
-        body = body if body is not None else await read_body(request, settings)
-        stages.mark("read")
-        decode = functools.partial(body_format.decode_table, **read_query(query, body_format.params))
-        table = await offload(decode, body, content_type)
-        check_batch_size(table.num_rows, settings, field="body")
-        declared_crs = coordinates.declared_crs(table)  # an old-style GeoJSON `crs` member
-        if declared_crs and "crs" in op.options:
-            opts = parse_options(merge_options({"crs": declared_crs}, options.given, settings), settings)
-        params = replace(params, columns=_table_columns(table, params.columns, query))
-        tables.check_answerable(table, answer.media_type, params.columns.id, op.reads(params))
-        data = await offload(op.from_table, table, params)
+    body_box = [body if body is not None else await read_body(request, settings)]
     del body
-    stages.mark("decode")
-    out = await offload(op.run, index, data, opts, params)
-    stages.mark("tag")
-    headers = op.headers(index, out)
-    if upload is not None and (disposition := multipart.content_disposition(upload.filename, answer.media_type)):
-        headers["Content-Disposition"] = disposition
-    if answer.encode_table is None:  # JSON
-        encoded = await offload(op.encode_json_columns if shape == COLUMNS else op.encode_json, index, data, out)
+    stages.mark("read")
+
+    def decode_run_encode() -> Response:
+        # One thread hop for the whole request: a hop per step cost more than decoding, tagging and encoding a
+        # 1,000-point batch together (docs/operations.md, "Load").
+        nonlocal opts, params
+        body = body_box.pop()  # dropped once decoded: a large body's memory is free before the answer is made
+        table = None
+        if body_format.decode_table is None:  # a JSON body: its own options, each one it leaves out from the query
+            opts, params, data = op.from_json(body, params, options.only(op.options), settings)
+        else:
+            table = body_format.decode_table(body, content_type, **read_query(query, body_format.params))
+            check_batch_size(table.num_rows, settings, field="body")
+            declared_crs = coordinates.declared_crs(table)  # an old-style GeoJSON `crs` member
+            if declared_crs and "crs" in op.options:
+                opts = parse_options(merge_options({"crs": declared_crs}, options.given, settings), settings)
+            params = replace(params, columns=_table_columns(table, params.columns, query))
+            tables.check_answerable(table, answer.media_type, params.columns.id, op.reads(params))
+            data = op.from_table(table, params)
+        del body
+        stages.mark("decode")
+        raise_if_cancelled()  # a timed-out request stops between steps, as it did between thread hops
+        out = op.run(index, data, opts, params)
+        stages.mark("tag")
+        raise_if_cancelled()
+        headers = op.headers(index, out)
+        if upload is not None and (disposition := multipart.content_disposition(upload.filename, answer.media_type)):
+            headers["Content-Disposition"] = disposition
+        if answer.encode_table is None:  # JSON
+            encoded = (op.encode_json_columns if shape == COLUMNS else op.encode_json)(index, data, out)
+        else:
+            answer_table = op.answer_table(table, data, out, params.prefix)
+            if answer.media_type == GEOJSON:
+                points = op.answer_points(table, answer_table, params)
+                if points is not None:  # None: a GeoJSON body's own points, or none (the encoder refuses: 406)
+                    crs = None if opts.crs == WGS84 or "crs" not in op.options else str(opts.crs)
+                    answer_table = coordinates.with_geometry(answer_table, *points, crs=crs)
+            encoded = answer.encode_table(answer_table)
         stages.mark("encode")
         return answer.response(encoded, headers={**headers, **stages.header()})
-    answer_table = await offload(op.answer_table, table, data, out, params.prefix)
-    if answer.media_type == GEOJSON:
-        points = op.answer_points(table, answer_table, params)
-        if points is not None:  # None: a GeoJSON body's own points, or none (the encoder refuses: 406)
-            crs = None if opts.crs == WGS84 or "crs" not in op.options else str(opts.crs)
-            answer_table = coordinates.with_geometry(answer_table, *points, crs=crs)
-    encoded = await offload(answer.encode_table, answer_table)
-    stages.mark("encode")
-    return answer.response(encoded, headers={**headers, **stages.header()})
+
+    return await offload(decode_run_encode)
 
 
 def _table_columns(table: pa.Table, cols: Any, query: Mapping[str, str | None]) -> Any:

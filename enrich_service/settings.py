@@ -53,6 +53,9 @@ class Settings(BaseSettings):
                                                                             "of keys and results, estimated)")
     keep_freed_mb: int = Field(default=256, ge=0, description="Freed heap kept for the next bulk request (glibc); "
                                                               "0: glibc's defaults. See memory.py")
+    warm_heap_mb: int = Field(default=48, ge=0, description="Heap touched at start-up and after each reload, kept "
+                                                           "for the first bulk request (a 1M-point request's "
+                                                           "share); counts in the idle RSS. See memory.py")
 
     # Security
     api_keys: Annotated[list[str], NoDecode] = []

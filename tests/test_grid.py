@@ -61,6 +61,28 @@ def test_grid_agrees_with_exact_path(store, layer, vi):
             assert undecided[: len(shapely.get_coordinates(shapely.get_rings(version.parts)))].all()
 
 
+def test_the_grid_kernel_has_one_signature_for_every_source_of_points(store):
+    """Coordinates from an Arrow body are the body's read-only buffers (not copied); from JSON or a single lookup,
+    writable arrays. The lookup kernel sees both as read-only, so numba compiles (and a worker loads) it once, and
+    a writable caller's array is not written."""
+    import pyarrow as pa
+
+    from enrich_service.engine.grid import _lookup_serial
+    from enrich_service.io.tables import coordinate
+
+    grid = GridIndex.build(store.versions["zip"][0])
+    px, py = real_points()
+    table = pa.table({"lon": px[:1000], "lat": py[:1000]})
+    x, y = coordinate(table, "lon", {}), coordinate(table, "lat", {})
+    assert not x.flags.writeable and np.shares_memory(x, table.column("lon").chunk(0).to_numpy())
+    writable = px[:1000].copy(), py[:1000].copy()
+    from_arrow, from_json = grid.lookup(x, y), grid.lookup(*writable)
+    assert all(np.array_equal(a, b) for a, b in zip(from_arrow, from_json))
+    assert writable[0].flags.writeable and np.array_equal(writable[0], px[:1000])
+    x_types = {str(sig[0]) for sig in _lookup_serial.signatures}
+    assert x_types == {"readonly array(float64, 1d, C)"}, x_types
+
+
 def test_engine_with_grid_equals_engine_without(store):
     from enrich_service.engine.tagger import Engine
 

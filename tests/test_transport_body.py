@@ -86,6 +86,28 @@ def test_a_large_body_is_buffered_in_megabytes_not_64_kb_steps_and_arrives_whole
     assert chunks[0] <= BODY_BUFFER_BYTES + (1 << 20), chunks[:5]  # still bounded: reading pauses past the buffer
 
 
+@pytest.mark.parametrize("declared", [True, False])
+def test_a_body_is_read_whole_into_one_buffer_of_its_declared_length(declared):
+    """read_body copies a body that declares its length (from 1 MB) into one buffer as its chunks arrive, and joins
+    the chunks of one that does not: the same bytes either way, and one buffer, not the chunks and their join."""
+    from starlette.requests import Request
+
+    from enrich_service.api.common import PREALLOCATE_FROM_BYTES, read_body
+    from enrich_service.settings import Settings
+
+    body = bytes(range(256)) * (3 * PREALLOCATE_FROM_BYTES // 256 + 7)
+    chunks = [body[i:i + 700_001] for i in range(0, len(body), 700_001)]
+
+    async def receive():
+        chunk = chunks.pop(0)
+        return {"type": "http.request", "body": chunk, "more_body": bool(chunks)}
+
+    headers = [(b"content-length", str(len(body)).encode())] if declared else []
+    request = Request({"type": "http", "method": "POST", "headers": headers, "path": "/"}, receive)
+    got = asyncio.run(read_body(request, Settings()))
+    assert got == body and isinstance(got, bytearray if declared else bytes)
+
+
 def test_body_parts_are_views_of_the_body_sent_again_on_a_retry():
     import pyarrow as pa
 

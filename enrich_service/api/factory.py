@@ -147,6 +147,7 @@ async def answer_bulk(request: Request, op: BulkOperation, options: QueryOptions
         headers = op.headers(index, out)
         if upload is not None and (disposition := multipart.content_disposition(upload.filename, answer.media_type)):
             headers["Content-Disposition"] = disposition
+        encoded: bytes | memoryview | list[memoryview]
         if answer.encode_table is None:  # JSON
             encoded = (op.encode_json_columns if shape == COLUMNS else op.encode_json)(index, data, out)
         else:

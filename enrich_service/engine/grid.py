@@ -24,6 +24,7 @@ import shapely
 from numba import njit, prange
 
 from ..layers.store import LayerVersion
+from ..points import read_only
 from ..server.disk_cache import cached, code_digest
 from ..server.parallel import run_parallel
 from .rules import RULE_OVERLAP
@@ -509,7 +510,7 @@ class GridIndex:
         feature = np.empty(m, dtype=np.int32)
         rule = np.empty(m, dtype=np.int8)
         undecided = np.empty(m, dtype=np.bool_)
-        args = (np.ascontiguousarray(x, dtype=np.float64), np.ascontiguousarray(y, dtype=np.float64), self.x0,
+        args = (read_only(x), read_only(y), self.x0,
                 self.y0, self.cw, self.ch, self.cells, self.rec, self.band_start, self.band_index, self.band_split,
                 self.seg, self.seg_feature,
                 self.rank, self.n_features, feature, rule, undecided)

@@ -129,8 +129,11 @@ def coordinate(table: pa.Table, name: str, errors: dict[int, tuple[str, str]]) -
         return _text_numbers(col, name, errors)
     else:
         raise InvalidInput(f"column {name!r} has type {col.type}; coordinates must be numbers", field=name)
-    values = arr.to_numpy().astype(np.float64, copy=True) if arr.null_count == 0 else \
-        np.asarray(arr.fill_null(np.nan).to_numpy(), dtype=np.float64).copy()
+    if arr.null_count == 0 and arr.num_chunks == 1 and arr.type == pa.float64():
+        values = arr.chunk(0).to_numpy(zero_copy_only=True)  # the body's own buffer, read-only: not copied
+    else:
+        values = arr.to_numpy().astype(np.float64, copy=True) if arr.null_count == 0 else \
+            np.asarray(arr.fill_null(np.nan).to_numpy(), dtype=np.float64).copy()
     if arr.null_count:
         for i in np.flatnonzero(np.asarray(arr.is_null().to_numpy(zero_copy_only=False))):
             errors.setdefault(int(i), (name, "missing"))

@@ -27,13 +27,14 @@ def keep_freed_memory(keep_mb: int) -> None:
     (glibc's ceiling for this) now come from the heap, and up to `keep_mb` of freed heap waits for the next
     request. 0 keeps glibc's defaults for this.
 
-    Whatever `keep_mb`, the process keeps one malloc arena per core instead of glibc's eight: each thread that
-    allocates (the threadpool's, numba's) otherwise got an arena of its own, and the start-up's and warm-up's
-    garbage stayed scattered over them, ~30 MB of the idle RSS (bench/memory.py)."""
+    Whatever `keep_mb`, the process keeps one malloc arena instead of glibc's eight: each thread that allocates
+    (the threadpool's, numba's) otherwise got an arena of its own, and the start-up's and warm-up's garbage stayed
+    scattered over them, ~30 MB of the idle RSS (bench/memory.py). With one, the heap warmed by warm_heap serves
+    every thread; the threads that allocate take turns on the GIL anyway."""
     mallopt = getattr(_libc, "mallopt", None)
     if mallopt is None:
         return
-    mallopt(_M_ARENA_MAX, max(2, os.cpu_count() or 2))
+    mallopt(_M_ARENA_MAX, 1)
     if keep_mb <= 0:
         return
     mallopt(_M_MMAP_THRESHOLD, 32 << 20)
@@ -60,7 +61,7 @@ def paused_gc() -> Iterator[None]:
             gc.enable()
 
 
-def release_freed_memory() -> None:
+def release_freed_memory(warm_mb: int = 0) -> None:
     """After an index is swapped in: collect the replaced one, freeze the serving one out of the collector's sight,
     and give the freed pages back to the OS.
 
@@ -68,13 +69,37 @@ def release_freed_memory() -> None:
     collection walked them all, an 82 ms pause of the event loop, now ~0. Frozen objects are still freed by
     reference counting; the unfreeze first lets this collection reach cycles in the replaced index. A build
     allocates ~100 MB of small objects and arrays; once freed, glibc keeps them in fragmented heaps and RSS climbs
-    with each reload (measured: +150 MB over 12 reloads, flat with the trim)."""
+    with each reload (measured: +150 MB over 12 reloads, flat with the trim). Then `warm_mb` of the heap is warmed
+    again for the next bulk request (warm_heap)."""
     gc.unfreeze()
     gc.collect()
     gc.freeze()
     trim = getattr(_libc, "malloc_trim", None)
     if trim is not None:
         trim(0)
+    warm_heap(warm_mb)
+
+
+_PIECE = 8 << 20  # under the 32 MB mmap threshold keep_freed_memory sets: each piece comes from the heap
+
+
+def warm_heap(mb: int) -> int:
+    """Grow the heap by `mb` of touched pages and free them, kept (keep_freed_memory's threshold) for the next bulk
+    request: a worker's first 1M-point request otherwise faulted in ~60 MB of fresh pages (~15,000 faults, a third
+    of its CPU more than the next ones). Returns the bytes warmed; 0 where the C library is not glibc's."""
+    malloc, free, memset = (getattr(_libc, name, None) for name in ("malloc", "free", "memset"))
+    if mb <= 0 or malloc is None or free is None or memset is None:
+        return 0
+    malloc.restype, malloc.argtypes = ctypes.c_void_p, [ctypes.c_size_t]
+    free.argtypes = [ctypes.c_void_p]
+    memset.restype, memset.argtypes = ctypes.c_void_p, [ctypes.c_void_p, ctypes.c_int, ctypes.c_size_t]
+    pieces = [malloc(_PIECE) for _ in range(-(-(mb << 20) // _PIECE))]
+    for piece in pieces:
+        if piece:
+            memset(piece, 0, _PIECE)
+    for piece in reversed(pieces):
+        free(piece)
+    return sum(_PIECE for piece in pieces if piece)
 
 
 _MADV_DONTNEED = 4

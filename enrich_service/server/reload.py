@@ -39,7 +39,8 @@ log = logging.getLogger(__name__)
 
 def _release_in_background(app) -> None:
     # Not awaited: the reload answers as soon as the swap is done (answers from the new index are already going out).
-    app.state.release_task = asyncio.ensure_future(run_in_threadpool(release_freed_memory))
+    warm_mb = get_settings().warm_heap_mb if served_by_enrich_service() else 0
+    app.state.release_task = asyncio.ensure_future(run_in_threadpool(release_freed_memory, warm_mb))
 
 
 def _lock(app) -> asyncio.Lock:

@@ -19,7 +19,7 @@ PROTOCOL = "enrich_service.server.slow_clients:HeaderDeadlineProtocol"  # uvicor
 # uvicorn stops reading a request's body once 64 KB wait for the app, so a 24 MB body arrives in hundreds of
 # pause/resume steps, each a trip through the event loop while the client's sends block. Up to this much is
 # buffered per request instead: a bulk body arrives in a few steps, memory per connection stays bounded.
-BODY_BUFFER_BYTES = 4 << 20
+BODY_BUFFER_BYTES = 1 << 20
 
 
 class HeaderDeadlineProtocol(HttpToolsProtocol):
@@ -37,6 +37,10 @@ class HeaderDeadlineProtocol(HttpToolsProtocol):
         # uvicorn's own on_body, with BODY_BUFFER_BYTES for its 64 KB limit
         if (self.parser.should_upgrade() and self._should_upgrade()) or self.cycle.response_complete:
             return
+        # Appended in place: uvicorn's `bytes += chunk` copies all that is buffered for every chunk, several times
+        # the body's size in copies (and fresh memory) for a bulk body.
+        if not isinstance(self.cycle.body, bytearray):
+            self.cycle.body = bytearray(self.cycle.body)
         self.cycle.body += body
         if len(self.cycle.body) > BODY_BUFFER_BYTES:
             self.flow.pause_reading()

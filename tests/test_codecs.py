@@ -87,6 +87,59 @@ def test_json_columns_hold_what_the_rows_hold_column_by_column(ids, parallel, mo
     assert doc["results"]["d_m"][5] is None  # NaN is not JSON: null, as in the rows
 
 
+@pytest.mark.data
+@pytest.mark.parametrize("ids", [
+    list(range(400)),
+    [f"P-{i}, {NASTY[i % len(NASTY)]}" for i in range(400)],  # commas, quotes, escapes, unicode
+    [None, True, False, 2**64 - 1, -5, "x"] * 66 + [1, 2, 3, 4],
+    [None] * 400,
+])
+def test_a_small_batchs_rows_are_the_bytes_json_rows_writes(engine, ids):
+    """small_json_rows, the writer for batches of up to SMALL_ROWS rows, writes byte for byte what json_rows writes
+    for the same answer: real points on every layer, with 0/0, NaN, out-of-range and out-of-city rows among them
+    (flags, errors, rules, no feature)."""
+    from enrich_service.crs import WGS84
+    from enrich_service.io.results import result_arrays, small_json_rows
+    from enrich_service.points import PointBatch, prepare
+
+    from .conftest import real_points
+
+    lon, lat = (a[:400].copy() for a in real_points())
+    lon[:4], lat[:4] = [0.0, np.nan, 500.0, -117.0], [0.0, 32.7, 32.7, 33.5]
+    prepared = prepare(PointBatch(ids=ids, x=lon, y=lat), WGS84)
+    layers = list(engine.store.versions)
+    result = engine.tag(prepared.lon, prepared.lat, prepared.valid, layers)
+    want = bytes(json_rows([("id", ids)] + result_arrays(prepared, result), b","))
+    got = small_json_rows(ids, prepared, result)
+    assert got == want
+    assert b'"flags":"zero_coordinates"' in got and b'"error":"lon: out of range' in got
+
+
+@pytest.mark.data
+def test_batches_the_small_writer_leaves_to_json_rows(engine):
+    """Float ids (json_rows formats floats its own way), distances and versions, and batches over SMALL_ROWS go to
+    json_rows."""
+    import datetime as dt
+
+    from enrich_service.crs import WGS84
+    from enrich_service.io.results import SMALL_ROWS, small_json_rows
+    from enrich_service.points import PointBatch, prepare
+
+    from .conftest import real_points
+
+    def answer(n, ids=None, **kw):
+        lon, lat = (a[:n] for a in real_points())
+        prepared = prepare(PointBatch(ids=ids or list(range(n)), x=lon, y=lat), WGS84)
+        return ids or list(range(n)), prepared, engine.tag(prepared.lon, prepared.lat, prepared.valid, ["zip"], **kw)
+
+    assert small_json_rows(*answer(10)) is not None
+    assert small_json_rows(*answer(10, ids=[1.5] * 10)) is None
+    assert small_json_rows(*answer(10, nearest_within_m=50.0)) is None
+    assert small_json_rows(*answer(10, dates=np.array(["2020-01-01"] * 10, dtype="datetime64[D]"),
+                                   as_of=dt.date(2020, 1, 1))) is None
+    assert small_json_rows(*answer(SMALL_ROWS + 1)) is None
+
+
 def test_json_columns_of_no_rows_are_empty_arrays():
     assert orjson.loads(json_columns([("id", []), ("zip", pa.array([], pa.string()).dictionary_encode())])) == \
         {"id": [], "zip": []}

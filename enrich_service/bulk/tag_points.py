@@ -72,7 +72,7 @@ class TagPoints(BulkOperation[PointParams, PointBatch, Tagged]):
     def result_of(self, out: Tagged) -> TagResult:
         return out[1]
 
-    def encode_json(self, index: ServiceIndex, data: PointBatch, out: Tagged) -> memoryview:
+    def encode_json(self, index: ServiceIndex, data: PointBatch, out: Tagged) -> bytes | memoryview:
         return results.encode_json(results.id_list(data.ids, len(data)), *out, {})
 
     def encode_json_columns(self, index: ServiceIndex, data: PointBatch, out: Tagged) -> bytes:

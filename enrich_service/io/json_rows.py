@@ -156,7 +156,7 @@ def _run_texts(run: list[tuple[str, Coded | None]], n: int, table: _TextTable) -
     count = 1
     for _, coded in run:
         if coded is not None:
-            combo, count = _combine(combo, count, coded[0], len(coded[1]))
+            combo, count = number_combinations(combo, count, coded[0], len(coded[1]))
     first = np.empty(count, dtype=np.int64)
     first[combo] = np.arange(n, dtype=np.int64)  # one row standing for each combination
     parts = []
@@ -168,7 +168,7 @@ def _run_texts(run: list[tuple[str, Coded | None]], n: int, table: _TextTable) -
     return table.add(joined, combo)
 
 
-def _combine(combo: np.ndarray, count: int, codes: np.ndarray, card: int) -> tuple[np.ndarray, int]:
+def number_combinations(combo: np.ndarray, count: int, codes: np.ndarray, card: int) -> tuple[np.ndarray, int]:
     """Number the distinct (combo, code) pairs 0..m-1 in one pass; np.unique (a sort) when the pairs could be many."""
     key = combo * card + codes
     if count * card > 1 << 22:
@@ -209,7 +209,7 @@ def _copy_serial(index, offsets, data, starts, out):
 
 
 def _dictionary_texts(dictionary: pa.Array) -> pa.Array:
-    return pa.array([_dumps(v) for v in dictionary.to_pylist()] + ["null"], _TEXT)
+    return pa.array([json_text(v) for v in dictionary.to_pylist()] + ["null"], _TEXT)
 
 
 def _json_texts(values: Column) -> pa.Array:
@@ -224,7 +224,7 @@ def _json_texts(values: Column) -> pa.Array:
         # Arrow makes [1, 2.5] doubles, and the id 1 would come back as 1.0: such a list is written value by value.
         if arrow is None or (pa.types.is_floating(arrow.type) and
                              any(v.__class__ is not float for v in values if v is not None)):
-            return pa.array([_dumps(v) for v in values], _TEXT)
+            return pa.array([json_text(v) for v in values], _TEXT)
         values = arrow
     kind = values.type
     if pa.types.is_null(kind):
@@ -245,10 +245,10 @@ def _json_texts(values: Column) -> pa.Array:
         quote, nothing = pa.scalar('"', _TEXT), pa.scalar("", _TEXT)
         quoted = pc.binary_join_element_wise(quote, pc.cast(values, _TEXT), quote, nothing)
         return quoted.fill_null("null")
-    return pa.array([_dumps(v) for v in values.to_pylist()], _TEXT)
+    return pa.array([json_text(v) for v in values.to_pylist()], _TEXT)
 
 
-def _dumps(value: object) -> str:
+def json_text(value: object) -> str:
     try:
         return orjson.dumps(value).decode()
     except orjson.JSONEncodeError:  # an integer beyond 64 bits (an id sent as 2^70 comes back as sent)

@@ -16,7 +16,7 @@ from .api import admin, geocode, health, layers, page, pip
 from .bulk.geocode_join import REFERENCE_HEADER
 from .errors import EnrichError, install_handlers
 from .io.responses import JSONResponse
-from .server.fast_path import FastPath, FastRoute
+from .server.fast_path import FAST_BODY_BYTES, FastBodyRoute, FastPath, FastRoute
 from .server.layer_version import SERVED_HEADER, LayerVersionMiddleware
 from .server.memory import keep_freed_memory
 from .server.observability import ObservabilityMiddleware, configure_logging
@@ -82,6 +82,7 @@ def create_app() -> FastAPI:
     app.add_middleware(LayerVersionMiddleware)  # X-Enrich-Expect-Layers in, X-Enrich-Layers-Sha256 out
     # Outermost: an ordinary single lookup is answered before the stack above, anything else passes through.
     app.add_middleware(FastPath, routes=(
-        FastRoute("/v1/pip", frozenset(param.name for param in pip.GET_PARAMS), pip.get_pip_fast),))
+        FastRoute("/v1/pip", frozenset(param.name for param in pip.GET_PARAMS), pip.get_pip_fast),),
+        body_routes=(FastBodyRoute("/v1/pip", FAST_BODY_BYTES, pip.post_pip_fast),))
     install_handlers(app)
     return app

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import re
 
 import numpy as np
 import orjson
@@ -31,18 +32,29 @@ ENV = {"ENRICH_BOUNDARY_DIR": str(BOUNDARIES), "ENRICH_REFERENCE_DIR": str(ADDRE
 def apps():
     """(fast client, full-route client, list of the fast path's outcomes: True answered, False declined)."""
     outcomes: list[bool] = []
-    real = pip.get_pip_fast
+    real, real_post = pip.get_pip_fast, pip.post_pip_fast
 
     def counted(index, query):
         response = real(index, query)
         outcomes.append(response is not None)
         return response
 
+    async def counted_post(index, read, headers):
+        response = await real_post(index, read, headers)
+        outcomes.append(response is not None)
+        return response
+
+    async def declined_post(index, read, headers):
+        await read()  # the body read, then left to the route: what a declined fast answer does
+        return None
+
     with contextlib.ExitStack() as stack:
         patch = stack.enter_context(pytest.MonkeyPatch.context())
         patch.setattr(pip, "get_pip_fast", counted)
+        patch.setattr(pip, "post_pip_fast", counted_post)
         fast = stack.enter_context(ready_app(ENV))
         patch.setattr(pip, "get_pip_fast", lambda index, query: None)
+        patch.setattr(pip, "post_pip_fast", declined_post)
         full = stack.enter_context(ready_app(ENV))
         patch.undo()
         yield fast, full, outcomes
@@ -261,3 +273,82 @@ def test_the_fronts_query_split_reads_as_parse_qsl(query):
     from enrich_service.server.fast_path import _query
 
     assert _query(query) == dict(parse_qsl(query, keep_blank_values=True))
+
+
+# ---- POST /v1/pip with a JSON body -----------------------------------------------------------------------------
+
+
+def both_post(apps, body: bytes | None = None, headers: dict | None = None, query: str = "",
+              **kw) -> tuple[bool | None, object]:
+    """POST /v1/pip on both apps; asserts the same status, headers (Server-Timing's stage names, not its times)
+    and body; returns the fast path's outcome (None: not asked) and the answer."""
+    fast, full, outcomes = apps
+    headers = {"X-Request-ID": "same-id", "content-type": "application/json", **(headers or {})}
+    seen = len(outcomes)
+    a = fast.post(f"/v1/pip{query}", content=body, headers=headers, **kw)
+    b = full.post(f"/v1/pip{query}", content=body, headers=headers, **kw)
+    assert a.status_code == b.status_code, (a.text[:300], b.text[:300])
+
+    def comparable(r):
+        return [(k, v if k != b"server-timing" else re.sub(rb";dur=[^,]*", b"", v)) for k, v in r.headers.raw]
+
+    assert comparable(a) == comparable(b)
+    assert a.content == b.content
+    return (outcomes[seen] if len(outcomes) > seen else None), a
+
+
+def _points(n: int, start: int = 0) -> list[dict]:
+    lon, lat = real_points()
+    return [{"id": i, "lon": float(lon[i]), "lat": float(lat[i])} for i in range(start, start + n)]
+
+
+@pytest.mark.parametrize("body", [
+    {"points": _points(1000)},
+    {"points": _points(300, 5000), "layers": ["zip", "council_district"], "as_of": "2016-05-01"},
+    {"points": [{"id": "a", "lon": 0, "lat": 0}, {"id": "b", "lon": "x", "lat": 32.7}, {"id": None, "lon": -117.16,
+                "lat": 32.71}, {"id": True, "lon": 6.2e6, "lat": 1.84e6}]},  # flags, a bad row, State Plane feet
+    {"points": _points(50), "crs": "EPSG:2230"},  # degrees read as feet: every row's error, the same in both
+    {"points": _points(20), "nearest_within_m": 100},
+    {"points": {"id": [1, 2], "lon": [-117.16, -117.1], "lat": [32.71, 32.75]}},  # columns
+])
+def test_json_batches_are_answered_on_the_fast_path_exactly_as_by_the_route(apps, body):
+    taken, r = both_post(apps, orjson.dumps(body))
+    assert taken is True and r.status_code == 200
+    assert r.headers["x-request-id"] == "same-id" and "x-enrich-layers" in r.headers
+    assert [part.split(";")[0] for part in r.headers["server-timing"].split(", ")] == ["read", "decode", "tag",
+                                                                                      "encode"]
+
+
+def test_a_columns_answer_asked_in_accept_is_the_same(apps):
+    taken, r = both_post(apps, orjson.dumps({"points": _points(100)}),
+                         headers={"accept": "application/json; shape=columns"})
+    assert taken is True and len(r.json()["results"]["id"]) == 100
+
+
+@pytest.mark.parametrize("case, body, headers, query", [
+    ("options in the query string", {"points": _points(5)}, {}, "?layers=zip"),
+    ("GeoJSON sent as JSON", {"type": "FeatureCollection", "features": [{"type": "Feature", "properties": {"id": 1},
+     "geometry": {"type": "Point", "coordinates": [-117.16, 32.71]}}]}, {}, ""),
+    ("a CSV answer", {"points": _points(5)}, {"accept": "text/csv"}, ""),
+    ("an Arrow answer", {"points": _points(5)}, {"accept": "application/vnd.apache.arrow.stream"}, ""),
+    ("an option out of range", {"points": _points(5), "nearest_within_m": -1}, {}, ""),
+    ("no points", {"points": []}, {}, ""),
+    ("an unknown layer", {"points": _points(5), "layers": ["wards"]}, {}, ""),
+    ("an unknown member", {"points": _points(5), "colour": "red"}, {}, ""),
+    ("another expected layer set", {"points": _points(5)}, {"x-enrich-expect-layers": "0" * 64}, ""),
+])
+def test_what_the_fast_path_does_not_answer_the_route_answers_with_the_body_as_sent(apps, case, body, headers,
+                                                                                  query):
+    taken, r = both_post(apps, orjson.dumps(body), headers=headers, query=query)
+    assert taken is not True, case
+    assert r.status_code in (200, 406, 409, 413, 422), (case, r.text[:200])
+
+
+def test_bodies_that_are_not_json_or_too_large_for_the_front_go_to_the_route(apps):
+    taken, r = both_post(apps, b'{"points": [', headers={})
+    assert taken is False and r.status_code in (400, 422) and r.json()["field"] == "body"
+    big = orjson.dumps({"points": _points(1000) * 20})  # over FAST_BODY_BYTES: not read by the front
+    taken, r = both_post(apps, big)
+    assert taken is None and r.status_code == 200 and r.json()["count"] == 20_000
+    taken, r = both_post(apps, (orjson.dumps({"points": _points(3)}),))  # no Content-Length: chunked
+    assert taken is None and r.status_code == 200 and r.json()["count"] == 3

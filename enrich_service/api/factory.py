@@ -10,7 +10,7 @@ from __future__ import annotations
 import functools
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Annotated, Any
 
 import orjson
@@ -32,7 +32,7 @@ from ..bulk.options import (
 from ..errors import EnrichError, NotAcceptable
 from ..index import ServiceIndex, current
 from ..io import coordinates, formats, geojson, multipart, tables
-from ..io.formats import ANSWER_PARAMS, COLUMNS, FORMAT_PARAMS, FORMATS, SHAPE
+from ..io.formats import ANSWER_PARAMS, COLUMNS, FORMAT_PARAMS, FORMATS, SHAPE, Format
 from ..io.media import GEOJSON, JSON, MULTIPART
 from ..io.ndjson import has_lines, line_groups, parse_lines
 from ..points import WGS84
@@ -114,54 +114,80 @@ async def answer_bulk(request: Request, op: BulkOperation, options: QueryOptions
     if body_format.decode_table is None and answer.media_type == GEOJSON:  # a JSON body answered as GeoJSON
         raise NotAcceptable(f"a {GEOJSON} answer needs the points as a table: send GeoJSON, CSV or Arrow",
                             field="Accept")
+    parsed: Options | None = None
     if body_format.decode_table is not None:  # a JSON body brings options of its own: checked once decoded
-        opts = options.parsed(settings)
-        check_options_usable(index, opts)
-    body_box = [body if body is not None else await read_body(request, settings)]
-    del body
+        parsed = options.parsed(settings)
+        check_options_usable(index, parsed)
+    body = body if body is not None else await read_body(request, settings)
     stages.mark("read")
+    job = BulkJob(op, index, [body], body_format, answer, shape, content_type, query, params, options, parsed, settings,
+                  stages, upload)
+    del body  # the job's alone: dropped once decoded
+    return await offload(run_job, job)
 
-    def decode_run_encode() -> Response:
-        # One thread hop for the whole request: a hop per step cost more than decoding, tagging and encoding a
-        # 1,000-point batch together (docs/operations.md, "Load").
-        nonlocal opts, params
-        body = body_box.pop()  # dropped once decoded: a large body's memory is free before the answer is made
-        table = None
-        if body_format.decode_table is None:  # a JSON body: its own options, each one it leaves out from the query
-            opts, params, data = op.from_json(body, params, options.only(op.options), settings)
-        else:
-            table = body_format.decode_table(body, content_type, **read_query(query, body_format.params))
-            check_batch_size(table.num_rows, settings, field="body")
-            declared_crs = coordinates.declared_crs(table)  # an old-style GeoJSON `crs` member
-            if declared_crs and "crs" in op.options:
-                opts = parse_options(merge_options({"crs": declared_crs}, options.given, settings), settings)
-            params = replace(params, columns=_table_columns(table, params.columns, query))
-            tables.check_answerable(table, answer.media_type, params.columns.id, op.reads(params))
-            data = op.from_table(table, params)
-        del body
-        stages.mark("decode")
-        raise_if_cancelled()  # a timed-out request stops between steps, as it did between thread hops
-        out = op.run(index, data, opts, params)
-        stages.mark("tag")
-        raise_if_cancelled()
-        headers = op.headers(index, out)
-        if upload is not None and (disposition := multipart.content_disposition(upload.filename, answer.media_type)):
-            headers["Content-Disposition"] = disposition
-        encoded: bytes | memoryview | list[memoryview]
-        if answer.encode_table is None:  # JSON
-            encoded = (op.encode_json_columns if shape == COLUMNS else op.encode_json)(index, data, out)
-        else:
-            answer_table = op.answer_table(table, data, out, params.prefix)
-            if answer.media_type == GEOJSON:
-                points = op.answer_points(table, answer_table, params)
-                if points is not None:  # None: a GeoJSON body's own points, or none (the encoder refuses: 406)
-                    crs = None if opts.crs == WGS84 or "crs" not in op.options else str(opts.crs)
-                    answer_table = coordinates.with_geometry(answer_table, *points, crs=crs)
-            encoded = answer.encode_table(answer_table)
-        stages.mark("encode")
-        return answer.response(encoded, headers={**headers, **stages.header()})
 
-    return await offload(decode_run_encode)
+@dataclass
+class BulkJob:
+    """A bulk request whose body has been read, negotiated and checked as far as it can be before decoding."""
+
+    op: BulkOperation
+    index: ServiceIndex
+    body: list  # [the body]: run_job takes it out, so a large body's memory is free before the answer is made
+    body_format: Format
+    answer: Format
+    shape: str
+    content_type: str | None
+    query: Mapping[str, Any]
+    params: Any
+    options: QueryOptions
+    opts: Options | None  # parsed already for a table body; a JSON body's come with it
+    settings: Settings
+    stages: Stages
+    upload: multipart.Upload | None = None
+
+
+def run_job(job: BulkJob) -> Response:
+    """Decode, tag and encode in one thread hop (offload): a hop per step cost more than decoding, tagging and
+    encoding a 1,000-point batch together (docs/operations.md, "Load"). The route and the fast POST path
+    (api/pip.post_pip_fast) both answer through here."""
+    op, index, answer, params, opts = job.op, job.index, job.answer, job.params, job.opts
+    body = job.body.pop()
+    table = None
+    if job.body_format.decode_table is None:  # a JSON body: its own options, each one it leaves out from the query
+        opts, params, data = op.from_json(body, params, job.options.only(op.options), job.settings)
+    else:
+        table = job.body_format.decode_table(body, job.content_type, **read_query(job.query, job.body_format.params))
+        check_batch_size(table.num_rows, job.settings, field="body")
+        declared_crs = coordinates.declared_crs(table)  # an old-style GeoJSON `crs` member
+        if declared_crs and "crs" in op.options:
+            opts = parse_options(merge_options({"crs": declared_crs}, job.options.given, job.settings), job.settings)
+        params = replace(params, columns=_table_columns(table, params.columns, job.query))
+        tables.check_answerable(table, answer.media_type, params.columns.id, op.reads(params))
+        data = op.from_table(table, params)
+    del body
+    assert opts is not None  # parsed before the job for a table body, from it for a JSON body
+    job.stages.mark("decode")
+    raise_if_cancelled()  # a timed-out request stops between steps, as it did between thread hops
+    out = op.run(index, data, opts, params)
+    job.stages.mark("tag")
+    raise_if_cancelled()
+    headers = op.headers(index, out)
+    upload = job.upload
+    if upload is not None and (disposition := multipart.content_disposition(upload.filename, answer.media_type)):
+        headers["Content-Disposition"] = disposition
+    encoded: bytes | memoryview | list[memoryview]
+    if answer.encode_table is None:  # JSON
+        encoded = (op.encode_json_columns if job.shape == COLUMNS else op.encode_json)(index, data, out)
+    else:
+        answer_table = op.answer_table(table, data, out, params.prefix)
+        if answer.media_type == GEOJSON:
+            points = op.answer_points(table, answer_table, params)
+            if points is not None:  # None: a GeoJSON body's own points, or none (the encoder refuses: 406)
+                crs = None if opts.crs == WGS84 or "crs" not in op.options else str(opts.crs)
+                answer_table = coordinates.with_geometry(answer_table, *points, crs=crs)
+        encoded = answer.encode_table(answer_table)
+    job.stages.mark("encode")
+    return answer.response(encoded, headers={**headers, **job.stages.header()})
 
 
 def _table_columns(table: pa.Table, cols: Any, query: Mapping[str, str | None]) -> Any:

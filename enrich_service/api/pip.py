@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import asyncio
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Annotated
 
 import numpy as np
 from fastapi import APIRouter, Depends, Request
+from starlette.responses import Response
 
 from ..bulk.options import OPTION_PARAMS, Options, QueryOptions
 from ..bulk.tag_points import TAG_POINTS, tag_batch
@@ -15,14 +17,17 @@ from ..engine.rules import RULE_NAMES
 from ..engine.tagger import TagResult
 from ..errors import EnrichError, InvalidInput
 from ..index import ServiceIndex, current
+from ..io.formats import FORMATS, json_shape, media_type, response_type
+from ..io.geojson import looks_like_geojson
+from ..io.media import JSON
 from ..io.params import Param
 from ..io.responses import JSONResponse
 from ..io.tables import Columns
 from ..points import PointBatch, Prepared, plain_lonlat
-from ..server.observability import count_points
+from ..server.observability import count_points, timeout_body
 from ..settings import get_settings
 from .common import declared, offload, options_from, query_options, read_query, strict_query
-from .factory import add_bulk_route
+from .factory import BulkJob, Stages, add_bulk_route, run_job
 from .schemas import ERROR_RESPONSES, PipRequest, PipResponse, PointAnswer
 
 router = APIRouter(prefix="/v1", tags=["point in polygon"], dependencies=[Depends(strict_query)])
@@ -76,6 +81,38 @@ def get_pip_fast(index: ServiceIndex, query: Mapping[str, str]) -> JSONResponse 
         return None
 
 
+async def post_pip_fast(index: ServiceIndex, read: Callable[[], Awaitable[bytes]],
+                        headers: Mapping[bytes, bytes]) -> Response | None:
+    """POST /v1/pip without the framework stack (server/fast_path.py), for a JSON body and no query string: the same
+    negotiation and the same job (factory.run_job) as the route. None where the route must answer: another media
+    type, a GeoJSON body sent as JSON, and any request the route refuses (its error comes from the route)."""
+    settings = get_settings()
+    content_type = headers.get(b"content-type", b"").decode("latin-1") or None
+    accept = headers.get(b"accept", b"").decode("latin-1") or None
+    try:
+        if media_type(content_type) != JSON:
+            return None
+        answer = FORMATS[response_type(accept, JSON)]
+        if answer.media_type != JSON:
+            return None
+        shape = json_shape(accept, JSON, None)
+        stages = Stages()
+        body = await read()
+        if looks_like_geojson(body):
+            return None
+        stages.mark("read")
+        job = BulkJob(TAG_POINTS, index, [body], FORMATS[JSON], answer, shape, content_type, {}, _DEFAULT_PARAMS,
+                      QueryOptions({}), None, settings, stages)
+        del body
+        async with asyncio.timeout(settings.request_timeout_s):
+            return await offload(run_job, job)
+    except EnrichError:
+        return None
+    except TimeoutError:
+        return Response(timeout_body(settings.request_timeout_s), status_code=504, media_type=JSON)
+
+
+_DEFAULT_PARAMS = TAG_POINTS.read_params(read_query({}, TAG_POINTS.params))
 _ONE_VALID = np.ones(1, dtype=bool)
 _ONE_VALID.flags.writeable = False  # shared by every fast lookup: the engine only reads it
 

@@ -158,9 +158,7 @@ class ObservabilityMiddleware:
             if status["sent"]:
                 raise
             status["code"] = 504
-            body = orjson.dumps({"detail": f"request took longer than {self.timeout_s:g} s "
-                                           f"(ENRICH_REQUEST_TIMEOUT_S); split the batch", "code": "timeout",
-                                 "field": None})
+            body = timeout_body(self.timeout_s)
             await send({"type": "http.response.start", "status": 504,
                         "headers": [(b"content-type", b"application/json"),
                                     (b"x-request-id", request_id.encode("latin-1"))]})
@@ -169,6 +167,12 @@ class ObservabilityMiddleware:
             route = scope.get("route")
             observe(getattr(route, "path", None) or "unmatched", scope["method"], status["code"],
                     time.perf_counter() - started, request_id)
+
+
+def timeout_body(timeout_s: float) -> bytes:
+    """The 504 answer's body: the request took longer than ENRICH_REQUEST_TIMEOUT_S."""
+    return orjson.dumps({"detail": f"request took longer than {timeout_s:g} s (ENRICH_REQUEST_TIMEOUT_S); split the "
+                                   f"batch", "code": "timeout", "field": None})
 
 
 def new_request_id(given: bytes | None) -> str:

@@ -108,6 +108,48 @@ def test_a_body_is_read_whole_into_one_buffer_of_its_declared_length(declared):
     assert got == body and isinstance(got, bytearray if declared else bytes)
 
 
+def test_a_responses_head_goes_out_with_its_body_in_one_write():
+    """The protocol's cycle writes the status line and headers, then the body: the two leave in one writev, and
+    what is written before the response starts (100 Continue) or after its first part goes out as it comes."""
+    from types import SimpleNamespace
+
+    from enrich_service.server.slow_clients import _HeadWithBody
+
+    class Recording:
+        def __init__(self):
+            self.calls: list = []
+
+        def write(self, data):
+            self.calls.append(("write", bytes(data)))
+
+        def writelines(self, parts):
+            self.calls.append(("writelines", [bytes(p) for p in parts]))
+
+        def close(self):
+            self.calls.append(("close",))
+
+        def is_closing(self):
+            return False
+
+    cycle, transport = SimpleNamespace(response_started=False), Recording()
+    wrapped = _HeadWithBody(cycle, transport)
+    wrapped.write(b"HTTP/1.1 100 Continue\r\n\r\n")  # before the response: as it comes
+    cycle.response_started = True
+    wrapped.write(b"HTTP/1.1 200 OK\r\ncontent-length: 6\r\n\r\n")  # held
+    assert transport.calls == [("write", b"HTTP/1.1 100 Continue\r\n\r\n")]
+    wrapped.write(memoryview(b"abc"))
+    wrapped.write(b"def")
+    assert transport.calls[1:] == [("writelines", [b"HTTP/1.1 200 OK\r\ncontent-length: 6\r\n\r\n", b"abc"]),
+                                   ("write", b"def")]
+    assert wrapped.is_closing() is False  # the rest is the transport's own
+
+    cycle, transport = SimpleNamespace(response_started=True), Recording()
+    wrapped = _HeadWithBody(cycle, transport)
+    wrapped.write(b"HTTP/1.1 204 No Content\r\n\r\n")
+    wrapped.close()  # a head never followed by a body is still written, before the close
+    assert transport.calls == [("write", b"HTTP/1.1 204 No Content\r\n\r\n"), ("close",)]
+
+
 def test_body_parts_are_views_of_the_body_sent_again_on_a_retry():
     import pyarrow as pa
 

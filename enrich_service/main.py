@@ -20,6 +20,7 @@ from .server.fast_path import FAST_BODY_BYTES, FastBodyRoute, FastPath, FastRout
 from .server.layer_version import SERVED_HEADER, LayerVersionMiddleware
 from .server.memory import keep_freed_memory
 from .server.observability import ObservabilityMiddleware, configure_logging
+from .server.parallel import passive_threads
 from .server.reload import follow_accepted, reload_index, reload_on_sighup
 from .server.security import require_read_key
 from .settings import get_settings
@@ -51,6 +52,7 @@ async def _initial_load(app: FastAPI) -> None:
 def create_app() -> FastAPI:
     settings = get_settings()
     keep_freed_memory(settings.keep_freed_mb)  # every worker process builds its app here
+    passive_threads()
     # Batches run in threads (api/common.offload) and hold the GIL; the event loop waiting to answer a single lookup
     # got it back only after Python's switch interval, 5 ms by default, per wait. 0.5 ms bounds that wait.
     sys.setswitchinterval(GIL_SWITCH_S)

@@ -134,6 +134,42 @@ def test_a_warmed_heap_serves_a_bulk_requests_buffers_without_fresh_pages():
     assert cold > 5000 and warm < 300, (cold, warm)
 
 
+@pytest.mark.parametrize("policy, spins", [(None, False), ("ACTIVE", True)])
+def test_openmp_threads_sleep_when_a_parallel_kernel_ends(policy, spins):
+    """A served worker's OpenMP threads (numba's parallel kernels) do not spin on the cores once a kernel returns:
+    50 ms after a kernel, the process has used almost no CPU. The control, the environment asking for ACTIVE
+    waiting, shows the spinning that passive_threads leaves out (an operator's setting still wins)."""
+    script = textwrap.dedent("""
+        import os, sys, time
+        import numpy as np
+        from numba import njit, prange
+        from enrich_service.server.parallel import passive_threads
+
+        if len(sys.argv) > 1:
+            os.environ["OMP_WAIT_POLICY"] = sys.argv[1]
+        passive_threads()
+
+        @njit(parallel=True)
+        def total(a):
+            s = 0.0
+            for i in prange(a.shape[0]):
+                s += a[i]
+            return s
+
+        a = np.ones(2_000_000)
+        total(a)
+        cpu0 = time.process_time()
+        total(a)
+        time.sleep(0.05)
+        print(round((time.process_time() - cpu0) * 1000))
+    """)
+    proc = subprocess.run([sys.executable, "-c", script, *([policy] if policy else [])], cwd=REPO,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    cpu_ms = int(proc.stdout.split()[-1])
+    assert (cpu_ms > 30) if spins else (cpu_ms < 15), cpu_ms
+
+
 def _maps(pid: int) -> str:
     from pathlib import Path
 

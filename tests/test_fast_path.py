@@ -352,3 +352,34 @@ def test_bodies_that_are_not_json_or_too_large_for_the_front_go_to_the_route(app
     assert taken is None and r.status_code == 200 and r.json()["count"] == 20_000
     taken, r = both_post(apps, (orjson.dumps({"points": _points(3)}),))  # no Content-Length: chunked
     assert taken is None and r.status_code == 200 and r.json()["count"] == 3
+
+
+def test_a_body_that_stops_arriving_gets_the_routes_408_not_a_timeout(tmp_path):
+    """A client that sends part of its JSON body and stalls: the front's read gives up after ENRICH_BODY_TIMEOUT_S
+    and the route, given what arrived, answers 408 naming the body (the request timeout's 504 is for work that
+    takes too long, not for a body that does not come)."""
+    import socket
+    import time
+
+    from .conftest import start_service
+
+    proc, url = start_service({"ENRICH_BODY_TIMEOUT_S": "0.5"})
+    try:
+        port = int(url.rsplit(":", 1)[1])
+        body = orjson.dumps({"points": _points(3)})
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+            s.sendall(b"POST /v1/pip HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n"
+                      b"Content-Length: %d\r\n\r\n" % len(body) + body[:20])
+            t0 = time.monotonic()
+            answer = b""
+            while b"\r\n\r\n" not in answer or not answer.rstrip().endswith(b"}"):
+                chunk = s.recv(65536)
+                if not chunk:
+                    break
+                answer += chunk
+        assert answer.startswith(b"HTTP/1.1 408"), answer[:200]
+        assert orjson.loads(answer.split(b"\r\n\r\n", 1)[1])["field"] == "body"
+        assert time.monotonic() - t0 < 5
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)

@@ -96,15 +96,18 @@ async def post_pip_fast(index: ServiceIndex, read: Callable[[], Awaitable[bytes]
         if answer.media_type != JSON:
             return None
         shape = json_shape(accept, JSON, None)
-        stages = Stages()
-        body = await read()
-        if looks_like_geojson(body):
-            return None
-        stages.mark("read")
-        job = BulkJob(TAG_POINTS, index, [body], FORMATS[JSON], answer, shape, content_type, {}, _DEFAULT_PARAMS,
-                      QueryOptions({}), None, settings, stages)
-        del body
-        async with asyncio.timeout(settings.request_timeout_s):
+    except EnrichError:
+        return None
+    stages = Stages()
+    body = await read()  # a slow or gone client raises: the route answers it (408), from what arrived
+    if looks_like_geojson(body):
+        return None
+    stages.mark("read")
+    job = BulkJob(TAG_POINTS, index, [body], FORMATS[JSON], answer, shape, content_type, {}, _DEFAULT_PARAMS,
+                  QueryOptions({}), None, settings, stages)
+    del body
+    try:
+        async with asyncio.timeout(settings.request_timeout_s):  # the request timeout, as the middleware's
             return await offload(run_job, job)
     except EnrichError:
         return None

@@ -354,6 +354,20 @@ def test_bodies_that_are_not_json_or_too_large_for_the_front_go_to_the_route(app
     assert taken is None and r.status_code == 200 and r.json()["count"] == 3
 
 
+def test_the_body_size_limit_holds_on_the_fast_path(apps, monkeypatch):
+    """ENRICH_MAX_BODY_BYTES below the front's megabyte: a body over it is the route's 413, as before."""
+    monkeypatch.setenv("ENRICH_MAX_BODY_BYTES", "2048")
+    get_settings.cache_clear()
+    try:
+        taken, r = both_post(apps, orjson.dumps({"points": _points(100)}))
+        assert taken is None and r.status_code == 413 and r.json()["field"] == "body", r.text
+        taken, r = both_post(apps, orjson.dumps({"points": _points(3)}))
+        assert taken is True and r.status_code == 200
+    finally:
+        monkeypatch.delenv("ENRICH_MAX_BODY_BYTES")
+        get_settings.cache_clear()
+
+
 def test_a_body_that_stops_arriving_gets_the_routes_408_not_a_timeout(tmp_path):
     """A client that sends part of its JSON body and stalls: the front's read gives up after ENRICH_BODY_TIMEOUT_S
     and the route, given what arrived, answers 408 naming the body (the request timeout's 504 is for work that

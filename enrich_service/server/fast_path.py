@@ -101,7 +101,7 @@ class FastPath:
         if admitted is not None:
             index, request_id, headers = admitted
             length = headers.get(b"content-length", b"")
-            if length.isdigit() and int(length) <= route.max_body:
+            if length.isdigit() and int(length) <= min(route.max_body, get_settings().max_body_bytes):
                 try:
                     response = await route.answer(index, body.read, headers)
                 except Exception:  # noqa: BLE001 - the full stack answers it (and logs it, if it is a bug)

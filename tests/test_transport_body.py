@@ -150,6 +150,32 @@ def test_a_responses_head_goes_out_with_its_body_in_one_write():
     assert transport.calls == [("write", b"HTTP/1.1 204 No Content\r\n\r\n"), ("close",)]
 
 
+def test_answers_without_a_body_part_are_not_held_on_a_kept_alive_connection():
+    """HEAD, and a 304, are answered at once on a kept-alive connection: the protocol holds a response's head to
+    send it with the body, and uvicorn writes no body for them (found by hand: a HEAD waited for the keep-alive
+    timeout and was lost; a 304 came 5 s late)."""
+    import socket
+
+    async def app(scope, receive, send):
+        if scope["type"] != "http":
+            return
+        status = 304 if scope["path"] == "/not-modified" else 200
+        headers = [(b"content-length", b"5")] if status == 200 else []
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": b"hello" if status == 200 else b""})
+
+    with serving(app) as url:
+        port = int(url.rsplit(":", 1)[1])
+        with socket.create_connection(("127.0.0.1", port), timeout=2) as s:  # a held head: no answer in 2 s
+            for request, status in ((b"HEAD / HTTP/1.1\r\nHost: t\r\n\r\n", b"200"),
+                                    (b"GET /not-modified HTTP/1.1\r\nHost: t\r\n\r\n", b"304"),
+                                    (b"GET / HTTP/1.1\r\nHost: t\r\n\r\n", b"200")):
+                s.sendall(request)
+                answer = s.recv(65536)
+                assert answer.startswith(b"HTTP/1.1 " + status), (request, answer)
+            assert answer.endswith(b"\r\n\r\nhello")  # the same connection still answers in order
+
+
 def test_body_parts_are_views_of_the_body_sent_again_on_a_retry():
     import pyarrow as pa
 

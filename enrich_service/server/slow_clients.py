@@ -51,6 +51,13 @@ class HeaderDeadlineProtocol(HttpToolsProtocol):
         super().on_headers_complete()
         self.cycle.transport = _HeadWithBody(self.cycle, self.cycle.transport)  # type: ignore[assignment]  # a stand-in
 
+    def on_response_complete(self) -> None:
+        # A response whose body uvicorn never writes (HEAD, 304): its held head goes out now.
+        transport = getattr(self.cycle, "transport", None)
+        if isinstance(transport, _HeadWithBody):
+            transport.flush()
+        super().on_response_complete()
+
     def connection_lost(self, exc) -> None:
         self._cancel_head_timer()
         super().connection_lost(exc)
@@ -95,10 +102,15 @@ class _HeadWithBody:
             else:
                 self._transport.write(data)
 
-    def close(self) -> None:
-        if self._head is not None:  # a head without a body: never seen from uvicorn, written all the same
+    def flush(self) -> None:
+        """Write a head still held: the response ended without a body part (HEAD, 304) or the connection closes."""
+        if self._head is not None:
+            self._done = True
             self._transport.write(self._head)
             self._head = None
+
+    def close(self) -> None:
+        self.flush()
         self._transport.close()
 
     def __getattr__(self, name):

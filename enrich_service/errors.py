@@ -91,6 +91,11 @@ class BodyTimeout(EnrichError):
 
     code = "body_timeout"
 
+    @classmethod
+    def after(cls, seconds: float) -> BodyTimeout:
+        return cls(f"no part of the body arrived for {seconds:g} s (ENRICH_BODY_TIMEOUT_S); send the body without "
+                   f"pauses", field="body")
+
 
 class UnsupportedMediaType(EnrichError):
     code = "unsupported_media_type"
@@ -182,11 +187,16 @@ def is_admin(request: Request) -> bool:
 
 
 async def _enrich_error(request: Request, exc: EnrichError) -> JSONResponse:
+    return error_response(exc, admin=is_admin(request))
+
+
+def error_response(exc: EnrichError, admin: bool = False) -> JSONResponse:
+    """A domain error's answer (also the fast front's, server/fast_path.py, for a body that stopped arriving)."""
     status = status_of(exc)
     if status >= 500:
         log.error("request failed: %s", exc.message)
     headers = {"WWW-Authenticate": "ApiKey"} if status == 401 else None
-    body = exc.body() if is_admin(request) else redact_paths(exc.body())
+    body = exc.body() if admin else redact_paths(exc.body())
     return JSONResponse(body, status_code=status, headers=headers)
 
 

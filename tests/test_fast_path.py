@@ -369,15 +369,15 @@ def test_the_body_size_limit_holds_on_the_fast_path(apps, monkeypatch):
 
 
 def test_a_body_that_stops_arriving_gets_the_routes_408_not_a_timeout(tmp_path):
-    """A client that sends part of its JSON body and stalls: the front's read gives up after ENRICH_BODY_TIMEOUT_S
-    and the route, given what arrived, answers 408 naming the body (the request timeout's 504 is for work that
-    takes too long, not for a body that does not come)."""
+    """A client that sends part of its JSON body and stalls gets 408 naming the body after ENRICH_BODY_TIMEOUT_S,
+    once, as from the route (the request timeout's 504 is for work that takes too long, not for a body that does
+    not come; and the route, handed the body, would have waited a second timeout for the rest)."""
     import socket
     import time
 
     from .conftest import start_service
 
-    proc, url = start_service({"ENRICH_BODY_TIMEOUT_S": "0.5"})
+    proc, url = start_service({"ENRICH_BODY_TIMEOUT_S": "2"})
     try:
         port = int(url.rsplit(":", 1)[1])
         body = orjson.dumps({"points": _points(3)})
@@ -393,7 +393,7 @@ def test_a_body_that_stops_arriving_gets_the_routes_408_not_a_timeout(tmp_path):
                 answer += chunk
         assert answer.startswith(b"HTTP/1.1 408"), answer[:200]
         assert orjson.loads(answer.split(b"\r\n\r\n", 1)[1])["field"] == "body"
-        assert time.monotonic() - t0 < 5
+        assert 2 <= time.monotonic() - t0 < 3.5  # one body timeout, not two
     finally:
         proc.terminate()
         proc.wait(timeout=30)

@@ -80,8 +80,7 @@ async def _chunks(request: Request, settings: Settings) -> AsyncIterator[bytes]:
         except StopAsyncIteration:
             return
         except TimeoutError:
-            raise BodyTimeout(f"no part of the body arrived for {settings.body_timeout_s:g} s "
-                              f"(ENRICH_BODY_TIMEOUT_S); send the body without pauses", field="body") from None
+            raise BodyTimeout.after(settings.body_timeout_s) from None
         size += len(chunk)
         if size > limit:
             raise PayloadTooLarge(f"body exceeds the limit of {limit} bytes", field="body")

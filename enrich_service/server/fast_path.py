@@ -27,7 +27,7 @@ from urllib.parse import parse_qsl
 
 from starlette.responses import Response
 
-from ..errors import EnrichError
+from ..errors import BodyTimeout, EnrichError, error_response
 from ..settings import get_settings
 from .layer_version import SERVED_HEADER
 from .observability import new_request_id, observe
@@ -104,6 +104,8 @@ class FastPath:
             if length.isdigit() and int(length) <= min(route.max_body, get_settings().max_body_bytes):
                 try:
                     response = await route.answer(index, body.read, headers)
+                except BodyTimeout as exc:  # answered here: the route would wait a second timeout for the rest
+                    response = error_response(exc)
                 except Exception:  # noqa: BLE001 - the full stack answers it (and logs it, if it is a bug)
                     response = None
         if response is None:
@@ -123,8 +125,11 @@ class _Body:
     async def read(self) -> bytes:
         settings = get_settings()
         while self._more:
-            async with asyncio.timeout(settings.body_timeout_s):  # a slow client: the stack answers it (408)
-                message = await self._receive()
+            try:
+                async with asyncio.timeout(settings.body_timeout_s):
+                    message = await self._receive()
+            except TimeoutError:
+                raise BodyTimeout.after(settings.body_timeout_s) from None
             if message["type"] != "http.request":
                 raise ConnectionError("the client went away")  # the stack sees the disconnect again
             self._read.append(message.get("body", b""))

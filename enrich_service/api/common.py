@@ -91,13 +91,14 @@ async def read_body(request: Request, settings: Settings | None = None) -> bytes
     """The whole body (see _chunks for its limits). A body that declares its length is copied into one buffer of
     that size as it arrives: joining its chunks at the end held the body twice (its chunks and the join) and
     faulted in fresh memory for both on a worker's first bulk request."""
+    chunks = _chunks(request, settings or get_settings())
     declared = request.headers.get("content-length")
     size = int(declared) if declared and declared.isdigit() else -1
     if size < PREALLOCATE_FROM_BYTES:
-        return b"".join([chunk async for chunk in _chunks(request, settings or get_settings())])
+        return b"".join([chunk async for chunk in chunks])
     body = bytearray(size)  # refused by _chunks before anything is read if the size is over the limit
     view, filled = memoryview(body), 0
-    async for chunk in _chunks(request, settings or get_settings()):
+    async for chunk in chunks:
         end = filled + len(chunk)
         if end > size:  # the HTTP parser frames the body by its Content-Length: never seen, never trusted
             raise MalformedBody(f"body is longer than its Content-Length of {size} bytes", field="body")

@@ -159,28 +159,31 @@ def small_json_rows(ids: list, prepared: Prepared, result: TagResult) -> bytes |
     id_types = set(map(type, ids))
     if not id_types <= {int, str, bool, type(None)}:  # a float id: json_rows formats floats its own way
         return None
-    # Each row's answer, numbered: the combination of its keys and rules; rows with a flag or an error stand alone.
+    # Each row's answer, numbered: the combination of its keys and rules. A row with a flag or an error gets its
+    # answer's text with those two members written for it.
     combo, count = np.zeros(n, dtype=np.int64), 1
     texts: list[tuple[bytes, list[bytes], np.ndarray]] = []
     for name, tags in result.layers.items():
         keys = _key_texts(tags.dictionary)
         codes = np.where(tags.codes >= 0, tags.codes, len(keys) - 1)
-        texts.append((b',"' + name.encode() + b'":', keys, codes))
-        texts.append((b',"' + name.encode() + b'_rule":', _RULE_TEXTS, tags.rule.astype(np.int64)))
+        texts.append((b"," + orjson.dumps(name) + b":", keys, codes))
+        texts.append((b"," + orjson.dumps(f"{name}_rule") + b":", _RULE_TEXTS, tags.rule.astype(np.int64)))
     for _, table, codes in texts:
         combo, count = number_combinations(combo, count, codes, len(table))
     first = np.empty(count, dtype=np.int64)
     first[combo] = np.arange(n, dtype=np.int64)  # one row standing for each answer
-    next_row = b',{"id":'
-    answers = [b"".join(label + table[codes[row]] for label, table, codes in texts) + b',"flags":null,"error":null}'
-               + next_row for row in first.tolist()]
+    answers = [b"".join(label + table[codes[row]] for label, table, codes in texts) for row in first.tolist()]
+    plain = [answer + _NO_FLAG_NO_ERROR + _NEXT_ROW for answer in answers]
     parts: list = [None] * (2 * n)
     parts[0::2] = _id_texts(ids, id_types)
-    parts[1::2] = map(answers.__getitem__, combo.tolist())
+    parts[1::2] = map(plain.__getitem__, combo.tolist())
     for row, text in _odd_rows(prepared, result).items():
-        parts[2 * row + 1] = answers[int(combo[row])].removesuffix(b',"flags":null,"error":null}' + next_row) \
-            + text + next_row
-    return b'{"id":' + b"".join(parts)[:-len(next_row)]
+        parts[2 * row + 1] = answers[int(combo[row])] + text + _NEXT_ROW
+    return b'{"id":' + b"".join(parts)[:-len(_NEXT_ROW)]
+
+
+_NO_FLAG_NO_ERROR = b',"flags":null,"error":null}'
+_NEXT_ROW = b',{"id":'
 
 
 def _id_texts(ids: list, id_types: set) -> list[bytes]:

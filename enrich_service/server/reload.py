@@ -37,10 +37,13 @@ from .workers import SUPERVISOR_ENV
 log = logging.getLogger(__name__)
 
 
+def _warm_mb() -> int:
+    return get_settings().warm_heap_mb if served_by_enrich_service() else 0
+
+
 def _release_in_background(app) -> None:
     # Not awaited: the reload answers as soon as the swap is done (answers from the new index are already going out).
-    warm_mb = get_settings().warm_heap_mb if served_by_enrich_service() else 0
-    app.state.release_task = asyncio.ensure_future(run_in_threadpool(release_freed_memory, warm_mb))
+    app.state.release_task = asyncio.ensure_future(run_in_threadpool(release_freed_memory, _warm_mb()))
 
 
 def _lock(app) -> asyncio.Lock:
@@ -143,7 +146,11 @@ async def reload_index(app, source: str = "disk") -> ServiceIndex:
             app.state.warm_up_seconds = await warm_up(app, index)
             released = release_startup_library_pages()
             log.info("start-up only library pages released: %.0f MB", released / 2**20)
-        _release_in_background(app)
+            # Awaited, before the worker listens: in the background it made the first request pay for it. Nothing
+            # was replaced, so nothing to collect.
+            await run_in_threadpool(release_freed_memory, _warm_mb(), collect=False)
+        else:
+            _release_in_background(app)
         if old is None or old.layers_sha256 != index.layers_sha256:
             log.warning("serving layer set %s (generation %d, from %s)", index.layers_sha256[:12], generation,
                         index.store.read_from)

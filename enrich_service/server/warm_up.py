@@ -6,7 +6,7 @@ called (and starts its thread pool on the first parallel call), pyarrow imports 
 numpy, and each media type's decoder and encoder and the geocoder's matcher run for the first time. Without this,
 the first 1M-point request after start-up took ~0.4 s longer than the next ones (docs/engine.md, "Start-up and
 memory"). Here every bulk route answers a tiny batch in every body format, the single lookups and the geocoder
-answer once, and the engine and the JSON row writer run once above their parallel thresholds. The requests go
+answer once, and the engine and the JSON row writer run once on each side of their parallel thresholds. The requests go
 through the router, not the middleware: they are in neither the request log nor the request metrics (the points
 counter does count their few points). The geocoder's result cache is emptied afterwards. A failure is logged and
 the worker serves anyway: the first requests are then only slower.
@@ -87,9 +87,11 @@ async def _call(app, method: str, target: str, content_type: str, body: bytes, k
     return status
 
 
-def _warm_parallel_kernels(index, layers: list[str], bbox: tuple[float, float, float, float]) -> None:
+def _warm_sized_kernels(index, layers: list[str], bbox: tuple[float, float, float, float]) -> None:
     """The engine and the JSON row writer once above the sizes where they go parallel (numba loads the parallel
-    kernels and starts its threads on the first such call); no route counts these points."""
+    kernels and starts its threads on the first such call), and the row writer once below: the tiny batches are
+    written by results.small_json_rows, so without this a worker's first answer of 5,000-50,000 JSON rows loaded
+    its kernel (10-15 ms). No route counts these points."""
     from ..engine import grid
     from ..io import json_rows
 
@@ -99,6 +101,7 @@ def _warm_parallel_kernels(index, layers: list[str], bbox: tuple[float, float, f
     lon, lat = rng.uniform(x0, x1, n), rng.uniform(y0, y1, n)
     index.engine.tag(lon, lat, np.ones(n, dtype=bool), layers)
     json_rows.json_rows([("id", np.arange(n))], b",")
+    json_rows.json_rows([("id", np.arange(2))], b",")
 
 
 async def warm_up(app, index) -> float:
@@ -121,7 +124,7 @@ async def warm_up(app, index) -> float:
     answered: list[str] = []
     try:
         if index.engine.grid:
-            await run_in_threadpool(_warm_parallel_kernels, index, layers, (x0, y0, x1, y1))
+            await run_in_threadpool(_warm_sized_kernels, index, layers, (x0, y0, x1, y1))
         for method, target, content_type, body in _body_requests((x0 + x1) / 2, (y0 + y1) / 2, address, layers):
             status = await _call(app, method, target, content_type, body, key)
             name = " ".join(filter(None, (method, target.split("?")[0], content_type)))

@@ -214,6 +214,16 @@ def bodies(n_arrow: int, n_json: int) -> tuple[bytes, bytes]:
     return arrow, orjson.dumps({"points": pts})
 
 
+def threads_cpu_seconds(pid: int) -> float:
+    """The CPU time of the process's threads, to the nanosecond (/proc/<pid>/task/*/schedstat): /proc/<pid>/stat
+    counts whole clock ticks (10 ms), a seventh of a 1M-point request. The service's threads live as long as it."""
+    total = 0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(OSError):
+            total += int((task / "schedstat").read_text().split()[0])
+    return total / 1e9
+
+
 def page_faults(pid: int) -> int:
     """Minor page faults so far (/proc/<pid>/stat): a page touched for the first time."""
     return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[7])
@@ -224,16 +234,17 @@ def first_and_next(url: str, pid: int, content: bytes, content_type: str, repeat
     start-up."""
     import httpx
 
-    from bench.load import cpu_seconds
-
     out = []
     with httpx.Client(timeout=600) as client:
+        # The client's own first request (its connection, code run for the first time) is not the server's: curl
+        # saw the first 1M-point request no slower than the next ones while this client's took twice as long.
+        client.get(f"{url}/healthz").raise_for_status()
         for _ in range(repeat):
-            cpu0, faults0, t0 = cpu_seconds([pid]), page_faults(pid), time.perf_counter()
+            cpu0, faults0, t0 = threads_cpu_seconds(pid), page_faults(pid), time.perf_counter()
             r = client.post(f"{url}/v1/pip?layers={LAYERS}", content=content, headers={"content-type": content_type})
             wall = time.perf_counter() - t0
             r.raise_for_status()
-            out.append((wall, cpu_seconds([pid]) - cpu0, page_faults(pid) - faults0))
+            out.append((wall, threads_cpu_seconds(pid) - cpu0, page_faults(pid) - faults0))
     return out
 
 
@@ -260,7 +271,7 @@ def start(workers: int, tmp: Path, name: str) -> tuple[subprocess.Popen, str, fl
 
 
 def settle(pids: list[int], seconds: float = 10) -> None:
-    """Wait until the RSS stops moving (the start-up's release runs in the background), at most `seconds`."""
+    """Wait until the RSS stops moving (the supervisor and the page cache may still be settling), at most `seconds`."""
     last = None
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
@@ -367,7 +378,7 @@ def main() -> int:
         wm, cm = statistics.median(r[0] for r in rest), statistics.median(r[1] for r in rest)
         fm = statistics.median(r[2] for r in rest)
         tick = 1 / os.sysconf("SC_CLK_TCK")
-        ok = round(c0 / tick) <= round(max(r[1] for r in rest) / tick) + 1  # the server's CPU, in clock ticks
+        ok = c0 <= max(r[1] for r in rest) + 0.010  # the later ones vary by about 10 ms from run to run
         verdicts.append(ok)
         print(f"{name}: first {w0 * 1000:.0f} ms (server CPU {c0 * 1000:.0f} ms, {f0:,} page faults), next five "
               f"median {wm * 1000:.0f} ms (server CPU {cm * 1000:.0f} ms, {fm:,.0f} page faults): first/later "
@@ -377,7 +388,7 @@ def main() -> int:
         return "met" if ok else "NOT met"
 
     print(f"\ntarget idle RSS < {RSS_TARGET_MB} MB (1 worker): {idle['VmRSS']:.0f} MB, {verdict(idle['VmRSS'] < RSS_TARGET_MB)}")
-    print(f"target first bulk request <= the later ones (server CPU within the next five's, +1 clock tick): "
+    print(f"target first bulk request <= the later ones (server CPU within the next five's, +10 ms): "
           f"{verdict(all(verdicts))}")
     print(f"target start-up < {STARTUP_TARGET_S:g} s: {median_start:.2f}s, {verdict(median_start < STARTUP_TARGET_S)}"
           f" (load average {os.getloadavg()[0]:.2f}: time figures need a quiet machine)")

@@ -7,7 +7,10 @@ How it agrees with the exact path (exact.py), by construction:
 - A point in a marked cell gets a crossing-number test along its row (every edge that crosses the horizontal ray
   through the point lies in that row band): per feature, the parity of crossings. Layers of up to 127 features
   count against the band's edges on one side; larger ones hold, per special cell, a record of the edges of the run
-  of special cells from it to the nearest resolved cell along the row, whose answer starts the parities.
+  of special cells from it to the nearest resolved cell along the row, whose answer starts the parities. A record
+  also answers the SUB x SUB sub-cells of its cell that no edge comes within EPS of (a byte each, naming the run's
+  end feature or one of its edges' features): the answer at the sub-cell's centre holds throughout it, so most
+  points in a special cell need none of the run's edges.
   Edges use the half-open rule (an edge counts when exactly one end lies above the ray), so a shared vertex is
   counted once, never twice or not at all.
 - A point within EPS of any edge is *undecided*: the exact path (GEOS's robust predicates) answers it. Every point
@@ -36,6 +39,14 @@ EPS = 1e-9
 NONE, EDGE = -1, -2
 SLOT0 = -3  # an int32 cell below EDGE is a special cell holding its record's place: SLOT0 - place
 MAX_RUN_EDGES = 256  # a run listing more edges than this takes the band test instead
+# A record also answers the SUB x SUB sub-cells of its cell that no edge comes within EPS of, one byte each (packed
+# four to an int32 after the record's head): most points in a special cell then need none of the run's edges.
+SUB = 4
+SUB_WORDS = SUB * SUB // 4
+HEAD = 3 + SUB_WORDS  # count, end feature, end column, the sub-cells' codes; then the run's edges
+# A sub-cell's code: the run's end feature, or 1 + the place in the record of an edge whose feature holds the
+# sub-cell, or one of these two.
+SUB_NONE, SUB_TEST = 254, 255
 OVERLAP_CODE = np.int8(RULE_OVERLAP)
 
 
@@ -262,16 +273,59 @@ def _run_edges(s, step, lo, hi, edge_col, cell_start, cell_seg, stamp, mark, out
 
 
 @njit(cache=True)
-def _run_records(row_start, edge_col, cell_start, cell_seg, n_seg, cells, band_start, band_index, split, seg, gx0,
-                 cw, max_edges, filling, pos, rec):
+def _sub_codes(p, s, j, col, gx0, gy0, cw, ch, rec, cell_start, cell_seg, seg, seg_feature, rank, found):
+    """The codes of special cell s's sub-cells into its record at rec[p] (a run's, not the band test's): a sub-cell
+    that no edge comes within EPS of lies in the same features throughout, those of its centre (the run test
+    there, which may name several: then SUB_TEST, as for a sub-cell an edge comes near). The edges that may come
+    near are the cell's own (marked by the same test on the whole cell)."""
+    for b in range(SUB):
+        for a in range(SUB):
+            x0, y0 = gx0 + (col + a / SUB) * cw, gy0 + (j + b / SUB) * ch
+            x1, y1 = gx0 + (col + (a + 1) / SUB) * cw, gy0 + (j + (b + 1) / SUB) * ch
+            code = SUB_TEST
+            near = False
+            for e in range(cell_start[s], cell_start[s + 1]):
+                k = cell_seg[e]
+                if _touches(seg[k, 0], seg[k, 1], seg[k, 2], seg[k, 3], x0, y0, x1, y1):
+                    near = True
+                    break
+            if not near:
+                f, overlap, undecided = _run_test((x0 + x1) / 2, (y0 + y1) / 2, p, gx0, cw, rec, seg, seg_feature,
+                                                  rank, found)
+                if not overlap and not undecided:
+                    if f == NONE:
+                        code = SUB_NONE
+                    elif f == rec[p + 1]:
+                        code = 0
+                    else:
+                        for e in range(min(rec[p], SUB_NONE - 1)):
+                            if seg_feature[rec[p + HEAD + e]] == f:
+                                code = e + 1
+                                break
+            sub = b * SUB + a
+            rec[p + 3 + sub // 4] |= code << (8 * (sub % 4))
+
+
+@njit(cache=True)
+def _sub_code(rec, p, fi, fj):
+    """The code of the sub-cell holding the point at grid coordinates (fi, fj) in the special cell of record p."""
+    sub = int((fj - int(fj)) * SUB) * SUB + int((fi - int(fi)) * SUB)
+    return (rec[p + 3 + sub // 4] >> (8 * (sub % 4))) & 0xFF
+
+
+@njit(cache=True)
+def _run_records(row_start, edge_col, cell_start, cell_seg, n_seg, cells, band_start, band_index, split, seg,
+                 seg_feature, rank, gx0, gy0, cw, ch, max_edges, filling, pos, rec):
     """Per special cell, a record answering any point in it from one block of memory (no walk from cell to cell):
     rec[pos] = how many edges, or -1 for the band test; rec[pos + 1] the resolved cell ending the run (its feature
-    or NONE); rec[pos + 2] that cell's column; then the run's distinct edges. A run goes right or left along the row
-    from the cell to the nearest resolved cell, whichever lists fewer edges, unless the band test scans fewer.
+    or NONE); rec[pos + 2] that cell's column; rec[pos + 3:pos + HEAD] the sub-cells' codes (_sub_codes); then the
+    run's distinct edges. A run goes right or left along the row from the cell to the nearest resolved cell,
+    whichever lists fewer edges, unless the band test scans fewer.
     Counting pass (filling False): pos[s + 1] = the record's length. Filling pass: the records at pos[s]."""
     n = cells.shape[1]
     stamp = np.full(n_seg, -1, dtype=np.int64)
     none = np.empty(0, dtype=np.int32)
+    found = np.empty(MAX_RUN_EDGES + 2, dtype=np.int32)
     mark = 0
     for j in range(row_start.shape[0] - 1):
         lo, hi = row_start[j], row_start[j + 1]
@@ -288,18 +342,23 @@ def _run_records(row_start, edge_col, cell_start, cell_seg, n_seg, cells, band_s
             else:
                 step, count = -1, left
             if not filling:
-                pos[s + 1] = 3 + max(count, 0)
+                pos[s + 1] = HEAD + max(count, 0)
                 continue
             p = pos[s]
             rec[p] = count
             rec[p + 1] = NONE
             rec[p + 2] = -1
+            # Every sub-cell takes the band test (all bits set) unless the run's record answers it.
+            rec[p + 3:p + HEAD] = -1
             if step != 0:
                 end = _run_edges(s, step, lo, hi, edge_col, cell_start, cell_seg, stamp, mark,
-                                 rec[p + 3:p + 3 + count], count)[1]
+                                 rec[p + HEAD:p + HEAD + count], count)[1]
                 mark += 1
                 rec[p + 1] = cells[j, end] if 0 <= end < n else NONE
                 rec[p + 2] = end
+                rec[p + 3:p + HEAD] = 0
+                _sub_codes(p, s, j, edge_col[s], gx0, gy0, cw, ch, rec, cell_start, cell_seg, seg, seg_feature, rank,
+                           found)
 
 
 @njit(cache=True, inline="always")
@@ -315,7 +374,7 @@ def _run_test(px, py, p, gx0, cw, rec, seg, seg_feature, rank, found):
     rightward = xb > px
     near = False
     m = 0
-    for e in range(p + 3, p + 3 + rec[p]):
+    for e in range(p + HEAD, p + HEAD + rec[p]):
         k = rec[e]
         ax, ay, bx, by = seg[k, 0], seg[k, 1], seg[k, 2], seg[k, 3]
         dx, dy = bx - ax, by - ay
@@ -362,6 +421,7 @@ def _lookup_range(lo, hi, x, y, gx0, gy0, cw, ch, cells, rec, start, index, spli
     queue = np.empty(BLOCK, dtype=np.int64)
     where = np.empty(BLOCK, dtype=np.int64)
     value = np.empty(BLOCK, dtype=np.int64)
+    code = np.empty(BLOCK, dtype=np.int64)
     flat = cells.reshape(-1)
     for b0 in range(lo, hi, BLOCK):
         b1 = min(b0 + BLOCK, hi)
@@ -389,12 +449,20 @@ def _lookup_range(lo, hi, x, y, gx0, gy0, cw, ch, cells, rec, start, index, spli
             if where[q] < EDGE:
                 sink += rec[SLOT0 - where[q]]
         for q in range(nq):
+            code[q] = SUB_TEST
             if where[q] < EDGE:
-                a = SLOT0 - where[q]
-                if rec[a] > 0:  # a run's edges lie near each other (edges are stored in row-major order)
-                    sink += seg[rec[a + 3], 1] + seg[rec[a + 2 + rec[a]], 1]
+                p, a = queue[q], SLOT0 - where[q]
+                code[q] = _sub_code(rec, a, (x[p] - gx0) / cw, (y[p] - gy0) / ch)
+                if code[q] == SUB_TEST and rec[a] > 0:  # a run's edges lie near each other (row-major order)
+                    sink += seg[rec[a + HEAD], 1] + seg[rec[a + HEAD - 1 + rec[a]], 1]
+                elif 0 < code[q] < SUB_NONE:
+                    sink += seg_feature[rec[a + HEAD - 1 + code[q]]]
         for q in range(nq):
-            p, v = queue[q], where[q]
+            p, v, c = queue[q], where[q], code[q]
+            if c != SUB_TEST:  # a sub-cell no edge comes near: its record names the feature
+                a = SLOT0 - v
+                feature[p] = NONE if c == SUB_NONE else (rec[a + 1] if c == 0 else seg_feature[rec[a + HEAD - 1 + c]])
+                continue
             j = int((y[p] - gy0) / ch)
             # int8 cells (up to 127 features): the band test, measured faster there than records. int32 cells hold
             # the place of their special cell's record, which says whether a run or the band test answers.
@@ -477,7 +545,8 @@ class GridIndex:
             np.cumsum(count.ravel()[special], out=cell_start[1:])  # the marked cells' lists keep their order
             pos = np.zeros(len(special) + 1, dtype=np.int64)
             args = (row_start, edge_col, cell_start, cell_seg, len(self.seg), self.cells, self.band_start,
-                    self.band_index, self.band_split, self.seg, self.x0, self.cw, MAX_RUN_EDGES)
+                    self.band_index, self.band_split, self.seg, self.seg_feature, self.rank, self.x0, self.y0,
+                    self.cw, self.ch, MAX_RUN_EDGES)
             _run_records(*args, False, pos, self.rec)
             np.cumsum(pos, out=pos)
             if pos[-1] >= -(np.iinfo(np.int32).min - SLOT0):

@@ -6,9 +6,9 @@ called (and starts its thread pool on the first parallel call), pyarrow imports 
 numpy, and each media type's decoder and encoder and the geocoder's matcher run for the first time. Without this,
 the first 1M-point request after start-up took ~0.4 s longer than the next ones (docs/engine.md, "Start-up and
 memory"). Here every bulk route answers a tiny batch in every body format, the single lookups and the geocoder
-answer once, and the engine and the JSON row writer run once on each side of their parallel thresholds. The requests go
-through the router, not the middleware: they are in neither the request log nor the request metrics (the points
-counter does count their few points). The geocoder's result cache is emptied afterwards. A failure is logged and
+answer once, and the engine and the JSON row writer run once on each side of their parallel thresholds. The
+requests go through the router, not the middleware: they are in neither the request log nor the request metrics
+(the points counter does count their few points). The geocoder's result cache is emptied afterwards. A failure is logged and
 the worker serves anyway: the first requests are then only slower.
 """
 

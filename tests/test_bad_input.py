@@ -153,6 +153,25 @@ def test_a_json_number_beyond_a_double_is_that_rows_error(client, points):
     assert "lon" in lines[0]["error"] and lines[1]["council_district"] == "3"
 
 
+@pytest.mark.parametrize("big", [b"1e400", b"-1e400", b"9" * 5000, b"-" + b"9" * 5000])
+def test_an_id_beyond_any_number_is_that_rows_error(client, big):
+    """An id no number holds (a double's range, or more digits than Python reads: 4,300) is its row's error, the
+    id null, and the other rows answered: it had come back null with no error (1e400), or failed the whole batch
+    with a 400 (5,000 digits). The same in rows, in columns and in NDJSON."""
+    bodies = (b'{"points": [{"id": %s, "lon": -117.1627, "lat": 32.7167}, {"id": 2, "lon": -117.1627, "lat": 32.7167}]}'
+              % big, b'{"points": {"id": [%s, 2], "lon": [-117.1627, -117.1627], "lat": [32.7167, 32.7167]}}' % big)
+    for body in bodies:
+        r = client.post("/v1/pip", content=body, headers=JSON_H)
+        assert r.status_code == 200, r.text
+        rows = r.json()["results"]
+        assert rows[0]["id"] is None and "id" in rows[0]["error"] and "range" in rows[0]["error"], rows[0]
+        assert rows[0]["council_district"] is None  # a row with an error is reported, not tagged, whatever the field
+        assert rows[1]["id"] == 2 and rows[1]["council_district"] == "3" and rows[1]["error"] is None
+    ndjson = b'{"id":%s,"lon":-117.1627,"lat":32.7167}\n{"id":2,"lon":-117.1627,"lat":32.7167}\n' % big
+    lines = [orjson.loads(line) for line in client.post("/v1/pip", content=ndjson, headers=NDJSON_H).content.splitlines()]
+    assert lines[0]["id"] is None and "id" in lines[0]["error"] and lines[1]["error"] is None, lines
+
+
 def test_uint64_max_longitude_in_arrow_is_that_rows_error(client):
     table = pa.table({"id": [1, 2], "lon": pa.array([2**64 - 1, 0], pa.uint64()), "lat": [32.7167, 32.7167]})
     r = client.post("/v1/pip", content=arrow_body(table), headers={"content-type": ARROW})

@@ -4,6 +4,7 @@ odd row), and JSON text in and out with integers exact at any size."""
 from __future__ import annotations
 
 import json
+import math
 import re
 from itertools import repeat
 from operator import attrgetter
@@ -117,12 +118,17 @@ _PLAIN_IDS = {int, float, bool, type(None)}
 
 def check_ids(ids: list, errors: dict[int, tuple[str, str]]) -> None:
     """Ids must be strings, numbers or null, and at most MAX_ID_CHARS long: each other one is that row's error (a
-    long one is cut, a wrong type becomes null); the row is still answered."""
+    long one is cut, a wrong type or a number out of range becomes null); the row is still answered."""
     kinds = set(map(type, ids))
-    if kinds <= _PLAIN_IDS or (kinds <= _PLAIN_IDS | {str} and
-                               max((len(v) for v in ids if v.__class__ is str), default=0) <= MAX_ID_CHARS):
+    finite = float not in kinds or all(map(math.isfinite, (v for v in ids if v.__class__ is float)))
+    if finite and (kinds <= _PLAIN_IDS or (kinds <= _PLAIN_IDS | {str} and
+                   max((len(v) for v in ids if v.__class__ is str), default=0) <= MAX_ID_CHARS)):
         return  # the usual body: nothing to report or cut
     for i, v in enumerate(ids):
+        if v.__class__ is float and not math.isfinite(v):  # 1e400 or 5,000 digits (decode_value): JSON has no inf
+            errors.setdefault(i, ("id", "a number out of range (beyond a double, or more than 4,300 digits)"))
+            ids[i] = None
+            continue
         if v is None or v.__class__ in (int, float, bool):
             continue
         if v.__class__ is str:
@@ -230,16 +236,24 @@ _KEY_BEFORE = re.compile(rb'"([^"\\]{1,100})"\s*:\s*("[^"]*)?$')
 
 def decode_value(text: bytes) -> object:
     """msgspec's JSON decode, except that a number beyond a double (1e400: valid JSON, no float holds it) reads as
-    infinity, as Python's json reads it, so the row checks refuse that value in its own row, not the whole body."""
+    infinity, as Python's json reads it, and so does an integer of more digits than Python reads (4,300): the row
+    checks refuse that value in its own row, not the whole body."""
     try:
         return msgspec.json.decode(text)
     except msgspec.ValidationError as exc:
-        if not str(exc).startswith("Number out of range"):
+        if not str(exc).startswith(("Number out of range", "Integer value out of range")):
             raise
     try:
-        return json.loads(bytes(text).decode("utf-8"), parse_constant=_no_constant)
+        return json.loads(bytes(text).decode("utf-8"), parse_constant=_no_constant, parse_int=_integer)
     except json.JSONDecodeError as exc:
         raise msgspec.DecodeError(str(exc)) from None
+
+
+def _integer(text: str) -> int | float:
+    try:
+        return int(text)
+    except ValueError:  # beyond sys.get_int_max_str_digits()
+        return -math.inf if text.startswith("-") else math.inf
 
 
 def _no_constant(name: str) -> object:

@@ -97,6 +97,13 @@ class BodyTimeout(EnrichError):
                    f"pauses", field="body")
 
 
+class ClientDisconnected(EnrichError):
+    """The client closed the connection before its body was complete: nobody is left to answer. Logged with nginx's
+    499 (client closed request), not as a server error."""
+
+    code = "client_disconnected"
+
+
 class UnsupportedMediaType(EnrichError):
     code = "unsupported_media_type"
 
@@ -154,6 +161,7 @@ STATUS: dict[type[EnrichError], int] = {
     PayloadTooLarge: 413,
     UnsupportedMediaType: 415,
     InvalidInput: 422,
+    ClientDisconnected: 499,
     LayerSourceError: 500,
     NotReady: 503,
 }

@@ -10,9 +10,10 @@ from collections.abc import AsyncIterator, Iterable, Mapping
 
 import anyio
 from fastapi import Request
+from starlette.requests import ClientDisconnect
 
 from ..bulk.options import OPTIONS, QueryOptions
-from ..errors import BodyTimeout, MalformedBody, PayloadTooLarge, UnknownParameter
+from ..errors import BodyTimeout, ClientDisconnected, MalformedBody, PayloadTooLarge, UnknownParameter
 from ..io.params import Param
 from ..server.cancellation import run_with_flag
 from ..settings import Settings, get_settings
@@ -81,6 +82,9 @@ async def _chunks(request: Request, settings: Settings) -> AsyncIterator[bytes]:
             return
         except TimeoutError:
             raise BodyTimeout.after(settings.body_timeout_s) from None
+        except ClientDisconnect:
+            raise ClientDisconnected(f"the client closed the connection after {size} bytes of the body",
+                                     field="body") from None
         size += len(chunk)
         if size > limit:
             raise PayloadTooLarge(f"body exceeds the limit of {limit} bytes", field="body")

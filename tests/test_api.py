@@ -358,6 +358,13 @@ def test_health_and_readiness(client):
     assert admin.status_code == 200 and admin.json()["source"] == f"dir:{BOUNDARIES.resolve()}", admin.text
 
 
+def test_health_and_readiness_answer_head_as_load_balancers_send_it(client):
+    """Some load balancers and uptime checkers probe with HEAD: it had been a 405. The same status as GET, no body."""
+    for path in ("/healthz", "/readyz"):
+        r = client.head(path)
+        assert r.status_code == 200 and r.content == b"", (path, r.status_code, r.text[:200])
+
+
 def test_openapi_documents_the_routes(client):
     spec = client.get("/openapi.json").json()
     assert {"/v1/pip", "/v1/layers", "/healthz", "/readyz", "/v1/admin/reload"} <= set(spec["paths"])

@@ -13,12 +13,15 @@ from ..server.reload import accepted_store
 router = APIRouter(tags=["health"])
 
 
+# HEAD too, for the load balancers and uptime checkers that probe with it (not in the spec: the same as GET).
 @router.get("/healthz", summary="The process is alive")
+@router.head("/healthz", include_in_schema=False)
 def healthz() -> dict:
     return {"status": "ok"}
 
 
 @router.get("/readyz", summary="Layers are loaded and indexed")
+@router.head("/readyz", include_in_schema=False)
 def readyz(request: Request):
     index = getattr(request.app.state, "index", None)
     if index is None:

@@ -172,6 +172,45 @@ def test_an_id_beyond_any_number_is_that_rows_error(client, big):
     assert lines[0]["id"] is None and "id" in lines[0]["error"] and lines[1]["error"] is None, lines
 
 
+@pytest.mark.parametrize("path,noun", [("/v1/pip", "point"), ("/v1/geocode-join", "record")])
+@pytest.mark.parametrize("content_type", ["application/json", "application/vnd.apache.arrow.stream", "text/csv",
+                                          "application/x-ndjson", "application/geo+json"])
+def test_an_empty_body_is_one_422_in_every_format(client, path, noun, content_type):
+    """An empty body is said to be empty, whatever its format: it had been "Input data was truncated" (JSON), "Tried
+    reading schema message, was null or length 0" (Arrow) or "not a CSV with a header row" (CSV)."""
+    r = client.post(path, content=b"", headers={"content-type": content_type, "x-api-key": "test-admin-key"})
+    body = refused(r, 422, "body")
+    assert body["detail"] == f"body is empty: send at least one {noun}", body
+
+
+@pytest.mark.parametrize("body", [b'{"points": [{"id": 1, "lon": -117.1627, "lat": 32.7167}]}',
+                                  b' [{"id": 1, "lon": -117.1627, "lat": 32.7167}]'])
+def test_json_sent_as_csv_is_415_saying_so(client, body):
+    """A JSON body under Content-Type: text/csv had been read as a CSV whose header is the JSON and with no data
+    row: "body is empty: send at least one point". Now a 415 naming Content-Type and the type to send."""
+    r = client.post("/v1/pip", content=body, headers=CSV_H)
+    detail = refused(r, 415, "Content-Type")["detail"]
+    assert "looks like JSON" in detail and "application/json" in detail, detail
+    # A CSV whose first column name merely starts with a brace is still a CSV.
+    r = client.post("/v1/pip", content=b"{id},lon,lat\n1,-117.1627,32.7167\n", headers={**CSV_H, "accept": "application/json"},
+                    params={"id_col": "{id}"})
+    assert r.status_code == 200 and r.json()["results"][0]["council_district"] == "3", r.text
+
+
+@pytest.mark.parametrize("encoding", ["gzip", "br", "deflate, gzip"])
+def test_a_compressed_body_is_415_naming_content_encoding(client, encoding):
+    """Bodies are read as sent: a gzip body had been decoded as if it were plain JSON ("invalid character (byte
+    0)") or CSV ("the header row is not UTF-8"). Now a 415 naming the header; identity is plain."""
+    import gzip
+
+    plain = orjson.dumps({"points": [{"id": 1, "lon": CITY_HALL[0], "lat": CITY_HALL[1]}]})
+    r = client.post("/v1/pip", content=gzip.compress(plain), headers={**JSON_H, "content-encoding": encoding})
+    body = refused(r, 415, "Content-Encoding")
+    assert encoding in body["detail"] and "uncompressed" in body["detail"], body
+    r = client.post("/v1/pip", content=plain, headers={**JSON_H, "content-encoding": "identity"})
+    assert r.status_code == 200 and r.json()["results"][0]["council_district"] == "3", r.text
+
+
 def test_uint64_max_longitude_in_arrow_is_that_rows_error(client):
     table = pa.table({"id": [1, 2], "lon": pa.array([2**64 - 1, 0], pa.uint64()), "lat": [32.7167, 32.7167]})
     r = client.post("/v1/pip", content=arrow_body(table), headers={"content-type": ARROW})

@@ -107,7 +107,7 @@ async def answer_bulk(request: Request, op: BulkOperation, options: QueryOptions
         spool = await spool_body(request, settings)
         if not await offload(has_lines, spool):  # an empty batch, as in every other transport: 422 before any answer
             spool.close()
-            check_batch_size(0, settings, field="body")
+            check_batch_size(0, settings, field="body", noun=op.row_noun)
         chunk = functools.partial(_answer_lines, op, index, opts, params)
         return answer.response(_stream(spool, chunk, settings), headers=op.stream_headers(index))
 
@@ -119,6 +119,8 @@ async def answer_bulk(request: Request, op: BulkOperation, options: QueryOptions
         parsed = options.parsed(settings)
         check_options_usable(index, parsed)
     body = body if body is not None else await read_body(request, settings)
+    if not body:  # said as such, not as each decoder's own complaint about no input ("truncated", "no schema")
+        check_batch_size(0, settings, field="body", noun=op.row_noun)
     stages.mark("read")
     job = BulkJob(op, index, [body], body_format, answer, shape, content_type, query, params, options, parsed, settings,
                   stages, upload)

@@ -40,6 +40,7 @@ def geocode_join(index: ServiceIndex, records: Records, opts: Options, min_match
 
 class GeocodeJoin(BulkOperation[AddressParams, Records, Joined]):
     options = OPTIONS
+    row_noun = "record"
     params = (
         ID_COL,
         Param("address_col", "Bulk bodies: the address column, or several comma-separated (`number,street,unit`), "
@@ -75,7 +76,7 @@ class GeocodeJoin(BulkOperation[AddressParams, Records, Joined]):
         if records is None:
             raise InvalidInput("records is missing", field="records")
         if isinstance(records, list):
-            check_batch_size(len(records), settings, field="records")
+            check_batch_size(len(records), settings, field="records", noun=self.row_noun)
         if isinstance(records, list):
             records = _joined_records(records, params.columns.address)
         return opts, params, join.records_from_json(records, params.columns)

@@ -66,6 +66,7 @@ class BulkOperation(ABC, Generic[P, In, Out]):
 
     options: tuple[str, ...]  # which of the request options it takes (bulk/options.py)
     params: tuple[Param, ...]  # its own query parameters, `prefix` among them
+    row_noun = "point"  # what one row of its input is, for messages ("send at least one point")
 
     def check_ready(self, index: ServiceIndex) -> None:
         """Refuse before the body is read (e.g. 503: nothing to answer with)."""

@@ -123,9 +123,9 @@ def _shown(value) -> str:
     return text if len(text) <= 80 else text[:77] + "..."
 
 
-def check_batch_size(n: int, settings: Settings, field: str = "points") -> None:
+def check_batch_size(n: int, settings: Settings, field: str = "points", noun: str = "point") -> None:
     if n == 0:
-        raise InvalidInput(f"{field} is empty: send at least one point", field=field)
+        raise InvalidInput(f"{field} is empty: send at least one {noun}", field=field)
     if n > settings.max_batch:
         raise PayloadTooLarge(f"{n} rows exceed the batch limit of {settings.max_batch} "
                               f"(ENRICH_MAX_BATCH); split the batch", field=field)

@@ -105,6 +105,10 @@ def _cell_at(text_before: str) -> tuple[str, str]:
     return name, f"column {name!r} (data row {len(rows) - 1})"
 
 
+# An object with a key, or an array of objects or arrays: no CSV header row starts so.
+_LOOKS_LIKE_JSON = re.compile(r'\s*(\{\s*"|\[\s*[\[{\]])')
+
+
 def _csv_header(body: bytes, encoding: str, declared: str | None, delimiter: str | None) -> tuple[list[str], str]:
     probe = body[:_HEADER_PROBE]
     try:
@@ -118,6 +122,10 @@ def _csv_header(body: bytes, encoding: str, declared: str | None, delimiter: str
             raise UnsupportedMediaType(
                 f"{where} is not UTF-8 (byte {exc.start}); {_DECLARE}", field=field) from None
         text = probe[:exc.start].decode(encoding)
+    if _LOOKS_LIKE_JSON.match(text):
+        raise UnsupportedMediaType("body looks like JSON, but its Content-Type is text/csv: send it as "
+                                   "application/json (application/x-ndjson for one object per line)",
+                                   field="Content-Type")
     delimiter = delimiter or sniff_delimiter(text)
     try:
         header = next(csv.reader(io.StringIO(text), delimiter=delimiter), None)

@@ -177,6 +177,29 @@ def test_wrong_media_type_is_415_and_unacceptable_accept_is_406(client):
     assert r.status_code == 406 and r.json()["field"] == "Accept"
 
 
+@pytest.mark.parametrize("accept, answered", [
+    ("text/csv;q=0.1, application/json", "application/json"),  # the higher quality wins, not the first listed
+    ("application/json;q=0, text/csv", "text/csv"),  # q=0: not acceptable at all
+    ("*/*;q=0.5, text/csv", "text/csv"),
+    ("text/csv;q=0.5, */*;q=0.9", "application/json"),  # */*: the request's own type
+    ("application/json, text/csv", "application/json"),  # equal quality: the first listed
+    ("text/csv; q=1.0, application/json; q=1", "text/csv"),
+])
+def test_accept_quality_values_choose_the_answer(client, accept, answered):
+    """Accept's q-values are honoured (RFC 9110 12.5.1): they had been ignored, the first listed type winning."""
+    for path, query in (("/v1/pip", ""), ("/v1/pip", "?id_col=id")):  # the fast POST front and the route
+        r = client.post(path + query, content=orjson.dumps({"points": [{"id": 1, "lon": CITY_HALL[0], "lat": CITY_HALL[1]}]}),
+                        headers={"content-type": "application/json", "accept": accept})
+        assert r.status_code == 200 and r.headers["content-type"].startswith(answered), (query, r.headers, r.text[:200])
+
+
+@pytest.mark.parametrize("accept", ["application/json;q=0", "text/csv;q=0, application/json;q=0", "image/png, */*;q=0"])
+def test_an_accept_refusing_every_answer_is_406(client, accept):
+    r = client.post("/v1/pip", content=orjson.dumps({"points": [{"lon": CITY_HALL[0], "lat": CITY_HALL[1]}]}),
+                    headers={"content-type": "application/json", "accept": accept})
+    assert r.status_code == 406 and r.json()["field"] == "Accept", r.text
+
+
 def _without_results(doc: dict) -> dict:
     return {k: v for k, v in doc.items() if k != "results"}
 

@@ -83,15 +83,35 @@ def media_type(content_type: str | None) -> str:
     return base
 
 
+def accepted_ranges(accept: str) -> list[str]:
+    """Accept's media ranges, best first: by quality (q, 1 when not given), then as listed; a range with q=0 is
+    not acceptable and left out (RFC 9110, 12.5.1)."""
+    if ";" not in accept:  # no q anywhere (the usual header): as listed
+        return [part.strip().lower() for part in accept.split(",")]
+    ranked = []
+    for position, part in enumerate(accept.split(",")):
+        base, *params = part.split(";")
+        quality = 1.0
+        for param in params:
+            key, _, value = param.partition("=")
+            if key.strip().lower() == "q":
+                try:
+                    quality = min(max(float(value.strip()), 0.0), 1.0)
+                except ValueError:
+                    pass  # a malformed weight: the range as if unweighted
+        if quality > 0:
+            ranked.append((-quality, position, base.strip().lower()))
+    return [base for _, _, base in sorted(ranked)]
+
+
 def response_type(accept: str | None, request_type: str) -> str:
-    """The first type in Accept that can answer this request; when Accept is absent or */*, the request's own type
-    (or the one its format names)."""
+    """The best type in Accept (by q-value, then as listed) that can answer this request; when Accept is absent or
+    */* comes first, the request's own type (or the one its format names)."""
     own = FORMATS[request_type]
     default = own.default_answer or request_type
     if not accept:
         return default
-    for part in accept.split(","):
-        base = part.split(";")[0].strip().lower()
+    for base in accepted_ranges(accept):
         if base in ("*/*", "application/*", ""):
             return default
         fmt = FORMATS.get(base)

@@ -97,8 +97,24 @@ def looks_like_state_plane(x: np.ndarray, y: np.ndarray) -> np.ndarray:
     out = np.zeros(len(x), dtype=bool)
     if rough.any():
         lon, lat = to_wgs84(parse_crs(STATE_PLANE)).transform(x[rough], y[rough])
-        w, s, e, n = _SAN_DIEGO
-        out[rough] = (lon >= w) & (lon <= e) & (lat >= s) & (lat <= n)
+        out[rough] = _in_san_diego(lon, lat)
+    return out
+
+
+def _in_san_diego(lon: np.ndarray, lat: np.ndarray) -> np.ndarray:
+    w, s, e, n = _SAN_DIEGO
+    return (lon >= w) & (lon <= e) & (lat >= s) & (lat <= n)
+
+
+def _swapped_xy(crs, x: np.ndarray, y: np.ndarray, lon: np.ndarray, lat: np.ndarray, ok: np.ndarray) -> np.ndarray:
+    """Per row of a projected batch: outside San Diego County as sent, inside it with x and y swapped (the mistake
+    lon/lat rows get `swapped_lonlat` for). Only the rows outside the county are transformed again."""
+    out = np.zeros(len(x), dtype=bool)
+    far = ok & ~_in_san_diego(lon, lat)
+    if far.any():
+        with np.errstate(invalid="ignore"):
+            slon, slat = to_wgs84(crs).transform(y[far], x[far])
+        out[far] = _in_san_diego(np.asarray(slon, dtype=np.float64), np.asarray(slat, dtype=np.float64))
     return out
 
 
@@ -172,6 +188,10 @@ def prepare(batch: PointBatch, crs: CRS, x_name: str = "lon", y_name: str = "lat
         lon, lat = np.asarray(lon, dtype=np.float64), np.asarray(lat, dtype=np.float64)
         lost = finite & ~(np.isfinite(lon) & np.isfinite(lat) & (np.abs(lon) <= 180) & (np.abs(lat) <= 90))
         _set(errors, lost, x_name, f"outside the area where {crs.to_string()} is defined")
+        swapped = _swapped_xy(crs, x, y, lon, lat, finite & ~lost)
+        _set(errors, swapped, y_name, f"{x_name} and {y_name} look swapped: the other way round they fall in "
+                                      f"San Diego County")
+        _flag(flags, swapped, "swapped_xy")
 
     errors.update(batch.errors)  # decoder errors win: they name the real cause
     if zero:

@@ -169,6 +169,19 @@ def test_batch_bad_input_gets_a_4xx_naming_the_field(client, body, status, field
     assert r.json()["field"] == field
 
 
+def test_swapped_state_plane_feet_are_that_rows_error_and_flag(client):
+    """x and y swapped in EPSG:2230 feet land far from the city and came back all null with no word; now the row says
+    they look swapped (as lon/lat swapped do), and the rows sent the right way round are answered."""
+    x, y = 6_280_938.2, 1_841_777.8  # City Hall in State Plane feet (zone 6)
+    points = [{"id": 1, "lon": x, "lat": y}, {"id": 2, "lon": y, "lat": x}]
+    r = client.post("/v1/pip", content=orjson.dumps({"points": points, "crs": "EPSG:2230"}),
+                    headers={"content-type": "application/json"})
+    assert r.status_code == 200, r.text
+    rows = r.json()["results"]
+    assert rows[0]["council_district"] == "3" and rows[0]["error"] is None and rows[0]["flags"] is None, rows[0]
+    assert "swapped" in rows[1]["error"] and rows[1]["flags"] == "swapped_xy" and rows[1]["zip"] is None, rows[1]
+
+
 def test_wrong_media_type_is_415_and_unacceptable_accept_is_406(client):
     r = client.post("/v1/pip", content=b"<points/>", headers={"content-type": "application/xml"})
     assert r.status_code == 415 and r.json()["field"] == "Content-Type"

@@ -396,7 +396,7 @@ def answer_table(table: pa.Table | None, ids: Any, joined: Joined, prefix: str =
     """The input table, untouched, with the geocode columns, then the layer columns, appended (results.append_results:
     a result column named like an input column gets `prefix` in front)."""
     if table is None:
-        table = pa.table({"id": pa.array(ids if ids is not None else [None] * len(joined.geocoded))})
+        table = pa.table({"id": results.id_column(ids if ids is not None else [None] * len(joined.geocoded))})
     columns = geocode_arrays(joined) + _with_candidates(
         results.result_arrays(joined.prepared, joined.result), joined, results.sparse_arrow)
     return results.append_results(table, columns, joined.result.layers, prefix)

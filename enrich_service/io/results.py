@@ -272,9 +272,19 @@ def append_results(table: pa.Table, columns: list[tuple[str, pa.Array]], layers,
     return table
 
 
+def id_column(ids: Any) -> pa.Array:
+    """A JSON batch's ids as a column: typed as they are, or, when they mix types Arrow cannot put in one column
+    (1 and "a", 1 and true) or hold (2^70), as text, each id as JSON writes it (null stays null)."""
+    try:
+        return pa.array(ids)
+    except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError):
+        return pa.array([v if v is None or v.__class__ is str else dumps(v).decode() for v in ids],
+                        pa.string())
+
+
 def answer_table(table: pa.Table | None, ids: Any, prepared: Prepared, result: TagResult,
                  prefix: str = COLLISION_PREFIX) -> pa.Table:
     """The input table (or just the ids) with the result columns appended; no input column is replaced."""
     if table is None:
-        table = pa.table({"id": pa.array(ids)})
+        table = pa.table({"id": id_column(ids)})
     return append_results(table, result_arrays(prepared, result), result.layers, prefix)

@@ -197,17 +197,21 @@ def test_json_sent_as_csv_is_415_saying_so(client, body):
     assert r.status_code == 200 and r.json()["results"][0]["council_district"] == "3", r.text
 
 
-@pytest.mark.parametrize("encoding", ["gzip", "br", "deflate, gzip"])
-def test_a_compressed_body_is_415_naming_content_encoding(client, encoding):
+@pytest.mark.parametrize("encodings", [["gzip"], ["br"], ["GZIP"], ["deflate, gzip"], ["identity", "gzip"], ["*"]])
+@pytest.mark.parametrize("query", ["", "?id_col=id"])  # the fast POST front, the route
+def test_a_compressed_body_is_415_naming_content_encoding(client, encodings, query):
     """Bodies are read as sent: a gzip body had been decoded as if it were plain JSON ("invalid character (byte
-    0)") or CSV ("the header row is not UTF-8"). Now a 415 naming the header; identity is plain."""
+    0)") or CSV ("the header row is not UTF-8"). Now a 415 naming the header, whatever the encoding's case, in one
+    header or two; also when the body happens to be plain (the fast front had answered those); identity is plain."""
     import gzip
 
     plain = orjson.dumps({"points": [{"id": 1, "lon": CITY_HALL[0], "lat": CITY_HALL[1]}]})
-    r = client.post("/v1/pip", content=gzip.compress(plain), headers={**JSON_H, "content-encoding": encoding})
-    body = refused(r, 415, "Content-Encoding")
-    assert encoding in body["detail"] and "uncompressed" in body["detail"], body
-    r = client.post("/v1/pip", content=plain, headers={**JSON_H, "content-encoding": "identity"})
+    for body in (gzip.compress(plain), plain):
+        headers = [("content-type", "application/json")] + [("content-encoding", e) for e in encodings]
+        detail = refused(client.post("/v1/pip" + query, content=body, headers=headers), 415, "Content-Encoding")["detail"]
+        named = [c.strip().lower() for e in encodings for c in e.split(",") if c.strip().lower() != "identity"][0]
+        assert "uncompressed" in detail and f"Content-Encoding {named}:" in detail, detail
+    r = client.post("/v1/pip" + query, content=plain, headers={**JSON_H, "content-encoding": "Identity"})
     assert r.status_code == 200 and r.json()["results"][0]["council_district"] == "3", r.text
 
 

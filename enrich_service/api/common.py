@@ -21,6 +21,7 @@ from ..errors import (
     UnknownParameter,
     UnsupportedMediaType,
 )
+from ..io.media import compressed
 from ..io.params import Param
 from ..server.cancellation import run_with_flag
 from ..settings import Settings, get_settings
@@ -75,8 +76,8 @@ def declared(*params: Param) -> dict:
 async def _chunks(request: Request, settings: Settings) -> AsyncIterator[bytes]:
     """The body's chunks, refusing early (by Content-Length) or as soon as it passes the configured maximum, and
     answering 408 when a slow client leaves more than body_timeout_s between two chunks."""
-    encoding = request.headers.get("content-encoding", "").strip().lower()
-    if encoding not in ("", "identity"):  # read as sent, it would be decoded as if plain: refused, naming why
+    encoding = compressed(request.headers.getlist("content-encoding"))
+    if encoding:  # read as sent, it would be decoded as if plain: refused, naming why
         raise UnsupportedMediaType(f"Content-Encoding {encoding}: bodies are read uncompressed; send the body "
                                    f"without Content-Encoding", field="Content-Encoding")
     limit = settings.max_body_bytes

@@ -177,10 +177,29 @@ def test_an_id_beyond_any_number_is_that_rows_error(client, big):
                                           "application/x-ndjson", "application/geo+json"])
 def test_an_empty_body_is_one_422_in_every_format(client, path, noun, content_type):
     """An empty body is said to be empty, whatever its format: it had been "Input data was truncated" (JSON), "Tried
-    reading schema message, was null or length 0" (Arrow) or "not a CSV with a header row" (CSV)."""
-    r = client.post(path, content=b"", headers={"content-type": content_type, "x-api-key": "test-admin-key"})
-    body = refused(r, 422, "body")
-    assert body["detail"] == f"body is empty: send at least one {noun}", body
+    reading schema message, was null or length 0" (Arrow) or "not a CSV with a header row" (CSV). So is a body of
+    whitespace or a byte order mark alone."""
+    for empty in (b"", b"  \r\n\t ", b"\xef\xbb\xbf", b"\xef\xbb\xbf\n"):
+        r = client.post(path, content=empty, headers={"content-type": content_type, "x-api-key": "test-admin-key"})
+        body = refused(r, 422, "body")
+        assert body["detail"] == f"body is empty: send at least one {noun}", (empty, body)
+
+
+@pytest.mark.parametrize("path,noun,header", [("/v1/pip", "point", "id,lon,lat"),
+                                              ("/v1/geocode-join", "record", "id,address")])
+def test_a_table_without_rows_says_what_to_send(client, path, noun, header):
+    """A CSV of a header alone, an empty FeatureCollection and an Arrow stream of no rows: geocode-join had asked for
+    a point."""
+    import pyarrow as pa
+
+    names = header.split(",")
+    empty_table = pa.table({name: pa.array([], pa.string()) for name in names})
+    for content_type, body in (("text/csv", header.encode() + b"\n"),
+                               ("application/geo+json", b'{"type": "FeatureCollection", "features": []}'),
+                               (ARROW, arrow_body(empty_table))):
+        r = client.post(path, content=body, headers={"content-type": content_type, "x-api-key": "test-admin-key"})
+        detail = refused(r, 422, "body")["detail"]
+        assert detail == f"body is empty: send at least one {noun}", (content_type, detail)
 
 
 @pytest.mark.parametrize("body", [b'{"points": [{"id": 1, "lon": -117.1627, "lat": 32.7167}]}',
@@ -237,6 +256,13 @@ def test_json_ids_of_mixed_types_answered_as_csv_or_arrow(client, ids, path, row
                        headers={**JSON_H, "accept": ARROW, "x-api-key": "test-admin-key"})
     if not isinstance(ids[0], int) or abs(ids[0]) < 2**63:
         assert read_arrow(same.content).column("id").to_pylist() == [ids[0]] * 2  # one type: kept
+
+
+def test_a_byte_order_mark_before_ndjson_is_skipped(client):
+    """As for JSON, GeoJSON and CSV bodies: the mark had made the first line invalid JSON."""
+    body = b'\xef\xbb\xbf{"id":1,"lon":-117.1627,"lat":32.7167}\n{"id":2,"lon":-117.1627,"lat":32.7167}\n'
+    lines = [orjson.loads(line) for line in client.post("/v1/pip", content=body, headers=NDJSON_H).content.splitlines()]
+    assert [(row["id"], row["council_district"], row["error"]) for row in lines] == [(1, "3", None), (2, "3", None)]
 
 
 def test_uint64_max_longitude_in_arrow_is_that_rows_error(client):

@@ -31,7 +31,7 @@ from ..bulk.options import (
 )
 from ..errors import EnrichError, NotAcceptable
 from ..index import ServiceIndex, current
-from ..io import coordinates, formats, geojson, multipart, tables
+from ..io import coordinates, formats, geojson, json_body, multipart, tables
 from ..io.formats import ANSWER_PARAMS, COLUMNS, FORMAT_PARAMS, FORMATS, SHAPE, Format
 from ..io.media import GEOJSON, JSON, MULTIPART
 from ..io.ndjson import has_lines, line_groups, parse_lines
@@ -119,13 +119,20 @@ async def answer_bulk(request: Request, op: BulkOperation, options: QueryOptions
         parsed = options.parsed(settings)
         check_options_usable(index, parsed)
     body = body if body is not None else await read_body(request, settings)
-    if not body:  # said as such, not as each decoder's own complaint about no input ("truncated", "no schema")
+    if blank(body):  # said as such, not as each decoder's own complaint about no input ("truncated", "no schema")
         check_batch_size(0, settings, field="body", noun=op.row_noun)
     stages.mark("read")
     job = BulkJob(op, index, [body], body_format, answer, shape, content_type, query, params, options, parsed, settings,
                   stages, upload)
     del body  # the job's alone: dropped once decoded
     return await offload(run_job, job)
+
+
+def blank(body: bytes) -> bool:
+    """Nothing but whitespace, after a byte order mark if any (the first bytes looked at first: a body is rarely
+    blank)."""
+    body = json_body.without_bom(body)
+    return not bytes(body[:64]).strip() and not bytes(body).strip()
 
 
 @dataclass
@@ -159,7 +166,7 @@ def run_job(job: BulkJob) -> Response:
         opts, params, data = op.from_json(body, params, job.options.only(op.options), job.settings)
     else:
         table = job.body_format.decode_table(body, job.content_type, **read_query(job.query, job.body_format.params))
-        check_batch_size(table.num_rows, job.settings, field="body")
+        check_batch_size(table.num_rows, job.settings, field="body", noun=op.row_noun)
         declared_crs = coordinates.declared_crs(table)  # an old-style GeoJSON `crs` member
         if declared_crs and "crs" in op.options:
             opts = parse_options(merge_options({"crs": declared_crs}, job.options.given, job.settings), job.settings)

@@ -7,16 +7,25 @@ from collections.abc import Iterator
 
 import msgspec
 
-from .json_body import decode_value
+from .json_body import decode_value, without_bom
 
 SPOOL_READ_BYTES = 4 * 1024 * 1024
+
+
+def _read(spool) -> Iterator[bytes]:
+    """The spooled body a few MB at a time, without a leading UTF-8 byte order mark (as the JSON and CSV readers
+    skip it: it had made the first line invalid JSON)."""
+    chunk = without_bom(spool.read(SPOOL_READ_BYTES))  # a whole read: the body's first bytes, all of them
+    while chunk:
+        yield chunk
+        chunk = spool.read(SPOOL_READ_BYTES)
 
 
 def line_groups(spool, rows: int) -> Iterator[list[bytes]]:
     """The spooled body's non-blank lines, `rows` at a time, reading a few MB at a time."""
     pending = b""
     group: list[bytes] = []
-    while chunk := spool.read(SPOOL_READ_BYTES):
+    for chunk in _read(spool):
         lines = (pending + chunk).split(b"\n")
         pending = lines.pop()
         group.extend(line for line in lines if line.strip())
@@ -32,10 +41,7 @@ def line_groups(spool, rows: int) -> Iterator[list[bytes]]:
 def has_lines(spool) -> bool:
     """Whether the spooled body has a line that is not blank (read from the start, then rewound)."""
     try:
-        while chunk := spool.read(SPOOL_READ_BYTES):
-            if chunk.strip():
-                return True
-        return False
+        return any(chunk.strip() for chunk in _read(spool))
     finally:
         spool.seek(0)
 

@@ -197,6 +197,11 @@ def test_wrong_media_type_is_415_and_unacceptable_accept_is_406(client):
     ("text/csv;q=0.5, */*;q=0.9", "application/json"),  # */*: the request's own type
     ("application/json, text/csv", "application/json"),  # equal quality: the first listed
     ("text/csv; q=1.0, application/json; q=1", "text/csv"),
+    ("text/csv;q=abc, application/json", "application/json"),  # a malformed weight: that range is ignored
+    ("text/csv;q=, application/json", "application/json"),
+    ("text/csv;q=1.5, application/json", "application/json"),
+    ("text/*", "text/csv"),  # a subtype wildcard: the first answer of that type
+    ("text/*;q=0.5, application/json;q=0.4", "text/csv"),
 ])
 def test_accept_quality_values_choose_the_answer(client, accept, answered):
     """Accept's q-values are honoured (RFC 9110 12.5.1): they had been ignored, the first listed type winning."""

@@ -96,9 +96,11 @@ def accepted_ranges(accept: str) -> list[str]:
             key, _, value = param.partition("=")
             if key.strip().lower() == "q":
                 try:
-                    quality = min(max(float(value.strip()), 0.0), 1.0)
+                    quality = float(value.strip())
                 except ValueError:
-                    pass  # a malformed weight: the range as if unweighted
+                    quality = -1.0
+                if not 0 <= quality <= 1:  # a malformed weight (abc, 1.5, none): that range is ignored
+                    quality = 0.0
         if quality > 0:
             ranked.append((-quality, position, base.strip().lower()))
     return [base for _, _, base in sorted(ranked)]
@@ -111,11 +113,15 @@ def response_type(accept: str | None, request_type: str) -> str:
     default = own.default_answer or request_type
     if not accept:
         return default
+    answering = [t for t, fmt in FORMATS.items() if fmt.answers and fmt.streamed == own.streamed]
     for base in accepted_ranges(accept):
-        if base in ("*/*", "application/*", ""):
+        if base in ("*/*", ""):
             return default
-        fmt = FORMATS.get(base)
-        if fmt is not None and fmt.answers and fmt.streamed == own.streamed:
+        if base.endswith("/*"):  # a subtype wildcard: the default if it is of that type, else the first that is
+            of_type = [default] if default.startswith(base[:-1]) else [t for t in answering if t.startswith(base[:-1])]
+            if of_type:
+                return of_type[0]
+        elif base in answering:
             return base
     raise NotAcceptable(f"cannot answer {accept!r} to a {request_type} request", field="Accept")
 

@@ -176,6 +176,38 @@ def test_answers_without_a_body_part_are_not_held_on_a_kept_alive_connection():
             assert answer.endswith(b"\r\n\r\nhello")  # the same connection still answers in order
 
 
+def test_pipelined_answers_without_a_body_part_keep_their_place():
+    """HEAD and a 304 followed, on the same connection, by requests sent before their answers came (pipelining):
+    every answer comes, in order, and the HEAD's without a body. The head held for a HEAD had been flushed through
+    the next request's stand-in, so it was lost and the next answer came alone (found by a tester with
+    HEAD /healthz then GET /healthz)."""
+    import socket
+    import time
+
+    async def app(scope, receive, send):
+        if scope["type"] != "http":
+            return
+        status = 304 if scope["path"] == "/not-modified" else 200
+        headers = [(b"content-length", b"5")] if status == 200 else []
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": b"hello" if status == 200 else b""})
+
+    with serving(app) as url:
+        port = int(url.rsplit(":", 1)[1])
+        with socket.create_connection(("127.0.0.1", port), timeout=2) as s:
+            s.sendall(b"HEAD / HTTP/1.1\r\nHost: t\r\n\r\nGET /not-modified HTTP/1.1\r\nHost: t\r\n\r\n"
+                      b"HEAD / HTTP/1.1\r\nHost: t\r\n\r\nGET / HTTP/1.1\r\nHost: t\r\n\r\n")
+            answer, deadline = b"", time.monotonic() + 2
+            while answer.count(b"HTTP/1.1 ") < 4 and time.monotonic() < deadline:
+                try:
+                    answer += s.recv(65536)
+                except TimeoutError:
+                    break
+    statuses = [line.split(b" ")[1] for line in answer.split(b"\r\n") if line.startswith(b"HTTP/1.1 ")]
+    assert statuses == [b"200", b"304", b"200", b"200"], answer
+    assert answer.count(b"hello") == 1 and answer.endswith(b"\r\n\r\nhello"), answer
+
+
 def test_body_parts_are_views_of_the_body_sent_again_on_a_retry():
     import pyarrow as pa
 

@@ -49,14 +49,18 @@ class HeaderDeadlineProtocol(HttpToolsProtocol):
     def on_headers_complete(self) -> None:
         self._cancel_head_timer()
         super().on_headers_complete()
-        self.cycle.transport = _HeadWithBody(self.cycle, self.cycle.transport)  # type: ignore[assignment]  # a stand-in
+        cycle = self.cycle
+        held = _HeadWithBody(cycle, cycle.transport)
+        cycle.transport = held  # type: ignore[assignment]  # a stand-in
+        completed = cycle.on_response
 
-    def on_response_complete(self) -> None:
-        # A response whose body uvicorn never writes (HEAD, 304): its held head goes out now.
-        transport = getattr(self.cycle, "transport", None)
-        if isinstance(transport, _HeadWithBody):
-            transport.flush()
-        super().on_response_complete()
+        def on_response() -> None:
+            # A response whose body uvicorn never writes (HEAD, 304): its held head goes out now. Its own cycle's:
+            # with requests pipelined behind it, self.cycle is already the next one.
+            held.flush()
+            completed()
+
+        cycle.on_response = on_response
 
     def connection_lost(self, exc) -> None:
         self._cancel_head_timer()

@@ -211,6 +211,20 @@ def test_accept_quality_values_choose_the_answer(client, accept, answered):
         assert r.status_code == 200 and r.headers["content-type"].startswith(answered), (query, r.headers, r.text[:200])
 
 
+@pytest.mark.parametrize("accept,status", [("application/json;q=0", 406), ("text/csv", 406), ("image/*", 406),
+                                           ("text/html, */*;q=0.8", 200), ("application/*", 200), (None, 200),
+                                           ("application/json;q=0.5", 200)])
+def test_a_single_lookup_answers_json_when_accept_takes_it(client, accept, status):
+    """GET /v1/pip answers JSON only: an Accept that refuses JSON is a 406 naming Accept, on the fast path as on the
+    route (it had been answered with JSON whatever Accept said); a browser's Accept is fine."""
+    for query in ("", "&nearest_within_m=5"):  # the fast path, the route (a nearest search is the route's)
+        r = client.get(f"/v1/pip?lon={CITY_HALL[0]}&lat={CITY_HALL[1]}{query}",
+                       headers={"accept": accept} if accept else {})
+        assert r.status_code == status, (accept, r.text[:200])
+        if status == 406:
+            assert r.json()["field"] == "Accept"
+
+
 @pytest.mark.parametrize("accept", ["application/json;q=0", "text/csv;q=0, application/json;q=0", "image/png, */*;q=0"])
 def test_an_accept_refusing_every_answer_is_406(client, accept):
     r = client.post("/v1/pip", content=orjson.dumps({"points": [{"lon": CITY_HALL[0], "lat": CITY_HALL[1]}]}),

@@ -15,9 +15,9 @@ from ..bulk.tag_points import TAG_POINTS, tag_batch
 from ..crs import WGS84
 from ..engine.rules import RULE_NAMES
 from ..engine.tagger import TagResult
-from ..errors import EnrichError, InvalidInput
+from ..errors import EnrichError, InvalidInput, NotAcceptable
 from ..index import ServiceIndex, current
-from ..io.formats import FORMATS, json_shape, media_type, response_type
+from ..io.formats import FORMATS, accepts, json_shape, media_type, response_type
 from ..io.geojson import looks_like_geojson
 from ..io.media import JSON
 from ..io.params import Param
@@ -50,6 +50,9 @@ def _required_number(query: Mapping[str, str | None], name: str) -> float:
 @router.get("/pip", response_model=PointAnswer, responses=ERROR_RESPONSES,
             openapi_extra=declared(*GET_PARAMS), summary="Tag one point with every requested layer")
 async def get_pip(request: Request, options: Annotated[QueryOptions, Depends(query_options)]):
+    if not accepts(request.headers.get("accept"), JSON):
+        raise NotAcceptable(f"a single lookup answers {JSON} only; {request.headers['accept']!r} refuses it",
+                            field="Accept")
     batch = _one_point(read_query(request.query_params, (LON, LAT)))
     index = current(request.app)
     opts = options.parsed(get_settings())

@@ -106,6 +106,14 @@ def accepted_ranges(accept: str) -> list[str]:
     return [base for _, _, base in sorted(ranked)]
 
 
+def accepts(accept: str | None, media_type: str) -> bool:
+    """Whether Accept takes this one media type (no Accept takes any): for routes that answer in one type only."""
+    if not accept:
+        return True
+    kind = media_type.split("/")[0] + "/*"
+    return any(base in ("*/*", "", kind, media_type) for base in accepted_ranges(accept))
+
+
 def response_type(accept: str | None, request_type: str) -> str:
     """The best type in Accept (by q-value, then as listed) that can answer this request; when Accept is absent or
     */* comes first, the request's own type (or the one its format names)."""

@@ -28,7 +28,8 @@ from urllib.parse import parse_qsl
 from starlette.responses import Response
 
 from ..errors import BodyTimeout, EnrichError, error_response
-from ..io.media import compressed
+from ..io.formats import accepts
+from ..io.media import JSON, compressed
 from ..settings import get_settings
 from .layer_version import SERVED_HEADER
 from .observability import new_request_id, observe
@@ -81,7 +82,10 @@ class FastPath:
         admitted = _admit(scope)
         if admitted is None:
             return False
-        index, request_id, _ = admitted
+        index, request_id, headers = admitted
+        accept = headers.get(b"accept")
+        if accept is not None and accept != b"*/*" and not accepts(accept.decode("latin-1"), JSON):
+            return False  # the stack's 406
         query = _query(scope["query_string"].decode("latin-1"))
         if not query.keys() <= route.params:
             return False

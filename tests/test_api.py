@@ -202,6 +202,9 @@ def test_wrong_media_type_is_415_and_unacceptable_accept_is_406(client):
     ("text/csv;q=1.5, application/json", "application/json"),
     ("text/*", "text/csv"),  # a subtype wildcard: the first answer of that type
     ("text/*;q=0.5, application/json;q=0.4", "text/csv"),
+    # GeoJSON cannot answer a JSON batch (no table to give features): the next acceptable type answers
+    ("application/geo+json;q=0.2, application/json;q=0.1", "application/json"),
+    ("application/geo+json, text/csv", "text/csv"),
 ])
 def test_accept_quality_values_choose_the_answer(client, accept, answered):
     """Accept's q-values are honoured (RFC 9110 12.5.1): they had been ignored, the first listed type winning."""

@@ -29,7 +29,7 @@ from ..bulk.options import (
     merge_options,
     parse_options,
 )
-from ..errors import EnrichError, NotAcceptable
+from ..errors import EnrichError
 from ..index import ServiceIndex, current
 from ..io import coordinates, formats, geojson, json_body, multipart, tables
 from ..io.formats import ANSWER_PARAMS, COLUMNS, FORMAT_PARAMS, FORMATS, SHAPE, Format
@@ -111,9 +111,6 @@ async def answer_bulk(request: Request, op: BulkOperation, options: QueryOptions
         chunk = functools.partial(_answer_lines, op, index, opts, params)
         return answer.response(_stream(spool, chunk, settings), headers=op.stream_headers(index))
 
-    if body_format.decode_table is None and answer.media_type == GEOJSON:  # a JSON body answered as GeoJSON
-        raise NotAcceptable(f"a {GEOJSON} answer needs the points as a table: send GeoJSON, CSV or Arrow",
-                            field="Accept")
     parsed: Options | None = None
     if body_format.decode_table is not None:  # a JSON body brings options of its own: checked once decoded
         parsed = options.parsed(settings)

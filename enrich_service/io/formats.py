@@ -121,8 +121,11 @@ def response_type(accept: str | None, request_type: str) -> str:
     default = own.default_answer or request_type
     if not accept:
         return default
-    answering = [t for t, fmt in FORMATS.items() if fmt.answers and fmt.streamed == own.streamed]
-    for base in accepted_ranges(accept):
+    # A GeoJSON answer gives back the body's features, or a table's rows as features: a JSON batch has neither.
+    answering = [t for t, fmt in FORMATS.items() if fmt.answers and fmt.streamed == own.streamed and
+                 (t != GEOJSON or own.decode_table is not None)]
+    ranges = accepted_ranges(accept)
+    for base in ranges:
         if base in ("*/*", ""):
             return default
         if base.endswith("/*"):  # a subtype wildcard: the default if it is of that type, else the first that is
@@ -131,6 +134,9 @@ def response_type(accept: str | None, request_type: str) -> str:
                 return of_type[0]
         elif base in answering:
             return base
+    if GEOJSON in ranges and own.decode_table is None:
+        raise NotAcceptable(f"a {GEOJSON} answer needs the points as a table: send GeoJSON, CSV or Arrow",
+                            field="Accept")
     raise NotAcceptable(f"cannot answer {accept!r} to a {request_type} request", field="Accept")
 
 

@@ -32,7 +32,7 @@ from ..io.formats import accepts
 from ..io.media import JSON, compressed
 from ..settings import get_settings
 from .layer_version import SERVED_HEADER
-from .observability import new_request_id, observe
+from .observability import STARTED_KEY, new_request_id, observe
 from .security import check_key
 
 _SERVED = SERVED_HEADER.lower().encode("latin-1")
@@ -114,6 +114,7 @@ class FastPath:
                 except Exception:  # noqa: BLE001 - the full stack answers it (and logs it, if it is a bug)
                     response = None
         if response is None:
+            scope[STARTED_KEY] = started  # the stack's access log times the request from here, its body read too
             return await self.app(scope, body.replay, send)
         await _send(response, index, route.path, "POST", started, request_id, send)
 

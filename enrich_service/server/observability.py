@@ -141,7 +141,7 @@ class ObservabilityMiddleware:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         request_id = new_request_id(dict(scope.get("headers") or ()).get(b"x-request-id"))
-        started = time.perf_counter()
+        started = scope.get(STARTED_KEY) or time.perf_counter()  # the fast front's start, when it passed it on
         status = {"code": 500, "sent": False}
 
         async def send_with_id(message):
@@ -167,6 +167,9 @@ class ObservabilityMiddleware:
             route = scope.get("route")
             observe(getattr(route, "path", None) or "unmatched", scope["method"], status["code"],
                     time.perf_counter() - started, request_id)
+
+
+STARTED_KEY = "enrich.started"  # in the scope: when the fast front (fast_path.py) began a request it then declined
 
 
 def timeout_body(timeout_s: float) -> bytes:

@@ -258,6 +258,19 @@ def test_json_ids_of_mixed_types_answered_as_csv_or_arrow(client, ids, path, row
         assert read_arrow(same.content).column("id").to_pylist() == [ids[0]] * 2  # one type: kept
 
 
+@pytest.mark.parametrize("path", ["/v1/pip", "/v1/geocode-join"])
+def test_an_id_col_naming_no_column_is_422(client, path):
+    """id_col given but not in a table body: the rows had been answered without their ids, silently (a typo such
+    as id_col=objectid cost the caller the join back to their records). The default, id, may name no column."""
+    csv = b"pole,lon,lat,address\n1-1004,-117.1627,32.7167,1200 Third Ave\n"
+    headers = {**CSV_H, "x-api-key": "test-admin-key"}
+    detail = refused(client.post(path + "?id_col=objectid", content=csv, headers=headers), 422, "id_col")["detail"]
+    assert "objectid" in detail and "pole" in detail, detail
+    assert client.post(path + "?id_col=pole", content=csv, headers=headers).status_code == 200
+    for default in ("", "?id_col=id"):  # the default names no column here: fine (the client always sends it)
+        assert client.post(path + default, content=csv, headers=headers).status_code == 200
+
+
 def test_a_byte_order_mark_before_ndjson_is_skipped(client):
     """As for JSON, GeoJSON and CSV bodies: the mark had made the first line invalid JSON."""
     body = b'\xef\xbb\xbf{"id":1,"lon":-117.1627,"lat":32.7167}\n{"id":2,"lon":-117.1627,"lat":32.7167}\n'

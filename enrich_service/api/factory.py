@@ -19,7 +19,7 @@ from fastapi import APIRouter, Depends, Request
 from pydantic import BaseModel
 from starlette.responses import Response
 
-from ..bulk.operation import BulkOperation
+from ..bulk.operation import ID_COL, BulkOperation
 from ..bulk.options import (
     OPTION_PARAMS,
     Options,
@@ -29,7 +29,7 @@ from ..bulk.options import (
     merge_options,
     parse_options,
 )
-from ..errors import EnrichError
+from ..errors import EnrichError, InvalidInput
 from ..index import ServiceIndex, current
 from ..io import coordinates, formats, geojson, json_body, multipart, tables
 from ..io.formats import ANSWER_PARAMS, COLUMNS, FORMAT_PARAMS, FORMATS, SHAPE, Format
@@ -199,6 +199,12 @@ def run_job(job: BulkJob) -> Response:
 def _table_columns(table: pa.Table, cols: Any, query: Mapping[str, str | None]) -> Any:
     """The columns a table body is read by: its date column, and the coordinate columns (as named, a GeoJSON
     body's geometry, or found by their usual names: coordinates.py)."""
+    id_col = query.get("id_col")
+    # A name other than the default that names no column is a mistake: the rows would come back without their ids.
+    # The default may name none (the client always sends it): the rows are then keyed by their order.
+    if id_col and id_col != ID_COL.default and id_col not in table.column_names:
+        raise InvalidInput(f"id_col names column {id_col!r}, which is not in the body (columns: "
+                           f"{table.column_names})", field="id_col")
     lon, lat = coordinates.table_coordinates(table, query.get("lon_col"), query.get("lat_col"))
     return replace(cols, date=tables.date_column(table, cols.date), lon=lon, lat=lat)
 

@@ -150,21 +150,23 @@ def test_a_responses_head_goes_out_with_its_body_in_one_write():
     assert transport.calls == [("write", b"HTTP/1.1 204 No Content\r\n\r\n"), ("close",)]
 
 
+async def _hello_or_not_modified(scope, receive, send):
+    """200 "hello", or a 304 without a body at /not-modified: what HEAD and 304 answers are tested against."""
+    if scope["type"] != "http":
+        return
+    status = 304 if scope["path"] == "/not-modified" else 200
+    headers = [(b"content-length", b"5")] if status == 200 else []
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": b"hello" if status == 200 else b""})
+
+
 def test_answers_without_a_body_part_are_not_held_on_a_kept_alive_connection():
     """HEAD, and a 304, are answered at once on a kept-alive connection: the protocol holds a response's head to
     send it with the body, and uvicorn writes no body for them (found by hand: a HEAD waited for the keep-alive
     timeout and was lost; a 304 came 5 s late)."""
     import socket
 
-    async def app(scope, receive, send):
-        if scope["type"] != "http":
-            return
-        status = 304 if scope["path"] == "/not-modified" else 200
-        headers = [(b"content-length", b"5")] if status == 200 else []
-        await send({"type": "http.response.start", "status": status, "headers": headers})
-        await send({"type": "http.response.body", "body": b"hello" if status == 200 else b""})
-
-    with serving(app) as url:
+    with serving(_hello_or_not_modified) as url:
         port = int(url.rsplit(":", 1)[1])
         with socket.create_connection(("127.0.0.1", port), timeout=2) as s:  # a held head: no answer in 2 s
             for request, status in ((b"HEAD / HTTP/1.1\r\nHost: t\r\n\r\n", b"200"),
@@ -184,15 +186,7 @@ def test_pipelined_answers_without_a_body_part_keep_their_place():
     import socket
     import time
 
-    async def app(scope, receive, send):
-        if scope["type"] != "http":
-            return
-        status = 304 if scope["path"] == "/not-modified" else 200
-        headers = [(b"content-length", b"5")] if status == 200 else []
-        await send({"type": "http.response.start", "status": status, "headers": headers})
-        await send({"type": "http.response.body", "body": b"hello" if status == 200 else b""})
-
-    with serving(app) as url:
+    with serving(_hello_or_not_modified) as url:
         port = int(url.rsplit(":", 1)[1])
         with socket.create_connection(("127.0.0.1", port), timeout=2) as s:
             s.sendall(b"HEAD / HTTP/1.1\r\nHost: t\r\n\r\nGET /not-modified HTTP/1.1\r\nHost: t\r\n\r\n"

@@ -218,11 +218,12 @@ def test_accept_quality_values_choose_the_answer(client, accept, answered):
                                            ("text/html, */*;q=0.8", 200), ("application/*", 200), (None, 200),
                                            ("application/json;q=0.5", 200)])
 def test_a_single_lookup_answers_json_when_accept_takes_it(client, accept, status):
-    """GET /v1/pip answers JSON only: an Accept that refuses JSON is a 406 naming Accept, on the fast path as on the
-    route (it had been answered with JSON whatever Accept said); a browser's Accept is fine."""
-    for query in ("", "&nearest_within_m=5"):  # the fast path, the route (a nearest search is the route's)
-        r = client.get(f"/v1/pip?lon={CITY_HALL[0]}&lat={CITY_HALL[1]}{query}",
-                       headers={"accept": accept} if accept else {})
+    """GET /v1/pip and GET /v1/geocode answer JSON only: an Accept that refuses JSON is a 406 naming Accept, on the
+    fast path as on the route (they had answered JSON whatever Accept said); a browser's Accept is fine."""
+    for path in (f"/v1/pip?lon={CITY_HALL[0]}&lat={CITY_HALL[1]}",  # the fast path
+                 f"/v1/pip?lon={CITY_HALL[0]}&lat={CITY_HALL[1]}&nearest_within_m=5",  # the route's: a nearest search
+                 "/v1/geocode?address=1200+Third+Ave"):
+        r = client.get(path, headers={"accept": accept} if accept else {})
         assert r.status_code == status, (accept, r.text[:200])
         if status == 406:
             assert r.json()["field"] == "Accept"

@@ -17,11 +17,13 @@ from ..errors import (
     BodyTimeout,
     ClientDisconnected,
     MalformedBody,
+    NotAcceptable,
     PayloadTooLarge,
     UnknownParameter,
     UnsupportedMediaType,
 )
-from ..io.media import compressed
+from ..io.formats import accepts
+from ..io.media import JSON, compressed
 from ..io.params import Param
 from ..server.cancellation import run_with_flag
 from ..settings import Settings, get_settings
@@ -66,6 +68,13 @@ async def query_options(request: Request) -> QueryOptions:
 def options_from(query: Mapping[str, str]) -> QueryOptions:
     """The request options a query mapping gives (the route dependency's and the GET fast path's one reading)."""
     return QueryOptions({name: query.get(name) for name in OPTIONS})
+
+
+def require_accepts_json(request: Request) -> None:
+    """For routes that answer JSON only: an Accept that takes no JSON is refused, not answered with JSON anyway."""
+    accept = request.headers.get("accept")
+    if not accepts(accept, JSON):
+        raise NotAcceptable(f"this route answers {JSON} only; Accept {accept!r} refuses it", field="Accept")
 
 
 def declared(*params: Param) -> dict:

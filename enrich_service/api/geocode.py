@@ -19,7 +19,7 @@ from ..index import current
 from ..io.params import Param
 from ..io.responses import JSONResponse
 from ..settings import get_settings
-from .common import declared, query_options, read_query, strict_query
+from .common import declared, query_options, read_query, require_accepts_json, strict_query
 from .factory import add_bulk_route
 from .schemas import ERROR_RESPONSES, GeocodeJoinRequest, GeocodeJoinResponse, GeocodeRow
 
@@ -37,6 +37,7 @@ _SINGLE = (ADDRESS, CITY, ZIP, MIN_MATCH)
                                    MIN_MATCH),
             summary="Geocode one address and tag it with every requested layer")
 def get_geocode(request: Request, options: Annotated[QueryOptions, Depends(query_options)]):
+    require_accepts_json(request)
     query = read_query(request.query_params, _SINGLE)
     address, city, zip_code = query[ADDRESS.name], query[CITY.name], query[ZIP.name]
     if address is None:

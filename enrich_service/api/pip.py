@@ -15,9 +15,9 @@ from ..bulk.tag_points import TAG_POINTS, tag_batch
 from ..crs import WGS84
 from ..engine.rules import RULE_NAMES
 from ..engine.tagger import TagResult
-from ..errors import EnrichError, InvalidInput, NotAcceptable
+from ..errors import EnrichError, InvalidInput
 from ..index import ServiceIndex, current
-from ..io.formats import FORMATS, accepts, json_shape, media_type, response_type
+from ..io.formats import FORMATS, json_shape, media_type, response_type
 from ..io.geojson import looks_like_geojson
 from ..io.media import JSON
 from ..io.params import Param
@@ -26,7 +26,7 @@ from ..io.tables import Columns
 from ..points import PointBatch, Prepared, plain_lonlat
 from ..server.observability import count_points, timeout_body
 from ..settings import get_settings
-from .common import declared, offload, options_from, query_options, read_query, strict_query
+from .common import declared, offload, options_from, query_options, read_query, require_accepts_json, strict_query
 from .factory import BulkJob, Stages, add_bulk_route, run_job
 from .schemas import ERROR_RESPONSES, PipRequest, PipResponse, PointAnswer
 
@@ -50,9 +50,7 @@ def _required_number(query: Mapping[str, str | None], name: str) -> float:
 @router.get("/pip", response_model=PointAnswer, responses=ERROR_RESPONSES,
             openapi_extra=declared(*GET_PARAMS), summary="Tag one point with every requested layer")
 async def get_pip(request: Request, options: Annotated[QueryOptions, Depends(query_options)]):
-    if not accepts(request.headers.get("accept"), JSON):
-        raise NotAcceptable(f"a single lookup answers {JSON} only; {request.headers['accept']!r} refuses it",
-                            field="Accept")
+    require_accepts_json(request)
     batch = _one_point(read_query(request.query_params, (LON, LAT)))
     index = current(request.app)
     opts = options.parsed(get_settings())

@@ -180,6 +180,9 @@ def prepare(batch: PointBatch, crs: CRS, x_name: str = "lon", y_name: str = "lat
             if lat_bad.any():  # State Plane feet sent without crs: say so, rather than only "out of range"
                 _set(errors, lat_bad & looks_like_state_plane(x, y), y_name,
                      f"out of range [-90, 90]; {STATE_PLANE_HINT}")
+                _set(errors, lat_bad & looks_like_state_plane(y, x), y_name,
+                     f"out of range [-90, 90]; the numbers look like State Plane feet with x and y swapped: send "
+                     f"crs={STATE_PLANE}, x ({x_name}) first")
             _set(errors, lat_bad, y_name, "out of range [-90, 90]")
             _set(errors, lon_bad, x_name, "out of range [-180, 180]")
             _flag(flags, swapped, "swapped_lonlat")

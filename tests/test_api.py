@@ -180,6 +180,11 @@ def test_swapped_state_plane_feet_are_that_rows_error_and_flag(client):
     rows = r.json()["results"]
     assert rows[0]["council_district"] == "3" and rows[0]["error"] is None and rows[0]["flags"] is None, rows[0]
     assert "swapped" in rows[1]["error"] and rows[1]["flags"] == "swapped_xy" and rows[1]["zip"] is None, rows[1]
+    # Without crs: each way round the error says they look like State Plane feet, and which way round.
+    r = client.post("/v1/pip", content=orjson.dumps({"points": points}), headers={"content-type": "application/json"})
+    rows = r.json()["results"]
+    assert "State Plane feet: send crs=EPSG:2230" in rows[0]["error"], rows[0]
+    assert "State Plane feet with x and y swapped" in rows[1]["error"], rows[1]
 
 
 def test_wrong_media_type_is_415_and_unacceptable_accept_is_406(client):

@@ -278,6 +278,7 @@ def _sub_codes(p, s, j, col, gx0, gy0, cw, ch, rec, cell_start, cell_seg, seg, s
     that no edge comes within EPS of lies in the same features throughout, those of its centre (the run test
     there, which may name several: then SUB_TEST, as for a sub-cell an edge comes near). The edges that may come
     near are the cell's own (marked by the same test on the whole cell)."""
+    rec[p + 3:p + HEAD] = 0
     for b in range(SUB):
         for a in range(SUB):
             x0, y0 = gx0 + (col + a / SUB) * cw, gy0 + (j + b / SUB) * ch
@@ -356,7 +357,6 @@ def _run_records(row_start, edge_col, cell_start, cell_seg, n_seg, cells, band_s
                 mark += 1
                 rec[p + 1] = cells[j, end] if 0 <= end < n else NONE
                 rec[p + 2] = end
-                rec[p + 3:p + HEAD] = 0
                 _sub_codes(p, s, j, edge_col[s], gx0, gy0, cw, ch, rec, cell_start, cell_seg, seg, seg_feature, rank,
                            found)
 
